@@ -1,0 +1,154 @@
+import Foundation
+import Pruning
+import Tensors
+
+/// Writes `dense/`, `sparse/` and `manifest.json` from the checkpoint and the masks,
+/// streaming one tensor at a time: the model is never held in memory at once.
+public struct Assembler {
+    public let checkpoint: Checkpoint
+    public let plan: Plan
+    public let masks: [String: Mask]
+    public let spec: JobSpec
+
+    public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
+        self.checkpoint = checkpoint
+        self.plan = plan
+        self.masks = masks
+        self.spec = spec
+    }
+
+    /// Per-tensor facts gathered while writing dense/, needed for sparse/ headers.
+    private struct Written {
+        var sha256Dense: String
+        var zeros: Int
+    }
+
+    /// Writes everything under `directory` (which must exist and be empty).
+    public func write(to directory: String, progress: Progress? = nil) throws -> Manifest {
+        let fm = FileManager.default
+        let denseDir = (directory as NSString).appendingPathComponent("dense")
+        let sparseDir = (directory as NSString).appendingPathComponent("sparse")
+        try fm.createDirectory(atPath: denseDir, withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: sparseDir, withIntermediateDirectories: true)
+
+        var written: [String: Written] = [:]
+        var sparseDigests: [String: String] = [:]
+        var denseWeightMap: [String: String] = [:]
+        var sparseWeightMap: [String: String] = [:]
+        var denseBytes = 0, sparseBytes = 0
+        var modelFiles: [String: String] = [:]
+        var prunedDenseBytes = 0, prunedSparseBytes = 0
+
+        for (shardName, shard) in zip(checkpoint.shardNames, checkpoint.shards) {
+            modelFiles[shardName] = try SHA256Stream.hex(file: shard.path)
+            // dense/: same names, dtypes, order and metadata; zeros where pruned.
+            let denseWriter = try SafeTensorsWriter(
+                path: (denseDir as NSString).appendingPathComponent(shardName),
+                tensors: shard.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
+                metadata: shard.metadata)
+            for t in shard.tensors {
+                denseWeightMap[t.name] = shardName
+                try withOutputBytes(t, shard: shard) { bytes in
+                    try denseWriter.write(bytes)
+                    written[t.name] = Written(sha256Dense: SHA256Stream.hex(bytes),
+                                              zeros: TensorPruner.zeroCount(bytes, elementSize: t.dtype.size))
+                }
+            }
+            try denseWriter.finish()
+
+            // sparse/: pruned tensors as bitmask + compressed + row_offsets + shape.
+            var specs: [TensorSpec] = []
+            for t in shard.tensors {
+                if masks[t.name] != nil {
+                    let stored = t.elementCount - written[t.name]!.zeros
+                    let parts = SparseLayout.specs(name: t.name, dtype: t.dtype, shape: t.shape, stored: stored)
+                    specs += parts
+                    for p in parts { sparseWeightMap[p.name] = shardName }
+                } else {
+                    specs.append(TensorSpec(name: t.name, dtype: t.dtype, shape: t.shape))
+                    sparseWeightMap[t.name] = shardName
+                }
+            }
+            let sparsePath = (sparseDir as NSString).appendingPathComponent(shardName)
+            let sparseWriter = try SafeTensorsWriter(path: sparsePath, tensors: specs, metadata: shard.metadata)
+            for t in shard.tensors {
+                try withOutputBytes(t, shard: shard) { bytes in
+                    guard masks[t.name] != nil else {
+                        try sparseWriter.write(bytes)
+                        sparseDigests[t.name] = written[t.name]!.sha256Dense
+                        return
+                    }
+                    let sparse = SparseBitmaskTensor(dense: bytes, dtype: t.dtype, shape: t.shape)
+                    var digest = SHA256Stream()
+                    var size = 0
+                    for part in SparseLayout.parts(sparse) {
+                        try sparseWriter.write(part)
+                        digest.update(part)
+                        size += part.count
+                    }
+                    sparseDigests[t.name] = digest.finalizeHex()
+                    prunedDenseBytes += t.byteCount
+                    prunedSparseBytes += size
+                }
+                shard.release(t)
+            }
+            try sparseWriter.finish()
+            denseBytes += try fileSize((denseDir as NSString).appendingPathComponent(shardName))
+            sparseBytes += try fileSize(sparsePath)
+            progress?.step(shardName)
+        }
+
+        if checkpoint.indexFileName != nil {
+            try AtomicFileWriter.write(SparseLayout.indexJSON(weightMap: denseWeightMap, totalSize: checkpoint.byteCount),
+                                       to: (denseDir as NSString).appendingPathComponent(Checkpoint.indexFileName))
+            let sparseTotal = prunedSparseBytes + checkpoint.tensors.filter { masks[$0.name] == nil }.reduce(0) { $0 + $1.byteCount }
+            try AtomicFileWriter.write(SparseLayout.indexJSON(weightMap: sparseWeightMap, totalSize: sparseTotal),
+                                       to: (sparseDir as NSString).appendingPathComponent(Checkpoint.indexFileName))
+        }
+        for side in checkpoint.sideFiles() {
+            let source = (checkpoint.directory as NSString).appendingPathComponent(side)
+            for dir in [denseDir, sparseDir] {
+                try fm.copyItem(atPath: source, toPath: (dir as NSString).appendingPathComponent(side))
+            }
+        }
+
+        var tensors: [String: Manifest.Tensor] = [:]
+        var zerosTotal = 0, prunedParameters = 0
+        for t in checkpoint.tensors {
+            let w = written[t.name]!
+            let mask = masks[t.name]
+            if mask != nil { zerosTotal += w.zeros; prunedParameters += t.elementCount }
+            tensors[t.name] = Manifest.Tensor(
+                shape: t.shape, dtype: t.dtype.rawValue, pruned: mask != nil,
+                pattern: mask == nil ? nil : plan.pattern.description,
+                method: mask == nil ? nil : spec.criterion.name,
+                targetSparsity: mask == nil ? nil : plan.sparsity,
+                achievedSparsity: t.elementCount == 0 ? 0 : Double(w.zeros) / Double(t.elementCount),
+                masked: mask?.prunedCount ?? 0, zeros: w.zeros, elements: t.elementCount,
+                sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: nil)
+        }
+        let manifest = Manifest(
+            specSHA256: spec.digest, method: spec.criterion.name, pattern: plan.pattern.description, sparsity: plan.sparsity,
+            modelFiles: modelFiles, tensors: tensors,
+            totals: .init(denseBytes: denseBytes, sparseBytes: sparseBytes,
+                          sparseToDenseRatio: Double(sparseBytes) / Double(max(denseBytes, 1)),
+                          prunedDenseBytes: prunedDenseBytes, prunedSparseBytes: prunedSparseBytes,
+                          prunedSparseToDenseRatio: Double(prunedSparseBytes) / Double(max(prunedDenseBytes, 1)),
+                          parameters: checkpoint.parameterCount, prunedParameters: prunedParameters, zeros: zerosTotal))
+        try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
+        return manifest
+    }
+
+    /// Calls `body` with the output bytes of a tensor: the source bytes, masked if pruned.
+    private func withOutputBytes(_ t: TensorInfo, shard: SafeTensorsFile, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let source = shard.bytes(t)
+        guard let mask = masks[t.name] else { return try body(source) }
+        var out = [UInt8](repeating: 0, count: t.byteCount)
+        out.withUnsafeMutableBytes { MaskApplication.apply(mask, source: source, elementSize: t.dtype.size, into: $0) }
+        try out.withUnsafeBytes { try body($0) }
+    }
+
+    private func fileSize(_ path: String) throws -> Int {
+        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import Pruning
+import Tensors
+
+/// `prune check ORIGINAL OUTPUT`: verifies an assembled output against its input.
+public struct CheckReport: Sendable {
+    /// One line per problem; empty means the check passed.
+    public var failures: [String] = []
+    public var tensorsChecked = 0
+    public var prunedTensors = 0
+    public var zeros = 0
+    public var passed: Bool { failures.isEmpty }
+}
+
+public enum Checker {
+    /// `output` is a job's `out/` directory or the job directory holding it.
+    /// Throws for unreadable input; returns failures for outputs that are wrong.
+    public static func check(original: String, output: String) throws -> CheckReport {
+        var outDir = output
+        if !FileManager.default.fileExists(atPath: (outDir as NSString).appendingPathComponent("manifest.json")) {
+            outDir = (output as NSString).appendingPathComponent("out")
+        }
+        let manifest = try Manifest.load(path: (outDir as NSString).appendingPathComponent("manifest.json"))
+        let source = try Checkpoint(path: original)
+        let dense = try Checkpoint(path: (outDir as NSString).appendingPathComponent("dense"))
+        let sparse = try SparseCheckpoint(path: (outDir as NSString).appendingPathComponent("sparse"))
+        var report = CheckReport()
+        func fail(_ s: String) { report.failures.append(s) }
+
+        let sourceNames = Set(source.tensors.map(\.name))
+        let denseNames = Set(dense.tensors.map(\.name))
+        for missing in sourceNames.subtracting(denseNames).sorted() { fail("dense/: tensor '\(missing)' is missing") }
+        for extra in denseNames.subtracting(sourceNames).sorted() { fail("dense/: tensor '\(extra)' is not in the input") }
+        for name in sourceNames.subtracting(manifest.tensors.keys).sorted() { fail("manifest: tensor '\(name)' is not listed") }
+        let sparseEntries = Dictionary(sparse.denseNames().map { ($0.name, $0.sparse) }, uniquingKeysWith: { a, _ in a })
+
+        for s in source.tensors {
+            guard let d = dense.info(s.name), let m = manifest.tensors[s.name] else { continue }
+            report.tensorsChecked += 1
+            guard d.dtype == s.dtype, d.shape == s.shape else {
+                fail("tensor '\(s.name)': dense/ has \(d.dtype.rawValue) \(d.shape), input has \(s.dtype.rawValue) \(s.shape)")
+                continue
+            }
+            let inBytes = source.bytes(s)
+            let outBytes = dense.bytes(d)
+            if SHA256Stream.hex(outBytes) != m.sha256Dense { fail("tensor '\(s.name)': sha256 of dense/ bytes differs from the manifest") }
+            let size = s.dtype.size
+            let zeros = TensorPruner.zeroCount(outBytes, elementSize: size)
+            if !m.pruned {
+                if !inBytes.elementsEqual(outBytes) { fail("tensor '\(s.name)': not pruned but its bytes changed") }
+            } else {
+                report.prunedTensors += 1
+                report.zeros += zeros
+                if zeros != m.zeros { fail("tensor '\(s.name)': \(zeros) zeros, manifest says \(m.zeros)") }
+                let achieved = Double(zeros) / Double(max(s.elementCount, 1))
+                if abs(achieved - m.achievedSparsity) > 1e-12 { fail("tensor '\(s.name)': achieved sparsity \(achieved), manifest says \(m.achievedSparsity)") }
+                if let problem = valuesProblem(inBytes, outBytes, size: size) { fail("tensor '\(s.name)': \(problem)") }
+                if let pattern = m.pattern, let target = m.targetSparsity {
+                    for problem in patternProblems(outBytes, info: s, pattern: pattern, target: target) { fail("tensor '\(s.name)': \(problem)") }
+                }
+            }
+            // sparse/ must rebuild dense/ exactly.
+            switch sparseEntries[s.name] {
+            case .none:
+                fail("sparse/: tensor '\(s.name)' is missing")
+            case .some(true):
+                do {
+                    let rebuilt = try sparse.sparseTensor(s.name).densify()
+                    if !rebuilt.elementsEqual(outBytes) { fail("sparse/: tensor '\(s.name)' does not rebuild dense/ bytes") }
+                } catch {
+                    fail("sparse/: tensor '\(s.name)': \(error)")
+                }
+            case .some(false):
+                let info = sparse.checkpoint.info(s.name)!
+                if !sparse.checkpoint.bytes(info).elementsEqual(outBytes) { fail("sparse/: tensor '\(s.name)' differs from dense/") }
+            }
+        }
+        return report
+    }
+
+    /// Every output element is its input bytes or +0.
+    static func valuesProblem(_ input: UnsafeRawBufferPointer, _ output: UnsafeRawBufferPointer, size: Int) -> String? {
+        var changedNonZero = 0
+        var e = 0
+        while e < input.count {
+            var same = true, zero = true
+            for b in 0..<size {
+                if input[e + b] != output[e + b] { same = false }
+                if output[e + b] != 0 { zero = false }
+            }
+            if !same && !zero { changedNonZero += 1 }
+            e += size
+        }
+        return changedNonZero == 0 ? nil : "\(changedNonZero) kept weights differ from the input"
+    }
+
+    /// Pattern rules: N:M groups, per-row counts, whole rows, overall count.
+    static func patternProblems(_ out: UnsafeRawBufferPointer, info: TensorInfo, pattern: String, target: Double) -> [String] {
+        guard let p = try? SparsityPattern(parsing: pattern) else { return ["unknown pattern '\(pattern)' in manifest"] }
+        let rows = info.rows, cols = info.cols, size = info.dtype.size
+        func isZero(_ r: Int, _ c: Int) -> Bool { SparseBitmaskTensor.isZero(out, at: (r * cols + c) * size, size: size) }
+        var problems: [String] = []
+        switch p {
+        case .nm(let n, let m):
+            var bad = 0
+            for r in 0..<rows {
+                var g = 0
+                while g < cols {
+                    var nonzero = 0
+                    for c in g..<min(g + m, cols) where !isZero(r, c) { nonzero += 1 }
+                    if nonzero > n { bad += 1 }
+                    g += m
+                }
+            }
+            if bad > 0 { problems.append("\(bad) groups of \(m) hold more than \(n) nonzero weights") }
+        case .perRow:
+            let need = Int((Double(cols) * target).rounded(.down))
+            let short = (0..<rows).filter { r in (0..<cols).filter { isZero(r, $0) }.count < need }.count
+            if short > 0 { problems.append("\(short) rows have fewer than \(need) zeros") }
+        case .rows:
+            let need = Int((Double(rows) * target).rounded(.down))
+            let zeroRows = (0..<rows).filter { r in (0..<cols).allSatisfy { isZero(r, $0) } }.count
+            if zeroRows < need { problems.append("\(zeroRows) all-zero rows, planned at least \(need)") }
+        case .unstructured:
+            let need = p.plannedPruned(rows: rows, cols: cols, sparsity: target)
+            let zeros = TensorPruner.zeroCount(out, elementSize: size)
+            if zeros < need { problems.append("\(zeros) zeros, planned at least \(need)") }
+        }
+        return problems
+    }
+}

@@ -1,0 +1,56 @@
+import Pruning
+import Tensors
+
+/// One tensor the job prunes.
+public struct PlannedTensor: Sendable, Equatable {
+    public let info: TensorInfo
+    /// Shard file (relative to the checkpoint directory) that holds it.
+    public let shard: String
+    public var name: String { info.name }
+    public var rows: Int { info.rows }
+    public var cols: Int { info.cols }
+}
+
+/// What a job will do: which tensors it prunes and how, read from headers only.
+public struct Plan: Sendable {
+    public let targets: [PlannedTensor]
+    public let pattern: SparsityPattern
+    public let sparsity: Double
+
+    /// Chooses the targets: names matching a target pattern and no ignore pattern. A name
+    /// given exactly must exist and be prunable; regexes skip what cannot be pruned
+    /// (integer tensors, 1-D biases and norms).
+    public init(spec: JobSpec, checkpoint: Checkpoint) throws {
+        pattern = spec.pattern
+        sparsity = spec.sparsity
+        for target in spec.targets where target.isExact {
+            guard let info = checkpoint.info(target.text) else {
+                throw SpecError("targets: no tensor named '\(target.text)' in \(checkpoint.directory)")
+            }
+            guard info.dtype.isFloat, info.shape.count >= 2 else {
+                throw SpecError("targets: '\(target.text)' is \(info.dtype.rawValue) \(info.shape); only floating tensors of 2 or more dimensions can be pruned")
+            }
+        }
+        var chosen: [PlannedTensor] = []
+        for t in checkpoint.tensors {
+            guard spec.targets.contains(where: { $0.matches(t.name) }),
+                  !spec.ignore.contains(where: { $0.matches(t.name) }),
+                  t.dtype.isFloat, t.shape.count >= 2, t.elementCount > 0 else { continue }
+            do {
+                try spec.pattern.validate(rows: t.rows, cols: t.cols)
+            } catch let e as PruningError {
+                throw SpecError("pattern: tensor '\(t.name)' \(t.shape): \(e.message)")
+            }
+            chosen.append(PlannedTensor(info: t, shard: checkpoint.shardName(of: t.name)!))
+        }
+        guard !chosen.isEmpty else {
+            throw SpecError("targets: no prunable tensor matched (targets \(spec.targets.map(\.text)), ignore \(spec.ignore.map(\.text)))")
+        }
+        targets = chosen
+    }
+
+    /// Weights the plan prunes from one tensor.
+    public func plannedPruned(_ t: PlannedTensor) -> Int {
+        pattern.plannedPruned(rows: t.rows, cols: t.cols, sparsity: sparsity)
+    }
+}

@@ -1,0 +1,69 @@
+/// Norm used to rank whole output rows.
+public enum RowNorm: String, Sendable, Codable {
+    case l1, l2
+}
+
+/// Which weights compete with each other for survival.
+public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
+    /// The smallest fraction of the whole tensor.
+    case unstructured
+    /// The smallest fraction of each output row (the comparison group Wanda uses).
+    case perRow
+    /// At most `n` nonzero weights in every `m` consecutive weights along the input
+    /// dimension (NVIDIA's N:M; 2:4 keeps 2 of every 4).
+    case nm(n: Int, m: Int)
+    /// Whole output rows with the smallest L1 or L2 norm of their scores.
+    case rows(RowNorm)
+
+    /// Parses `unstructured`, `per_row`, `N:M`, `rows_l1`, `rows_l2`.
+    public init(parsing text: String) throws {
+        switch text {
+        case "unstructured": self = .unstructured
+        case "per_row": self = .perRow
+        case "rows_l1": self = .rows(.l1)
+        case "rows_l2": self = .rows(.l2)
+        default:
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]) else {
+                throw PruningError("unknown pattern '\(text)' (expected unstructured, per_row, N:M such as 2:4, rows_l1 or rows_l2)")
+            }
+            guard n >= 0, m >= 1, n < m else {
+                throw PruningError("pattern \(text): N:M needs 0 ≤ N < M")
+            }
+            self = .nm(n: n, m: m)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .unstructured: return "unstructured"
+        case .perRow: return "per_row"
+        case .nm(let n, let m): return "\(n):\(m)"
+        case .rows(let norm): return "rows_\(norm.rawValue)"
+        }
+    }
+
+    /// The sparsity an N:M pattern implies; nil for patterns that take a sparsity.
+    public var impliedSparsity: Double? {
+        if case .nm(let n, let m) = self { return Double(m - n) / Double(m) }
+        return nil
+    }
+
+    /// Checks the pattern fits a rows × cols matrix.
+    public func validate(rows: Int, cols: Int) throws {
+        if case .nm(_, let m) = self, cols % m != 0 {
+            throw PruningError("N:M pattern \(self) needs the input dimension divisible by \(m), but it is \(cols)")
+        }
+    }
+
+    /// How many weights this pattern prunes from a rows × cols matrix at `sparsity`.
+    /// Counts round down, as Wanda and SparseGPT do.
+    public func plannedPruned(rows: Int, cols: Int, sparsity: Double) -> Int {
+        switch self {
+        case .unstructured: return Int((Double(rows * cols) * sparsity).rounded(.down))
+        case .perRow: return rows * Int((Double(cols) * sparsity).rounded(.down))
+        case .nm(let n, let m): return rows * (cols / m) * (m - n)
+        case .rows: return Int((Double(rows) * sparsity).rounded(.down)) * cols
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import Tensors
+
+/// A tensor in the compressed-tensors "sparse-bitmask" layout: which elements are stored
+/// (1 bit each, rows × ceil(cols/8), little-endian bits), the stored values in row-major
+/// order, where each row starts among them, and the dense shape.
+///
+/// An element is stored when its bit pattern is not all zeros: a kept -0.0 is stored, so
+/// densifying gives back the dense bytes exactly.
+public struct SparseBitmaskTensor: Equatable, Sendable {
+    public let dtype: DType
+    public let shape: [Int]
+    public let bitmask: [UInt8]
+    /// Stored values as raw little-endian bytes of `dtype`.
+    public let compressed: [UInt8]
+    public let rowOffsets: [Int64]
+
+    public var rows: Int { shape.first ?? 1 }
+    public var cols: Int { shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *) }
+    public var storedCount: Int { compressed.count / dtype.size }
+
+    /// Bytes of the four tensors together, as written.
+    public var byteCount: Int { bitmask.count + compressed.count + rowOffsets.count * 8 + shape.count * 8 }
+
+    public init(dtype: DType, shape: [Int], bitmask: [UInt8], compressed: [UInt8], rowOffsets: [Int64]) {
+        self.dtype = dtype
+        self.shape = shape
+        self.bitmask = bitmask
+        self.compressed = compressed
+        self.rowOffsets = rowOffsets
+    }
+
+    /// Encodes dense little-endian bytes.
+    public init(dense: UnsafeRawBufferPointer, dtype: DType, shape: [Int]) {
+        self.dtype = dtype
+        self.shape = shape
+        let rows = shape.first ?? 1
+        let cols = shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *)
+        let size = dtype.size
+        let bpr = (cols + 7) / 8
+        var bitmask = [UInt8](repeating: 0, count: rows * bpr)
+        var compressed: [UInt8] = []
+        compressed.reserveCapacity(dense.count)
+        var offsets = [Int64](repeating: 0, count: rows)
+        var stored = 0
+        for r in 0..<rows {
+            offsets[r] = Int64(stored)
+            for c in 0..<cols {
+                let e = (r * cols + c) * size
+                if !SparseBitmaskTensor.isZero(dense, at: e, size: size) {
+                    bitmask[r * bpr + c >> 3] |= 1 << UInt8(c & 7)
+                    compressed.append(contentsOf: UnsafeRawBufferPointer(rebasing: dense[e..<(e + size)]))
+                    stored += 1
+                }
+            }
+        }
+        self.bitmask = bitmask
+        self.compressed = compressed
+        self.rowOffsets = offsets
+    }
+
+    @inline(__always) public static func isZero(_ raw: UnsafeRawBufferPointer, at offset: Int, size: Int) -> Bool {
+        switch size {
+        case 4: return raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self) == 0
+        case 2: return raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self) == 0
+        case 8: return raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self) == 0
+        default: return raw[offset] == 0
+        }
+    }
+
+    /// Rebuilds the dense bytes, checking that the parts agree with each other.
+    public func densify() throws -> [UInt8] {
+        let rows = self.rows, cols = self.cols, size = dtype.size
+        let bpr = (cols + 7) / 8
+        guard bitmask.count == rows * bpr else {
+            throw PruningError("bitmask has \(bitmask.count) bytes, shape \(shape) needs \(rows * bpr)")
+        }
+        guard rowOffsets.count == rows else {
+            throw PruningError("row_offsets has \(rowOffsets.count) entries, shape \(shape) needs \(rows)")
+        }
+        guard compressed.count % size == 0 else {
+            throw PruningError("compressed byte count \(compressed.count) is not a multiple of \(size)")
+        }
+        var dense = [UInt8](repeating: 0, count: rows * cols * size)
+        var stored = 0
+        try dense.withUnsafeMutableBytes { out in
+            try compressed.withUnsafeBytes { src in
+                for r in 0..<rows {
+                    guard rowOffsets[r] == Int64(stored) else {
+                        throw PruningError("row_offsets[\(r)] = \(rowOffsets[r]) but the bitmask puts row \(r) at \(stored)")
+                    }
+                    for c in 0..<cols where bitmask[r * bpr + c >> 3] & (1 << UInt8(c & 7)) != 0 {
+                        guard (stored + 1) * size <= src.count else {
+                            throw PruningError("bitmask marks more values than compressed holds (\(src.count / size))")
+                        }
+                        let dst = (r * cols + c) * size
+                        out.baseAddress!.advanced(by: dst).copyMemory(from: src.baseAddress!.advanced(by: stored * size), byteCount: size)
+                        stored += 1
+                    }
+                }
+            }
+        }
+        guard stored * size == compressed.count else {
+            throw PruningError("compressed holds \(compressed.count / size) values but the bitmask marks \(stored)")
+        }
+        return dense
+    }
+}
+
+/// Applying a mask to raw tensor bytes.
+public enum MaskApplication {
+    /// Copies `source` into `destination`, writing zero bytes where the mask prunes.
+    public static func apply(_ mask: Mask, source: UnsafeRawBufferPointer, elementSize: Int,
+                             into destination: UnsafeMutableRawBufferPointer) {
+        let rows = mask.rows, cols = mask.cols, bpr = mask.bytesPerRow
+        precondition(source.count == rows * cols * elementSize && destination.count == source.count, "mask and tensor disagree")
+        guard !source.isEmpty else { return }
+        destination.copyMemory(from: source)
+        mask.bits.withUnsafeBufferPointer { bits in
+            for r in 0..<rows {
+                let rowBits = r * bpr
+                for b in 0..<bpr where bits[rowBits + b] != 0xFF {
+                    let byte = bits[rowBits + b]
+                    let first = b * 8
+                    for j in 0..<min(8, cols - first) where byte & (1 << UInt8(j)) == 0 {
+                        let e = (r * cols + first + j) * elementSize
+                        (destination.baseAddress! + e).initializeMemory(as: UInt8.self, repeating: 0, count: elementSize)
+                    }
+                }
+            }
+        }
+    }
+}

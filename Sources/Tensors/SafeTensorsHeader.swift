@@ -1,0 +1,188 @@
+import Foundation
+
+/// One tensor as a safetensors header describes it.
+public struct TensorInfo: Sendable, Hashable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    /// Byte range relative to the start of the data region, as written in the header.
+    public let dataOffsets: Range<Int>
+
+    public init(name: String, dtype: DType, shape: [Int], dataOffsets: Range<Int>) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.dataOffsets = dataOffsets
+    }
+
+    public var elementCount: Int { shape.reduce(1, *) }
+    public var byteCount: Int { dataOffsets.count }
+    /// The 2-D view used for pruning: output rows × everything else.
+    public var rows: Int { shape.first ?? 1 }
+    public var cols: Int { shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *) }
+}
+
+/// The parsed, validated header of a safetensors file.
+///
+/// Validation follows the format's own rules and refuses anything a hostile file could use
+/// to make us read outside the file: the length prefix is bounded and inside the file, the
+/// header is UTF-8 JSON, every dtype is known, each byte span equals shape × dtype size,
+/// and the spans lie in the data region, do not overlap and cover it exactly.
+public struct SafeTensorsHeader: Sendable {
+    /// Upper bound on the JSON header, as the reference implementation sets it.
+    public static let maxHeaderBytes = 100_000_000
+
+    /// Tensors in the order of their data.
+    public let tensors: [TensorInfo]
+    /// The `__metadata__` string map, when present.
+    public let metadata: [String: String]?
+    /// Length of the JSON header in bytes (the 8-byte prefix not included).
+    public let headerLength: Int
+
+    /// Offset of the data region in the file.
+    public var dataStart: Int { 8 + headerLength }
+
+    /// Reads and validates the header of the file at `path` without mapping its data.
+    public static func read(path: String) throws -> SafeTensorsHeader {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw CheckpointError(file: path, "cannot open for reading")
+        }
+        defer { try? handle.close() }
+        let size = Int(try handle.seekToEnd())
+        try handle.seek(toOffset: 0)
+        guard size >= 8, let prefix = try handle.read(upToCount: 8), prefix.count == 8 else {
+            throw CheckpointError(file: path, "truncated: \(size) bytes, shorter than the 8-byte header length")
+        }
+        let length = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        try checkLength(length, fileSize: size, file: path)
+        let json = try handle.read(upToCount: Int(length)) ?? Data()
+        guard json.count == Int(length) else {
+            throw CheckpointError(file: path, "truncated inside the header")
+        }
+        return try parse(json: json, fileSize: size, file: path)
+    }
+
+    static func checkLength(_ length: UInt64, fileSize: Int, file: String) throws {
+        if length > UInt64(maxHeaderBytes) {
+            throw CheckpointError(file: file, "header length \(length) exceeds the limit of \(maxHeaderBytes) bytes")
+        }
+        if 8 + Int(length) > fileSize {
+            throw CheckpointError(file: file, "header length \(length) runs past the end of the file (\(fileSize) bytes)")
+        }
+    }
+
+    /// Parses and validates header JSON for a file of `fileSize` bytes.
+    public static func parse(json: Data, fileSize: Int, file: String) throws -> SafeTensorsHeader {
+        let headerLength = json.count
+        guard String(data: json, encoding: .utf8) != nil else {
+            throw CheckpointError(file: file, "header is not valid UTF-8")
+        }
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: json, options: [])
+        } catch {
+            throw CheckpointError(file: file, "header is not valid JSON")
+        }
+        guard let entries = object as? [String: Any] else {
+            throw CheckpointError(file: file, "header is not a JSON object")
+        }
+        var metadata: [String: String]?
+        var tensors: [TensorInfo] = []
+        tensors.reserveCapacity(entries.count)
+        let dataSize = fileSize - 8 - headerLength
+        for (name, value) in entries {
+            if name == "__metadata__" {
+                guard let map = value as? [String: Any] else {
+                    throw CheckpointError(file: file, "__metadata__ is not an object of strings")
+                }
+                var strings: [String: String] = [:]
+                for (k, v) in map {
+                    guard let s = v as? String else {
+                        throw CheckpointError(file: file, "__metadata__ key '\(k)' is not a string")
+                    }
+                    strings[k] = s
+                }
+                metadata = strings
+                continue
+            }
+            tensors.append(try parseTensor(name: name, value: value, dataSize: dataSize, file: file))
+        }
+        tensors.sort { ($0.dataOffsets.lowerBound, $0.dataOffsets.upperBound, $0.name) < ($1.dataOffsets.lowerBound, $1.dataOffsets.upperBound, $1.name) }
+        var end = 0
+        var previous: String?
+        for t in tensors {
+            if t.dataOffsets.lowerBound < end, let previous {
+                throw CheckpointError(file: file, tensor: t.name, "data_offsets [\(t.dataOffsets.lowerBound), \(t.dataOffsets.upperBound)] overlap tensor '\(previous)'")
+            }
+            if t.dataOffsets.lowerBound > end {
+                throw CheckpointError(file: file, tensor: t.name, "gap of \(t.dataOffsets.lowerBound - end) bytes before its data (offsets must be contiguous)")
+            }
+            end = t.dataOffsets.upperBound
+            previous = t.name
+        }
+        if end != dataSize {
+            throw CheckpointError(file: file, "data region is \(dataSize) bytes but the tensors cover \(end): \(dataSize - end) trailing bytes")
+        }
+        return SafeTensorsHeader(tensors: tensors, metadata: metadata, headerLength: headerLength)
+    }
+
+    private static func integer(_ any: Any) -> Int? {
+        guard let n = any as? NSNumber else { return nil }
+        // Reject booleans, fractions and values that do not fit.
+        if isBoolean(n) { return nil }
+        let d = n.doubleValue
+        guard d.rounded() == d, d >= 0, d < 9.0e18 else { return nil }
+        return n.intValue
+    }
+
+    private static func isBoolean(_ n: NSNumber) -> Bool {
+        // JSONSerialization yields NSNumber for both numbers and booleans; a boolean has objCType "c".
+        String(cString: n.objCType) == "c"
+    }
+
+    private static func parseTensor(name: String, value: Any, dataSize: Int, file: String) throws -> TensorInfo {
+        guard let fields = value as? [String: Any] else {
+            throw CheckpointError(file: file, tensor: name, "entry is not an object")
+        }
+        guard let dtypeName = fields["dtype"] as? String else {
+            throw CheckpointError(file: file, tensor: name, "missing string field 'dtype'")
+        }
+        guard let dtype = DType(rawValue: dtypeName) else {
+            if DType.knownUnsupported.contains(dtypeName) {
+                throw CheckpointError(file: file, tensor: name, "dtype \(dtypeName) is not supported (supported: F32, F16, BF16; integer and BOOL passed through)")
+            }
+            throw CheckpointError(file: file, tensor: name, "unknown dtype '\(dtypeName)'")
+        }
+        guard let shapeArray = fields["shape"] as? [Any] else {
+            throw CheckpointError(file: file, tensor: name, "missing array field 'shape'")
+        }
+        var shape: [Int] = []
+        var elements = 1
+        for dim in shapeArray {
+            guard let d = integer(dim) else {
+                throw CheckpointError(file: file, tensor: name, "shape \(shapeArray) has an entry that is not a non-negative integer")
+            }
+            let (product, overflow) = elements.multipliedReportingOverflow(by: d)
+            guard !overflow, product <= Int(Int32.max) * 64 else {
+                throw CheckpointError(file: file, tensor: name, "shape \(shapeArray) is too large")
+            }
+            elements = product
+            shape.append(d)
+        }
+        guard let offsets = fields["data_offsets"] as? [Any], offsets.count == 2,
+              let begin = integer(offsets[0]), let end = integer(offsets[1]) else {
+            throw CheckpointError(file: file, tensor: name, "data_offsets must be two non-negative integers")
+        }
+        guard begin <= end else {
+            throw CheckpointError(file: file, tensor: name, "data_offsets [\(begin), \(end)] are reversed")
+        }
+        guard end <= dataSize else {
+            throw CheckpointError(file: file, tensor: name, "data_offsets [\(begin), \(end)] lie outside the data region (\(dataSize) bytes)")
+        }
+        let expected = elements * dtype.size
+        guard end - begin == expected else {
+            throw CheckpointError(file: file, tensor: name, "shape \(shape) × \(dtype.rawValue) needs \(expected) bytes but data_offsets span \(end - begin)")
+        }
+        return TensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end)
+    }
+}

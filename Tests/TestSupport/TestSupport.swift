@@ -1,0 +1,152 @@
+import Foundation
+import Tensors
+
+/// A fresh temporary directory, removed by `cleanup()`.
+public final class TempDir {
+    public let path: String
+    public init(_ label: String = "prune-test") {
+        path = NSTemporaryDirectory() + "\(label)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+    public func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Deterministic normal-ish values (sum of uniforms) from a seed, for synthetic weights.
+public struct SeededValues {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    public mutating func next() -> Float {
+        var acc: Float = 0
+        for _ in 0..<4 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            acc += Float(state >> 40) / Float(1 << 24)
+        }
+        return (acc - 2) * 0.1
+    }
+    public mutating func values(_ n: Int) -> [Float] { (0..<n).map { _ in next() } }
+}
+
+/// Writes a small Llama-shaped checkpoint: embeddings, norms, attention and MLP
+/// projections, lm_head; single file or `shards` files with an index.
+public enum SyntheticModel {
+    public static func tensors(layers: Int = 2, hidden: Int = 32, intermediate: Int = 64, vocab: Int = 48) -> [(String, [Int])] {
+        var t: [(String, [Int])] = [("model.embed_tokens.weight", [vocab, hidden])]
+        for l in 0..<layers {
+            let p = "model.layers.\(l)."
+            t += [(p + "input_layernorm.weight", [hidden]),
+                  (p + "self_attn.q_proj.weight", [hidden, hidden]),
+                  (p + "self_attn.k_proj.weight", [hidden / 2, hidden]),
+                  (p + "self_attn.v_proj.weight", [hidden / 2, hidden]),
+                  (p + "self_attn.o_proj.weight", [hidden, hidden]),
+                  (p + "post_attention_layernorm.weight", [hidden]),
+                  (p + "mlp.gate_proj.weight", [intermediate, hidden]),
+                  (p + "mlp.up_proj.weight", [intermediate, hidden]),
+                  (p + "mlp.down_proj.weight", [hidden, intermediate])]
+        }
+        t += [("model.norm.weight", [hidden]), ("lm_head.weight", [vocab, hidden])]
+        return t
+    }
+
+    /// Writes the model into `directory` and returns the tensor names in file order.
+    @discardableResult
+    public static func write(to directory: String, dtype: DType = .f32, shards: Int = 1, seed: UInt64 = 1,
+                             layers: Int = 2, hidden: Int = 32, intermediate: Int = 64,
+                             extra: [(String, DType, [Int], [UInt8])] = []) throws -> [String] {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var rng = SeededValues(seed: seed)
+        var all: [(TensorSpec, [UInt8])] = []
+        for (name, shape) in tensors(layers: layers, hidden: hidden, intermediate: intermediate) {
+            let n = shape.reduce(1, *)
+            var values = rng.values(n)
+            if name.hasSuffix("norm.weight") { values = values.map { 1 + $0 } }
+            var bytes = [UInt8](repeating: 0, count: n * dtype.size)
+            values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { FloatConversion.fromFloat(v, dtype: dtype, into: $0) } }
+            all.append((TensorSpec(name: name, dtype: dtype, shape: shape), bytes))
+        }
+        for (name, dt, shape, bytes) in extra { all.append((TensorSpec(name: name, dtype: dt, shape: shape), bytes)) }
+        let config = "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": \(hidden), \"num_hidden_layers\": \(layers)}\n"
+        try AtomicFileWriter.write(Array(config.utf8), to: (directory as NSString).appendingPathComponent("config.json"))
+        let perShard = (all.count + shards - 1) / shards
+        var weightMap: [String: String] = [:]
+        for s in 0..<shards {
+            let part = Array(all[min(s * perShard, all.count)..<min((s + 1) * perShard, all.count)])
+            let file = shards == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", s + 1, shards)
+            let w = try SafeTensorsWriter(path: (directory as NSString).appendingPathComponent(file),
+                                          tensors: part.map(\.0), metadata: ["format": "pt"])
+            for (spec, bytes) in part { try w.write(bytes); weightMap[spec.name] = file }
+            try w.finish()
+        }
+        if shards > 1 {
+            let entries = weightMap.keys.sorted().map { "\"\($0)\": \"\(weightMap[$0]!)\"" }.joined(separator: ", ")
+            let index = "{\"metadata\": {\"total_size\": \(all.reduce(0) { $0 + $1.1.count })}, \"weight_map\": {\(entries)}}"
+            try AtomicFileWriter.write(Array(index.utf8), to: (directory as NSString).appendingPathComponent(Checkpoint.indexFileName))
+        }
+        return all.map(\.0.name)
+    }
+}
+
+/// Running child processes: Python helpers and the `prune` binary.
+public enum Subprocess {
+    public struct Result {
+        public let status: Int32
+        public let stdout: String
+        public let stderr: String
+    }
+
+    /// The package root (two levels above this file's folder).
+    public static var packageRoot: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }
+
+    /// The built `prune` binary beside the test bundle.
+    public static var pruneBinary: String {
+        let candidates = [Bundle.main.bundleURL.appendingPathComponent("prune").path,
+                          URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("prune").path]
+        for c in candidates where FileManager.default.isExecutableFile(atPath: c) { return c }
+        // swift test builds every product into the same folder as the test runner.
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug/prune").path
+        return dir
+    }
+
+    public static func run(_ executable: String, _ arguments: [String], cwd: String? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        // stdout through a pipe, stderr into a file: neither can fill up and block the child.
+        let out = Pipe()
+        let errPath = NSTemporaryDirectory() + "prune-stderr-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: errPath) }
+        let errHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        p.standardOutput = out
+        p.standardError = errHandle
+        try p.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        try? errHandle.close()
+        let errData = FileManager.default.contents(atPath: errPath) ?? Data()
+        return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                      stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    public static func prune(_ arguments: [String], cwd: String? = nil) throws -> Result {
+        try run(pruneBinary, arguments, cwd: cwd)
+    }
+
+    /// python3 with a script from Tests/python; nil when python3 or its packages are missing.
+    public static func python(_ script: String, _ arguments: [String]) throws -> Result? {
+        guard pythonHasSafetensors else { return nil }
+        return try run("/usr/bin/env", ["python3", packageRoot + "/Tests/python/" + script] + arguments)
+    }
+
+    /// CI sets PRUNE_REQUIRE_PYTHON=1 so a missing interop dependency fails instead of skipping.
+    public static var pythonRequired: Bool { ProcessInfo.processInfo.environment["PRUNE_REQUIRE_PYTHON"] == "1" }
+
+    public static let pythonHasSafetensors: Bool = {
+        guard let r = try? run("/usr/bin/env", ["python3", "-c", "import numpy, safetensors, ml_dtypes"]) else { return false }
+        return r.status == 0
+    }()
+}
