@@ -51,17 +51,18 @@ public enum MaskSelection {
         var c = 0
         // Whole bytes: keys above the cut are kept; keys equal to it are pruned in index
         // order while the budget lasts (rare: only the cut value's ties get here).
+        let threshold = SIMD8<UInt32>(repeating: t)
         while c + 8 <= cols {
-            let k = keys + c
-            var gt = 0, eq = 0
-            for j in 0..<8 {
-                gt |= Branchless.greater(k[j], t) << j
-                eq |= Branchless.equal(k[j], t) << j
-            }
-            while eq != 0 {
-                let bit = eq & -eq
-                if equalLeft > 0 { equalLeft -= 1 } else { gt |= bit }
-                eq &= eq - 1
+            let v = UnsafeRawPointer(keys + c).loadUnaligned(as: SIMD8<UInt32>.self)
+            var gt = Branchless.bits(v .> threshold)
+            let eqMask = v .== threshold
+            if any(eqMask) {
+                var eq = Branchless.bits(eqMask)
+                while eq != 0 {
+                    let bit = eq & -eq
+                    if equalLeft > 0 { equalLeft -= 1 } else { gt |= bit }
+                    eq &= eq - 1
+                }
             }
             out[c >> 3] = UInt8(truncatingIfNeeded: gt)
             c += 8
@@ -163,4 +164,11 @@ enum Branchless {
     @inline(__always) static func lessOrEqual(_ a: UInt32, _ b: UInt32) -> Int { 1 &+ Int((Int64(b) &- Int64(a)) >> 63) }
     @inline(__always) static func equal(_ a: UInt32, _ b: UInt32) -> Int { Int(((Int64(a) ^ Int64(b)) &- 1) >> 63) & 1 }
     @inline(__always) static func atLeast(_ a: Int, _ b: Int) -> Int { 1 &+ ((a &- b) >> 63) }
+
+    static let laneBits = SIMD8<UInt32>(1, 2, 4, 8, 16, 32, 64, 128)
+
+    /// Eight lane flags packed into the low byte, lane 0 in bit 0.
+    @inline(__always) static func bits(_ mask: SIMDMask<SIMD8<Int32>>) -> Int {
+        Int(SIMD8<UInt32>(repeating: 0).replacing(with: laneBits, where: mask).wrappedSum())
+    }
 }

@@ -69,23 +69,60 @@ public enum RadixSelect {
         // One unsigned compare tests lo ≤ key ≤ hi: a branch that is rarely taken, so it
         // predicts well (two compares would branch at random on half the keys).
         let width = hi &- lo
+        let loLanes = SIMD8<UInt32>(repeating: lo), widthLanes = SIMD8<UInt32>(repeating: width)
+        let ones = SIMD8<UInt32>(repeating: 1), zeros = SIMD8<UInt32>(repeating: 0)
         var i = 0
+        while i + 8 <= n {
+            // Lane counters are flushed every 2^20 steps, long before they could overflow.
+            var belowLanes = zeros
+            let end = min(n - 7, i + 8 << 20)
+            while i < end {
+                let v = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD8<UInt32>.self)
+                belowLanes &+= zeros.replacing(with: ones, where: v .< loLanes)
+                let inRange = (v &- loLanes) .<= widthLanes
+                if any(inRange) {
+                    for j in 0..<8 where inRange[j] { inside.append(v[j] &- lo) }
+                }
+                i &+= 8
+            }
+            below &+= Int(belowLanes.wrappedSum())
+        }
         while i < n {
             let key = base[i]
             below &+= Branchless.greater(lo, key)
-            if key &- lo <= width { inside.append(key) }
+            if key &- lo <= width { inside.append(key &- lo) }
             i &+= 1
         }
         guard below < k, below + inside.count >= k else { return nil }
-        let (value, belowInside) = inside.withUnsafeBufferPointer { radixKthSmallest($0, k - below, digits: digits, scratch: &scratch) }
-        return (value, below + belowInside)
+        // Inside keys are stored as offsets from lo: only the low bits vary, so the radix
+        // digits cover just those bits instead of splitting on a near-constant prefix.
+        let (offset, belowInside) = inside.withUnsafeBufferPointer {
+            radixKthSmallest($0, k - below, digits: digitsCovering(width), scratch: &scratch)
+        }
+        return (lo &+ offset, below + belowInside)
+    }
+
+    /// Digits (most significant first, at most 12 bits each) that together cover every
+    /// bit of values up to `maxValue`.
+    static func digitsCovering(_ maxValue: UInt32) -> [Int] {
+        let used = max(32 - maxValue.leadingZeroBitCount, 1)
+        let levels = (used + 11) / 12
+        var digits: [Int] = []
+        var left = used
+        for l in 0..<levels {
+            let width = left / (levels - l) + (left % (levels - l) == 0 ? 0 : 1)
+            digits.append(width)
+            left -= width
+        }
+        return digits
     }
 
     static func radixKthSmallest(_ keys: UnsafeBufferPointer<UInt32>, _ k: Int, digits: [Int], scratch: inout Scratch) -> (UInt32, Int) {
         var remaining = k
         var below = 0
         var prefix: UInt32 = 0
-        var shift = 32
+        // Digits may cover fewer than 32 bits when every key is known to be small.
+        var shift = digits.reduce(0, +)
         var candidateCount = 0
         let maxBins = 1 << (digits.max() ?? 16)
         if scratch.histogram.count < maxBins { scratch.histogram = [UInt32](repeating: 0, count: maxBins) }
@@ -97,10 +134,10 @@ public enum RadixSelect {
             let (digit, binCount): (Int, Int) = scratch.histogram.withUnsafeMutableBufferPointer { hist in
                 for b in 0..<bins { hist[b] = 0 }
                 if level == 0 {
-                    for key in keys { hist[Int(key >> s)] &+= 1 }
+                    for key in keys { hist[Int(key &>> s)] &+= 1 }
                 } else {
                     scratch.candidates.withUnsafeBufferPointer { c in
-                        for i in 0..<candidateCount { hist[Int((c[i] >> s) & digitMask)] &+= 1 }
+                        for i in 0..<candidateCount { hist[Int((c[i] &>> s) & digitMask)] &+= 1 }
                     }
                 }
                 var d = 0
@@ -114,16 +151,16 @@ public enum RadixSelect {
             prefix |= UInt32(digit) << s
             if level == digits.count - 1 { break }
             // Keep only keys whose digits so far match the prefix: exactly `binCount` of them.
-            let high = prefix >> s
+            let high = prefix &>> s
             if scratch.candidates.count < binCount {
                 scratch.candidates = [UInt32](unsafeUninitializedCapacity: binCount) { _, n in n = binCount }
             }
             scratch.candidates.withUnsafeMutableBufferPointer { c in
                 var n = 0
                 if level == 0 {
-                    for key in keys where key >> s == high { c[n] = key; n += 1 }
+                    for key in keys where key &>> s == high { c[n] = key; n += 1 }
                 } else {
-                    for i in 0..<candidateCount where c[i] >> s == high { c[n] = c[i]; n += 1 }
+                    for i in 0..<candidateCount where c[i] &>> s == high { c[n] = c[i]; n += 1 }
                 }
                 candidateCount = n
             }
