@@ -27,18 +27,31 @@ public enum Checker {
         var report = CheckReport()
         func fail(_ s: String) { report.failures.append(s) }
 
+        for (file, digest) in manifest.modelFiles.sorted(by: { $0.key < $1.key }) {
+            guard let shard = source.shards.first(where: { ($0.path as NSString).lastPathComponent == file }) else {
+                fail("manifest: model file '\(file)' is not part of \(original)")
+                continue
+            }
+            if try SHA256Stream.hex(file: shard.path) != digest { fail("manifest: \(shard.path) differs from the file the job pruned (sha256)") }
+        }
         let sourceNames = Set(source.tensors.map(\.name))
         let denseNames = Set(dense.tensors.map(\.name))
+        let sparseEntries = Dictionary(sparse.denseNames().map { ($0.name, $0.sparse) }, uniquingKeysWith: { a, _ in a })
         for missing in sourceNames.subtracting(denseNames).sorted() { fail("dense/: tensor '\(missing)' is missing") }
         for extra in denseNames.subtracting(sourceNames).sorted() { fail("dense/: tensor '\(extra)' is not in the input") }
+        for extra in Set(sparseEntries.keys).subtracting(sourceNames).sorted() { fail("sparse/: tensor '\(extra)' is not in the input") }
         for name in sourceNames.subtracting(manifest.tensors.keys).sorted() { fail("manifest: tensor '\(name)' is not listed") }
-        let sparseEntries = Dictionary(sparse.denseNames().map { ($0.name, $0.sparse) }, uniquingKeysWith: { a, _ in a })
+        for name in Set(manifest.tensors.keys).subtracting(sourceNames).sorted() { fail("manifest: tensor '\(name)' is not in the input") }
 
         for s in source.tensors {
             guard let d = dense.info(s.name), let m = manifest.tensors[s.name] else { continue }
             report.tensorsChecked += 1
             guard d.dtype == s.dtype, d.shape == s.shape else {
                 fail("tensor '\(s.name)': dense/ has \(d.dtype.rawValue) \(d.shape), input has \(s.dtype.rawValue) \(s.shape)")
+                continue
+            }
+            guard m.dtype == s.dtype.rawValue, m.shape == s.shape, m.elements == s.elementCount else {
+                fail("tensor '\(s.name)': manifest says \(m.dtype) \(m.shape), input has \(s.dtype.rawValue) \(s.shape)")
                 continue
             }
             let inBytes = source.bytes(s)
@@ -48,34 +61,64 @@ public enum Checker {
             let zeros = TensorPruner.zeroCount(outBytes, elementSize: size)
             if !m.pruned {
                 if !inBytes.elementsEqual(outBytes) { fail("tensor '\(s.name)': not pruned but its bytes changed") }
+            } else if let problem = manifestEntryProblem(m, info: s) {
+                fail("manifest: tensor '\(s.name)': \(problem)")
+                continue
             } else {
                 report.prunedTensors += 1
                 report.zeros += zeros
                 if zeros != m.zeros { fail("tensor '\(s.name)': \(zeros) zeros, manifest says \(m.zeros)") }
+                if m.masked > m.zeros { fail("tensor '\(s.name)': manifest says \(m.masked) weights masked but only \(m.zeros) zeros") }
                 let achieved = Double(zeros) / Double(max(s.elementCount, 1))
                 if abs(achieved - m.achievedSparsity) > 1e-12 { fail("tensor '\(s.name)': achieved sparsity \(achieved), manifest says \(m.achievedSparsity)") }
                 if let problem = valuesProblem(inBytes, outBytes, size: size) { fail("tensor '\(s.name)': \(problem)") }
-                if let pattern = m.pattern, let target = m.targetSparsity {
-                    for problem in patternProblems(outBytes, info: s, pattern: pattern, target: target) { fail("tensor '\(s.name)': \(problem)") }
-                }
+                for problem in patternProblems(outBytes, info: s, pattern: m.pattern!, target: m.targetSparsity!) { fail("tensor '\(s.name)': \(problem)") }
             }
-            // sparse/ must rebuild dense/ exactly.
+            // sparse/ must rebuild dense/ exactly, in the same dtype and shape, and its
+            // bytes must have the digest the manifest recorded.
             switch sparseEntries[s.name] {
             case .none:
                 fail("sparse/: tensor '\(s.name)' is missing")
             case .some(true):
                 do {
-                    let rebuilt = try sparse.sparseTensor(s.name).densify()
-                    if !rebuilt.elementsEqual(outBytes) { fail("sparse/: tensor '\(s.name)' does not rebuild dense/ bytes") }
+                    let tensor = try sparse.sparseTensor(s.name)
+                    if tensor.dtype != s.dtype || tensor.shape != s.shape {
+                        fail("sparse/: tensor '\(s.name)' is \(tensor.dtype.rawValue) \(tensor.shape), input has \(s.dtype.rawValue) \(s.shape)")
+                        continue
+                    }
+                    if !m.pruned { fail("sparse/: tensor '\(s.name)' is stored compressed but the manifest says it was not pruned") }
+                    var digest = SHA256Stream()
+                    for part in SparseLayout.parts(tensor) { digest.update(part) }
+                    if digest.finalizeHex() != m.sha256Sparse { fail("sparse/: tensor '\(s.name)': sha256 differs from the manifest") }
+                    if try !tensor.densify().elementsEqual(outBytes) { fail("sparse/: tensor '\(s.name)' does not rebuild dense/ bytes") }
+                } catch let e as PruningError {
+                    fail("sparse/: tensor '\(s.name)': \(e.message)")
                 } catch {
-                    fail("sparse/: tensor '\(s.name)': \(error)")
+                    fail("sparse/: \(error)")
                 }
             case .some(false):
                 let info = sparse.checkpoint.info(s.name)!
-                if !sparse.checkpoint.bytes(info).elementsEqual(outBytes) { fail("sparse/: tensor '\(s.name)' differs from dense/") }
+                if info.dtype != s.dtype || info.shape != s.shape {
+                    fail("sparse/: tensor '\(s.name)' is \(info.dtype.rawValue) \(info.shape), input has \(s.dtype.rawValue) \(s.shape)")
+                } else if !sparse.checkpoint.bytes(info).elementsEqual(outBytes) {
+                    fail("sparse/: tensor '\(s.name)' differs from dense/")
+                } else if m.sha256Sparse != m.sha256Dense {
+                    fail("sparse/: tensor '\(s.name)': manifest sha256_sparse differs from sha256_dense for a tensor stored as it is")
+                }
             }
         }
         return report
+    }
+
+    /// A pruned entry must describe something we could have produced; checked before any
+    /// of its numbers is used for arithmetic.
+    static func manifestEntryProblem(_ m: Manifest.Tensor, info: TensorInfo) -> String? {
+        guard info.dtype.isFloat, info.shape.count >= 2 else { return "marked pruned but \(info.dtype.rawValue) \(info.shape) cannot be pruned" }
+        guard let target = m.targetSparsity, target >= 0, target < 1 else { return "target_sparsity missing or outside [0, 1)" }
+        guard let text = m.pattern, let pattern = try? SparsityPattern(parsing: text) else { return "pattern missing or unknown" }
+        do { try pattern.validate(rows: info.rows, cols: info.cols) } catch { return "\(error)" }
+        guard m.masked >= 0, m.zeros >= 0, m.zeros <= m.elements else { return "masked/zeros counts out of range" }
+        return nil
     }
 
     /// Every output element is its input bytes or +0.
@@ -96,7 +139,7 @@ public enum Checker {
 
     /// Pattern rules: N:M groups, per-row counts, whole rows, overall count.
     static func patternProblems(_ out: UnsafeRawBufferPointer, info: TensorInfo, pattern: String, target: Double) -> [String] {
-        guard let p = try? SparsityPattern(parsing: pattern) else { return ["unknown pattern '\(pattern)' in manifest"] }
+        guard let p = try? SparsityPattern(parsing: pattern) else { return ["unknown pattern in manifest"] }
         let rows = info.rows, cols = info.cols, size = info.dtype.size
         func isZero(_ r: Int, _ c: Int) -> Bool { SparseBitmaskTensor.isZero(out, at: (r * cols + c) * size, size: size) }
         var problems: [String] = []
@@ -114,11 +157,11 @@ public enum Checker {
             }
             if bad > 0 { problems.append("\(bad) groups of \(m) hold more than \(n) nonzero weights") }
         case .perRow:
-            let need = Int((Double(cols) * target).rounded(.down))
+            let need = SparsityPattern.count(of: cols, at: target)
             let short = (0..<rows).filter { r in (0..<cols).filter { isZero(r, $0) }.count < need }.count
             if short > 0 { problems.append("\(short) rows have fewer than \(need) zeros") }
         case .rows:
-            let need = Int((Double(rows) * target).rounded(.down))
+            let need = SparsityPattern.count(of: rows, at: target)
             let zeroRows = (0..<rows).filter { r in (0..<cols).allSatisfy { isZero(r, $0) } }.count
             if zeroRows < need { problems.append("\(zeroRows) all-zero rows, planned at least \(need)") }
         case .unstructured:

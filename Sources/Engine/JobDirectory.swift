@@ -38,15 +38,24 @@ public struct JobDirectory {
         }
     }
 
-    /// Creates the directory and records the spec (idempotent for the same spec).
-    public func claim(for spec: JobSpec) throws {
+    /// Creates the directory and records the spec (idempotent for the same spec), and
+    /// clears staging directories a killed run left behind. Returns whether the
+    /// directory was created now, so a failed first run can remove it again.
+    @discardableResult
+    public func claim(for spec: JobSpec) throws -> Bool {
+        let fm = FileManager.default
+        let created = !fm.fileExists(atPath: path)
         do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
-            throw SpecError("output: cannot create \(path): \(error.localizedDescription)")
+            throw SpecError("output: cannot create \(path): \(CheckpointError.reason(error))")
+        }
+        for entry in (try? fm.contentsOfDirectory(atPath: path)) ?? [] where entry.hasPrefix(".staging-") || entry.hasPrefix(".old-out-") {
+            try? fm.removeItem(atPath: (path as NSString).appendingPathComponent(entry))
         }
         try AtomicFileWriter.write(spec.source, to: specPath)
         try AtomicFileWriter.write(Array((spec.digest + "\n").utf8), to: digestPath)
+        return created
     }
 
     /// A fresh staging directory inside the job directory, on the same file system as
@@ -62,12 +71,16 @@ public struct JobDirectory {
         let fm = FileManager.default
         var old: String?
         if fm.fileExists(atPath: outPath) {
-            let aside = (path as NSString).appendingPathComponent(".old-out-\(getpid())")
-            try fm.moveItem(atPath: outPath, toPath: aside)
+            let aside = (path as NSString).appendingPathComponent(".old-out-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            guard rename(outPath, aside) == 0 else {
+                throw SpecError("output: cannot move the previous \(outPath) aside: \(String(cString: strerror(errno)))")
+            }
             old = aside
         }
         guard rename(staging, outPath) == 0 else {
-            throw SpecError("output: cannot rename \(staging) to \(outPath): \(String(cString: strerror(errno)))")
+            let reason = String(cString: strerror(errno))
+            if let old { _ = rename(old, outPath) }  // put the previous output back
+            throw SpecError("output: cannot rename \(staging) to \(outPath): \(reason)")
         }
         AtomicFileWriter.syncDirectory(path)
         if let old { try? fm.removeItem(atPath: old) }

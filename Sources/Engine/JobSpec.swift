@@ -95,7 +95,6 @@ public struct JobSpec: Sendable {
             guard keys.contains(key) else {
                 throw SpecError("\(where_(file, keyNode)): unknown key '\(key)' (known keys: \(keys.joined(separator: ", ")))")
             }
-            guard values[key] == nil else { throw SpecError("\(where_(file, keyNode)): key '\(key)' given twice") }
             values[key] = value
         }
         func string(_ key: String, required: Bool = false) throws -> String? {

@@ -26,7 +26,17 @@ public struct LocalRunner {
         try refuseNonFinite(checkpoint)
         let job = JobDirectory(path: spec.output)
         try job.validate(for: spec)
-        try job.claim(for: spec)
+        let created = try job.claim(for: spec)
+        do {
+            return try prune(checkpoint: checkpoint, plan: plan, job: job, start: start)
+        } catch {
+            // A first run that fails leaves no directory behind.
+            if created { try? FileManager.default.removeItem(atPath: job.path) }
+            throw error
+        }
+    }
+
+    private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date) throws -> Summary {
 
         let criterion = spec.criterion
         var masks: [String: Mask] = [:]

@@ -96,10 +96,15 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw SpecError("\(path): cannot read the manifest")
         }
+        let manifest: Manifest
         do {
-            return try JSONDecoder().decode(Manifest.self, from: data)
+            manifest = try JSONDecoder().decode(Manifest.self, from: data)
         } catch {
-            throw SpecError("\(path): not a prune-cluster manifest (\(error))")
+            throw SpecError("\(path): not a prune-cluster manifest (\(String(describing: error).prefix(200)))")
         }
+        guard manifest.format == "prune-cluster/manifest", manifest.version == 1 else {
+            throw SpecError("\(path): format '\(manifest.format)' version \(manifest.version) is not prune-cluster/manifest version 1")
+        }
+        return manifest
     }
 }

@@ -33,26 +33,52 @@ public struct SparseCheckpoint {
         SparseLayout.suffixes.allSatisfy { checkpoint.info(base + $0) != nil }
     }
 
-    /// Rebuilds a pruned tensor, validating its parts.
-    public func sparseTensor(_ base: String) throws -> SparseBitmaskTensor {
-        func part(_ suffix: String) -> (TensorInfo, UnsafeRawBufferPointer) {
-            let info = checkpoint.info(base + suffix)!
-            return (info, checkpoint.bytes(info))
-        }
-        let (shapeInfo, shapeBytes) = part(".shape")
-        let (_, bitmask) = part(".bitmask")
-        let (compressedInfo, compressed) = part(".compressed")
-        let (offsetsInfo, offsets) = part(".row_offsets")
+    /// The dense dtype and shape of a pruned tensor, from its `.compressed` and `.shape`
+    /// parts, validated so no size computed from them can overflow.
+    public func denseSpec(_ base: String) throws -> TensorSpec {
+        let shapeInfo = checkpoint.info(base + ".shape")!
+        let compressedInfo = checkpoint.info(base + ".compressed")!
         let file = checkpoint.shard(of: base + ".shape")!.path
-        guard shapeInfo.dtype == .i64, offsetsInfo.dtype == .i64 else {
-            throw CheckpointError(file: file, tensor: base, "sparse .shape and .row_offsets must be I64")
+        guard shapeInfo.dtype == .i64, shapeInfo.shape.count == 1 else {
+            throw CheckpointError(file: file, tensor: base + ".shape", "must be a 1-D I64 tensor")
         }
-        let shape = SparseLayout.int64s(shapeBytes).map { Int($0) }
-        guard shape.allSatisfy({ $0 >= 0 }), !shape.isEmpty else {
-            throw CheckpointError(file: file, tensor: base, "sparse .shape \(shape) is not a valid shape")
+        let shape = SparseLayout.int64s(checkpoint.bytes(shapeInfo)).map { Int(clamping: $0) }
+        guard shape.count >= 2, let elements = MatrixView.elementCount(shape),
+              elements.multipliedReportingOverflow(by: compressedInfo.dtype.size).overflow == false else {
+            throw CheckpointError(file: file, tensor: base + ".shape", "\(shape) is not a valid shape of a pruned tensor (2 or more non-negative dimensions)")
         }
-        return SparseBitmaskTensor(dtype: compressedInfo.dtype, shape: shape, bitmask: [UInt8](bitmask),
-                                   compressed: [UInt8](compressed), rowOffsets: SparseLayout.int64s(offsets))
+        guard compressedInfo.dtype.isFloat, compressedInfo.shape.count == 1 else {
+            throw CheckpointError(file: file, tensor: base + ".compressed", "must be a 1-D F32, F16 or BF16 tensor")
+        }
+        return TensorSpec(name: base, dtype: compressedInfo.dtype, shape: shape)
+    }
+
+    /// Rebuilds a pruned tensor, validating that its four parts agree.
+    public func sparseTensor(_ base: String) throws -> SparseBitmaskTensor {
+        let spec = try denseSpec(base)
+        let file = checkpoint.shard(of: base + ".shape")!.path
+        let bitmask = checkpoint.info(base + ".bitmask")!
+        let offsets = checkpoint.info(base + ".row_offsets")!
+        let rows = MatrixView.rows(spec.shape), cols = MatrixView.cols(spec.shape)
+        guard bitmask.dtype == .u8, bitmask.byteCount == rows * ((cols + 7) / 8) else {
+            throw CheckpointError(file: file, tensor: base + ".bitmask", "must be U8 with \(rows) × \(((cols + 7) / 8)) bytes for shape \(spec.shape)")
+        }
+        guard offsets.dtype == .i64, offsets.elementCount == rows else {
+            throw CheckpointError(file: file, tensor: base + ".row_offsets", "must be I64 with \(rows) entries for shape \(spec.shape)")
+        }
+        let compressed = checkpoint.info(base + ".compressed")!
+        return SparseBitmaskTensor(dtype: spec.dtype, shape: spec.shape, bitmask: [UInt8](checkpoint.bytes(bitmask)),
+                                   compressed: [UInt8](checkpoint.bytes(compressed)),
+                                   rowOffsets: SparseLayout.int64s(checkpoint.bytes(offsets)))
+    }
+
+    /// A pruned tensor rebuilt to dense bytes; errors name the file and tensor.
+    public func denseBytes(_ base: String) throws -> [UInt8] {
+        do {
+            return try sparseTensor(base).densify()
+        } catch let e as PruningError {
+            throw CheckpointError(file: checkpoint.shard(of: base + ".shape")!.path, tensor: base, e.message)
+        }
     }
 }
 
@@ -65,39 +91,37 @@ public enum Densifier {
             let entries = (try? fm.contentsOfDirectory(atPath: output)) ?? ["?"]
             guard entries.isEmpty else { throw SpecError("\(output): already exists and is not empty") }
         }
-        let parent = (output as NSString).deletingLastPathComponent
-        let staging = ((parent.isEmpty ? "." : parent) as NSString).appendingPathComponent(".densify-\(getpid())")
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        let parentPath = (output as NSString).deletingLastPathComponent
+        let parent = parentPath.isEmpty ? "." : parentPath
+        let staging = (parent as NSString).appendingPathComponent(".densify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        do {
+            try fm.createDirectory(atPath: staging, withIntermediateDirectories: false)
+        } catch {
+            throw CheckpointError(file: output, "cannot create the output beside it in \(parent): \(CheckpointError.reason(error))")
+        }
         do {
             let names = sparse.denseNames()
             var weightMap: [String: String] = [:]
             var total = 0
-            for shardName in sparse.checkpoint.shardNames {
-                let shard = sparse.checkpoint.shards[sparse.checkpoint.shardNames.firstIndex(of: shardName)!]
-                var specs: [TensorSpec] = []
-                var rebuilt: [String: SparseBitmaskTensor] = [:]
+            for (shardName, shard) in zip(sparse.checkpoint.shardNames, sparse.checkpoint.shards) {
+                // Specs come from the small .shape/.compressed headers; each tensor is then
+                // rebuilt and written one at a time, so a shard is never held in memory.
+                var specs: [(spec: TensorSpec, sparse: Bool)] = []
                 for entry in names where entry.shard == shardName {
                     if entry.sparse {
-                        let s = try sparse.sparseTensor(entry.name)
-                        rebuilt[entry.name] = s
-                        specs.append(TensorSpec(name: entry.name, dtype: s.dtype, shape: s.shape))
+                        specs.append((try sparse.denseSpec(entry.name), true))
                     } else {
                         let info = sparse.checkpoint.info(entry.name)!
-                        specs.append(TensorSpec(name: entry.name, dtype: info.dtype, shape: info.shape))
+                        specs.append((TensorSpec(name: entry.name, dtype: info.dtype, shape: info.shape), false))
                     }
                     weightMap[entry.name] = shardName
-                    total += specs.last!.byteCount
+                    total += specs.last!.spec.byteCount
                 }
                 let writer = try SafeTensorsWriter(path: (staging as NSString).appendingPathComponent(shardName),
-                                                   tensors: specs, metadata: shard.metadata)
-                for spec in specs {
-                    if let s = rebuilt[spec.name] {
-                        do {
-                            try writer.write(try s.densify())
-                        } catch let e as PruningError {
-                            throw CheckpointError(file: shard.path, tensor: spec.name, e.message)
-                        }
-                        rebuilt[spec.name] = nil
+                                                   tensors: specs.map(\.spec), metadata: shard.metadata)
+                for (spec, isSparse) in specs {
+                    if isSparse {
+                        try writer.write(try sparse.denseBytes(spec.name))
                     } else {
                         try writer.write(sparse.checkpoint.bytes(sparse.checkpoint.info(spec.name)!))
                     }
@@ -113,7 +137,9 @@ public enum Densifier {
                                 toPath: (staging as NSString).appendingPathComponent(side))
             }
             if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
-            try fm.moveItem(atPath: staging, toPath: output)
+            guard rename(staging, output) == 0 else {
+                throw CheckpointError(file: output, "cannot create: \(String(cString: strerror(errno)))")
+            }
         } catch {
             try? fm.removeItem(atPath: staging)
             throw error

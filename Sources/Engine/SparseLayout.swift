@@ -8,8 +8,8 @@ public enum SparseLayout {
 
     /// The four tensor specs standing for one pruned tensor.
     public static func specs(name: String, dtype: DType, shape: [Int], stored: Int) -> [TensorSpec] {
-        let rows = shape.first ?? 1
-        let cols = shape.count <= 1 ? rows : shape.dropFirst().reduce(1, *)
+        let rows = MatrixView.rows(shape)
+        let cols = MatrixView.cols(shape)
         return [
             TensorSpec(name: name + ".bitmask", dtype: .u8, shape: [rows, (cols + 7) / 8]),
             TensorSpec(name: name + ".compressed", dtype: dtype, shape: [stored]),

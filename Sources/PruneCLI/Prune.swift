@@ -18,6 +18,12 @@ struct Prune: ParsableCommand {
         discussion: "Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.",
         subcommands: [Inspect.self, Run.self, Check.self, Densify.self])
 
+    /// `prune` alone is a usage error: print the help and exit 2.
+    func run() throws {
+        FileHandle.standardError.write(Data(Prune.helpMessage().utf8))
+        throw CheckFailed(code: ExitStatus.badInput)
+    }
+
     /// Runs the command, turning every error into one line on stderr and the exit code.
     static func main() {
         do {
@@ -31,6 +37,8 @@ struct Prune: ParsableCommand {
             fail(e.description)
         } catch let e as CheckFailed {
             Foundation.exit(e.code)
+        } catch let e as CocoaError {
+            fail("\(e.filePath ?? "file"): \(CheckpointError.reason(e))")
         } catch {
             let code = exitCode(for: error)
             if code == .success || code.rawValue == 0 {
@@ -44,7 +52,8 @@ struct Prune: ParsableCommand {
     }
 
     static func fail(_ line: String) -> Never {
-        FileHandle.standardError.write(Data("prune: error: \(line)\n".utf8))
+        let oneLine = line.split(whereSeparator: \.isNewline).joined(separator: " ")
+        FileHandle.standardError.write(Data("prune: error: \(oneLine)\n".utf8))
         Foundation.exit(ExitStatus.badInput)
     }
 }
@@ -87,10 +96,12 @@ struct Inspect: ParsableCommand {
         for r in rows {
             let name = (r["name"] as! String).padding(toLength: nameWidth, withPad: " ", startingAt: 0)
             let shape = "[" + (r["shape"] as! [Int]).map(String.init).joined(separator: ", ") + "]"
-            print(String(format: "%@  %-5@  %-20@ %11d %12d  %7.2f%%", name, r["dtype"] as! String, shape,
+            let dtype = (r["dtype"] as! String).padding(toLength: 5, withPad: " ", startingAt: 0)
+            let shapeColumn = shape.padding(toLength: max(20, shape.count), withPad: " ", startingAt: 0)
+            print(String(format: "%@  %@  %@ %11ld %12ld  %7.2f%%", name, dtype, shapeColumn,
                          r["parameters"] as! Int, r["bytes"] as! Int, 100 * (r["sparsity"] as! Double)))
         }
-        print(String(format: "%d tensors in %d file(s), %d parameters, %d bytes, %.2f%% zeros",
+        print(String(format: "%ld tensors in %ld file(s), %ld parameters, %ld bytes, %.2f%% zeros",
                      checkpoint.tensors.count, checkpoint.shards.count, checkpoint.parameterCount, checkpoint.byteCount,
                      100 * Double(totalZeros) / Double(max(checkpoint.parameterCount, 1))))
     }

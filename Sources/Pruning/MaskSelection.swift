@@ -20,7 +20,7 @@ public enum MaskSelection {
                     }
                 }
             case .perRow:
-                let k = Int((Double(cols) * sparsity).rounded(.down))
+                let k = SparsityPattern.count(of: cols, at: sparsity)
                 var scratch = RadixSelect.Scratch()
                 return Mask.build(rows: rows, cols: cols) { bits, bpr in
                     for r in 0..<rows {
@@ -136,7 +136,7 @@ public enum MaskSelection {
 
     /// Whole rows: rank rows by the L1 or L2 norm of their scores; prune the lowest.
     static func rowMask(_ scores: UnsafeBufferPointer<Float>, rows: Int, cols: Int, norm: RowNorm, sparsity: Double) -> Mask {
-        let k = Int((Double(rows) * sparsity).rounded(.down))
+        let k = SparsityPattern.count(of: rows, at: sparsity)
         var rowScores = [Double](repeating: 0, count: rows)
         for r in 0..<rows {
             var acc = 0.0

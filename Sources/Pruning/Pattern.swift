@@ -60,10 +60,19 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
     /// Counts round down, as Wanda and SparseGPT do.
     public func plannedPruned(rows: Int, cols: Int, sparsity: Double) -> Int {
         switch self {
-        case .unstructured: return Int((Double(rows * cols) * sparsity).rounded(.down))
-        case .perRow: return rows * Int((Double(cols) * sparsity).rounded(.down))
+        case .unstructured: return SparsityPattern.count(of: rows * cols, at: sparsity)
+        case .perRow: return rows * SparsityPattern.count(of: cols, at: sparsity)
         case .nm(let n, let m): return rows * (cols / m) * (m - n)
-        case .rows: return Int((Double(rows) * sparsity).rounded(.down)) * cols
+        case .rows: return SparsityPattern.count(of: rows, at: sparsity) * cols
         }
+    }
+
+    /// floor(n × sparsity), forgiving the binary representation of the fraction: 0.29 of
+    /// 100 is 29 (the double product is 28.999999999999996).
+    public static func count(of n: Int, at sparsity: Double) -> Int {
+        guard sparsity > 0, n > 0 else { return 0 }
+        guard sparsity < 1 else { return n }
+        let exact = Double(n) * sparsity
+        return min(n, Int((exact * (1 + 4 * Double.ulpOfOne)).rounded(.down)))
     }
 }

@@ -14,8 +14,8 @@ public struct SparseBitmaskTensor: Equatable, Sendable {
     public let compressed: [UInt8]
     public let rowOffsets: [Int64]
 
-    public var rows: Int { shape.first ?? 1 }
-    public var cols: Int { shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *) }
+    public var rows: Int { MatrixView.rows(shape) }
+    public var cols: Int { MatrixView.cols(shape) }
     public var storedCount: Int { compressed.count / dtype.size }
 
     /// Bytes of the four tensors together, as written.
@@ -33,8 +33,8 @@ public struct SparseBitmaskTensor: Equatable, Sendable {
     public init(dense: UnsafeRawBufferPointer, dtype: DType, shape: [Int]) {
         self.dtype = dtype
         self.shape = shape
-        let rows = shape.first ?? 1
-        let cols = shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *)
+        let rows = MatrixView.rows(shape)
+        let cols = MatrixView.cols(shape)
         let size = dtype.size
         let bpr = (cols + 7) / 8
         var bitmask = [UInt8](repeating: 0, count: rows * bpr)

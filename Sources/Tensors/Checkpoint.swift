@@ -115,6 +115,10 @@ public final class Checkpoint: @unchecked Sendable {
         shards[location[tensor.name]!].bytes(tensor)
     }
 
+    /// Extensions of weight files in other formats: never copied beside our outputs
+    /// (a dense/ must not ship the unpruned weights as pytorch_model.bin).
+    public static let weightExtensions: Set<String> = ["bin", "pt", "pth", "ckpt", "gguf", "ggml", "h5", "msgpack", "onnx", "npz", "safetensors", "pkl", "tflite"]
+
     /// Files in the directory that are not checkpoint data (config.json, tokenizer files, ...),
     /// which outputs copy as they are. Only regular files directly in the directory.
     public func sideFiles() -> [String] {
@@ -122,7 +126,8 @@ public final class Checkpoint: @unchecked Sendable {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         let skip = Set(shardNames).union([Checkpoint.indexFileName])
         return entries.filter { name in
-            if skip.contains(name) || name.hasPrefix(".") || name.hasSuffix(".safetensors") { return false }
+            if skip.contains(name) || name.hasPrefix(".") { return false }
+            if Checkpoint.weightExtensions.contains((name as NSString).pathExtension.lowercased()) { return false }
             var isDir: ObjCBool = false
             let p = (directory as NSString).appendingPathComponent(name)
             return FileManager.default.fileExists(atPath: p, isDirectory: &isDir) && !isDir.boolValue

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One tensor as a safetensors header describes it.
 public struct TensorInfo: Sendable, Hashable {
@@ -18,8 +21,28 @@ public struct TensorInfo: Sendable, Hashable {
     public var elementCount: Int { shape.reduce(1, *) }
     public var byteCount: Int { dataOffsets.count }
     /// The 2-D view used for pruning: output rows × everything else.
-    public var rows: Int { shape.first ?? 1 }
-    public var cols: Int { shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *) }
+    public var rows: Int { MatrixView.rows(shape) }
+    public var cols: Int { MatrixView.cols(shape) }
+}
+
+/// How a tensor of any rank is seen as a matrix: shape[0] rows × the product of the rest;
+/// a 1-D tensor is one row, a scalar 1 × 1.
+public enum MatrixView {
+    public static func rows(_ shape: [Int]) -> Int { shape.count <= 1 ? 1 : shape[0] }
+    public static func cols(_ shape: [Int]) -> Int { shape.count <= 1 ? (shape.first ?? 1) : shape.dropFirst().reduce(1, *) }
+
+    /// Elements of a shape, or nil when a dimension is negative or the count overflows
+    /// or exceeds `limit`.
+    public static func elementCount(_ shape: [Int], limit: Int = 1 << 40) -> Int? {
+        var n = 1
+        for d in shape {
+            guard d >= 0, d <= limit else { return nil }
+            let (p, overflow) = n.multipliedReportingOverflow(by: d)
+            guard !overflow, p <= limit else { return nil }
+            n = p
+        }
+        return n
+    }
 }
 
 /// The parsed, validated header of a safetensors file.
@@ -44,18 +67,23 @@ public struct SafeTensorsHeader: Sendable {
 
     /// Reads and validates the header of the file at `path` without mapping its data.
     public static func read(path: String) throws -> SafeTensorsHeader {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw CheckpointError(file: path, "cannot open for reading")
+        // Open without blocking and require a regular file: a FIFO or device named
+        // model.safetensors must not hang us.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw CheckpointError(file: path, "cannot open: \(String(cString: strerror(errno)))") }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw CheckpointError(file: path, "not a regular file")
         }
-        defer { try? handle.close() }
-        let size = Int(try handle.seekToEnd())
-        try handle.seek(toOffset: 0)
-        guard size >= 8, let prefix = try handle.read(upToCount: 8), prefix.count == 8 else {
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        let size = Int(st.st_size)
+        guard size >= 8, let prefix = try? handle.read(upToCount: 8), prefix.count == 8 else {
             throw CheckpointError(file: path, "truncated: \(size) bytes, shorter than the 8-byte header length")
         }
         let length = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         try checkLength(length, fileSize: size, file: path)
-        let json = try handle.read(upToCount: Int(length)) ?? Data()
+        let json = (try? handle.read(upToCount: Int(length))) ?? Data()
         guard json.count == Int(length) else {
             throw CheckpointError(file: path, "truncated inside the header")
         }
@@ -157,17 +185,17 @@ public struct SafeTensorsHeader: Sendable {
             throw CheckpointError(file: file, tensor: name, "missing array field 'shape'")
         }
         var shape: [Int] = []
-        var elements = 1
         for dim in shapeArray {
             guard let d = integer(dim) else {
                 throw CheckpointError(file: file, tensor: name, "shape \(shapeArray) has an entry that is not a non-negative integer")
             }
-            let (product, overflow) = elements.multipliedReportingOverflow(by: d)
-            guard !overflow, product <= Int(Int32.max) * 64 else {
-                throw CheckpointError(file: file, tensor: name, "shape \(shapeArray) is too large")
-            }
-            elements = product
             shape.append(d)
+        }
+        // Each dimension and the non-zero part of the product are bounded, so no view of
+        // the tensor (rows × cols) can overflow even when another dimension is 0.
+        guard let elements = MatrixView.elementCount(shape),
+              MatrixView.elementCount(shape.filter { $0 != 0 }) != nil else {
+            throw CheckpointError(file: file, tensor: name, "shape \(shapeArray) is too large")
         }
         guard let offsets = fields["data_offsets"] as? [Any], offsets.count == 2,
               let begin = integer(offsets[0]), let end = integer(offsets[1]) else {

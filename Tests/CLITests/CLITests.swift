@@ -92,6 +92,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try Subprocess.prune(["run"]).status, 2)
         XCTAssertEqual(try Subprocess.prune(["run", dir.file("missing.yaml")]).status, 2)
         XCTAssertEqual(try Subprocess.prune(["--help"]).status, 0)
+        XCTAssertEqual(try Subprocess.prune([]).status, 2, "no subcommand is a usage error")
         try SyntheticModel.write(to: dir.file("model"))
         try "model: model\noutput: /proc/prune-cannot-write-here/job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
         let run = try Subprocess.prune(["run", "job.yaml"], cwd: dir.path)
