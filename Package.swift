@@ -7,6 +7,9 @@ import PackageDescription
 ///   Tensors             dtypes, safetensors read/write, mmap
 ///   Pruning             masks, patterns, criteria, selection, sparse format
 ///   Engine              job spec, planner, single-process runner, assembler, checker
+///   ZeroMQ              sockets, multipart frames, poller, CURVE keys over libzmq
+///   Protocol            prune.v1 protobuf messages (generated) and frame layout
+///   Cluster             coordinator core + shell, worker, ledger (SQLite), artifacts
 ///   PruneCLI (`prune`)  the command line
 let package = Package(
     name: "prune-cluster",
@@ -22,12 +25,24 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq",
                        providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        .target(name: "Protocol", dependencies: [
+            "Tensors",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
+        .target(name: "Cluster", dependencies: [
+            "Engine", "Pruning", "Tensors", "ZeroMQ", "Protocol", "CSQLite",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "Tensors", dependencies: [
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
@@ -35,10 +50,9 @@ let package = Package(
         .target(name: "Engine", dependencies: [
             "Tensors", "Pruning",
             .product(name: "Yams", package: "Yams"),
-            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "PruneCLI", dependencies: [
-            "Engine", "Tensors", "Pruning",
+            "Engine", "Tensors", "Pruning", "Cluster", "Protocol", "ZeroMQ",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors"], path: "ops/bench/PruneBench"),
@@ -48,5 +62,7 @@ let package = Package(
         .testTarget(name: "PruningTests", dependencies: ["Pruning", "Tensors"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Pruning", "Tensors", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["Tensors", "TestSupport"]),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Protocol", "ZeroMQ", "Engine", "Tensors", "TestSupport"]),
     ]
 )

@@ -24,7 +24,7 @@ public struct Assembler {
     }
 
     /// Writes everything under `directory` (which must exist and be empty).
-    public func write(to directory: String, progress: Progress? = nil) throws -> Manifest {
+    public func write(to directory: String, progress: ProgressReporter? = nil) throws -> Manifest {
         let fm = FileManager.default
         let denseDir = (directory as NSString).appendingPathComponent("dense")
         let sparseDir = (directory as NSString).appendingPathComponent("sparse")

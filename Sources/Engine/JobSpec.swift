@@ -60,6 +60,8 @@ public struct JobSpec: Sendable {
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
     public var source: [UInt8]
+    /// The directory relative paths in the spec were resolved against.
+    public var baseDirectory: String
 
     public static let defaultTargets = ["re:.*"]
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
@@ -74,8 +76,11 @@ public struct JobSpec: Sendable {
         guard let text = String(data: data, encoding: .utf8) else {
             throw SpecError("\(path): job spec is not UTF-8 text")
         }
-        let base = (path as NSString).deletingLastPathComponent
-        return try parse(yaml: text, file: path, baseDirectory: base.isEmpty ? "." : base, bytes: [UInt8](data))
+        // Relative paths resolve against the spec's own directory, made absolute so that
+        // workers and a later resume see the same files from any directory.
+        var base = (path as NSString).deletingLastPathComponent
+        if !base.hasPrefix("/") { base = (FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(base) }
+        return try parse(yaml: text, file: path, baseDirectory: (base as NSString).standardizingPath, bytes: [UInt8](data))
     }
 
     /// Parses spec text; `file` names it in errors.
@@ -122,7 +127,7 @@ public struct JobSpec: Sendable {
             }
         }
         func resolve(_ p: String) -> String {
-            p.hasPrefix("/") ? p : (baseDirectory as NSString).appendingPathComponent(p)
+            ((p.hasPrefix("/") ? p : (baseDirectory as NSString).appendingPathComponent(p)) as NSString).standardizingPath
         }
 
         let model = resolve(try string("model", required: true)!)
@@ -175,12 +180,22 @@ public struct JobSpec: Sendable {
                        targets: try list("targets", default: defaultTargets),
                        ignore: try list("ignore", default: defaultIgnore),
                        allowNonFinite: allow,
-                       digest: source.withUnsafeBytes { SHA256Stream.hex($0) }, source: source)
+                       digest: source.withUnsafeBytes { SHA256Stream.hex($0) }, source: source,
+                       baseDirectory: baseDirectory)
     }
 
     /// The criterion the method names.
     public var criterion: any ImportanceCriterion {
         switch method {
+        case .magnitude: return MagnitudeCriterion()
+        case .random: return RandomCriterion(seed: seed)
+        }
+    }
+
+    /// The criterion for a method named on the wire.
+    public static func criterion(method: String, seed: UInt64) throws -> any ImportanceCriterion {
+        guard let m = Method(rawValue: method) else { throw SpecError("unknown method '\(method)'") }
+        switch m {
         case .magnitude: return MagnitudeCriterion()
         case .random: return RandomCriterion(seed: seed)
         }

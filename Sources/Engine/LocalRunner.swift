@@ -7,6 +7,8 @@ import Tensors
 public struct LocalRunner {
     public let spec: JobSpec
     public var quiet = false
+    /// Row blocks per task, as the cluster splits them (does not change the output).
+    public var maxWeightsPerTask = 16 << 20
 
     public init(spec: JobSpec, quiet: Bool = false) {
         self.spec = spec
@@ -38,20 +40,26 @@ public struct LocalRunner {
 
     private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date) throws -> Summary {
 
+        // The same tasks the cluster runs, executed here in order.
         let criterion = spec.criterion
+        let tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: maxWeightsPerTask)
+        var blocks: [String: [Mask]] = [:]
+        let progress = ProgressReporter(label: "prune", total: tasks.count, quiet: quiet)
+        for task in tasks {
+            let shard = checkpoint.shard(of: task.tensor.name)!
+            let bytes = UnsafeRawBufferPointer(rebasing: shard.bytes(task.tensor.info)[task.byteRange])
+            blocks[task.tensor.name, default: []].append(try task.run(bytes: bytes, criterion: criterion, pattern: plan.pattern, sparsity: plan.sparsity))
+            progress.step(task.id)
+        }
         var masks: [String: Mask] = [:]
-        let progress = Progress(label: "prune", total: plan.targets.count, quiet: quiet)
         for t in plan.targets {
-            let shard = checkpoint.shard(of: t.name)!
-            masks[t.name] = try TensorPruner.mask(t.info, bytes: shard.bytes(t.info), criterion: criterion,
-                                                  pattern: plan.pattern, sparsity: plan.sparsity)
-            shard.release(t.info)
-            progress.step(t.name)
+            masks[t.name] = try MaskTaskPlan.join(blocks[t.name] ?? [], rows: t.rows, cols: t.cols)
+            checkpoint.shard(of: t.name)!.release(t.info)
         }
 
         let staging = try job.makeStaging()
         do {
-            let assembleProgress = Progress(label: "assemble", total: checkpoint.shards.count, quiet: quiet)
+            let assembleProgress = ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet)
             let manifest = try Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
                 .write(to: staging, progress: assembleProgress)
             try job.publish(staging: staging)
@@ -64,7 +72,7 @@ public struct LocalRunner {
 
     /// NaN or Inf in any floating tensor ends the job before anything is written, naming
     /// the tensors, unless the spec allows it.
-    func refuseNonFinite(_ checkpoint: Checkpoint) throws {
+    public func refuseNonFinite(_ checkpoint: Checkpoint) throws {
         guard !spec.allowNonFinite else { return }
         var bad: [String] = []
         for (shard, file) in zip(checkpoint.shardNames, checkpoint.shards) {

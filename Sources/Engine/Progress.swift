@@ -5,7 +5,7 @@ import Foundation
 
 /// Progress of a long pass: a redrawn bar with ETA on a terminal, a plain line per step
 /// otherwise (logs, CI), on standard error.
-public final class Progress {
+public final class ProgressReporter {
     private let label: String
     private let total: Int
     private let start = Date()
@@ -14,9 +14,11 @@ public final class Progress {
     private var lastDraw = Date.distantPast
     private let quiet: Bool
 
-    public init(label: String, total: Int, quiet: Bool = false) {
+    /// `done` steps may already be complete (a resumed job).
+    public init(label: String, total: Int, done: Int = 0, quiet: Bool = false) {
         self.label = label
         self.total = max(total, 1)
+        self.done = done
         self.quiet = quiet
         isTTY = isatty(2) == 1 && ProcessInfo.processInfo.environment["TERM"] != "dumb"
     }
@@ -34,8 +36,8 @@ public final class Progress {
             let filled = width * done / total
             let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
             let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
-            var line = "\r\(label) \(bar) \(done)/\(total) \(100 * done / total)% ETA \(Progress.clock(eta))"
-            if done == total { line = "\r\(label) \(bar) \(done)/\(total) done in \(Progress.clock(elapsed))\n" }
+            var line = "\r\(label) \(bar) \(done)/\(total) \(100 * done / total)% ETA \(ProgressReporter.clock(eta))"
+            if done == total { line = "\r\(label) \(bar) \(done)/\(total) done in \(ProgressReporter.clock(elapsed))\n" }
             FileHandle.standardError.write(line.data(using: .utf8)!)
         } else {
             let line = String(format: "%@ %d/%d %@ (%.2fs)\n", label, done, total, item, elapsed)

@@ -1,26 +1,38 @@
 import Pruning
 import Tensors
 
-/// Computes one tensor's mask: decode to F32, score, select under the pattern.
+/// Computes masks: decode to F32, score, select under the pattern.
 public enum TensorPruner {
+    /// The mask of a whole tensor.
     public static func mask(_ info: TensorInfo, bytes: UnsafeRawBufferPointer, criterion: any ImportanceCriterion,
                             pattern: SparsityPattern, sparsity: Double) throws -> Mask {
-        let n = info.elementCount
+        try mask(name: info.name, dtype: info.dtype, rows: info.rows, cols: info.cols, firstRow: 0, bytes: bytes,
+                 criterion: criterion, pattern: pattern, sparsity: sparsity)
+    }
+
+    /// The mask of rows `firstRow ..< firstRow + rows` of a tensor, from those rows' bytes.
+    /// Patterns that compare across rows (unstructured, whole rows) must be given every row.
+    public static func mask(name: String, dtype: DType, rows: Int, cols: Int, firstRow: Int, bytes: UnsafeRawBufferPointer,
+                            criterion: any ImportanceCriterion, pattern: SparsityPattern, sparsity: Double) throws -> Mask {
+        let n = rows * cols
+        guard bytes.count == n * dtype.size else {
+            throw PruningError("tensor '\(name)': \(bytes.count) bytes for \(rows) × \(cols) \(dtype.rawValue)")
+        }
         var values = [Float](repeating: 0, count: n)
         var scores = [Float](repeating: 0, count: n)
-        values.withUnsafeMutableBufferPointer { FloatConversion.toFloat(bytes, dtype: info.dtype, into: $0) }
+        values.withUnsafeMutableBufferPointer { FloatConversion.toFloat(bytes, dtype: dtype, into: $0) }
         try values.withUnsafeBufferPointer { v in
             try scores.withUnsafeMutableBufferPointer { s in
-                criterion.scores(WeightBlock(name: info.name, values: v, rows: info.rows, cols: info.cols), into: s)
+                criterion.scores(WeightBlock(name: name, values: v, rows: rows, cols: cols, firstRow: firstRow), into: s)
                 // Scores must be comparable as bit patterns: no negatives, and -0 is 0.
                 for i in 0..<n where s[i].sign == .minus {
-                    guard s[i] == 0 else { throw PruningError("criterion \(criterion.name) gave a negative score for '\(info.name)'") }
+                    guard s[i] == 0 else { throw PruningError("criterion \(criterion.name) gave a negative score for '\(name)'") }
                     s[i] = 0
                 }
             }
         }
         return try scores.withUnsafeBufferPointer {
-            try MaskSelection.mask(scores: $0, rows: info.rows, cols: info.cols, pattern: pattern, sparsity: sparsity)
+            try MaskSelection.mask(scores: $0, rows: rows, cols: cols, pattern: pattern, sparsity: sparsity)
         }
     }
 

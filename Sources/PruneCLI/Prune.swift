@@ -1,8 +1,11 @@
 import ArgumentParser
+import Cluster
 import Engine
 import Foundation
 import Pruning
 import Tensors
+import Protocol
+import ZeroMQ
 
 /// Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.
 enum ExitStatus {
@@ -16,7 +19,8 @@ struct Prune: ParsableCommand {
         commandName: "prune",
         abstract: "Prune neural-network checkpoints: magnitude or random, unstructured, per-row, N:M or whole rows.",
         discussion: "Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.",
-        subcommands: [Inspect.self, Run.self, Check.self, Densify.self])
+        subcommands: [Inspect.self, Run.self, Check.self, Densify.self, Resume.self, Status.self,
+                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self])
 
     /// `prune` alone is a usage error: print the help and exit 2.
     func run() throws {
@@ -35,6 +39,10 @@ struct Prune: ParsableCommand {
             fail(e.description)
         } catch let e as PruningError {
             fail(e.description)
+        } catch let e as LedgerError {
+            fail(e.description)
+        } catch let e as JobFailed {
+            fail("job failed: \(e.description)")
         } catch let e as CheckFailed {
             Foundation.exit(e.code)
         } catch let e as CocoaError {
@@ -108,22 +116,56 @@ struct Inspect: ParsableCommand {
 }
 
 struct Run: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a pruning job described by a YAML spec (see docs/job-spec.md).")
+    static let configuration = CommandConfiguration(
+        abstract: "Run a pruning job described by a YAML spec (see docs/job-spec.md).",
+        discussion: "With --workers N (default 2) a coordinator runs here with N worker processes over ipc://; the job directory keeps a ledger, so `prune resume` continues a stopped job. --workers 0 runs everything in this process.")
 
     @Argument(help: "The job spec, e.g. job.yaml.")
     var spec: String
+
+    @Option(name: .shortAndLong, help: "Worker processes to start (0: run in this process).")
+    var workers = 2
+
+    @Option(help: "A task failing this many times fails the job.")
+    var maxAttempts = 3
 
     @Flag(name: .shortAndLong, help: "No progress output.")
     var quiet = false
 
     func run() throws {
         let job = try JobSpec.load(path: spec)
-        let summary = try LocalRunner(spec: job, quiet: quiet).run()
-        let t = summary.manifest.totals
-        print("wrote \(summary.outDirectory): \(summary.manifest.tensors.values.filter(\.pruned).count) tensors pruned, "
-              + String(format: "%.2f%% of their weights zero; sparse/ is %.3f× the size of dense/ (pruned tensors alone %.3f×); %.2fs",
-                       100 * Double(t.zeros) / Double(max(t.prunedParameters, 1)), t.sparseToDenseRatio, t.prunedSparseToDenseRatio, summary.seconds))
+        let start = Date()
+        if workers == 0 {
+            let summary = try LocalRunner(spec: job, quiet: quiet).run()
+            report(summary.manifest, out: summary.outDirectory, seconds: summary.seconds)
+            return
+        }
+        guard workers > 0 else { throw ValidationError("--workers must be 0 or more") }
+        var settings = Settings()
+        settings.maxAttempts = maxAttempts
+        let clusterJob = try ClusterJob.prepare(spec: job, settings: settings)
+        do {
+            var cluster = EmbeddedCluster(job: clusterJob, workers: workers, executable: EmbeddedCluster.currentExecutable)
+            cluster.quiet = quiet
+            let manifest = try cluster.run(log: coordinatorLog(quiet: quiet))
+            report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
+        } catch let e as JobFailed {
+            throw e
+        }
     }
+}
+
+/// One summary line after a job.
+func report(_ manifest: Manifest, out: String, seconds: Double) {
+    let t = manifest.totals
+    print("wrote \(out): \(manifest.tensors.values.filter(\.pruned).count) tensors pruned, "
+          + String(format: "%.2f%% of their weights zero; sparse/ is %.3f× the size of dense/ (pruned tensors alone %.3f×); %.2fs",
+                   100 * Double(t.zeros) / Double(max(t.prunedParameters, 1)), t.sparseToDenseRatio, t.prunedSparseToDenseRatio, seconds))
+}
+
+/// Coordinator log lines go to stderr, prefixed, unless quiet.
+func coordinatorLog(quiet: Bool) -> (String) -> Void {
+    { line in if !quiet { FileHandle.standardError.write(Data("coordinator: \(line)\n".utf8)) } }
 }
 
 struct Check: ParsableCommand {
@@ -161,5 +203,187 @@ struct Densify: ParsableCommand {
     func run() throws {
         try Densifier.densify(sparseDirectory: sparse, to: output)
         print("wrote \(output)")
+    }
+}
+
+struct Resume: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Continue a stopped or crashed job from its job directory, without redoing finished tasks.",
+        discussion: "Refuses when the spec or the checkpoint changed since the job started. Finished tasks whose artifacts fail their digest are redone.")
+
+    @Argument(help: "The job directory.")
+    var job: String
+
+    @Option(name: .shortAndLong, help: "Worker processes to start here.")
+    var workers = 2
+
+    @Option(help: "Bind this endpoint for external workers instead of starting local ones (tcp://HOST:PORT).")
+    var bind: String?
+
+    @OptionGroup var security: SecurityOptions
+
+    @Option(help: "A task failing this many times fails the job.")
+    var maxAttempts = 3
+
+    @Flag(name: .shortAndLong, help: "No progress output.")
+    var quiet = false
+
+    func run() throws {
+        var settings = Settings()
+        settings.maxAttempts = maxAttempts
+        let start = Date()
+        let clusterJob = try ClusterJob.resume(directory: job, settings: settings)
+        if !quiet { FileHandle.standardError.write(Data("resuming: \(clusterJob.done.count)/\(clusterJob.tasks.count) tasks already done\n".utf8)) }
+        let manifest: Manifest
+        if let bind {
+            manifest = try runCoordinator(clusterJob, bind: bind, security: security, quiet: quiet)
+        } else {
+            var cluster = EmbeddedCluster(job: clusterJob, workers: max(workers, 1), executable: EmbeddedCluster.currentExecutable)
+            cluster.quiet = quiet
+            manifest = try cluster.run(log: coordinatorLog(quiet: quiet))
+        }
+        report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a job's progress from its ledger: tasks per phase and state, workers, ETA.")
+
+    @Argument(help: "The job directory.")
+    var job: String
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let status = try JobStatus.read(directory: job)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(status), as: UTF8.self))
+        } else {
+            print(status.render())
+        }
+    }
+}
+
+/// CURVE options shared by coordinator, resume and worker.
+struct SecurityOptions: ParsableArguments {
+    @Option(help: "This process's CURVE secret key file (from prune keygen).")
+    var curveSecret: String?
+
+    @Option(help: "Coordinator: file of worker public keys allowed in, one per line.")
+    var allow: String?
+
+    @Option(help: "Worker: the coordinator's public key file.")
+    var serverKey: String?
+
+    @Flag(help: "Allow plaintext tcp:// (loopback addresses only).")
+    var insecure = false
+}
+
+/// Runs a coordinator that waits for external workers on `bind`, then assembles.
+func runCoordinator(_ job: ClusterJob, bind: String, security: SecurityOptions, quiet: Bool) throws -> Manifest {
+    var curve: CurveServerConfig?
+    if let secretPath = security.curveSecret {
+        guard let allowPath = security.allow else { throw ValidationError("--curve-secret needs --allow FILE (worker public keys)") }
+        let secret = try KeyFiles.readKey(secretPath)
+        curve = CurveServerConfig(publicKey: try Curve.publicKey(fromSecret: secret), secretKey: secret,
+                                  allowedClients: try KeyFiles.readAllowList(allowPath))
+    }
+    try EndpointPolicy.check(bind, curve: curve != nil, insecure: security.insecure)
+    let context = try ZMQContext()
+    let shell = try CoordinatorShell(job: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, log: coordinatorLog(quiet: quiet))
+    if !quiet { FileHandle.standardError.write(Data("coordinator: listening on \(shell.boundEndpoint)\n".utf8)) }
+    if case .failed(let reason) = try shell.run() { throw JobFailed(reason) }
+    return try job.assemble(quiet: quiet)
+}
+
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Coordinate a job for workers on other hosts (see docs/cluster.md).",
+        discussion: "tcp:// endpoints use CURVE: --curve-secret (this coordinator's key) and --allow (worker public keys). Plaintext needs --insecure and a loopback address.")
+
+    @Option(help: "The job spec.")
+    var job: String
+
+    @Option(help: "Endpoint to bind, e.g. tcp://0.0.0.0:5555.")
+    var bind: String
+
+    @OptionGroup var security: SecurityOptions
+
+    @Option(help: "A task failing this many times fails the job.")
+    var maxAttempts = 3
+
+    @Flag(name: .shortAndLong, help: "No progress output.")
+    var quiet = false
+
+    func run() throws {
+        var settings = Settings()
+        settings.maxAttempts = maxAttempts
+        let start = Date()
+        // Check the endpoint before creating anything.
+        try EndpointPolicy.check(bind, curve: security.curveSecret != nil, insecure: security.insecure)
+        let clusterJob = try ClusterJob.prepare(spec: try JobSpec.load(path: job), settings: settings)
+        let manifest = try runCoordinator(clusterJob, bind: bind, security: security, quiet: quiet)
+        report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "worker", abstract: "Run a worker that connects to a coordinator.")
+
+    @Option(help: "The coordinator's endpoint, e.g. tcp://coord.example:5555.")
+    var connect: String
+
+    @Option(help: "A name for logs (default: host:pid).")
+    var name: String?
+
+    @Option(help: "Directory to search for local copies of the checkpoint files (repeatable).")
+    var dataRoot: [String] = []
+
+    @OptionGroup var security: SecurityOptions
+
+    @Flag(help: "Exit when the parent process exits (used by prune run).")
+    var exitWithParent = false
+
+    @Option(help: .hidden)
+    var protocolVersion: UInt32 = Settings.protocolVersion
+
+    func run() throws {
+        var options = WorkerOptions(endpoint: connect, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
+        options.dataRoots = dataRoot
+        options.exitWithParent = exitWithParent
+        options.protocolVersion = protocolVersion
+        options.taskDelayMs = Int(ProcessInfo.processInfo.environment["PRUNE_TEST_TASK_DELAY_MS"] ?? "") ?? 0
+        if let secretPath = security.curveSecret {
+            guard let serverPath = security.serverKey else { throw ValidationError("--curve-secret needs --server-key FILE (the coordinator's public key)") }
+            let secret = try KeyFiles.readKey(secretPath)
+            options.curveSecretKey = secret
+            options.curvePublicKey = try Curve.publicKey(fromSecret: secret)
+            options.curveServerKey = try KeyFiles.readKey(serverPath)
+        }
+        try EndpointPolicy.check(connect, curve: options.curveSecretKey != nil, insecure: security.insecure)
+        let worker = try Worker(options: options) { line in
+            FileHandle.standardError.write(Data("worker \(options.name): \(line)\n".utf8))
+        }
+        let code = try worker.run()
+        if code != 0 { throw CheckFailed(code: code) }
+    }
+}
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a CURVE key pair: NAME.pub (share it) and NAME.key (secret, mode 0600).")
+
+    @Argument(help: "Base name of the key files, e.g. coordinator or worker-3.")
+    var name: String
+
+    @Option(help: "Directory to write into.")
+    var dir = "."
+
+    func run() throws {
+        let (pub, sec) = try KeyFiles.write(name: name, directory: dir)
+        print("wrote \(pub) and \(sec)")
     }
 }

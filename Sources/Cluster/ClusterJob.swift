@@ -1,0 +1,192 @@
+import Engine
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+
+/// A job as the coordinator holds it: spec, checkpoint headers, plan, tasks, ledger and
+/// artifact store, opened fresh (`prepare`) or from a job directory (`resume`).
+public final class ClusterJob {
+    public let spec: JobSpec
+    public let checkpoint: Checkpoint
+    public let plan: Plan
+    public let tasks: [MaskTaskPlan]
+    public let taskByID: [String: MaskTaskPlan]
+    public let directory: JobDirectory
+    public let ledger: Ledger
+    public let artifacts: ArtifactStore
+    /// Checkpoint files with their digests, as announced to workers.
+    public let modelFiles: [Prune_V1_ModelFile]
+    /// Tasks already done (with their result digests) when the job was opened.
+    public private(set) var done: [String: String] = [:]
+    public let settings: Settings
+    /// Whether this run created the job directory (removed again if the run fails on bad input).
+    public let createdDirectory: Bool
+
+    public var ledgerPath: String { (directory.path as NSString).appendingPathComponent("ledger.sqlite") }
+
+    private init(spec: JobSpec, checkpoint: Checkpoint, plan: Plan, directory: JobDirectory, ledger: Ledger,
+                 modelFiles: [Prune_V1_ModelFile], settings: Settings, created: Bool) throws {
+        self.spec = spec
+        self.checkpoint = checkpoint
+        self.plan = plan
+        self.directory = directory
+        self.ledger = ledger
+        self.modelFiles = modelFiles
+        self.settings = settings
+        createdDirectory = created
+        tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: settings.maxWeightsPerTask)
+        taskByID = Dictionary(uniqueKeysWithValues: tasks.map { ($0.id, $0) })
+        artifacts = try ArtifactStore(root: (directory.path as NSString).appendingPathComponent("artifacts"))
+    }
+
+    /// Validates everything, then creates (or continues) the job directory and ledger.
+    /// A job directory holding the same spec continues where it stopped.
+    public static func prepare(spec: JobSpec, settings: Settings) throws -> ClusterJob {
+        let checkpoint = try Checkpoint(path: spec.model)
+        let plan = try Plan(spec: spec, checkpoint: checkpoint)
+        try LocalRunner(spec: spec).refuseNonFinite(checkpoint)
+        let directory = JobDirectory(path: spec.output)
+        try directory.validate(for: spec)
+        let modelFiles = try digests(checkpoint)
+        let created = try directory.claim(for: spec)
+        let ledgerPath = (spec.output as NSString).appendingPathComponent("ledger.sqlite")
+        let existing = FileManager.default.fileExists(atPath: ledgerPath)
+        let ledger = try Ledger(path: ledgerPath)
+        let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
+                                 modelFiles: modelFiles, settings: settings, created: created)
+        if existing {
+            try job.verifyRecorded()
+        } else {
+            try ledger.setJobValue("spec_sha256", spec.digest)
+            try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
+            try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
+            try ledger.setJobValue("state", "running")
+            try ledger.insertTasks(try job.tasks.map { ($0.id, "mask", try job.assignWork($0).serializedBytes()) })
+        }
+        try job.loadDone()
+        return job
+    }
+
+    /// Reopens a job directory after a stop or crash. Refuses when the spec or the
+    /// checkpoint no longer match what the ledger recorded.
+    public static func resume(directory path: String, settings: Settings) throws -> ClusterJob {
+        let directory = JobDirectory(path: path)
+        let ledgerPath = (path as NSString).appendingPathComponent("ledger.sqlite")
+        let ledger = try Ledger(path: ledgerPath, create: false)
+        guard let recordedDigest = try ledger.jobValue("spec_sha256"), let base = try ledger.jobValue("spec_base") else {
+            throw LedgerError("\(ledgerPath): the ledger records no job")
+        }
+        guard let data = FileManager.default.contents(atPath: directory.specPath), let text = String(data: data, encoding: .utf8) else {
+            throw SpecError("\(directory.specPath): cannot read the job spec")
+        }
+        let spec = try JobSpec.parse(yaml: text, file: directory.specPath, baseDirectory: base, bytes: [UInt8](data))
+        guard spec.digest == recordedDigest else {
+            throw SpecError("\(directory.specPath): the spec changed since the job started (sha256 \(spec.digest.prefix(12))…, recorded \(recordedDigest.prefix(12))…); start a new job instead")
+        }
+        let checkpoint = try Checkpoint(path: spec.model)
+        let plan = try Plan(spec: spec, checkpoint: checkpoint)
+        let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
+                                 modelFiles: try digests(checkpoint), settings: settings, created: false)
+        try job.verifyRecorded()
+        try job.loadDone()
+        return job
+    }
+
+    private static func digests(_ checkpoint: Checkpoint) throws -> [Prune_V1_ModelFile] {
+        try zip(checkpoint.shardNames, checkpoint.shards).map { name, shard in
+            var f = Prune_V1_ModelFile()
+            f.name = name
+            f.path = shard.path
+            f.sha256 = try SHA256Stream.hex(file: shard.path)
+            f.size = UInt64(shard.header.dataStart + (shard.tensors.last?.dataOffsets.upperBound ?? 0))
+            return f
+        }
+    }
+
+    private static func modelFilesJSON(_ files: [Prune_V1_ModelFile]) throws -> String {
+        let map = Dictionary(uniqueKeysWithValues: files.map { ($0.name, $0.sha256) })
+        let data = try JSONSerialization.data(withJSONObject: map, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The recorded spec, checkpoint digests and task list must match this job.
+    private func verifyRecorded() throws {
+        guard try ledger.jobValue("spec_sha256") == spec.digest else {
+            throw SpecError("\(directory.path): the ledger belongs to another spec")
+        }
+        if try ledger.jobValue("model_files") != ClusterJob.modelFilesJSON(modelFiles) {
+            throw CheckpointError(file: spec.model, "the checkpoint changed since the job started (file digests differ from the ledger's); start a new job instead")
+        }
+        let recorded = try ledger.tasks().map(\.id)
+        guard recorded == tasks.map(\.id) else {
+            throw LedgerError("\(ledgerPath): the recorded tasks differ from this build's plan")
+        }
+    }
+
+    /// Loads finished tasks, re-verifying each artifact by digest; a missing or corrupt
+    /// artifact puts its task back in the queue.
+    private func loadDone() throws {
+        done = [:]
+        for row in try ledger.tasks() where row.state == "done" {
+            guard let digest = row.resultSHA256, artifacts.verify(digest) else {
+                try ledger.markPending(task: row.id, cause: "artifact missing or corrupt on resume")
+                continue
+            }
+            done[row.id] = digest
+        }
+    }
+
+    func recordDone(_ task: String, digest: String) { done[task] = digest }
+
+    /// The Assign body for a task.
+    public func assignWork(_ task: MaskTaskPlan) -> Prune_V1_MaskTask {
+        var ref = Prune_V1_TensorRef()
+        ref.name = task.tensor.name
+        ref.dtype = task.tensor.info.dtype.rawValue
+        ref.shape = task.tensor.info.shape.map(UInt64.init)
+        let shard = checkpoint.shard(of: task.tensor.name)!
+        ref.fileSha256 = modelFiles.first { $0.path == shard.path }!.sha256
+        ref.offset = UInt64(shard.header.dataStart + task.tensor.info.dataOffsets.lowerBound)
+        ref.byteCount = UInt64(task.tensor.info.byteCount)
+        var m = Prune_V1_MaskTask()
+        m.tensor = ref
+        m.firstRow = UInt64(task.firstRow)
+        m.rowCount = UInt64(task.rowCount)
+        m.method = spec.method.rawValue
+        m.seed = spec.seed
+        m.pattern = plan.pattern.description
+        m.sparsity = plan.sparsity
+        return m
+    }
+
+    /// The masks of every pruned tensor, joined from the task artifacts in row order.
+    public func masks() throws -> [String: Mask] {
+        var blocks: [String: [Mask]] = [:]
+        for task in tasks {
+            guard let digest = done[task.id], let bits = artifacts.get(digest) else {
+                throw LedgerError("\(ledgerPath): result of task \(task.id) is missing")
+            }
+            blocks[task.tensor.name, default: []].append(try Mask(rows: task.rowCount, cols: task.tensor.cols, bits: bits))
+        }
+        var out: [String: Mask] = [:]
+        for t in plan.targets { out[t.name] = try MaskTaskPlan.join(blocks[t.name] ?? [], rows: t.rows, cols: t.cols) }
+        return out
+    }
+
+    /// Writes out/ from the masks (staging directory, one rename).
+    public func assemble(quiet: Bool) throws -> Manifest {
+        let masks = try masks()
+        let staging = try directory.makeStaging()
+        do {
+            let manifest = try Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
+                .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
+            try directory.publish(staging: staging)
+            try ledger.setJobValue("state", "complete")
+            return manifest
+        } catch {
+            try? FileManager.default.removeItem(atPath: staging)
+            throw error
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import Engine
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+import ZeroMQ
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The worker's compute side: runs one task at a time on a thread of its own, so the
+/// I/O thread keeps heartbeating however long a task takes.
+final class ComputeThread: @unchecked Sendable {
+    private let context: ZMQContext
+    private let endpoint: String
+    private let options: WorkerOptions
+    private let log: (String) -> Void
+    private let finished = DispatchSemaphore(value: 0)
+    private let source: TensorSource
+
+    private struct Stop: Error {}
+
+    init(context: ZMQContext, endpoint: String, options: WorkerOptions, log: @escaping (String) -> Void) {
+        self.context = context
+        self.endpoint = endpoint
+        self.options = options
+        self.log = log
+        source = TensorSource(dataRoots: options.dataRoots)
+    }
+
+    func start() throws {
+        let socket = try ZMQSocket(context, .pair)
+        try socket.setLinger(ms: 0)
+        try socket.connect(endpoint)
+        let thread = Thread { [self] in
+            self.loop(socket)
+            socket.close()
+            self.finished.signal()
+        }
+        thread.name = "compute"
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    func join() { finished.wait() }
+
+    private func loop(_ pair: ZMQSocket) {
+        while true {
+            guard let frames = try? pair.receiveMultipart(), let message = try? WireMessage.decode(frames.map(\.bytes)) else { return }
+            switch message.envelope.body {
+            case .welcome(let w):
+                source.announce(w.modelFiles)
+            case .assign(let a):
+                do {
+                    let reply = try run(a, pair: pair)
+                    try pair.send(reply)
+                } catch is Stop {
+                    return
+                } catch {
+                    return
+                }
+            case .shutdown:
+                return
+            default:
+                break
+            }
+        }
+    }
+
+    /// Runs a task and returns the frames to send: Result (+ payloads) or Fail.
+    private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]] {
+        let start = DispatchTime.now().uptimeNanoseconds
+        do {
+            var result = Prune_V1_Result()
+            result.taskID = a.taskID
+            result.attempt = a.attempt
+            var payloads: [(name: String, bytes: [UInt8])] = []
+            switch a.work {
+            case .mask(let m):
+                let mask = try runMask(m, pair: pair)
+                result.kept = UInt64(mask.keptCount)
+                payloads.append(("mask", mask.bits))
+            case .noop(let n):
+                if n.sleepMs > 0 { usleep(n.sleepMs * 1000) }
+            case .none:
+                throw PruningError("task \(a.taskID) names no work")
+            }
+            if options.taskDelayMs > 0 { usleep(UInt32(options.taskDelayMs) * 1000) }
+            result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            return try WireMessage.frames(.with(.result(result)), payloads: payloads)
+        } catch is Stop {
+            throw Stop()
+        } catch {
+            var fail = Prune_V1_Fail()
+            fail.taskID = a.taskID
+            fail.attempt = a.attempt
+            fail.cause = String(describing: error)
+            // Bad input fails the same way everywhere: retrying cannot help.
+            fail.retryable = !(error is PruningError || error is SpecError || error is CheckpointError)
+            log("task \(a.taskID) failed: \(fail.cause)")
+            return try WireMessage.frames(.with(.fail(fail)))
+        }
+    }
+
+    private func runMask(_ m: Prune_V1_MaskTask, pair: ZMQSocket) throws -> Mask {
+        let t = m.tensor
+        guard let dtype = DType(rawValue: t.dtype), dtype.isFloat else { throw PruningError("tensor '\(t.name)': dtype \(t.dtype) cannot be pruned") }
+        let shape = t.shape.map { Int(clamping: $0) }
+        guard shape.count >= 2, let elements = MatrixView.elementCount(shape), elements * dtype.size == Int(clamping: t.byteCount) else {
+            throw PruningError("tensor '\(t.name)': shape \(shape) does not match \(t.byteCount) bytes")
+        }
+        let cols = MatrixView.cols(shape), rows = MatrixView.rows(shape)
+        let firstRow = Int(clamping: m.firstRow), rowCount = Int(clamping: m.rowCount)
+        guard firstRow >= 0, rowCount > 0, firstRow + rowCount <= rows else {
+            throw PruningError("tensor '\(t.name)': rows \(firstRow)+\(rowCount) outside \(rows)")
+        }
+        let rowBytes = cols * dtype.size
+        let offset = Int(clamping: t.offset) + firstRow * rowBytes
+        let count = rowCount * rowBytes
+        let pattern = try SparsityPattern(parsing: m.pattern)
+        let criterion = try JobSpec.criterion(method: m.method, seed: m.seed)
+        func compute(_ bytes: UnsafeRawBufferPointer) throws -> Mask {
+            try TensorPruner.mask(name: t.name, dtype: dtype, rows: rowCount, cols: cols, firstRow: firstRow, bytes: bytes,
+                                  criterion: criterion, pattern: pattern, sparsity: m.sparsity)
+        }
+        if let file = source.localFile(t.fileSha256) {
+            guard offset >= 0, offset + count <= file.size else { throw PruningError("tensor '\(t.name)': byte range outside \(file.path)") }
+            defer { file.release(offset..<(offset + count)) }
+            return try compute(file.bytes(offset..<(offset + count)))
+        }
+        let bytes = try fetch(file: t.fileSha256, offset: offset, count: count, pair: pair)
+        return try bytes.withUnsafeBytes { try compute($0) }
+    }
+
+    /// Pulls a byte range from the coordinator with at most `chunkCredit` requests in
+    /// flight (credit-based flow control, ZeroMQ guide ch.7).
+    private func fetch(file: String, offset: Int, count: Int, pair: ZMQSocket) throws -> [UInt8] {
+        let chunk = options.settings.chunkBytes
+        let credit = options.settings.chunkCredit
+        var buffer = [UInt8](repeating: 0, count: count)
+        var next = 0, received = 0
+        var outstanding: [UInt64: (offset: Int, length: Int)] = [:]
+        var requestID: UInt64 = 0
+        try pair.setReceiveTimeout(ms: Int32(options.settings.leaseMs * 3))
+        defer { try? pair.setReceiveTimeout(ms: -1) }
+        while received < count {
+            while outstanding.count < credit && next < count {
+                let length = min(chunk, count - next)
+                requestID += 1
+                var request = Prune_V1_ChunkRequest()
+                request.fileSha256 = file
+                request.offset = UInt64(offset + next)
+                request.length = UInt64(length)
+                request.requestID = requestID
+                try pair.send(try WireMessage.frames(.with(.chunkRequest(request))))
+                outstanding[requestID] = (next, length)
+                next += length
+            }
+            guard let frames = try pair.receiveMultipart() else {
+                throw ZMQError(code: EAGAIN, call: "chunk fetch timed out")
+            }
+            guard let message = try? WireMessage.decode(frames.map(\.bytes)) else { continue }
+            switch message.envelope.body {
+            case .chunk(let c):
+                guard let slot = outstanding.removeValue(forKey: c.requestID) else { continue }
+                guard c.error.isEmpty else { throw CheckpointError(file: file, "coordinator cannot send bytes: \(c.error)") }
+                guard message.payloads.count == 1, message.payloads[0].count == slot.length else {
+                    throw PruningError("chunk \(c.requestID) has the wrong size")
+                }
+                buffer.withUnsafeMutableBytes { out in
+                    message.payloads[0].withUnsafeBytes { out.baseAddress!.advanced(by: slot.offset).copyMemory(from: $0.baseAddress!, byteCount: slot.length) }
+                }
+                received += slot.length
+            case .shutdown:
+                throw Stop()
+            default:
+                continue
+            }
+        }
+        return buffer
+    }
+}

@@ -1,0 +1,287 @@
+import Engine
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+import ZeroMQ
+
+/// CURVE settings of a coordinator on tcp://: its key pair and the worker public keys
+/// allowed in (checked by a ZAP handler).
+public struct CurveServerConfig: Sendable {
+    public var publicKey: String
+    public var secretKey: String
+    public var allowedClients: Set<String>
+
+    public init(publicKey: String, secretKey: String, allowedClients: Set<String>) {
+        self.publicKey = publicKey
+        self.secretKey = secretKey
+        self.allowedClients = allowedClients
+    }
+}
+
+/// The coordinator's I/O: one ROUTER socket, one loop. It decodes messages into events
+/// for `CoordinatorCore`, carries out the directives, makes results durable (artifact
+/// fsync'd, ledger committed) before acknowledging them, and serves checkpoint chunks.
+public final class CoordinatorShell {
+    public let job: ClusterJob
+    private var core: CoordinatorCore
+    private let context: ZMQContext
+    private let router: ZMQSocket
+    private var zap: ZAPHandler?
+    private let settings: Settings
+    private let log: (String) -> Void
+    private var identities: [String: [UInt8]] = [:]
+    private var names: [String: String] = [:]
+    private let progress: ProgressReporter
+    private var files: [String: FileHandle] = [:]
+    /// Called every loop turn (the embedded launcher restarts dead workers here).
+    public var onTurn: (() -> Void)?
+    /// Messages dropped as malformed, for tests and status.
+    public private(set) var dropped = 0
+    public private(set) var wireBytesIn = 0
+
+    public init(job: ClusterJob, context: ZMQContext, endpoints: [String], curve: CurveServerConfig?,
+                quiet: Bool, log: @escaping (String) -> Void) throws {
+        self.job = job
+        self.context = context
+        settings = job.settings
+        self.log = log
+        core = CoordinatorCore(tasks: job.tasks.map { CoordinatorCore.TaskDefinition(id: $0.id) }, done: Set(job.done.keys), settings: job.settings)
+        progress = ProgressReporter(label: "prune", total: job.tasks.count, done: job.done.count, quiet: quiet)
+        router = try ZMQSocket(context, .router)
+        try router.setLinger(ms: 500)
+        try router.setMaxMessageSize(settings.maxFrameBytes)
+        try router.setReceiveHighWaterMark(10_000)
+        if let curve {
+            let allowed = curve.allowedClients
+            let handler = ZAPHandler(context: context) { mechanism, _, _, credentials in
+                guard let key = ZAP.curvePublicKey(mechanism: mechanism, credentials: credentials), allowed.contains(key) else { return nil }
+                return key
+            }
+            try handler.start()
+            zap = handler
+            try router.setZapDomain("prune")
+            try router.setCurveServer(secretKey: curve.secretKey)
+        }
+        for endpoint in endpoints { try router.bind(endpoint) }
+        for f in job.modelFiles { files[f.sha256] = FileHandle(forReadingAtPath: f.path) }
+    }
+
+    deinit {
+        router.close()
+        zap?.stop()
+    }
+
+    /// The bound endpoints' actual addresses (tcp://127.0.0.1:* resolved).
+    public var boundEndpoint: String { router.lastEndpoint }
+
+    /// Runs until every task is done or the job fails.
+    public func run() throws -> CoordinatorCore.Outcome {
+        try execute(core.tick(now: now()))
+        while core.outcome == nil {
+            var poller = ZMQPoller()
+            _ = poller.add(router)
+            let ready = try poller.poll(timeoutMs: min(100, settings.heartbeatMs))
+            if ready[0] {
+                var handled = 0
+                while handled < 1000, let frames = try router.receiveMultipart(dontWait: true) {
+                    handled += 1
+                    try handle(frames)
+                    if core.outcome != nil { break }
+                }
+            }
+            if core.outcome == nil { try execute(core.tick(now: now())) }
+            onTurn?()
+        }
+        try job.ledger.flush()
+        // Tell everyone the job is over.
+        for worker in core.workerIDs {
+            var s = Prune_V1_Shutdown()
+            s.reason = core.outcome == .completed ? "job complete" : "job failed"
+            send(worker, .with(.shutdown(s)))
+        }
+        return core.outcome!
+    }
+
+    // MARK: Incoming
+
+    private func handle(_ frames: [ZMQFrame]) throws {
+        guard frames.count >= 2 else { dropped += 1; return }
+        let identity = frames[0].bytes
+        let worker = identity.map { String(format: "%02x", $0) }.joined()
+        let body = frames.dropFirst().map(\.bytes)
+        wireBytesIn += body.reduce(0) { $0 + $1.count }
+        let message: WireMessage
+        do {
+            message = try WireMessage.decode(Array(body), settings: settings)
+        } catch {
+            dropped += 1
+            log("dropped a malformed message from \(worker): \(error)")
+            return
+        }
+        let t = now()
+        if case .hello(let h) = message.envelope.body {
+            identities[worker] = identity
+            names[worker] = h.workerName
+            let directives = core.hello(worker: worker, name: h.workerName, protocolVersion: h.protocolVersion, now: t)
+            if directives.contains(.welcome(worker: worker)) {
+                try job.ledger.workerJoined(id: worker, name: h.workerName, host: h.host, at: Date().timeIntervalSince1970)
+                log("worker \(h.workerName) joined (\(h.host), \(h.cores) cores)")
+            }
+            try execute(directives)
+            return
+        }
+        guard core.isKnown(worker: worker) else {
+            // Not admitted (never said Hello, was rejected, or was declared dead).
+            if message.envelope.protocolVersion != Settings.protocolVersion {
+                var r = Prune_V1_Reject()
+                r.reason = "protocol version \(message.envelope.protocolVersion) is not supported; this coordinator speaks version \(Settings.protocolVersion)"
+                r.coordinatorProtocolVersion = Settings.protocolVersion
+                identities[worker] = identity
+                send(worker, .with(.reject(r)))
+            }
+            dropped += 1
+            return
+        }
+        guard message.envelope.protocolVersion == Settings.protocolVersion else { dropped += 1; return }
+        switch message.envelope.body {
+        case .heartbeat(let hb):
+            try execute(core.heartbeat(worker: worker, running: hb.taskIds, now: t))
+        case .result(let r):
+            try handleResult(r, payloads: message.payloads, from: worker)
+        case .fail(let f):
+            try job.ledger.markAttemptFailed(task: f.taskID, attempts: Int(f.attempt), cause: f.cause, at: Date().timeIntervalSince1970)
+            try execute(core.failed(task: f.taskID, by: worker, attempt: Int(f.attempt), cause: f.cause, retryable: f.retryable, now: t))
+        case .goodbye(let g):
+            try execute(core.goodbye(worker: worker, reason: g.reason, now: t))
+        case .chunkRequest(let c):
+            core.heard(from: worker, now: t)
+            serveChunk(c, to: worker)
+        default:
+            dropped += 1
+            log("dropped unexpected \(message.kind) from \(worker)")
+        }
+    }
+
+    private func handleResult(_ r: Prune_V1_Result, payloads: [[UInt8]], from worker: String) throws {
+        let t = now()
+        guard let task = job.taskByID[r.taskID] else {
+            dropped += 1
+            log("dropped a result for unknown task \(r.taskID) from \(worker)")
+            return
+        }
+        guard core.wantsResult(task: r.taskID) else {
+            try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
+            return
+        }
+        // The mask must have exactly the block's shape; anything else is a failed attempt.
+        guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0])) != nil else {
+            let cause = "result of \(r.taskID) is not a \(task.rowCount)×\(task.tensor.cols) mask"
+            try execute(core.failed(task: r.taskID, by: worker, attempt: Int(r.attempt), cause: cause, retryable: true, now: t))
+            return
+        }
+        // Durable before acknowledged: artifact fsync'd and renamed, then the ledger row.
+        let digest = try job.artifacts.put(payloads[0])
+        try job.ledger.markDone(task: r.taskID, worker: worker, attempt: Int(r.attempt), resultSHA256: digest,
+                                seconds: r.seconds, at: Date().timeIntervalSince1970)
+        job.recordDone(r.taskID, digest: digest)
+        progress.step(r.taskID)
+        try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
+    }
+
+    private func serveChunk(_ c: Prune_V1_ChunkRequest, to worker: String) {
+        var reply = Prune_V1_Chunk()
+        reply.fileSha256 = c.fileSha256
+        reply.offset = c.offset
+        reply.requestID = c.requestID
+        var payload: [UInt8] = []
+        if let handle = files[c.fileSha256], let size = job.modelFiles.first(where: { $0.sha256 == c.fileSha256 })?.size,
+           c.length <= UInt64(settings.chunkBytes), c.offset <= size, c.length <= size - c.offset {
+            do {
+                try handle.seek(toOffset: c.offset)
+                payload = [UInt8](try handle.read(upToCount: Int(c.length)) ?? Data())
+                if payload.count != Int(c.length) { reply.error = "short read" ; payload = [] }
+            } catch {
+                reply.error = "read failed: \(error)"
+            }
+        } else {
+            reply.error = "no such file or range"
+        }
+        send(worker, .with(.chunk(reply)), payloads: reply.error.isEmpty ? [("chunk", payload)] : [])
+    }
+
+    // MARK: Outgoing
+
+    private func execute(_ directives: [CoordinatorCore.Directive]) throws {
+        let wall = Date().timeIntervalSince1970
+        for d in directives {
+            switch d {
+            case .welcome(let w):
+                var welcome = Prune_V1_Welcome()
+                welcome.jobID = job.spec.digest
+                welcome.heartbeatMs = UInt32(settings.heartbeatMs)
+                welcome.liveness = UInt32(settings.liveness)
+                welcome.chunkSize = UInt64(settings.chunkBytes)
+                welcome.chunkCredit = UInt32(settings.chunkCredit)
+                welcome.modelFiles = job.modelFiles
+                send(w, .with(.welcome(welcome)))
+            case .reject(let w, let reason):
+                var r = Prune_V1_Reject()
+                r.reason = reason
+                r.coordinatorProtocolVersion = Settings.protocolVersion
+                log("rejected \(names[w] ?? w): \(reason)")
+                send(w, .with(.reject(r)))
+            case .assign(let w, let taskID, let attempt):
+                guard let task = job.taskByID[taskID] else { continue }
+                var a = Prune_V1_Assign()
+                a.taskID = taskID
+                a.attempt = UInt32(attempt)
+                a.mask = job.assignWork(task)
+                job.ledger.log(.init(time: wall, kind: "assign", task: taskID, worker: w, detail: "attempt \(attempt)"))
+                send(w, .with(.assign(a)))
+            case .heartbeat(let w):
+                send(w, .with(.heartbeat(Prune_V1_Heartbeat())))
+            case .ack(let w, let task, let attempt, let accepted):
+                var a = Prune_V1_Ack()
+                a.taskID = task
+                a.attempt = UInt32(attempt)
+                a.accepted = accepted
+                send(w, .with(.ack(a)))
+            case .cancel(let w, let task):
+                var c = Prune_V1_Cancel()
+                c.taskID = task
+                send(w, .with(.cancel(c)))
+            case .shutdown(let w, let reason):
+                var s = Prune_V1_Shutdown()
+                s.reason = reason
+                send(w, .with(.shutdown(s)))
+            case .workerLost(let w, let requeued, let reason):
+                log("worker \(names[w] ?? w) lost (\(reason)); requeued \(requeued.count) task(s)")
+                try job.ledger.workerLeft(id: w, reason: reason, at: wall)
+                for task in requeued {
+                    job.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: w, detail: reason))
+                }
+                identities[w] = nil
+            case .requeued(let task, let reason):
+                job.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: nil, detail: reason))
+            case .jobCompleted:
+                job.ledger.log(.init(time: wall, kind: "complete", task: nil, worker: nil, detail: ""))
+            case .jobFailed(let reason):
+                log("job failed: \(reason)")
+                job.ledger.log(.init(time: wall, kind: "failed", task: nil, worker: nil, detail: reason))
+                try job.ledger.setJobValue("state", "failed")
+            }
+        }
+    }
+
+    private func send(_ worker: String, _ envelope: Prune_V1_Envelope, payloads: [(name: String, bytes: [UInt8])] = []) {
+        guard let identity = identities[worker] else { return }
+        do {
+            let frames = try WireMessage.frames(envelope, payloads: payloads)
+            try router.send([identity] + frames, dontWait: true)
+            core.sent(to: worker, now: now())
+        } catch {
+            log("could not send to \(names[worker] ?? worker): \(error)")
+        }
+    }
+}

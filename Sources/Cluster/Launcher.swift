@@ -1,0 +1,167 @@
+import Engine
+import Foundation
+import Protocol
+import Tensors
+import ZeroMQ
+
+/// A job that could not complete (a task failed K times, a bad input found by a worker).
+public struct JobFailed: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// `prune run --workers N` and `prune resume`: a coordinator in this process and N
+/// worker processes on this machine over ipc://, restarted if they die.
+public struct EmbeddedCluster {
+    public let job: ClusterJob
+    public var workers: Int
+    public var quiet = false
+    /// The `prune` executable workers are started from.
+    public var executable: String
+    /// Extra environment for workers (tests: PRUNE_TEST_TASK_DELAY_MS).
+    public var workerEnvironment: [String: String] = [:]
+    /// Restarts of dead workers allowed over the whole run.
+    public var maxRestarts = 64
+
+    public init(job: ClusterJob, workers: Int, executable: String) {
+        self.job = job
+        self.workers = workers
+        self.executable = executable
+    }
+
+    /// A short ipc:// endpoint for a job directory (socket paths are limited to ~100 bytes).
+    public static func endpoint(for directory: String) -> String {
+        let digest = Array(directory.utf8).withUnsafeBytes { SHA256Stream.hex($0) }
+        return "ipc://\(NSTemporaryDirectory())prune-\(digest.prefix(16)).sock"
+    }
+
+    public func run(log: @escaping (String) -> Void) throws -> Manifest {
+        if job.done.count < job.tasks.count {
+            let context = try ZMQContext()
+            let endpoint = EmbeddedCluster.endpoint(for: job.directory.path)
+            unlink(String(endpoint.dropFirst("ipc://".count)))
+            let shell = try CoordinatorShell(job: job, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
+            let logs = (job.directory.path as NSString).appendingPathComponent("logs")
+            try? FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
+            var children: [Process?] = Array(repeating: nil, count: workers)
+            var restarts = 0
+            var spawnFailure: Error?
+            func spawn(_ i: Int) {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: executable)
+                p.arguments = ["worker", "--connect", endpoint, "--name", "w\(i + 1)-\(restarts)", "--exit-with-parent"]
+                var env = ProcessInfo.processInfo.environment
+                for (k, v) in workerEnvironment { env[k] = v }
+                p.environment = env
+                let logPath = (logs as NSString).appendingPathComponent("worker-\(i + 1).log")
+                if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+                if let handle = FileHandle(forWritingAtPath: logPath) {
+                    handle.seekToEndOfFile()
+                    p.standardError = handle
+                    p.standardOutput = handle
+                }
+                do {
+                    try p.run()
+                    children[i] = p
+                } catch {
+                    spawnFailure = error
+                }
+            }
+            for i in 0..<workers { spawn(i) }
+            if let spawnFailure { throw JobFailed("cannot start worker processes (\(executable)): \(spawnFailure)") }
+            shell.onTurn = {
+                for i in 0..<children.count where children[i].map({ !$0.isRunning }) ?? true {
+                    guard restarts < maxRestarts else { continue }
+                    restarts += 1
+                    log("worker \(i + 1) exited (status \(children[i]?.terminationStatus ?? -1)); starting another")
+                    spawn(i)
+                }
+            }
+            let outcome: CoordinatorCore.Outcome
+            do {
+                outcome = try shell.run()
+            } catch {
+                for c in children { c?.terminate() }
+                throw error
+            }
+            // Workers got Shutdown; give them a moment, then make sure they are gone.
+            let deadline = Date().addingTimeInterval(3)
+            while children.contains(where: { $0?.isRunning ?? false }) && Date() < deadline { usleep(20_000) }
+            for c in children where c?.isRunning ?? false { c?.terminate() }
+            unlink(String(endpoint.dropFirst("ipc://".count)))
+            if case .failed(let reason) = outcome { throw JobFailed(reason) }
+        }
+        return try job.assemble(quiet: quiet)
+    }
+
+    /// The running executable's path (for starting workers).
+    public static var currentExecutable: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}
+
+/// Endpoint rules: CURVE on tcp:// unless --insecure, and --insecure only on loopback.
+public enum EndpointPolicy {
+    public static func isLoopback(_ endpoint: String) -> Bool {
+        guard endpoint.hasPrefix("tcp://") else { return true }
+        var host = String(endpoint.dropFirst("tcp://".count))
+        if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
+        host = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// Throws unless the endpoint may be used with the given security.
+    public static func check(_ endpoint: String, curve: Bool, insecure: Bool) throws {
+        guard endpoint.hasPrefix("tcp://") else {
+            guard endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") else {
+                throw SpecError("endpoint '\(endpoint)': expected tcp://HOST:PORT or ipc://PATH")
+            }
+            return
+        }
+        if curve { return }
+        guard insecure else {
+            throw SpecError("endpoint '\(endpoint)': plaintext tcp:// is refused; use CURVE keys (prune keygen) or --insecure on loopback")
+        }
+        guard isLoopback(endpoint) else {
+            throw SpecError("endpoint '\(endpoint)': --insecure is allowed only on loopback (127.0.0.1, localhost, ::1)")
+        }
+    }
+}
+
+/// Key files written by `prune keygen`: NAME.pub (public key, Z85) and NAME.key (secret
+/// key, Z85, mode 0600). An allow-list holds one public key per line; # starts a comment.
+public enum KeyFiles {
+    public static func write(name: String, directory: String) throws -> (publicPath: String, secretPath: String) {
+        let pair = try Curve.keyPair()
+        let pub = (directory as NSString).appendingPathComponent(name + ".pub")
+        let sec = (directory as NSString).appendingPathComponent(name + ".key")
+        for path in [pub, sec] where FileManager.default.fileExists(atPath: path) {
+            throw SpecError("\(path): already exists; keys are never overwritten")
+        }
+        try AtomicFileWriter.write(Array((pair.publicKey + "\n").utf8), to: pub)
+        try AtomicFileWriter.write(Array((pair.secretKey + "\n").utf8), to: sec)
+        chmod(sec, 0o600)
+        return (pub, sec)
+    }
+
+    /// Reads one Z85 key from a file.
+    public static func readKey(_ path: String) throws -> String {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw SpecError("\(path): cannot read the key file") }
+        let key = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard Curve.isValidKey(key) else { throw SpecError("\(path): not a CURVE key (40 Z85 characters)") }
+        return key
+    }
+
+    /// Reads an allow-list of public keys.
+    public static func readAllowList(_ path: String) throws -> Set<String> {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw SpecError("\(path): cannot read the allow-list") }
+        var keys = Set<String>()
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
+            if line.isEmpty { continue }
+            guard Curve.isValidKey(line) else { throw SpecError("\(path):\(i + 1): not a CURVE public key") }
+            keys.insert(line)
+        }
+        return keys
+    }
+}

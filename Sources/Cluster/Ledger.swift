@@ -1,0 +1,212 @@
+import Foundation
+
+/// The job's durable record, `JOB/ledger.sqlite` (WAL, synchronous FULL): the job's
+/// digests, every task with its state and result digest, the workers seen, and an event
+/// log. A result row is committed before its worker is acknowledged; leases are not
+/// stored (after a crash every unfinished task is simply pending again).
+public final class Ledger {
+    public struct TaskRow: Sendable, Equatable {
+        public let id: String
+        public let sequence: Int
+        public let phase: String
+        /// The serialized work (prune.v1 Assign body) the task runs.
+        public let spec: [UInt8]
+        public var state: String
+        public var attempts: Int
+        public var worker: String?
+        public var resultSHA256: String?
+        public var lastError: String?
+        public var seconds: Double?
+        public var finishedAt: Double?
+    }
+
+    public struct WorkerRow: Sendable, Equatable {
+        public let id: String
+        public let name: String
+        public let host: String
+        public var tasksDone: Int
+        public var busySeconds: Double
+        public var lastSeen: Double
+        public var state: String
+    }
+
+    public struct Event: Sendable, Equatable {
+        public let time: Double
+        public let kind: String
+        public let task: String?
+        public let worker: String?
+        public let detail: String
+    }
+
+    let db: SQLiteDatabase
+    public let path: String
+    private var pendingEvents: [Event] = []
+
+    /// Opens (creating if asked) the ledger at `path`.
+    public init(path: String, create: Bool = true, readOnly: Bool = false) throws {
+        if !create && !FileManager.default.fileExists(atPath: path) {
+            throw LedgerError("\(path): no ledger here (not a prune job directory?)")
+        }
+        self.path = path
+        do {
+            db = try SQLiteDatabase(path: path, readOnly: readOnly)
+            if !readOnly {
+                try db.execute("PRAGMA journal_mode=WAL")
+                try db.execute("PRAGMA synchronous=FULL")
+                try db.execute("""
+                    CREATE TABLE IF NOT EXISTS job (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                    CREATE TABLE IF NOT EXISTS tasks (
+                        id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, phase TEXT NOT NULL, spec BLOB NOT NULL,
+                        state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+                        worker TEXT, result_sha256 TEXT, last_error TEXT, seconds REAL, finished_at REAL);
+                    CREATE TABLE IF NOT EXISTS workers (
+                        id TEXT PRIMARY KEY, name TEXT NOT NULL, host TEXT NOT NULL, joined REAL NOT NULL,
+                        last_seen REAL NOT NULL, tasks_done INTEGER NOT NULL DEFAULT 0,
+                        busy_seconds REAL NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'active');
+                    CREATE TABLE IF NOT EXISTS events (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
+                        task TEXT, worker TEXT, detail TEXT NOT NULL DEFAULT '');
+                    """)
+            }
+        } catch let e as SQLiteDatabase.Error {
+            throw LedgerError(e.description)
+        }
+    }
+
+    // MARK: job
+
+    public func setJobValue(_ key: String, _ value: String) throws {
+        try wrap { try db.query("INSERT INTO job(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [.text(key), .text(value)]) }
+    }
+
+    public func jobValue(_ key: String) throws -> String? {
+        try wrap { try db.query("SELECT value FROM job WHERE key = ?", [.text(key)]).first?.first?.text }
+    }
+
+    public func jobValues() throws -> [String: String] {
+        try wrap {
+            var out: [String: String] = [:]
+            for row in try db.query("SELECT key, value FROM job") { out[row[0].text!] = row[1].text! }
+            return out
+        }
+    }
+
+    // MARK: tasks
+
+    /// Inserts the plan's tasks in one transaction.
+    public func insertTasks(_ tasks: [(id: String, phase: String, spec: [UInt8])]) throws {
+        try wrap {
+            try db.transaction {
+                for (i, t) in tasks.enumerated() {
+                    try db.query("INSERT INTO tasks(id, seq, phase, spec) VALUES(?, ?, ?, ?)", [.text(t.id), .int(Int64(i)), .text(t.phase), .blob(t.spec)])
+                }
+            }
+        }
+    }
+
+    public func tasks() throws -> [TaskRow] {
+        try wrap {
+            try db.query("SELECT id, seq, phase, spec, state, attempts, worker, result_sha256, last_error, seconds, finished_at FROM tasks ORDER BY seq").map { r in
+                TaskRow(id: r[0].text!, sequence: Int(r[1].int!), phase: r[2].text!, spec: r[3].blob ?? [], state: r[4].text!,
+                        attempts: Int(r[5].int!), worker: r[6].text, resultSHA256: r[7].text, lastError: r[8].text,
+                        seconds: r[9].double, finishedAt: r[10].double)
+            }
+        }
+    }
+
+    /// Records a finished task durably (the caller fsync'd its artifact first), with the
+    /// events logged since the last commit.
+    public func markDone(task: String, worker: String, attempt: Int, resultSHA256: String, seconds: Double, at time: Double) throws {
+        try wrap {
+            try db.transaction {
+                try db.query("UPDATE tasks SET state = 'done', attempts = ?, worker = ?, result_sha256 = ?, seconds = ?, finished_at = ? WHERE id = ?",
+                             [.int(Int64(attempt)), .text(worker), .text(resultSHA256), .double(seconds), .double(time), .text(task)])
+                try db.query("UPDATE workers SET tasks_done = tasks_done + 1, busy_seconds = busy_seconds + ?, last_seen = ? WHERE id = ?",
+                             [.double(seconds), .double(time), .text(worker)])
+                pendingEvents.append(Event(time: time, kind: "done", task: task, worker: worker, detail: "attempt \(attempt), \(String(format: "%.3f", seconds))s"))
+                try writeEvents()
+            }
+        }
+    }
+
+    /// Records a failed attempt (the task goes back to pending).
+    public func markAttemptFailed(task: String, attempts: Int, cause: String, at time: Double) throws {
+        try wrap {
+            try db.transaction {
+                try db.query("UPDATE tasks SET state = 'pending', attempts = ?, last_error = ? WHERE id = ?", [.int(Int64(attempts)), .text(cause), .text(task)])
+                pendingEvents.append(Event(time: time, kind: "retry", task: task, worker: nil, detail: cause))
+                try writeEvents()
+            }
+        }
+    }
+
+    /// Sets a task back to pending (a done task whose artifact is missing or corrupt).
+    public func markPending(task: String, cause: String) throws {
+        try wrap { try db.query("UPDATE tasks SET state = 'pending', result_sha256 = NULL, last_error = ? WHERE id = ?", [.text(cause), .text(task)]) }
+    }
+
+    // MARK: workers
+
+    public func workerJoined(id: String, name: String, host: String, at time: Double) throws {
+        try wrap {
+            try db.query("""
+                INSERT INTO workers(id, name, host, joined, last_seen) VALUES(?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen, state = 'active'
+                """, [.text(id), .text(name), .text(host), .double(time), .double(time)])
+        }
+        log(Event(time: time, kind: "worker-joined", task: nil, worker: id, detail: "\(name) on \(host)"))
+    }
+
+    public func workerLeft(id: String, reason: String, at time: Double) throws {
+        try wrap { try db.query("UPDATE workers SET state = 'gone', last_seen = ? WHERE id = ?", [.double(time), .text(id)]) }
+        log(Event(time: time, kind: "worker-lost", task: nil, worker: id, detail: reason))
+    }
+
+    public func workers() throws -> [WorkerRow] {
+        try wrap {
+            try db.query("SELECT id, name, host, tasks_done, busy_seconds, last_seen, state FROM workers ORDER BY joined").map { r in
+                WorkerRow(id: r[0].text!, name: r[1].text!, host: r[2].text!, tasksDone: Int(r[3].int!), busySeconds: r[4].double!,
+                          lastSeen: r[5].double!, state: r[6].text!)
+            }
+        }
+    }
+
+    // MARK: events
+
+    /// Queues an event; it is written with the next commit or `flush()`.
+    public func log(_ event: Event) {
+        pendingEvents.append(event)
+    }
+
+    public func flush() throws {
+        guard !pendingEvents.isEmpty else { return }
+        try wrap { try db.transaction { try writeEvents() } }
+    }
+
+    private func writeEvents() throws {
+        for e in pendingEvents {
+            try db.query("INSERT INTO events(time, kind, task, worker, detail) VALUES(?, ?, ?, ?, ?)",
+                         [.double(e.time), .text(e.kind), e.task.map { .text($0) } ?? .null, e.worker.map { .text($0) } ?? .null, .text(e.detail)])
+        }
+        pendingEvents.removeAll()
+    }
+
+    public func events() throws -> [Event] {
+        try wrap {
+            try db.query("SELECT time, kind, task, worker, detail FROM events ORDER BY seq").map { r in
+                Event(time: r[0].double!, kind: r[1].text!, task: r[2].text, worker: r[3].text, detail: r[4].text ?? "")
+            }
+        }
+    }
+
+    @discardableResult
+    private func wrap<R>(_ body: () throws -> R) throws -> R {
+        do { return try body() } catch let e as SQLiteDatabase.Error { throw LedgerError(e.description) }
+    }
+}
+
+/// A ledger problem, named by the ledger's path.
+public struct LedgerError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,43 @@
+import Foundation
+import Protocol
+import Tensors
+
+/// Where a worker gets checkpoint bytes: a local file with the coordinator's digest
+/// (memory-mapped), else chunks pulled from the coordinator.
+final class TensorSource {
+    /// Files the coordinator announced, by sha256.
+    private var files: [String: Prune_V1_ModelFile] = [:]
+    /// Local paths verified to hold a file, by sha256 (nil: looked, none found).
+    private var local: [String: MappedFile?] = [:]
+    private let dataRoots: [String]
+
+    init(dataRoots: [String]) {
+        self.dataRoots = dataRoots
+    }
+
+    func announce(_ modelFiles: [Prune_V1_ModelFile]) {
+        for f in modelFiles { files[f.sha256] = f }
+    }
+
+    /// A mapped local copy of the file with this digest, if this machine has one.
+    func localFile(_ sha256: String) -> MappedFile? {
+        if let cached = local[sha256] { return cached }
+        var found: MappedFile?
+        if let f = files[sha256] {
+            let candidates = [f.path] + dataRoots.map { ($0 as NSString).appendingPathComponent(f.name) }
+            for path in candidates where !path.isEmpty {
+                guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                      (attributes[.size] as? Int).map(UInt64.init) == f.size,
+                      (try? SHA256Stream.hex(file: path)) == sha256,
+                      let mapped = try? MappedFile(path: path) else { continue }
+                found = mapped
+                break
+            }
+        }
+        local[sha256] = found
+        return found
+    }
+
+    /// Size of an announced file.
+    func size(_ sha256: String) -> UInt64? { files[sha256]?.size }
+}

@@ -1,0 +1,207 @@
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+import ZeroMQ
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a worker connects and behaves.
+public struct WorkerOptions: Sendable {
+    public var endpoint: String
+    public var name: String
+    /// Directories searched for local copies of checkpoint files (by file name).
+    public var dataRoots: [String] = []
+    /// CURVE keys (Z85): this worker's pair and the coordinator's public key.
+    public var curvePublicKey: String?
+    public var curveSecretKey: String?
+    public var curveServerKey: String?
+    public var settings = Settings()
+    /// Exit when the parent process goes away (workers of `prune run`).
+    public var exitWithParent = false
+    /// Test hook: every task sleeps this long before answering, so tests can kill a
+    /// worker mid-task. Set by PRUNE_TEST_TASK_DELAY_MS.
+    public var taskDelayMs = 0
+    /// The version announced in Hello (tests use another one to be rejected).
+    public var protocolVersion = Settings.protocolVersion
+
+    public init(endpoint: String, name: String) {
+        self.endpoint = endpoint
+        self.name = name
+    }
+}
+
+/// Set by SIGTERM/SIGINT; the I/O loop checks it after every poll.
+nonisolated(unsafe) private var stopRequested: sig_atomic_t = 0
+
+/// A worker process: an I/O thread owning the DEALER socket (Hello, heartbeats from its
+/// own thread, reconnects with backoff) and a compute thread running one task at a time.
+/// The two talk over an inproc PAIR socket with the same frames as the wire.
+public final class Worker {
+    public let options: WorkerOptions
+    private let context: ZMQContext
+    private let log: (String) -> Void
+
+    public init(options: WorkerOptions, log: @escaping (String) -> Void) throws {
+        self.options = options
+        self.log = log
+        context = try ZMQContext()
+    }
+
+    /// Runs until Shutdown, SIGTERM, a Reject, or the parent going away.
+    /// Returns the process exit code (0 clean, 2 rejected).
+    public func run() throws -> Int32 {
+        signal(SIGTERM) { _ in stopRequested = 1 }
+        signal(SIGINT) { _ in stopRequested = 1 }
+        let parent = getppid()
+
+        let pair = try ZMQSocket(context, .pair)
+        try pair.setLinger(ms: 0)
+        let pairEndpoint = "inproc://compute-\(UInt64.random(in: 0...UInt64.max))"
+        try pair.bind(pairEndpoint)
+        let compute = ComputeThread(context: context, endpoint: pairEndpoint, options: options, log: log)
+        try compute.start()
+        defer {
+            try? pair.send(try WireMessage.frames(.with(.shutdown(Prune_V1_Shutdown()))), dontWait: true)
+            compute.join()
+            pair.close()
+        }
+
+        let s = options.settings
+        var backoff = s.reconnectMs
+        var dealer = try connect()
+        var lastHeard = now()
+        var nextHeartbeat = now() + Int64(s.heartbeatMs)
+        var running: [String] = []
+        try send(dealer, hello(running: running))
+
+        while true {
+            if stopRequested != 0 {
+                var bye = Prune_V1_Goodbye()
+                bye.reason = "SIGTERM"
+                bye.taskIds = running
+                try? send(dealer, .with(.goodbye(bye)))
+                log("stopping on signal; told the coordinator")
+                return 0
+            }
+            if options.exitWithParent && getppid() != parent {
+                log("parent process is gone; exiting")
+                return 0
+            }
+            var poller = ZMQPoller()
+            _ = poller.add(dealer)
+            _ = poller.add(pair)
+            let wait = max(0, min(Int(nextHeartbeat - now()), 250))
+            let ready = try poller.poll(timeoutMs: wait)
+
+            if ready[0] {
+                while let frames = try dealer.receiveMultipart(dontWait: true) {
+                    lastHeard = now()
+                    backoff = s.reconnectMs
+                    guard let message = decode(frames) else { continue }
+                    switch message.envelope.body {
+                    case .welcome(let w):
+                        log("welcomed into job \(w.jobID)")
+                        try pair.send(frames.map(\.bytes))
+                    case .reject(let r):
+                        log("rejected by the coordinator: \(r.reason)")
+                        FileHandle.standardError.write(Data("prune worker: rejected by the coordinator: \(r.reason)\n".utf8))
+                        return 2
+                    case .assign(let a):
+                        running = [a.taskID]
+                        try pair.send(frames.map(\.bytes))
+                    case .chunk:
+                        try pair.send(frames.map(\.bytes))
+                    case .shutdown(let sd):
+                        log("coordinator says shut down: \(sd.reason)")
+                        return 0
+                    case .heartbeat, .ack, .cancel:
+                        break
+                    default:
+                        log("dropped unexpected \(message.kind) from the coordinator")
+                    }
+                }
+            }
+            if ready[1] {
+                while let frames = try pair.receiveMultipart(dontWait: true) {
+                    let bytes = frames.map(\.bytes)
+                    if let m = try? WireMessage.decode(bytes) {
+                        switch m.envelope.body {
+                        case .result, .fail: running = []
+                        default: break
+                        }
+                    }
+                    try dealer.send(bytes)
+                }
+            }
+            let t = now()
+            if t >= nextHeartbeat {
+                var hb = Prune_V1_Heartbeat()
+                hb.taskIds = running
+                try send(dealer, .with(.heartbeat(hb)))
+                nextHeartbeat = t + Int64(s.heartbeatMs)
+            }
+            if t - lastHeard > Int64(s.deadAfterMs) {
+                // Paranoid Pirate: the coordinator is silent; reconnect with backoff.
+                log("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms")
+                dealer.close()
+                let until = now() + Int64(backoff)
+                while now() < until && stopRequested == 0 { usleep(50_000) }
+                backoff = min(backoff * 2, s.reconnectMaxMs)
+                dealer = try connect()
+                try send(dealer, hello(running: running))
+                lastHeard = now()
+            }
+        }
+    }
+
+    private func connect() throws -> ZMQSocket {
+        let dealer = try ZMQSocket(context, .dealer)
+        try dealer.setLinger(ms: 1000)
+        try dealer.setMaxMessageSize(options.settings.maxFrameBytes)
+        if let pub = options.curvePublicKey, let sec = options.curveSecretKey, let server = options.curveServerKey {
+            try dealer.setCurveClient(publicKey: pub, secretKey: sec, serverKey: server)
+        }
+        try dealer.connect(options.endpoint)
+        return dealer
+    }
+
+    private func hello(running: [String]) -> Prune_V1_Envelope {
+        var h = Prune_V1_Hello()
+        h.protocolVersion = options.protocolVersion
+        h.build = "prune-cluster"
+        h.host = ProcessInfo.processInfo.hostName
+        h.cores = UInt32(ProcessInfo.processInfo.activeProcessorCount)
+        h.memoryBytes = ProcessInfo.processInfo.physicalMemory
+        h.dataRoots = options.dataRoots
+        h.workerName = options.name
+        h.runningTasks = running
+        var e = Prune_V1_Envelope.with(.hello(h))
+        e.protocolVersion = options.protocolVersion
+        return e
+    }
+
+    private func send(_ socket: ZMQSocket, _ envelope: Prune_V1_Envelope) throws {
+        var frames = try WireMessage.frames(envelope)
+        if envelope.protocolVersion != Settings.protocolVersion {
+            // Only the version test sends another version: keep it in the envelope.
+            frames[0] = try envelope.serializedBytes()
+        }
+        try socket.send(frames)
+    }
+
+    private func decode(_ frames: [ZMQFrame]) -> WireMessage? {
+        do {
+            return try WireMessage.decode(frames.map(\.bytes), settings: options.settings)
+        } catch {
+            log("dropped a malformed message from the coordinator: \(error)")
+            return nil
+        }
+    }
+}
+
+/// Milliseconds on a monotonic clock.
+func now() -> Int64 {
+    Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000)
+}

@@ -1,0 +1,32 @@
+/// The protocol's constants in one place (ZeroMQ guide ch.4: contract first).
+public struct Settings: Sendable, Equatable {
+    /// Bumped on any incompatible change to prune.proto or the frame layout.
+    public static let protocolVersion: UInt32 = 1
+
+    /// Heartbeats both ways every this many milliseconds.
+    public var heartbeatMs: Int = 1000
+    /// A peer missing this many heartbeats in a row is dead.
+    public var liveness: Int = 3
+    /// Worker reconnect backoff: starts here and doubles up to `reconnectMaxMs`.
+    public var reconnectMs: Int = 1000
+    public var reconnectMaxMs: Int = 32000
+    /// A lease lasts this long unless a heartbeat naming its task renews it.
+    public var leaseMs: Int = 10_000
+    /// A task failing this many times fails the job.
+    public var maxAttempts: Int = 3
+    /// Checkpoint bytes pulled from the coordinator: chunk size and outstanding requests.
+    public var chunkBytes: Int = 1 << 20
+    public var chunkCredit: Int = 8
+    /// Largest frame a peer may send (ZMQ_MAXMSGSIZE); larger ones drop the connection.
+    public var maxFrameBytes: Int64 = 1 << 30
+    /// Largest envelope (protobuf header frame) accepted.
+    public var maxEnvelopeBytes: Int = 1 << 20
+    /// Rows per mask task for patterns that decide row by row (per_row, N:M): tasks of
+    /// at most this many weights.
+    public var maxWeightsPerTask: Int = 16 << 20
+
+    public init() {}
+
+    /// Time after which a silent peer is dead.
+    public var deadAfterMs: Int { heartbeatMs * liveness }
+}

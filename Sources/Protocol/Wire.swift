@@ -1,0 +1,95 @@
+import Foundation
+import SwiftProtobuf
+import Tensors
+
+/// A decoded message: the envelope and its payload frames, already checked against
+/// the sizes and digests the envelope declares.
+public struct WireMessage {
+    public var envelope: Prune_V1_Envelope
+    public var payloads: [[UInt8]]
+
+    public init(_ envelope: Prune_V1_Envelope, payloads: [[UInt8]] = []) {
+        self.envelope = envelope
+        self.payloads = payloads
+    }
+
+    /// The frames to send: the envelope (with payload descriptions filled in) and the
+    /// payloads. `names` label the payload frames ("mask", "chunk", ...).
+    public static func frames(_ envelope: Prune_V1_Envelope, payloads: [(name: String, bytes: [UInt8])] = []) throws -> [[UInt8]] {
+        var e = envelope
+        e.protocolVersion = Settings.protocolVersion
+        e.payloads = payloads.map { p in
+            var info = Prune_V1_PayloadInfo()
+            info.name = p.name
+            info.size = UInt64(p.bytes.count)
+            info.sha256 = p.bytes.withUnsafeBytes { SHA256Stream.hex($0) }
+            return info
+        }
+        let head: [UInt8] = try e.serializedBytes()
+        return [head] + payloads.map(\.bytes)
+    }
+
+    /// Why a message was dropped.
+    public struct DecodeError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Decodes frames (without any routing id). Throws for anything malformed: no
+    /// frames, an envelope that does not parse or is too large, an unknown body, payload
+    /// frames that do not match their declared count, size or sha256.
+    public static func decode(_ frames: [[UInt8]], settings: Settings = Settings()) throws -> WireMessage {
+        guard let head = frames.first else { throw DecodeError(description: "empty message") }
+        guard head.count <= settings.maxEnvelopeBytes else {
+            throw DecodeError(description: "envelope of \(head.count) bytes exceeds \(settings.maxEnvelopeBytes)")
+        }
+        let envelope: Prune_V1_Envelope
+        do {
+            envelope = try Prune_V1_Envelope(serializedBytes: head)
+        } catch {
+            throw DecodeError(description: "envelope is not a prune.v1.Envelope")
+        }
+        guard envelope.body != nil else { throw DecodeError(description: "envelope has no body") }
+        let payloads = Array(frames.dropFirst())
+        guard payloads.count == envelope.payloads.count else {
+            throw DecodeError(description: "\(payloads.count) payload frames, envelope declares \(envelope.payloads.count)")
+        }
+        for (frame, info) in zip(payloads, envelope.payloads) {
+            guard UInt64(frame.count) == info.size else {
+                throw DecodeError(description: "payload '\(info.name)' has \(frame.count) bytes, declared \(info.size)")
+            }
+            let digest = frame.withUnsafeBytes { SHA256Stream.hex($0) }
+            guard digest == info.sha256 else { throw DecodeError(description: "payload '\(info.name)' fails its sha256") }
+        }
+        return WireMessage(envelope, payloads: payloads)
+    }
+
+    /// The body's name, for logs.
+    public var kind: String {
+        switch envelope.body {
+        case .hello: return "Hello"
+        case .welcome: return "Welcome"
+        case .reject: return "Reject"
+        case .heartbeat: return "Heartbeat"
+        case .assign: return "Assign"
+        case .result: return "Result"
+        case .fail: return "Fail"
+        case .cancel: return "Cancel"
+        case .shutdown: return "Shutdown"
+        case .chunkRequest: return "ChunkRequest"
+        case .chunk: return "Chunk"
+        case .ack: return "Ack"
+        case .goodbye: return "Goodbye"
+        case .none: return "empty"
+        }
+    }
+}
+
+extension Prune_V1_Envelope {
+    /// An envelope with the current protocol version and the given body.
+    public static func with(_ body: Prune_V1_Envelope.OneOf_Body) -> Prune_V1_Envelope {
+        var e = Prune_V1_Envelope()
+        e.protocolVersion = Settings.protocolVersion
+        e.body = body
+        return e
+    }
+}
