@@ -94,6 +94,7 @@ public final class CoordinatorShell {
             onTurn?()
         }
         try job.ledger.flush()
+        try job.ledger.markWorkersFinished(at: Date().timeIntervalSince1970)
         // Tell everyone the job is over.
         for worker in core.workerIDs {
             var s = Prune_V1_Shutdown()
@@ -101,6 +102,14 @@ public final class CoordinatorShell {
             send(worker, .with(.shutdown(s)))
         }
         return core.outcome!
+    }
+
+    /// A local worker process is known to have died (the launcher saw it exit): its
+    /// tasks go back to the queue now instead of after the heartbeat timeout.
+    public func workerProcessExited(named name: String) {
+        for (id, n) in names where n == name && core.isKnown(worker: id) {
+            try? execute(core.goodbye(worker: id, reason: "process exited", now: now()))
+        }
     }
 
     // MARK: Incoming

@@ -44,12 +44,14 @@ public struct EmbeddedCluster {
             let logs = (job.directory.path as NSString).appendingPathComponent("logs")
             try? FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
             var children: [Process?] = Array(repeating: nil, count: workers)
+            var childNames: [String] = Array(repeating: "", count: workers)
             var restarts = 0
             var spawnFailure: Error?
             func spawn(_ i: Int) {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: executable)
-                p.arguments = ["worker", "--connect", endpoint, "--name", "w\(i + 1)-\(restarts)", "--exit-with-parent"]
+                childNames[i] = "w\(i + 1)-\(restarts)"
+                p.arguments = ["worker", "--connect", endpoint, "--name", childNames[i], "--exit-with-parent"]
                 var env = ProcessInfo.processInfo.environment
                 for (k, v) in workerEnvironment { env[k] = v }
                 p.environment = env
@@ -73,7 +75,8 @@ public struct EmbeddedCluster {
                 for i in 0..<children.count where children[i].map({ !$0.isRunning }) ?? true {
                     guard restarts < maxRestarts else { continue }
                     restarts += 1
-                    log("worker \(i + 1) exited (status \(children[i]?.terminationStatus ?? -1)); starting another")
+                    log("worker \(childNames[i]) exited (status \(children[i]?.terminationStatus ?? -1)); starting another")
+                    shell.workerProcessExited(named: childNames[i])
                     spawn(i)
                 }
             }

@@ -162,6 +162,11 @@ public final class Ledger {
         log(Event(time: time, kind: "worker-lost", task: nil, worker: id, detail: reason))
     }
 
+    /// The job ended: workers still active are done.
+    public func markWorkersFinished(at time: Double) throws {
+        try wrap { try db.query("UPDATE workers SET state = 'finished', last_seen = ? WHERE state = 'active'", [.double(time)]) }
+    }
+
     public func workers() throws -> [WorkerRow] {
         try wrap {
             try db.query("SELECT id, name, host, tasks_done, busy_seconds, last_seen, state FROM workers ORDER BY joined").map { r in

@@ -129,6 +129,8 @@ struct Run: ParsableCommand {
     @Option(help: "A task failing this many times fails the job.")
     var maxAttempts = 3
 
+    @OptionGroup var tuning: TuningOptions
+
     @Flag(name: .shortAndLong, help: "No progress output.")
     var quiet = false
 
@@ -136,12 +138,14 @@ struct Run: ParsableCommand {
         let job = try JobSpec.load(path: spec)
         let start = Date()
         if workers == 0 {
-            let summary = try LocalRunner(spec: job, quiet: quiet).run()
+            var local = LocalRunner(spec: job, quiet: quiet)
+            local.maxWeightsPerTask = tuning.settings.maxWeightsPerTask
+            let summary = try local.run()
             report(summary.manifest, out: summary.outDirectory, seconds: summary.seconds)
             return
         }
         guard workers > 0 else { throw ValidationError("--workers must be 0 or more") }
-        var settings = Settings()
+        var settings = tuning.settings
         settings.maxAttempts = maxAttempts
         let clusterJob = try ClusterJob.prepare(spec: job, settings: settings)
         do {
@@ -225,11 +229,13 @@ struct Resume: ParsableCommand {
     @Option(help: "A task failing this many times fails the job.")
     var maxAttempts = 3
 
+    @OptionGroup var tuning: TuningOptions
+
     @Flag(name: .shortAndLong, help: "No progress output.")
     var quiet = false
 
     func run() throws {
-        var settings = Settings()
+        var settings = tuning.settings
         settings.maxAttempts = maxAttempts
         let start = Date()
         let clusterJob = try ClusterJob.resume(directory: job, settings: settings)
@@ -316,11 +322,13 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "A task failing this many times fails the job.")
     var maxAttempts = 3
 
+    @OptionGroup var tuning: TuningOptions
+
     @Flag(name: .shortAndLong, help: "No progress output.")
     var quiet = false
 
     func run() throws {
-        var settings = Settings()
+        var settings = tuning.settings
         settings.maxAttempts = maxAttempts
         let start = Date()
         // Check the endpoint before creating anything.
@@ -385,5 +393,25 @@ struct Keygen: ParsableCommand {
     func run() throws {
         let (pub, sec) = try KeyFiles.write(name: name, directory: dir)
         print("wrote \(pub) and \(sec)")
+    }
+}
+
+/// Knobs for tests and benchmarks; hidden from --help.
+struct TuningOptions: ParsableArguments {
+    @Option(help: .hidden)
+    var taskWeights: Int?
+
+    @Option(help: .hidden)
+    var maxFrameBytes: Int64?
+
+    @Option(help: .hidden)
+    var heartbeatMs: Int?
+
+    var settings: Settings {
+        var s = Settings()
+        if let taskWeights { s.maxWeightsPerTask = taskWeights }
+        if let maxFrameBytes { s.maxFrameBytes = maxFrameBytes }
+        if let heartbeatMs { s.heartbeatMs = heartbeatMs }
+        return s
     }
 }

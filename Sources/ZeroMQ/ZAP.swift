@@ -95,6 +95,9 @@ public final class ZAPHandler: @unchecked Sendable {
             let authorize = self.authorize
             let thread = Thread {
                 Self.run(rep: rep, control: pull, state: state, authorize: authorize)
+                // Unbinding inproc is synchronous (closing is not), so a new handler can bind
+                // as soon as stop() returns.
+                try? rep.unbind(ZAP.endpoint)
                 rep.close()
                 pull.close()
                 state.lock.withLock { state.done = true }

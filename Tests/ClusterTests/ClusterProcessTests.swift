@@ -1,0 +1,217 @@
+import Foundation
+import Tensors
+import TestSupport
+import XCTest
+@testable import Cluster
+import Protocol
+import ZeroMQ
+
+/// Real `prune` processes, real ZeroMQ sockets, real kills.
+final class ClusterProcessTests: XCTestCase {
+    private var dir: TempDir!
+    private let spec = "model: model\nmethod: random\nseed: 5\npattern: per_row\nsparsity: 0.5\n"
+    /// Small tasks: many of them, so kills land mid-job.
+    private let taskWeights = ["--task-weights", "1024"]
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
+            throw XCTSkip("build the prune binary first (swift build)")
+        }
+        dir = TempDir("prune-cluster")
+        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
+    }
+
+    override func tearDown() {
+        dir?.cleanup()
+    }
+
+    private func writeSpec(_ name: String) throws -> String {
+        let path = dir.file("\(name).yaml")
+        try (spec + "output: \(name)\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// dense/ and sparse/ bytes of a job's output.
+    private func outputs(_ job: String) -> [String: Data] {
+        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+    }
+
+    private func reference() throws -> [String: Data] {
+        let r = try Subprocess.prune(["run", "-q", "--workers", "0"] + taskWeights + [try writeSpec("reference")], cwd: dir.path)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        return outputs("reference")
+    }
+
+    private func doneTasks(_ job: String) -> Int {
+        guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
+              let rows = try? ledger.tasks() else { return 0 }
+        return rows.filter { $0.state == "done" }.count
+    }
+
+    func testOutputBytesAreTheSameForAnyNumberOfWorkers() throws {
+        let expected = try reference()
+        XCTAssertGreaterThan(expected.count, 4)
+        for workers in [1, 2, 4] {
+            let name = "w\(workers)"
+            let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)"] + taskWeights + [try writeSpec(name)], cwd: dir.path)
+            XCTAssertEqual(r.status, 0, "\(workers) workers: \(r.stderr)")
+            XCTAssertEqual(outputs(name), expected, "\(workers) workers")
+            let check = try Subprocess.prune(["check", "model", name], cwd: dir.path)
+            XCTAssertEqual(check.status, 0, check.stdout)
+        }
+        let status = try Subprocess.prune(["status", "w4"], cwd: dir.path)
+        XCTAssertTrue(status.stdout.contains("job: complete"), status.stdout)
+        XCTAssertEqual(status.stdout.components(separatedBy: "tasks/s").count - 1, 4, "four workers listed: \(status.stdout)")
+    }
+
+    func testJobSurvivesWorkersKilledMidTask() throws {
+        let expected = try reference()
+        let job = try writeSpec("killed")
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", "--max-attempts", "20"] + taskWeights + [job],
+                                 cwd: dir.path, environment: ["PRUNE_TEST_TASK_DELAY_MS": "150"])
+        var kills = 0
+        for threshold in [3, 10, 17] {
+            XCTAssertTrue(Background.waitUntil(seconds: 60) { doneTasks("killed") >= threshold }, "progress to \(threshold)")
+            // Every worker is mid-task (each task sleeps 150 ms before answering).
+            let workers = Background.children(of: run.pid)
+            guard let victim = workers.first else { return XCTFail("no worker processes") }
+            XCTAssertEqual(kill(victim, SIGKILL), 0)
+            kills += 1
+        }
+        XCTAssertEqual(run.wait(seconds: 120), 0, run.stderr)
+        XCTAssertEqual(outputs("killed"), expected)
+        let ledger = try Ledger(path: dir.file("killed/ledger.sqlite"), create: false, readOnly: true)
+        let lost = try ledger.events().filter { $0.kind == "worker-lost" }
+        XCTAssertGreaterThanOrEqual(lost.count, kills, "\(lost)")
+    }
+
+    func testKilledCoordinatorResumesToTheSameBytesWithoutRedoingTasks() throws {
+        let expected = try reference()
+        let job = try writeSpec("crash")
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2"] + taskWeights + [job],
+                                 cwd: dir.path, environment: ["PRUNE_TEST_TASK_DELAY_MS": "100"])
+        XCTAssertTrue(Background.waitUntil(seconds: 60) { doneTasks("crash") >= 8 })
+        let workers = Background.children(of: run.pid)
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        XCTAssertTrue(Background.waitUntil(seconds: 10) { !workers.contains(where: Background.isAlive) }, "workers exit with their coordinator")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("crash/out")))
+
+        let before = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).tasks().filter { $0.state == "done" }
+        XCTAssertGreaterThanOrEqual(before.count, 8)
+        let resume = try Subprocess.prune(["resume", "-q", "crash"] + taskWeights, cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs("crash"), expected)
+
+        let ledger = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true)
+        let after = Dictionary(uniqueKeysWithValues: try ledger.tasks().map { ($0.id, $0) })
+        let events = try ledger.events()
+        for task in before {
+            XCTAssertEqual(after[task.id]?.finishedAt, task.finishedAt, "\(task.id) was not redone")
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, task.id)
+        }
+        XCTAssertTrue(after.values.allSatisfy { $0.state == "done" })
+    }
+
+    func testResumeRefusesAChangedSpecOrCheckpoint() throws {
+        let job = try writeSpec("changed")
+        XCTAssertEqual(try Subprocess.prune(["run", "-q", "--workers", "1", job], cwd: dir.path).status, 0)
+        // The recorded job.yaml edited: refused.
+        let specPath = dir.file("changed/job.yaml")
+        let original = try String(contentsOfFile: specPath, encoding: .utf8)
+        try (original + "# edited\n").write(toFile: specPath, atomically: true, encoding: .utf8)
+        var r = try Subprocess.prune(["resume", "changed"], cwd: dir.path)
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("the spec changed since the job started"), r.stderr)
+        try original.write(toFile: specPath, atomically: true, encoding: .utf8)
+        // The checkpoint rewritten with other weights: refused.
+        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, seed: 77, layers: 3, hidden: 64, intermediate: 128)
+        r = try Subprocess.prune(["resume", "changed"], cwd: dir.path)
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("the checkpoint changed since the job started"), r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+    }
+
+    /// Starts `prune coordinator` on a fresh loopback port.
+    private func coordinator(_ name: String, extra: [String]) throws -> (Background, String) {
+        let port = Background.freePort()
+        let endpoint = "tcp://127.0.0.1:\(port)"
+        let job = try writeSpec(name)
+        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint] + extra, cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { c.stderr.contains("listening on") }, c.stderr)
+        return (c, endpoint)
+    }
+
+    func testWorkerWithAnotherProtocolVersionIsRejectedAtBothEnds() throws {
+        let (coord, endpoint) = try coordinator("version", extra: ["--insecure"])
+        let old = try Subprocess.prune(["worker", "--connect", endpoint, "--insecure", "--protocol-version", "99"])
+        XCTAssertEqual(old.status, 2, old.stderr)
+        XCTAssertTrue(old.stderr.contains("rejected by the coordinator: protocol version 99 is not supported"), old.stderr)
+        XCTAssertTrue(Background.waitUntil(seconds: 5) { coord.stderr.contains("rejected") }, coord.stderr)
+        let good = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"])
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(good.wait(seconds: 10), 0)
+    }
+
+    func testGarbageTruncatedAndOversizedFramesNeitherCrashNorStallTheCoordinator() throws {
+        let (coord, endpoint) = try coordinator("garbage", extra: ["--insecure", "--max-frame-bytes", "65536"])
+        let context = try ZMQContext()
+        let hostile = try ZMQSocket(context, .dealer)
+        try hostile.setLinger(ms: 0)
+        try hostile.connect(endpoint)
+        var hello = Prune_V1_Hello()
+        hello.protocolVersion = Settings.protocolVersion
+        hello.workerName = "hostile"
+        let helloBytes = try WireMessage.frames(.with(.hello(hello)))[0]
+        let payloadLie = try WireMessage.frames(.with(.heartbeat(Prune_V1_Heartbeat())), payloads: [("x", [1, 2, 3])])
+        let messages: [[[UInt8]]] = [
+            [(0..<200).map { _ in UInt8.random(in: 0...255) }],          // garbage
+            [Array(helloBytes.prefix(helloBytes.count / 2))],            // truncated envelope
+            [payloadLie[0]],                                             // payload declared, missing
+            [payloadLie[0], [9, 9, 9]],                                  // payload fails its sha256
+            [[]],                                                        // empty frame
+            [try WireMessage.frames(.with(.result(Prune_V1_Result())))[0]], // result before Hello
+        ]
+        for m in messages { try hostile.send(m) }
+        try hostile.send([[UInt8](repeating: 7, count: 1 << 20)])        // oversized: connection dropped
+        let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"])
+        // The coordinator keeps serving: the job completes and checks.
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(worker.wait(seconds: 10), 0)
+        XCTAssertTrue(coord.stderr.contains("dropped a malformed message"), coord.stderr)
+        XCTAssertEqual(try Subprocess.prune(["check", "model", "garbage"], cwd: dir.path).status, 0)
+        hostile.close()
+    }
+
+    func testOnlyAllowListedCurveKeysGetWork() throws {
+        for name in ["coordinator", "good", "bad"] {
+            XCTAssertEqual(try Subprocess.prune(["keygen", name, "--dir", dir.path]).status, 0)
+        }
+        try ("# workers allowed in\n" + String(contentsOfFile: dir.file("good.pub"), encoding: .utf8))
+            .write(toFile: dir.file("allow.txt"), atomically: true, encoding: .utf8)
+        let (coord, endpoint) = try coordinator("curve", extra: ["--curve-secret", dir.file("coordinator.key"), "--allow", dir.file("allow.txt")])
+        let bad = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "bad",
+                                                          "--curve-secret", dir.file("bad.key"), "--server-key", dir.file("coordinator.pub")])
+        let plain = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "plain", "--insecure"])
+        sleep(3)
+        XCTAssertEqual(doneTasks("curve"), 0, "no work for keys not on the allow-list")
+        let good = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "good",
+                                                           "--curve-secret", dir.file("good.key"), "--server-key", dir.file("coordinator.pub")])
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(good.wait(seconds: 10), 0)
+        let names = try Ledger(path: dir.file("curve/ledger.sqlite"), create: false, readOnly: true).workers().map(\.name)
+        XCTAssertEqual(names, ["good"])
+        bad.kill()
+        plain.kill()
+    }
+
+    func testPlaintextTcpIsRefusedUnlessInsecureOnLoopback() throws {
+        XCTAssertThrowsError(try EndpointPolicy.check("tcp://10.0.0.5:5555", curve: false, insecure: false))
+        XCTAssertThrowsError(try EndpointPolicy.check("tcp://10.0.0.5:5555", curve: false, insecure: true))
+        XCTAssertNoThrow(try EndpointPolicy.check("tcp://127.0.0.1:5555", curve: false, insecure: true))
+        XCTAssertNoThrow(try EndpointPolicy.check("tcp://10.0.0.5:5555", curve: true, insecure: false))
+        let r = try Subprocess.prune(["worker", "--connect", "tcp://192.168.1.9:5555"])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("plaintext tcp:// is refused"), r.stderr)
+    }
+}

@@ -1,0 +1,151 @@
+import Protocol
+import XCTest
+@testable import Cluster
+
+/// The scheduling core, driven by events and an injected clock: no sockets, no sleeps.
+final class CoordinatorCoreTests: XCTestCase {
+    typealias Core = CoordinatorCore
+    private var settings: Settings {
+        var s = Settings()
+        s.heartbeatMs = 1000
+        s.liveness = 3
+        s.leaseMs = 10_000
+        s.maxAttempts = 3
+        return s
+    }
+
+    private func core(_ ids: [String], deps: [String: [String]] = [:], done: Set<String> = [], settings: Settings? = nil) -> Core {
+        Core(tasks: ids.map { Core.TaskDefinition(id: $0, dependencies: deps[$0] ?? []) }, done: done, settings: settings ?? self.settings)
+    }
+
+    private func assigns(_ d: [Core.Directive]) -> [String] {
+        d.compactMap { if case .assign(_, let task, _) = $0 { return task }; return nil }
+    }
+
+    func testHelloWelcomesAndAssignsInQueueOrder() {
+        var c = core(["a", "b", "c"])
+        let d1 = c.hello(worker: "w1", name: "one", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(d1, [.welcome(worker: "w1"), .assign(worker: "w1", task: "a", attempt: 1)])
+        let d2 = c.hello(worker: "w2", name: "two", protocolVersion: Settings.protocolVersion, now: 5)
+        XCTAssertEqual(assigns(d2), ["b"], "a late worker gets the next task")
+        let d3 = c.completed(task: "a", by: "w1", attempt: 1, now: 10)
+        XCTAssertEqual(d3, [.ack(worker: "w1", task: "a", attempt: 1, accepted: true), .assign(worker: "w1", task: "c", attempt: 1)])
+        _ = c.completed(task: "b", by: "w2", attempt: 1, now: 11)
+        let last = c.completed(task: "c", by: "w1", attempt: 1, now: 12)
+        XCTAssertTrue(last.contains(.jobCompleted))
+        XCTAssertEqual(c.outcome, .completed)
+    }
+
+    func testProtocolMismatchIsRejectedWithBothVersions() {
+        var c = core(["a"])
+        let d = c.hello(worker: "old", name: "old", protocolVersion: 99, now: 0)
+        guard case .reject(_, let reason)? = d.first else { return XCTFail("\(d)") }
+        XCTAssertTrue(reason.contains("99") && reason.contains("\(Settings.protocolVersion)"), reason)
+        XCTAssertFalse(c.isKnown(worker: "old"))
+    }
+
+    func testDependenciesHoldTasksBack() {
+        var c = core(["stats", "prune"], deps: ["prune": ["stats"]])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        let d = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(assigns(d), [], "prune waits for stats")
+        let after = c.completed(task: "stats", by: "w1", attempt: 1, now: 1)
+        XCTAssertEqual(assigns(after), ["prune"])
+    }
+
+    func testSilentWorkerIsDeclaredDeadAndItsTaskMoves() {
+        var c = core(["a", "b"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)
+        // w2 keeps heartbeating; w1 goes silent.
+        for t in stride(from: Int64(1000), through: 3000, by: 1000) {
+            _ = c.heartbeat(worker: "w2", running: ["b"], now: t)
+            let d = c.tick(now: t)
+            XCTAssertFalse(d.contains { if case .workerLost = $0 { return true }; return false }, "alive at \(t)")
+        }
+        _ = c.heartbeat(worker: "w2", running: ["b"], now: 3001)
+        let d = c.tick(now: 3001)
+        XCTAssertTrue(d.contains(.workerLost(worker: "w1", requeued: ["a"], reason: "missed 3 heartbeats")), "\(d)")
+        XCTAssertEqual(c.state(of: "a"), .pending)
+        _ = c.completed(task: "b", by: "w2", attempt: 1, now: 3002)
+        XCTAssertEqual(c.state(of: "a"), .leased(worker: "w2", attempt: 2, deadline: 3002 + 10_000))
+    }
+
+    func testHeartbeatsRenewLeasesAndExpiredLeasesRequeue() {
+        var c = core(["a"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        // The worker heartbeats without naming the task: the lease is not renewed.
+        for t in stride(from: Int64(500), through: 10_000, by: 500) { _ = c.heartbeat(worker: "w1", running: [], now: t) }
+        let d = c.tick(now: 10_001)
+        XCTAssertTrue(d.contains(.cancel(worker: "w1", task: "a")), "\(d)")
+        XCTAssertEqual(assigns(d), ["a"], "requeued and handed out again")
+        // Naming it renews.
+        var r = core(["a"])
+        _ = r.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        for t in stride(from: Int64(500), through: 20_000, by: 500) {
+            _ = r.heartbeat(worker: "w1", running: ["a"], now: t)
+            XCTAssertFalse(r.tick(now: t).contains(.cancel(worker: "w1", task: "a")))
+        }
+    }
+
+    func testFailuresRetryThenFailTheJobNamingTaskAndCause() {
+        var c = core(["a"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        var d = c.failed(task: "a", by: "w1", attempt: 1, cause: "disk hiccup", retryable: true, now: 1)
+        XCTAssertEqual(assigns(d), ["a"])
+        d = c.failed(task: "a", by: "w1", attempt: 2, cause: "disk hiccup", retryable: true, now: 2)
+        XCTAssertEqual(assigns(d), ["a"])
+        d = c.failed(task: "a", by: "w1", attempt: 3, cause: "out of memory", retryable: true, now: 3)
+        XCTAssertEqual(d, [.jobFailed(reason: "task a failed 3 times; last cause: out of memory")])
+        XCTAssertEqual(c.outcome, .failed("task a failed 3 times; last cause: out of memory"))
+
+        var bad = core(["x"])
+        _ = bad.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        let e = bad.failed(task: "x", by: "w1", attempt: 1, cause: "N:M needs cols divisible by 4", retryable: false, now: 1)
+        XCTAssertEqual(e, [.jobFailed(reason: "task x failed: N:M needs cols divisible by 4")])
+    }
+
+    func testLateResultOfARequeuedTaskIsAcceptedOnceAndStaleOnesAreNot() {
+        var c = core(["a", "b"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        _ = c.tick(now: 10_001)  // lease of a expires; w1 is also silent but not yet dead... reassign
+        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 10_002)
+        // w1 finishes a anyway: deterministic results make it as good as any.
+        XCTAssertTrue(c.wantsResult(task: "a"))
+        let d = c.completed(task: "a", by: "w1", attempt: 1, now: 10_003)
+        XCTAssertTrue(d.contains(.ack(worker: "w1", task: "a", attempt: 1, accepted: true)))
+        XCTAssertFalse(c.wantsResult(task: "a"))
+        let again = c.completed(task: "a", by: "w2", attempt: 2, now: 10_004)
+        XCTAssertTrue(again.contains(.ack(worker: "w2", task: "a", attempt: 2, accepted: false)))
+    }
+
+    func testResumedJobNeverReassignsDoneTasks() {
+        var c = core(["a", "b", "c"], done: ["a", "c"])
+        XCTAssertEqual(c.remainingTasks, 1)
+        let d = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(assigns(d), ["b"])
+        let fin = c.completed(task: "b", by: "w1", attempt: 1, now: 1)
+        XCTAssertTrue(fin.contains(.jobCompleted))
+        let all = core(["a"], done: ["a"])
+        XCTAssertEqual(all.outcome, .completed)
+    }
+
+    func testHeartbeatsGoOutEveryInterval() {
+        var c = core(["a"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertFalse(c.tick(now: 999).contains(.heartbeat(worker: "w1")))
+        XCTAssertTrue(c.tick(now: 1000).contains(.heartbeat(worker: "w1")))
+        XCTAssertFalse(c.tick(now: 1500).contains(.heartbeat(worker: "w1")))
+        _ = c.heartbeat(worker: "w1", running: ["a"], now: 1900)
+        XCTAssertTrue(c.tick(now: 2000).contains(.heartbeat(worker: "w1")))
+    }
+
+    func testGoodbyeRequeuesAtOnce() {
+        var c = core(["a"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)
+        let d = c.goodbye(worker: "w1", reason: "SIGTERM", now: 5)
+        XCTAssertEqual(d.first, .workerLost(worker: "w1", requeued: ["a"], reason: "left: SIGTERM"))
+        XCTAssertEqual(assigns(d), ["a"])
+    }
+}
