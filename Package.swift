@@ -6,6 +6,7 @@ import PackageDescription
 ///   CZeroMQ, COpenBLAS  system libraries
 ///   Tensors             dtypes, safetensors read/write, mmap
 ///   Pruning             masks, patterns, criteria, selection, sparse format
+///   Models              GGUF import, tokenizers, forward passes (Llama family, MLP)
 ///   Engine              job spec, planner, single-process runner, assembler, checker
 ///   ZeroMQ              sockets, multipart frames, poller, CURVE keys over libzmq
 ///   Protocol            prune.v1 protobuf messages (generated) and frame layout
@@ -47,6 +48,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Pruning", dependencies: ["Tensors", "COpenBLAS"]),
+        .target(name: "Models", dependencies: ["Tensors", "COpenBLAS"]),
         .target(name: "Engine", dependencies: [
             "Tensors", "Pruning",
             .product(name: "Yams", package: "Yams"),
@@ -63,6 +65,7 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Pruning", "Tensors", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Tensors", "TestSupport"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Protocol", "ZeroMQ", "Engine", "Tensors", "TestSupport"]),
     ]
 )

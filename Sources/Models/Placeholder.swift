@@ -1,0 +1,1 @@
+// Models: GGUF import, tokenizers, forward passes.
