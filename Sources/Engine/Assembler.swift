@@ -21,9 +21,17 @@ public struct Assembler {
     private struct Written {
         var sha256Dense: String
         var zeros: Int
+        /// Stored (nonzero) elements per row, for pruned tensors.
+        var storedPerRow: [Int] = []
     }
 
+    /// Largest block of rows held in memory at once.
+    public var blockBytes = 32 << 20
+
     /// Writes everything under `directory` (which must exist and be empty).
+    ///
+    /// Every pass reads a tensor in row blocks and releases each block's pages, so memory
+    /// stays bounded by `blockBytes` (plus one bit per weight of masks) whatever the model.
     public func write(to directory: String, progress: ProgressReporter? = nil) throws -> Manifest {
         let fm = FileManager.default
         let denseDir = (directory as NSString).appendingPathComponent("dense")
@@ -48,11 +56,15 @@ public struct Assembler {
                 metadata: shard.metadata)
             for t in shard.tensors {
                 denseWeightMap[t.name] = shardName
-                try withOutputBytes(t, shard: shard) { bytes in
+                var digest = SHA256Stream()
+                var w = Written(sha256Dense: "", zeros: 0)
+                try forEachOutputBlock(t, shard: shard) { _, bytes in
                     try denseWriter.write(bytes)
-                    written[t.name] = Written(sha256Dense: SHA256Stream.hex(bytes),
-                                              zeros: TensorPruner.zeroCount(bytes, elementSize: t.dtype.size))
+                    digest.update(bytes)
+                    w.zeros += TensorPruner.zeroCount(bytes, elementSize: t.dtype.size)
                 }
+                w.sha256Dense = digest.finalizeHex()
+                written[t.name] = w
             }
             try denseWriter.finish()
 
@@ -72,25 +84,41 @@ public struct Assembler {
             let sparsePath = (sparseDir as NSString).appendingPathComponent(shardName)
             let sparseWriter = try SafeTensorsWriter(path: sparsePath, tensors: specs, metadata: shard.metadata)
             for t in shard.tensors {
-                try withOutputBytes(t, shard: shard) { bytes in
-                    guard masks[t.name] != nil else {
-                        try sparseWriter.write(bytes)
-                        sparseDigests[t.name] = written[t.name]!.sha256Dense
-                        return
-                    }
-                    let sparse = SparseBitmaskTensor(dense: bytes, dtype: t.dtype, shape: t.shape)
-                    var digest = SHA256Stream()
-                    var size = 0
-                    for part in SparseLayout.parts(sparse) {
-                        try sparseWriter.write(part)
-                        digest.update(part)
-                        size += part.count
-                    }
-                    sparseDigests[t.name] = digest.finalizeHex()
-                    prunedDenseBytes += t.byteCount
-                    prunedSparseBytes += size
+                guard masks[t.name] != nil else {
+                    try forEachOutputBlock(t, shard: shard) { _, bytes in try sparseWriter.write(bytes) }
+                    sparseDigests[t.name] = written[t.name]!.sha256Dense
+                    continue
                 }
-                shard.release(t)
+                // The four parts in file order, each streamed block by block; the sparse
+                // digest covers them in the same order.
+                var digest = SHA256Stream()
+                var size = 0
+                func emit(_ part: [UInt8]) throws {
+                    try sparseWriter.write(part)
+                    digest.update(part)
+                    size += part.count
+                }
+                let cols = t.cols, elementSize = t.dtype.size
+                try forEachOutputBlock(t, shard: shard) { rows, bytes in
+                    var bits: [UInt8] = []
+                    SparseEncoder.appendBitmask(bytes, rows: rows.count, cols: cols, elementSize: elementSize, into: &bits)
+                    try emit(bits)
+                }
+                var perRow: [Int] = []
+                perRow.reserveCapacity(t.rows)
+                try forEachOutputBlock(t, shard: shard) { rows, bytes in
+                    var values: [UInt8] = []
+                    perRow += SparseEncoder.appendStored(bytes, rows: rows.count, cols: cols, elementSize: elementSize, into: &values)
+                    try emit(values)
+                }
+                var offsets = [Int64](repeating: 0, count: t.rows)
+                var running: Int64 = 0
+                for r in 0..<t.rows { offsets[r] = running; running += Int64(perRow[r]) }
+                try emit(SparseLayout.int64Bytes(offsets))
+                try emit(SparseLayout.int64Bytes(t.shape.map(Int64.init)))
+                sparseDigests[t.name] = digest.finalizeHex()
+                prunedDenseBytes += t.byteCount
+                prunedSparseBytes += size
             }
             try sparseWriter.finish()
             denseBytes += try fileSize((denseDir as NSString).appendingPathComponent(shardName))
@@ -139,13 +167,19 @@ public struct Assembler {
         return manifest
     }
 
-    /// Calls `body` with the output bytes of a tensor: the source bytes, masked if pruned.
-    private func withOutputBytes(_ t: TensorInfo, shard: SafeTensorsFile, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let source = shard.bytes(t)
-        guard let mask = masks[t.name] else { return try body(source) }
-        var out = [UInt8](repeating: 0, count: t.byteCount)
-        out.withUnsafeMutableBytes { MaskApplication.apply(mask, source: source, elementSize: t.dtype.size, into: $0) }
-        try out.withUnsafeBytes { try body($0) }
+    /// Calls `body` with the output bytes of a tensor, block of rows by block of rows:
+    /// the source bytes, masked if the tensor is pruned.
+    private func forEachOutputBlock(_ t: TensorInfo, shard: SafeTensorsFile,
+                                    _ body: (Range<Int>, UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let mask = masks[t.name] else {
+            return try shard.forEachRowBlock(t, maxBytes: blockBytes, body)
+        }
+        var out: [UInt8] = []
+        try shard.forEachRowBlock(t, maxBytes: blockBytes) { rows, source in
+            if out.count != source.count { out = [UInt8](repeating: 0, count: source.count) }
+            out.withUnsafeMutableBytes { MaskApplication.apply(mask, rows: rows, source: source, elementSize: t.dtype.size, into: $0) }
+            try out.withUnsafeBytes { try body(rows, $0) }
+        }
     }
 
     private func fileSize(_ path: String) throws -> Int {

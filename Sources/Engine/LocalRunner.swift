@@ -9,6 +9,8 @@ public struct LocalRunner {
     public var quiet = false
     /// Row blocks per task, as the cluster splits them (does not change the output).
     public var maxWeightsPerTask = 16 << 20
+    /// Bytes per block when assembling (does not change the output).
+    public var assemblyBlockBytes = 32 << 20
 
     public init(spec: JobSpec, quiet: Bool = false) {
         self.spec = spec
@@ -60,8 +62,9 @@ public struct LocalRunner {
         let staging = try job.makeStaging()
         do {
             let assembleProgress = ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet)
-            let manifest = try Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
-                .write(to: staging, progress: assembleProgress)
+            var assembler = Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
+            assembler.blockBytes = assemblyBlockBytes
+            let manifest = try assembler.write(to: staging, progress: assembleProgress)
             try job.publish(staging: staging)
             return Summary(manifest: manifest, outDirectory: job.outPath, seconds: Date().timeIntervalSince(start))
         } catch {
@@ -77,8 +80,12 @@ public struct LocalRunner {
         var bad: [String] = []
         for (shard, file) in zip(checkpoint.shardNames, checkpoint.shards) {
             for t in file.tensors where t.dtype.isFloat {
-                let (nan, inf) = TensorPruner.nonFiniteCounts(t, bytes: file.bytes(t))
-                file.release(t)
+                var nan = 0, inf = 0
+                file.forEachRowBlock(t) { _, bytes in
+                    let c = TensorPruner.nonFiniteCounts(dtype: t.dtype, bytes: bytes)
+                    nan += c.nan
+                    inf += c.inf
+                }
                 if nan + inf > 0 { bad.append("\(shard): tensor '\(t.name)' has \(nan) NaN and \(inf) Inf values") }
             }
         }

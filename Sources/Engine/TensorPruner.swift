@@ -38,20 +38,26 @@ public enum TensorPruner {
 
     /// NaN and ±Inf counts of a floating tensor.
     public static func nonFiniteCounts(_ info: TensorInfo, bytes: UnsafeRawBufferPointer) -> (nan: Int, inf: Int) {
+        nonFiniteCounts(dtype: info.dtype, bytes: bytes)
+    }
+
+    /// NaN and ±Inf counts of raw values of a floating dtype.
+    public static func nonFiniteCounts(dtype: DType, bytes: UnsafeRawBufferPointer) -> (nan: Int, inf: Int) {
         var nan = 0, inf = 0
-        switch info.dtype {
+        let count = bytes.count / dtype.size
+        switch dtype {
         case .f32:
-            for i in 0..<info.elementCount {
+            for i in 0..<count {
                 let b = bytes.loadUnaligned(fromByteOffset: i &* 4, as: UInt32.self) & 0x7FFF_FFFF
                 if b >= 0x7F80_0000 { if b == 0x7F80_0000 { inf += 1 } else { nan += 1 } }
             }
         case .f16:
-            for i in 0..<info.elementCount {
+            for i in 0..<count {
                 let b = bytes.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self) & 0x7FFF
                 if b >= 0x7C00 { if b == 0x7C00 { inf += 1 } else { nan += 1 } }
             }
         case .bf16:
-            for i in 0..<info.elementCount {
+            for i in 0..<count {
                 let b = bytes.loadUnaligned(fromByteOffset: i &* 2, as: UInt16.self) & 0x7FFF
                 if b >= 0x7F80 { if b == 0x7F80 { inf += 1 } else { nan += 1 } }
             }

@@ -106,18 +106,60 @@ public struct SparseBitmaskTensor: Equatable, Sendable {
     }
 }
 
+/// The sparse parts of a block of dense rows, computed piece by piece so a large tensor
+/// is encoded in bounded memory: bitmask rows, stored values, stored count per row.
+public enum SparseEncoder {
+    /// Appends the bitmask rows of `rows` dense rows.
+    public static func appendBitmask(_ dense: UnsafeRawBufferPointer, rows: Int, cols: Int, elementSize size: Int, into out: inout [UInt8]) {
+        let bpr = (cols + 7) / 8
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: rows * bpr))
+        out.withUnsafeMutableBufferPointer { bits in
+            for r in 0..<rows {
+                for c in 0..<cols where !SparseBitmaskTensor.isZero(dense, at: (r * cols + c) * size, size: size) {
+                    bits[start + r * bpr + c >> 3] |= 1 << UInt8(c & 7)
+                }
+            }
+        }
+    }
+
+    /// Appends the stored (nonzero bit pattern) values of dense rows, in row-major order;
+    /// returns how many each row stored.
+    @discardableResult
+    public static func appendStored(_ dense: UnsafeRawBufferPointer, rows: Int, cols: Int, elementSize size: Int, into out: inout [UInt8]) -> [Int] {
+        var perRow = [Int](repeating: 0, count: rows)
+        for r in 0..<rows {
+            for c in 0..<cols {
+                let e = (r * cols + c) * size
+                if !SparseBitmaskTensor.isZero(dense, at: e, size: size) {
+                    out.append(contentsOf: UnsafeRawBufferPointer(rebasing: dense[e..<(e + size)]))
+                    perRow[r] += 1
+                }
+            }
+        }
+        return perRow
+    }
+}
+
 /// Applying a mask to raw tensor bytes.
 public enum MaskApplication {
     /// Copies `source` into `destination`, writing zero bytes where the mask prunes.
     public static func apply(_ mask: Mask, source: UnsafeRawBufferPointer, elementSize: Int,
                              into destination: UnsafeMutableRawBufferPointer) {
-        let rows = mask.rows, cols = mask.cols, bpr = mask.bytesPerRow
-        precondition(source.count == rows * cols * elementSize && destination.count == source.count, "mask and tensor disagree")
+        apply(mask, rows: 0..<mask.rows, source: source, elementSize: elementSize, into: destination)
+    }
+
+    /// The same for a range of the mask's rows; `source` holds just those rows.
+    public static func apply(_ mask: Mask, rows range: Range<Int>, source: UnsafeRawBufferPointer, elementSize: Int,
+                             into destination: UnsafeMutableRawBufferPointer) {
+        let cols = mask.cols, bpr = mask.bytesPerRow
+        precondition(range.lowerBound >= 0 && range.upperBound <= mask.rows, "row range outside the mask")
+        precondition(source.count == range.count * cols * elementSize && destination.count == source.count, "mask and tensor disagree")
         guard !source.isEmpty else { return }
         destination.copyMemory(from: source)
         mask.bits.withUnsafeBufferPointer { bits in
-            for r in 0..<rows {
-                let rowBits = r * bpr
+            for (r, maskRow) in range.enumerated() {
+                let rowBits = maskRow * bpr
                 for b in 0..<bpr where bits[rowBits + b] != 0xFF {
                     let byte = bits[rowBits + b]
                     let first = b * 8

@@ -43,6 +43,32 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return FloatConversion.toFloat(bytes(tensor), dtype: tensor.dtype, count: tensor.elementCount)
     }
 
+    /// Lets the kernel drop the pages of part of a tensor (range relative to its data).
+    public func release(_ tensor: TensorInfo, bytes range: Range<Int>) {
+        let start = header.dataStart + tensor.dataOffsets.lowerBound
+        mapped.release((start + range.lowerBound)..<(start + range.upperBound))
+    }
+
+    /// Calls `body` with consecutive row blocks of a tensor of at most `maxBytes` each
+    /// (at least one row), releasing each block's pages afterwards, so a pass over a
+    /// large tensor keeps little of it resident.
+    public func forEachRowBlock(_ tensor: TensorInfo, maxBytes: Int = 32 << 20,
+                                _ body: (_ rows: Range<Int>, _ bytes: UnsafeRawBufferPointer) throws -> Void) rethrows {
+        let rows = tensor.rows
+        let rowBytes = rows == 0 ? 0 : tensor.byteCount / rows
+        guard rowBytes > 0 else { return try body(0..<rows, bytes(tensor)) }
+        let step = max(1, maxBytes / rowBytes)
+        let all = bytes(tensor)
+        var first = 0
+        while first < rows {
+            let count = min(step, rows - first)
+            let range = (first * rowBytes)..<((first + count) * rowBytes)
+            try body(first..<(first + count), UnsafeRawBufferPointer(rebasing: all[range]))
+            release(tensor, bytes: range)
+            first += count
+        }
+    }
+
     private func absoluteRange(_ t: TensorInfo) -> Range<Int> {
         (header.dataStart + t.dataOffsets.lowerBound)..<(header.dataStart + t.dataOffsets.upperBound)
     }

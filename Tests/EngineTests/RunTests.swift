@@ -89,6 +89,24 @@ final class RunTests: XCTestCase {
         XCTAssertEqual(second, firstNoManifest)
     }
 
+    func testTaskSplitAndAssemblyBlocksDoNotChangeTheBytes() throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        try SyntheticModel.write(to: dir.file("m"), dtype: .f16, layers: 1)
+        var outputs: [[String: Data]] = []
+        for (i, (weights, block)) in [(16 << 20, 32 << 20), (96, 100), (1000, 7)].enumerated() {
+            try "model: m\noutput: j\(i)\npattern: per_row\nsparsity: 0.6\nmethod: random\nseed: 9\n".write(toFile: dir.file("j\(i).yaml"), atomically: true, encoding: .utf8)
+            var runner = LocalRunner(spec: try JobSpec.load(path: dir.file("j\(i).yaml")), quiet: true)
+            runner.maxWeightsPerTask = weights
+            runner.assemblyBlockBytes = block
+            _ = try runner.run()
+            var files = try self.files(dir.file("j\(i)/out"))
+            files["manifest.json"] = nil
+            outputs.append(files)
+        }
+        XCTAssertEqual(outputs[1], outputs[0])
+        XCTAssertEqual(outputs[2], outputs[0])
+    }
+
     func testAnotherJobsDirectoryIsRefusedAndLeftAlone() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("m"))
