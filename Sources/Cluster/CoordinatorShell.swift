@@ -23,7 +23,7 @@ public struct CurveServerConfig: Sendable {
 /// for `CoordinatorCore`, carries out the directives, makes results durable (artifact
 /// fsync'd, ledger committed) before acknowledging them, and serves checkpoint chunks.
 public final class CoordinatorShell {
-    public let job: ClusterJob
+    public let workload: ClusterWorkload
     private var core: CoordinatorCore
     private let context: ZMQContext
     private let router: ZMQSocket
@@ -38,16 +38,20 @@ public final class CoordinatorShell {
     public var onTurn: (() -> Void)?
     /// Messages dropped as malformed, for tests and status.
     public private(set) var dropped = 0
+    /// Bytes received and sent on the ROUTER (routing-id frames not counted).
     public private(set) var wireBytesIn = 0
+    public private(set) var wireBytesOut = 0
+    private var knownTasks: Set<String>
 
-    public init(job: ClusterJob, context: ZMQContext, endpoints: [String], curve: CurveServerConfig?,
+    public init(workload: ClusterWorkload, context: ZMQContext, endpoints: [String], curve: CurveServerConfig?,
                 quiet: Bool, log: @escaping (String) -> Void) throws {
-        self.job = job
+        self.workload = workload
         self.context = context
-        settings = job.settings
+        settings = workload.settings
         self.log = log
-        core = CoordinatorCore(tasks: job.tasks.map { CoordinatorCore.TaskDefinition(id: $0.id) }, done: Set(job.done.keys), settings: job.settings)
-        progress = ProgressReporter(label: "prune", total: job.tasks.count, done: job.done.count, quiet: quiet)
+        knownTasks = Set(workload.taskIDs)
+        core = CoordinatorCore(tasks: workload.taskIDs.map { CoordinatorCore.TaskDefinition(id: $0) }, done: workload.doneTaskIDs, settings: workload.settings)
+        progress = ProgressReporter(label: "prune", total: workload.taskIDs.count, done: workload.doneTaskIDs.count, quiet: quiet)
         router = try ZMQSocket(context, .router)
         try router.setLinger(ms: 500)
         try router.setMaxMessageSize(settings.maxFrameBytes)
@@ -64,7 +68,7 @@ public final class CoordinatorShell {
             try router.setCurveServer(secretKey: curve.secretKey)
         }
         for endpoint in endpoints { try router.bind(endpoint) }
-        for f in job.modelFiles { files[f.sha256] = FileHandle(forReadingAtPath: f.path) }
+        for f in workload.modelFiles { files[f.sha256] = FileHandle(forReadingAtPath: f.path) }
     }
 
     deinit {
@@ -93,8 +97,10 @@ public final class CoordinatorShell {
             if core.outcome == nil { try execute(core.tick(now: now())) }
             onTurn?()
         }
-        try job.ledger.flush()
-        try job.ledger.markWorkersFinished(at: Date().timeIntervalSince1970)
+        try workload.ledger.flush()
+        try workload.ledger.markWorkersFinished(at: Date().timeIntervalSince1970)
+        try workload.ledger.setJobValue("wire_bytes_in", String(wireBytesIn))
+        try workload.ledger.setJobValue("wire_bytes_out", String(wireBytesOut))
         // Tell everyone the job is over.
         for worker in core.workerIDs {
             var s = Prune_V1_Shutdown()
@@ -134,7 +140,7 @@ public final class CoordinatorShell {
             names[worker] = h.workerName
             let directives = core.hello(worker: worker, name: h.workerName, protocolVersion: h.protocolVersion, now: t)
             if directives.contains(.welcome(worker: worker)) {
-                try job.ledger.workerJoined(id: worker, name: h.workerName, host: h.host, at: Date().timeIntervalSince1970)
+                try workload.ledger.workerJoined(id: worker, name: h.workerName, host: h.host, at: Date().timeIntervalSince1970)
                 log("worker \(h.workerName) joined (\(h.host), \(h.cores) cores)")
             }
             try execute(directives)
@@ -159,7 +165,7 @@ public final class CoordinatorShell {
         case .result(let r):
             try handleResult(r, payloads: message.payloads, from: worker)
         case .fail(let f):
-            try job.ledger.markAttemptFailed(task: f.taskID, attempts: Int(f.attempt), cause: f.cause, at: Date().timeIntervalSince1970)
+            try workload.ledger.markAttemptFailed(task: f.taskID, attempts: Int(f.attempt), cause: f.cause, at: Date().timeIntervalSince1970)
             try execute(core.failed(task: f.taskID, by: worker, attempt: Int(f.attempt), cause: f.cause, retryable: f.retryable, now: t))
         case .goodbye(let g):
             try execute(core.goodbye(worker: worker, reason: g.reason, now: t))
@@ -174,7 +180,7 @@ public final class CoordinatorShell {
 
     private func handleResult(_ r: Prune_V1_Result, payloads: [[UInt8]], from worker: String) throws {
         let t = now()
-        guard let task = job.taskByID[r.taskID] else {
+        guard knownTasks.contains(r.taskID) else {
             dropped += 1
             log("dropped a result for unknown task \(r.taskID) from \(worker)")
             return
@@ -183,17 +189,11 @@ public final class CoordinatorShell {
             try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
             return
         }
-        // The mask must have exactly the block's shape; anything else is a failed attempt.
-        guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0])) != nil else {
-            let cause = "result of \(r.taskID) is not a \(task.rowCount)×\(task.tensor.cols) mask"
+        // Durable before acknowledged: the workload writes its artifact and ledger row.
+        if let cause = try workload.persist(task: r.taskID, worker: worker, result: r, payloads: payloads) {
             try execute(core.failed(task: r.taskID, by: worker, attempt: Int(r.attempt), cause: cause, retryable: true, now: t))
             return
         }
-        // Durable before acknowledged: artifact fsync'd and renamed, then the ledger row.
-        let digest = try job.artifacts.put(payloads[0])
-        try job.ledger.markDone(task: r.taskID, worker: worker, attempt: Int(r.attempt), resultSHA256: digest,
-                                seconds: r.seconds, at: Date().timeIntervalSince1970)
-        job.recordDone(r.taskID, digest: digest)
         progress.step(r.taskID)
         try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
     }
@@ -204,7 +204,7 @@ public final class CoordinatorShell {
         reply.offset = c.offset
         reply.requestID = c.requestID
         var payload: [UInt8] = []
-        if let handle = files[c.fileSha256], let size = job.modelFiles.first(where: { $0.sha256 == c.fileSha256 })?.size,
+        if let handle = files[c.fileSha256], let size = workload.modelFiles.first(where: { $0.sha256 == c.fileSha256 })?.size,
            c.length <= UInt64(settings.chunkBytes), c.offset <= size, c.length <= size - c.offset {
             do {
                 try handle.seek(toOffset: c.offset)
@@ -227,12 +227,12 @@ public final class CoordinatorShell {
             switch d {
             case .welcome(let w):
                 var welcome = Prune_V1_Welcome()
-                welcome.jobID = job.spec.digest
+                welcome.jobID = workload.jobID
                 welcome.heartbeatMs = UInt32(settings.heartbeatMs)
                 welcome.liveness = UInt32(settings.liveness)
                 welcome.chunkSize = UInt64(settings.chunkBytes)
                 welcome.chunkCredit = UInt32(settings.chunkCredit)
-                welcome.modelFiles = job.modelFiles
+                welcome.modelFiles = workload.modelFiles
                 send(w, .with(.welcome(welcome)))
             case .reject(let w, let reason):
                 var r = Prune_V1_Reject()
@@ -241,12 +241,12 @@ public final class CoordinatorShell {
                 log("rejected \(names[w] ?? w): \(reason)")
                 send(w, .with(.reject(r)))
             case .assign(let w, let taskID, let attempt):
-                guard let task = job.taskByID[taskID] else { continue }
+                guard let work = workload.work(for: taskID) else { continue }
                 var a = Prune_V1_Assign()
                 a.taskID = taskID
                 a.attempt = UInt32(attempt)
-                a.mask = job.assignWork(task)
-                job.ledger.log(.init(time: wall, kind: "assign", task: taskID, worker: w, detail: "attempt \(attempt)"))
+                a.work = work
+                workload.ledger.log(.init(time: wall, kind: "assign", task: taskID, worker: w, detail: "attempt \(attempt)"))
                 send(w, .with(.assign(a)))
             case .heartbeat(let w):
                 send(w, .with(.heartbeat(Prune_V1_Heartbeat())))
@@ -266,19 +266,19 @@ public final class CoordinatorShell {
                 send(w, .with(.shutdown(s)))
             case .workerLost(let w, let requeued, let reason):
                 log("worker \(names[w] ?? w) lost (\(reason)); requeued \(requeued.count) task(s)")
-                try job.ledger.workerLeft(id: w, reason: reason, at: wall)
+                try workload.ledger.workerLeft(id: w, reason: reason, at: wall)
                 for task in requeued {
-                    job.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: w, detail: reason))
+                    workload.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: w, detail: reason))
                 }
                 identities[w] = nil
             case .requeued(let task, let reason):
-                job.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: nil, detail: reason))
+                workload.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: nil, detail: reason))
             case .jobCompleted:
-                job.ledger.log(.init(time: wall, kind: "complete", task: nil, worker: nil, detail: ""))
+                workload.ledger.log(.init(time: wall, kind: "complete", task: nil, worker: nil, detail: ""))
             case .jobFailed(let reason):
                 log("job failed: \(reason)")
-                job.ledger.log(.init(time: wall, kind: "failed", task: nil, worker: nil, detail: reason))
-                try job.ledger.setJobValue("state", "failed")
+                workload.ledger.log(.init(time: wall, kind: "failed", task: nil, worker: nil, detail: reason))
+                try workload.ledger.setJobValue("state", "failed")
             }
         }
     }
@@ -288,6 +288,7 @@ public final class CoordinatorShell {
         do {
             let frames = try WireMessage.frames(envelope, payloads: payloads)
             try router.send([identity] + frames, dontWait: true)
+            wireBytesOut += frames.reduce(0) { $0 + $1.count }
             core.sent(to: worker, now: now())
         } catch {
             log("could not send to \(names[worker] ?? worker): \(error)")

@@ -13,7 +13,9 @@ public struct JobFailed: Error, CustomStringConvertible {
 /// `prune run --workers N` and `prune resume`: a coordinator in this process and N
 /// worker processes on this machine over ipc://, restarted if they die.
 public struct EmbeddedCluster {
-    public let job: ClusterJob
+    public let workload: ClusterWorkload
+    /// Where worker logs go (`logs/`) and what names the ipc endpoint.
+    public let directory: String
     public var workers: Int
     public var quiet = false
     /// The `prune` executable workers are started from.
@@ -23,8 +25,9 @@ public struct EmbeddedCluster {
     /// Restarts of dead workers allowed over the whole run.
     public var maxRestarts = 64
 
-    public init(job: ClusterJob, workers: Int, executable: String) {
-        self.job = job
+    public init(workload: ClusterWorkload, directory: String, workers: Int, executable: String) {
+        self.workload = workload
+        self.directory = directory
         self.workers = workers
         self.executable = executable
     }
@@ -35,13 +38,22 @@ public struct EmbeddedCluster {
         return "ipc://\(NSTemporaryDirectory())prune-\(digest.prefix(16)).sock"
     }
 
-    public func run(log: @escaping (String) -> Void) throws -> Manifest {
-        if job.done.count < job.tasks.count {
+    /// Runs a pruning job to completion and assembles its outputs.
+    public static func run(job: ClusterJob, workers: Int, quiet: Bool, log: @escaping (String) -> Void) throws -> Manifest {
+        var cluster = EmbeddedCluster(workload: job, directory: job.directory.path, workers: workers, executable: currentExecutable)
+        cluster.quiet = quiet
+        try cluster.run(log: log)
+        return try job.assemble(quiet: quiet)
+    }
+
+    /// Runs the workload's remaining tasks; throws `JobFailed` if the job fails.
+    public func run(log: @escaping (String) -> Void) throws {
+        if workload.doneTaskIDs.count < workload.taskIDs.count {
             let context = try ZMQContext()
-            let endpoint = EmbeddedCluster.endpoint(for: job.directory.path)
+            let endpoint = EmbeddedCluster.endpoint(for: directory)
             unlink(String(endpoint.dropFirst("ipc://".count)))
-            let shell = try CoordinatorShell(job: job, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
-            let logs = (job.directory.path as NSString).appendingPathComponent("logs")
+            let shell = try CoordinatorShell(workload: workload, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
+            let logs = (directory as NSString).appendingPathComponent("logs")
             try? FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
             var children: [Process?] = Array(repeating: nil, count: workers)
             var childNames: [String] = Array(repeating: "", count: workers)
@@ -94,7 +106,6 @@ public struct EmbeddedCluster {
             unlink(String(endpoint.dropFirst("ipc://".count)))
             if case .failed(let reason) = outcome { throw JobFailed(reason) }
         }
-        return try job.assemble(quiet: quiet)
     }
 
     /// The running executable's path (for starting workers).

@@ -20,7 +20,7 @@ struct Prune: ParsableCommand {
         abstract: "Prune neural-network checkpoints: magnitude or random, unstructured, per-row, N:M or whole rows.",
         discussion: "Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.",
         subcommands: [Inspect.self, Run.self, Check.self, Densify.self, Resume.self, Status.self,
-                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self])
+                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self, BenchCoordinator.self])
 
     /// `prune` alone is a usage error: print the help and exit 2.
     func run() throws {
@@ -148,14 +148,8 @@ struct Run: ParsableCommand {
         var settings = tuning.settings
         settings.maxAttempts = maxAttempts
         let clusterJob = try ClusterJob.prepare(spec: job, settings: settings)
-        do {
-            var cluster = EmbeddedCluster(job: clusterJob, workers: workers, executable: EmbeddedCluster.currentExecutable)
-            cluster.quiet = quiet
-            let manifest = try cluster.run(log: coordinatorLog(quiet: quiet))
-            report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
-        } catch let e as JobFailed {
-            throw e
-        }
+        let manifest = try EmbeddedCluster.run(job: clusterJob, workers: workers, quiet: quiet, log: coordinatorLog(quiet: quiet))
+        report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
     }
 }
 
@@ -244,9 +238,7 @@ struct Resume: ParsableCommand {
         if let bind {
             manifest = try runCoordinator(clusterJob, bind: bind, security: security, quiet: quiet)
         } else {
-            var cluster = EmbeddedCluster(job: clusterJob, workers: max(workers, 1), executable: EmbeddedCluster.currentExecutable)
-            cluster.quiet = quiet
-            manifest = try cluster.run(log: coordinatorLog(quiet: quiet))
+            manifest = try EmbeddedCluster.run(job: clusterJob, workers: max(workers, 1), quiet: quiet, log: coordinatorLog(quiet: quiet))
         }
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
     }
@@ -299,7 +291,7 @@ func runCoordinator(_ job: ClusterJob, bind: String, security: SecurityOptions, 
     }
     try EndpointPolicy.check(bind, curve: curve != nil, insecure: security.insecure)
     let context = try ZMQContext()
-    let shell = try CoordinatorShell(job: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, log: coordinatorLog(quiet: quiet))
+    let shell = try CoordinatorShell(workload: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, log: coordinatorLog(quiet: quiet))
     if !quiet { FileHandle.standardError.write(Data("coordinator: listening on \(shell.boundEndpoint)\n".utf8)) }
     if case .failed(let reason) = try shell.run() { throw JobFailed(reason) }
     return try job.assemble(quiet: quiet)
@@ -413,5 +405,26 @@ struct TuningOptions: ParsableArguments {
         if let maxFrameBytes { s.maxFrameBytes = maxFrameBytes }
         if let heartbeatMs { s.heartbeatMs = heartbeatMs }
         return s
+    }
+}
+
+/// `ops/bench/cluster.sh` runs this: empty tasks through the whole coordinator loop.
+struct BenchCoordinator: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench-coordinator", abstract: "Coordinator overhead benchmark.", shouldDisplay: false)
+
+    @Option var tasks = 2000
+    @Option var workers = 2
+
+    func run() throws {
+        let dir = NSTemporaryDirectory() + "prune-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let workload = try NoopWorkload(tasks: tasks, ledgerPath: dir + "/ledger.sqlite")
+        var cluster = EmbeddedCluster(workload: workload, directory: dir, workers: workers, executable: EmbeddedCluster.currentExecutable)
+        cluster.quiet = true
+        let start = Date()
+        try cluster.run(log: { _ in })
+        let seconds = Date().timeIntervalSince(start)
+        print(String(format: "{\"tasks\": %d, \"workers\": %d, \"seconds\": %.3f, \"tasks_per_second\": %.1f}", tasks, workers, seconds, Double(tasks) / seconds))
     }
 }

@@ -1,0 +1,76 @@
+import Foundation
+import Protocol
+import Pruning
+
+/// What a coordinator schedules: a list of tasks, the work each one carries on the wire,
+/// and how a result is made durable. A pruning job (`ClusterJob`) is one workload; the
+/// coordinator benchmark's empty tasks (`NoopWorkload`) are another.
+public protocol ClusterWorkload: AnyObject {
+    /// Identifies the job to workers (the spec's sha256 for a pruning job).
+    var jobID: String { get }
+    var settings: Settings { get }
+    var ledger: Ledger { get }
+    /// Checkpoint files workers may read locally or pull in chunks.
+    var modelFiles: [Prune_V1_ModelFile] { get }
+    /// Every task, in queue order.
+    var taskIDs: [String] { get }
+    /// Tasks already done when the coordinator starts (a resumed job).
+    var doneTaskIDs: Set<String> { get }
+    /// The work an Assign carries for a task; nil for an unknown task.
+    func work(for task: String) -> Prune_V1_Assign.OneOf_Work?
+    /// Validates a result and makes it durable (artifact fsync'd, ledger committed).
+    /// Returns nil when done, or why the result is unusable (a failed attempt).
+    func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String?
+}
+
+extension ClusterJob: ClusterWorkload {
+    public var jobID: String { spec.digest }
+    public var taskIDs: [String] { tasks.map(\.id) }
+    public var doneTaskIDs: Set<String> { Set(done.keys) }
+
+    public func work(for task: String) -> Prune_V1_Assign.OneOf_Work? {
+        taskByID[task].map { .mask(assignWork($0)) }
+    }
+
+    public func persist(task id: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String? {
+        guard let task = taskByID[id] else { return "unknown task \(id)" }
+        // The mask must have exactly the block's shape.
+        guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0])) != nil else {
+            return "result of \(id) is not a \(task.rowCount)×\(task.tensor.cols) mask"
+        }
+        let digest = try artifacts.put(payloads[0])
+        try ledger.markDone(task: id, worker: worker, attempt: Int(result.attempt), resultSHA256: digest,
+                            seconds: result.seconds, at: Date().timeIntervalSince1970)
+        recordDone(id, digest: digest)
+        return nil
+    }
+}
+
+/// Empty tasks through the whole loop (assign, result, durable ledger row, ack): the
+/// coordinator-overhead benchmark.
+public final class NoopWorkload: ClusterWorkload {
+    public let jobID = "noop"
+    public let settings: Settings
+    public let ledger: Ledger
+    public let modelFiles: [Prune_V1_ModelFile] = []
+    public let taskIDs: [String]
+    public private(set) var doneTaskIDs: Set<String> = []
+
+    public init(tasks: Int, ledgerPath: String, settings: Settings = Settings()) throws {
+        self.settings = settings
+        taskIDs = (0..<tasks).map { "noop:\($0)" }
+        ledger = try Ledger(path: ledgerPath)
+        try ledger.insertTasks(taskIDs.map { ($0, "noop", []) })
+    }
+
+    public func work(for task: String) -> Prune_V1_Assign.OneOf_Work? {
+        .noop(Prune_V1_NoopTask())
+    }
+
+    public func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String? {
+        try ledger.markDone(task: task, worker: worker, attempt: Int(result.attempt), resultSHA256: "-", seconds: result.seconds,
+                            at: Date().timeIntervalSince1970)
+        doneTaskIDs.insert(task)
+        return nil
+    }
+}
