@@ -205,6 +205,39 @@ final class ClusterProcessTests: XCTestCase {
         plain.kill()
     }
 
+    func testSigtermedWorkerTellsTheCoordinatorAndStopsCleanly() throws {
+        let (coord, endpoint) = try coordinator("sigterm", extra: ["--insecure"])
+        let first = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "first"],
+                                   environment: ["PRUNE_TEST_TASK_DELAY_MS": "400"])
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { self.doneTasks("sigterm") >= 2 })
+        first.kill(SIGTERM)
+        XCTAssertEqual(first.wait(seconds: 5), 0, first.stderr)
+        XCTAssertTrue(first.stderr.contains("stopping on signal; told the coordinator"), first.stderr)
+        XCTAssertTrue(Background.waitUntil(seconds: 5) { coord.stderr.contains("worker first lost (left: SIGTERM)") }, coord.stderr)
+        let second = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "second"])
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(second.wait(seconds: 10), 0)
+    }
+
+    func testWorkersReconnectToAResumedCoordinator() throws {
+        let expected = try reference()
+        let port = Background.freePort()
+        let endpoint = "tcp://127.0.0.1:\(port)"
+        let job = try writeSpec("reconnect")
+        let first = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint, "--insecure"] + taskWeights, cwd: dir.path)
+        let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "steady"],
+                                    environment: ["PRUNE_TEST_TASK_DELAY_MS": "50"])
+        XCTAssertTrue(Background.waitUntil(seconds: 30) { self.doneTasks("reconnect") >= 5 })
+        first.kill(SIGKILL)
+        XCTAssertNotNil(first.wait(seconds: 10))
+        // The same worker process, still running, finds the resumed coordinator by itself.
+        let second = try Background(Subprocess.pruneBinary, ["resume", "reconnect", "--bind", endpoint, "--insecure"] + taskWeights, cwd: dir.path)
+        XCTAssertEqual(second.wait(seconds: 90), 0, second.stderr)
+        XCTAssertEqual(worker.wait(seconds: 10), 0, worker.stderr)
+        XCTAssertTrue(worker.stderr.contains("reconnecting"), worker.stderr)
+        XCTAssertEqual(outputs("reconnect"), expected)
+    }
+
     func testPlaintextTcpIsRefusedUnlessInsecureOnLoopback() throws {
         XCTAssertThrowsError(try EndpointPolicy.check("tcp://10.0.0.5:5555", curve: false, insecure: false))
         XCTAssertThrowsError(try EndpointPolicy.check("tcp://10.0.0.5:5555", curve: false, insecure: true))
