@@ -25,7 +25,7 @@ final class ComputeThread: @unchecked Sendable {
         self.endpoint = endpoint
         self.options = options
         self.log = log
-        source = TensorSource(dataRoots: options.dataRoots)
+        source = TensorSource(dataRoots: options.dataRoots, pullOnly: options.pullOnly)
     }
 
     func start() throws {

@@ -10,9 +10,11 @@ final class TensorSource {
     /// Local paths verified to hold a file, by sha256 (nil: looked, none found).
     private var local: [String: MappedFile?] = [:]
     private let dataRoots: [String]
+    private let pullOnly: Bool
 
-    init(dataRoots: [String]) {
+    init(dataRoots: [String], pullOnly: Bool = false) {
         self.dataRoots = dataRoots
+        self.pullOnly = pullOnly
     }
 
     func announce(_ modelFiles: [Prune_V1_ModelFile]) {
@@ -21,6 +23,7 @@ final class TensorSource {
 
     /// A mapped local copy of the file with this digest, if this machine has one.
     func localFile(_ sha256: String) -> MappedFile? {
+        if pullOnly { return nil }
         if let cached = local[sha256] { return cached }
         var found: MappedFile?
         if let f = files[sha256] {

@@ -23,6 +23,9 @@ public struct WorkerOptions: Sendable {
     /// Test hook: every task sleeps this long before answering, so tests can kill a
     /// worker mid-task. Set by PRUNE_TEST_TASK_DELAY_MS.
     public var taskDelayMs = 0
+    /// Never read checkpoint files locally: pull every byte from the coordinator (a
+    /// worker on a host without the files behaves like this by itself).
+    public var pullOnly = false
     /// The version announced in Hello (tests use another one to be rejected).
     public var protocolVersion = Settings.protocolVersion
 

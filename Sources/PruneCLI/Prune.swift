@@ -351,11 +351,15 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: .hidden)
     var protocolVersion: UInt32 = Settings.protocolVersion
 
+    @Flag(help: "Never read checkpoint files locally; pull all bytes from the coordinator.")
+    var pullOnly = false
+
     func run() throws {
         var options = WorkerOptions(endpoint: connect, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
         options.dataRoots = dataRoot
         options.exitWithParent = exitWithParent
         options.protocolVersion = protocolVersion
+        options.pullOnly = pullOnly
         options.taskDelayMs = Int(ProcessInfo.processInfo.environment["PRUNE_TEST_TASK_DELAY_MS"] ?? "") ?? 0
         if let secretPath = security.curveSecret {
             guard let serverPath = security.serverKey else { throw ValidationError("--curve-secret needs --server-key FILE (the coordinator's public key)") }

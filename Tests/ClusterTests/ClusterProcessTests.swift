@@ -94,6 +94,10 @@ final class ClusterProcessTests: XCTestCase {
         let workers = Background.children(of: run.pid)
         run.kill(SIGKILL)
         XCTAssertNotNil(run.wait(seconds: 10))
+        // status reads the ledger of a crashed job.
+        let status = try Subprocess.prune(["status", "crash"], cwd: dir.path)
+        XCTAssertEqual(status.status, 0, status.stderr)
+        XCTAssertTrue(status.stdout.contains("job: running"), status.stdout)
         XCTAssertTrue(Background.waitUntil(seconds: 10) { !workers.contains(where: Background.isAlive) }, "workers exit with their coordinator")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("crash/out")))
 
@@ -203,6 +207,20 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertEqual(names, ["good"])
         bad.kill()
         plain.kill()
+    }
+
+    func testWorkerWithoutLocalFilesPullsChunksAndGetsTheSameBytes() throws {
+        let expected = try reference()
+        let (coord, endpoint) = try coordinator("pulled", extra: ["--insecure"] + taskWeights)
+        let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--pull-only"])
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(worker.wait(seconds: 10), 0, worker.stderr)
+        XCTAssertEqual(outputs("pulled"), expected)
+        // The checkpoint's pruned tensors crossed the wire as chunks.
+        let ledger = try Ledger(path: dir.file("pulled/ledger.sqlite"), create: false, readOnly: true)
+        let sent = Int(try ledger.jobValue("wire_bytes_out") ?? "0") ?? 0
+        let targetBytes = try Checkpoint(path: dir.file("model")).tensors.filter { $0.name.hasSuffix("proj.weight") }.reduce(0) { $0 + $1.byteCount }
+        XCTAssertGreaterThanOrEqual(sent, targetBytes)
     }
 
     func testSigtermedWorkerTellsTheCoordinatorAndStopsCleanly() throws {
