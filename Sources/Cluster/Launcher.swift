@@ -143,7 +143,8 @@ public enum EndpointPolicy {
 }
 
 /// Key files written by `prune keygen`: NAME.pub (public key, Z85) and NAME.key (secret
-/// key, Z85, mode 0600). An allow-list holds one public key per line; # starts a comment.
+/// key, Z85, mode 0600). An allow-list holds one public key per line, optionally followed
+/// by blanks and a note; lines starting with # are comments.
 public enum KeyFiles {
     public static func write(name: String, directory: String) throws -> (publicPath: String, secretPath: String) {
         let pair = try Curve.keyPair()
@@ -171,10 +172,13 @@ public enum KeyFiles {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw SpecError("\(path): cannot read the allow-list") }
         var keys = Set<String>()
         for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
-            if line.isEmpty { continue }
-            guard Curve.isValidKey(line) else { throw SpecError("\(path):\(i + 1): not a CURVE public key") }
-            keys.insert(line)
+            // '#' is a Z85 character, so a comment is a line starting with '#'; anything
+            // after the key (separated by blanks) is a note, e.g. the host name.
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            guard !line.isEmpty, !line.hasPrefix("#") else { continue }
+            let key = String(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
+            guard Curve.isValidKey(key) else { throw SpecError("\(path):\(i + 1): not a CURVE public key") }
+            keys.insert(key)
         }
         return keys
     }

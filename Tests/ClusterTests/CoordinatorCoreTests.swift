@@ -1,4 +1,6 @@
+import Foundation
 import Protocol
+import ZeroMQ
 import XCTest
 @testable import Cluster
 
@@ -147,5 +149,28 @@ final class CoordinatorCoreTests: XCTestCase {
         let d = c.goodbye(worker: "w1", reason: "SIGTERM", now: 5)
         XCTAssertEqual(d.first, .workerLost(worker: "w1", requeued: ["a"], reason: "left: SIGTERM"))
         XCTAssertEqual(assigns(d), ["a"])
+    }
+}
+
+final class KeyFileTests: XCTestCase {
+    func testAllowListAcceptsKeysContainingHashAndNotes() throws {
+        let dir = NSTemporaryDirectory() + "prune-keys-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Z85 uses '#': a key may contain it, so only a leading '#' starts a comment.
+        let withHash = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+        var keys: [String] = []
+        for _ in 0..<3 { keys.append(try Curve.keyPair().publicKey) }
+        let text = "# workers\n\(withHash)\n  \(keys[0])   host-a\n\n\(keys[1])\t# host-b\n"
+        try text.write(toFile: dir + "/allow.txt", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try KeyFiles.readAllowList(dir + "/allow.txt"), Set([withHash, keys[0], keys[1]]))
+        try "not-a-key\n".write(toFile: dir + "/bad.txt", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try KeyFiles.readAllowList(dir + "/bad.txt")) { XCTAssertTrue("\($0)".contains("bad.txt:1")) }
+        let (pub, sec) = try KeyFiles.write(name: "node", directory: dir)
+        XCTAssertEqual(try Curve.publicKey(fromSecret: try KeyFiles.readKey(sec)), try KeyFiles.readKey(pub))
+        XCTAssertThrowsError(try KeyFiles.write(name: "node", directory: dir), "never overwrites keys")
+        var st = stat()
+        XCTAssertEqual(stat(sec, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
     }
 }
