@@ -1,0 +1,115 @@
+import Foundation
+import Tensors
+
+/// A bad or unsupported model config, naming the file and key.
+public struct ModelError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The parts of a Hugging Face `config.json` the Llama-family forward pass needs
+/// (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM).
+public struct LlamaConfig: Sendable, Equatable {
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var layers: Int
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    public var rmsNormEps: Float
+    public var ropeTheta: Double
+    public var vocabSize: Int
+    public var tieWordEmbeddings: Bool
+    /// Qwen2 has biases on q/k/v projections.
+    public var attentionBias: Bool
+    public var architecture: String
+
+    public static let supported = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+
+    /// Reads `config.json` from a checkpoint directory (or the file itself).
+    public static func load(_ path: String) throws -> LlamaConfig {
+        var file = path
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            file = (path as NSString).appendingPathComponent("config.json")
+        }
+        guard let data = FileManager.default.contents(atPath: file),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ModelError("\(file): cannot read a JSON config")
+        }
+        return try parse(json, file: file)
+    }
+
+    public static func parse(_ json: [String: Any], file: String) throws -> LlamaConfig {
+        func int(_ key: String, default def: Int? = nil) throws -> Int {
+            if let v = json[key] as? Int { return v }
+            if let v = json[key] as? Double, v == v.rounded() { return Int(v) }
+            if let def { return def }
+            throw ModelError("\(file): missing integer '\(key)'")
+        }
+        func double(_ key: String, default def: Double) -> Double {
+            (json[key] as? Double) ?? (json[key] as? Int).map(Double.init) ?? def
+        }
+        let architecture = (json["architectures"] as? [String])?.first ?? "?"
+        guard supported.contains(architecture) else {
+            throw ModelError("\(file): architecture '\(architecture)' is not supported (supported: \(supported.joined(separator: ", ")))")
+        }
+        let hidden = try int("hidden_size")
+        let heads = try int("num_attention_heads")
+        let kv = try int("num_key_value_heads", default: heads)
+        let headDim = try int("head_dim", default: heads > 0 ? hidden / heads : 0)
+        guard hidden > 0, heads > 0, kv > 0, heads % kv == 0, headDim > 0, headDim % 2 == 0 else {
+            throw ModelError("\(file): inconsistent attention shape (hidden \(hidden), heads \(heads), kv heads \(kv), head_dim \(headDim))")
+        }
+        if json["rope_scaling"] is [String: Any] {
+            throw ModelError("\(file): rope_scaling is not supported yet")
+        }
+        return LlamaConfig(hiddenSize: hidden, intermediateSize: try int("intermediate_size"), layers: try int("num_hidden_layers"),
+                           heads: heads, kvHeads: kv, headDim: headDim, rmsNormEps: Float(double("rms_norm_eps", default: 1e-6)),
+                           ropeTheta: double("rope_theta", default: 10000), vocabSize: try int("vocab_size"),
+                           tieWordEmbeddings: (json["tie_word_embeddings"] as? Bool) ?? false,
+                           attentionBias: (json["attention_bias"] as? Bool) ?? (architecture == "Qwen2ForCausalLM"),
+                           architecture: architecture)
+    }
+
+    /// The Linear layers of block `b`, by Hugging Face tensor name, in forward order.
+    public func linearNames(block b: Int) -> [String] {
+        let p = "model.layers.\(b)."
+        return ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map { p + $0 + ".weight" }
+    }
+}
+
+/// Where F32 weights come from: a checkpoint, possibly with some tensors replaced
+/// (pruned or updated weights while calibrating block by block).
+public final class WeightStore: @unchecked Sendable {
+    public let checkpoint: Checkpoint
+    private var overrides: [String: [Float]] = [:]
+
+    public init(checkpoint: Checkpoint) {
+        self.checkpoint = checkpoint
+    }
+
+    /// Replaces a tensor's values for later loads.
+    public func override(_ name: String, with values: [Float]) {
+        overrides[name] = values
+    }
+
+    public func has(_ name: String) -> Bool { overrides[name] != nil || checkpoint.info(name) != nil }
+
+    /// A tensor decoded to F32, checked against the expected shape.
+    public func load(_ name: String, shape: [Int]) throws -> [Float] {
+        if let o = overrides[name] {
+            guard o.count == shape.reduce(1, *) else { throw ModelError("tensor '\(name)': override has \(o.count) values, expected \(shape)") }
+            return o
+        }
+        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
+            throw ModelError("\(checkpoint.directory): tensor '\(name)' is missing")
+        }
+        guard info.shape == shape else {
+            throw ModelError("\(shard.path): tensor '\(name)' has shape \(info.shape), config implies \(shape)")
+        }
+        defer { shard.release(info) }
+        return try shard.floats(info)
+    }
+}
