@@ -50,11 +50,11 @@ let package = Package(
         .target(name: "Pruning", dependencies: ["Tensors", "COpenBLAS"]),
         .target(name: "Models", dependencies: ["Tensors", "COpenBLAS"]),
         .target(name: "Engine", dependencies: [
-            "Tensors", "Pruning",
+            "Tensors", "Pruning", "Models",
             .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "PruneCLI", dependencies: [
-            "Engine", "Tensors", "Pruning", "Cluster", "Protocol", "ZeroMQ",
+            "Engine", "Tensors", "Pruning", "Cluster", "Protocol", "ZeroMQ", "Models",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors"], path: "ops/bench/PruneBench"),
@@ -62,7 +62,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Tensors"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "PruningTests", dependencies: ["Pruning", "Tensors"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Pruning", "Tensors", "TestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Pruning", "Tensors", "Models", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Tensors", "TestSupport"]),

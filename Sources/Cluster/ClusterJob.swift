@@ -3,6 +3,9 @@ import Foundation
 import Protocol
 import Pruning
 import Tensors
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A job as the coordinator holds it: spec, checkpoint headers, plan, tasks, ledger and
 /// artifact store, opened fresh (`prepare`) or from a job directory (`resume`).
@@ -22,6 +25,10 @@ public final class ClusterJob {
     public let settings: Settings
     /// Whether this run created the job directory (removed again if the run fails on bad input).
     public let createdDirectory: Bool
+    /// When this coordinator opened the job (for the report's phase times).
+    public let openedAt = Date()
+    /// Held while this process coordinates the job.
+    var lock: JobLock?
 
     public var ledgerPath: String { (directory.path as NSString).appendingPathComponent("ledger.sqlite") }
 
@@ -50,14 +57,22 @@ public final class ClusterJob {
         try directory.validate(for: spec)
         let modelFiles = try digests(checkpoint)
         let created = try directory.claim(for: spec)
+        let lock = try JobLock(directory: spec.output)
         let ledgerPath = (spec.output as NSString).appendingPathComponent("ledger.sqlite")
         let existing = FileManager.default.fileExists(atPath: ledgerPath)
         let ledger = try Ledger(path: ledgerPath)
+        var settings = settings
+        if existing, let recorded = try ledger.jobValue("task_weights").flatMap(Int.init) {
+            // The task split is part of the job: a continued job keeps its own.
+            settings.maxWeightsPerTask = recorded
+        }
         let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
                                  modelFiles: modelFiles, settings: settings, created: created)
+        job.lock = lock
         if existing {
             try job.verifyRecorded()
         } else {
+            try ledger.setJobValue("task_weights", String(settings.maxWeightsPerTask))
             try ledger.setJobValue("spec_sha256", spec.digest)
             try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
             try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
@@ -86,8 +101,12 @@ public final class ClusterJob {
         }
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
+        let lock = try JobLock(directory: path)
+        var settings = settings
+        if let recorded = try ledger.jobValue("task_weights").flatMap(Int.init) { settings.maxWeightsPerTask = recorded }
         let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
                                  modelFiles: try digests(checkpoint), settings: settings, created: false)
+        job.lock = lock
         try job.verifyRecorded()
         try job.loadDone()
         return job
@@ -179,9 +198,13 @@ public final class ClusterJob {
         let masks = try masks()
         let staging = try directory.makeStaging()
         do {
+            let assembleStart = Date()
             let manifest = try Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
                 .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try directory.publish(staging: staging)
+            var phases = [JobReport.Phase(name: "prune (workers)", seconds: assembleStart.timeIntervalSince(openedAt)),
+                          JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(assembleStart))]
+            try LocalRunner.report(spec: spec, manifest: manifest, job: directory, phases: &phases, quiet: quiet)
             try ledger.setJobValue("state", "complete")
             return manifest
         } catch {
@@ -189,4 +212,25 @@ public final class ClusterJob {
             throw error
         }
     }
+}
+
+/// One coordinator per job directory: an exclusive flock on JOB/coordinator.lock, held
+/// for the life of the process (released by the kernel even after SIGKILL).
+final class JobLock {
+    private let fd: Int32
+
+    init(directory: String) throws {
+        let path = (directory as NSString).appendingPathComponent("coordinator.lock")
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw LedgerError("\(path): cannot open: \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw LedgerError("\(directory): another coordinator is running this job (\(path) is locked)")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
+    deinit { close(fd) }
 }

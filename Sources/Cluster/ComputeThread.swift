@@ -13,7 +13,9 @@ import Glibc
 final class ComputeThread: @unchecked Sendable {
     private let context: ZMQContext
     private let endpoint: String
-    private let options: WorkerOptions
+    private var options: WorkerOptions
+    /// Messages that arrived while a task was fetching chunks, handled after it.
+    private var deferred: [[[UInt8]]] = []
     private let log: (String) -> Void
     private let finished = DispatchSemaphore(value: 0)
     private let source: TensorSource
@@ -46,10 +48,19 @@ final class ComputeThread: @unchecked Sendable {
 
     private func loop(_ pair: ZMQSocket) {
         while true {
-            guard let frames = try? pair.receiveMultipart(), let message = try? WireMessage.decode(frames.map(\.bytes)) else { return }
+            let bytes: [[UInt8]]
+            if !deferred.isEmpty {
+                bytes = deferred.removeFirst()
+            } else {
+                guard let frames = try? pair.receiveMultipart() else { return }
+                bytes = frames.map(\.bytes)
+            }
+            guard let message = try? WireMessage.decode(bytes) else { continue }
             switch message.envelope.body {
             case .welcome(let w):
                 source.announce(w.modelFiles)
+                if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
+                if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
             case .assign(let a):
                 do {
                     let reply = try run(a, pair: pair)
@@ -174,7 +185,8 @@ final class ComputeThread: @unchecked Sendable {
             case .shutdown:
                 throw Stop()
             default:
-                continue
+                // An Assign (or Welcome) while fetching: keep it for after this task.
+                deferred.append(frames.map(\.bytes))
             }
         }
         return buffer

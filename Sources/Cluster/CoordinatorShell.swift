@@ -4,6 +4,12 @@ import Protocol
 import Pruning
 import Tensors
 import ZeroMQ
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Set by SIGTERM/SIGINT while a coordinator runs.
+nonisolated(unsafe) private var coordinatorStopRequested: sig_atomic_t = 0
 
 /// CURVE settings of a coordinator on tcp://: its key pair and the worker public keys
 /// allowed in (checked by a ZAP handler).
@@ -34,6 +40,8 @@ public final class CoordinatorShell {
     private var names: [String: String] = [:]
     private let progress: ProgressReporter
     private var files: [String: FileHandle] = [:]
+    /// The failure reason when a signal stopped the coordinator.
+    public static let stoppedBySignal = "stopped by signal"
     /// Called every loop turn (the embedded launcher restarts dead workers here).
     public var onTurn: (() -> Void)?
     /// Messages dropped as malformed, for tests and status.
@@ -79,10 +87,30 @@ public final class CoordinatorShell {
     /// The bound endpoints' actual addresses (tcp://127.0.0.1:* resolved).
     public var boundEndpoint: String { router.lastEndpoint }
 
-    /// Runs until every task is done or the job fails.
+    /// Runs until every task is done, the job fails, or SIGTERM/SIGINT stops it (then
+    /// the outcome is `.failed("stopped by signal")` and the ledger says "stopped").
     public func run() throws -> CoordinatorCore.Outcome {
+        coordinatorStopRequested = 0
+        signal(SIGTERM) { _ in coordinatorStopRequested = 1 }
+        signal(SIGINT) { _ in coordinatorStopRequested = 1 }
+        defer {
+            signal(SIGTERM, SIG_DFL)
+            signal(SIGINT, SIG_DFL)
+        }
         try execute(core.tick(now: now()))
         while core.outcome == nil {
+            if coordinatorStopRequested != 0 {
+                log("stopping on signal; the job can continue with prune resume")
+                try workload.ledger.setJobValue("state", "stopped")
+                for worker in core.workerIDs {
+                    var s = Prune_V1_Shutdown()
+                    s.reason = "coordinator stopped"
+                    send(worker, .with(.shutdown(s)))
+                }
+                try workload.ledger.flush()
+                try workload.ledger.markWorkersFinished(at: Date().timeIntervalSince1970)
+                return .failed(CoordinatorShell.stoppedBySignal)
+            }
             var poller = ZMQPoller()
             _ = poller.add(router)
             let ready = try poller.poll(timeoutMs: min(100, settings.heartbeatMs))
@@ -165,7 +193,11 @@ public final class CoordinatorShell {
         case .result(let r):
             try handleResult(r, payloads: message.payloads, from: worker)
         case .fail(let f):
-            try workload.ledger.markAttemptFailed(task: f.taskID, attempts: Int(f.attempt), cause: f.cause, at: Date().timeIntervalSince1970)
+            // Only the current attempt counts: a late Fail for a task leased elsewhere or
+            // already done must not touch its ledger row.
+            if case .leased(let holder, let attempt, _)? = core.state(of: f.taskID), holder == worker, attempt == Int(f.attempt) {
+                try workload.ledger.markAttemptFailed(task: f.taskID, attempts: Int(f.attempt), cause: f.cause, at: Date().timeIntervalSince1970)
+            }
             try execute(core.failed(task: f.taskID, by: worker, attempt: Int(f.attempt), cause: f.cause, retryable: f.retryable, now: t))
         case .goodbye(let g):
             try execute(core.goodbye(worker: worker, reason: g.reason, now: t))

@@ -4,6 +4,12 @@ import Protocol
 import Tensors
 import ZeroMQ
 
+/// The coordinator was stopped by SIGTERM/SIGINT; `prune resume` continues the job.
+public struct JobStopped: Error, CustomStringConvertible {
+    public init() {}
+    public var description: String { "stopped by signal; continue with prune resume" }
+}
+
 /// A job that could not complete (a task failed K times, a bad input found by a worker).
 public struct JobFailed: Error, CustomStringConvertible {
     public let description: String
@@ -104,7 +110,10 @@ public struct EmbeddedCluster {
             while children.contains(where: { $0?.isRunning ?? false }) && Date() < deadline { usleep(20_000) }
             for c in children where c?.isRunning ?? false { c?.terminate() }
             unlink(String(endpoint.dropFirst("ipc://".count)))
-            if case .failed(let reason) = outcome { throw JobFailed(reason) }
+            if case .failed(let reason) = outcome {
+                if reason == CoordinatorShell.stoppedBySignal { throw JobStopped() }
+                throw JobFailed(reason)
+            }
         }
     }
 

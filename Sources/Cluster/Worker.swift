@@ -71,7 +71,7 @@ public final class Worker {
             pair.close()
         }
 
-        let s = options.settings
+        var s = options.settings
         var backoff = s.reconnectMs
         var dealer = try connect()
         var lastHeard = now()
@@ -106,13 +106,16 @@ public final class Worker {
                     switch message.envelope.body {
                     case .welcome(let w):
                         log("welcomed into job \(w.jobID)")
+                        // The coordinator's liveness settings rule (chunking goes to compute).
+                        if w.heartbeatMs > 0 { s.heartbeatMs = Int(w.heartbeatMs) }
+                        if w.liveness > 0 { s.liveness = Int(w.liveness) }
                         try pair.send(frames.map(\.bytes))
                     case .reject(let r):
                         log("rejected by the coordinator: \(r.reason)")
                         FileHandle.standardError.write(Data("prune worker: rejected by the coordinator: \(r.reason)\n".utf8))
                         return 2
                     case .assign(let a):
-                        running = [a.taskID]
+                        running.append(a.taskID)
                         try pair.send(frames.map(\.bytes))
                     case .chunk:
                         try pair.send(frames.map(\.bytes))
@@ -131,11 +134,12 @@ public final class Worker {
                     let bytes = frames.map(\.bytes)
                     if let m = try? WireMessage.decode(bytes) {
                         switch m.envelope.body {
-                        case .result, .fail: running = []
+                        case .result(let r): running.removeAll { $0 == r.taskID }
+                        case .fail(let f): running.removeAll { $0 == f.taskID }
                         default: break
                         }
                     }
-                    try dealer.send(bytes)
+                    if !(try dealer.send(bytes, dontWait: true)) { log("could not queue a message for the coordinator; it will be retried by lease expiry") }
                 }
             }
             let t = now()
@@ -147,7 +151,8 @@ public final class Worker {
             }
             if t - lastHeard > Int64(s.deadAfterMs) {
                 // Paranoid Pirate: the coordinator is silent; reconnect with backoff.
-                log("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms")
+                log("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms"
+                    + (options.curveServerKey != nil ? " (if this repeats: is this worker's public key on the coordinator's allow-list, and the server key right?)" : ""))
                 dealer.close()
                 let until = now() + Int64(backoff)
                 while now() < until && stopRequested == 0 { usleep(50_000) }
@@ -162,6 +167,9 @@ public final class Worker {
     private func connect() throws -> ZMQSocket {
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setLinger(ms: 1000)
+        // A routing id of our own, unique across processes and runs (libzmq's defaults
+        // repeat from one coordinator process to the next, which would mix up workers).
+        try dealer.setRoutingId((0..<16).map { _ in UInt8.random(in: 0...255) })
         try dealer.setMaxMessageSize(options.settings.maxFrameBytes)
         if let pub = options.curvePublicKey, let sec = options.curveSecretKey, let server = options.curveServerKey {
             try dealer.setCurveClient(publicKey: pub, secretKey: sec, serverKey: server)
@@ -185,13 +193,16 @@ public final class Worker {
         return e
     }
 
+    /// Never blocks: a DEALER with no working connection (coordinator down, or CURVE
+    /// refused) would block a plain send forever. Unsent heartbeats and Hellos are
+    /// simply sent again later.
     private func send(_ socket: ZMQSocket, _ envelope: Prune_V1_Envelope) throws {
         var frames = try WireMessage.frames(envelope)
         if envelope.protocolVersion != Settings.protocolVersion {
             // Only the version test sends another version: keep it in the envelope.
             frames[0] = try envelope.serializedBytes()
         }
-        try socket.send(frames)
+        try socket.send(frames, dontWait: true)
     }
 
     private func decode(_ frames: [ZMQFrame]) -> WireMessage? {

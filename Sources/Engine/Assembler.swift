@@ -9,6 +9,11 @@ public struct Assembler {
     public let plan: Plan
     public let masks: [String: Mask]
     public let spec: JobSpec
+    /// New values of pruned tensors whose kept weights a method updated (SparseGPT),
+    /// written back in the tensor's own dtype (BF16 rounded to nearest even).
+    public var updated: [String: [Float]] = [:]
+    /// Reconstruction error per tensor, for the manifest.
+    public var errors: [String: Double] = [:]
 
     public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
         self.checkpoint = checkpoint
@@ -149,14 +154,15 @@ public struct Assembler {
             tensors[t.name] = Manifest.Tensor(
                 shape: t.shape, dtype: t.dtype.rawValue, pruned: mask != nil,
                 pattern: mask == nil ? nil : plan.pattern.description,
-                method: mask == nil ? nil : spec.criterion.name,
+                method: mask == nil ? nil : spec.method.rawValue,
                 targetSparsity: mask == nil ? nil : plan.sparsity,
                 achievedSparsity: t.elementCount == 0 ? 0 : Double(w.zeros) / Double(t.elementCount),
                 masked: mask?.prunedCount ?? 0, zeros: w.zeros, elements: t.elementCount,
-                sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: nil)
+                sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: errors[t.name],
+                valuesUpdated: updated[t.name] != nil)
         }
         let manifest = Manifest(
-            specSHA256: spec.digest, method: spec.criterion.name, pattern: plan.pattern.description, sparsity: plan.sparsity,
+            specSHA256: spec.digest, method: spec.method.rawValue, pattern: plan.pattern.description, sparsity: plan.sparsity,
             modelFiles: modelFiles, tensors: tensors,
             totals: .init(denseBytes: denseBytes, sparseBytes: sparseBytes,
                           sparseToDenseRatio: Double(sparseBytes) / Double(max(denseBytes, 1)),
@@ -175,9 +181,23 @@ public struct Assembler {
             return try shard.forEachRowBlock(t, maxBytes: blockBytes, body)
         }
         var out: [UInt8] = []
+        var encoded: [UInt8] = []
+        let values = updated[t.name]
         try shard.forEachRowBlock(t, maxBytes: blockBytes) { rows, source in
             if out.count != source.count { out = [UInt8](repeating: 0, count: source.count) }
-            out.withUnsafeMutableBytes { MaskApplication.apply(mask, rows: rows, source: source, elementSize: t.dtype.size, into: $0) }
+            var input = source
+            if let values {
+                // Updated weights replace the source values, encoded in the tensor's dtype.
+                if encoded.count != source.count { encoded = [UInt8](repeating: 0, count: source.count) }
+                let cols = t.cols
+                values.withUnsafeBufferPointer { v in
+                    encoded.withUnsafeMutableBytes {
+                        FloatConversion.fromFloat(UnsafeBufferPointer(rebasing: v[(rows.lowerBound * cols)..<(rows.upperBound * cols)]), dtype: t.dtype, into: $0)
+                    }
+                }
+                input = encoded.withUnsafeBytes { $0 }
+            }
+            out.withUnsafeMutableBytes { MaskApplication.apply(mask, rows: rows, source: input, elementSize: t.dtype.size, into: $0) }
             try out.withUnsafeBytes { try body(rows, $0) }
         }
     }

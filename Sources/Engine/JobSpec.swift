@@ -42,7 +42,40 @@ public struct NamePattern: @unchecked Sendable, CustomStringConvertible {
 /// A pruning job, as written in job.yaml (see docs/job-spec.md).
 public struct JobSpec: Sendable {
     public enum Method: String, Sendable, CaseIterable {
-        case magnitude, random
+        case magnitude, random, wanda, sparsegpt
+
+        /// Methods that need calibration activations.
+        public var needsCalibration: Bool { self == .wanda || self == .sparsegpt }
+    }
+
+    /// Calibration: which activations Wanda and SparseGPT see.
+    public struct Calibration: Sendable, Equatable {
+        public enum Mode: String, Sendable, CaseIterable {
+            /// Block b sees the outputs of blocks < b already pruned (as both papers do).
+            case sequential
+            /// Every block sees the dense model's activations (all blocks independent).
+            case dense
+        }
+        /// Text file (tokenized with the model's tokenizer.json), or token ids as
+        /// .safetensors (`input_ids`, int32 [N, T]) or .npy (int32/int64 [N, T]).
+        public var data: String
+        public var samples: Int = 64
+        public var tokens: Int = 256
+        public var seed: UInt64 = 0
+        public var mode: Mode = .sequential
+    }
+
+    /// Held-out data the job evaluates dense and pruned models on (perplexity).
+    public struct Evaluation: Sendable, Equatable {
+        public var data: String
+        public var samples: Int = 32
+        public var tokens: Int = 256
+    }
+
+    /// SparseGPT's knobs (IST-DASLab defaults).
+    public struct SparseGPTOptions: Sendable, Equatable {
+        public var blockSize: Int = 128
+        public var damp: Double = 0.01
     }
 
     /// Checkpoint directory or .safetensors file.
@@ -56,6 +89,9 @@ public struct JobSpec: Sendable {
     public var targets: [NamePattern]
     public var ignore: [NamePattern]
     public var allowNonFinite: Bool
+    public var calibration: Calibration?
+    public var evaluation: Evaluation?
+    public var sparseGPT = SparseGPTOptions()
     /// sha256 of the spec file's bytes.
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
@@ -66,7 +102,7 @@ public struct JobSpec: Sendable {
     public static let defaultTargets = ["re:.*"]
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
-    static let keys = ["model", "output", "method", "sparsity", "pattern", "seed", "targets", "ignore", "allow_nonfinite"]
+    static let keys = ["model", "output", "method", "sparsity", "pattern", "seed", "targets", "ignore", "allow_nonfinite", "calibration", "evaluation", "sparsegpt"]
 
     /// Reads and validates a spec file. Relative paths are relative to the spec's directory.
     public static func load(path: String) throws -> JobSpec {
@@ -175,29 +211,112 @@ public struct JobSpec: Sendable {
             }
             allow = b
         }
-        let source = bytes ?? Array(yaml.utf8)
-        return JobSpec(model: model, output: output, method: method, sparsity: sparsity, pattern: pattern, seed: seed,
-                       targets: try list("targets", default: defaultTargets),
-                       ignore: try list("ignore", default: defaultIgnore),
-                       allowNonFinite: allow,
-                       digest: source.withUnsafeBytes { SHA256Stream.hex($0) }, source: source,
-                       baseDirectory: baseDirectory)
-    }
-
-    /// The criterion the method names.
-    public var criterion: any ImportanceCriterion {
-        switch method {
-        case .magnitude: return MagnitudeCriterion()
-        case .random: return RandomCriterion(seed: seed)
+        let calibration = try values["calibration"].map { try parseCalibration($0, file: file, resolve: resolve) }
+        if method.needsCalibration && calibration == nil {
+            throw SpecError("\(where_(file, values["method"])): method \(method.rawValue) needs a 'calibration' section (data, samples, tokens)")
         }
+        if !method.needsCalibration, let node = values["calibration"] {
+            throw SpecError("\(where_(file, node)): calibration: method \(method.rawValue) does not use calibration data")
+        }
+        var sparseGPT = SparseGPTOptions()
+        if let node = values["sparsegpt"] {
+            guard method == .sparsegpt else { throw SpecError("\(where_(file, node)): sparsegpt: options given but method is \(method.rawValue)") }
+            sparseGPT = try parseSparseGPT(node, file: file)
+        }
+        let source = bytes ?? Array(yaml.utf8)
+        var spec = JobSpec(model: model, output: output, method: method, sparsity: sparsity, pattern: pattern, seed: seed,
+                           targets: try list("targets", default: defaultTargets),
+                           ignore: try list("ignore", default: defaultIgnore),
+                           allowNonFinite: allow,
+                           digest: source.withUnsafeBytes { SHA256Stream.hex($0) }, source: source,
+                           baseDirectory: baseDirectory)
+        spec.calibration = calibration
+        spec.sparseGPT = sparseGPT
+        if let node = values["evaluation"] {
+            let m = try JobSpec.mapping(node, key: "evaluation", known: ["data", "samples", "tokens"], file: file)
+            guard let dataNode = m["data"], let data = dataNode.scalar?.string, !data.isEmpty else {
+                throw SpecError("\(where_(file, node)): evaluation: missing 'data' (held-out text or token ids)")
+            }
+            let path = resolve(data)
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw SpecError("\(where_(file, dataNode)): evaluation.data: cannot read \(path)")
+            }
+            var e = Evaluation(data: path)
+            if let v = try JobSpec.positiveInt(m["samples"], "evaluation.samples", file: file, minimum: 1) { e.samples = v }
+            if let v = try JobSpec.positiveInt(m["tokens"], "evaluation.tokens", file: file, minimum: 2) { e.tokens = v }
+            spec.evaluation = e
+        }
+        return spec
     }
 
-    /// The criterion for a method named on the wire.
+    private static func mapping(_ node: Node, key: String, known: [String], file: String) throws -> [String: Node] {
+        guard let map = node.mapping else { throw SpecError("\(where_(file, node)): '\(key)' must be a mapping") }
+        var out: [String: Node] = [:]
+        for (k, v) in map {
+            guard let name = k.string, known.contains(name) else {
+                throw SpecError("\(where_(file, k)): unknown key '\(key).\(k.string ?? "?")' (known: \(known.joined(separator: ", ")))")
+            }
+            out[name] = v
+        }
+        return out
+    }
+
+    private static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int) throws -> Int? {
+        guard let node else { return nil }
+        guard let v = node.scalar.flatMap({ Int($0.string) }), v >= minimum else {
+            throw SpecError("\(where_(file, node)): \(name): must be an integer ≥ \(minimum)")
+        }
+        return v
+    }
+
+    private static func parseCalibration(_ node: Node, file: String, resolve: (String) -> String) throws -> Calibration {
+        let m = try mapping(node, key: "calibration", known: ["data", "samples", "tokens", "seed", "mode"], file: file)
+        guard let dataNode = m["data"], let data = dataNode.scalar?.string, !data.isEmpty else {
+            throw SpecError("\(where_(file, node)): calibration: missing 'data' (a text file, or token ids as .safetensors or .npy)")
+        }
+        let path = resolve(data)
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw SpecError("\(where_(file, dataNode)): calibration.data: cannot read \(path)")
+        }
+        var c = Calibration(data: path)
+        if let v = try positiveInt(m["samples"], "calibration.samples", file: file, minimum: 1) { c.samples = v }
+        if let v = try positiveInt(m["tokens"], "calibration.tokens", file: file, minimum: 2) { c.tokens = v }
+        if let v = try positiveInt(m["seed"], "calibration.seed", file: file, minimum: 0) { c.seed = UInt64(v) }
+        if let node = m["mode"] {
+            guard let mode = node.scalar.flatMap({ Calibration.Mode(rawValue: $0.string) }) else {
+                throw SpecError("\(where_(file, node)): calibration.mode: must be sequential or dense")
+            }
+            c.mode = mode
+        }
+        return c
+    }
+
+    private static func parseSparseGPT(_ node: Node, file: String) throws -> SparseGPTOptions {
+        let m = try mapping(node, key: "sparsegpt", known: ["block_size", "damp"], file: file)
+        var o = SparseGPTOptions()
+        if let v = try positiveInt(m["block_size"], "sparsegpt.block_size", file: file, minimum: 1) { o.blockSize = v }
+        if let node = m["damp"] {
+            guard let d = node.scalar.flatMap({ Double($0.string) }), d > 0, d < 1 else {
+                throw SpecError("\(where_(file, node)): sparsegpt.damp: must be a fraction in (0, 1), e.g. 0.01")
+            }
+            o.damp = d
+        }
+        return o
+    }
+
+    /// The criterion of a method that needs no data (nil for Wanda and SparseGPT,
+    /// which the calibrator runs).
+    public var dataFreeCriterion: (any ImportanceCriterion)? {
+        try? JobSpec.criterion(method: method.rawValue, seed: seed)
+    }
+
+    /// The criterion for a data-free method named on the wire.
     public static func criterion(method: String, seed: UInt64) throws -> any ImportanceCriterion {
         guard let m = Method(rawValue: method) else { throw SpecError("unknown method '\(method)'") }
         switch m {
         case .magnitude: return MagnitudeCriterion()
         case .random: return RandomCriterion(seed: seed)
+        case .wanda, .sparsegpt: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
         }
     }
 }

@@ -42,8 +42,13 @@ public struct LocalRunner {
 
     private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date) throws -> Summary {
 
+        if spec.method.needsCalibration {
+            let result = try Calibrator(spec: spec, plan: plan, checkpoint: checkpoint, quiet: quiet).run()
+            return try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: result.masks,
+                                updated: result.updated, errors: result.errors)
+        }
+        guard let criterion = spec.dataFreeCriterion else { throw SpecError("method \(spec.method.rawValue) has no criterion") }
         // The same tasks the cluster runs, executed here in order.
-        let criterion = spec.criterion
         let tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: maxWeightsPerTask)
         var blocks: [String: [Mask]] = [:]
         let progress = ProgressReporter(label: "prune", total: tasks.count, quiet: quiet)
@@ -59,18 +64,45 @@ public struct LocalRunner {
             checkpoint.shard(of: t.name)!.release(t.info)
         }
 
+        return try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: masks, updated: [:], errors: [:])
+    }
+
+    private func assemble(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date, masks: [String: Mask],
+                          updated: [String: [Float]], errors: [String: Double]) throws -> Summary {
         let staging = try job.makeStaging()
         do {
             let assembleProgress = ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet)
             var assembler = Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
             assembler.blockBytes = assemblyBlockBytes
+            assembler.updated = updated
+            assembler.errors = errors
+            let pruneSeconds = Date().timeIntervalSince(start)
             let manifest = try assembler.write(to: staging, progress: assembleProgress)
             try job.publish(staging: staging)
+            var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune" : "prune", seconds: pruneSeconds),
+                          JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(start) - pruneSeconds)]
+            try LocalRunner.report(spec: spec, manifest: manifest, job: job, phases: &phases, quiet: quiet)
             return Summary(manifest: manifest, outDirectory: job.outPath, seconds: Date().timeIntervalSince(start))
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
             throw error
         }
+    }
+
+    /// Evaluates dense and pruned models when the spec asks, and writes report.md,
+    /// report.json and report.svg into the job directory.
+    public static func report(spec: JobSpec, manifest: Manifest, job: JobDirectory, phases: inout [JobReport.Phase], quiet: Bool) throws {
+        var dense: Evaluator.Result?, pruned: Evaluator.Result?
+        if let e = spec.evaluation {
+            let started = Date()
+            let modelDirectory = try Checkpoint(path: spec.model).directory
+            let windows = try Evaluator.windows(data: e.data, modelDirectory: modelDirectory, samples: e.samples, tokens: e.tokens)
+            dense = try Evaluator.perplexity(modelDirectory: modelDirectory, windows: windows, label: "evaluate dense", quiet: quiet)
+            pruned = try Evaluator.perplexity(modelDirectory: (job.outPath as NSString).appendingPathComponent("dense"), windows: windows,
+                                              label: "evaluate pruned", quiet: quiet)
+            phases.append(.init(name: "evaluate", seconds: Date().timeIntervalSince(started)))
+        }
+        try JobReport(manifest: manifest, phases: phases, dense: dense, pruned: pruned).write(to: job.path)
     }
 
     /// NaN or Inf in any floating tensor ends the job before anything is written, naming

@@ -19,6 +19,8 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var sha256Sparse: String
         /// ||WX − ŴX||² when a method reconstructs from calibration data; null otherwise.
         public var reconstructionError: Double?
+        /// The method changed kept weights too (SparseGPT's update), not just zeroed some.
+        public var valuesUpdated: Bool = false
 
         enum CodingKeys: String, CodingKey {
             case shape, dtype, pruned, pattern, method, elements, zeros, masked
@@ -27,6 +29,44 @@ public struct Manifest: Codable, Sendable, Equatable {
             case sha256Dense = "sha256_dense"
             case sha256Sparse = "sha256_sparse"
             case reconstructionError = "reconstruction_error"
+            case valuesUpdated = "values_updated"
+        }
+
+        public init(shape: [Int], dtype: String, pruned: Bool, pattern: String?, method: String?, targetSparsity: Double?,
+                    achievedSparsity: Double, masked: Int, zeros: Int, elements: Int, sha256Dense: String, sha256Sparse: String,
+                    reconstructionError: Double?, valuesUpdated: Bool = false) {
+            self.shape = shape
+            self.dtype = dtype
+            self.pruned = pruned
+            self.pattern = pattern
+            self.method = method
+            self.targetSparsity = targetSparsity
+            self.achievedSparsity = achievedSparsity
+            self.masked = masked
+            self.zeros = zeros
+            self.elements = elements
+            self.sha256Dense = sha256Dense
+            self.sha256Sparse = sha256Sparse
+            self.reconstructionError = reconstructionError
+            self.valuesUpdated = valuesUpdated
+        }
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            shape = try c.decode([Int].self, forKey: .shape)
+            dtype = try c.decode(String.self, forKey: .dtype)
+            pruned = try c.decode(Bool.self, forKey: .pruned)
+            pattern = try c.decodeIfPresent(String.self, forKey: .pattern)
+            method = try c.decodeIfPresent(String.self, forKey: .method)
+            targetSparsity = try c.decodeIfPresent(Double.self, forKey: .targetSparsity)
+            achievedSparsity = try c.decode(Double.self, forKey: .achievedSparsity)
+            masked = try c.decode(Int.self, forKey: .masked)
+            zeros = try c.decode(Int.self, forKey: .zeros)
+            elements = try c.decode(Int.self, forKey: .elements)
+            sha256Dense = try c.decode(String.self, forKey: .sha256Dense)
+            sha256Sparse = try c.decode(String.self, forKey: .sha256Sparse)
+            reconstructionError = try c.decodeIfPresent(Double.self, forKey: .reconstructionError)
+            valuesUpdated = try c.decodeIfPresent(Bool.self, forKey: .valuesUpdated) ?? false
         }
 
         public func encode(to encoder: Encoder) throws {
@@ -45,6 +85,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             try c.encode(sha256Sparse, forKey: .sha256Sparse)
             // Always present, null when not computed, so readers need not guess.
             if let reconstructionError { try c.encode(reconstructionError, forKey: .reconstructionError) } else { try c.encodeNil(forKey: .reconstructionError) }
+            if valuesUpdated { try c.encode(true, forKey: .valuesUpdated) }
         }
     }
 

@@ -200,13 +200,15 @@ public nonisolated struct Prune_V1_Hello: Sendable {
 
   public var memoryBytes: UInt64 = 0
 
-  /// Directories where the worker looks for a local copy of the checkpoint files.
+  /// Directories where the worker looks for a local copy of the checkpoint files
+  /// (informational: the worker does the looking).
   public var dataRoots: [String] = []
 
-  /// Stable for the life of the worker process (host:pid:random).
+  /// For logs and the ledger; stable for the life of the worker process (host:pid by default).
   public var workerName: String = String()
 
-  /// Tasks still running in this process after a reconnect.
+  /// Tasks still running in this process after a reconnect (informational: their
+  /// results are accepted whenever they arrive, leases or not).
   public var runningTasks: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -257,7 +259,9 @@ public nonisolated struct Prune_V1_ModelFile: Sendable {
   public init() {}
 }
 
-/// Coordinator → worker: not admitted (version mismatch, unknown key, job over).
+/// Coordinator → worker: not admitted (protocol version mismatch, or the job is over).
+/// A worker whose CURVE key is not allowed never gets this far: the ZAP handler refuses
+/// the connection and the worker sees a silent coordinator.
 public nonisolated struct Prune_V1_Reject: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -410,6 +414,8 @@ public nonisolated struct Prune_V1_Result: Sendable {
 
   public var kept: UInt64 = 0
 
+  /// Reserved for workers that scan their tensor block for NaN/Inf (the coordinator
+  /// scans before the job starts today; these stay 0).
   public var nanCount: UInt64 = 0
 
   public var infCount: UInt64 = 0
@@ -439,7 +445,8 @@ public nonisolated struct Prune_V1_Fail: Sendable {
   public init() {}
 }
 
-/// Coordinator → worker: stop a task (its lease was given to another worker).
+/// Coordinator → worker: a task's lease was given to another worker. The worker may stop
+/// it; today it lets it finish (its result is then acknowledged with accepted = false).
 public nonisolated struct Prune_V1_Cancel: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -522,7 +529,8 @@ public nonisolated struct Prune_V1_Ack: Sendable {
   public init() {}
 }
 
-/// Worker → coordinator: leaving (SIGTERM or Shutdown); its tasks go back to the queue.
+/// Worker → coordinator: leaving on SIGTERM/SIGINT; its tasks go back to the queue at
+/// once. (On Shutdown the worker just exits: the job is over.)
 public nonisolated struct Prune_V1_Goodbye: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for

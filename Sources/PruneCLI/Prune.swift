@@ -1,4 +1,5 @@
 import ArgumentParser
+import Models
 import Cluster
 import Engine
 import Foundation
@@ -11,6 +12,8 @@ import ZeroMQ
 enum ExitStatus {
     static let checkFailed: Int32 = 1
     static let badInput: Int32 = 2
+    /// 128 + SIGTERM, as shells report a process stopped by SIGTERM.
+    static let stoppedBySignal: Int32 = 143
 }
 
 @main
@@ -20,7 +23,7 @@ struct Prune: ParsableCommand {
         abstract: "Prune neural-network checkpoints: magnitude or random, unstructured, per-row, N:M or whole rows.",
         discussion: "Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.",
         subcommands: [Inspect.self, Run.self, Check.self, Densify.self, Resume.self, Status.self,
-                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self, BenchCoordinator.self])
+                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self, ImportGGUF.self, BenchCoordinator.self])
 
     /// `prune` alone is a usage error: print the help and exit 2.
     func run() throws {
@@ -43,6 +46,9 @@ struct Prune: ParsableCommand {
             fail(e.description)
         } catch let e as JobFailed {
             fail("job failed: \(e.description)")
+        } catch let e as JobStopped {
+            FileHandle.standardError.write(Data("prune: \(e.description)\n".utf8))
+            Foundation.exit(ExitStatus.stoppedBySignal)
         } catch let e as CheckFailed {
             Foundation.exit(e.code)
         } catch let e as CocoaError {
@@ -137,7 +143,11 @@ struct Run: ParsableCommand {
     func run() throws {
         let job = try JobSpec.load(path: spec)
         let start = Date()
-        if workers == 0 {
+        if workers > 0 && job.method.needsCalibration && !quiet {
+            // Distributed calibration is not built yet: Wanda and SparseGPT run here.
+            FileHandle.standardError.write(Data("note: \(job.method.rawValue) calibrates in this process (distributed calibration is not built yet)\n".utf8))
+        }
+        if workers == 0 || job.method.needsCalibration {
             var local = LocalRunner(spec: job, quiet: quiet)
             local.maxWeightsPerTask = tuning.settings.maxWeightsPerTask
             let summary = try local.run()
@@ -177,9 +187,34 @@ struct Check: ParsableCommand {
     @Argument(help: "The job directory, or its out/ directory.")
     var output: String
 
+    @Option(help: "Held-out text (or token ids) to compare perplexity of the original and pruned models on.")
+    var eval: String?
+
+    @Option(help: "Evaluation windows.")
+    var evalSamples = 32
+
+    @Option(help: "Tokens per evaluation window.")
+    var evalTokens = 256
+
+    @Flag(name: .shortAndLong, help: "No progress output.")
+    var quiet = false
+
     func run() throws {
         let report = try Checker.check(original: original, output: output)
         for f in report.failures { print("FAIL \(f)") }
+        if let eval {
+            let source = try Checkpoint(path: original).directory
+            var outDir = output
+            if !FileManager.default.fileExists(atPath: (outDir as NSString).appendingPathComponent("manifest.json")) {
+                outDir = (output as NSString).appendingPathComponent("out")
+            }
+            let windows = try Evaluator.windows(data: eval, modelDirectory: source, samples: evalSamples, tokens: evalTokens)
+            let dense = try Evaluator.perplexity(modelDirectory: source, windows: windows, label: "evaluate dense", quiet: quiet)
+            let pruned = try Evaluator.perplexity(modelDirectory: (outDir as NSString).appendingPathComponent("dense"), windows: windows,
+                                                  label: "evaluate pruned", quiet: quiet)
+            print(String(format: "perplexity on %d tokens: dense %.3f, pruned %.3f (%.2f× dense)", pruned.tokens, dense.perplexity,
+                         pruned.perplexity, pruned.perplexity / dense.perplexity))
+        }
         if report.passed {
             print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) pruned, \(report.zeros) zeros verified; sparse/ rebuilds dense/ bit-exactly")
         } else {
@@ -293,7 +328,10 @@ func runCoordinator(_ job: ClusterJob, bind: String, security: SecurityOptions, 
     let context = try ZMQContext()
     let shell = try CoordinatorShell(workload: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, log: coordinatorLog(quiet: quiet))
     if !quiet { FileHandle.standardError.write(Data("coordinator: listening on \(shell.boundEndpoint)\n".utf8)) }
-    if case .failed(let reason) = try shell.run() { throw JobFailed(reason) }
+    if case .failed(let reason) = try shell.run() {
+        if reason == CoordinatorShell.stoppedBySignal { throw JobStopped() }
+        throw JobFailed(reason)
+    }
     return try job.assemble(quiet: quiet)
 }
 
@@ -323,8 +361,13 @@ struct CoordinatorCommand: ParsableCommand {
         var settings = tuning.settings
         settings.maxAttempts = maxAttempts
         let start = Date()
-        // Check the endpoint before creating anything.
+        // Check the endpoint and read the keys before creating anything.
         try EndpointPolicy.check(bind, curve: security.curveSecret != nil, insecure: security.insecure)
+        if let secret = security.curveSecret {
+            _ = try KeyFiles.readKey(secret)
+            guard let allow = security.allow else { throw ValidationError("--curve-secret needs --allow FILE (worker public keys)") }
+            _ = try KeyFiles.readAllowList(allow)
+        }
         let clusterJob = try ClusterJob.prepare(spec: try JobSpec.load(path: job), settings: settings)
         let manifest = try runCoordinator(clusterJob, bind: bind, security: security, quiet: quiet)
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
@@ -387,6 +430,11 @@ struct Keygen: ParsableCommand {
     var dir = "."
 
     func run() throws {
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw SpecError("\(dir): cannot create: \(CheckpointError.reason(error))")
+        }
         let (pub, sec) = try KeyFiles.write(name: name, directory: dir)
         print("wrote \(pub) and \(sec)")
     }
@@ -430,5 +478,30 @@ struct BenchCoordinator: ParsableCommand {
         try cluster.run(log: { _ in })
         let seconds = Date().timeIntervalSince(start)
         print(String(format: "{\"tasks\": %d, \"workers\": %d, \"seconds\": %.3f, \"tasks_per_second\": %.1f}", tasks, workers, seconds, Double(tasks) / seconds))
+    }
+}
+
+struct ImportGGUF: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import-gguf",
+        abstract: "Convert a llama.cpp GGUF (llama architecture; F32, F16, BF16, Q8_0, Q4_0, Q4_1) to safetensors + config.json + tokenizer files.")
+
+    @Argument(help: "The .gguf file.")
+    var gguf: String
+
+    @Argument(help: "Output directory (new or empty).")
+    var output: String
+
+    @Option(help: "dtype of the written weights: F32, F16 or BF16.")
+    var dtype = "F32"
+
+    func run() throws {
+        guard let d = DType(rawValue: dtype.uppercased()), d.isFloat else { throw ValidationError("--dtype must be F32, F16 or BF16") }
+        let start = Date()
+        let summary = try GGUFImporter.importModel(gguf: gguf, to: output, dtype: d)
+        let types = summary.sourceTypes.keys.sorted().map { "\($0) \(summary.sourceTypes[$0]!)" }.joined(separator: ", ")
+        print(String(format: "wrote %@: %d layers, %d tensors, %d parameters (%@), from %@; %.1fs", summary.outputDirectory, summary.layers,
+                     summary.tensorCount, summary.parameterCount, summary.tiedEmbeddings ? "tied embeddings" : "separate lm_head", types,
+                     Date().timeIntervalSince(start)))
     }
 }

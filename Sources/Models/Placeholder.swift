@@ -1,1 +1,0 @@
-// Models: GGUF import, tokenizers, forward passes.
