@@ -15,6 +15,7 @@ public final class ClusterJob {
     public let plan: Plan
     public let tasks: [MaskTaskPlan]
     public let taskByID: [String: MaskTaskPlan]
+    private let tasksByTensor: [String: [MaskTaskPlan]]
     public let directory: JobDirectory
     public let ledger: Ledger
     public let artifacts: ArtifactStore
@@ -44,6 +45,7 @@ public final class ClusterJob {
         createdDirectory = created
         tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: settings.maxWeightsPerTask)
         taskByID = Dictionary(uniqueKeysWithValues: tasks.map { ($0.id, $0) })
+        tasksByTensor = Dictionary(grouping: tasks, by: \.tensor.name)
         artifacts = try ArtifactStore(root: (directory.path as NSString).appendingPathComponent("artifacts"))
     }
 
@@ -179,27 +181,26 @@ public final class ClusterJob {
         return m
     }
 
-    /// The masks of every pruned tensor, joined from the task artifacts in row order.
-    public func masks() throws -> [String: Mask] {
-        var blocks: [String: [Mask]] = [:]
-        for task in tasks {
+    /// A pruned tensor's mask, joined from its tasks' artifacts in row order.
+    public func mask(of tensor: String) throws -> Mask {
+        guard let t = plan.targets.first(where: { $0.name == tensor }) else { throw LedgerError("\(tensor) is not pruned by this job") }
+        var blocks: [Mask] = []
+        for task in tasksByTensor[tensor] ?? [] {
             guard let digest = done[task.id], let bits = artifacts.get(digest) else {
                 throw LedgerError("\(ledgerPath): result of task \(task.id) is missing")
             }
-            blocks[task.tensor.name, default: []].append(try Mask(rows: task.rowCount, cols: task.tensor.cols, bits: bits))
+            blocks.append(try Mask(rows: task.rowCount, cols: task.tensor.cols, bits: bits))
         }
-        var out: [String: Mask] = [:]
-        for t in plan.targets { out[t.name] = try MaskTaskPlan.join(blocks[t.name] ?? [], rows: t.rows, cols: t.cols) }
-        return out
+        return try MaskTaskPlan.join(blocks, rows: t.rows, cols: t.cols)
     }
 
     /// Writes out/ from the masks (staging directory, one rename).
     public func assemble(quiet: Bool) throws -> Manifest {
-        let masks = try masks()
         let staging = try directory.makeStaging()
         do {
             let assembleStart = Date()
-            let manifest = try Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
+            let manifest = try Assembler(checkpoint: checkpoint, plan: plan, pruned: Set(plan.targets.map(\.name)), spec: spec,
+                                         mask: { try self.mask(of: $0) })
                 .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try directory.publish(staging: staging)
             var phases = [JobReport.Phase(name: "prune (workers)", seconds: assembleStart.timeIntervalSince(openedAt)),

