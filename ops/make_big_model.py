@@ -19,10 +19,11 @@ def main():
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=5632)
     ap.add_argument("--shard-gb", type=float, default=1.0)
+    ap.add_argument("--vocab", type=int, default=8000, help="small by default, so the prunable layers dominate the bytes")
     a = ap.parse_args()
-    h, inter, vocab = a.hidden, a.intermediate, 32000
+    h, inter, vocab = a.hidden, a.intermediate, a.vocab
     per_layer = (2 * h * h + 2 * (h // 4) * h + 3 * h * inter) * 4
-    layers = max(1, int((a.gb * 1e9 - 2 * vocab * h * 4) / per_layer))
+    layers = max(1, round((a.gb * 1e9 - 2 * vocab * h * 4) / per_layer + 0.5))
     rng = np.random.default_rng(0)
     os.makedirs(a.dir, exist_ok=True)
     tensors = [("model.embed_tokens.weight", (vocab, h))]

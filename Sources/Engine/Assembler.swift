@@ -44,7 +44,7 @@ public struct Assembler {
     }
 
     /// Largest block of rows held in memory at once.
-    public var blockBytes = 32 << 20
+    public var blockBytes = 8 << 20
 
     /// Writes everything under `directory` (which must exist and be empty).
     ///
@@ -127,6 +127,7 @@ public struct Assembler {
                 perRow.reserveCapacity(t.rows)
                 try forEachOutputBlock(t, shard: shard) { rows, bytes in
                     var values: [UInt8] = []
+                    values.reserveCapacity(bytes.count)
                     perRow += SparseEncoder.appendStored(bytes, rows: rows.count, cols: cols, elementSize: elementSize, into: &values)
                     try emit(values)
                 }

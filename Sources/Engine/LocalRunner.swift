@@ -10,7 +10,7 @@ public struct LocalRunner {
     /// Row blocks per task, as the cluster splits them (does not change the output).
     public var maxWeightsPerTask = 16 << 20
     /// Bytes per block when assembling (does not change the output).
-    public var assemblyBlockBytes = 32 << 20
+    public var assemblyBlockBytes = 8 << 20
 
     public init(spec: JobSpec, quiet: Bool = false) {
         self.spec = spec

@@ -52,7 +52,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// Calls `body` with consecutive row blocks of a tensor of at most `maxBytes` each
     /// (at least one row), releasing each block's pages afterwards, so a pass over a
     /// large tensor keeps little of it resident.
-    public func forEachRowBlock(_ tensor: TensorInfo, maxBytes: Int = 32 << 20,
+    public func forEachRowBlock(_ tensor: TensorInfo, maxBytes: Int = 8 << 20,
                                 _ body: (_ rows: Range<Int>, _ bytes: UnsafeRawBufferPointer) throws -> Void) rethrows {
         let rows = tensor.rows
         let rowBytes = rows == 0 ? 0 : tensor.byteCount / rows

@@ -17,8 +17,8 @@ export OPENBLAS_NUM_THREADS=1
 echo "== 1. coordinator overhead (empty tasks, 2 workers)"
 "$prune" bench-coordinator --tasks 5000 --workers 2
 
-[ -f "$work/model-1gb/config.json" ] || python3 ops/make_big_model.py "$work/model-1gb" --gb 1.0
-[ -f "$work/model-4gb/config.json" ] || python3 ops/make_big_model.py "$work/model-4gb" --gb 4.0
+[ -f "$work/model-1gb/config.json" ] || python3 ops/make_big_model.py "$work/model-1gb" --gb 1.05
+[ -f "$work/model-4gb/config.json" ] || python3 ops/make_big_model.py "$work/model-4gb" --gb 4.1
 du -sh "$work/model-1gb" "$work/model-4gb"
 
 job() { # name model workers
