@@ -132,13 +132,8 @@ struct Run: ParsableCommand {
     @Option(name: .shortAndLong, help: "Worker processes to start (0: run in this process).")
     var workers = 2
 
-    @Option(help: "A task failing this many times fails the job.")
-    var maxAttempts = 3
-
-    @OptionGroup var tuning: TuningOptions
-
-    @Flag(name: .shortAndLong, help: "No progress output.")
-    var quiet = false
+    @OptionGroup var common: JobOptions
+    var quiet: Bool { common.quiet }
 
     func run() throws {
         let job = try JobSpec.load(path: spec)
@@ -149,14 +144,13 @@ struct Run: ParsableCommand {
         }
         if workers == 0 || job.method.needsCalibration {
             var local = LocalRunner(spec: job, quiet: quiet)
-            local.maxWeightsPerTask = tuning.settings.maxWeightsPerTask
+            local.maxWeightsPerTask = common.settings.maxWeightsPerTask
             let summary = try local.run()
             report(summary.manifest, out: summary.outDirectory, seconds: summary.seconds)
             return
         }
         guard workers > 0 else { throw ValidationError("--workers must be 0 or more") }
-        var settings = tuning.settings
-        settings.maxAttempts = maxAttempts
+        let settings = common.settings
         let clusterJob = try ClusterJob.prepare(spec: job, settings: settings)
         let manifest = try EmbeddedCluster.run(job: clusterJob, workers: workers, quiet: quiet, log: coordinatorLog(quiet: quiet))
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
@@ -255,17 +249,11 @@ struct Resume: ParsableCommand {
 
     @OptionGroup var security: SecurityOptions
 
-    @Option(help: "A task failing this many times fails the job.")
-    var maxAttempts = 3
-
-    @OptionGroup var tuning: TuningOptions
-
-    @Flag(name: .shortAndLong, help: "No progress output.")
-    var quiet = false
+    @OptionGroup var common: JobOptions
+    var quiet: Bool { common.quiet }
 
     func run() throws {
-        var settings = tuning.settings
-        settings.maxAttempts = maxAttempts
+        let settings = common.settings
         let start = Date()
         let clusterJob = try ClusterJob.resume(directory: job, settings: settings)
         if !quiet { FileHandle.standardError.write(Data("resuming: \(clusterJob.done.count)/\(clusterJob.tasks.count) tasks already done\n".utf8)) }
@@ -349,17 +337,11 @@ struct CoordinatorCommand: ParsableCommand {
 
     @OptionGroup var security: SecurityOptions
 
-    @Option(help: "A task failing this many times fails the job.")
-    var maxAttempts = 3
-
-    @OptionGroup var tuning: TuningOptions
-
-    @Flag(name: .shortAndLong, help: "No progress output.")
-    var quiet = false
+    @OptionGroup var common: JobOptions
+    var quiet: Bool { common.quiet }
 
     func run() throws {
-        var settings = tuning.settings
-        settings.maxAttempts = maxAttempts
+        let settings = common.settings
         let start = Date()
         // Check the endpoint and read the keys before creating anything.
         try EndpointPolicy.check(bind, curve: security.curveSecret != nil, insecure: security.insecure)
@@ -437,6 +419,23 @@ struct Keygen: ParsableCommand {
         }
         let (pub, sec) = try KeyFiles.write(name: name, directory: dir)
         print("wrote \(pub) and \(sec)")
+    }
+}
+
+/// Options of every command that coordinates a job.
+struct JobOptions: ParsableArguments {
+    @Option(help: "A task failing this many times fails the job.")
+    var maxAttempts = 3
+
+    @OptionGroup var tuning: TuningOptions
+
+    @Flag(name: .shortAndLong, help: "No progress output.")
+    var quiet = false
+
+    var settings: Settings {
+        var s = tuning.settings
+        s.maxAttempts = maxAttempts
+        return s
     }
 }
 
