@@ -10,6 +10,10 @@ import Pruning
 struct PruneBench {
     static func main() throws {
 
+        if CommandLine.arguments.dropFirst().first == "sparsegpt" {
+            try sparseGPTBench(Array(CommandLine.arguments.dropFirst(2)))
+            return
+        }
         var rows = 4096, cols = 11008, repeatCount = 5
         var args = CommandLine.arguments.dropFirst().makeIterator()
         while let a = args.next() {
@@ -82,5 +86,43 @@ struct PruneBench {
         print("{" + json.joined(separator: ", ") + "}")
         if sink == 42 { print("") }
 
+    }
+
+    /// `PruneBench sparsegpt DIR ROWS COLS TOKENS BATCHES`: writes W.f32 and X{i}.f32 (seeded
+    /// normals) into DIR for the numpy port to read, then times our addBatch over all
+    /// batches and prune at 50% unstructured; prints JSON.
+    static func sparseGPTBench(_ a: [String]) throws {
+        guard a.count == 5, let rows = Int(a[1]), let cols = Int(a[2]), let tokens = Int(a[3]), let batches = Int(a[4]) else {
+            FileHandle.standardError.write("usage: PruneBench sparsegpt DIR ROWS COLS TOKENS BATCHES\n".data(using: .utf8)!)
+            exit(2)
+        }
+        let dir = a[0]
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var state: UInt64 = 99
+        func normals(_ n: Int, scale: Float) -> [Float] {
+            (0..<n).map { _ in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                let u1 = max(Double(state >> 11) / Double(1 << 53), 1e-300)
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                let u2 = Double(state >> 11) / Double(1 << 53)
+                return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)) * scale
+            }
+        }
+        let w = normals(rows * cols, scale: 0.02)
+        try w.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: dir + "/W.f32")) }
+        var xs: [[Float]] = []
+        for b in 0..<batches {
+            let x = normals(tokens * cols, scale: 1)
+            try x.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: dir + "/X\(b).f32")) }
+            xs.append(x)
+        }
+        let start = DispatchTime.now().uptimeNanoseconds
+        var sgpt = SparseGPT(rows: rows, columns: cols)
+        for x in xs { x.withUnsafeBufferPointer { sgpt.addBatch($0, tokens: tokens) } }
+        let mid = DispatchTime.now().uptimeNanoseconds
+        var weights = w
+        let (mask, _) = try sgpt.prune(weights: &weights, sparsity: 0.5, n: 0, m: 0, blockSize: 128, percDamp: 0.01, layer: "bench")
+        let end = DispatchTime.now().uptimeNanoseconds
+        print("{\"add_batch_seconds\": \(Double(mid - start) / 1e9), \"prune_seconds\": \(Double(end - mid) / 1e9), \"kept\": \(mask.keptCount)}")
     }
 }
