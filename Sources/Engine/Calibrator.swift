@@ -103,6 +103,9 @@ public struct Calibrator {
                 let pruned = try model.block(b)
                 for s in hidden.indices { pruned.forward(&hidden[s], tokens: t, rope: rope) }
             }
+            // Later blocks never read this block's weights again: keep one block in memory
+            // (SparseGPT's updated weights stay in the result until assembly).
+            store.clearOverrides()
             progress.step("block \(b)")
         }
         return result

@@ -181,13 +181,14 @@ public final class LlamaModel: @unchecked Sendable {
         return e
     }
 
-    /// Token ids → hidden states (tokens × hidden).
+    /// Token ids → hidden states (tokens × hidden), decoding only the rows looked up.
     public func embed(_ tokens: [Int32]) throws -> [Float] {
-        let e = try embeddings(), h = config.hiddenSize
+        let h = config.hiddenSize
         var x = [Float](repeating: 0, count: tokens.count * h)
         for (t, id) in tokens.enumerated() {
             guard id >= 0, Int(id) < config.vocabSize else { throw ModelError("token id \(id) is outside the vocabulary (\(config.vocabSize))") }
-            for i in 0..<h { x[t * h + i] = e[Int(id) * h + i] }
+            let row = try store.row("model.embed_tokens.weight", Int(id), width: h)
+            for i in 0..<h { x[t * h + i] = row[i] }
         }
         return x
     }

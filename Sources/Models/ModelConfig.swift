@@ -97,6 +97,25 @@ public final class WeightStore: @unchecked Sendable {
 
     public func has(_ name: String) -> Bool { overrides[name] != nil || checkpoint.info(name) != nil }
 
+    /// Forgets replaced values (after a block's pruned outputs are computed), so memory
+    /// holds one block's overrides at a time.
+    public func clearOverrides() {
+        overrides.removeAll()
+    }
+
+    /// One row of a 2-D tensor decoded to F32, read straight from the mapped file (an
+    /// embedding lookup needs a few rows, not the whole table).
+    public func row(_ name: String, _ index: Int, width: Int) throws -> [Float] {
+        if let o = overrides[name] { return Array(o[(index * width)..<((index + 1) * width)]) }
+        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name), info.shape.count == 2, info.shape[1] == width,
+              index >= 0, index < info.shape[0] else {
+            throw ModelError("\(checkpoint.directory): tensor '\(name)' has no row \(index) of width \(width)")
+        }
+        let rowBytes = width * info.dtype.size
+        let bytes = UnsafeRawBufferPointer(rebasing: shard.bytes(info)[(index * rowBytes)..<((index + 1) * rowBytes)])
+        return FloatConversion.toFloat(bytes, dtype: info.dtype, count: width)
+    }
+
     /// A tensor decoded to F32, checked against the expected shape.
     public func load(_ name: String, shape: [Int]) throws -> [Float] {
         if let o = overrides[name] {
