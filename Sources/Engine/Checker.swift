@@ -16,10 +16,7 @@ public enum Checker {
     /// `output` is a job's `out/` directory or the job directory holding it.
     /// Throws for unreadable input; returns failures for outputs that are wrong.
     public static func check(original: String, output: String) throws -> CheckReport {
-        var outDir = output
-        if !FileManager.default.fileExists(atPath: (outDir as NSString).appendingPathComponent("manifest.json")) {
-            outDir = (output as NSString).appendingPathComponent("out")
-        }
+        let outDir = outputDirectory(output)
         let manifest = try Manifest.load(path: (outDir as NSString).appendingPathComponent("manifest.json"))
         let source = try Checkpoint(path: original)
         let dense = try Checkpoint(path: (outDir as NSString).appendingPathComponent("dense"))
@@ -109,6 +106,12 @@ public enum Checker {
             }
         }
         return report
+    }
+
+    /// The directory holding manifest.json: `path` itself, or its `out/`.
+    public static func outputDirectory(_ path: String) -> String {
+        FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("manifest.json"))
+            ? path : (path as NSString).appendingPathComponent("out")
     }
 
     /// A pruned entry must describe something we could have produced; checked before any

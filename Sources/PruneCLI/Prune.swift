@@ -198,10 +198,7 @@ struct Check: ParsableCommand {
         for f in report.failures { print("FAIL \(f)") }
         if let eval {
             let source = try Checkpoint(path: original).directory
-            var outDir = output
-            if !FileManager.default.fileExists(atPath: (outDir as NSString).appendingPathComponent("manifest.json")) {
-                outDir = (output as NSString).appendingPathComponent("out")
-            }
+            let outDir = Checker.outputDirectory(output)
             let windows = try Evaluator.windows(data: eval, modelDirectory: source, samples: evalSamples, tokens: evalTokens)
             let dense = try Evaluator.perplexity(modelDirectory: source, windows: windows, label: "evaluate dense", quiet: quiet)
             let pruned = try Evaluator.perplexity(modelDirectory: (outDir as NSString).appendingPathComponent("dense"), windows: windows,
