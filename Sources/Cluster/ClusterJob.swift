@@ -205,7 +205,8 @@ public final class ClusterJob {
             try directory.publish(staging: staging)
             var phases = [JobReport.Phase(name: "prune (workers)", seconds: assembleStart.timeIntervalSince(openedAt)),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(assembleStart))]
-            try LocalRunner.report(spec: spec, manifest: manifest, job: directory, phases: &phases, quiet: quiet)
+            try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: directory,
+                                   phases: &phases, quiet: quiet)
             try ledger.setJobValue("state", "complete")
             return manifest
         } catch {

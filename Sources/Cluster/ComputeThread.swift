@@ -65,9 +65,8 @@ final class ComputeThread: @unchecked Sendable {
                 do {
                     let reply = try run(a, pair: pair)
                     try pair.send(reply)
-                } catch is Stop {
-                    return
                 } catch {
+                    // Stop (Shutdown while fetching) or a dead PAIR socket: this thread is done.
                     return
                 }
             case .shutdown:

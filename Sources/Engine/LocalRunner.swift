@@ -81,7 +81,7 @@ public struct LocalRunner {
             try job.publish(staging: staging)
             var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune" : "prune", seconds: pruneSeconds),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(start) - pruneSeconds)]
-            try LocalRunner.report(spec: spec, manifest: manifest, job: job, phases: &phases, quiet: quiet)
+            try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: job, phases: &phases, quiet: quiet)
             return Summary(manifest: manifest, outDirectory: job.outPath, seconds: Date().timeIntervalSince(start))
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
@@ -91,11 +91,11 @@ public struct LocalRunner {
 
     /// Evaluates dense and pruned models when the spec asks, and writes report.md,
     /// report.json and report.svg into the job directory.
-    public static func report(spec: JobSpec, manifest: Manifest, job: JobDirectory, phases: inout [JobReport.Phase], quiet: Bool) throws {
+    public static func report(spec: JobSpec, modelDirectory: String, manifest: Manifest, job: JobDirectory,
+                              phases: inout [JobReport.Phase], quiet: Bool) throws {
         var dense: Evaluator.Result?, pruned: Evaluator.Result?
         if let e = spec.evaluation {
             let started = Date()
-            let modelDirectory = try Checkpoint(path: spec.model).directory
             let windows = try Evaluator.windows(data: e.data, modelDirectory: modelDirectory, samples: e.samples, tokens: e.tokens)
             dense = try Evaluator.perplexity(modelDirectory: modelDirectory, windows: windows, label: "evaluate dense", quiet: quiet)
             pruned = try Evaluator.perplexity(modelDirectory: (job.outPath as NSString).appendingPathComponent("dense"), windows: windows,

@@ -379,8 +379,6 @@ struct GGUFTokenizerFiles {
     /// Pre-tokenizers for which llama.cpp turns off cleaning spaces when decoding.
     static let keepSpaces: Set<String> = ["smollm", "command-r", "qwen2", "deepseek-r1-qwen"]
 
-    static let llama3Regex = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
-    static let qwen2Regex = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
     init(_ f: GGUFFile, vocabSize: Int, contextLength: Int) throws {
         let path = f.path
@@ -459,7 +457,7 @@ struct GGUFTokenizerFiles {
         } else if GGUFTokenizerFiles.llama3Names.contains(pre) || GGUFTokenizerFiles.qwen2Names.contains(pre) {
             let llama3 = GGUFTokenizerFiles.llama3Names.contains(pre)
             preTokenizer = .object([("type", .string("Sequence")), ("pretokenizers", .array([
-                split(llama3 ? GGUFTokenizerFiles.llama3Regex : GGUFTokenizerFiles.qwen2Regex), byteLevel(false)]))])
+                split(llama3 ? PreTokenizerKind.llama3Regex : PreTokenizerKind.qwen2Regex), byteLevel(false)]))])
             ignoreMerges = ["llama3", "llama-v3", "llama-bpe", "falcon3"].contains(pre)
         } else {
             let known = (GGUFTokenizerFiles.gpt2Names.union(GGUFTokenizerFiles.digitsNames).union(GGUFTokenizerFiles.llama3Names).union(GGUFTokenizerFiles.qwen2Names)).sorted()
