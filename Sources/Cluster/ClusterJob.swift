@@ -13,15 +13,19 @@ public final class ClusterJob {
     public let spec: JobSpec
     public let checkpoint: Checkpoint
     public let plan: Plan
+    /// Mask tasks of a data-free method (empty for a calibrated one).
     public let tasks: [MaskTaskPlan]
     public let taskByID: [String: MaskTaskPlan]
+    /// The calibration DAG of a Wanda or SparseGPT job (nil for data-free methods).
+    public let calibration: CalibrationPlan?
+    let calibrationTaskByID: [String: CalibrationPlan.Task]
     private let tasksByTensor: [String: [MaskTaskPlan]]
     public let directory: JobDirectory
     public let ledger: Ledger
     public let artifacts: ArtifactStore
     /// Checkpoint files with their digests, as announced to workers.
     public let modelFiles: [Prune_V1_ModelFile]
-    /// Tasks already done (with their result digests) when the job was opened.
+    /// Tasks done (with their result digests), as `ResultDigests` text.
     public private(set) var done: [String: String] = [:]
     public let settings: Settings
     /// Whether this run created the job directory (removed again if the run fails on bad input).
@@ -43,7 +47,16 @@ public final class ClusterJob {
         self.modelFiles = modelFiles
         self.settings = settings
         createdDirectory = created
-        tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: settings.maxWeightsPerTask)
+        if spec.method.needsCalibration {
+            let calibration = try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory)
+            self.calibration = calibration
+            calibrationTaskByID = Dictionary(uniqueKeysWithValues: calibration.tasks.map { ($0.id, $0) })
+            tasks = []
+        } else {
+            calibration = nil
+            calibrationTaskByID = [:]
+            tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: settings.maxWeightsPerTask)
+        }
         taskByID = Dictionary(uniqueKeysWithValues: tasks.map { ($0.id, $0) })
         tasksByTensor = Dictionary(grouping: tasks, by: \.tensor.name)
         artifacts = try ArtifactStore(root: (directory.path as NSString).appendingPathComponent("artifacts"))
@@ -78,8 +91,15 @@ public final class ClusterJob {
             try ledger.setJobValue("spec_sha256", spec.digest)
             try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
             try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
+            if let data = try job.calibrationDataDigest() { try ledger.setJobValue("calibration_data_sha256", data) }
             try ledger.setJobValue("state", "running")
-            try ledger.insertTasks(try job.tasks.map { ($0.id, "mask", try job.assignWork($0).serializedBytes()) })
+            if let calibration = job.calibration {
+                try ledger.insertTasks(calibration.tasks.map { t in
+                    if case .calibrate = t { return (t.id, "calibrate", []) } else { return (t.id, "prune", []) }
+                })
+            } else {
+                try ledger.insertTasks(try job.tasks.map { ($0.id, "mask", try job.assignWork($0).serializedBytes()) })
+            }
         }
         try job.loadDone()
         return job
@@ -119,7 +139,9 @@ public final class ClusterJob {
             var f = Prune_V1_ModelFile()
             f.name = name
             f.path = shard.path
-            f.sha256 = try SHA256Stream.hex(file: shard.path)
+            // Hashed once per host and file version: workers on this host and the assembler
+            // then find the digest in the cache instead of reading the checkpoint again.
+            f.sha256 = try DigestCache.shared.sha256(file: shard.path)
             f.size = UInt64(shard.header.dataStart + (shard.tensors.last?.dataOffsets.upperBound ?? 0))
             return f
         }
@@ -139,8 +161,11 @@ public final class ClusterJob {
         if try ledger.jobValue("model_files") != ClusterJob.modelFilesJSON(modelFiles) {
             throw CheckpointError(file: spec.model, "the checkpoint changed since the job started (file digests differ from the ledger's); start a new job instead")
         }
+        if let data = try calibrationDataDigest(), try ledger.jobValue("calibration_data_sha256") != data {
+            throw SpecError("\(spec.calibration!.data): the calibration data changed since the job started; start a new job instead")
+        }
         let recorded = try ledger.tasks().map(\.id)
-        guard recorded == tasks.map(\.id) else {
+        guard recorded == taskIDs else {
             throw LedgerError("\(ledgerPath): the recorded tasks differ from this build's plan")
         }
     }
@@ -149,8 +174,14 @@ public final class ClusterJob {
     /// artifact puts its task back in the queue.
     private func loadDone() throws {
         done = [:]
+        let collected = try collectedBlocks()
         for row in try ledger.tasks() where row.state == "done" {
-            guard let digest = row.resultSHA256, artifacts.verify(digest) else {
+            if let t = calibrationTaskByID[row.id], case .calibrate(let b, _) = t, b < collected, let digest = row.resultSHA256 {
+                // Its activations were deleted once every consumer was done.
+                done[row.id] = digest
+                continue
+            }
+            guard let digest = row.resultSHA256, ResultDigests.parse(digest).allSatisfy({ artifacts.verify($0.digest) }) else {
                 try ledger.markPending(task: row.id, cause: "artifact missing or corrupt on resume")
                 continue
             }
@@ -160,18 +191,29 @@ public final class ClusterJob {
 
     func recordDone(_ task: String, digest: String) { done[task] = digest }
 
+    /// sha256 of the calibration data file (nil for data-free methods).
+    func calibrationDataDigest() throws -> String? {
+        guard let path = spec.calibration?.data else { return nil }
+        return try SHA256Stream.hex(file: path)
+    }
+
+    /// Where a tensor's bytes are: file digest and absolute byte range.
+    func tensorRef(_ info: TensorInfo) -> Prune_V1_TensorRef {
+        var ref = Prune_V1_TensorRef()
+        ref.name = info.name
+        ref.dtype = info.dtype.rawValue
+        ref.shape = info.shape.map(UInt64.init)
+        let shard = checkpoint.shard(of: info.name)!
+        ref.fileSha256 = modelFiles.first { $0.path == shard.path }!.sha256
+        ref.offset = UInt64(shard.header.dataStart + info.dataOffsets.lowerBound)
+        ref.byteCount = UInt64(info.byteCount)
+        return ref
+    }
+
     /// The Assign body for a task.
     public func assignWork(_ task: MaskTaskPlan) -> Prune_V1_MaskTask {
-        var ref = Prune_V1_TensorRef()
-        ref.name = task.tensor.name
-        ref.dtype = task.tensor.info.dtype.rawValue
-        ref.shape = task.tensor.info.shape.map(UInt64.init)
-        let shard = checkpoint.shard(of: task.tensor.name)!
-        ref.fileSha256 = modelFiles.first { $0.path == shard.path }!.sha256
-        ref.offset = UInt64(shard.header.dataStart + task.tensor.info.dataOffsets.lowerBound)
-        ref.byteCount = UInt64(task.tensor.info.byteCount)
         var m = Prune_V1_MaskTask()
-        m.tensor = ref
+        m.tensor = tensorRef(task.tensor.info)
         m.firstRow = UInt64(task.firstRow)
         m.rowCount = UInt64(task.rowCount)
         m.method = spec.method.rawValue
@@ -184,6 +226,9 @@ public final class ClusterJob {
     /// A pruned tensor's mask, joined from its tasks' artifacts in row order.
     public func mask(of tensor: String) throws -> Mask {
         guard let t = plan.targets.first(where: { $0.name == tensor }) else { throw LedgerError("\(tensor) is not pruned by this job") }
+        if calibration != nil {
+            return try Mask(rows: t.rows, cols: t.cols, bits: try output("mask", of: "prune:\(tensor)"))
+        }
         var blocks: [Mask] = []
         for task in tasksByTensor[tensor] ?? [] {
             guard let digest = done[task.id], let bits = artifacts.get(digest) else {
@@ -199,11 +244,19 @@ public final class ClusterJob {
         let staging = try directory.makeStaging()
         do {
             let assembleStart = Date()
-            let manifest = try Assembler(checkpoint: checkpoint, plan: plan, pruned: Set(plan.targets.map(\.name)), spec: spec,
-                                         mask: { try self.mask(of: $0) })
+            var assembler = Assembler(checkpoint: checkpoint, plan: plan, pruned: Set(plan.targets.map(\.name)), spec: spec,
+                                      mask: { try self.mask(of: $0) })
+            if calibration != nil {
+                assembler.errors = try reconstructionErrors()
+                if spec.method == .sparsegpt {
+                    assembler.updatedElsewhere = (Set(plan.targets.map(\.name)), { try self.updatedValues(of: $0) })
+                }
+            }
+            let manifest = try assembler
                 .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try directory.publish(staging: staging)
-            var phases = [JobReport.Phase(name: "prune (workers)", seconds: assembleStart.timeIntervalSince(openedAt)),
+            var phases = [JobReport.Phase(name: calibration == nil ? "prune (workers)" : "calibrate + prune (workers)",
+                                          seconds: assembleStart.timeIntervalSince(openedAt)),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(assembleStart))]
             try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: directory,
                                    phases: &phases, quiet: quiet)

@@ -18,9 +18,11 @@ final class ComputeThread: @unchecked Sendable {
     private var deferred: [[[UInt8]]] = []
     private let log: (String) -> Void
     private let finished = DispatchSemaphore(value: 0)
-    private let source: TensorSource
+    let source: TensorSource
+    /// The coordinator's artifact directory, read directly when this host sees it.
+    var artifactRoot = ""
 
-    private struct Stop: Error {}
+    struct Stop: Error {}
 
     init(context: ZMQContext, endpoint: String, options: WorkerOptions, log: @escaping (String) -> Void) {
         self.context = context
@@ -59,6 +61,8 @@ final class ComputeThread: @unchecked Sendable {
             switch message.envelope.body {
             case .welcome(let w):
                 source.announce(w.modelFiles)
+                // A pull-only worker fetches everything over the wire, artifacts too.
+                artifactRoot = options.pullOnly ? "" : w.artifactRoot
                 if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
                 if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
             case .assign(let a):
@@ -90,6 +94,11 @@ final class ComputeThread: @unchecked Sendable {
                 let mask = try runMask(m, pair: pair)
                 result.kept = UInt64(mask.keptCount)
                 payloads.append(("mask", mask.bits))
+            case .calibrate(let c):
+                payloads = try runCalibrate(c, pair: pair)
+            case .layerPrune(let p):
+                payloads = try runLayerPrune(p, pair: pair)
+                result.kept = UInt64(try Mask(rows: Int(p.tensor.shape[0]), cols: Int(p.tensor.shape.dropFirst().reduce(1, *)), bits: payloads[0].bytes).keptCount)
             case .noop(let n):
                 if n.sleepMs > 0 { usleep(n.sleepMs * 1000) }
             case .none:
@@ -144,7 +153,7 @@ final class ComputeThread: @unchecked Sendable {
 
     /// Pulls a byte range from the coordinator with at most `chunkCredit` requests in
     /// flight (credit-based flow control, ZeroMQ guide ch.7).
-    private func fetch(file: String, offset: Int, count: Int, pair: ZMQSocket) throws -> [UInt8] {
+    func fetch(file: String, offset: Int, count: Int, pair: ZMQSocket) throws -> [UInt8] {
         let chunk = options.settings.chunkBytes
         let credit = options.settings.chunkCredit
         var buffer = [UInt8](repeating: 0, count: count)

@@ -58,7 +58,8 @@ public final class CoordinatorShell {
         settings = workload.settings
         self.log = log
         knownTasks = Set(workload.taskIDs)
-        core = CoordinatorCore(tasks: workload.taskIDs.map { CoordinatorCore.TaskDefinition(id: $0) }, done: workload.doneTaskIDs, settings: workload.settings)
+        core = CoordinatorCore(tasks: workload.taskIDs.map { CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0)) },
+                               done: workload.doneTaskIDs, settings: workload.settings)
         progress = ProgressReporter(label: "prune", total: workload.taskIDs.count, done: workload.doneTaskIDs.count, quiet: quiet)
         router = try ZMQSocket(context, .router)
         try router.setLinger(ms: 500)
@@ -230,14 +231,21 @@ public final class CoordinatorShell {
         try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
     }
 
+    /// An open handle on a file workers may pull (checkpoint files stay open; an
+    /// artifact is opened for its request: there are many, each read once or twice).
+    private func servable(_ sha256: String) -> (FileHandle, UInt64)? {
+        if let handle = files[sha256], let size = workload.modelFiles.first(where: { $0.sha256 == sha256 })?.size { return (handle, size) }
+        guard let (path, size) = workload.servableFile(sha256), let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        return (handle, size)
+    }
+
     private func serveChunk(_ c: Prune_V1_ChunkRequest, to worker: String) {
         var reply = Prune_V1_Chunk()
         reply.fileSha256 = c.fileSha256
         reply.offset = c.offset
         reply.requestID = c.requestID
         var payload: [UInt8] = []
-        if let handle = files[c.fileSha256], let size = workload.modelFiles.first(where: { $0.sha256 == c.fileSha256 })?.size,
-           c.length <= UInt64(settings.chunkBytes), c.offset <= size, c.length <= size - c.offset {
+        if let (handle, size) = servable(c.fileSha256), c.length <= UInt64(settings.chunkBytes), c.offset <= size, c.length <= size - c.offset {
             do {
                 try handle.seek(toOffset: c.offset)
                 payload = [UInt8](try handle.read(upToCount: Int(c.length)) ?? Data())
@@ -265,6 +273,7 @@ public final class CoordinatorShell {
                 welcome.chunkSize = UInt64(settings.chunkBytes)
                 welcome.chunkCredit = UInt32(settings.chunkCredit)
                 welcome.modelFiles = workload.modelFiles
+                welcome.artifactRoot = workload.artifactRoot
                 send(w, .with(.welcome(welcome)))
             case .reject(let w, let reason):
                 var r = Prune_V1_Reject()
@@ -273,7 +282,16 @@ public final class CoordinatorShell {
                 log("rejected \(names[w] ?? w): \(reason)")
                 send(w, .with(.reject(r)))
             case .assign(let w, let taskID, let attempt):
-                guard let work = workload.work(for: taskID) else { continue }
+                let work: Prune_V1_Assign.OneOf_Work
+                do {
+                    guard let w = try workload.work(for: taskID) else { continue }
+                    work = w
+                } catch {
+                    // The task's inputs are gone (e.g. an artifact deleted by hand): no
+                    // worker can run it, so the job fails naming it.
+                    try execute(core.failed(task: taskID, by: w, attempt: attempt, cause: "\(error)", retryable: false, now: now()))
+                    continue
+                }
                 var a = Prune_V1_Assign()
                 a.taskID = taskID
                 a.attempt = UInt32(attempt)

@@ -21,7 +21,9 @@ final class TensorSource {
         for f in modelFiles { files[f.sha256] = f }
     }
 
-    /// A mapped local copy of the file with this digest, if this machine has one.
+    /// A mapped local copy of the file with this digest, if this machine has one. The
+    /// digest comes from the host's digest cache when the file is unchanged since it was
+    /// last hashed (by the coordinator, or another worker, on this host).
     func localFile(_ sha256: String) -> MappedFile? {
         if pullOnly { return nil }
         if let cached = local[sha256] { return cached }
@@ -31,7 +33,7 @@ final class TensorSource {
             for path in candidates where !path.isEmpty {
                 guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
                       (attributes[.size] as? Int).map(UInt64.init) == f.size,
-                      (try? SHA256Stream.hex(file: path)) == sha256,
+                      (try? DigestCache.shared.sha256(file: path)) == sha256,
                       let mapped = try? MappedFile(path: path) else { continue }
                 found = mapped
                 break

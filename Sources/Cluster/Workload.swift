@@ -16,23 +16,55 @@ public protocol ClusterWorkload: AnyObject {
     var taskIDs: [String] { get }
     /// Tasks already done when the coordinator starts (a resumed job).
     var doneTaskIDs: Set<String> { get }
-    /// The work an Assign carries for a task; nil for an unknown task.
-    func work(for task: String) -> Prune_V1_Assign.OneOf_Work?
+    /// Tasks that must be done before `task` may start (the job's DAG).
+    func dependencies(of task: String) -> [String]
+    /// Where workers that see the coordinator's disk find artifacts ("" when none).
+    var artifactRoot: String { get }
+    /// A file a worker may pull in chunks, by sha256: a checkpoint file or an artifact.
+    func servableFile(_ sha256: String) -> (path: String, size: UInt64)?
+    /// The work an Assign carries for a task; nil for an unknown task. Throws when the
+    /// task's inputs are unusable (the job cannot go on).
+    func work(for task: String) throws -> Prune_V1_Assign.OneOf_Work?
     /// Validates a result and makes it durable (artifact fsync'd, ledger committed).
     /// Returns nil when done, or why the result is unusable (a failed attempt).
     func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String?
 }
 
+extension ClusterWorkload {
+    public func dependencies(of task: String) -> [String] { [] }
+    public var artifactRoot: String { "" }
+    public func servableFile(_ sha256: String) -> (path: String, size: UInt64)? {
+        modelFiles.first { $0.sha256 == sha256 }.map { ($0.path, $0.size) }
+    }
+}
+
 extension ClusterJob: ClusterWorkload {
     public var jobID: String { spec.digest }
-    public var taskIDs: [String] { tasks.map(\.id) }
+    public var taskIDs: [String] { calibration?.tasks.map(\.id) ?? tasks.map(\.id) }
     public var doneTaskIDs: Set<String> { Set(done.keys) }
+    public var artifactRoot: String { artifacts.root }
 
-    public func work(for task: String) -> Prune_V1_Assign.OneOf_Work? {
-        taskByID[task].map { .mask(assignWork($0)) }
+    public func dependencies(of task: String) -> [String] {
+        guard let calibration, let t = calibrationTaskByID[task] else { return [] }
+        return calibration.dependencies(of: t).map(\.id)
+    }
+
+    public func servableFile(_ sha256: String) -> (path: String, size: UInt64)? {
+        if let f = modelFiles.first(where: { $0.sha256 == sha256 }) { return (f.path, f.size) }
+        // Artifacts are named by their digest; only well-formed names reach the disk.
+        guard sha256.count == 64, sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
+        let path = artifacts.path(for: sha256)
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int else { return nil }
+        return (path, UInt64(size))
+    }
+
+    public func work(for task: String) throws -> Prune_V1_Assign.OneOf_Work? {
+        if let t = calibrationTaskByID[task] { return try calibrationWork(t) }
+        return taskByID[task].map { .mask(assignWork($0)) }
     }
 
     public func persist(task id: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String? {
+        if let t = calibrationTaskByID[id] { return try persistCalibration(t, worker: worker, result: result, payloads: payloads) }
         guard let task = taskByID[id] else { return "unknown task \(id)" }
         // The mask must have exactly the block's shape.
         guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0])) != nil else {

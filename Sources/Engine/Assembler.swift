@@ -15,6 +15,9 @@ public struct Assembler {
     /// New values of pruned tensors whose kept weights a method updated (SparseGPT),
     /// written back in the tensor's own dtype (BF16 rounded to nearest even).
     public var updated: [String: [Float]] = [:]
+    /// Updated values kept elsewhere (a cluster job's artifacts), loaded one tensor at a
+    /// time: the tensors that have them, and how to load them.
+    public var updatedElsewhere: (names: Set<String>, load: (String) throws -> [Float])?
     /// Reconstruction error per tensor, for the manifest.
     public var errors: [String: Double] = [:]
 
@@ -49,7 +52,10 @@ public struct Assembler {
     /// Writes everything under `directory` (which must exist and be empty).
     ///
     /// Every pass reads a tensor in row blocks and releases each block's pages, so memory
-    /// stays bounded by `blockBytes` (plus one bit per weight of masks) whatever the model.
+    /// stays bounded by `blockBytes` (plus, for the pruned tensor at hand, its mask and its
+    /// sparse bitmask: one bit per weight each) whatever the model. Each pruned tensor's
+    /// mask is loaded twice (once per output file); per-element work runs eight elements
+    /// at a time (`AssemblyKernels`).
     public func write(to directory: String, progress: ProgressReporter? = nil) throws -> Manifest {
         let fm = FileManager.default
         let denseDir = (directory as NSString).appendingPathComponent("dense")
@@ -66,7 +72,8 @@ public struct Assembler {
         var prunedDenseBytes = 0, prunedSparseBytes = 0
 
         for (shardName, shard) in zip(checkpoint.shardNames, checkpoint.shards) {
-            modelFiles[shardName] = try SHA256Stream.hex(file: shard.path)
+            // Usually a cache hit: the coordinator (or an earlier run) hashed this file version.
+            modelFiles[shardName] = try DigestCache.shared.sha256(file: shard.path)
             // dense/: same names, dtypes, order and metadata; zeros where pruned.
             let denseWriter = try SafeTensorsWriter(
                 path: (denseDir as NSString).appendingPathComponent(shardName),
@@ -76,11 +83,19 @@ public struct Assembler {
                 denseWeightMap[t.name] = shardName
                 var digest = SHA256Stream()
                 var w = Written(sha256Dense: "", zeros: 0)
-                if pruned.contains(t.name) { w.masked = try loadMask(t.name).prunedCount }
-                try forEachOutputBlock(t, shard: shard) { _, bytes in
-                    try denseWriter.write(bytes)
-                    digest.update(bytes)
-                    w.zeros += TensorPruner.zeroCount(bytes, elementSize: t.dtype.size)
+                if pruned.contains(t.name) {
+                    let mask = try checkedMask(t)
+                    w.masked = mask.prunedCount
+                    w.zeros = try forEachMaskedBlock(t, shard: shard, mask: mask) { bytes in
+                        try denseWriter.write(bytes)
+                        digest.update(bytes)
+                    }
+                } else {
+                    try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in
+                        try denseWriter.write(bytes)
+                        digest.update(bytes)
+                        w.zeros += AssemblyKernels.zeroCount(bytes, elementSize: t.dtype.size)
+                    }
                 }
                 w.sha256Dense = digest.finalizeHex()
                 written[t.name] = w
@@ -104,7 +119,7 @@ public struct Assembler {
             let sparseWriter = try SafeTensorsWriter(path: sparsePath, tensors: specs, metadata: shard.metadata)
             for t in shard.tensors {
                 guard pruned.contains(t.name) else {
-                    try forEachOutputBlock(t, shard: shard) { _, bytes in try sparseWriter.write(bytes) }
+                    try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in try sparseWriter.write(bytes) }
                     sparseDigests[t.name] = written[t.name]!.sha256Dense
                     continue
                 }
@@ -112,24 +127,48 @@ public struct Assembler {
                 // digest covers them in the same order.
                 var digest = SHA256Stream()
                 var size = 0
-                func emit(_ part: [UInt8]) throws {
+                func emit(_ part: UnsafeRawBufferPointer) throws {
                     try sparseWriter.write(part)
                     digest.update(part)
                     size += part.count
                 }
-                let cols = t.cols, elementSize = t.dtype.size
-                try forEachOutputBlock(t, shard: shard) { rows, bytes in
-                    var bits: [UInt8] = []
-                    SparseEncoder.appendBitmask(bytes, rows: rows.count, cols: cols, elementSize: elementSize, into: &bits)
-                    try emit(bits)
-                }
+                func emit(_ part: [UInt8]) throws { try part.withUnsafeBytes { try emit($0) } }
+                // An element is stored when the mask keeps it and its bits are not all zero,
+                // which is exactly "nonzero in dense/". The bitmask of the whole tensor is
+                // held (as small as its mask) and drives the gather of the stored values.
+                let mask = try checkedMask(t)
+                let values = try updatedValues(of: t)
+                let cols = t.cols, elementSize = t.dtype.size, bytesPerRow = (cols + 7) / 8
+                var bits = [UInt8](repeating: 0, count: t.rows * bytesPerRow)
                 var perRow: [Int] = []
                 perRow.reserveCapacity(t.rows)
-                try forEachOutputBlock(t, shard: shard) { rows, bytes in
-                    var values: [UInt8] = []
-                    values.reserveCapacity(bytes.count)
-                    perRow += SparseEncoder.appendStored(bytes, rows: rows.count, cols: cols, elementSize: elementSize, into: &values)
-                    try emit(values)
+                try forEachInputBlock(t, shard: shard, values: values) { rows, input in
+                    guard cols > 0, !rows.isEmpty else { perRow += repeatElement(0, count: rows.count); return }
+                    mask.bits.withUnsafeBufferPointer { m in
+                        bits.withUnsafeMutableBufferPointer { out in
+                            AssemblyKernels.storedBits(elementSize: elementSize, mask: m.baseAddress! + rows.lowerBound * bytesPerRow,
+                                                       bytesPerRow: bytesPerRow, rows: rows.count, cols: cols, source: input.baseAddress!,
+                                                       into: out.baseAddress! + rows.lowerBound * bytesPerRow, perRow: &perRow)
+                        }
+                    }
+                }
+                guard perRow.reduce(0, +) == t.elementCount - written[t.name]!.zeros else {
+                    throw PruningError("'\(t.name)': the sparse bitmask disagrees with the zeros counted in dense/")
+                }
+                try emit(bits)
+                var gathered: [UInt8] = []
+                try forEachInputBlock(t, shard: shard, values: values) { rows, input in
+                    guard cols > 0, !rows.isEmpty else { return }
+                    let room = input.count + 8 * elementSize
+                    if gathered.count < room { gathered = [UInt8](repeating: 0, count: room) }
+                    let n = bits.withUnsafeBufferPointer { b in
+                        gathered.withUnsafeMutableBytes { out in
+                            AssemblyKernels.gather(elementSize: elementSize, bits: b.baseAddress! + rows.lowerBound * bytesPerRow,
+                                                   bytesPerRow: bytesPerRow, rows: rows.count, cols: cols,
+                                                   source: input.baseAddress!, into: out.baseAddress!)
+                        }
+                    }
+                    try gathered.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }
                 var offsets = [Int64](repeating: 0, count: t.rows)
                 var running: Int64 = 0
@@ -174,7 +213,7 @@ public struct Assembler {
                 achievedSparsity: t.elementCount == 0 ? 0 : Double(w.zeros) / Double(t.elementCount),
                 masked: w.masked, zeros: w.zeros, elements: t.elementCount,
                 sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: errors[t.name],
-                valuesUpdated: updated[t.name] != nil)
+                valuesUpdated: updated[t.name] != nil || updatedElsewhere?.names.contains(t.name) == true)
         }
         let manifest = Manifest(
             specSHA256: spec.digest, method: spec.method.rawValue, pattern: plan.pattern.description, sparsity: plan.sparsity,
@@ -188,37 +227,250 @@ public struct Assembler {
         return manifest
     }
 
-    /// Calls `body` with the output bytes of a tensor, block of rows by block of rows:
-    /// the source bytes, masked if the tensor is pruned.
-    private func forEachOutputBlock(_ t: TensorInfo, shard: SafeTensorsFile,
-                                    _ body: (Range<Int>, UnsafeRawBufferPointer) throws -> Void) throws {
-        guard pruned.contains(t.name) else {
-            return try shard.forEachRowBlock(t, maxBytes: blockBytes, body)
-        }
+    /// A pruned tensor's mask, refused unless its shape is the tensor's.
+    private func checkedMask(_ t: TensorInfo) throws -> Mask {
         let mask = try loadMask(t.name)
-        var out: [UInt8] = []
-        var encoded: [UInt8] = []
-        let values = updated[t.name]
-        try shard.forEachRowBlock(t, maxBytes: blockBytes) { rows, source in
-            if out.count != source.count { out = [UInt8](repeating: 0, count: source.count) }
-            var input = source
-            if let values {
-                // Updated weights replace the source values, encoded in the tensor's dtype.
-                if encoded.count != source.count { encoded = [UInt8](repeating: 0, count: source.count) }
-                let cols = t.cols
-                values.withUnsafeBufferPointer { v in
-                    encoded.withUnsafeMutableBytes {
-                        FloatConversion.fromFloat(UnsafeBufferPointer(rebasing: v[(rows.lowerBound * cols)..<(rows.upperBound * cols)]), dtype: t.dtype, into: $0)
-                    }
-                }
-                input = encoded.withUnsafeBytes { $0 }
-            }
-            out.withUnsafeMutableBytes { MaskApplication.apply(mask, rows: rows, source: input, elementSize: t.dtype.size, into: $0) }
-            try out.withUnsafeBytes { try body(rows, $0) }
+        guard mask.rows == t.rows, mask.cols == t.cols else {
+            throw PruningError("mask of '\(t.name)' is \(mask.rows)×\(mask.cols), the tensor \(t.rows)×\(t.cols)")
         }
+        return mask
+    }
+
+    /// The updated values of a pruned tensor (SparseGPT), from memory or loaded, or nil.
+    private func updatedValues(of t: TensorInfo) throws -> [Float]? {
+        var values = updated[t.name]
+        if values == nil, let elsewhere = updatedElsewhere, elsewhere.names.contains(t.name) {
+            values = try elsewhere.load(t.name)
+            guard values!.count == t.elementCount else { throw PruningError("updated values of '\(t.name)' have \(values!.count) elements, expected \(t.elementCount)") }
+        }
+        return values
+    }
+
+    /// Calls `body` with the bytes a pruned tensor has before its mask is applied, block of
+    /// rows by block of rows: the source bytes, or the updated values in the tensor's dtype.
+    private func forEachInputBlock(_ t: TensorInfo, shard: SafeTensorsFile, values: [Float]?,
+                                   _ body: (Range<Int>, UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let values else { return try shard.forEachRowBlock(t, maxBytes: blockBytes, body) }
+        var encoded: [UInt8] = []
+        try shard.forEachRowBlock(t, maxBytes: blockBytes) { rows, source in
+            // Updated weights replace the source values, encoded in the tensor's dtype.
+            if encoded.count != source.count { encoded = [UInt8](repeating: 0, count: source.count) }
+            let cols = t.cols
+            values.withUnsafeBufferPointer { v in
+                encoded.withUnsafeMutableBytes {
+                    FloatConversion.fromFloat(UnsafeBufferPointer(rebasing: v[(rows.lowerBound * cols)..<(rows.upperBound * cols)]), dtype: t.dtype, into: $0)
+                }
+            }
+            try encoded.withUnsafeBytes { try body(rows, $0) }
+        }
+    }
+
+    /// Calls `body` with the output bytes of a pruned tensor, block of rows by block of
+    /// rows (its input with zeros where the mask prunes); returns the elements whose output
+    /// bits are all zero.
+    private func forEachMaskedBlock(_ t: TensorInfo, shard: SafeTensorsFile, mask: Mask,
+                                    _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        var out: [UInt8] = []
+        var zeros = 0
+        let bytesPerRow = mask.bytesPerRow
+        try forEachInputBlock(t, shard: shard, values: try updatedValues(of: t)) { rows, input in
+            guard !input.isEmpty else { return }
+            if out.count != input.count { out = [UInt8](repeating: 0, count: input.count) }
+            zeros += mask.bits.withUnsafeBufferPointer { m in
+                out.withUnsafeMutableBytes { o in
+                    AssemblyKernels.applyMask(elementSize: t.dtype.size, mask: m.baseAddress! + rows.lowerBound * bytesPerRow,
+                                              bytesPerRow: bytesPerRow, rows: rows.count, cols: t.cols,
+                                              source: input.baseAddress!, into: o.baseAddress!)
+                }
+            }
+            try out.withUnsafeBytes { try body($0) }
+        }
+        return zeros
     }
 
     private func fileSize(_ path: String) throws -> Int {
         (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    }
+}
+
+/// Per-element work of assembly, eight elements (one mask byte) at a time, as unsigned
+/// integers of the element's width. Only lane-wise arithmetic is used (no SIMD compares,
+/// which Swift lowers lane by lane), so the loops compile to vector code.
+enum AssemblyKernels {
+    // Entry points by element size (every dtype is 1, 2, 4 or 8 bytes wide).
+
+    static func applyMask(elementSize: Int, mask: UnsafePointer<UInt8>, bytesPerRow: Int, rows: Int, cols: Int,
+                          source: UnsafeRawPointer, into destination: UnsafeMutableRawPointer) -> Int {
+        switch elementSize {
+        case 1: return applyMask(UInt8.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        case 2: return applyMask(UInt16.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        case 4: return applyMask(UInt32.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        default:
+            precondition(elementSize == 8, "element size \(elementSize)")
+            return applyMask(UInt64.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        }
+    }
+
+    static func zeroCount(_ bytes: UnsafeRawBufferPointer, elementSize: Int) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
+        let n = bytes.count / elementSize
+        switch elementSize {
+        case 1: return zeroCount(UInt8.self, base, count: n)
+        case 2: return zeroCount(UInt16.self, base, count: n)
+        case 4: return zeroCount(UInt32.self, base, count: n)
+        default:
+            precondition(elementSize == 8, "element size \(elementSize)")
+            return zeroCount(UInt64.self, base, count: n)
+        }
+    }
+
+    static func storedBits(elementSize: Int, mask: UnsafePointer<UInt8>, bytesPerRow: Int, rows: Int, cols: Int,
+                           source: UnsafeRawPointer, into out: UnsafeMutablePointer<UInt8>, perRow: inout [Int]) {
+        switch elementSize {
+        case 1: storedBits(UInt8.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: out, perRow: &perRow)
+        case 2: storedBits(UInt16.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: out, perRow: &perRow)
+        case 4: storedBits(UInt32.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: out, perRow: &perRow)
+        default:
+            precondition(elementSize == 8, "element size \(elementSize)")
+            storedBits(UInt64.self, mask: mask, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: out, perRow: &perRow)
+        }
+    }
+
+    static func gather(elementSize: Int, bits: UnsafePointer<UInt8>, bytesPerRow: Int, rows: Int, cols: Int,
+                       source: UnsafeRawPointer, into destination: UnsafeMutableRawPointer) -> Int {
+        switch elementSize {
+        case 1: return gather(UInt8.self, bits: bits, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        case 2: return gather(UInt16.self, bits: bits, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        case 4: return gather(UInt32.self, bits: bits, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        default:
+            precondition(elementSize == 8, "element size \(elementSize)")
+            return gather(UInt64.self, bits: bits, bytesPerRow: bytesPerRow, rows: rows, cols: cols, source: source, into: destination)
+        }
+    }
+
+    // The kernels, generic over the element's width.
+
+    typealias Element = FixedWidthInteger & UnsignedInteger & SIMDScalar
+
+    /// 1 in each lane whose value is not zero, else 0.
+    @inline(__always) static func nonzero<T: Element>(_ v: SIMD8<T>) -> SIMD8<T> {
+        (v | (SIMD8<T>(repeating: 0) &- v)) &>> SIMD8<T>(repeating: T(T.bitWidth - 1))
+    }
+
+    /// All ones in each lane whose bit of `byte` is set, else 0.
+    @inline(__always) static func expand<T: Element>(_ byte: UInt8, _: T.Type) -> SIMD8<T> {
+        SIMD8<T>(repeating: 0) &- ((SIMD8<T>(repeating: T(truncatingIfNeeded: byte)) &>> SIMD8<T>(0, 1, 2, 3, 4, 5, 6, 7)) & SIMD8<T>(repeating: 1))
+    }
+
+    /// Lane counts are folded into an Int before a T-wide lane could overflow.
+    @inline(__always) static func foldLimit<T: Element>(_: T.Type) -> Int { T.bitWidth >= 32 ? 1 << 30 : Int(T.max) }
+
+    @inline(__always) static func lanesSum<T: Element>(_ v: SIMD8<T>) -> Int {
+        var s = 0
+        for i in 0..<8 { s += Int(v[i]) }
+        return s
+    }
+
+    /// dst = src with zeros where the mask (bit 0) prunes, for `rows` rows; returns how
+    /// many output elements are all-zero bits.
+    static func applyMask<T: Element>(_: T.Type, mask: UnsafePointer<UInt8>, bytesPerRow bpr: Int, rows: Int, cols: Int,
+                                      source: UnsafeRawPointer, into destination: UnsafeMutableRawPointer) -> Int {
+        let size = MemoryLayout<T>.stride, group = 8 * size
+        let full = cols / 8, limit = foldLimit(T.self)
+        var nonzeros = 0, lanes = SIMD8<T>(repeating: 0), pending = 0
+        var tailZeros = 0
+        for r in 0..<rows {
+            let bits = mask + r * bpr
+            let src = source + r * cols * size, dst = destination + r * cols * size
+            for g in 0..<full {
+                let o = src.loadUnaligned(fromByteOffset: g * group, as: SIMD8<T>.self) & expand(bits[g], T.self)
+                dst.storeBytes(of: o, toByteOffset: g * group, as: SIMD8<T>.self)
+                lanes &+= nonzero(o)
+                pending += 1
+                if pending == limit { nonzeros += lanesSum(lanes); lanes = .init(repeating: 0); pending = 0 }
+            }
+            for c in (full * 8)..<cols {
+                let kept = bits[c >> 3] & (1 << UInt8(c & 7)) != 0
+                let v: T = kept ? src.loadUnaligned(fromByteOffset: c * size, as: T.self) : 0
+                dst.storeBytes(of: v, toByteOffset: c * size, as: T.self)
+                if v == 0 { tailZeros += 1 }
+            }
+        }
+        return rows * full * 8 - nonzeros - lanesSum(lanes) + tailZeros
+    }
+
+    /// Elements whose bits are all zero.
+    static func zeroCount<T: Element>(_: T.Type, _ source: UnsafeRawPointer, count: Int) -> Int {
+        let size = MemoryLayout<T>.stride, limit = foldLimit(T.self)
+        var nonzeros = 0, lanes = SIMD8<T>(repeating: 0), pending = 0
+        let groups = count / 8
+        for g in 0..<groups {
+            lanes &+= nonzero(source.loadUnaligned(fromByteOffset: g * 8 * size, as: SIMD8<T>.self))
+            pending += 1
+            if pending == limit { nonzeros += lanesSum(lanes); lanes = .init(repeating: 0); pending = 0 }
+        }
+        var zeros = groups * 8 - nonzeros - lanesSum(lanes)
+        for j in (groups * 8)..<count where source.loadUnaligned(fromByteOffset: j * size, as: T.self) == 0 { zeros += 1 }
+        return zeros
+    }
+
+    /// The sparse bitmask rows: bit set where the mask keeps and the element's bits are not
+    /// all zero; padding bits zero. Appends the set bits of each row to `perRow`.
+    static func storedBits<T: Element>(_: T.Type, mask: UnsafePointer<UInt8>, bytesPerRow bpr: Int, rows: Int, cols: Int,
+                                       source: UnsafeRawPointer, into out: UnsafeMutablePointer<UInt8>, perRow: inout [Int]) {
+        let size = MemoryLayout<T>.stride, group = 8 * size
+        let full = cols / 8
+        let shifts = SIMD8<T>(0, 1, 2, 3, 4, 5, 6, 7)
+        for r in 0..<rows {
+            let bits = mask + r * bpr, dst = out + r * bpr
+            let src = source + r * cols * size
+            for g in 0..<full {
+                let v = src.loadUnaligned(fromByteOffset: g * group, as: SIMD8<T>.self)
+                dst[g] = UInt8(truncatingIfNeeded: (nonzero(v) &<< shifts).wrappedSum()) & bits[g]
+            }
+            if full < bpr {
+                var b: UInt8 = 0
+                for c in (full * 8)..<cols where src.loadUnaligned(fromByteOffset: c * size, as: T.self) != 0 {
+                    b |= 1 << UInt8(c & 7)
+                }
+                dst[full] = b & bits[full]
+            }
+            var count = 0
+            for i in 0..<bpr { count += dst[i].nonzeroBitCount }
+            perRow.append(count)
+        }
+    }
+
+    /// Appends the elements whose bit is set in `bits`, row-major; `destination` must have
+    /// room for 8 elements past the last one stored. Returns the bytes stored.
+    static func gather<T: Element>(_: T.Type, bits: UnsafePointer<UInt8>, bytesPerRow bpr: Int, rows: Int, cols: Int,
+                                   source: UnsafeRawPointer, into destination: UnsafeMutableRawPointer) -> Int {
+        let size = MemoryLayout<T>.stride
+        let dst = destination.assumingMemoryBound(to: T.self)
+        var k = 0
+        for r in 0..<rows {
+            let rowBits = bits + r * bpr
+            let src = source + r * cols * size
+            let full = cols / 8
+            for g in 0..<full {
+                let b = rowBits[g]
+                if b == 0 { continue }
+                let base = g * 8
+                if b == 0xFF {
+                    (destination + k * size).copyMemory(from: src + base * size, byteCount: 8 * size)
+                    k += 8
+                    continue
+                }
+                for j in 0..<8 {
+                    dst[k] = src.loadUnaligned(fromByteOffset: (base + j) * size, as: T.self)
+                    k &+= Int((b >> UInt8(j)) & 1)
+                }
+            }
+            for c in (full * 8)..<cols where rowBits[c >> 3] & (1 << UInt8(c & 7)) != 0 {
+                dst[k] = src.loadUnaligned(fromByteOffset: c * size, as: T.self)
+                k += 1
+            }
+        }
+        return k * size
     }
 }

@@ -12,11 +12,9 @@ public struct CalibrationResult: Sendable {
     public var errors: [String: Double] = [:]
 }
 
-/// Runs Wanda or SparseGPT on a Llama-family model in this process, block by block:
-/// embed the calibration windows; for each block run it on every window with hooks that
-/// gather each Linear's statistics, prune the block's targets, and (sequential mode)
-/// run the pruned block again so the next block sees pruned activations, as both papers
-/// do. Memory: one block's weights plus the windows' hidden states.
+/// Runs a calibration plan in this process, task by task in queue order: the same
+/// `CalibrationWork` the cluster's workers run, with the artifacts held in memory.
+/// Memory: one block's weights, every shard's hidden states and one block's statistics.
 public struct Calibrator {
     public let spec: JobSpec
     public let plan: Plan
@@ -31,82 +29,37 @@ public struct Calibrator {
     }
 
     public func run() throws -> CalibrationResult {
-        guard let calibration = spec.calibration else { throw SpecError("method \(spec.method.rawValue) needs calibration") }
-        let config = try LlamaConfig.load(checkpoint.directory)
+        let calibration = try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory)
         let store = WeightStore(checkpoint: checkpoint)
-        let model = LlamaModel(config: config, store: store)
-        let streams = try CalibrationData.load(calibration.data, modelDirectory: checkpoint.directory)
-        let windows = try CalibrationData.windows(streams, samples: calibration.samples, tokens: calibration.tokens,
-                                                  seed: calibration.seed, source: calibration.data)
-        let t = calibration.tokens
-        let rope = RotaryTable(headDim: config.headDim, theta: config.ropeTheta, maxTokens: t)
-        var hidden = try windows.map { try model.embed($0) }
-        let targets = Set(plan.targets.map(\.name))
-        let unplanned = targets.subtracting((0..<config.layers).flatMap { config.linearNames(block: $0) })
-        guard unplanned.isEmpty else {
-            throw SpecError("targets: \(unplanned.sorted().prefix(3).joined(separator: ", ")) are not Linear layers of the decoder blocks, which \(spec.method.rawValue) prunes; add them to ignore")
-        }
+        var hidden: [[Float]] = Array(repeating: [], count: calibration.shardCount)
+        var statistics: [[String: [UInt8]]] = Array(repeating: [:], count: calibration.shardCount)
         var result = CalibrationResult()
-        let progress = ProgressReporter(label: "calibrate", total: config.layers, quiet: quiet)
-        for b in 0..<config.layers {
-            let names = config.linearNames(block: b).filter { targets.contains($0) }
-            let block = try model.block(b)
-            // Statistics of every target Linear's input over all windows.
-            var wanda: [String: WandaStatistics] = [:]
-            var hessians: [String: SparseGPT] = [:]
-            let shapes = Dictionary(uniqueKeysWithValues: names.map { ($0, checkpoint.info($0)!.shape) })
-            for name in names {
-                switch spec.method {
-                case .wanda: wanda[name] = WandaStatistics(columns: shapes[name]![1])
-                default: hessians[name] = SparseGPT(rows: shapes[name]![0], columns: shapes[name]![1])
+        let progress = ProgressReporter(label: "calibrate", total: calibration.tasks.count, quiet: quiet)
+        var overridesOfBlock = -1
+        for task in calibration.tasks {
+            switch task {
+            case .calibrate(let b, let s):
+                let input: CalibrationWork.Input = b == 0 ? .tokens(Array(calibration.windows(shard: s))) : .hidden(hidden[s])
+                let out = try CalibrationWork.calibrate(calibration.step(block: b, shard: s), input: input, store: store)
+                hidden[s] = out.hidden ?? []
+                statistics[s] = Dictionary(uniqueKeysWithValues: out.statistics.map { ($0.key, $0.bytes) })
+            case .prune(let b, let name):
+                if overridesOfBlock != b {
+                    // Block b−1's pruned weights served every calibrate task of block b.
+                    store.clearOverrides()
+                    overridesOfBlock = b
                 }
+                let info = checkpoint.info(name)!
+                let dense = try store.load(name, shape: info.shape)
+                let key = calibration.statisticsKey(for: name, block: b)
+                let pruned = try CalibrationWork.prune(calibration.pruneStep(tensor: name, rows: info.rows, cols: info.cols), weights: dense,
+                                                       statistics: statistics.map { $0[key]! })
+                result.masks[name] = pruned.mask
+                if let updated = pruned.updated { result.updated[name] = updated }
+                if let error = pruned.error { result.errors[name] = error }
+                if calibration.mode == .sequential { store.override(name, with: pruned.values(dense: dense)) }
             }
-            for s in hidden.indices where !names.isEmpty || calibration.mode == .dense {
-                var x = hidden[s]
-                block.forward(&x, tokens: t, rope: rope) { name, input, tokens in
-                    if wanda[name] != nil { wanda[name]!.add(batch: input, tokens: tokens, columns: input.count / tokens) }
-                    if hessians[name] != nil { hessians[name]!.addBatch(input, tokens: tokens) }
-                }
-                if calibration.mode == .dense { hidden[s] = x }
-            }
-            // Prune the block's targets.
-            for name in names {
-                let shape = shapes[name]!
-                var weights = try store.load(name, shape: shape)
-                let rows = shape[0], cols = shape[1]
-                switch spec.method {
-                case .wanda:
-                    // Wanda compares weights within each output row; unstructured means per row.
-                    let pattern: SparsityPattern = plan.pattern == .unstructured ? .perRow : plan.pattern
-                    let criterion = WandaCriterion(statistics: wanda[name]!)
-                    var scores = [Float](repeating: 0, count: rows * cols)
-                    weights.withUnsafeBufferPointer { w in
-                        scores.withUnsafeMutableBufferPointer { criterion.scores(WeightBlock(name: name, values: w, rows: rows, cols: cols), into: $0) }
-                    }
-                    let mask = try scores.withUnsafeBufferPointer {
-                        try MaskSelection.mask(scores: $0, rows: rows, cols: cols, pattern: pattern, sparsity: plan.sparsity)
-                    }
-                    for r in 0..<rows { for c in 0..<cols where !mask[r, c] { weights[r * cols + c] = 0 } }
-                    result.masks[name] = mask
-                default:
-                    var n = 0, m = 0
-                    if case .nm(let kept, let group) = plan.pattern { n = kept; m = group }
-                    let (mask, error) = try hessians[name]!.prune(weights: &weights, sparsity: plan.sparsity, n: n, m: m,
-                                                                  blockSize: spec.sparseGPT.blockSize, percDamp: spec.sparseGPT.damp, layer: name)
-                    result.masks[name] = mask
-                    result.updated[name] = weights
-                    result.errors[name] = error
-                }
-                store.override(name, with: weights)
-            }
-            if calibration.mode == .sequential {
-                let pruned = try model.block(b)
-                for s in hidden.indices { pruned.forward(&hidden[s], tokens: t, rope: rope) }
-            }
-            // Later blocks never read this block's weights again: keep one block in memory
-            // (SparseGPT's updated weights stay in the result until assembly).
-            store.clearOverrides()
-            progress.step("block \(b)")
+            progress.step(task.id)
         }
         return result
     }

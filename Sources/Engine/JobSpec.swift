@@ -63,12 +63,20 @@ public struct JobSpec: Sendable {
         public var tokens: Int = 256
         public var seed: UInt64 = 0
         public var mode: Mode = .sequential
+        /// Calibration samples one task runs: the unit of work spread over workers, and
+        /// the unit in which statistics are merged (in shard order). Part of the spec, not
+        /// of the worker count, so output bytes never depend on how many workers ran.
+        public var samplesPerTask: Int = 8
     }
 
-    /// Held-out data the job evaluates dense and pruned models on (perplexity).
+    /// Held-out data the job evaluates dense and pruned models on: perplexity for a
+    /// Llama-family model, top-1 accuracy for an MLP classifier (`mlp.json`).
     public struct Evaluation: Sendable, Equatable {
+        /// Text or token ids (perplexity); labelled examples (accuracy: IDX or .safetensors).
         public var data: String
-        public var samples: Int = 32
+        /// Windows (perplexity; nil means 32) or the first examples (accuracy; nil means all).
+        public var samples: Int?
+        /// Tokens per window (perplexity only).
         public var tokens: Int = 256
     }
 
@@ -235,7 +243,7 @@ public struct JobSpec: Sendable {
         if let node = values["evaluation"] {
             let m = try JobSpec.mapping(node, key: "evaluation", known: ["data", "samples", "tokens"], file: file)
             guard let dataNode = m["data"], let data = dataNode.scalar?.string, !data.isEmpty else {
-                throw SpecError("\(where_(file, node)): evaluation: missing 'data' (held-out text or token ids)")
+                throw SpecError("\(where_(file, node)): evaluation: missing 'data' (held-out text or token ids; labelled examples for an MLP)")
             }
             let path = resolve(data)
             guard FileManager.default.isReadableFile(atPath: path) else {
@@ -270,7 +278,7 @@ public struct JobSpec: Sendable {
     }
 
     private static func parseCalibration(_ node: Node, file: String, resolve: (String) -> String) throws -> Calibration {
-        let m = try mapping(node, key: "calibration", known: ["data", "samples", "tokens", "seed", "mode"], file: file)
+        let m = try mapping(node, key: "calibration", known: ["data", "samples", "tokens", "seed", "mode", "samples_per_task"], file: file)
         guard let dataNode = m["data"], let data = dataNode.scalar?.string, !data.isEmpty else {
             throw SpecError("\(where_(file, node)): calibration: missing 'data' (a text file, or token ids as .safetensors or .npy)")
         }
@@ -282,6 +290,7 @@ public struct JobSpec: Sendable {
         if let v = try positiveInt(m["samples"], "calibration.samples", file: file, minimum: 1) { c.samples = v }
         if let v = try positiveInt(m["tokens"], "calibration.tokens", file: file, minimum: 2) { c.tokens = v }
         if let v = try positiveInt(m["seed"], "calibration.seed", file: file, minimum: 0) { c.seed = UInt64(v) }
+        if let v = try positiveInt(m["samples_per_task"], "calibration.samples_per_task", file: file, minimum: 1) { c.samplesPerTask = v }
         if let node = m["mode"] {
             guard let mode = node.scalar.flatMap({ Calibration.Mode(rawValue: $0.string) }) else {
                 throw SpecError("\(where_(file, node)): calibration.mode: must be sequential or dense")

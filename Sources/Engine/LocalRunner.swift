@@ -93,13 +93,14 @@ public struct LocalRunner {
     /// report.json and report.svg into the job directory.
     public static func report(spec: JobSpec, modelDirectory: String, manifest: Manifest, job: JobDirectory,
                               phases: inout [JobReport.Phase], quiet: Bool) throws {
-        var dense: Evaluator.Result?, pruned: Evaluator.Result?
+        var dense: Evaluator.Measurement?, pruned: Evaluator.Measurement?
         if let e = spec.evaluation {
+            // Perplexity for a Llama-family model, accuracy for an MLP (mlp.json).
             let started = Date()
-            let windows = try Evaluator.windows(data: e.data, modelDirectory: modelDirectory, samples: e.samples, tokens: e.tokens)
-            dense = try Evaluator.perplexity(modelDirectory: modelDirectory, windows: windows, label: "evaluate dense", quiet: quiet)
-            pruned = try Evaluator.perplexity(modelDirectory: (job.outPath as NSString).appendingPathComponent("dense"), windows: windows,
-                                              label: "evaluate pruned", quiet: quiet)
+            let comparison = try Evaluator.compare(original: modelDirectory, pruned: (job.outPath as NSString).appendingPathComponent("dense"),
+                                                   data: e.data, samples: e.samples, tokens: e.tokens, quiet: quiet)
+            dense = comparison.dense
+            pruned = comparison.pruned
             phases.append(.init(name: "evaluate", seconds: Date().timeIntervalSince(started)))
         }
         try JobReport(manifest: manifest, phases: phases, dense: dense, pruned: pruned).write(to: job.path)

@@ -19,9 +19,14 @@ public struct JobReport: Codable, Sendable {
     public var denseBytes: Int
     public var sparseBytes: Int
     public var sparseToDense: Double
+    /// Perplexity evaluation (Llama-family models); absent otherwise.
     public var densePerplexity: Double?
     public var prunedPerplexity: Double?
     public var evaluatedTokens: Int?
+    /// Top-1 accuracy evaluation (MLP classifiers); absent otherwise.
+    public var denseAccuracy: Double?
+    public var prunedAccuracy: Double?
+    public var evaluatedExamples: Int?
     /// Phase name → seconds, in the order the phases ran.
     public var phases: [Phase]
 
@@ -34,7 +39,8 @@ public struct JobReport: Codable, Sendable {
         }
     }
 
-    public init(manifest: Manifest, phases: [Phase], dense: Evaluator.Result?, pruned: Evaluator.Result?) {
+    /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
+    public init(manifest: Manifest, phases: [Phase], dense: Evaluator.Measurement?, pruned: Evaluator.Measurement?) {
         method = manifest.method
         pattern = manifest.pattern
         sparsity = manifest.sparsity
@@ -45,9 +51,18 @@ public struct JobReport: Codable, Sendable {
         denseBytes = manifest.totals.denseBytes
         sparseBytes = manifest.totals.sparseBytes
         sparseToDense = manifest.totals.sparseToDenseRatio
-        densePerplexity = dense?.perplexity
-        prunedPerplexity = pruned?.perplexity
-        evaluatedTokens = pruned?.tokens ?? dense?.tokens
+        for (measurement, isDense) in [(dense, true), (pruned, false)] {
+            switch measurement {
+            case .perplexity(let r):
+                if isDense { densePerplexity = r.perplexity } else { prunedPerplexity = r.perplexity }
+                evaluatedTokens = r.tokens
+            case .accuracy(let a):
+                if isDense { denseAccuracy = a.accuracy } else { prunedAccuracy = a.accuracy }
+                evaluatedExamples = a.examples
+            case nil:
+                break
+            }
+        }
         self.phases = phases
     }
 
@@ -67,6 +82,12 @@ public struct JobReport: Codable, Sendable {
             s += "| evaluation (\(evaluatedTokens ?? 0) tokens) | perplexity |\n|---|---:|\n"
             if let d = densePerplexity { s += "| dense | \(String(format: "%.3f", d)) |\n" }
             if let p = prunedPerplexity { s += "| pruned | \(String(format: "%.3f", p)) |\n" }
+            s += "\n"
+        }
+        if denseAccuracy != nil || prunedAccuracy != nil {
+            s += "| evaluation (\(evaluatedExamples ?? 0) examples) | top-1 accuracy |\n|---|---:|\n"
+            if let d = denseAccuracy { s += "| dense | \(String(format: "%.4f", d)) |\n" }
+            if let p = prunedAccuracy { s += "| pruned | \(String(format: "%.4f", p)) |\n" }
             s += "\n"
         }
         s += "| phase | seconds |\n|---|---:|\n" + phases.map { "| \($0.name) | \(String(format: "%.2f", $0.seconds)) |" }.joined(separator: "\n") + "\n\n"

@@ -33,8 +33,13 @@ public struct LlamaConfig: Sendable, Equatable {
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
             file = (path as NSString).appendingPathComponent("config.json")
         }
-        guard let data = FileManager.default.contents(atPath: file),
-              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let data = FileManager.default.contents(atPath: file) else { throw ModelError("\(file): cannot read a JSON config") }
+        return try parse(bytes: [UInt8](data), file: file)
+    }
+
+    /// Parses `config.json` bytes (a worker gets them in its task, not from disk).
+    public static func parse(bytes: [UInt8], file: String) throws -> LlamaConfig {
+        guard let json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw ModelError("\(file): cannot read a JSON config")
         }
         return try parse(json, file: file)
@@ -72,6 +77,22 @@ public struct LlamaConfig: Sendable, Equatable {
                            architecture: architecture)
     }
 
+    /// The Linear layers of block `b` grouped by the input they share (q/k/v read the
+    /// same normed states, gate/up too), in forward order: calibration gathers one set
+    /// of statistics per group.
+    public func linearGroups(block b: Int) -> [[String]] {
+        let names = linearNames(block: b)
+        return [Array(names[0..<3]), [names[3]], Array(names[4..<6]), [names[6]]]
+    }
+
+    /// Every tensor of block `b` the forward pass reads.
+    public func blockTensorNames(block b: Int) -> [String] {
+        let p = "model.layers.\(b)."
+        var names = [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"] + linearNames(block: b)
+        if attentionBias { names += ["q_proj", "k_proj", "v_proj"].map { p + "self_attn.\($0).bias" } }
+        return names
+    }
+
     /// The Linear layers of block `b`, by Hugging Face tensor name, in forward order.
     public func linearNames(block b: Int) -> [String] {
         let p = "model.layers.\(b)."
@@ -80,22 +101,69 @@ public struct LlamaConfig: Sendable, Equatable {
     }
 }
 
-/// Where F32 weights come from: a checkpoint, possibly with some tensors replaced
+/// Where a model's tensors come from, decoded to F32: a checkpoint on disk, or (on a
+/// worker) byte ranges read from a local copy or pulled from the coordinator.
+public protocol TensorReader: AnyObject {
+    /// Where the tensors live, for error messages.
+    var location: String { get }
+    /// The tensor's shape, or nil when it is absent.
+    func shape(of name: String) -> [Int]?
+    /// The whole tensor decoded to F32.
+    func floats(_ name: String) throws -> [Float]
+    /// Row `index` of a 2-D tensor decoded to F32 (an embedding lookup needs a few rows).
+    func row(_ name: String, _ index: Int) throws -> [Float]
+}
+
+/// A checkpoint's tensors, read straight from the mapped files; pages are released
+/// after each whole-tensor read so memory holds what the caller keeps.
+public final class CheckpointReader: TensorReader {
+    public let checkpoint: Checkpoint
+    public init(_ checkpoint: Checkpoint) { self.checkpoint = checkpoint }
+    public var location: String { checkpoint.directory }
+    public func shape(of name: String) -> [Int]? { checkpoint.info(name)?.shape }
+
+    public func floats(_ name: String) throws -> [Float] {
+        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
+            throw ModelError("\(checkpoint.directory): tensor '\(name)' is missing")
+        }
+        defer { shard.release(info) }
+        return try shard.floats(info)
+    }
+
+    public func row(_ name: String, _ index: Int) throws -> [Float] {
+        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name), info.shape.count == 2,
+              index >= 0, index < info.shape[0] else {
+            throw ModelError("\(checkpoint.directory): tensor '\(name)' has no row \(index)")
+        }
+        let width = info.shape[1], rowBytes = width * info.dtype.size
+        let bytes = UnsafeRawBufferPointer(rebasing: shard.bytes(info)[(index * rowBytes)..<((index + 1) * rowBytes)])
+        return FloatConversion.toFloat(bytes, dtype: info.dtype, count: width)
+    }
+}
+
+/// Where F32 weights come from: a tensor reader, possibly with some tensors replaced
 /// (pruned or updated weights while calibrating block by block).
 public final class WeightStore: @unchecked Sendable {
-    public let checkpoint: Checkpoint
+    public let reader: TensorReader
     private var overrides: [String: [Float]] = [:]
 
-    public init(checkpoint: Checkpoint) {
-        self.checkpoint = checkpoint
+    public init(reader: TensorReader) {
+        self.reader = reader
     }
+
+    public convenience init(checkpoint: Checkpoint) {
+        self.init(reader: CheckpointReader(checkpoint))
+    }
+
+    /// The checkpoint behind the reader, when it is one (not on a worker pulling bytes).
+    public var checkpoint: Checkpoint? { (reader as? CheckpointReader)?.checkpoint }
 
     /// Replaces a tensor's values for later loads.
     public func override(_ name: String, with values: [Float]) {
         overrides[name] = values
     }
 
-    public func has(_ name: String) -> Bool { overrides[name] != nil || checkpoint.info(name) != nil }
+    public func has(_ name: String) -> Bool { overrides[name] != nil || reader.shape(of: name) != nil }
 
     /// Forgets replaced values (after a block's pruned outputs are computed), so memory
     /// holds one block's overrides at a time.
@@ -107,13 +175,10 @@ public final class WeightStore: @unchecked Sendable {
     /// embedding lookup needs a few rows, not the whole table).
     public func row(_ name: String, _ index: Int, width: Int) throws -> [Float] {
         if let o = overrides[name] { return Array(o[(index * width)..<((index + 1) * width)]) }
-        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name), info.shape.count == 2, info.shape[1] == width,
-              index >= 0, index < info.shape[0] else {
-            throw ModelError("\(checkpoint.directory): tensor '\(name)' has no row \(index) of width \(width)")
+        guard let shape = reader.shape(of: name), shape.count == 2, shape[1] == width, index >= 0, index < shape[0] else {
+            throw ModelError("\(reader.location): tensor '\(name)' has no row \(index) of width \(width)")
         }
-        let rowBytes = width * info.dtype.size
-        let bytes = UnsafeRawBufferPointer(rebasing: shard.bytes(info)[(index * rowBytes)..<((index + 1) * rowBytes)])
-        return FloatConversion.toFloat(bytes, dtype: info.dtype, count: width)
+        return try reader.row(name, index)
     }
 
     /// A tensor decoded to F32, checked against the expected shape.
@@ -122,13 +187,12 @@ public final class WeightStore: @unchecked Sendable {
             guard o.count == shape.reduce(1, *) else { throw ModelError("tensor '\(name)': override has \(o.count) values, expected \(shape)") }
             return o
         }
-        guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
-            throw ModelError("\(checkpoint.directory): tensor '\(name)' is missing")
+        guard let actual = reader.shape(of: name) else {
+            throw ModelError("\(reader.location): tensor '\(name)' is missing")
         }
-        guard info.shape == shape else {
-            throw ModelError("\(shard.path): tensor '\(name)' has shape \(info.shape), config implies \(shape)")
+        guard actual == shape else {
+            throw ModelError("\(reader.location): tensor '\(name)' has shape \(actual), config implies \(shape)")
         }
-        defer { shard.release(info) }
-        return try shard.floats(info)
+        return try reader.floats(name)
     }
 }

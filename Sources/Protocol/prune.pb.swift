@@ -15,6 +15,11 @@
 /// frames, described in order by Envelope.payloads with their size and sha256; they are
 /// never inside protobuf. See docs/protocol.md for the frame table and the task states.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -27,122 +32,131 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-public nonisolated struct Prune_V1_Envelope: Sendable {
+public nonisolated struct Prune_V1_Envelope: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// Must equal the receiver's PROTOCOL_VERSION; otherwise Hello is answered by Reject
   /// and anything else is dropped and logged.
-  public var protocolVersion: UInt32 = 0
+  public var protocolVersion: UInt32 {
+    get {_storage._protocolVersion}
+    set {_uniqueStorage()._protocolVersion = newValue}
+  }
 
   /// One entry per payload frame after the envelope, in order.
-  public var payloads: [Prune_V1_PayloadInfo] = []
+  public var payloads: [Prune_V1_PayloadInfo] {
+    get {_storage._payloads}
+    set {_uniqueStorage()._payloads = newValue}
+  }
 
-  public var body: Prune_V1_Envelope.OneOf_Body? = nil
+  public var body: OneOf_Body? {
+    get {return _storage._body}
+    set {_uniqueStorage()._body = newValue}
+  }
 
   public var hello: Prune_V1_Hello {
     get {
-      if case .hello(let v)? = body {return v}
+      if case .hello(let v)? = _storage._body {return v}
       return Prune_V1_Hello()
     }
-    set {body = .hello(newValue)}
+    set {_uniqueStorage()._body = .hello(newValue)}
   }
 
   public var welcome: Prune_V1_Welcome {
     get {
-      if case .welcome(let v)? = body {return v}
+      if case .welcome(let v)? = _storage._body {return v}
       return Prune_V1_Welcome()
     }
-    set {body = .welcome(newValue)}
+    set {_uniqueStorage()._body = .welcome(newValue)}
   }
 
   public var reject: Prune_V1_Reject {
     get {
-      if case .reject(let v)? = body {return v}
+      if case .reject(let v)? = _storage._body {return v}
       return Prune_V1_Reject()
     }
-    set {body = .reject(newValue)}
+    set {_uniqueStorage()._body = .reject(newValue)}
   }
 
   public var heartbeat: Prune_V1_Heartbeat {
     get {
-      if case .heartbeat(let v)? = body {return v}
+      if case .heartbeat(let v)? = _storage._body {return v}
       return Prune_V1_Heartbeat()
     }
-    set {body = .heartbeat(newValue)}
+    set {_uniqueStorage()._body = .heartbeat(newValue)}
   }
 
   public var assign: Prune_V1_Assign {
     get {
-      if case .assign(let v)? = body {return v}
+      if case .assign(let v)? = _storage._body {return v}
       return Prune_V1_Assign()
     }
-    set {body = .assign(newValue)}
+    set {_uniqueStorage()._body = .assign(newValue)}
   }
 
   public var result: Prune_V1_Result {
     get {
-      if case .result(let v)? = body {return v}
+      if case .result(let v)? = _storage._body {return v}
       return Prune_V1_Result()
     }
-    set {body = .result(newValue)}
+    set {_uniqueStorage()._body = .result(newValue)}
   }
 
   public var fail: Prune_V1_Fail {
     get {
-      if case .fail(let v)? = body {return v}
+      if case .fail(let v)? = _storage._body {return v}
       return Prune_V1_Fail()
     }
-    set {body = .fail(newValue)}
+    set {_uniqueStorage()._body = .fail(newValue)}
   }
 
   public var cancel: Prune_V1_Cancel {
     get {
-      if case .cancel(let v)? = body {return v}
+      if case .cancel(let v)? = _storage._body {return v}
       return Prune_V1_Cancel()
     }
-    set {body = .cancel(newValue)}
+    set {_uniqueStorage()._body = .cancel(newValue)}
   }
 
   public var shutdown: Prune_V1_Shutdown {
     get {
-      if case .shutdown(let v)? = body {return v}
+      if case .shutdown(let v)? = _storage._body {return v}
       return Prune_V1_Shutdown()
     }
-    set {body = .shutdown(newValue)}
+    set {_uniqueStorage()._body = .shutdown(newValue)}
   }
 
   public var chunkRequest: Prune_V1_ChunkRequest {
     get {
-      if case .chunkRequest(let v)? = body {return v}
+      if case .chunkRequest(let v)? = _storage._body {return v}
       return Prune_V1_ChunkRequest()
     }
-    set {body = .chunkRequest(newValue)}
+    set {_uniqueStorage()._body = .chunkRequest(newValue)}
   }
 
   public var chunk: Prune_V1_Chunk {
     get {
-      if case .chunk(let v)? = body {return v}
+      if case .chunk(let v)? = _storage._body {return v}
       return Prune_V1_Chunk()
     }
-    set {body = .chunk(newValue)}
+    set {_uniqueStorage()._body = .chunk(newValue)}
   }
 
   public var ack: Prune_V1_Ack {
     get {
-      if case .ack(let v)? = body {return v}
+      if case .ack(let v)? = _storage._body {return v}
       return Prune_V1_Ack()
     }
-    set {body = .ack(newValue)}
+    set {_uniqueStorage()._body = .ack(newValue)}
   }
 
   public var goodbye: Prune_V1_Goodbye {
     get {
-      if case .goodbye(let v)? = body {return v}
+      if case .goodbye(let v)? = _storage._body {return v}
       return Prune_V1_Goodbye()
     }
-    set {body = .goodbye(newValue)}
+    set {_uniqueStorage()._body = .goodbye(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -165,6 +179,8 @@ public nonisolated struct Prune_V1_Envelope: Sendable {
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Prune_V1_PayloadInfo: Sendable {
@@ -233,6 +249,11 @@ public nonisolated struct Prune_V1_Welcome: Sendable {
   public var chunkCredit: UInt32 = 0
 
   public var modelFiles: [Prune_V1_ModelFile] = []
+
+  /// The job's artifact directory on the coordinator's host: a worker that can see it
+  /// (same host, shared disk) reads artifacts there, verified by sha256; else it pulls
+  /// them in chunks like checkpoint bytes (ChunkRequest.file_sha256 = the artifact's).
+  public var artifactRoot: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -318,15 +339,181 @@ public nonisolated struct Prune_V1_Assign: Sendable {
     set {work = .noop(newValue)}
   }
 
+  public var calibrate: Prune_V1_CalibrateTask {
+    get {
+      if case .calibrate(let v)? = work {return v}
+      return Prune_V1_CalibrateTask()
+    }
+    set {work = .calibrate(newValue)}
+  }
+
+  public var layerPrune: Prune_V1_LayerPruneTask {
+    get {
+      if case .layerPrune(let v)? = work {return v}
+      return Prune_V1_LayerPruneTask()
+    }
+    set {work = .layerPrune(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
     case mask(Prune_V1_MaskTask)
     case noop(Prune_V1_NoopTask)
+    case calibrate(Prune_V1_CalibrateTask)
+    case layerPrune(Prune_V1_LayerPruneTask)
 
   }
 
   public init() {}
+}
+
+/// A job artifact (an earlier task's output), by content.
+public nonisolated struct Prune_V1_ArtifactRef: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sha256: String = String()
+
+  public var size: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A Linear layer pruned by an earlier task: its mask (packed bits, row-padded) and, for
+/// SparseGPT, its updated F32 weights.
+public nonisolated struct Prune_V1_PrunedLinear: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var mask: Prune_V1_ArtifactRef {
+    get {_mask ?? Prune_V1_ArtifactRef()}
+    set {_mask = newValue}
+  }
+  /// Returns true if `mask` has been explicitly set.
+  public var hasMask: Bool {self._mask != nil}
+  /// Clears the value of `mask`. Subsequent reads from it will return its default value.
+  public mutating func clearMask() {self._mask = nil}
+
+  public var weights: Prune_V1_ArtifactRef {
+    get {_weights ?? Prune_V1_ArtifactRef()}
+    set {_weights = newValue}
+  }
+  /// Returns true if `weights` has been explicitly set.
+  public var hasWeights: Bool {self._weights != nil}
+  /// Clears the value of `weights`. Subsequent reads from it will return its default value.
+  public mutating func clearWeights() {self._weights = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _mask: Prune_V1_ArtifactRef? = nil
+  fileprivate var _weights: Prune_V1_ArtifactRef? = nil
+}
+
+/// Calibration of one block on one shard of the calibration samples: the block's input
+/// hidden states (token ids for block 0, else an earlier task's artifact; in sequential
+/// mode first run through block-1 pruned), then one statistic per group of targets that
+/// share an input. Result payloads: "hidden" (F32, samples × tokens × hidden, when a later
+/// task needs it) and "stats:<first linear of the group>" (Wanda or SparseGPT bytes).
+public nonisolated struct Prune_V1_CalibrateTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var block: UInt32 = 0
+
+  public var shard: UInt32 = 0
+
+  public var method: String = String()
+
+  public var mode: String = String()
+
+  public var configJson: Data = Data()
+
+  public var tokens: UInt32 = 0
+
+  public var samples: UInt32 = 0
+
+  public var tokenIds: [Int32] = []
+
+  public var hidden: Prune_V1_ArtifactRef {
+    get {_hidden ?? Prune_V1_ArtifactRef()}
+    set {_hidden = newValue}
+  }
+  /// Returns true if `hidden` has been explicitly set.
+  public var hasHidden: Bool {self._hidden != nil}
+  /// Clears the value of `hidden`. Subsequent reads from it will return its default value.
+  public mutating func clearHidden() {self._hidden = nil}
+
+  public var weights: [Prune_V1_TensorRef] = []
+
+  public var pruned: [Prune_V1_PrunedLinear] = []
+
+  public var groups: [Prune_V1_LinearGroup] = []
+
+  public var emitHidden: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _hidden: Prune_V1_ArtifactRef? = nil
+}
+
+public nonisolated struct Prune_V1_LinearGroup: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var names: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Prunes one Linear layer from its weights and the statistics of every shard, merged
+/// in the order given. Result payloads: "mask", "weights" (SparseGPT) and "error" (F64
+/// reconstruction error, SparseGPT).
+public nonisolated struct Prune_V1_LayerPruneTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  public var method: String = String()
+
+  public var pattern: String = String()
+
+  public var sparsity: Double = 0
+
+  public var blockSize: UInt32 = 0
+
+  public var damp: Double = 0
+
+  public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
 }
 
 /// Where a tensor's bytes are: file (by sha256) and absolute byte range.
@@ -553,261 +740,301 @@ nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}payloads\0\u{2}\u{8}hello\0\u{1}welcome\0\u{1}reject\0\u{1}heartbeat\0\u{1}assign\0\u{1}result\0\u{1}fail\0\u{1}cancel\0\u{1}shutdown\0\u{3}chunk_request\0\u{1}chunk\0\u{1}ack\0\u{1}goodbye\0")
 
+  fileprivate class _StorageClass {
+    var _protocolVersion: UInt32 = 0
+    var _payloads: [Prune_V1_PayloadInfo] = []
+    var _body: Prune_V1_Envelope.OneOf_Body?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _protocolVersion = source._protocolVersion
+      _payloads = source._payloads
+      _body = source._body
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.protocolVersion) }()
-      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.payloads) }()
-      case 10: try {
-        var v: Prune_V1_Hello?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .hello(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._protocolVersion) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._payloads) }()
+        case 10: try {
+          var v: Prune_V1_Hello?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .hello(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .hello(v)
+          }
+        }()
+        case 11: try {
+          var v: Prune_V1_Welcome?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .welcome(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .welcome(v)
+          }
+        }()
+        case 12: try {
+          var v: Prune_V1_Reject?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .reject(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .reject(v)
+          }
+        }()
+        case 13: try {
+          var v: Prune_V1_Heartbeat?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .heartbeat(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .heartbeat(v)
+          }
+        }()
+        case 14: try {
+          var v: Prune_V1_Assign?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .assign(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .assign(v)
+          }
+        }()
+        case 15: try {
+          var v: Prune_V1_Result?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .result(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .result(v)
+          }
+        }()
+        case 16: try {
+          var v: Prune_V1_Fail?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .fail(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .fail(v)
+          }
+        }()
+        case 17: try {
+          var v: Prune_V1_Cancel?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .cancel(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .cancel(v)
+          }
+        }()
+        case 18: try {
+          var v: Prune_V1_Shutdown?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .shutdown(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .shutdown(v)
+          }
+        }()
+        case 19: try {
+          var v: Prune_V1_ChunkRequest?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .chunkRequest(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .chunkRequest(v)
+          }
+        }()
+        case 20: try {
+          var v: Prune_V1_Chunk?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .chunk(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .chunk(v)
+          }
+        }()
+        case 21: try {
+          var v: Prune_V1_Ack?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .ack(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .ack(v)
+          }
+        }()
+        case 22: try {
+          var v: Prune_V1_Goodbye?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .goodbye(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .goodbye(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .hello(v)
-        }
-      }()
-      case 11: try {
-        var v: Prune_V1_Welcome?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .welcome(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .welcome(v)
-        }
-      }()
-      case 12: try {
-        var v: Prune_V1_Reject?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .reject(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .reject(v)
-        }
-      }()
-      case 13: try {
-        var v: Prune_V1_Heartbeat?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .heartbeat(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .heartbeat(v)
-        }
-      }()
-      case 14: try {
-        var v: Prune_V1_Assign?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .assign(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .assign(v)
-        }
-      }()
-      case 15: try {
-        var v: Prune_V1_Result?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .result(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .result(v)
-        }
-      }()
-      case 16: try {
-        var v: Prune_V1_Fail?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .fail(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .fail(v)
-        }
-      }()
-      case 17: try {
-        var v: Prune_V1_Cancel?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .cancel(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .cancel(v)
-        }
-      }()
-      case 18: try {
-        var v: Prune_V1_Shutdown?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .shutdown(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .shutdown(v)
-        }
-      }()
-      case 19: try {
-        var v: Prune_V1_ChunkRequest?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .chunkRequest(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .chunkRequest(v)
-        }
-      }()
-      case 20: try {
-        var v: Prune_V1_Chunk?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .chunk(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .chunk(v)
-        }
-      }()
-      case 21: try {
-        var v: Prune_V1_Ack?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .ack(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .ack(v)
-        }
-      }()
-      case 22: try {
-        var v: Prune_V1_Goodbye?
-        var hadOneofValue = false
-        if let current = self.body {
-          hadOneofValue = true
-          if case .goodbye(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .goodbye(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.protocolVersion != 0 {
-      try visitor.visitSingularUInt32Field(value: self.protocolVersion, fieldNumber: 1)
-    }
-    if !self.payloads.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.payloads, fieldNumber: 2)
-    }
-    switch self.body {
-    case .hello?: try {
-      guard case .hello(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .welcome?: try {
-      guard case .welcome(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .reject?: try {
-      guard case .reject(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .heartbeat?: try {
-      guard case .heartbeat(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .assign?: try {
-      guard case .assign(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case .result?: try {
-      guard case .result(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-    }()
-    case .fail?: try {
-      guard case .fail(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-    }()
-    case .cancel?: try {
-      guard case .cancel(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
-    }()
-    case .shutdown?: try {
-      guard case .shutdown(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
-    }()
-    case .chunkRequest?: try {
-      guard case .chunkRequest(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
-    }()
-    case .chunk?: try {
-      guard case .chunk(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-    }()
-    case .ack?: try {
-      guard case .ack(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-    }()
-    case .goodbye?: try {
-      guard case .goodbye(let v)? = self.body else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._protocolVersion != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._protocolVersion, fieldNumber: 1)
+      }
+      if !_storage._payloads.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._payloads, fieldNumber: 2)
+      }
+      switch _storage._body {
+      case .hello?: try {
+        guard case .hello(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .welcome?: try {
+        guard case .welcome(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .reject?: try {
+        guard case .reject(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .heartbeat?: try {
+        guard case .heartbeat(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .assign?: try {
+        guard case .assign(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case .result?: try {
+        guard case .result(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      }()
+      case .fail?: try {
+        guard case .fail(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      }()
+      case .cancel?: try {
+        guard case .cancel(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      }()
+      case .shutdown?: try {
+        guard case .shutdown(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      }()
+      case .chunkRequest?: try {
+        guard case .chunkRequest(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+      }()
+      case .chunk?: try {
+        guard case .chunk(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .ack?: try {
+        guard case .ack(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
+      case .goodbye?: try {
+        guard case .goodbye(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prune_V1_Envelope, rhs: Prune_V1_Envelope) -> Bool {
-    if lhs.protocolVersion != rhs.protocolVersion {return false}
-    if lhs.payloads != rhs.payloads {return false}
-    if lhs.body != rhs.body {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._protocolVersion != rhs_storage._protocolVersion {return false}
+        if _storage._payloads != rhs_storage._payloads {return false}
+        if _storage._body != rhs_storage._body {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -920,7 +1147,7 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}heartbeat_ms\0\u{1}liveness\0\u{3}chunk_size\0\u{3}chunk_credit\0\u{3}model_files\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}heartbeat_ms\0\u{1}liveness\0\u{3}chunk_size\0\u{3}chunk_credit\0\u{3}model_files\0\u{3}artifact_root\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -934,6 +1161,7 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.chunkSize) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.chunkCredit) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.modelFiles) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.artifactRoot) }()
       default: break
       }
     }
@@ -958,6 +1186,9 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.modelFiles.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.modelFiles, fieldNumber: 6)
     }
+    if !self.artifactRoot.isEmpty {
+      try visitor.visitSingularStringField(value: self.artifactRoot, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -968,6 +1199,7 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.chunkSize != rhs.chunkSize {return false}
     if lhs.chunkCredit != rhs.chunkCredit {return false}
     if lhs.modelFiles != rhs.modelFiles {return false}
+    if lhs.artifactRoot != rhs.artifactRoot {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1085,7 +1317,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1121,6 +1353,32 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
           self.work = .noop(v)
         }
       }()
+      case 12: try {
+        var v: Prune_V1_CalibrateTask?
+        var hadOneofValue = false
+        if let current = self.work {
+          hadOneofValue = true
+          if case .calibrate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.work = .calibrate(v)
+        }
+      }()
+      case 13: try {
+        var v: Prune_V1_LayerPruneTask?
+        var hadOneofValue = false
+        if let current = self.work {
+          hadOneofValue = true
+          if case .layerPrune(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.work = .layerPrune(v)
+        }
+      }()
       default: break
       }
     }
@@ -1146,6 +1404,14 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       guard case .noop(let v)? = self.work else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
     }()
+    case .calibrate?: try {
+      guard case .calibrate(let v)? = self.work else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    }()
+    case .layerPrune?: try {
+      guard case .layerPrune(let v)? = self.work else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1155,6 +1421,273 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.taskID != rhs.taskID {return false}
     if lhs.attempt != rhs.attempt {return false}
     if lhs.work != rhs.work {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_ArtifactRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ArtifactRef"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sha256\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 1)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_ArtifactRef, rhs: Prune_V1_ArtifactRef) -> Bool {
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_PrunedLinear: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrunedLinear"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}mask\0\u{1}weights\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._mask) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._weights) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if let v = self._mask {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._weights {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_PrunedLinear, rhs: Prune_V1_PrunedLinear) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs._mask != rhs._mask {return false}
+    if lhs._weights != rhs._weights {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CalibrateTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}shard\0\u{1}method\0\u{1}mode\0\u{3}config_json\0\u{1}tokens\0\u{1}samples\0\u{3}token_ids\0\u{1}hidden\0\u{1}weights\0\u{1}pruned\0\u{1}groups\0\u{3}emit_hidden\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.block) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.shard) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.method) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.mode) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.configJson) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.tokens) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.samples) }()
+      case 8: try { try decoder.decodeRepeatedInt32Field(value: &self.tokenIds) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._hidden) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.weights) }()
+      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.pruned) }()
+      case 12: try { try decoder.decodeRepeatedMessageField(value: &self.groups) }()
+      case 13: try { try decoder.decodeSingularBoolField(value: &self.emitHidden) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.block != 0 {
+      try visitor.visitSingularUInt32Field(value: self.block, fieldNumber: 1)
+    }
+    if self.shard != 0 {
+      try visitor.visitSingularUInt32Field(value: self.shard, fieldNumber: 2)
+    }
+    if !self.method.isEmpty {
+      try visitor.visitSingularStringField(value: self.method, fieldNumber: 3)
+    }
+    if !self.mode.isEmpty {
+      try visitor.visitSingularStringField(value: self.mode, fieldNumber: 4)
+    }
+    if !self.configJson.isEmpty {
+      try visitor.visitSingularBytesField(value: self.configJson, fieldNumber: 5)
+    }
+    if self.tokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tokens, fieldNumber: 6)
+    }
+    if self.samples != 0 {
+      try visitor.visitSingularUInt32Field(value: self.samples, fieldNumber: 7)
+    }
+    if !self.tokenIds.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.tokenIds, fieldNumber: 8)
+    }
+    try { if let v = self._hidden {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
+    if !self.weights.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.weights, fieldNumber: 10)
+    }
+    if !self.pruned.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.pruned, fieldNumber: 11)
+    }
+    if !self.groups.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.groups, fieldNumber: 12)
+    }
+    if self.emitHidden != false {
+      try visitor.visitSingularBoolField(value: self.emitHidden, fieldNumber: 13)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_CalibrateTask, rhs: Prune_V1_CalibrateTask) -> Bool {
+    if lhs.block != rhs.block {return false}
+    if lhs.shard != rhs.shard {return false}
+    if lhs.method != rhs.method {return false}
+    if lhs.mode != rhs.mode {return false}
+    if lhs.configJson != rhs.configJson {return false}
+    if lhs.tokens != rhs.tokens {return false}
+    if lhs.samples != rhs.samples {return false}
+    if lhs.tokenIds != rhs.tokenIds {return false}
+    if lhs._hidden != rhs._hidden {return false}
+    if lhs.weights != rhs.weights {return false}
+    if lhs.pruned != rhs.pruned {return false}
+    if lhs.groups != rhs.groups {return false}
+    if lhs.emitHidden != rhs.emitHidden {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_LinearGroup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LinearGroup"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}names\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.names) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.names.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.names, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_LinearGroup, rhs: Prune_V1_LinearGroup) -> Bool {
+    if lhs.names != rhs.names {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LayerPruneTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}method\0\u{1}pattern\0\u{1}sparsity\0\u{3}block_size\0\u{1}damp\0\u{1}statistics\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.method) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.pattern) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.sparsity) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.blockSize) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.damp) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.method.isEmpty {
+      try visitor.visitSingularStringField(value: self.method, fieldNumber: 2)
+    }
+    if !self.pattern.isEmpty {
+      try visitor.visitSingularStringField(value: self.pattern, fieldNumber: 3)
+    }
+    if self.sparsity.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.sparsity, fieldNumber: 4)
+    }
+    if self.blockSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.blockSize, fieldNumber: 5)
+    }
+    if self.damp.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.damp, fieldNumber: 6)
+    }
+    if !self.statistics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_LayerPruneTask, rhs: Prune_V1_LayerPruneTask) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.method != rhs.method {return false}
+    if lhs.pattern != rhs.pattern {return false}
+    if lhs.sparsity != rhs.sparsity {return false}
+    if lhs.blockSize != rhs.blockSize {return false}
+    if lhs.damp != rhs.damp {return false}
+    if lhs.statistics != rhs.statistics {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -138,11 +138,7 @@ struct Run: ParsableCommand {
     func run() throws {
         let job = try JobSpec.load(path: spec)
         let start = Date()
-        if workers > 0 && job.method.needsCalibration && !quiet {
-            // Distributed calibration is not built yet: Wanda and SparseGPT run here.
-            FileHandle.standardError.write(Data("note: \(job.method.rawValue) calibrates in this process (distributed calibration is not built yet)\n".utf8))
-        }
-        if workers == 0 || job.method.needsCalibration {
+        if workers == 0 {
             var local = LocalRunner(spec: job, quiet: quiet)
             local.maxWeightsPerTask = common.settings.maxWeightsPerTask
             let summary = try local.run()
@@ -181,13 +177,13 @@ struct Check: ParsableCommand {
     @Argument(help: "The job directory, or its out/ directory.")
     var output: String
 
-    @Option(help: "Held-out text (or token ids) to compare perplexity of the original and pruned models on.")
+    @Option(help: "Held-out data to compare the original and pruned models on: text or token ids (perplexity, Llama-family models), or labelled examples (top-1 accuracy, MLP models with mlp.json: an IDX images file, a directory with t10k-images-idx3-ubyte[.gz], or .safetensors with inputs and labels).")
     var eval: String?
 
-    @Option(help: "Evaluation windows.")
-    var evalSamples = 32
+    @Option(help: "Evaluation windows (perplexity; default 32) or examples (accuracy: the first N; default all).")
+    var evalSamples: Int?
 
-    @Option(help: "Tokens per evaluation window.")
+    @Option(help: "Tokens per evaluation window (perplexity only).")
     var evalTokens = 256
 
     @Flag(name: .shortAndLong, help: "No progress output.")
@@ -197,14 +193,13 @@ struct Check: ParsableCommand {
         let report = try Checker.check(original: original, output: output)
         for f in report.failures { print("FAIL \(f)") }
         if let eval {
+            if let n = evalSamples, n < 1 { throw ValidationError("--eval-samples must be 1 or more") }
             let source = try Checkpoint(path: original).directory
             let outDir = Checker.outputDirectory(output)
-            let windows = try Evaluator.windows(data: eval, modelDirectory: source, samples: evalSamples, tokens: evalTokens)
-            let dense = try Evaluator.perplexity(modelDirectory: source, windows: windows, label: "evaluate dense", quiet: quiet)
-            let pruned = try Evaluator.perplexity(modelDirectory: (outDir as NSString).appendingPathComponent("dense"), windows: windows,
-                                                  label: "evaluate pruned", quiet: quiet)
-            print(String(format: "perplexity on %d tokens: dense %.3f, pruned %.3f (%.2f× dense)", pruned.tokens, dense.perplexity,
-                         pruned.perplexity, pruned.perplexity / dense.perplexity))
+            // Perplexity for a Llama-family model (config.json), accuracy for an MLP (mlp.json).
+            let comparison = try Evaluator.compare(original: source, pruned: (outDir as NSString).appendingPathComponent("dense"),
+                                                   data: eval, samples: evalSamples, tokens: evalTokens, quiet: quiet)
+            print(comparison.summary)
         }
         if report.passed {
             print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) pruned, \(report.zeros) zeros verified; sparse/ rebuilds dense/ bit-exactly")

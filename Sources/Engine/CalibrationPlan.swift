@@ -1,0 +1,149 @@
+import Foundation
+import Models
+import Pruning
+import Tensors
+
+/// The calibration work of a Wanda or SparseGPT job on a Llama-family model, as a DAG of
+/// tasks that `prune run --workers 0` executes in order in this process and the cluster
+/// spreads over workers. Both run the same `CalibrationWork` functions on the same
+/// inputs and merge statistics in shard order, so the output bytes are the same for any
+/// number of workers.
+///
+/// Per block b (S shards of `samplesPerTask` calibration samples each):
+/// - `calibrate` b/s: the block's input hidden states for shard s (block 0: embedded
+///   token ids; sequential mode: the shard's states run through block b−1 *pruned*),
+///   then block b run with hooks gathering one statistic per group of targets sharing
+///   an input (Wanda column norms, SparseGPT Hessians). It depends on `calibrate` b−1/s
+///   and, in sequential mode, on every `prune` of block b−1.
+/// - `prune` b/tensor: the tensor's weights and its group's statistics from every shard,
+///   merged in shard order → mask (and SparseGPT's updated weights and error). It depends
+///   on every `calibrate` b/s.
+public struct CalibrationPlan: Sendable {
+    public enum Task: Sendable, Hashable {
+        case calibrate(block: Int, shard: Int)
+        case prune(block: Int, tensor: String)
+
+        /// Ledger and wire id.
+        public var id: String {
+            switch self {
+            case .calibrate(let b, let s): return "calibrate:\(b):\(s)"
+            case .prune(_, let tensor): return "prune:\(tensor)"
+            }
+        }
+
+        public var block: Int {
+            switch self {
+            case .calibrate(let b, _), .prune(let b, _): return b
+            }
+        }
+    }
+
+    public let config: LlamaConfig
+    /// config.json as read (workers get these bytes in their tasks).
+    public let configJSON: [UInt8]
+    public let method: JobSpec.Method
+    public let mode: JobSpec.Calibration.Mode
+    /// Tokens per calibration sample.
+    public let tokens: Int
+    /// The calibration windows, drawn with the spec's seed.
+    public let windows: [[Int32]]
+    public let samplesPerTask: Int
+    public let pattern: SparsityPattern
+    public let sparsity: Double
+    public let sparseGPT: JobSpec.SparseGPTOptions
+    /// Per block, the pruned Linear layers grouped by the input they share.
+    public let groups: [[[String]]]
+    /// Every task in queue order: block by block, calibrations before prunes.
+    public let tasks: [Task]
+
+    public var shardCount: Int { (windows.count + samplesPerTask - 1) / samplesPerTask }
+    public var blocks: Int { config.layers }
+
+    /// Builds the plan: reads config.json and the calibration data, draws the windows,
+    /// and refuses targets that are not Linear layers of the decoder blocks.
+    public init(spec: JobSpec, plan: Plan, modelDirectory: String) throws {
+        guard let calibration = spec.calibration else { throw SpecError("method \(spec.method.rawValue) needs calibration") }
+        let configPath = (modelDirectory as NSString).appendingPathComponent("config.json")
+        guard let data = FileManager.default.contents(atPath: configPath) else {
+            throw ModelError("\(configPath): cannot read a JSON config (\(spec.method.rawValue) runs the model's forward pass)")
+        }
+        configJSON = [UInt8](data)
+        config = try LlamaConfig.parse(bytes: configJSON, file: configPath)
+        let streams = try CalibrationData.load(calibration.data, modelDirectory: modelDirectory)
+        windows = try CalibrationData.windows(streams, samples: calibration.samples, tokens: calibration.tokens,
+                                              seed: calibration.seed, source: calibration.data)
+        method = spec.method
+        mode = calibration.mode
+        tokens = calibration.tokens
+        samplesPerTask = calibration.samplesPerTask
+        pattern = plan.pattern
+        sparsity = plan.sparsity
+        sparseGPT = spec.sparseGPT
+        let targets = Set(plan.targets.map(\.name))
+        let config = config
+        let unplanned = targets.subtracting((0..<config.layers).flatMap { config.linearNames(block: $0) })
+        guard unplanned.isEmpty else {
+            throw SpecError("targets: \(unplanned.sorted().prefix(3).joined(separator: ", ")) are not Linear layers of the decoder blocks, which \(spec.method.rawValue) prunes; add them to ignore")
+        }
+        groups = (0..<config.layers).map { b in
+            config.linearGroups(block: b).map { $0.filter(targets.contains) }.filter { !$0.isEmpty }
+        }
+        var tasks: [Task] = []
+        let shards = (windows.count + samplesPerTask - 1) / samplesPerTask
+        for b in 0..<config.layers {
+            tasks += (0..<shards).map { Task.calibrate(block: b, shard: $0) }
+            tasks += groups[b].joined().sorted { config.linearNames(block: b).firstIndex(of: $0)! < config.linearNames(block: b).firstIndex(of: $1)! }
+                .map { Task.prune(block: b, tensor: $0) }
+        }
+        self.tasks = tasks
+    }
+
+    /// The pruned Linear layers of block `b`, in forward order.
+    public func targets(block b: Int) -> [String] {
+        tasks.compactMap { if case .prune(b, let t) = $0 { return t } else { return nil } }
+    }
+
+    /// The windows of shard `s`.
+    public func windows(shard s: Int) -> ArraySlice<[Int32]> {
+        windows[(s * samplesPerTask)..<min(windows.count, (s + 1) * samplesPerTask)]
+    }
+
+    /// The group (shared-input targets) a tensor's statistics come from: its first member names it.
+    public func statisticsKey(for tensor: String, block b: Int) -> String {
+        groups[b].first { $0.contains(tensor) }!.first!
+    }
+
+    /// Tasks that must be done before `task` may start.
+    public func dependencies(of task: Task) -> [Task] {
+        switch task {
+        case .calibrate(let b, let s):
+            guard b > 0 else { return [] }
+            let previous = Task.calibrate(block: b - 1, shard: s)
+            return mode == .sequential ? [previous] + targets(block: b - 1).map { .prune(block: b - 1, tensor: $0) } : [previous]
+        case .prune(let b, _):
+            return (0..<shardCount).map { .calibrate(block: b, shard: $0) }
+        }
+    }
+
+    /// What a `calibrate` task of block `b` needs to run, wherever it runs.
+    public func step(block b: Int, shard s: Int) -> CalibrationWork.Step {
+        CalibrationWork.Step(config: config, method: method, mode: mode, block: b, tokens: tokens,
+                             samples: windows(shard: s).count, groups: groups[b], emitHidden: b + 1 < blocks)
+    }
+
+    /// What a `prune` task needs to run.
+    public func pruneStep(tensor: String, rows: Int, cols: Int) -> CalibrationWork.PruneStep {
+        CalibrationWork.PruneStep(method: method, tensor: tensor, rows: rows, cols: cols, pattern: pattern, sparsity: sparsity,
+                                  blockSize: sparseGPT.blockSize, damp: sparseGPT.damp)
+    }
+
+    /// The tensors a `calibrate` task of block `b` reads from the checkpoint: the
+    /// embedding (block 0), block b−1 (sequential mode) and block b.
+    public func tensorsRead(block b: Int) -> [String] {
+        var names: [String] = []
+        if b == 0 { names.append(CalibrationWork.embeddingName) }
+        if mode == .sequential && b > 0 { names += config.blockTensorNames(block: b - 1) }
+        if !groups[b].isEmpty || mode == .dense { names += config.blockTensorNames(block: b) }
+        return names
+    }
+}

@@ -1,0 +1,228 @@
+import Foundation
+import Models
+import Pruning
+import Tensors
+
+/// The two kinds of calibration task as functions of their inputs (`CalibrationPlan`
+/// describes the DAG). The in-process runner and the cluster's workers both call these,
+/// which is what makes their outputs identical.
+public enum CalibrationWork {
+    public static let embeddingName = "model.embed_tokens.weight"
+
+    /// A `calibrate` task: which block, on how many samples, gathering which statistics.
+    public struct Step: Sendable {
+        public var config: LlamaConfig
+        public var method: JobSpec.Method
+        public var mode: JobSpec.Calibration.Mode
+        public var block: Int
+        public var tokens: Int
+        public var samples: Int
+        /// Pruned Linear layers of this block grouped by shared input (one statistic each).
+        public var groups: [[String]]
+        /// Whether a later task reads this task's hidden states.
+        public var emitHidden: Bool
+
+        public init(config: LlamaConfig, method: JobSpec.Method, mode: JobSpec.Calibration.Mode, block: Int, tokens: Int,
+                    samples: Int, groups: [[String]], emitHidden: Bool) {
+            self.config = config
+            self.method = method
+            self.mode = mode
+            self.block = block
+            self.tokens = tokens
+            self.samples = samples
+            self.groups = groups
+            self.emitHidden = emitHidden
+        }
+
+        /// Bytes of the hidden states a shard carries (samples × tokens × hidden, F32).
+        public var hiddenBytes: Int { samples * tokens * config.hiddenSize * 4 }
+    }
+
+    /// A block's input for one shard.
+    public enum Input: Sendable {
+        /// Block 0: token ids, one window per sample.
+        case tokens([[Int32]])
+        /// Later blocks: the hidden states an earlier task emitted.
+        case hidden([Float])
+    }
+
+    public struct Output: Sendable {
+        /// Hidden states for the next task of this shard (nil when none needs them):
+        /// sequential mode, this block's input; dense mode, this block's output.
+        public var hidden: [Float]?
+        /// Serialized statistics by group (named by the group's first Linear).
+        public var statistics: [(key: String, bytes: [UInt8])] = []
+    }
+
+    /// Runs a `calibrate` task. `store` reads the checkpoint; in sequential mode it must
+    /// already hold block b−1's pruned weights as overrides.
+    public static func calibrate(_ step: Step, input: Input, store: WeightStore) throws -> Output {
+        let c = step.config, t = step.tokens, width = t * c.hiddenSize
+        let model = LlamaModel(config: c, store: store)
+        var x: [Float]
+        switch input {
+        case .tokens(let windows):
+            guard windows.count == step.samples, windows.allSatisfy({ $0.count == t }) else {
+                throw PruningError("calibrate block \(step.block): \(windows.count) token windows, expected \(step.samples) of \(t)")
+            }
+            x = []
+            x.reserveCapacity(step.samples * width)
+            for w in windows { x += try model.embed(w) }
+        case .hidden(let h):
+            guard h.count == step.samples * width else {
+                throw PruningError("calibrate block \(step.block): \(h.count) hidden values, expected \(step.samples * width)")
+            }
+            x = h
+        }
+        let rope = RotaryTable(headDim: c.headDim, theta: c.ropeTheta, maxTokens: t)
+        var output = Output()
+        if step.mode == .sequential {
+            if step.block > 0, case .hidden = input {
+                let previous = try model.block(step.block - 1)
+                try forEachSample(&x, samples: step.samples, width: width) { previous.forward(&$0, tokens: t, rope: rope) }
+            }
+            if step.emitHidden { output.hidden = x }
+            guard !step.groups.isEmpty else { return output }
+        }
+        // Statistics of every group's input over the shard's samples, one sample at a
+        // time (each `add` is one sample, as both references' hooks see them).
+        var wanda: [String: WandaStatistics] = [:]
+        var hessians: [String: SparseGPT] = [:]
+        var keyOf: [String: String] = [:]
+        let columns = Dictionary(uniqueKeysWithValues: c.linearNames(block: step.block).enumerated().map { i, name in
+            (name, [c.hiddenSize, c.hiddenSize, c.hiddenSize, c.heads * c.headDim, c.hiddenSize, c.hiddenSize, c.intermediateSize][i])
+        })
+        for group in step.groups {
+            let key = group[0]
+            keyOf[key] = key
+            switch step.method {
+            case .wanda: wanda[key] = WandaStatistics(columns: columns[key]!)
+            case .sparsegpt: hessians[key] = SparseGPT(rows: 0, columns: columns[key]!)
+            default: throw PruningError("method \(step.method.rawValue) gathers no calibration statistics")
+            }
+        }
+        let block = try model.block(step.block)
+        try forEachSample(&x, samples: step.samples, width: width, writeBack: step.mode == .dense) { sample in
+            block.forward(&sample, tokens: t, rope: rope) { name, input, tokens in
+                guard let key = keyOf[name] else { return }
+                if wanda[key] != nil { wanda[key]!.add(batch: input, tokens: tokens, columns: input.count / tokens) }
+                if hessians[key] != nil { hessians[key]!.addBatch(input, tokens: tokens) }
+            }
+        }
+        if step.mode == .dense && step.emitHidden { output.hidden = x }
+        for group in step.groups {
+            let key = group[0]
+            output.statistics.append((key, wanda[key]?.serialized() ?? hessians[key]!.serialized()))
+        }
+        return output
+    }
+
+    /// Runs `body` on each sample's slice of `x` (tokens × hidden), writing it back when asked.
+    private static func forEachSample(_ x: inout [Float], samples: Int, width: Int, writeBack: Bool = true,
+                                      _ body: (inout [Float]) throws -> Void) rethrows {
+        for s in 0..<samples {
+            var sample = Array(x[(s * width)..<((s + 1) * width)])
+            try body(&sample)
+            if writeBack { x.replaceSubrange((s * width)..<((s + 1) * width), with: sample) }
+        }
+    }
+
+    /// A `prune` task: one Linear layer's method, shape, pattern and knobs.
+    public struct PruneStep: Sendable {
+        public var method: JobSpec.Method
+        public var tensor: String
+        public var rows: Int
+        public var cols: Int
+        public var pattern: SparsityPattern
+        public var sparsity: Double
+        public var blockSize: Int
+        public var damp: Double
+
+        public init(method: JobSpec.Method, tensor: String, rows: Int, cols: Int, pattern: SparsityPattern, sparsity: Double,
+                    blockSize: Int, damp: Double) {
+            self.method = method
+            self.tensor = tensor
+            self.rows = rows
+            self.cols = cols
+            self.pattern = pattern
+            self.sparsity = sparsity
+            self.blockSize = blockSize
+            self.damp = damp
+        }
+    }
+
+    public struct Pruned: Sendable {
+        public var mask: Mask
+        /// SparseGPT's updated weights (rows × cols, pruned ones zero).
+        public var updated: [Float]?
+        /// ||WX − ŴX||² over the calibration tokens (SparseGPT).
+        public var error: Double?
+
+        public init(mask: Mask, updated: [Float]?, error: Double?) {
+            self.mask = mask
+            self.updated = updated
+            self.error = error
+        }
+
+        /// The weights the pruned layer computes with: SparseGPT's updated ones, or the
+        /// dense ones with the pruned entries zeroed.
+        public func values(dense: [Float]) -> [Float] {
+            if let updated { return updated }
+            var w = dense
+            let cols = mask.cols
+            for r in 0..<mask.rows { for c in 0..<cols where !mask[r, c] { w[r * cols + c] = 0 } }
+            return w
+        }
+    }
+
+    /// Runs a `prune` task on statistics held in memory.
+    public static func prune(_ step: PruneStep, weights: [Float], statistics: [[UInt8]]) throws -> Pruned {
+        try prune(step, weights: weights, statisticsCount: statistics.count) { statistics[$0] }
+    }
+
+    /// Runs a `prune` task: merges the shards' statistics in shard order, loading one at
+    /// a time (a large layer's Hessians are hundreds of MB each), then Wanda (per-row
+    /// groups for unstructured, as the paper) or SparseGPT.
+    public static func prune(_ step: PruneStep, weights: [Float], statisticsCount: Int,
+                             statistics: (Int) throws -> [UInt8]) throws -> Pruned {
+        let rows = step.rows, cols = step.cols
+        guard weights.count == rows * cols else { throw PruningError("\(step.tensor): \(weights.count) weights, expected \(rows)×\(cols)") }
+        guard statisticsCount > 0 else { throw PruningError("\(step.tensor): no calibration statistics") }
+        switch step.method {
+        case .wanda:
+            var merged = try WandaStatistics(serialized: statistics(0))
+            for i in 1..<statisticsCount {
+                let part = try WandaStatistics(serialized: statistics(i))
+                guard part.columns == merged.columns else { throw PruningError("\(step.tensor): statistics of different widths") }
+                merged.merge(part)
+            }
+            guard merged.columns == cols else { throw PruningError("\(step.tensor): statistics have \(merged.columns) columns, weights \(cols)") }
+            let pattern: SparsityPattern = step.pattern == .unstructured ? .perRow : step.pattern
+            let criterion = WandaCriterion(statistics: merged)
+            var scores = [Float](repeating: 0, count: rows * cols)
+            weights.withUnsafeBufferPointer { w in
+                scores.withUnsafeMutableBufferPointer { criterion.scores(WeightBlock(name: step.tensor, values: w, rows: rows, cols: cols), into: $0) }
+            }
+            let mask = try scores.withUnsafeBufferPointer {
+                try MaskSelection.mask(scores: $0, rows: rows, cols: cols, pattern: pattern, sparsity: step.sparsity)
+            }
+            return Pruned(mask: mask, updated: nil, error: nil)
+        case .sparsegpt:
+            var merged = try SparseGPT(serialized: statistics(0))
+            for i in 1..<statisticsCount {
+                let part = try SparseGPT(serialized: statistics(i))
+                guard part.columns == merged.columns else { throw PruningError("\(step.tensor): Hessians of different orders") }
+                merged.merge(part.withRows(merged.rows))
+            }
+            guard merged.columns == cols else { throw PruningError("\(step.tensor): Hessian of order \(merged.columns), weights have \(cols) columns") }
+            var n = 0, m = 0
+            if case .nm(let kept, let group) = step.pattern { n = kept; m = group }
+            var w = weights
+            let (mask, error) = try merged.withRows(rows).prune(weights: &w, sparsity: step.sparsity, n: n, m: m,
+                                                                blockSize: step.blockSize, percDamp: step.damp, layer: step.tensor)
+            return Pruned(mask: mask, updated: w, error: error)
+        default:
+            throw PruningError("method \(step.method.rawValue) is not calibration-aware")
+        }
+    }
+}

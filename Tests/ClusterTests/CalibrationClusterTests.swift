@@ -1,0 +1,148 @@
+import Foundation
+import Tensors
+import TestSupport
+import XCTest
+@testable import Cluster
+
+/// Wanda and SparseGPT spread over real worker processes: calibration tasks per block
+/// and shard, statistics merged in shard order, activations as job artifacts.
+final class CalibrationClusterTests: XCTestCase {
+    private var dir: TempDir!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
+            throw XCTSkip("build the prune binary first (swift build)")
+        }
+        dir = TempDir("prune-calibration-cluster")
+        // A BF16 Llama in two shards: 3 blocks, GQA (4 heads, 2 KV heads), untied head.
+        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
+        let config = """
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+         "tie_word_embeddings": false}
+        """
+        try config.write(toFile: dir.file("model/config.json"), atomically: true, encoding: .utf8)
+        // Token ids as an int32 .npy [20, 16].
+        var state: UInt64 = 3
+        let ids: [Int32] = (0..<(20 * 16)).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32(state >> 33) % 48
+        }
+        var header = "{'descr': '<i4', 'fortran_order': False, 'shape': (20, 16), }"
+        while (10 + header.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count), 0] + Array(header.utf8)
+        for v in ids { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+        try Data(bytes).write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+    }
+
+    override func tearDown() { dir?.cleanup() }
+
+    private func writeSpec(_ name: String, method: String, pattern: String = "unstructured", mode: String = "sequential") throws -> String {
+        let yaml = """
+        model: model
+        output: \(name)
+        method: \(method)
+        sparsity: 0.5
+        pattern: '\(pattern)'
+        calibration: {data: ids.npy, samples: 14, tokens: 16, mode: \(mode), samples_per_task: 4}
+
+        """
+        let path = dir.file("\(name).yaml")
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    private func outputs(_ job: String) -> [String: Data] {
+        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+    }
+
+    private func run(_ name: String, method: String, pattern: String = "unstructured", mode: String = "sequential",
+                     workers: Int) throws -> [String: Data] {
+        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try writeSpec(name, method: method, pattern: pattern, mode: mode)],
+                                     cwd: dir.path)
+        XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
+        return outputs(name)
+    }
+
+    private func doneTasks(_ job: String) -> [Ledger.TaskRow] {
+        guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
+              let rows = try? ledger.tasks() else { return [] }
+        return rows.filter { $0.state == "done" }
+    }
+
+    func testCalibratedJobsGiveTheSameBytesForAnyNumberOfWorkers() throws {
+        for (method, pattern, mode) in [("wanda", "unstructured", "sequential"), ("sparsegpt", "2:4", "sequential"), ("sparsegpt", "unstructured", "dense")] {
+            let tag = "\(method)-\(pattern == "2:4" ? "24" : "u")-\(mode)"
+            let expected = try run("\(tag)-w0", method: method, pattern: pattern, mode: mode, workers: 0)
+            XCTAssertGreaterThan(expected.count, 2, tag)
+            for workers in [1, 3] {
+                XCTAssertEqual(try run("\(tag)-w\(workers)", method: method, pattern: pattern, mode: mode, workers: workers), expected,
+                               "\(tag) with \(workers) workers")
+            }
+            let check = try Subprocess.prune(["check", "model", "\(tag)-w3"], cwd: dir.path)
+            XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+            // 4 shards per block (14 samples, 4 per task): calibrate tasks per block and shard, then prunes.
+            let tasks = try Ledger(path: dir.file("\(tag)-w3/ledger.sqlite"), create: false, readOnly: true).tasks()
+            XCTAssertEqual(tasks.filter { $0.phase == "calibrate" }.count, 3 * 4, tag)
+            XCTAssertEqual(tasks.filter { $0.phase == "prune" }.count, 3 * 7, tag)
+        }
+    }
+
+    func testKilledWorkerAndCoordinatorResumeCalibrationToTheSameBytes() throws {
+        let expected = try run("reference", method: "sparsegpt", workers: 0)
+        let job = try writeSpec("crash", method: "sparsegpt")
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", "--max-attempts", "10", job],
+                                 cwd: dir.path, environment: ["PRUNE_TEST_TASK_DELAY_MS": "150"])
+        // A worker dies mid-task; later the coordinator dies, after block 0 is done.
+        XCTAssertTrue(Background.waitUntil(seconds: 60) { self.doneTasks("crash").count >= 3 })
+        let victim = try XCTUnwrap(Background.children(of: run.pid).first)
+        XCTAssertEqual(kill(victim, SIGKILL), 0)
+        XCTAssertTrue(Background.waitUntil(seconds: 60) { self.doneTasks("crash").count >= 14 })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = doneTasks("crash")
+        XCTAssertTrue(before.contains { $0.id == "prune:model.layers.0.mlp.down_proj.weight" }, "block 0 finished before the crash")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("crash/out")))
+
+        // Calibration data edited since the start: refused, nothing changed.
+        let ids = try Data(contentsOf: URL(fileURLWithPath: dir.file("ids.npy")))
+        var edited = ids
+        edited[edited.count - 1] ^= 1
+        try edited.write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+        let refused = try Subprocess.prune(["resume", "-q", "crash"], cwd: dir.path)
+        XCTAssertEqual(refused.status, 2, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("the calibration data changed since the job started"), refused.stderr)
+        try ids.write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+
+        let resume = try Subprocess.prune(["resume", "-q", "crash"], cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs("crash"), expected)
+        let ledger = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true)
+        let after = Dictionary(uniqueKeysWithValues: try ledger.tasks().map { ($0.id, $0) })
+        let events = try ledger.events()
+        for task in before {
+            XCTAssertEqual(after[task.id]?.finishedAt, task.finishedAt, "\(task.id) was not redone")
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, task.id)
+        }
+        XCTAssertGreaterThanOrEqual(events.filter { $0.kind == "worker-lost" }.count, 1)
+    }
+
+    func testPullOnlyWorkerFetchesWeightsAndActivationsOverTheWire() throws {
+        let expected = try run("reference", method: "wanda", workers: 0)
+        let port = Background.freePort()
+        let endpoint = "tcp://127.0.0.1:\(port)"
+        let job = try writeSpec("pulled", method: "wanda")
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint, "--insecure"], cwd: dir.path)
+        let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--pull-only"])
+        XCTAssertEqual(coord.wait(seconds: 120), 0, coord.stderr)
+        XCTAssertEqual(worker.wait(seconds: 10), 0, worker.stderr)
+        XCTAssertEqual(outputs("pulled"), expected)
+        // Hidden states and statistics crossed the wire as chunks, besides the weights.
+        let ledger = try Ledger(path: dir.file("pulled/ledger.sqlite"), create: false, readOnly: true)
+        let sent = Int(try ledger.jobValue("wire_bytes_out") ?? "0") ?? 0
+        let hiddenBytes = 2 * 14 * 16 * 64 * 4
+        let weightBytes = try Checkpoint(path: dir.file("model")).tensors.filter { $0.name.contains("layers") }.reduce(0) { $0 + $1.byteCount }
+        XCTAssertGreaterThanOrEqual(sent, weightBytes + hiddenBytes)
+    }
+}
