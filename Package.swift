@@ -35,6 +35,8 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         .target(name: "Protocol", dependencies: [
             "Tensors",
@@ -50,7 +52,7 @@ let package = Package(
         .target(name: "Pruning", dependencies: ["Tensors", "COpenBLAS"]),
         .target(name: "Models", dependencies: ["Tensors", "COpenBLAS"]),
         .target(name: "Engine", dependencies: [
-            "Tensors", "Pruning", "Models",
+            "Tensors", "Pruning", "Models", "CZlib",
             .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "PruneCLI", dependencies: [
