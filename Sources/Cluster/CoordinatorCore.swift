@@ -66,13 +66,15 @@ public struct CoordinatorCore: Sendable {
     private var remaining: Int
     public private(set) var outcome: Outcome?
 
-    /// `done` lists tasks already finished (a resumed job).
-    public init(tasks definitions: [TaskDefinition], done: Set<String> = [], settings: Settings = Settings()) {
+    /// `done` lists tasks already finished (a resumed job); `attempts` the attempts a
+    /// resumed job's tasks already used, so `maxAttempts` counts across restarts.
+    public init(tasks definitions: [TaskDefinition], done: Set<String> = [], attempts: [String: Int] = [:], settings: Settings = Settings()) {
         self.settings = settings
         order = definitions.map(\.id)
         var remaining = 0
         for d in definitions {
             var t = Task(definition: d)
+            t.attempts = attempts[d.id] ?? 0
             if done.contains(d.id) { t.state = .done } else { remaining += 1 }
             tasks[d.id] = t
             for dep in d.dependencies { dependents[dep, default: []].append(d.id) }

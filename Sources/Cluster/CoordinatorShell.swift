@@ -59,7 +59,9 @@ public final class CoordinatorShell {
         self.log = log
         knownTasks = Set(workload.taskIDs)
         core = CoordinatorCore(tasks: workload.taskIDs.map { CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0)) },
-                               done: workload.doneTaskIDs, settings: workload.settings)
+                               done: workload.doneTaskIDs,
+                               attempts: Dictionary(try workload.ledger.tasks().map { ($0.id, $0.attempts) }, uniquingKeysWith: max),
+                               settings: workload.settings)
         progress = ProgressReporter(label: "prune", total: workload.taskIDs.count, done: workload.doneTaskIDs.count, quiet: quiet)
         router = try ZMQSocket(context, .router)
         try router.setLinger(ms: 500)

@@ -132,6 +132,14 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(all.outcome, .completed)
     }
 
+    func testAttemptsUsedBeforeAResumeStillCount() {
+        var c = Core(tasks: [Core.TaskDefinition(id: "a")], attempts: ["a": 2], settings: settings)
+        let d = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(d.compactMap { if case .assign(_, "a", let attempt) = $0 { return attempt }; return nil }, [3])
+        let e = c.failed(task: "a", by: "w1", attempt: 3, cause: "out of memory", retryable: true, now: 1)
+        XCTAssertEqual(e, [.jobFailed(reason: "task a failed 3 times; last cause: out of memory")])
+    }
+
     func testHeartbeatsGoOutEveryInterval() {
         var c = core(["a"])
         _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
