@@ -69,6 +69,9 @@ public final class Worker {
             try? pair.send(try WireMessage.frames(.with(.shutdown(Prune_V1_Shutdown()))), dontWait: true)
             compute.join()
             pair.close()
+            // For the job's logs: how much memory this worker needed at its peak.
+            var usage = rusage()
+            if getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 { log("peak RSS \(usage.ru_maxrss / 1024) MB") }
         }
 
         var s = options.settings

@@ -23,6 +23,7 @@ gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec
 counts="${WORKER_COUNTS:-1 2}"
 last="${counts##* }"
 rows=()
+memrows=()
 for method in magnitude wanda sparsegpt; do
   for pattern in unstructured 2:4; do
     times=()
@@ -39,11 +40,15 @@ for method in magnitude wanda sparsegpt; do
         # Perplexity once per method and pattern (the outputs are identical for any worker count).
         [ "$w" != "$last" ] || echo "evaluation: {data: $work/eval.txt, samples: $samples, tokens: 256}"
       } > "$work/$name.yaml"
-      "$prune" run -q --workers "$w" "$work/$name.yaml"
+      /usr/bin/time -f %M -o "$work/$name.rss" "$prune" run -q --workers "$w" "$work/$name.yaml"
       "$prune" check -q "$work/model" "$work/$name" | tail -1
       times+=("$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(round(sum(p["seconds"] for p in r["phases"] if p["name"] != "evaluate"), 1))' "$work/$name/report.json")")
       digests+=("$(cat "$work/$name"/out/dense/*.safetensors "$work/$name"/out/sparse/*.safetensors | sha256sum | cut -c1-16)")
     done
+    # Peak RSS of the last run: the `prune run` process (coordinator) and its largest worker.
+    lastname="$method-${pattern/:/of}-w$last"
+    workerpeak=$(cat "$work/$lastname"/logs/worker-*.log 2>/dev/null | sed -n 's/.*peak RSS \([0-9]*\) MB.*/\1/p' | sort -n | tail -1)
+    memrows+=("| $method | $pattern | $((  $(cat "$work/$lastname.rss") / 1024 )) | ${workerpeak:-–} |")
     same=$( [ "$(printf '%s\n' "${digests[@]}" | sort -u | wc -l)" = 1 ] && echo yes || echo NO )
     rows+=("$(python3 - "$work/$method-${pattern/:/of}-w$last/report.json" "$method" "$pattern" "$same" "${times[@]}" <<'PY'
 import json, sys
@@ -63,3 +68,9 @@ for w in $counts; do header+=" prune s, $w worker(s) |"; rule+="---:|"; done
 echo "$header speedup | same bytes | sparse/dense bytes |"
 echo "$rule---:|---|---:|"
 printf '%s\n' "${rows[@]}"
+echo
+echo "Peak RSS with $last worker(s), MB:"
+echo
+echo "| method | pattern | prune run (coordinator) | largest worker |"
+echo "|---|---|---:|---:|"
+printf '%s\n' "${memrows[@]}"
