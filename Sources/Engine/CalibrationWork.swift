@@ -55,7 +55,8 @@ public enum CalibrationWork {
     }
 
     /// Runs a `calibrate` task. `store` reads the checkpoint; in sequential mode it must
-    /// already hold block b−1's pruned weights as overrides.
+    /// already hold block b−1's pruned weights as overrides, which it drops once block
+    /// b−1 has run (so memory holds one block's weights at a time).
     public static func calibrate(_ step: Step, input: Input, store: WeightStore) throws -> Output {
         let c = step.config, t = step.tokens, width = t * c.hiddenSize
         let model = LlamaModel(config: c, store: store)
@@ -80,6 +81,7 @@ public enum CalibrationWork {
             if step.block > 0, case .hidden = input {
                 let previous = try model.block(step.block - 1)
                 try forEachSample(&x, samples: step.samples, width: width) { previous.forward(&$0, tokens: t, rope: rope) }
+                store.clearOverrides()
             }
             if step.emitHidden { output.hidden = x }
             guard !step.groups.isEmpty else { return output }

@@ -33,34 +33,39 @@ public struct Calibrator {
         let store = WeightStore(checkpoint: checkpoint)
         var hidden: [[Float]] = Array(repeating: [], count: calibration.shardCount)
         var statistics: [[String: [UInt8]]] = Array(repeating: [:], count: calibration.shardCount)
-        var result = CalibrationResult()
+        var output = CalibrationResult()
         let progress = ProgressReporter(label: "calibrate", total: calibration.tasks.count, quiet: quiet)
-        var overridesOfBlock = -1
+        // Block b−1 as pruned (sequential mode), set as overrides before each calibrate
+        // task of block b, which drops them after use.
+        var pruned: [String: [Float]] = [:]
+        var prunedBlock = -1
         for task in calibration.tasks {
             switch task {
             case .calibrate(let b, let s):
+                for (name, values) in pruned { store.override(name, with: values) }
                 let input: CalibrationWork.Input = b == 0 ? .tokens(Array(calibration.windows(shard: s))) : .hidden(hidden[s])
                 let out = try CalibrationWork.calibrate(calibration.step(block: b, shard: s), input: input, store: store)
                 hidden[s] = out.hidden ?? []
                 statistics[s] = Dictionary(uniqueKeysWithValues: out.statistics.map { ($0.key, $0.bytes) })
             case .prune(let b, let name):
-                if overridesOfBlock != b {
+                if prunedBlock != b {
                     // Block b−1's pruned weights served every calibrate task of block b.
-                    store.clearOverrides()
-                    overridesOfBlock = b
+                    pruned = [:]
+                    prunedBlock = b
                 }
+                store.clearOverrides()
                 let info = checkpoint.info(name)!
                 let dense = try store.load(name, shape: info.shape)
                 let key = calibration.statisticsKey(for: name, block: b)
-                let pruned = try CalibrationWork.prune(calibration.pruneStep(tensor: name, rows: info.rows, cols: info.cols), weights: dense,
+                let result = try CalibrationWork.prune(calibration.pruneStep(tensor: name, rows: info.rows, cols: info.cols), weights: dense,
                                                        statistics: statistics.map { $0[key]! })
-                result.masks[name] = pruned.mask
-                if let updated = pruned.updated { result.updated[name] = updated }
-                if let error = pruned.error { result.errors[name] = error }
-                if calibration.mode == .sequential { store.override(name, with: pruned.values(dense: dense)) }
+                output.masks[name] = result.mask
+                if let updated = result.updated { output.updated[name] = updated }
+                if let error = result.error { output.errors[name] = error }
+                if calibration.mode == .sequential { pruned[name] = result.values(dense: dense) }
             }
             progress.step(task.id)
         }
-        return result
+        return output
     }
 }
