@@ -71,11 +71,6 @@ public struct EmbeddedCluster {
                 childNames[i] = "w\(i + 1)-\(restarts)"
                 p.arguments = ["worker", "--connect", endpoint, "--name", childNames[i], "--exit-with-parent"]
                 var env = ProcessInfo.processInfo.environment
-                // N workers share this host's cores: unless told otherwise, each gets its
-                // share of BLAS threads instead of every worker starting one per core.
-                if env["OPENBLAS_NUM_THREADS"] == nil {
-                    env["OPENBLAS_NUM_THREADS"] = String(max(1, ProcessInfo.processInfo.activeProcessorCount / workers))
-                }
                 for (k, v) in workerEnvironment { env[k] = v }
                 p.environment = env
                 let logPath = (logs as NSString).appendingPathComponent("worker-\(i + 1).log")

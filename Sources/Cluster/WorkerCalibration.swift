@@ -73,6 +73,9 @@ extension ComputeThread {
         let offset = Int(clamping: ref.offset) + range.lowerBound
         if let file = source.localFile(ref.fileSha256) {
             guard offset + range.count <= file.size else { throw PruningError("tensor '\(ref.name)': byte range outside \(file.path)") }
+            // Copied out, so the mapped pages can go: a worker's RSS stays what it computes
+            // with, not every checkpoint page it ever read.
+            defer { file.release(offset..<(offset + range.count)) }
             return [UInt8](file.bytes(offset..<(offset + range.count)))
         }
         return try fetch(file: ref.fileSha256, offset: offset, count: range.count, pair: pair)

@@ -51,11 +51,16 @@ public struct Assembler {
 
     /// Writes everything under `directory` (which must exist and be empty).
     ///
+    /// Per shard: one pass counts what sparse/ will store of each pruned tensor (its header
+    /// needs the counts first), then dense/ is written on this thread while sparse/ is
+    /// written on a second one; each thread hashes its own bytes. A dense/ file is made
+    /// durable (fsync, rename) on a third thread while the next shard is written.
     /// Every pass reads a tensor in row blocks and releases each block's pages, so memory
-    /// stays bounded by `blockBytes` (plus, for the pruned tensor at hand, its mask and its
-    /// sparse bitmask: one bit per weight each) whatever the model. Each pruned tensor's
-    /// mask is loaded twice (once per output file); per-element work runs eight elements
-    /// at a time (`AssemblyKernels`).
+    /// stays bounded by two `blockBytes` blocks plus, for the pruned tensor each thread is
+    /// at, its mask and sparse bitmask (one bit per weight each) and, for SparseGPT, its
+    /// updated values, whatever the model. A pruned tensor's mask is loaded three times
+    /// (count, dense, sparse). Per-element work runs eight elements at a time
+    /// (`AssemblyKernels`). The bytes written do not depend on any of this.
     public func write(to directory: String, progress: ProgressReporter? = nil) throws -> Manifest {
         let fm = FileManager.default
         let denseDir = (directory as NSString).appendingPathComponent("dense")
@@ -70,43 +75,23 @@ public struct Assembler {
         var denseBytes = 0, sparseBytes = 0
         var modelFiles: [String: String] = [:]
         var prunedDenseBytes = 0, prunedSparseBytes = 0
+        // dense/ files being made durable (fsync, rename) while the next shard is written.
+        var commits: [BackgroundWork<Void>] = []
+        defer { for c in commits { _ = try? c.wait() } }
+        let sparseQueue = DispatchQueue(label: "assembler.sparse"), commitQueue = DispatchQueue(label: "assembler.commit")
 
         for (shardName, shard) in zip(checkpoint.shardNames, checkpoint.shards) {
             // Usually a cache hit: the coordinator (or an earlier run) hashed this file version.
             modelFiles[shardName] = try DigestCache.shared.sha256(file: shard.path)
-            // dense/: same names, dtypes, order and metadata; zeros where pruned.
-            let denseWriter = try SafeTensorsWriter(
-                path: (denseDir as NSString).appendingPathComponent(shardName),
-                tensors: shard.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
-                metadata: shard.metadata)
-            for t in shard.tensors {
-                denseWeightMap[t.name] = shardName
-                var digest = SHA256Stream()
-                var w = Written(sha256Dense: "", zeros: 0)
-                if pruned.contains(t.name) {
-                    let mask = try checkedMask(t)
-                    w.masked = mask.prunedCount
-                    w.zeros = try forEachMaskedBlock(t, shard: shard, mask: mask) { bytes in
-                        try denseWriter.write(bytes)
-                        digest.update(bytes)
-                    }
-                } else {
-                    try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in
-                        try denseWriter.write(bytes)
-                        digest.update(bytes)
-                        w.zeros += AssemblyKernels.zeroCount(bytes, elementSize: t.dtype.size)
-                    }
-                }
-                w.sha256Dense = digest.finalizeHex()
-                written[t.name] = w
-            }
-            try denseWriter.finish()
 
-            // sparse/: pruned tensors as bitmask + compressed + row_offsets + shape.
+            // The sparse header needs each pruned tensor's stored count before any of its
+            // bytes; one cheap counting pass gives them, so that dense/ (this thread) and
+            // sparse/ (a second thread) are then written at the same time.
+            var storedCounts: [String: Int] = [:]
+            for t in shard.tensors where pruned.contains(t.name) { storedCounts[t.name] = try storedCount(t, shard: shard) }
             var specs: [TensorSpec] = []
             for t in shard.tensors {
-                if pruned.contains(t.name) {
-                    let stored = t.elementCount - written[t.name]!.zeros
+                if let stored = storedCounts[t.name] {
                     let parts = SparseLayout.specs(name: t.name, dtype: t.dtype, shape: t.shape, stored: stored)
                     specs += parts
                     for p in parts { sparseWeightMap[p.name] = shardName }
@@ -116,73 +101,61 @@ public struct Assembler {
                 }
             }
             let sparsePath = (sparseDir as NSString).appendingPathComponent(shardName)
-            let sparseWriter = try SafeTensorsWriter(path: sparsePath, tensors: specs, metadata: shard.metadata)
-            for t in shard.tensors {
-                guard pruned.contains(t.name) else {
-                    try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in try sparseWriter.write(bytes) }
-                    sparseDigests[t.name] = written[t.name]!.sha256Dense
-                    continue
-                }
-                // The four parts in file order, each streamed block by block; the sparse
-                // digest covers them in the same order.
-                var digest = SHA256Stream()
-                var size = 0
-                func emit(_ part: UnsafeRawBufferPointer) throws {
-                    try sparseWriter.write(part)
-                    digest.update(part)
-                    size += part.count
-                }
-                func emit(_ part: [UInt8]) throws { try part.withUnsafeBytes { try emit($0) } }
-                // An element is stored when the mask keeps it and its bits are not all zero,
-                // which is exactly "nonzero in dense/". The bitmask of the whole tensor is
-                // held (as small as its mask) and drives the gather of the stored values.
-                let mask = try checkedMask(t)
-                let values = try updatedValues(of: t)
-                let cols = t.cols, elementSize = t.dtype.size, bytesPerRow = (cols + 7) / 8
-                var bits = [UInt8](repeating: 0, count: t.rows * bytesPerRow)
-                var perRow: [Int] = []
-                perRow.reserveCapacity(t.rows)
-                try forEachInputBlock(t, shard: shard, values: values) { rows, input in
-                    guard cols > 0, !rows.isEmpty else { perRow += repeatElement(0, count: rows.count); return }
-                    mask.bits.withUnsafeBufferPointer { m in
-                        bits.withUnsafeMutableBufferPointer { out in
-                            AssemblyKernels.storedBits(elementSize: elementSize, mask: m.baseAddress! + rows.lowerBound * bytesPerRow,
-                                                       bytesPerRow: bytesPerRow, rows: rows.count, cols: cols, source: input.baseAddress!,
-                                                       into: out.baseAddress! + rows.lowerBound * bytesPerRow, perRow: &perRow)
-                        }
-                    }
-                }
-                guard perRow.reduce(0, +) == t.elementCount - written[t.name]!.zeros else {
-                    throw PruningError("'\(t.name)': the sparse bitmask disagrees with the zeros counted in dense/")
-                }
-                try emit(bits)
-                var gathered: [UInt8] = []
-                try forEachInputBlock(t, shard: shard, values: values) { rows, input in
-                    guard cols > 0, !rows.isEmpty else { return }
-                    let room = input.count + 8 * elementSize
-                    if gathered.count < room { gathered = [UInt8](repeating: 0, count: room) }
-                    let n = bits.withUnsafeBufferPointer { b in
-                        gathered.withUnsafeMutableBytes { out in
-                            AssemblyKernels.gather(elementSize: elementSize, bits: b.baseAddress! + rows.lowerBound * bytesPerRow,
-                                                   bytesPerRow: bytesPerRow, rows: rows.count, cols: cols,
-                                                   source: input.baseAddress!, into: out.baseAddress!)
-                        }
-                    }
-                    try gathered.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-                }
-                var offsets = [Int64](repeating: 0, count: t.rows)
-                var running: Int64 = 0
-                for r in 0..<t.rows { offsets[r] = running; running += Int64(perRow[r]) }
-                try emit(SparseLayout.int64Bytes(offsets))
-                try emit(SparseLayout.int64Bytes(t.shape.map(Int64.init)))
-                sparseDigests[t.name] = digest.finalizeHex()
-                prunedDenseBytes += t.byteCount
-                prunedSparseBytes += size
+            let sparseSide = BackgroundWork(on: sparseQueue) { [self] stop in
+                try writeSparse(shard: shard, path: sparsePath, specs: specs, storedCounts: storedCounts, stop: stop)
             }
-            try sparseWriter.finish()
-            denseBytes += try fileSize((denseDir as NSString).appendingPathComponent(shardName))
+
+            // dense/: same names, dtypes, order and metadata; zeros where pruned.
+            do {
+                let denseWriter = try SafeTensorsWriter(
+                    path: (denseDir as NSString).appendingPathComponent(shardName),
+                    tensors: shard.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
+                    metadata: shard.metadata)
+                for t in shard.tensors {
+                    denseWeightMap[t.name] = shardName
+                    var digest = SHA256Stream()
+                    var w = Written(sha256Dense: "", zeros: 0)
+                    if pruned.contains(t.name) {
+                        let mask = try checkedMask(t)
+                        w.masked = mask.prunedCount
+                        w.zeros = try forEachMaskedBlock(t, shard: shard, mask: mask) { bytes in
+                            try denseWriter.write(bytes)
+                            digest.update(bytes)
+                        }
+                        guard w.zeros == t.elementCount - storedCounts[t.name]! else {
+                            throw PruningError("'\(t.name)': the zeros written to dense/ disagree with the elements stored in sparse/")
+                        }
+                    } else {
+                        try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in
+                            try denseWriter.write(bytes)
+                            digest.update(bytes)
+                            w.zeros += AssemblyKernels.zeroCount(bytes, elementSize: t.dtype.size)
+                        }
+                        shard.release(t)
+                    }
+                    w.sha256Dense = digest.finalizeHex()
+                    written[t.name] = w
+                }
+                commits.append(BackgroundWork(on: commitQueue) { _ in try denseWriter.finish() })
+            } catch {
+                sparseSide.stop()
+                _ = try? sparseSide.wait()
+                throw error
+            }
+
+            let sparse = try sparseSide.wait()
+            for t in shard.tensors {
+                // An unpruned tensor has the same bytes in both files.
+                sparseDigests[t.name] = sparse.digests[t.name] ?? written[t.name]!.sha256Dense
+            }
+            prunedDenseBytes += sparse.prunedDenseBytes
+            prunedSparseBytes += sparse.prunedSparseBytes
             sparseBytes += try fileSize(sparsePath)
             progress?.step(shardName)
+        }
+        for c in commits { try c.wait() }
+        for shardName in checkpoint.shardNames {
+            denseBytes += try fileSize((denseDir as NSString).appendingPathComponent(shardName))
         }
 
         if checkpoint.indexFileName != nil {
@@ -227,6 +200,107 @@ public struct Assembler {
         return manifest
     }
 
+    /// What writing one sparse/ shard found out.
+    private struct SparseShard {
+        /// sha256 of each pruned tensor's four parts, in file order.
+        var digests: [String: String] = [:]
+        var prunedDenseBytes = 0
+        var prunedSparseBytes = 0
+    }
+
+    /// Writes one shard of sparse/: pruned tensors as bitmask + compressed + row_offsets +
+    /// shape, the others as they are. Runs beside the dense/ pass, on its own thread.
+    private func writeSparse(shard: SafeTensorsFile, path: String, specs: [TensorSpec], storedCounts: [String: Int],
+                             stop: StopFlag) throws -> SparseShard {
+        let sparseWriter = try SafeTensorsWriter(path: path, tensors: specs, metadata: shard.metadata)
+        var result = SparseShard()
+        for t in shard.tensors {
+            if stop.isSet { throw PruningError("sparse/ abandoned: dense/ failed") }
+            guard pruned.contains(t.name) else {
+                try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in try sparseWriter.write(bytes) }
+                shard.release(t)
+                continue
+            }
+            // The four parts in file order, each streamed block by block; the sparse
+            // digest covers them in the same order.
+            var digest = SHA256Stream()
+            var size = 0
+            func emit(_ part: UnsafeRawBufferPointer) throws {
+                try sparseWriter.write(part)
+                digest.update(part)
+                size += part.count
+            }
+            func emit(_ part: [UInt8]) throws { try part.withUnsafeBytes { try emit($0) } }
+            // An element is stored when the mask keeps it and its bits are not all zero,
+            // which is exactly "nonzero in dense/". The bitmask of the whole tensor is
+            // held (as small as its mask) and drives the gather of the stored values.
+            let mask = try checkedMask(t)
+            let values = try updatedValues(of: t)
+            let cols = t.cols, elementSize = t.dtype.size, bytesPerRow = (cols + 7) / 8
+            var bits = [UInt8](repeating: 0, count: t.rows * bytesPerRow)
+            var perRow: [Int] = []
+            perRow.reserveCapacity(t.rows)
+            try forEachInputBlock(t, shard: shard, values: values) { rows, input in
+                guard cols > 0, !rows.isEmpty else { perRow += repeatElement(0, count: rows.count); return }
+                mask.bits.withUnsafeBufferPointer { m in
+                    bits.withUnsafeMutableBufferPointer { out in
+                        AssemblyKernels.storedBits(elementSize: elementSize, mask: m.baseAddress! + rows.lowerBound * bytesPerRow,
+                                                   bytesPerRow: bytesPerRow, rows: rows.count, cols: cols, source: input.baseAddress!,
+                                                   into: out.baseAddress! + rows.lowerBound * bytesPerRow, perRow: &perRow)
+                    }
+                }
+            }
+            guard perRow.reduce(0, +) == storedCounts[t.name] else {
+                throw PruningError("'\(t.name)': the sparse bitmask disagrees with the stored count in the header")
+            }
+            try emit(bits)
+            var gathered: [UInt8] = []
+            try forEachInputBlock(t, shard: shard, values: values) { rows, input in
+                guard cols > 0, !rows.isEmpty else { return }
+                let room = input.count + 8 * elementSize
+                if gathered.count < room { gathered = [UInt8](repeating: 0, count: room) }
+                let n = bits.withUnsafeBufferPointer { b in
+                    gathered.withUnsafeMutableBytes { out in
+                        AssemblyKernels.gather(elementSize: elementSize, bits: b.baseAddress! + rows.lowerBound * bytesPerRow,
+                                               bytesPerRow: bytesPerRow, rows: rows.count, cols: cols,
+                                               source: input.baseAddress!, into: out.baseAddress!)
+                    }
+                }
+                try gathered.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
+            var offsets = [Int64](repeating: 0, count: t.rows)
+            var running: Int64 = 0
+            for r in 0..<t.rows { offsets[r] = running; running += Int64(perRow[r]) }
+            try emit(SparseLayout.int64Bytes(offsets))
+            try emit(SparseLayout.int64Bytes(t.shape.map(Int64.init)))
+            result.digests[t.name] = digest.finalizeHex()
+            result.prunedDenseBytes += t.byteCount
+            result.prunedSparseBytes += size
+        }
+        try sparseWriter.finish()
+        return result
+    }
+
+    /// Elements of a pruned tensor that sparse/ stores: kept by the mask, bits not all zero.
+    private func storedCount(_ t: TensorInfo, shard: SafeTensorsFile) throws -> Int {
+        let mask = try checkedMask(t)
+        let cols = t.cols, elementSize = t.dtype.size, bytesPerRow = mask.bytesPerRow
+        var scratch: [UInt8] = []
+        var perRow: [Int] = []
+        try forEachInputBlock(t, shard: shard, values: try updatedValues(of: t)) { rows, input in
+            guard cols > 0, !rows.isEmpty else { return }
+            if scratch.count < rows.count * bytesPerRow { scratch = [UInt8](repeating: 0, count: rows.count * bytesPerRow) }
+            mask.bits.withUnsafeBufferPointer { m in
+                scratch.withUnsafeMutableBufferPointer { out in
+                    AssemblyKernels.storedBits(elementSize: elementSize, mask: m.baseAddress! + rows.lowerBound * bytesPerRow,
+                                               bytesPerRow: bytesPerRow, rows: rows.count, cols: cols, source: input.baseAddress!,
+                                               into: out.baseAddress!, perRow: &perRow)
+                }
+            }
+        }
+        return perRow.reduce(0, +)
+    }
+
     /// A pruned tensor's mask, refused unless its shape is the tensor's.
     private func checkedMask(_ t: TensorInfo) throws -> Mask {
         let mask = try loadMask(t.name)
@@ -248,8 +322,14 @@ public struct Assembler {
 
     /// Calls `body` with the bytes a pruned tensor has before its mask is applied, block of
     /// rows by block of rows: the source bytes, or the updated values in the tensor's dtype.
+    ///
+    /// Each block's pages are released after it, and the whole tensor's at the end: pages
+    /// the kernel mapped around a fault (fault-around, large folios) past a block's edge,
+    /// or that one thread faulted back in after the other released them, would otherwise
+    /// stay resident. (Every pass over a tensor ends with this release.)
     private func forEachInputBlock(_ t: TensorInfo, shard: SafeTensorsFile, values: [Float]?,
                                    _ body: (Range<Int>, UnsafeRawBufferPointer) throws -> Void) throws {
+        defer { shard.release(t) }
         guard let values else { return try shard.forEachRowBlock(t, maxBytes: blockBytes, body) }
         var encoded: [UInt8] = []
         try shard.forEachRowBlock(t, maxBytes: blockBytes) { rows, source in
@@ -290,6 +370,44 @@ public struct Assembler {
 
     private func fileSize(_ path: String) throws -> Int {
         (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    }
+}
+
+/// Asks a `BackgroundWork` to give up early.
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var set = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return set }
+    func raise() { lock.lock(); set = true; lock.unlock() }
+}
+
+/// A closure run on a serial queue (so on a pooled thread, which keeps its malloc arena
+/// from one shard to the next instead of a new thread's arena per shard holding on to
+/// its blocks); `wait()` returns its result or rethrows its error. The closure must only
+/// read state the submitting thread does not change meanwhile.
+final class BackgroundWork<Value>: @unchecked Sendable {
+    private let finished = DispatchSemaphore(value: 0)
+    private let flag = StopFlag()
+    private var outcome: Result<Value, Error>?
+    /// Dropped once run, so what it holds (a writer and its buffer) goes with it.
+    private var work: ((StopFlag) throws -> Value)?
+
+    init(on queue: DispatchQueue, _ work: @escaping (StopFlag) throws -> Value) {
+        self.work = work
+        queue.async { [self] in
+            let run = self.work!
+            self.work = nil
+            outcome = Result { try run(flag) }
+            finished.signal()
+        }
+    }
+
+    func stop() { flag.raise() }
+
+    func wait() throws -> Value {
+        finished.wait()
+        finished.signal()  // a second wait returns at once
+        return try outcome!.get()
     }
 }
 

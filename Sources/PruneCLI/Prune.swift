@@ -33,6 +33,7 @@ struct Prune: ParsableCommand {
 
     /// Runs the command, turning every error into one line on stderr and the exit code.
     static func main() {
+        BLASThreads.useDefault()
         do {
             var command = try parseAsRoot()
             try command.run()

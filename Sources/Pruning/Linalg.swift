@@ -1,4 +1,5 @@
 import COpenBLAS
+import Foundation
 
 /// F32 and F64, the two precisions the BLAS/LAPACK helpers take: each maps to its
 /// s- or d-prefixed routine, so `Linalg` is written once for both.
@@ -145,5 +146,17 @@ public enum Linalg {
                                + "raise the dampening or use more calibration data")
         }
         if info < 0 { throw PruningError("\(layer): \(what): LAPACK rejected argument \(-info)") }
+    }
+}
+
+/// BLAS threading. OpenBLAS may sum in another order with another thread count, so a
+/// job's bytes would depend on it; every `prune` process therefore runs one BLAS thread
+/// (parallelism comes from worker processes, one per core) unless OPENBLAS_NUM_THREADS
+/// says otherwise, and then the bytes are the same for any number of workers that share
+/// that setting.
+public enum BLASThreads {
+    /// One thread unless the environment chose a count.
+    public static func useDefault() {
+        if ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil { openblas_set_num_threads(1) }
     }
 }

@@ -22,9 +22,10 @@ import Darwin
 /// checksum does not match are ignored; the cache never makes a call fail: when it cannot
 /// be read or written the file is simply hashed.
 ///
-/// A file whose mtime or ctime is not clearly older than the start of hashing is not
-/// recorded ("racy", as git calls it): a write landing in the same timestamp tick as the
-/// stat could otherwise leave a stale entry behind.
+/// A file whose mtime or ctime is not clearly older than the start of hashing (50 ms; 2 s
+/// on a file system without sub-second timestamps) is hashed but not recorded ("racy", as
+/// git calls it): a write landing in the same timestamp tick as the stat could otherwise
+/// leave a stale entry behind. Nor is a file whose stat changed while it was hashed.
 public final class DigestCache: @unchecked Sendable {
     /// The cache every caller uses, configured from the environment.
     public static let shared = DigestCache(environment: ProcessInfo.processInfo.environment)
@@ -98,6 +99,13 @@ public final class DigestCache: @unchecked Sendable {
             "\(device) \(inode) \(size) \(mtimeSeconds) \(mtimeNanoseconds) \(ctimeSeconds) \(ctimeNanoseconds)"
         }
 
+        /// How much older than the start of hashing the file must be to be recorded: a file
+        /// system that keeps whole seconds only (both nanosecond fields 0) gets 2 s, as a
+        /// write within the same second would not change its timestamps.
+        func racyWindow(_ fine: TimeInterval) -> TimeInterval {
+            mtimeNanoseconds == 0 && ctimeNanoseconds == 0 ? max(fine, 2) : fine
+        }
+
         /// The later of mtime and ctime, in seconds since the epoch.
         var newestTimestamp: Double {
             max(Double(mtimeSeconds) + Double(mtimeNanoseconds) * 1e-9, Double(ctimeSeconds) + Double(ctimeNanoseconds) * 1e-9)
@@ -133,7 +141,7 @@ public final class DigestCache: @unchecked Sendable {
         if let hit = cached(key) { return hit }
         let digest = try SHA256Stream.hex(fileDescriptor: fd, path: path)
         var after = stat()
-        if fstat(fd, &after) == 0, Key(after) == key, key.newestTimestamp < started - racyWindow {
+        if fstat(fd, &after) == 0, Key(after) == key, key.newestTimestamp < started - key.racyWindow(racyWindow) {
             record(Entry(key: key, sha256: digest, path: absolute(path)))
         }
         return digest

@@ -27,6 +27,7 @@ du -sh "$work/model-1gb" "$work/model-4gb"
 
 job() { # name model workers
   rm -rf "$work/$1"
+  sync  # the deletion of the last run's 2 GB of outputs must not overlap this job's writes
   printf 'model: %s\noutput: %s\nmethod: magnitude\nsparsity: 0.5\npattern: unstructured\n' "$2" "$work/$1" > "$work/$1.yaml"
   # Each job starts with an empty digest cache of its own, so every job hashes the
   # checkpoint once (a first run on this host), and no job profits from the one before.
