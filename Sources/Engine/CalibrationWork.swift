@@ -91,15 +91,16 @@ public enum CalibrationWork {
         var wanda: [String: WandaStatistics] = [:]
         var hessians: [String: SparseGPT] = [:]
         var keyOf: [String: String] = [:]
-        let columns = Dictionary(uniqueKeysWithValues: c.linearNames(block: step.block).enumerated().map { i, name in
-            (name, [c.hiddenSize, c.hiddenSize, c.hiddenSize, c.heads * c.headDim, c.hiddenSize, c.hiddenSize, c.intermediateSize][i])
-        })
         for group in step.groups {
             let key = group[0]
             keyOf[key] = key
+            // A group's input width is its layers' in_features, as the checkpoint says.
+            guard let shape = store.reader.shape(of: key), shape.count == 2 else {
+                throw PruningError("calibrate block \(step.block): \(key) is not a matrix of the model")
+            }
             switch step.method {
-            case .wanda: wanda[key] = WandaStatistics(columns: columns[key]!)
-            case .sparsegpt: hessians[key] = SparseGPT(rows: 0, columns: columns[key]!)
+            case .wanda: wanda[key] = WandaStatistics(columns: shape[1])
+            case .sparsegpt: hessians[key] = SparseGPT(rows: 0, columns: shape[1])
             default: throw PruningError("method \(step.method.rawValue) gathers no calibration statistics")
             }
         }
