@@ -1,10 +1,17 @@
 import Foundation
 import Tensors
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Task results stored by content: `artifacts/ab/abcdef…` named by their sha256, each
 /// written to a temporary file, fsync'd and renamed, so a present artifact is complete.
 public struct ArtifactStore: Sendable {
     public let root: String
+    /// This coordinator process's token, in `root/.coordinator-token` ("" until published).
+    public private(set) var token = ""
+
+    static let tokenFileName = ".coordinator-token"
 
     public init(root: String) throws {
         self.root = root
@@ -19,10 +26,28 @@ public struct ArtifactStore: Sendable {
         (root as NSString).appendingPathComponent("\(digest.prefix(2))/\(digest)")
     }
 
-    /// Stores bytes durably and returns their sha256.
+    /// Writes a fresh random token to `root/.coordinator-token` (a coordinator does, once
+    /// per process). A worker finding the token it was welcomed with there knows that it
+    /// sees this very directory, not a same-named one on another host.
+    public mutating func publishToken() throws {
+        let fresh = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try AtomicFileWriter.write(Array(fresh.utf8), to: (root as NSString).appendingPathComponent(ArtifactStore.tokenFileName))
+        token = fresh
+    }
+
+    /// Whether a worker may store results under `root` itself: the token file there holds
+    /// `token`, and the directory is writable.
+    public static func sharedWithCoordinator(root: String, token: String) -> Bool {
+        guard !root.isEmpty, !token.isEmpty, access(root, W_OK) == 0,
+              let data = FileManager.default.contents(atPath: (root as NSString).appendingPathComponent(tokenFileName)) else { return false }
+        return String(decoding: data, as: UTF8.self) == token
+    }
+
+    /// Stores bytes durably and returns their sha256. `sha256`, when given, is the bytes'
+    /// digest already verified by the caller (a received payload), so it is not recomputed.
     @discardableResult
-    public func put(_ bytes: [UInt8]) throws -> String {
-        let digest = bytes.withUnsafeBytes { SHA256Stream.hex($0) }
+    public func put(_ bytes: [UInt8], sha256: String? = nil) throws -> String {
+        let digest = sha256 ?? bytes.withUnsafeBytes { SHA256Stream.hex($0) }
         let target = path(for: digest)
         if FileManager.default.fileExists(atPath: target) { return digest }
         let dir = (target as NSString).deletingLastPathComponent

@@ -128,11 +128,11 @@ extension ClusterJob {
 
     /// Validates a calibration task's payloads (count, sizes, parseable statistics and
     /// masks), stores each as an artifact and records them in the ledger.
-    func persistCalibration(_ task: CalibrationPlan.Task, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String? {
+    func persistCalibration(_ task: CalibrationPlan.Task, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String? {
         let calibration = calibration!
         let names = expectedOutputs(task)
         guard payloads.count == names.count else { return "result of \(task.id) has \(payloads.count) payloads, expected \(names.count)" }
-        for (name, bytes) in zip(names, payloads) {
+        for (name, bytes) in zip(names, payloads.map(\.bytes)) {
             switch (task, name) {
             case (.calibrate(let b, let s), "hidden"):
                 let expected = calibration.step(block: b, shard: s).hiddenBytes
@@ -152,7 +152,7 @@ extension ClusterJob {
             }
         }
         var outputs: [(name: String, digest: String)] = []
-        for (name, bytes) in zip(names, payloads) { outputs.append((name, try artifacts.put(bytes))) }
+        for (name, payload) in zip(names, payloads) { outputs.append((name, try artifacts.put(payload.bytes, sha256: payload.sha256))) }
         let recorded = ResultDigests.format(outputs)
         try ledger.markDone(task: task.id, worker: worker, attempt: Int(result.attempt), resultSHA256: recorded,
                             seconds: result.seconds, at: Date().timeIntervalSince1970)

@@ -59,7 +59,10 @@ public final class ClusterJob {
         }
         taskByID = Dictionary(uniqueKeysWithValues: tasks.map { ($0.id, $0) })
         tasksByTensor = Dictionary(grouping: tasks, by: \.tensor.name)
-        artifacts = try ArtifactStore(root: (directory.path as NSString).appendingPathComponent("artifacts"))
+        var store = try ArtifactStore(root: (directory.path as NSString).appendingPathComponent("artifacts"))
+        // Workers that find this token in the directory store their results there.
+        try store.publishToken()
+        artifacts = store
     }
 
     /// Validates everything, then creates (or continues) the job directory and ledger.

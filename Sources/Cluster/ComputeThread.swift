@@ -21,6 +21,9 @@ final class ComputeThread: @unchecked Sendable {
     let source: TensorSource
     /// The coordinator's artifact directory, read directly when this host sees it.
     var artifactRoot = ""
+    /// Where this worker stores its results itself (nil: it sends them in frames): the
+    /// coordinator's artifact directory, when this host sees that very directory.
+    var resultStore: ArtifactStore?
 
     struct Stop: Error {}
 
@@ -63,6 +66,12 @@ final class ComputeThread: @unchecked Sendable {
                 source.announce(w.modelFiles)
                 // A pull-only worker fetches everything over the wire, artifacts too.
                 artifactRoot = options.pullOnly ? "" : w.artifactRoot
+                // Results stored in place cross no socket: the wire then carries a digest
+                // per output instead of its bytes, and the fsync is done here, not on the
+                // coordinator's one thread.
+                let shared = !options.pullOnly && ArtifactStore.sharedWithCoordinator(root: w.artifactRoot, token: w.artifactToken)
+                resultStore = shared ? try? ArtifactStore(root: w.artifactRoot) : nil
+                if !w.artifactRoot.isEmpty { log(resultStore != nil ? "storing results in \(w.artifactRoot)" : "sending results over the wire") }
                 if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
                 if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
             case .assign(let a):
@@ -105,6 +114,13 @@ final class ComputeThread: @unchecked Sendable {
                 throw PruningError("task \(a.taskID) names no work")
             }
             if options.taskDelayMs > 0 { usleep(UInt32(options.taskDelayMs) * 1000) }
+            if let store = resultStore, !payloads.isEmpty {
+                // Durable (fsync, rename) before the Result leaves, as the coordinator's own
+                // writes are before it acknowledges.
+                let stored = try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) }
+                result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                return try WireMessage.frames(.with(.result(result)), stored: stored)
+            }
             result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             return try WireMessage.frames(.with(.result(result)), payloads: payloads)
         } catch is Stop {

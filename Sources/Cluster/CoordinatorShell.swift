@@ -194,7 +194,7 @@ public final class CoordinatorShell {
         case .heartbeat(let hb):
             try execute(core.heartbeat(worker: worker, running: hb.taskIds, now: t))
         case .result(let r):
-            try handleResult(r, payloads: message.payloads, from: worker)
+            try handleResult(r, message: message, from: worker)
         case .fail(let f):
             // Only the current attempt counts: a late Fail for a task leased elsewhere or
             // already done must not touch its ledger row.
@@ -213,7 +213,7 @@ public final class CoordinatorShell {
         }
     }
 
-    private func handleResult(_ r: Prune_V1_Result, payloads: [[UInt8]], from worker: String) throws {
+    private func handleResult(_ r: Prune_V1_Result, message: WireMessage, from worker: String) throws {
         let t = now()
         guard knownTasks.contains(r.taskID) else {
             dropped += 1
@@ -224,13 +224,36 @@ public final class CoordinatorShell {
             try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
             return
         }
+        // Payloads the worker stored in the artifact directory itself are read back and
+        // verified here; a missing or corrupt one fails the attempt like a bad result.
+        var payloads: [ResultPayload] = []
+        var frames = message.payloads.makeIterator()
+        for info in message.envelope.payloads {
+            if info.stored {
+                guard let bytes = workload.storedArtifact(sha256: info.sha256, size: info.size) else {
+                    return try refuseResult(r, from: worker, cause: "stored payload '\(info.name)' (\(info.sha256.prefix(12))…) is missing or corrupt in the artifact directory", now: t)
+                }
+                payloads.append(ResultPayload(bytes: bytes, sha256: info.sha256))
+            } else {
+                payloads.append(ResultPayload(bytes: frames.next()!, sha256: info.sha256))
+            }
+        }
         // Durable before acknowledged: the workload writes its artifact and ledger row.
         if let cause = try workload.persist(task: r.taskID, worker: worker, result: r, payloads: payloads) {
-            try execute(core.failed(task: r.taskID, by: worker, attempt: Int(r.attempt), cause: cause, retryable: true, now: t))
-            return
+            return try refuseResult(r, from: worker, cause: cause, now: t)
         }
         progress.step(r.taskID)
         try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
+    }
+
+    /// An unusable result counts as a failed attempt (retried elsewhere, up to the limit),
+    /// logged and recorded like a worker's own Fail.
+    private func refuseResult(_ r: Prune_V1_Result, from worker: String, cause: String, now t: Int64) throws {
+        log("refused the result of \(r.taskID) from \(names[worker] ?? worker): \(cause)")
+        if case .leased(let holder, let attempt, _)? = core.state(of: r.taskID), holder == worker, attempt == Int(r.attempt) {
+            try workload.ledger.markAttemptFailed(task: r.taskID, attempts: Int(r.attempt), cause: cause, at: Date().timeIntervalSince1970)
+        }
+        try execute(core.failed(task: r.taskID, by: worker, attempt: Int(r.attempt), cause: cause, retryable: true, now: t))
     }
 
     /// An open handle on a file workers may pull (checkpoint files stay open; an
@@ -276,6 +299,7 @@ public final class CoordinatorShell {
                 welcome.chunkCredit = UInt32(settings.chunkCredit)
                 welcome.modelFiles = workload.modelFiles
                 welcome.artifactRoot = workload.artifactRoot
+                welcome.artifactToken = workload.artifactToken
                 send(w, .with(.welcome(welcome)))
             case .reject(let w, let reason):
                 var r = Prune_V1_Reject()

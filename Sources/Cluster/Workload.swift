@@ -25,14 +25,34 @@ public protocol ClusterWorkload: AnyObject {
     /// The work an Assign carries for a task; nil for an unknown task. Throws when the
     /// task's inputs are unusable (the job cannot go on).
     func work(for task: String) throws -> Prune_V1_Assign.OneOf_Work?
+    /// The token a worker must find in `artifactRoot/.coordinator-token` before it stores
+    /// results there itself ("" when workers may not).
+    var artifactToken: String { get }
+    /// A payload a worker stored in the artifact directory: its bytes when present with
+    /// this size and sha256, else nil.
+    func storedArtifact(sha256: String, size: UInt64) -> [UInt8]?
     /// Validates a result and makes it durable (artifact fsync'd, ledger committed).
     /// Returns nil when done, or why the result is unusable (a failed attempt).
-    func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String?
+    func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String?
+}
+
+/// One output of a task as the coordinator holds it: its bytes (from a frame, or read
+/// back from the artifact directory) and their sha256, already verified.
+public struct ResultPayload {
+    public let bytes: [UInt8]
+    public let sha256: String
+
+    public init(bytes: [UInt8], sha256: String) {
+        self.bytes = bytes
+        self.sha256 = sha256
+    }
 }
 
 extension ClusterWorkload {
     public func dependencies(of task: String) -> [String] { [] }
     public var artifactRoot: String { "" }
+    public var artifactToken: String { "" }
+    public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? { nil }
     public func servableFile(_ sha256: String) -> (path: String, size: UInt64)? {
         modelFiles.first { $0.sha256 == sha256 }.map { ($0.path, $0.size) }
     }
@@ -43,6 +63,13 @@ extension ClusterJob: ClusterWorkload {
     public var taskIDs: [String] { calibration?.tasks.map(\.id) ?? tasks.map(\.id) }
     public var doneTaskIDs: Set<String> { Set(done.keys) }
     public var artifactRoot: String { artifacts.root }
+    public var artifactToken: String { artifacts.token }
+
+    public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? {
+        guard sha256.count == 64, sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }),
+              let bytes = artifacts.get(sha256), UInt64(bytes.count) == size else { return nil }
+        return bytes
+    }
 
     public func dependencies(of task: String) -> [String] {
         guard let calibration, let t = calibrationTaskByID[task] else { return [] }
@@ -63,14 +90,14 @@ extension ClusterJob: ClusterWorkload {
         return taskByID[task].map { .mask(assignWork($0)) }
     }
 
-    public func persist(task id: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String? {
+    public func persist(task id: String, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String? {
         if let t = calibrationTaskByID[id] { return try persistCalibration(t, worker: worker, result: result, payloads: payloads) }
         guard let task = taskByID[id] else { return "unknown task \(id)" }
         // The mask must have exactly the block's shape.
-        guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0])) != nil else {
+        guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0].bytes)) != nil else {
             return "result of \(id) is not a \(task.rowCount)×\(task.tensor.cols) mask"
         }
-        let digest = try artifacts.put(payloads[0])
+        let digest = try artifacts.put(payloads[0].bytes, sha256: payloads[0].sha256)
         try ledger.markDone(task: id, worker: worker, attempt: Int(result.attempt), resultSHA256: digest,
                             seconds: result.seconds, at: Date().timeIntervalSince1970)
         recordDone(id, digest: digest)
@@ -99,7 +126,7 @@ public final class NoopWorkload: ClusterWorkload {
         .noop(Prune_V1_NoopTask())
     }
 
-    public func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [[UInt8]]) throws -> String? {
+    public func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String? {
         try ledger.markDone(task: task, worker: worker, attempt: Int(result.attempt), resultSHA256: "-", seconds: result.seconds,
                             at: Date().timeIntervalSince1970)
         doneTaskIDs.insert(task)

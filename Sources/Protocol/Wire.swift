@@ -3,7 +3,8 @@ import SwiftProtobuf
 import Tensors
 
 /// A decoded message: the envelope and its payload frames, already checked against
-/// the sizes and digests the envelope declares.
+/// the sizes and digests the envelope declares. `payloads` holds the frames only: a
+/// payload the envelope marks `stored` has none (its bytes are in the artifact directory).
 public struct WireMessage {
     public var envelope: Prune_V1_Envelope
     public var payloads: [[UInt8]]
@@ -29,6 +30,23 @@ public struct WireMessage {
         return [head] + payloads.map(\.bytes)
     }
 
+    /// The frames of a message whose payloads the sender already stored in the
+    /// coordinator's artifact directory: the envelope alone, each payload described by
+    /// name, size and sha256 with `stored` set.
+    public static func frames(_ envelope: Prune_V1_Envelope, stored: [(name: String, sha256: String, size: Int)]) throws -> [[UInt8]] {
+        var e = envelope
+        e.protocolVersion = Settings.protocolVersion
+        e.payloads = stored.map { p in
+            var info = Prune_V1_PayloadInfo()
+            info.name = p.name
+            info.size = UInt64(p.size)
+            info.sha256 = p.sha256
+            info.stored = true
+            return info
+        }
+        return [try e.serializedBytes()]
+    }
+
     /// Why a message was dropped.
     public struct DecodeError: Error, CustomStringConvertible {
         public let description: String
@@ -50,10 +68,17 @@ public struct WireMessage {
         }
         guard envelope.body != nil else { throw DecodeError(description: "envelope has no body") }
         let payloads = Array(frames.dropFirst())
-        guard payloads.count == envelope.payloads.count else {
-            throw DecodeError(description: "\(payloads.count) payload frames, envelope declares \(envelope.payloads.count)")
+        // Stored payloads (in the artifact directory) have no frame; the others do, in order.
+        let inFrames = envelope.payloads.filter { !$0.stored }
+        guard payloads.count == inFrames.count else {
+            throw DecodeError(description: "\(payloads.count) payload frames, envelope declares \(inFrames.count)")
         }
-        for (frame, info) in zip(payloads, envelope.payloads) {
+        for info in envelope.payloads where info.stored {
+            guard info.sha256.count == 64, info.sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
+                throw DecodeError(description: "stored payload '\(info.name)' names no sha256")
+            }
+        }
+        for (frame, info) in zip(payloads, inFrames) {
             guard UInt64(frame.count) == info.size else {
                 throw DecodeError(description: "payload '\(info.name)' has \(frame.count) bytes, declared \(info.size)")
             }

@@ -195,6 +195,12 @@ public nonisolated struct Prune_V1_PayloadInfo: Sendable {
   /// lower-case hex of the frame's bytes
   public var sha256: String = String()
 
+  /// True when the bytes travel in no frame: the worker wrote them itself into the
+  /// coordinator's artifact directory (temp, fsync, rename) under `sha256`, because it sees
+  /// that directory (Welcome.artifact_token matched). The coordinator reads them back and
+  /// verifies the digest before it acknowledges. Frames follow for the other payloads only.
+  public var stored: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -254,6 +260,11 @@ public nonisolated struct Prune_V1_Welcome: Sendable {
   /// (same host, shared disk) reads artifacts there, verified by sha256; else it pulls
   /// them in chunks like checkpoint bytes (ChunkRequest.file_sha256 = the artifact's).
   public var artifactRoot: String = String()
+
+  /// Written by this coordinator process to ARTIFACT_ROOT/.coordinator-token. A worker that
+  /// reads the same token there sees the coordinator's own directory (not a same-named one
+  /// on another host) and may store its results there instead of sending them (PayloadInfo.stored).
+  public var artifactToken: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1042,7 +1053,7 @@ nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PayloadInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}size\0\u{1}sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}size\0\u{1}sha256\0\u{1}stored\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1053,6 +1064,7 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.stored) }()
       default: break
       }
     }
@@ -1068,6 +1080,9 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
     if !self.sha256.isEmpty {
       try visitor.visitSingularStringField(value: self.sha256, fieldNumber: 3)
     }
+    if self.stored != false {
+      try visitor.visitSingularBoolField(value: self.stored, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1075,6 +1090,7 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.name != rhs.name {return false}
     if lhs.size != rhs.size {return false}
     if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.stored != rhs.stored {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1147,7 +1163,7 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}heartbeat_ms\0\u{1}liveness\0\u{3}chunk_size\0\u{3}chunk_credit\0\u{3}model_files\0\u{3}artifact_root\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}heartbeat_ms\0\u{1}liveness\0\u{3}chunk_size\0\u{3}chunk_credit\0\u{3}model_files\0\u{3}artifact_root\0\u{3}artifact_token\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1162,6 +1178,7 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.chunkCredit) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.modelFiles) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.artifactRoot) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.artifactToken) }()
       default: break
       }
     }
@@ -1189,6 +1206,9 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.artifactRoot.isEmpty {
       try visitor.visitSingularStringField(value: self.artifactRoot, fieldNumber: 7)
     }
+    if !self.artifactToken.isEmpty {
+      try visitor.visitSingularStringField(value: self.artifactToken, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1200,6 +1220,7 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.chunkCredit != rhs.chunkCredit {return false}
     if lhs.modelFiles != rhs.modelFiles {return false}
     if lhs.artifactRoot != rhs.artifactRoot {return false}
+    if lhs.artifactToken != rhs.artifactToken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

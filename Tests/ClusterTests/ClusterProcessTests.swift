@@ -223,6 +223,66 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(sent, targetBytes)
     }
 
+    func testLocalWorkersStoreResultsInPlaceSoTheWireCarriesOnlyDigests() throws {
+        // A model whose masks outweigh the envelopes: 1.3 M weights, 164 KB of mask bits.
+        try SyntheticModel.write(to: dir.file("wide"), dtype: .f32, shards: 1, layers: 2, hidden: 256, intermediate: 512)
+        let maskBytes = try Checkpoint(path: dir.file("wide")).tensors.filter { $0.name.hasSuffix("proj.weight") }
+            .reduce(0) { $0 + $1.rows * (($1.cols + 7) / 8) }
+        func job(_ name: String, pullOnly: Bool) throws -> (received: Int, data: [String: Data], log: String) {
+            let path = dir.file("\(name).yaml")
+            try "model: wide\nmethod: magnitude\nsparsity: 0.5\noutput: \(name)\n".write(toFile: path, atomically: true, encoding: .utf8)
+            let port = Background.freePort()
+            let endpoint = "tcp://127.0.0.1:\(port)"
+            let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)
+            let w = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"] + (pullOnly ? ["--pull-only"] : []))
+            XCTAssertEqual(c.wait(seconds: 90), 0, c.stderr)
+            XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr)
+            let ledger = try Ledger(path: dir.file("\(name)/ledger.sqlite"), create: false, readOnly: true)
+            return (Int(try ledger.jobValue("wire_bytes_in") ?? "") ?? -1,
+                    filesUnder(dir.file("\(name)/out")).filter { !$0.key.hasSuffix("manifest.json") }, w.stderr)
+        }
+        let local = try job("stored", pullOnly: false)
+        let remote = try job("sent", pullOnly: true)
+        XCTAssertTrue(local.log.contains("storing results in"), local.log)
+        XCTAssertTrue(remote.log.contains("sending results over the wire"), remote.log)
+        XCTAssertGreaterThan(local.data.count, 2)
+        XCTAssertEqual(local.data, remote.data, "the same bytes either way")
+        XCTAssertGreaterThanOrEqual(remote.received, maskBytes, "a worker that cannot see the job directory sends its masks")
+        XCTAssertLessThan(local.received, maskBytes / 8, "a local worker sends digests, not masks")
+    }
+
+    func testResultNamingAStoredPayloadThatIsNotThereFailsTheAttempt() throws {
+        let (coord, endpoint) = try coordinator("liar", extra: ["--insecure", "--max-attempts", "5"])
+        let context = try ZMQContext()
+        let liar = try ZMQSocket(context, .dealer)
+        try liar.setLinger(ms: 0)
+        try liar.setReceiveTimeout(ms: 10_000)
+        try liar.connect(endpoint)
+        var hello = Prune_V1_Hello()
+        hello.protocolVersion = Settings.protocolVersion
+        hello.workerName = "liar"
+        try liar.send(try WireMessage.frames(.with(.hello(hello))))
+        // Answer the first Assign with a Result whose mask is "stored" under a digest that
+        // names no artifact.
+        var answered = false
+        while !answered, let frames = try liar.receiveMultipart() {
+            guard let m = try? WireMessage.decode(frames.map(\.bytes)), case .assign(let a) = m.envelope.body else { continue }
+            var r = Prune_V1_Result()
+            r.taskID = a.taskID
+            r.attempt = a.attempt
+            let bogus = String(repeating: "ab", count: 32)
+            try liar.send(try WireMessage.frames(.with(.result(r)), stored: [("mask", bogus, 64)]))
+            answered = true
+        }
+        XCTAssertTrue(answered, "the liar got a task")
+        XCTAssertTrue(Background.waitUntil(seconds: 10) { coord.stderr.contains("is missing or corrupt in the artifact directory") }, coord.stderr)
+        liar.close()
+        let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"])
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(worker.wait(seconds: 10), 0)
+        XCTAssertEqual(try Subprocess.prune(["check", "model", "liar"], cwd: dir.path).status, 0)
+    }
+
     func testSigtermedWorkerTellsTheCoordinatorAndStopsCleanly() throws {
         let (coord, endpoint) = try coordinator("sigterm", extra: ["--insecure"])
         let first = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "first"],

@@ -41,7 +41,8 @@ final class NetworkNamespaceTests: XCTestCase {
         return ns
     }
 
-    func testThreeHostsOverCurve() throws {
+    /// The bridge (the coordinator's address, 10.79.SUBNET.1) and two worker hosts.
+    private func network() throws -> (subnet: Int, hosts: [String]) {
         guard getuid() == 0, FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
             throw XCTSkip("needs root and the prune binary")
         }
@@ -49,7 +50,11 @@ final class NetworkNamespaceTests: XCTestCase {
         try mustIP(["link", "add", bridge, "type", "bridge"])
         try mustIP(["addr", "add", "10.79.\(subnet).1/24", "dev", bridge])
         try mustIP(["link", "set", bridge, "up"])
-        let hosts = [try host(1, subnet: subnet), try host(2, subnet: subnet)]
+        return (subnet, [try host(1, subnet: subnet), try host(2, subnet: subnet)])
+    }
+
+    func testThreeHostsOverCurve() throws {
+        let (subnet, hosts) = try network()
 
         let dir = TempDir("prune-netns"); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("model"), dtype: .f16, layers: 2, hidden: 64, intermediate: 128)
@@ -82,5 +87,70 @@ final class NetworkNamespaceTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout)
         let seen = try Ledger(path: dir.file("job/ledger.sqlite"), create: false, readOnly: true).workers().map(\.name).sorted()
         XCTAssertEqual(seen, ["w1", "w2"])
+    }
+
+    /// cluster/launch-ssh as a user runs it, with `ssh` and `scp` stand-ins on PATH that
+    /// log into a "host": a network namespace with a hostname (UTS namespace) and a home
+    /// directory of its own. The script must make each host's directory, copy the server
+    /// key, and start a worker that finds its own key by hostname and joins over CURVE.
+    func testLaunchSshStartsOneWorkerPerHost() throws {
+        let (subnet, hosts) = try network()
+        let dir = TempDir("prune-launch"); defer { dir.cleanup() }
+        let homes = dir.file("homes"), bin = dir.file("bin")
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        let ssh = """
+            #!/usr/bin/env bash
+            # ssh [-n] HOST COMMAND...: COMMAND in HOST's namespaces, HOME and hostname.
+            [ "$1" = -n ] && { shift; exec </dev/null; }
+            host="$1"; shift
+            mkdir -p "\(homes)/$host"
+            exec ip netns exec "$host" unshare --uts env HOME="\(homes)/$host" bash -c "hostname $host; cd ~; $*"
+            """
+        let scp = """
+            #!/usr/bin/env bash
+            # scp -q SOURCE HOST:PATH (PATH relative to HOST's home)
+            [ "$1" = -q ] && shift
+            target="$2"
+            cp "$1" "\(homes)/${target%%:*}/${target#*:}"
+            """
+        for (name, text) in [("ssh", ssh), ("scp", scp)] {
+            try text.write(toFile: (bin as NSString).appendingPathComponent(name), atomically: true, encoding: .utf8)
+            chmod((bin as NSString).appendingPathComponent(name), 0o755)
+        }
+
+        try SyntheticModel.write(to: dir.file("model"), dtype: .f32, layers: 2, hidden: 64, intermediate: 128)
+        try "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        XCTAssertEqual(try Subprocess.prune(["keygen", "coordinator", "--dir", dir.path]).status, 0)
+        var allow = ""
+        for host in hosts {
+            // Each host's own key pair, where launch-ssh expects it: ~/.config/prune/$(hostname).key
+            let keys = "\(homes)/\(host)/.config/prune"
+            XCTAssertEqual(try Subprocess.prune(["keygen", host, "--dir", keys]).status, 0)
+            allow += try String(contentsOfFile: "\(keys)/\(host).pub", encoding: .utf8)
+        }
+        try allow.write(toFile: dir.file("allow.txt"), atomically: true, encoding: .utf8)
+        // The first host keeps a copy of the checkpoint (a data root); the second has none.
+        try "# test hosts\n\(hosts[0]) \(dir.file("model"))\n\(hosts[1])\n".write(toFile: dir.file("hosts"), atomically: true, encoding: .utf8)
+
+        let endpoint = "tcp://10.79.\(subnet).1:\(Background.freePort())"
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", "job.yaml", "--bind", endpoint,
+                                                            "--curve-secret", "coordinator.key", "--allow", "allow.txt"], cwd: dir.path)
+        defer { _ = try? Subprocess.run("/usr/bin/env", ["pkill", "-f", "worker --connect \(endpoint)"]) }
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("listening on") }, coord.stderr)
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let launch = try Background("/usr/bin/env", ["PATH=\(bin):\(ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")",
+                                                     "\(root)/cluster/launch-ssh", dir.file("hosts"), endpoint, dir.file("coordinator.pub"),
+                                                     Subprocess.pruneBinary])
+        XCTAssertEqual(launch.wait(seconds: 30), 0, launch.stderr)
+        XCTAssertEqual(launch.stdout.components(separatedBy: "started a worker on").count - 1, 2, launch.stdout)
+        XCTAssertEqual(coord.wait(seconds: 90), 0, coord.stderr)
+        XCTAssertEqual(try Subprocess.prune(["check", "model", "job"], cwd: dir.path).status, 0)
+        let seen = try Ledger(path: dir.file("job/ledger.sqlite"), create: false, readOnly: true).workers().map(\.name).sorted()
+        XCTAssertEqual(seen, hosts.sorted(), "each worker named by its host")
+        for host in hosts {
+            XCTAssertTrue(Background.waitUntil(seconds: 10) {
+                ((try? String(contentsOfFile: "\(homes)/\(host)/prune-worker.log", encoding: .utf8)) ?? "").contains("coordinator says shut down")
+            }, "\(host): \((try? String(contentsOfFile: "\(homes)/\(host)/prune-worker.log", encoding: .utf8)) ?? "no log")")
+        }
     }
 }
