@@ -4,6 +4,7 @@ import PackageDescription
 /// prune-cluster: distributed pruning of neural-network checkpoints.
 /// Modules, bottom to top (arrows point down only):
 ///   CZeroMQ, COpenBLAS  system libraries
+///   CKernels            vectorized exp loops of the forward pass (C)
 ///   Tensors             dtypes, safetensors read/write, mmap
 ///   Pruning             masks, patterns, criteria, selection, sparse format
 ///   Models              GGUF import, tokenizers, forward passes (Llama family, MLP)
@@ -50,7 +51,10 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Pruning", dependencies: ["Tensors", "COpenBLAS"]),
-        .target(name: "Models", dependencies: ["Tensors", "COpenBLAS"]),
+        // The forward pass's exponential loops, vectorized in C (runtime AVX2 dispatch).
+        // No FMA contraction: every CPU path must give the same bytes.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
+        .target(name: "Models", dependencies: ["Tensors", "COpenBLAS", "CKernels"]),
         .target(name: "Engine", dependencies: [
             "Tensors", "Pruning", "Models", "CZlib",
             .product(name: "Yams", package: "Yams"),
@@ -67,7 +71,7 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Pruning", "Tensors", "Models", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"]),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Tensors", "TestSupport"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "CKernels", "Tensors", "TestSupport"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Protocol", "ZeroMQ", "Engine", "Tensors", "TestSupport"]),
     ]
 )

@@ -80,7 +80,7 @@ public enum CalibrationWork {
         if step.mode == .sequential {
             if step.block > 0, case .hidden = input {
                 let previous = try model.block(step.block - 1)
-                try forEachSample(&x, samples: step.samples, width: width) { previous.forward(&$0, tokens: t, rope: rope) }
+                forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in previous.forward(&batch, samples: n, tokens: t, rope: rope) }
                 store.clearOverrides()
             }
             if step.emitHidden { output.hidden = x }
@@ -105,8 +105,11 @@ public enum CalibrationWork {
             }
         }
         let block = try model.block(step.block)
-        try forEachSample(&x, samples: step.samples, width: width, writeBack: step.mode == .dense) { sample in
-            block.forward(&sample, tokens: t, rope: rope) { name, input, tokens in
+        // Sequential mode needs only the statistics of this block (its output comes from the
+        // pruned block, in the next task), so the pass stops before down_proj's GEMM.
+        let statisticsOnly = step.mode == .sequential
+        forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in
+            block.forward(&batch, samples: n, tokens: t, rope: rope, statisticsOnly: statisticsOnly) { name, input, tokens in
                 guard let key = keyOf[name] else { return }
                 if wanda[key] != nil { wanda[key]!.add(batch: input, tokens: tokens, columns: input.count / tokens) }
                 if hessians[key] != nil { hessians[key]!.addBatch(input, tokens: tokens) }
@@ -120,13 +123,26 @@ public enum CalibrationWork {
         return output
     }
 
-    /// Runs `body` on each sample's slice of `x` (tokens × hidden), writing it back when asked.
-    private static func forEachSample(_ x: inout [Float], samples: Int, width: Int, writeBack: Bool = true,
-                                      _ body: (inout [Float]) throws -> Void) rethrows {
-        for s in 0..<samples {
-            var sample = Array(x[(s * width)..<((s + 1) * width)])
-            try body(&sample)
-            if writeBack { x.replaceSubrange((s * width)..<((s + 1) * width), with: sample) }
+    /// Rows a batched block pass holds at once: large enough that each weight is packed
+    /// for many rows, small enough that the MLP's intermediates (rows × intermediate) stay
+    /// tens of MB even for a 7B shape.
+    static let batchRows = 2048
+
+    /// Runs `body` on consecutive batches of whole samples of `x` (samples × tokens ×
+    /// hidden, `width` values per sample), at most `batchRows` rows each, in sample order,
+    /// and writes each batch back (a pass that must keep x unchanged copies it first).
+    private static func forEachBatch(_ x: inout [Float], samples: Int, tokens: Int, width: Int,
+                                     _ body: (inout [Float], Int) -> Void) {
+        let perBatch = max(1, batchRows / max(tokens, 1))
+        if perBatch >= samples { return body(&x, samples) }
+        var first = 0
+        while first < samples {
+            let n = min(perBatch, samples - first)
+            let range = (first * width)..<((first + n) * width)
+            var batch = Array(x[range])
+            body(&batch, n)
+            x.replaceSubrange(range, with: batch)
+            first += n
         }
     }
 
@@ -172,8 +188,15 @@ public enum CalibrationWork {
         public func values(dense: [Float]) -> [Float] {
             if let updated { return updated }
             var w = dense
-            let cols = mask.cols
-            for r in 0..<mask.rows { for c in 0..<cols where !mask[r, c] { w[r * cols + c] = 0 } }
+            let cols = mask.cols, bytesPerRow = mask.bytesPerRow
+            w.withUnsafeMutableBufferPointer { out in
+                mask.bits.withUnsafeBufferPointer { bits in
+                    for r in 0..<mask.rows {
+                        let row = out.baseAddress! + r * cols, rowBits = bits.baseAddress! + r * bytesPerRow
+                        for c in 0..<cols where rowBits[c >> 3] & (1 << UInt8(c & 7)) == 0 { row[c] = 0 }
+                    }
+                }
+            }
             return w
         }
     }

@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 
 /// y = x·Wᵀ (+ b) for x: tokens × in, W: out × in (row-major, as checkpoints store it).
@@ -24,5 +25,33 @@ func rmsNorm(_ x: UnsafePointer<Float>, rows: Int, width: Int, weight: UnsafePoi
         let scale = 1 / (sum / Float(width) + eps).squareRoot()
         let out = y + r * width
         for i in 0..<width { out[i] = weight[i] * (row[i] * scale) }
+    }
+}
+
+/// Element-wise loops of the forward pass. The ones with an exponential are C kernels
+/// (CKernels: vectorized, the same bytes on every CPU); the rest vectorize in Swift.
+enum VectorMath {
+    /// Softmax of row[0..<count] in place (max subtracted first); row[count..<total] = 0
+    /// (the causal mask's future positions).
+    @inline(__always)
+    static func causalSoftmax(_ row: UnsafeMutablePointer<Float>, count: Int, total: Int) {
+        pc_causal_softmax(row, count, total)
+    }
+
+    /// g[i] = silu(g[i]) · u[i] = g[i] / (1 + e^(−g[i])) · u[i].
+    @inline(__always)
+    static func swiGLU(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int) {
+        pc_swiglu(g, u, count)
+    }
+
+    /// y[i] += x[i].
+    static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { y[i] += x[i] }
+    }
+
+    /// An array whose every element the caller overwrites before reading (a GEMM output
+    /// with β = 0, a norm's output): not zeroed first.
+    static func scratch(_ count: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: count) { _, n in n = count }
     }
 }

@@ -42,79 +42,125 @@ public struct LlamaBlock: Sendable {
 
     /// Runs the block on one sequence in place: x is tokens × hidden.
     public func forward(_ x: inout [Float], tokens t: Int, rope: RotaryTable, hook: LinearInputHook? = nil) {
+        forward(&x, samples: 1, tokens: t, rope: rope, hook: hook)
+    }
+
+    /// Runs the block in place on `samples` sequences of `tokens` tokens each: x is
+    /// (samples · tokens) × hidden, sequence after sequence.
+    ///
+    /// Each Linear layer is one GEMM over every sequence's rows, so its weight is packed
+    /// once rather than once per sequence; norms, RoPE and attention run per sequence.
+    /// `hook` sees each Linear's input one sequence at a time, in sequence order, as a
+    /// pass over one sequence at a time would show it. With `statisticsOnly` the pass
+    /// stops once down_proj's input has been shown (x is then left as it was half-way):
+    /// calibration that only gathers statistics skips the last GEMM.
+    public func forward(_ x: inout [Float], samples: Int, tokens t: Int, rope: RotaryTable, statisticsOnly: Bool = false,
+                        hook: LinearInputHook? = nil) {
         let c = config, h = c.hiddenSize, hd = c.headDim
         let qOut = c.heads * hd, kvOut = c.kvHeads * hd, inter = c.intermediateSize
+        let rows = samples * t
+        precondition(x.count == rows * h, "block \(index): \(x.count) values for \(samples) × \(t) tokens")
         let p = "model.layers.\(index)."
-        var normed = [Float](repeating: 0, count: t * h)
-        var qs = [Float](repeating: 0, count: t * qOut)
-        var ks = [Float](repeating: 0, count: t * kvOut)
-        var vs = [Float](repeating: 0, count: t * kvOut)
-        var attn = [Float](repeating: 0, count: t * qOut)
-        var scores = [Float](repeating: 0, count: t * t)
-        var projected = [Float](repeating: 0, count: t * h)
+        // Every buffer is written in full before it is read (GEMMs with β = 0, norms).
+        var normed = VectorMath.scratch(rows * h)
+        var qs = VectorMath.scratch(rows * qOut)
+        var ks = VectorMath.scratch(rows * kvOut)
+        var vs = VectorMath.scratch(rows * kvOut)
+        var attn = VectorMath.scratch(rows * qOut)
+        var scores: [Float] = []
+        var projected = VectorMath.scratch(rows * h)
 
-        x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: t, width: h, weight: inputNorm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
-        normed.withUnsafeBufferPointer { n in
-            if let hook {
-                for name in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] { hook(p + name + ".weight", n, t) }
+        /// Shows the hook a Linear's input, one sequence at a time.
+        func show(_ names: [String], _ input: UnsafeBufferPointer<Float>, width: Int) {
+            guard let hook else { return }
+            for name in names {
+                for s in 0..<samples { hook(p + name + ".weight", UnsafeBufferPointer(rebasing: input[(s * t * width)..<((s + 1) * t * width)]), t) }
             }
-            qs.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: t, weight: q, bias: qBias, inFeatures: h, outFeatures: qOut, into: $0.baseAddress!) }
-            ks.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: t, weight: k, bias: kBias, inFeatures: h, outFeatures: kvOut, into: $0.baseAddress!) }
-            vs.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: t, weight: v, bias: vBias, inFeatures: h, outFeatures: kvOut, into: $0.baseAddress!) }
         }
-        rope.apply(&qs, tokens: t, heads: c.heads, headDim: hd)
-        rope.apply(&ks, tokens: t, heads: c.kvHeads, headDim: hd)
 
-        // Causal attention per head; query head h reads key/value head h / (heads / kvHeads).
+        x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: rows, width: h, weight: inputNorm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
+        normed.withUnsafeBufferPointer { n in
+            show(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], n, width: h)
+            qs.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: q, bias: qBias, inFeatures: h, outFeatures: qOut, into: $0.baseAddress!) }
+            ks.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: k, bias: kBias, inFeatures: h, outFeatures: kvOut, into: $0.baseAddress!) }
+            vs.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: v, bias: vBias, inFeatures: h, outFeatures: kvOut, into: $0.baseAddress!) }
+        }
+
+        // Per sequence: RoPE (positions restart at 0), then causal attention, one key/value
+        // head at a time. The `group` query heads that read the same key/value head are
+        // stacked position-major (row i·group + r is query head kvHead·group + r at position
+        // i), so each GEMM serves all of them, and the rows are cut into blocks of `span`
+        // positions: a block's queries see only the keys up to its last position, which
+        // skips most of the masked upper triangle (62.5% of the full work for 4 blocks).
         let group = c.heads / c.kvHeads
         let scale = 1 / Float(hd).squareRoot()
-        qs.withUnsafeBufferPointer { qb in ks.withUnsafeBufferPointer { kb in vs.withUnsafeBufferPointer { vb in
-            attn.withUnsafeMutableBufferPointer { ab in scores.withUnsafeMutableBufferPointer { sb in
-                for head in 0..<c.heads {
-                    let kvHead = head / group
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(t), Int32(t), Int32(hd), scale,
-                                qb.baseAddress! + head * hd, Int32(qOut), kb.baseAddress! + kvHead * hd, Int32(kvOut),
-                                0, sb.baseAddress!, Int32(t))
-                    for i in 0..<t {
-                        let row = sb.baseAddress! + i * t
-                        var maxScore = -Float.infinity
-                        for j in 0...i { maxScore = max(maxScore, row[j]) }
-                        var sum: Float = 0
-                        for j in 0...i { row[j] = expf(row[j] - maxScore); sum += row[j] }
-                        let inv = 1 / sum
-                        for j in 0...i { row[j] *= inv }
-                        for j in (i + 1)..<max(t, i + 1) { row[j] = 0 }
+        let span = min(t, 64)
+        var stackedQ = VectorMath.scratch(t * group * hd)
+        var stackedOut = VectorMath.scratch(t * group * hd)
+        scores = VectorMath.scratch(span * group * t)
+        qs.withUnsafeMutableBufferPointer { qAll in ks.withUnsafeMutableBufferPointer { kAll in vs.withUnsafeBufferPointer { vAll in
+            attn.withUnsafeMutableBufferPointer { aAll in scores.withUnsafeMutableBufferPointer { sb in
+                stackedQ.withUnsafeMutableBufferPointer { sq in stackedOut.withUnsafeMutableBufferPointer { so in
+                    let groupWidth = group * hd
+                    for s in 0..<samples {
+                        let qb = qAll.baseAddress! + s * t * qOut, kb = kAll.baseAddress! + s * t * kvOut
+                        let vb = vAll.baseAddress! + s * t * kvOut, ab = aAll.baseAddress! + s * t * qOut
+                        rope.apply(qb, tokens: t, heads: c.heads, headDim: hd)
+                        rope.apply(kb, tokens: t, heads: c.kvHeads, headDim: hd)
+                        for kvHead in 0..<c.kvHeads {
+                            for i in 0..<t {
+                                (sq.baseAddress! + i * groupWidth).update(from: qb + i * qOut + kvHead * groupWidth, count: groupWidth)
+                            }
+                            var first = 0
+                            while first < t {
+                                let end = min(first + span, t), rows = (end - first) * group
+                                // scores (rows × end) = Q_block · K[0..<end]ᵀ · scale
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(end), Int32(hd), scale,
+                                            sq.baseAddress! + first * groupWidth, Int32(hd), kb + kvHead * hd, Int32(kvOut),
+                                            0, sb.baseAddress!, Int32(end))
+                                for row in 0..<rows {
+                                    VectorMath.causalSoftmax(sb.baseAddress! + row * end, count: first + row / group + 1, total: end)
+                                }
+                                // out (rows × hd) = scores · V[0..<end]
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(hd), Int32(end), 1,
+                                            sb.baseAddress!, Int32(end), vb + kvHead * hd, Int32(kvOut),
+                                            0, so.baseAddress! + first * groupWidth, Int32(hd))
+                                first = end
+                            }
+                            for i in 0..<t {
+                                (ab + i * qOut + kvHead * groupWidth).update(from: so.baseAddress! + i * groupWidth, count: groupWidth)
+                            }
+                        }
                     }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(t), Int32(hd), Int32(t), 1,
-                                sb.baseAddress!, Int32(t), vb.baseAddress! + kvHead * hd, Int32(kvOut),
-                                0, ab.baseAddress! + head * hd, Int32(qOut))
-                }
+                } }
             } }
         } } }
-        attn.withUnsafeBufferPointer { a in
-            hook?(p + "self_attn.o_proj.weight", a, t)
-            projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: t, weight: o, bias: nil, inFeatures: qOut, outFeatures: h, into: $0.baseAddress!) }
+        x.withUnsafeMutableBufferPointer { xb in
+            attn.withUnsafeBufferPointer { a in
+                show(["self_attn.o_proj"], a, width: qOut)
+                projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: rows, weight: o, bias: nil, inFeatures: qOut, outFeatures: h, into: $0.baseAddress!) }
+            }
+            projected.withUnsafeBufferPointer { VectorMath.add($0.baseAddress!, into: xb.baseAddress!, count: rows * h) }
         }
-        for i in 0..<(t * h) { x[i] += projected[i] }
 
         // SwiGLU MLP: down(silu(gate(x)) · up(x)).
-        x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: t, width: h, weight: postNorm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
-        var g = [Float](repeating: 0, count: t * inter)
-        var u = [Float](repeating: 0, count: t * inter)
+        x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: rows, width: h, weight: postNorm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
+        var g = VectorMath.scratch(rows * inter)
+        var u = VectorMath.scratch(rows * inter)
         normed.withUnsafeBufferPointer { n in
-            if let hook {
-                hook(p + "mlp.gate_proj.weight", n, t)
-                hook(p + "mlp.up_proj.weight", n, t)
+            show(["mlp.gate_proj", "mlp.up_proj"], n, width: h)
+            g.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: gate, bias: nil, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
+            u.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: up, bias: nil, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
+        }
+        g.withUnsafeMutableBufferPointer { gb in u.withUnsafeBufferPointer { VectorMath.swiGLU(gb.baseAddress!, $0.baseAddress!, count: rows * inter) } }
+        g.withUnsafeBufferPointer { a in show(["mlp.down_proj"], a, width: inter) }
+        if statisticsOnly { return }
+        x.withUnsafeMutableBufferPointer { xb in
+            g.withUnsafeBufferPointer { a in
+                projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: rows, weight: down, bias: nil, inFeatures: inter, outFeatures: h, into: $0.baseAddress!) }
             }
-            g.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: t, weight: gate, bias: nil, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
-            u.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: t, weight: up, bias: nil, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
+            projected.withUnsafeBufferPointer { VectorMath.add($0.baseAddress!, into: xb.baseAddress!, count: rows * h) }
         }
-        for i in 0..<(t * inter) { g[i] = g[i] / (1 + expf(-g[i])) * u[i] }
-        g.withUnsafeBufferPointer { a in
-            hook?(p + "mlp.down_proj.weight", a, t)
-            projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: t, weight: down, bias: nil, inFeatures: inter, outFeatures: h, into: $0.baseAddress!) }
-        }
-        for i in 0..<(t * h) { x[i] += projected[i] }
     }
 }
 
@@ -141,11 +187,12 @@ public struct RotaryTable: Sendable {
         sin = s
     }
 
-    func apply(_ x: inout [Float], tokens: Int, heads: Int, headDim: Int) {
-        x.withUnsafeMutableBufferPointer { b in
+    /// Rotates one sequence's heads in place: x is tokens × (heads · headDim).
+    func apply(_ x: UnsafeMutablePointer<Float>, tokens: Int, heads: Int, headDim: Int) {
+        do {
             for t in 0..<tokens {
                 for h in 0..<heads {
-                    let v = b.baseAddress! + (t * heads + h) * headDim
+                    let v = x + (t * heads + h) * headDim
                     for i in 0..<half {
                         let a = v[i], bb = v[i + half]
                         let co = cos[t * half + i], si = sin[t * half + i]

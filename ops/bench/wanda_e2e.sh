@@ -8,7 +8,8 @@
 #   numpy port: ops/bench/wanda_numpy.py (locuslab/wanda prune_wanda + WrappedGPT in
 #               float32 numpy, the same windows); its total_seconds: loading the model,
 #               tokenizing, calibrating, pruning, saving model.safetensors.
-# Both with one BLAS thread. Mask agreement: over every weight of the pruned Linear layers,
+# Both with one BLAS thread, run side by side on cores of their own (SEQUENTIAL=1: one after
+# the other). Mask agreement: over every weight of the pruned Linear layers,
 # the fraction whose zero/nonzero status is the same in ours' out/dense and the port's
 # output. Expect a few flips: the reference's scaler_row is a float32 running mean, ours an
 # exact sum rounded once, so a score tie within an ulp or two can go either way, and in
@@ -48,14 +49,30 @@ for pattern in unstructured 2:4; do
     echo "calibration: {data: $work/calib.txt, samples: $samples, tokens: $tokens, seed: 0, mode: sequential}"
   } > "$work/ours-$name.yaml"
 
-  start=$EPOCHREALTIME
-  "$prune" run -q --workers 0 "$work/ours-$name.yaml" > "$work/ours-$name.log"
-  end=$EPOCHREALTIME
-  ours=$(python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$start" "$end")
-
-  theirs_json=$(python3 ops/bench/wanda_numpy.py "$work/model" "$work/calib.txt" "$work/numpy-$name" \
-    --samples "$samples" --tokens "$tokens" --seed 0 --pattern "$pattern" --sparsity 0.5)
-  echo "$theirs_json" > "$work/numpy-$name.json"
+  # Side by side, each pinned to a core of its own (with 2+ cores and taskset): whatever the
+  # (virtual) machine's speed does during the run, it does to both. SEQUENTIAL=1 runs one
+  # after the other instead, as earlier figures were taken.
+  ours_cmd=("$prune" run -q --workers 0 "$work/ours-$name.yaml")
+  theirs_cmd=(python3 ops/bench/wanda_numpy.py "$work/model" "$work/calib.txt" "$work/numpy-$name"
+              --samples "$samples" --tokens "$tokens" --seed 0 --pattern "$pattern" --sparsity 0.5)
+  timed_ours() {
+    local start=$EPOCHREALTIME
+    "$@" > "$work/ours-$name.log"
+    python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$start" "$EPOCHREALTIME" > "$work/ours-$name.seconds"
+  }
+  if [ -z "${SEQUENTIAL:-}" ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    mode="side by side, pinned to cores 0 and 1"
+    timed_ours taskset -c 0 "${ours_cmd[@]}" &
+    pid=$!
+    taskset -c 1 "${theirs_cmd[@]}" > "$work/numpy-$name.json"
+    wait "$pid"
+  else
+    mode="one after the other"
+    timed_ours "${ours_cmd[@]}"
+    "${theirs_cmd[@]}" > "$work/numpy-$name.json"
+  fi
+  ours=$(cat "$work/ours-$name.seconds")
+  theirs_json=$(cat "$work/numpy-$name.json")
 
   out=$(python3 - "$work/ours-$name" "$work/numpy-$name" "$pattern" "$ours" "$theirs_json" <<'PY'
 import json, re, sys
@@ -88,7 +105,7 @@ PY
   details+=("$(sed -n 2p <<< "$out")")
 done
 echo
-echo "Wanda, SmolLM2-135M, $samples × $tokens calibration tokens, sequential, one BLAS thread ($(nproc) cores)"
+echo "Wanda, SmolLM2-135M, $samples × $tokens calibration tokens, sequential, one BLAS thread ($(nproc) cores; $mode)"
 echo
 echo "| pattern | ours s | numpy port s | ratio | mask agreement |"
 echo "|---|---:|---:|---:|---|"

@@ -1,0 +1,17 @@
+#ifndef PRUNE_CKERNELS_H
+#define PRUNE_CKERNELS_H
+
+/// Element-wise loops of the forward pass that need an exponential. Every lane is computed
+/// with the same operations whatever the CPU (no FMA contraction), so the results are the
+/// same bytes on every x86-64 host; AVX2 only makes them faster where it is present.
+
+/// Softmax of row[0..count) in place (maximum subtracted first); row[count..total) = 0.
+void pc_causal_softmax(float *row, long count, long total);
+
+/// g[i] = g[i] / (1 + exp(-g[i])) * u[i]  (SiLU(gate) · up).
+void pc_swiglu(float *g, const float *u, long count);
+
+/// out[i] = exp(x[i]) for testing the approximation against libm.
+void pc_exp(const float *x, float *out, long count);
+
+#endif
