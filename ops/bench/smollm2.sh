@@ -24,8 +24,9 @@ counts="${WORKER_COUNTS:-1 2}"
 last="${counts##* }"
 rows=()
 memrows=()
-for method in magnitude wanda sparsegpt; do
-  for pattern in unstructured 2:4; do
+# METHODS / PATTERNS narrow the table (defaults: every row).
+for method in ${METHODS:-magnitude wanda sparsegpt}; do
+  for pattern in ${PATTERNS:-unstructured 2:4}; do
     times=()
     digests=()
     for w in $counts; do
