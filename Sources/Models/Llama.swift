@@ -67,7 +67,6 @@ public struct LlamaBlock: Sendable {
         var ks = VectorMath.scratch(rows * kvOut)
         var vs = VectorMath.scratch(rows * kvOut)
         var attn = VectorMath.scratch(rows * qOut)
-        var scores: [Float] = []
         var projected = VectorMath.scratch(rows * h)
 
         /// Shows the hook a Linear's input, one sequence at a time.
@@ -97,7 +96,7 @@ public struct LlamaBlock: Sendable {
         let span = min(t, 64)
         var stackedQ = VectorMath.scratch(t * group * hd)
         var stackedOut = VectorMath.scratch(t * group * hd)
-        scores = VectorMath.scratch(span * group * t)
+        var scores = VectorMath.scratch(span * group * t)  // one block of stacked query rows × keys
         qs.withUnsafeMutableBufferPointer { qAll in ks.withUnsafeMutableBufferPointer { kAll in vs.withUnsafeBufferPointer { vAll in
             attn.withUnsafeMutableBufferPointer { aAll in scores.withUnsafeMutableBufferPointer { sb in
                 stackedQ.withUnsafeMutableBufferPointer { sq in stackedOut.withUnsafeMutableBufferPointer { so in
