@@ -114,14 +114,11 @@ final class ComputeThread: @unchecked Sendable {
                 throw PruningError("task \(a.taskID) names no work")
             }
             if options.taskDelayMs > 0 { usleep(UInt32(options.taskDelayMs) * 1000) }
-            if let store = resultStore, !payloads.isEmpty {
-                // Durable (fsync, rename) before the Result leaves, as the coordinator's own
-                // writes are before it acknowledges.
-                let stored = try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) }
-                result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                return try WireMessage.frames(.with(.result(result)), stored: stored)
-            }
+            // Stored in place: durable (fsync, rename) before the Result leaves, as the
+            // coordinator's own writes are before it acknowledges.
+            let stored = try resultStore.map { store in try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) } }
             result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            if let stored, !stored.isEmpty { return try WireMessage.frames(.with(.result(result)), stored: stored) }
             return try WireMessage.frames(.with(.result(result)), payloads: payloads)
         } catch is Stop {
             throw Stop()

@@ -1,6 +1,7 @@
 import Foundation
 import Protocol
 import Pruning
+import Tensors
 
 /// What a coordinator schedules: a list of tasks, the work each one carries on the wire,
 /// and how a result is made durable. A pruning job (`ClusterJob`) is one workload; the
@@ -66,8 +67,7 @@ extension ClusterJob: ClusterWorkload {
     public var artifactToken: String { artifacts.token }
 
     public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? {
-        guard sha256.count == 64, sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }),
-              let bytes = artifacts.get(sha256), UInt64(bytes.count) == size else { return nil }
+        guard SHA256Stream.isHexDigest(sha256), let bytes = artifacts.get(sha256), UInt64(bytes.count) == size else { return nil }
         return bytes
     }
 
@@ -79,7 +79,7 @@ extension ClusterJob: ClusterWorkload {
     public func servableFile(_ sha256: String) -> (path: String, size: UInt64)? {
         if let f = modelFiles.first(where: { $0.sha256 == sha256 }) { return (f.path, f.size) }
         // Artifacts are named by their digest; only well-formed names reach the disk.
-        guard sha256.count == 64, sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
+        guard SHA256Stream.isHexDigest(sha256) else { return nil }
         let path = artifacts.path(for: sha256)
         guard let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int else { return nil }
         return (path, UInt64(size))

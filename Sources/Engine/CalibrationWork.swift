@@ -130,7 +130,7 @@ public enum CalibrationWork {
 
     /// Runs `body` on consecutive batches of whole samples of `x` (samples × tokens ×
     /// hidden, `width` values per sample), at most `batchRows` rows each, in sample order,
-    /// and writes each batch back (a pass that must keep x unchanged copies it first).
+    /// and writes each batch back (after a statistics-only pass x holds nothing useful).
     private static func forEachBatch(_ x: inout [Float], samples: Int, tokens: Int, width: Int,
                                      _ body: (inout [Float], Int) -> Void) {
         let perBatch = max(1, batchRows / max(tokens, 1))
@@ -187,15 +187,9 @@ public enum CalibrationWork {
         /// dense ones with the pruned entries zeroed.
         public func values(dense: [Float]) -> [Float] {
             if let updated { return updated }
-            var w = dense
-            let cols = mask.cols, bytesPerRow = mask.bytesPerRow
-            w.withUnsafeMutableBufferPointer { out in
-                mask.bits.withUnsafeBufferPointer { bits in
-                    for r in 0..<mask.rows {
-                        let row = out.baseAddress! + r * cols, rowBits = bits.baseAddress! + r * bytesPerRow
-                        for c in 0..<cols where rowBits[c >> 3] & (1 << UInt8(c & 7)) == 0 { row[c] = 0 }
-                    }
-                }
+            var w = [Float](repeating: 0, count: dense.count)
+            dense.withUnsafeBytes { source in
+                w.withUnsafeMutableBytes { MaskApplication.apply(mask, source: source, elementSize: 4, into: $0) }
             }
             return w
         }

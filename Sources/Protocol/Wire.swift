@@ -74,7 +74,7 @@ public struct WireMessage {
             throw DecodeError(description: "\(payloads.count) payload frames, envelope declares \(inFrames.count)")
         }
         for info in envelope.payloads where info.stored {
-            guard info.sha256.count == 64, info.sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
+            guard SHA256Stream.isHexDigest(info.sha256) else {
                 throw DecodeError(description: "stored payload '\(info.name)' names no sha256")
             }
         }

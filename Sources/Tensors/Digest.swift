@@ -14,6 +14,12 @@ public struct SHA256Stream {
     public mutating func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { hasher.update(bufferPointer: $0) } }
     public func finalizeHex() -> String { hasher.finalize().map { String(format: "%02x", $0) }.joined() }
 
+    /// Whether `text` has the form of a digest `hex` returns (64 lower-case hex digits):
+    /// what a name built from a peer's digest (an artifact path) must satisfy first.
+    public static func isHexDigest(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
     public static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
         var s = SHA256Stream()
         s.update(bytes)
