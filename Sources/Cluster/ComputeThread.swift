@@ -3,10 +3,52 @@ import Foundation
 import Protocol
 import Pruning
 import Tensors
+import Synchronization
 import ZeroMQ
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The cancellation tokens of the task attempts a worker holds. The I/O thread registers
+/// each Assign before passing it to the compute thread and cancels the token when a
+/// Cancel names that attempt; the compute thread runs the attempt with its token bound
+/// (`Cancellation.run(with:)`), so the work stops at its next checkpoint.
+final class TaskCancellations: Sendable {
+    private let held = Mutex<[String: [UInt32: CancellationToken]]>([:])
+
+    /// A fresh token for an attempt the coordinator just assigned.
+    func register(_ task: String, attempt: UInt32) {
+        held.withLock { $0[task, default: [:]][attempt] = CancellationToken() }
+    }
+
+    /// The attempt's token (a fresh one if it was never registered).
+    func token(_ task: String, attempt: UInt32) -> CancellationToken {
+        held.withLock { held in
+            if let token = held[task]?[attempt] { return token }
+            let token = CancellationToken()
+            held[task, default: [:]][attempt] = token
+            return token
+        }
+    }
+
+    /// Cancels the attempt (attempt 0: every attempt of the task held). Returns whether
+    /// this worker held it.
+    func cancel(_ task: String, attempt: UInt32) -> Bool {
+        held.withLock { held in
+            let tokens = held[task].map { attempt == 0 ? Array($0.values) : $0[attempt].map { [$0] } ?? [] } ?? []
+            tokens.forEach { $0.cancel() }
+            return !tokens.isEmpty
+        }
+    }
+
+    /// The attempt ended (answered, dropped, or never started).
+    func finish(_ task: String, attempt: UInt32) {
+        held.withLock { held in
+            held[task]?[attempt] = nil
+            if held[task]?.isEmpty == true { held[task] = nil }
+        }
+    }
+}
 
 /// The worker's compute side: runs one task at a time on a thread of its own, so the
 /// I/O thread keeps heartbeating however long a task takes.
@@ -24,6 +66,8 @@ final class ComputeThread: @unchecked Sendable {
     /// Where this worker stores its results itself (nil: it sends them in frames): the
     /// coordinator's artifact directory, when this host sees that very directory.
     var resultStore: ArtifactStore?
+    /// Shared with the I/O thread, which cancels what the coordinator revokes.
+    let cancellations = TaskCancellations()
 
     struct Stop: Error {}
 
@@ -75,8 +119,11 @@ final class ComputeThread: @unchecked Sendable {
                 if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
                 if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
             case .assign(let a):
+                let token = cancellations.token(a.taskID, attempt: a.attempt)
+                defer { cancellations.finish(a.taskID, attempt: a.attempt) }
                 do {
-                    let reply = try run(a, pair: pair)
+                    // nil: the coordinator cancelled this attempt; it wants nothing back.
+                    guard let reply = try Cancellation.run(with: token, { try run(a, pair: pair) }) else { continue }
                     try pair.send(reply)
                 } catch {
                     // Stop (Shutdown while fetching) or a dead PAIR socket: this thread is done.
@@ -90,10 +137,12 @@ final class ComputeThread: @unchecked Sendable {
         }
     }
 
-    /// Runs a task and returns the frames to send: Result (+ payloads) or Fail.
-    private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]] {
+    /// Runs a task and returns the frames to send: Result (+ payloads) or Fail; nil when
+    /// the coordinator cancelled the attempt (before it started or at a checkpoint).
+    private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]]? {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
+            try Cancellation.checkpoint()
             var result = Prune_V1_Result()
             result.taskID = a.taskID
             result.attempt = a.attempt
@@ -109,11 +158,11 @@ final class ComputeThread: @unchecked Sendable {
                 payloads = try runLayerPrune(p, pair: pair)
                 result.kept = UInt64(try Mask(rows: Int(p.tensor.shape[0]), cols: Int(p.tensor.shape.dropFirst().reduce(1, *)), bits: payloads[0].bytes).keptCount)
             case .noop(let n):
-                if n.sleepMs > 0 { usleep(n.sleepMs * 1000) }
+                try Self.sleep(ms: Int(n.sleepMs))
             case .none:
                 throw PruningError("task \(a.taskID) names no work")
             }
-            if options.taskDelayMs > 0 { usleep(UInt32(options.taskDelayMs) * 1000) }
+            try Self.sleep(ms: options.taskDelayMs)
             // Stored in place: durable (fsync, rename) before the Result leaves, as the
             // coordinator's own writes are before it acknowledges.
             let stored = try resultStore.map { store in try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) } }
@@ -122,6 +171,10 @@ final class ComputeThread: @unchecked Sendable {
             return try WireMessage.frames(.with(.result(result)), payloads: payloads)
         } catch is Stop {
             throw Stop()
+        } catch is CancelledError {
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            log("task \(a.taskID) attempt \(a.attempt): cancelled by the coordinator after \(String(format: "%.2f", seconds)) s; nothing sent")
+            return nil
         } catch {
             var fail = Prune_V1_Fail()
             fail.taskID = a.taskID
@@ -131,6 +184,17 @@ final class ComputeThread: @unchecked Sendable {
             fail.retryable = !(error is PruningError || error is SpecError || error is CheckpointError)
             log("task \(a.taskID) failed: \(fail.cause)")
             return try WireMessage.frames(.with(.fail(fail)))
+        }
+    }
+
+    /// Sleeps in slices short enough that a Cancel takes effect within 10 ms.
+    private static func sleep(ms: Int) throws {
+        var left = ms
+        while left > 0 {
+            try Cancellation.checkpoint()
+            let slice = min(left, 10)
+            usleep(UInt32(slice) * 1000)
+            left -= slice
         }
     }
 
@@ -176,6 +240,7 @@ final class ComputeThread: @unchecked Sendable {
         try pair.setReceiveTimeout(ms: Int32(options.settings.leaseMs * 3))
         defer { try? pair.setReceiveTimeout(ms: -1) }
         while received < count {
+            try Cancellation.checkpoint()
             while outstanding.count < credit && next < count {
                 let length = min(chunk, count - next)
                 requestID += 1

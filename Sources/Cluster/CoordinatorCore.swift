@@ -43,7 +43,7 @@ public struct CoordinatorCore: Sendable {
         case assign(worker: String, task: String, attempt: Int)
         case heartbeat(worker: String)
         case ack(worker: String, task: String, attempt: Int, accepted: Bool)
-        case cancel(worker: String, task: String)
+        case cancel(worker: String, task: String, attempt: Int)
         case shutdown(worker: String, reason: String)
         /// A worker stopped answering or left; its tasks went back to the queue.
         case workerLost(worker: String, requeued: [String], reason: String)
@@ -147,10 +147,10 @@ public struct CoordinatorCore: Sendable {
             return [.ack(worker: worker, task: id, attempt: attempt, accepted: false)] + schedule(now: now)
         }
         var out: [Directive] = [.ack(worker: worker, task: id, attempt: attempt, accepted: true)]
-        if case .leased(let holder, _, _) = t.state, holder != worker {
+        if case .leased(let holder, let current, _) = t.state, holder != worker {
             // Another worker holds the lease (this one's had expired): stop it.
             workers[holder]?.running.remove(id)
-            out.append(.cancel(worker: holder, task: id))
+            out.append(.cancel(worker: holder, task: id, attempt: current))
         }
         t.state = .done
         tasks[id] = t
@@ -200,9 +200,9 @@ public struct CoordinatorCore: Sendable {
             }
         }
         for id in order {
-            guard case .leased(let holder, _, let deadline)? = tasks[id]?.state, now > deadline else { continue }
+            guard case .leased(let holder, let attempt, let deadline)? = tasks[id]?.state, now > deadline else { continue }
             workers[holder]?.running.remove(id)
-            out.append(.cancel(worker: holder, task: id))
+            out.append(.cancel(worker: holder, task: id, attempt: attempt))
             out += requeue(id, cause: "lease expired on worker \(holder)")
             if outcome != nil { return out }
         }

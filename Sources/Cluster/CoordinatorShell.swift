@@ -332,9 +332,10 @@ public final class CoordinatorShell {
                 a.attempt = UInt32(attempt)
                 a.accepted = accepted
                 send(w, .with(.ack(a)))
-            case .cancel(let w, let task):
+            case .cancel(let w, let task, let attempt):
                 var c = Prune_V1_Cancel()
                 c.taskID = task
+                c.attempt = UInt32(attempt)
                 send(w, .with(.cancel(c)))
             case .shutdown(let w, let reason):
                 var s = Prune_V1_Shutdown()

@@ -119,13 +119,20 @@ public final class Worker {
                         return 2
                     case .assign(let a):
                         running.append(a.taskID)
+                        compute.cancellations.register(a.taskID, attempt: a.attempt)
                         try pair.send(frames.map(\.bytes))
+                    case .cancel(let c):
+                        // Revoked: stop naming it in heartbeats, and stop computing it.
+                        running.removeAll { $0 == c.taskID }
+                        if compute.cancellations.cancel(c.taskID, attempt: c.attempt) {
+                            log("coordinator cancelled task \(c.taskID) attempt \(c.attempt)")
+                        }
                     case .chunk:
                         try pair.send(frames.map(\.bytes))
                     case .shutdown(let sd):
                         log("coordinator says shut down: \(sd.reason)")
                         return 0
-                    case .heartbeat, .ack, .cancel:
+                    case .heartbeat, .ack:
                         break
                     default:
                         log("dropped unexpected \(message.kind) from the coordinator")

@@ -70,6 +70,7 @@ extension ComputeThread {
         guard range.lowerBound >= 0, range.upperBound <= Int(clamping: ref.byteCount) else {
             throw PruningError("tensor '\(ref.name)': byte range \(range) outside its \(ref.byteCount) bytes")
         }
+        try Cancellation.checkpoint()
         let offset = Int(clamping: ref.offset) + range.lowerBound
         if let file = source.localFile(ref.fileSha256) {
             guard offset + range.count <= file.size else { throw PruningError("tensor '\(ref.name)': byte range outside \(file.path)") }

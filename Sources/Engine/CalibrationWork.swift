@@ -80,7 +80,7 @@ public enum CalibrationWork {
         if step.mode == .sequential {
             if step.block > 0, case .hidden = input {
                 let previous = try model.block(step.block - 1)
-                forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in previous.forward(&batch, samples: n, tokens: t, rope: rope) }
+                try forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in previous.forward(&batch, samples: n, tokens: t, rope: rope) }
                 store.clearOverrides()
             }
             if step.emitHidden { output.hidden = x }
@@ -108,7 +108,7 @@ public enum CalibrationWork {
         // Sequential mode needs only the statistics of this block (its output comes from the
         // pruned block, in the next task), so the pass stops before down_proj's GEMM.
         let statisticsOnly = step.mode == .sequential
-        forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in
+        try forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in
             block.forward(&batch, samples: n, tokens: t, rope: rope, statisticsOnly: statisticsOnly) { name, input, tokens in
                 guard let key = keyOf[name] else { return }
                 if wanda[key] != nil { wanda[key]!.add(batch: input, tokens: tokens, columns: input.count / tokens) }
@@ -131,12 +131,15 @@ public enum CalibrationWork {
     /// Runs `body` on consecutive batches of whole samples of `x` (samples × tokens ×
     /// hidden, `width` values per sample), at most `batchRows` rows each, in sample order,
     /// and writes each batch back (after a statistics-only pass x holds nothing useful).
+    /// A cancelled task stops before the next batch (`Cancellation.checkpoint()`).
     private static func forEachBatch(_ x: inout [Float], samples: Int, tokens: Int, width: Int,
-                                     _ body: (inout [Float], Int) -> Void) {
+                                     _ body: (inout [Float], Int) -> Void) throws {
         let perBatch = max(1, batchRows / max(tokens, 1))
+        try Cancellation.checkpoint()
         if perBatch >= samples { return body(&x, samples) }
         var first = 0
         while first < samples {
+            if first > 0 { try Cancellation.checkpoint() }
             let n = min(perBatch, samples - first)
             let range = (first * width)..<((first + n) * width)
             var batch = Array(x[range])

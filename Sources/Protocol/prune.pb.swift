@@ -643,14 +643,20 @@ public nonisolated struct Prune_V1_Fail: Sendable {
   public init() {}
 }
 
-/// Coordinator → worker: a task's lease was given to another worker. The worker may stop
-/// it; today it lets it finish (its result is then acknowledged with accepted = false).
+/// Coordinator → worker: the worker's lease on a task was revoked (it expired, or another
+/// worker's result completed the task). The worker stops that attempt at its next
+/// checkpoint and sends nothing for it; a result that was already on its way is
+/// acknowledged with accepted = false or kept, as any late result.
 public nonisolated struct Prune_V1_Cancel: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var taskID: String = String()
+
+  /// The attempt whose lease was revoked (0 from a coordinator before this field: every
+  /// attempt of the task the worker holds).
+  public var attempt: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1965,7 +1971,7 @@ nonisolated extension Prune_V1_Fail: SwiftProtobuf.Message, SwiftProtobuf._Messa
 
 nonisolated extension Prune_V1_Cancel: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Cancel"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1974,6 +1980,7 @@ nonisolated extension Prune_V1_Cancel: SwiftProtobuf.Message, SwiftProtobuf._Mes
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.taskID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       default: break
       }
     }
@@ -1983,11 +1990,15 @@ nonisolated extension Prune_V1_Cancel: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if !self.taskID.isEmpty {
       try visitor.visitSingularStringField(value: self.taskID, fieldNumber: 1)
     }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prune_V1_Cancel, rhs: Prune_V1_Cancel) -> Bool {
     if lhs.taskID != rhs.taskID {return false}
+    if lhs.attempt != rhs.attempt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,3 +1,5 @@
+import Tensors
+
 /// SparseGPT for one linear layer (Frantar & Alistarh 2023), after IST-DASLab/sparsegpt
 /// `sparsegpt.py`: `addBatch` is its `add_batch`, `prune` its `fasterprune`.
 ///
@@ -186,6 +188,7 @@ public struct SparseGPT: Equatable, Sendable {
         for i in 0..<cols { meanDiag += h[i * cols + i] }
         let damp = percDamp * meanDiag / Double(cols)
         for i in 0..<cols { h[i * cols + i] += damp }
+        try Cancellation.checkpoint()
         try h.withUnsafeMutableBufferPointer { hb in
             guard let base = hb.baseAddress else { return }
             try Linalg.upperCholeskyOfInverse(base, n: cols, layer: layer)
@@ -204,6 +207,8 @@ public struct SparseGPT: Equatable, Sendable {
                 }
             }
         }
+        // The sweep stops early when the task is cancelled; its half-swept weights are dropped.
+        try Cancellation.checkpoint()
         let mask = try Mask(rows: rows, cols: cols, bits: keep)
         return (mask, reconstructionError(start: start, pruned: weights))
     }
@@ -233,6 +238,7 @@ public struct SparseGPT: Equatable, Sendable {
         var keys = [UInt32](repeating: 0, count: max(m, 1))
 
         for i1 in stride(from: 0, to: cols, by: bs) {
+            if Cancellation.isCancelled { return }
             let i2 = min(i1 + bs, cols), count = i2 - i1, numel = rows * count
             for r in 0..<rows { (w1 + r * count).update(from: w + r * cols + i1, count: count) }
             pruned.update(repeating: false, count: numel)

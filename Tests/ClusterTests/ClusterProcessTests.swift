@@ -283,6 +283,67 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertEqual(try Subprocess.prune(["check", "model", "liar"], cwd: dir.path).status, 0)
     }
 
+    /// A stand-in coordinator (a raw ROUTER) drives a real worker process: Cancel stops the
+    /// running attempt at once, nothing is sent for it, and the worker takes the next task.
+    func testCancelStopsTheRunningAttemptAndFreesTheWorker() throws {
+        let endpoint = "ipc://\(dir.file("cancel.sock"))"
+        let context = try ZMQContext()
+        let router = try ZMQSocket(context, .router)
+        try router.setLinger(ms: 0)
+        try router.setReceiveTimeout(ms: 100)
+        try router.bind(endpoint)
+        let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "cancelled"])
+        defer { worker.kill() }
+        var peer: [UInt8] = []
+        var results: [String] = []
+        var heartbeats: [[String]] = []
+        func send(_ e: Prune_V1_Envelope) throws { _ = try router.send([peer] + (try WireMessage.frames(e))) }
+        /// Receives for up to `seconds`, answering heartbeats, until `done` holds.
+        func pump(seconds: Double, until done: () -> Bool) throws -> Bool {
+            let end = Date().addingTimeInterval(seconds)
+            while Date() < end {
+                if done() { return true }
+                guard let frames = try router.receiveMultipart(), frames.count >= 2 else { continue }
+                peer = frames[0].bytes
+                guard let m = try? WireMessage.decode(frames.dropFirst().map(\.bytes)) else { continue }
+                switch m.envelope.body {
+                case .hello: try send(.with(.welcome(Prune_V1_Welcome())))
+                case .heartbeat(let h): heartbeats.append(h.taskIds); try send(.with(.heartbeat(Prune_V1_Heartbeat())))
+                case .result(let r): results.append("\(r.taskID)#\(r.attempt)")
+                default: break
+                }
+            }
+            return done()
+        }
+        func assign(_ task: String, sleepMs: UInt32) throws {
+            var a = Prune_V1_Assign()
+            a.taskID = task
+            a.attempt = 1
+            var noop = Prune_V1_NoopTask()
+            noop.sleepMs = sleepMs
+            a.work = .noop(noop)
+            try send(.with(.assign(a)))
+        }
+        XCTAssertTrue(try pump(seconds: 20) { !peer.isEmpty }, "the worker said Hello")
+        try assign("slow", sleepMs: 120_000)
+        XCTAssertTrue(try pump(seconds: 10) { heartbeats.last == ["slow"] }, "a heartbeat names the running task: \(heartbeats)")
+        var cancel = Prune_V1_Cancel()
+        cancel.taskID = "slow"
+        cancel.attempt = 1
+        try send(.with(.cancel(cancel)))
+        try assign("quick", sleepMs: 0)
+        // Without the Cancel, "quick" would wait two minutes behind "slow".
+        XCTAssertTrue(try pump(seconds: 10) { results.contains("quick#1") }, "results: \(results)\n\(worker.stderr)")
+        heartbeats.removeAll()
+        XCTAssertTrue(try pump(seconds: 5) { !heartbeats.isEmpty })
+        XCTAssertEqual(heartbeats.last, [], "the cancelled task is no longer named")
+        XCTAssertEqual(results, ["quick#1"], "nothing is sent for the cancelled attempt")
+        try send(.with(.shutdown(Prune_V1_Shutdown())))
+        XCTAssertEqual(worker.wait(seconds: 10), 0, worker.stderr)
+        XCTAssertTrue(worker.stderr.contains("task slow attempt 1: cancelled by the coordinator"), worker.stderr)
+        router.close()
+    }
+
     func testSigtermedWorkerTellsTheCoordinatorAndStopsCleanly() throws {
         let (coord, endpoint) = try coordinator("sigterm", extra: ["--insecure"])
         let first = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "first"],

@@ -79,14 +79,14 @@ final class CoordinatorCoreTests: XCTestCase {
         // The worker heartbeats without naming the task: the lease is not renewed.
         for t in stride(from: Int64(500), through: 10_000, by: 500) { _ = c.heartbeat(worker: "w1", running: [], now: t) }
         let d = c.tick(now: 10_001)
-        XCTAssertTrue(d.contains(.cancel(worker: "w1", task: "a")), "\(d)")
+        XCTAssertTrue(d.contains(.cancel(worker: "w1", task: "a", attempt: 1)), "\(d)")
         XCTAssertEqual(assigns(d), ["a"], "requeued and handed out again")
         // Naming it renews.
         var r = core(["a"])
         _ = r.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
         for t in stride(from: Int64(500), through: 20_000, by: 500) {
             _ = r.heartbeat(worker: "w1", running: ["a"], now: t)
-            XCTAssertFalse(r.tick(now: t).contains(.cancel(worker: "w1", task: "a")))
+            XCTAssertFalse(r.tick(now: t).contains { if case .cancel = $0 { return true } else { return false } })
         }
     }
 
@@ -119,6 +119,25 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertFalse(c.wantsResult(task: "a"))
         let again = c.completed(task: "a", by: "w2", attempt: 2, now: 10_004)
         XCTAssertTrue(again.contains(.ack(worker: "w2", task: "a", attempt: 2, accepted: false)))
+    }
+
+    func testCancelNamesTheAttemptWhoseLeaseWasRevoked() {
+        var c = core(["a"])
+        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)  // a → w2, attempt 1
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 1)
+        for t in stride(from: Int64(500), through: 10_000, by: 500) {
+            _ = c.heartbeat(worker: "w1", running: [], now: t)
+            _ = c.heartbeat(worker: "w2", running: [], now: t)  // not naming a: its lease runs out
+        }
+        let expired = c.tick(now: 10_001)
+        XCTAssertTrue(expired.contains(.cancel(worker: "w2", task: "a", attempt: 1)), "\(expired)")
+        XCTAssertTrue(expired.contains(.assign(worker: "w1", task: "a", attempt: 2)), "\(expired)")
+        // w2's attempt finished before the Cancel reached it: its result completes the task,
+        // and w1's attempt 2 (now pointless) is cancelled by number.
+        let done = c.completed(task: "a", by: "w2", attempt: 1, now: 10_002)
+        XCTAssertTrue(done.contains(.ack(worker: "w2", task: "a", attempt: 1, accepted: true)), "\(done)")
+        XCTAssertTrue(done.contains(.cancel(worker: "w1", task: "a", attempt: 2)), "\(done)")
+        XCTAssertEqual(c.runningTasks(of: "w1"), [])
     }
 
     func testResumedJobNeverReassignsDoneTasks() {

@@ -1,8 +1,25 @@
 import Foundation
 import XCTest
 @testable import Pruning
+import Tensors
 
 final class SparseGPTTests: XCTestCase {
+    /// A cancelled token stops `prune` with CancelledError; unbound, it runs to the end.
+    func testPruneStopsWhenItsTaskIsCancelled() throws {
+        let layer = CalibratedLayer(seed: 3)
+        let gpt = accumulate(layer, 0..<layer.batches.count)
+        let token = CancellationToken()
+        token.cancel()
+        var w = layer.weights
+        XCTAssertThrowsError(try Cancellation.run(with: token) { try gpt.prune(weights: &w, sparsity: 0.5) }) {
+            XCTAssertTrue($0 is CancelledError, "\($0)")
+        }
+        XCTAssertFalse(Cancellation.isCancelled, "the token is unbound after run(with:)")
+        var v = layer.weights
+        let (mask, _) = try Cancellation.run(with: CancellationToken()) { try gpt.prune(weights: &v, sparsity: 0.5) }
+        XCTAssertGreaterThan(mask.keptCount, 0)
+    }
+
     func accumulate(_ layer: CalibratedLayer, _ batches: Range<Int>) -> SparseGPT {
         var g = SparseGPT(rows: layer.rows, columns: layer.cols)
         for b in batches { layer.batches[b].withUnsafeBufferPointer { g.addBatch($0, tokens: layer.tokens) } }
