@@ -90,17 +90,29 @@ public struct CalibrationPlan: Sendable {
         }
         var tasks: [Task] = []
         let shards = (windows.count + samplesPerTask - 1) / samplesPerTask
+        let shapes = Dictionary(plan.targets.map { ($0.name, (rows: $0.rows, cols: $0.cols)) }, uniquingKeysWith: { a, _ in a })
+        let method = spec.method
         for b in 0..<config.layers {
             tasks += (0..<shards).map { Task.calibrate(block: b, shard: $0) }
-            tasks += groups[b].joined().sorted { config.linearNames(block: b).firstIndex(of: $0)! < config.linearNames(block: b).firstIndex(of: $1)! }
-                .map { Task.prune(block: b, tensor: $0) }
+            // Longest first (LPT scheduling): block b+1's calibrations wait for every prune of
+            // block b, so the longest prune must not start last while the other workers idle.
+            let forward = Array(groups[b].joined())
+            let cost = forward.map { shapes[$0].map { Self.pruneCost(method: method, rows: $0.rows, cols: $0.cols) } ?? 0 }
+            tasks += forward.indices.sorted { (cost[$0], -$0) > (cost[$1], -$1) }.map { Task.prune(block: b, tensor: forward[$0]) }
         }
         self.tasks = tasks
     }
 
+    /// Relative work of a `prune` task, for ordering only. SparseGPT: the Cholesky factor
+    /// of the columns × columns Hessian and the sweep's updates, ~cols²·(rows + cols);
+    /// Wanda and the rest: one pass over the weights.
+    static func pruneCost(method: JobSpec.Method, rows: Int, cols: Int) -> Double {
+        method == .sparsegpt ? Double(cols) * Double(cols) * Double(rows + cols) : Double(rows) * Double(cols)
+    }
+
     /// The pruned Linear layers of block `b`, in forward order.
     public func targets(block b: Int) -> [String] {
-        tasks.compactMap { if case .prune(b, let t) = $0 { return t } else { return nil } }
+        Array(groups[b].joined())
     }
 
     /// The windows of shard `s`.

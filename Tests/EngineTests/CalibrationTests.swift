@@ -45,6 +45,30 @@ final class CalibrationTests: XCTestCase {
         return try LocalRunner(spec: try JobSpec.load(path: dir.file("\(name).yaml")), quiet: true).run()
     }
 
+    /// Within a block, prune tasks go longest first: SparseGPT's down_proj (an
+    /// intermediate² Hessian) before the rest, Wanda's by weight count; ties in forward order.
+    func testPruneTasksOfABlockAreQueuedLongestFirst() throws {
+        func order(_ method: String) throws -> [String] {
+            let yaml = "model: model\noutput: order-\(method)\nmethod: \(method)\nsparsity: 0.5\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\n"
+            try yaml.write(toFile: dir.file("order.yaml"), atomically: true, encoding: .utf8)
+            let spec = try JobSpec.load(path: dir.file("order.yaml"))
+            let checkpoint = try Checkpoint(path: spec.model)
+            let plan = try CalibrationPlan(spec: spec, plan: try Plan(spec: spec, checkpoint: checkpoint), modelDirectory: checkpoint.directory)
+            XCTAssertEqual(plan.targets(block: 1), plan.config.linearNames(block: 1), "targets stay in forward order")
+            return plan.tasks.compactMap {
+                guard case .prune(1, let name) = $0 else { return nil }
+                return name.replacingOccurrences(of: "model.layers.1.", with: "").replacingOccurrences(of: ".weight", with: "")
+            }
+        }
+        let config = try LlamaConfig.load(dir.file("model"))
+        XCTAssertGreaterThan(config.intermediateSize, config.hiddenSize, "the test model's MLP is wider than its attention")
+        XCTAssertLessThan(config.kvHeads, config.heads, "and it has GQA")
+        XCTAssertEqual(try order("sparsegpt"), ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj", "self_attn.q_proj", "self_attn.o_proj",
+                                                "self_attn.k_proj", "self_attn.v_proj"])
+        XCTAssertEqual(try order("wanda"), ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "self_attn.q_proj", "self_attn.o_proj",
+                                            "self_attn.k_proj", "self_attn.v_proj"])
+    }
+
     func testWandaAndSparseGPTJobsCheckReportAndEvaluate() throws {
         let calibration = "calibration: {data: ids.npy, samples: 8, tokens: 24, mode: sequential}\nevaluation: {data: ids.npy, samples: 4, tokens: 24}\n"
         let wanda = try run("wanda", "method: wanda\nsparsity: 0.5\n" + calibration)
