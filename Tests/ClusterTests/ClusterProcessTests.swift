@@ -209,6 +209,41 @@ final class ClusterProcessTests: XCTestCase {
         plain.kill()
     }
 
+    /// cluster/prune-worker@.service as shipped, with its install paths pointed at this
+    /// test's files: `systemd-analyze verify` accepts it (when systemd's tools are here), and
+    /// its ExecStart, run with %i = the coordinator's host:port, joins over CURVE and
+    /// finishes the job. (No systemd runs as PID 1 here, so systemctl itself is not used.)
+    func testSystemdUnitsExecStartJoinsACurveCoordinator() throws {
+        for name in ["coordinator", "worker"] {
+            XCTAssertEqual(try Subprocess.prune(["keygen", name, "--dir", dir.path]).status, 0)
+        }
+        try FileManager.default.copyItem(atPath: dir.file("worker.pub"), toPath: dir.file("allow.txt"))
+        let (coord, endpoint) = try coordinator("systemd", extra: ["--curve-secret", dir.file("coordinator.key"), "--allow", dir.file("allow.txt")])
+        let shipped = try String(contentsOfFile: Subprocess.packageRoot + "/cluster/prune-worker@.service", encoding: .utf8)
+        var unit = shipped
+        for (installed, here) in [("/usr/local/bin/prune", Subprocess.pruneBinary), ("/etc/prune/worker.key", dir.file("worker.key")),
+                                  ("/etc/prune/coordinator.pub", dir.file("coordinator.pub")), ("/var/lib/prune/models", dir.path)] {
+            XCTAssertTrue(unit.contains(installed), "the unit names \(installed)")
+            unit = unit.replacingOccurrences(of: installed, with: here)
+        }
+        let unitPath = dir.file("prune-worker@.service")
+        try unit.write(toFile: unitPath, atomically: true, encoding: .utf8)
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
+            let verify = try Subprocess.run("/usr/bin/systemd-analyze", ["verify", unitPath])
+            XCTAssertEqual(verify.status, 0, verify.stderr)
+            // Problems are reported as lines naming the unit; a clean unit gets none.
+            XCTAssertFalse((verify.stdout + verify.stderr).contains("prune-worker@"), verify.stdout + verify.stderr)
+        }
+        guard let line = unit.split(separator: "\n").first(where: { $0.hasPrefix("ExecStart=") }) else { return XCTFail("no ExecStart in the unit") }
+        let instance = endpoint.replacingOccurrences(of: "tcp://", with: "")
+        let argv = line.dropFirst("ExecStart=".count).replacingOccurrences(of: "%i", with: instance).split(separator: " ").map(String.init)
+        XCTAssertEqual(argv.first, Subprocess.pruneBinary)
+        let worker = try Background(argv[0], Array(argv.dropFirst()), environment: ["OPENBLAS_NUM_THREADS": "1"])
+        XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
+        XCTAssertEqual(worker.wait(seconds: 10), 0, worker.stderr)
+        XCTAssertEqual(try Subprocess.prune(["check", "model", "systemd"], cwd: dir.path).status, 0)
+    }
+
     func testWorkerWithoutLocalFilesPullsChunksAndGetsTheSameBytes() throws {
         let expected = try reference()
         let (coord, endpoint) = try coordinator("pulled", extra: ["--insecure"] + taskWeights)
