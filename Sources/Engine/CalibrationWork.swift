@@ -135,11 +135,13 @@ public enum CalibrationWork {
     private static func forEachBatch(_ x: inout [Float], samples: Int, tokens: Int, width: Int,
                                      _ body: (inout [Float], Int) -> Void) throws {
         let perBatch = max(1, batchRows / max(tokens, 1))
-        try Cancellation.checkpoint()
-        if perBatch >= samples { return body(&x, samples) }
+        if perBatch >= samples {
+            try Cancellation.checkpoint()
+            return body(&x, samples)
+        }
         var first = 0
         while first < samples {
-            if first > 0 { try Cancellation.checkpoint() }
+            try Cancellation.checkpoint()
             let n = min(perBatch, samples - first)
             let range = (first * width)..<((first + n) * width)
             var batch = Array(x[range])

@@ -188,16 +188,14 @@ public struct RotaryTable: Sendable {
 
     /// Rotates one sequence's heads in place: x is tokens × (heads · headDim).
     func apply(_ x: UnsafeMutablePointer<Float>, tokens: Int, heads: Int, headDim: Int) {
-        do {
-            for t in 0..<tokens {
-                for h in 0..<heads {
-                    let v = x + (t * heads + h) * headDim
-                    for i in 0..<half {
-                        let a = v[i], bb = v[i + half]
-                        let co = cos[t * half + i], si = sin[t * half + i]
-                        v[i] = a * co - bb * si
-                        v[i + half] = bb * co + a * si
-                    }
+        for t in 0..<tokens {
+            for h in 0..<heads {
+                let v = x + (t * heads + h) * headDim
+                for i in 0..<half {
+                    let a = v[i], bb = v[i + half]
+                    let co = cos[t * half + i], si = sin[t * half + i]
+                    v[i] = a * co - bb * si
+                    v[i + half] = bb * co + a * si
                 }
             }
         }
