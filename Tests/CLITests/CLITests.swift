@@ -22,7 +22,7 @@ final class CLITests: XCTestCase {
     func testRunCheckInspectDensifyAndPythonSeesThePromisedZeros() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 2, hidden: 64, intermediate: 128)
-        try "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\npattern: unstructured\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\npattern: unstructured\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
 
         let run = try Subprocess.prune(["run", "job.yaml"], cwd: dir.path)
         XCTAssertEqual(run.status, 0, run.stderr)
@@ -54,7 +54,7 @@ final class CLITests: XCTestCase {
     func testCheckExitsOneWhenTheOutputIsWrong() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("model"))
-        try "model: model\noutput: job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: model\noutput: job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         XCTAssertEqual(try Subprocess.prune(["run", "-q", "job.yaml"], cwd: dir.path).status, 0)
         // Checking against another model: every pruned tensor's kept weights differ.
         try SyntheticModel.write(to: dir.file("other"), seed: 99)
@@ -72,7 +72,7 @@ final class CLITests: XCTestCase {
         XCTAssertGreaterThanOrEqual(expected.count, 15)
         for (name, text) in expected.sorted(by: { $0.key < $1.key }) {
             let spec = "model: cases/\(name)\noutput: out-\(name)\nsparsity: 0.5\ntargets: ['re:.*weight']\nignore: []\n"
-            try spec.write(toFile: dir.file("\(name).yaml"), atomically: true, encoding: .utf8)
+            try spec.write(toFile: dir.file("\(name).yaml"), atomically: false, encoding: .utf8)
             let run = try Subprocess.prune(["run", "\(name).yaml"], cwd: dir.path)
             XCTAssertEqual(run.status, 2, "\(name): \(run.stderr)")
             let lines = run.stderr.split(separator: "\n")
@@ -94,7 +94,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try Subprocess.prune(["--help"]).status, 0)
         XCTAssertEqual(try Subprocess.prune([]).status, 2, "no subcommand is a usage error")
         try SyntheticModel.write(to: dir.file("model"))
-        try "model: model\noutput: /proc/prune-cannot-write-here/job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: model\noutput: /proc/prune-cannot-write-here/job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         let run = try Subprocess.prune(["run", "job.yaml"], cwd: dir.path)
         XCTAssertEqual(run.status, 2, run.stderr)
         XCTAssertTrue(run.stderr.contains("output:"), run.stderr)

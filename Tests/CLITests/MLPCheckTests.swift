@@ -45,7 +45,7 @@ final class MLPCheckTests: XCTestCase {
         let numpyAccuracy = try number(after: "test accuracy ", in: train.stdout)
 
         let spec = "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\nevaluation: {data: \(Self.fashionMNIST)}\n"
-        try spec.write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try spec.write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         let run = try Subprocess.prune(["run", "-q", "job.yaml"], cwd: dir.path)
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stdout.contains("2 tensors pruned"), "fc1 and fc2 weights, biases left alone: \(run.stdout)")
@@ -71,12 +71,12 @@ final class MLPCheckTests: XCTestCase {
         let subset = try Subprocess.prune(["check", "-q", "model", "job", "--eval", Self.fashionMNIST + "/t10k-images-idx3-ubyte.gz", "--eval-samples", "500"], cwd: dir.path)
         XCTAssertEqual(subset.status, 0, subset.stderr)
         XCTAssertTrue(subset.stdout.contains("accuracy on 500 examples: dense "), subset.stdout)
-        try "hello".write(toFile: dir.file("notes.txt"), atomically: true, encoding: .utf8)
+        try "hello".write(toFile: dir.file("notes.txt"), atomically: false, encoding: .utf8)
         let bad = try Subprocess.prune(["check", "-q", "model", "job", "--eval", "notes.txt"], cwd: dir.path)
         XCTAssertEqual(bad.status, 2, bad.stdout + bad.stderr)
         XCTAssertEqual(bad.stderr.split(separator: "\n").count, 1, bad.stderr)
         XCTAssertTrue(bad.stderr.hasPrefix("prune: error: notes.txt: not labelled data"), bad.stderr)
-        try "{\"architecture\": \"mlp\", \"input\": 784, \"layers\": [{\"weight\": \"fc9.weight\"}]}".write(toFile: dir.file("model/mlp.json"), atomically: true, encoding: .utf8)
+        try "{\"architecture\": \"mlp\", \"input\": 784, \"layers\": [{\"weight\": \"fc9.weight\"}]}".write(toFile: dir.file("model/mlp.json"), atomically: false, encoding: .utf8)
         let badConfig = try Subprocess.prune(["check", "-q", "model", "job", "--eval", Self.fashionMNIST], cwd: dir.path)
         XCTAssertEqual(badConfig.status, 2, badConfig.stdout + badConfig.stderr)
         XCTAssertEqual(badConfig.stderr, "prune: error: model/mlp.json: layers[0].weight: no tensor named 'fc9.weight' in model\n")

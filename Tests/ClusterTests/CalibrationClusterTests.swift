@@ -21,7 +21,7 @@ final class CalibrationClusterTests: XCTestCase {
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
          "tie_word_embeddings": false}
         """
-        try config.write(toFile: dir.file("model/config.json"), atomically: true, encoding: .utf8)
+        try config.write(toFile: dir.file("model/config.json"), atomically: false, encoding: .utf8)
         // Token ids as an int32 .npy [20, 16].
         var state: UInt64 = 3
         let ids: [Int32] = (0..<(20 * 16)).map { _ in
@@ -49,7 +49,7 @@ final class CalibrationClusterTests: XCTestCase {
 
         """
         let path = dir.file("\(name).yaml")
-        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        try yaml.write(toFile: path, atomically: false, encoding: .utf8)
         return path
     }
 

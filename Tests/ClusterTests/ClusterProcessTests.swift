@@ -27,7 +27,7 @@ final class ClusterProcessTests: XCTestCase {
 
     private func writeSpec(_ name: String) throws -> String {
         let path = dir.file("\(name).yaml")
-        try (spec + "output: \(name)\n").write(toFile: path, atomically: true, encoding: .utf8)
+        try (spec + "output: \(name)\n").write(toFile: path, atomically: false, encoding: .utf8)
         return path
     }
 
@@ -123,11 +123,11 @@ final class ClusterProcessTests: XCTestCase {
         // The recorded job.yaml edited: refused.
         let specPath = dir.file("changed/job.yaml")
         let original = try String(contentsOfFile: specPath, encoding: .utf8)
-        try (original + "# edited\n").write(toFile: specPath, atomically: true, encoding: .utf8)
+        try (original + "# edited\n").write(toFile: specPath, atomically: false, encoding: .utf8)
         var r = try Subprocess.prune(["resume", "changed"], cwd: dir.path)
         XCTAssertEqual(r.status, 2)
         XCTAssertTrue(r.stderr.contains("the spec changed since the job started"), r.stderr)
-        try original.write(toFile: specPath, atomically: true, encoding: .utf8)
+        try original.write(toFile: specPath, atomically: false, encoding: .utf8)
         // The checkpoint rewritten with other weights: refused.
         try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, seed: 77, layers: 3, hidden: 64, intermediate: 128)
         r = try Subprocess.prune(["resume", "changed"], cwd: dir.path)
@@ -192,7 +192,7 @@ final class ClusterProcessTests: XCTestCase {
             XCTAssertEqual(try Subprocess.prune(["keygen", name, "--dir", dir.path]).status, 0)
         }
         try ("# workers allowed in\n" + String(contentsOfFile: dir.file("good.pub"), encoding: .utf8))
-            .write(toFile: dir.file("allow.txt"), atomically: true, encoding: .utf8)
+            .write(toFile: dir.file("allow.txt"), atomically: false, encoding: .utf8)
         let (coord, endpoint) = try coordinator("curve", extra: ["--curve-secret", dir.file("coordinator.key"), "--allow", dir.file("allow.txt")])
         let bad = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "bad",
                                                           "--curve-secret", dir.file("bad.key"), "--server-key", dir.file("coordinator.pub")])
@@ -227,7 +227,7 @@ final class ClusterProcessTests: XCTestCase {
             unit = unit.replacingOccurrences(of: installed, with: here)
         }
         let unitPath = dir.file("prune-worker@.service")
-        try unit.write(toFile: unitPath, atomically: true, encoding: .utf8)
+        try unit.write(toFile: unitPath, atomically: false, encoding: .utf8)
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
             let verify = try Subprocess.run("/usr/bin/systemd-analyze", ["verify", unitPath])
             XCTAssertEqual(verify.status, 0, verify.stderr)
@@ -265,7 +265,7 @@ final class ClusterProcessTests: XCTestCase {
             .reduce(0) { $0 + $1.rows * (($1.cols + 7) / 8) }
         func job(_ name: String, pullOnly: Bool) throws -> (received: Int, data: [String: Data], log: String) {
             let path = dir.file("\(name).yaml")
-            try "model: wide\nmethod: magnitude\nsparsity: 0.5\noutput: \(name)\n".write(toFile: path, atomically: true, encoding: .utf8)
+            try "model: wide\nmethod: magnitude\nsparsity: 0.5\noutput: \(name)\n".write(toFile: path, atomically: false, encoding: .utf8)
             let port = Background.freePort()
             let endpoint = "tcp://127.0.0.1:\(port)"
             let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)

@@ -58,12 +58,12 @@ final class NetworkNamespaceTests: XCTestCase {
 
         let dir = TempDir("prune-netns"); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("model"), dtype: .f16, layers: 2, hidden: 64, intermediate: 128)
-        try "model: model\noutput: job\nmethod: magnitude\npattern: '2:4'\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: model\noutput: job\nmethod: magnitude\npattern: '2:4'\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         for name in ["coord", "w1", "w2"] {
             XCTAssertEqual(try Subprocess.prune(["keygen", name, "--dir", dir.path]).status, 0)
         }
         let allow = try ["w1", "w2"].map { try String(contentsOfFile: dir.file("\($0).pub"), encoding: .utf8) }.joined()
-        try allow.write(toFile: dir.file("workers.txt"), atomically: true, encoding: .utf8)
+        try allow.write(toFile: dir.file("workers.txt"), atomically: false, encoding: .utf8)
         let endpoint = "tcp://10.79.\(subnet).1:\(Background.freePort())"
 
         // Plaintext on a non-loopback address is refused outright.
@@ -114,12 +114,12 @@ final class NetworkNamespaceTests: XCTestCase {
             cp "$1" "\(homes)/${target%%:*}/${target#*:}"
             """
         for (name, text) in [("ssh", ssh), ("scp", scp)] {
-            try text.write(toFile: (bin as NSString).appendingPathComponent(name), atomically: true, encoding: .utf8)
+            try text.write(toFile: (bin as NSString).appendingPathComponent(name), atomically: false, encoding: .utf8)
             chmod((bin as NSString).appendingPathComponent(name), 0o755)
         }
 
         try SyntheticModel.write(to: dir.file("model"), dtype: .f32, layers: 2, hidden: 64, intermediate: 128)
-        try "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         XCTAssertEqual(try Subprocess.prune(["keygen", "coordinator", "--dir", dir.path]).status, 0)
         var allow = ""
         for host in hosts {
@@ -128,9 +128,9 @@ final class NetworkNamespaceTests: XCTestCase {
             XCTAssertEqual(try Subprocess.prune(["keygen", host, "--dir", keys]).status, 0)
             allow += try String(contentsOfFile: "\(keys)/\(host).pub", encoding: .utf8)
         }
-        try allow.write(toFile: dir.file("allow.txt"), atomically: true, encoding: .utf8)
+        try allow.write(toFile: dir.file("allow.txt"), atomically: false, encoding: .utf8)
         // The first host keeps a copy of the checkpoint (a data root); the second has none.
-        try "# test hosts\n\(hosts[0]) \(dir.file("model"))\n\(hosts[1])\n".write(toFile: dir.file("hosts"), atomically: true, encoding: .utf8)
+        try "# test hosts\n\(hosts[0]) \(dir.file("model"))\n\(hosts[1])\n".write(toFile: dir.file("hosts"), atomically: false, encoding: .utf8)
 
         let endpoint = "tcp://10.79.\(subnet).1:\(Background.freePort())"
         let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", "job.yaml", "--bind", endpoint,

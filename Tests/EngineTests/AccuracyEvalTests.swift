@@ -55,7 +55,7 @@ final class AccuracyEvalTests: XCTestCase {
         try w.write(bytes)
         try w.finish()
         try #"{"architecture": "mlp", "input": \#(input), "layers": [{"weight": "fc.weight"}]}"#
-            .write(toFile: path + "/mlp.json", atomically: true, encoding: .utf8)
+            .write(toFile: path + "/mlp.json", atomically: false, encoding: .utf8)
     }
 
     /// Labelled examples as safetensors: inputs F32 [N, D], labels of `labelType` [N].
@@ -274,7 +274,7 @@ final class AccuracyEvalTests: XCTestCase {
         }
         try w.finish()
         try #"{"architecture": "mlp", "input": 8, "layers": [{"weight": "fc1.weight", "bias": "fc1.bias", "activation": "relu"}, {"weight": "fc2.weight"}]}"#
-            .write(toFile: model + "/mlp.json", atomically: true, encoding: .utf8)
+            .write(toFile: model + "/mlp.json", atomically: false, encoding: .utf8)
         // Labels are the dense model's own predictions, so dense accuracy is exactly 1.
         let n = 300
         let x = rng.values(n * input).map { $0 * 10 }
@@ -283,7 +283,7 @@ final class AccuracyEvalTests: XCTestCase {
         _ = try writeExamples("eval.safetensors", inputs: x, labels: labels, width: input)
 
         let yaml = "model: model\noutput: job\nmethod: magnitude\nsparsity: 0.5\nevaluation: {data: eval.safetensors, samples: 250}\n"
-        try yaml.write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try yaml.write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         let spec = try JobSpec.load(path: dir.file("job.yaml"))
         XCTAssertEqual(spec.evaluation?.samples, 250)
         _ = try LocalRunner(spec: spec, quiet: true).run()

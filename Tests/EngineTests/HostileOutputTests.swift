@@ -10,7 +10,7 @@ import XCTest
 final class HostileOutputTests: XCTestCase {
     private func job(_ dir: TempDir, _ yaml: String = "sparsity: 0.5\n") throws {
         try SyntheticModel.write(to: dir.file("m"))
-        try "model: m\noutput: job\n\(yaml)".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: m\noutput: job\n\(yaml)".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         _ = try LocalRunner(spec: try JobSpec.load(path: dir.file("job.yaml")), quiet: true).run()
     }
 
@@ -96,9 +96,9 @@ final class HostileOutputTests: XCTestCase {
         let dir = TempDir(); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("m"))
         for side in ["pytorch_model.bin", "model.gguf", "tokenizer.json", "generation_config.json"] {
-            try "x".write(toFile: dir.file("m/" + side), atomically: true, encoding: .utf8)
+            try "x".write(toFile: dir.file("m/" + side), atomically: false, encoding: .utf8)
         }
-        try "model: m\noutput: job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: true, encoding: .utf8)
+        try "model: m\noutput: job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
         _ = try LocalRunner(spec: try JobSpec.load(path: dir.file("job.yaml")), quiet: true).run()
         let copied = Set(try FileManager.default.contentsOfDirectory(atPath: dir.file("job/out/dense")))
         XCTAssertEqual(copied, ["model.safetensors", "config.json", "tokenizer.json", "generation_config.json"])

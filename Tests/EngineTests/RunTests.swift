@@ -8,7 +8,7 @@ import XCTest
 final class RunTests: XCTestCase {
     private func spec(_ dir: TempDir, model: String, _ body: String) throws -> JobSpec {
         let path = dir.file("job-\(UInt32.random(in: 0...UInt32.max)).yaml")
-        try "model: \(model)\n\(body)".write(toFile: path, atomically: true, encoding: .utf8)
+        try "model: \(model)\n\(body)".write(toFile: path, atomically: false, encoding: .utf8)
         return try JobSpec.load(path: path)
     }
 
@@ -74,8 +74,8 @@ final class RunTests: XCTestCase {
     func testOutputBytesAreDeterministicAndRerunIsIdempotent() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("m"), dtype: .bf16)
-        try "model: m\noutput: a\nsparsity: 0.5\nmethod: random\nseed: 3\n".write(toFile: dir.file("a.yaml"), atomically: true, encoding: .utf8)
-        try "model: m\noutput: b\nsparsity: 0.5\nmethod: random\nseed: 3\n".write(toFile: dir.file("b.yaml"), atomically: true, encoding: .utf8)
+        try "model: m\noutput: a\nsparsity: 0.5\nmethod: random\nseed: 3\n".write(toFile: dir.file("a.yaml"), atomically: false, encoding: .utf8)
+        try "model: m\noutput: b\nsparsity: 0.5\nmethod: random\nseed: 3\n".write(toFile: dir.file("b.yaml"), atomically: false, encoding: .utf8)
         _ = try LocalRunner(spec: try JobSpec.load(path: dir.file("a.yaml")), quiet: true).run()
         let first = try files(dir.file("a/out"))
         _ = try LocalRunner(spec: try JobSpec.load(path: dir.file("a.yaml")), quiet: true).run()
@@ -94,7 +94,7 @@ final class RunTests: XCTestCase {
         try SyntheticModel.write(to: dir.file("m"), dtype: .f16, layers: 1)
         var outputs: [[String: Data]] = []
         for (i, (weights, block)) in [(16 << 20, 32 << 20), (96, 100), (1000, 7)].enumerated() {
-            try "model: m\noutput: j\(i)\npattern: per_row\nsparsity: 0.6\nmethod: random\nseed: 9\n".write(toFile: dir.file("j\(i).yaml"), atomically: true, encoding: .utf8)
+            try "model: m\noutput: j\(i)\npattern: per_row\nsparsity: 0.6\nmethod: random\nseed: 9\n".write(toFile: dir.file("j\(i).yaml"), atomically: false, encoding: .utf8)
             var runner = LocalRunner(spec: try JobSpec.load(path: dir.file("j\(i).yaml")), quiet: true)
             runner.maxWeightsPerTask = weights
             runner.assemblyBlockBytes = block
@@ -116,11 +116,11 @@ final class RunTests: XCTestCase {
         XCTAssertThrowsError(try LocalRunner(spec: other, quiet: true).run()) { XCTAssertTrue("\($0)".contains("already holds a different job")) }
         XCTAssertEqual(try files(dir.file("job")), before)
         try FileManager.default.createDirectory(atPath: dir.file("full"), withIntermediateDirectories: true)
-        try "x".write(toFile: dir.file("full/notes.txt"), atomically: true, encoding: .utf8)
+        try "x".write(toFile: dir.file("full/notes.txt"), atomically: false, encoding: .utf8)
         XCTAssertThrowsError(try LocalRunner(spec: try spec(dir, model: "m", "output: full\nsparsity: 0.5\n"), quiet: true).run()) {
             XCTAssertTrue("\($0)".contains("holds no job"))
         }
-        try "x".write(toFile: dir.file("afile"), atomically: true, encoding: .utf8)
+        try "x".write(toFile: dir.file("afile"), atomically: false, encoding: .utf8)
         XCTAssertThrowsError(try LocalRunner(spec: try spec(dir, model: "m", "output: afile/job\nsparsity: 0.5\n"), quiet: true).run()) {
             XCTAssertTrue("\($0)".contains("is not a directory"), "\($0)")
         }

@@ -141,7 +141,7 @@ final class MLPForwardTests: XCTestCase {
         let w = try SafeTensorsWriter(path: dir + "/model.safetensors", tensors: tensors.map { TensorSpec(name: $0.0, dtype: .f32, shape: $0.1) }, metadata: nil)
         for (_, shape) in tensors { try w.write([UInt8](repeating: 0, count: 4 * shape.reduce(1, *))) }
         try w.finish()
-        try config.write(toFile: dir + "/mlp.json", atomically: true, encoding: .utf8)
+        try config.write(toFile: dir + "/mlp.json", atomically: false, encoding: .utf8)
     }
 
     func testShapesAreCheckedAgainstTheCheckpoint() throws {
@@ -180,12 +180,12 @@ final class MLPForwardTests: XCTestCase {
         let w = try SafeTensorsWriter(path: ints + "/model.safetensors", tensors: [TensorSpec(name: "a.weight", dtype: .i32, shape: [3, 4])], metadata: nil)
         try w.write([UInt8](repeating: 0, count: 48))
         try w.finish()
-        try #"{"architecture": "mlp", "input": 4, "layers": [{"weight": "a.weight"}]}"#.write(toFile: ints + "/mlp.json", atomically: true, encoding: .utf8)
+        try #"{"architecture": "mlp", "input": 4, "layers": [{"weight": "a.weight"}]}"#.write(toFile: ints + "/mlp.json", atomically: false, encoding: .utf8)
         XCTAssertThrowsError(try MLPModel(directory: ints)) {
             XCTAssertTrue("\($0)".contains("layers[0].weight: tensor 'a.weight' in \(ints)/model.safetensors is I32, expected F32, F16 or BF16"), "\($0)")
         }
         // Not JSON at all.
-        try "{ nope".write(toFile: ints + "/mlp.json", atomically: true, encoding: .utf8)
+        try "{ nope".write(toFile: ints + "/mlp.json", atomically: false, encoding: .utf8)
         XCTAssertThrowsError(try MLPModel(directory: ints)) { XCTAssertEqual("\($0)", ints + "/mlp.json: not a JSON object") }
         // Wrong input width at forward time.
         let ok = dir.file("ok")

@@ -97,7 +97,7 @@ final class TokenizerTests: XCTestCase {
         func write(_ preTokenizer: String, model: String = #""type": "BPE", "vocab": {"a": 0}, "merges": []"#) throws -> String {
             let path = dir.file("tokenizer-\(UInt32.random(in: 0...UInt32.max)).json")
             let json = #"{"added_tokens": [], "normalizer": null, "pre_tokenizer": "# + preTokenizer + #", "model": {"# + model + "}}"
-            try json.write(toFile: path, atomically: true, encoding: .utf8)
+            try json.write(toFile: path, atomically: false, encoding: .utf8)
             return path
         }
         func error(_ path: String) -> String {
@@ -193,7 +193,7 @@ final class TokenizerTests: XCTestCase {
         let cut = kjv.text[..<prefixEnd].lastIndex(of: "\n").map { kjv.text.index(after: $0) } ?? prefixEnd
         let prefix = String(kjv.text[..<cut])
         let prefixPath = Reference.dir.file("kjv-prefix.txt")
-        try prefix.write(toFile: prefixPath, atomically: true, encoding: .utf8)
+        try prefix.write(toFile: prefixPath, atomically: false, encoding: .utf8)
         for pre in ["gpt2", "llama3", "qwen2"] {
             let other = try Reference.tokenizerJSON(pre: pre)
             XCTAssertTrue(try ByteLevelBPETokenizer(tokenizerJSON: other).encode(prefix)
@@ -321,7 +321,7 @@ final class TokenizerTests: XCTestCase {
                 throw unavailable("the bible command (apt-get install bible-kjv)")
             }
             let path = dir.file("kjv.txt")
-            try r.stdout.write(toFile: path, atomically: true, encoding: .utf8)
+            try r.stdout.write(toFile: path, atomically: false, encoding: .utf8)
             kjvText = (path, r.stdout)
             return (path, r.stdout)
         }

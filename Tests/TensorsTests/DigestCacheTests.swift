@@ -58,7 +58,7 @@ final class DigestCacheTests: XCTestCase {
         let planted = String(repeating: "ab", count: 32)
         var entries = DigestCache.parse(DigestCache.read(cachePath))
         entries[0].sha256 = planted
-        try DigestCache.render(entries).write(toFile: cachePath, atomically: true, encoding: .utf8)
+        try DigestCache.render(entries).write(toFile: cachePath, atomically: false, encoding: .utf8)
         XCTAssertEqual(try DigestCache(path: cachePath).sha256(file: file), planted)
         // A relative path names the same file and the same entry.
         let cwd = FileManager.default.currentDirectoryPath
@@ -198,7 +198,7 @@ final class DigestCacheTests: XCTestCase {
         XCTAssertNil(disabled.path)
         var entries = DigestCache.parse(DigestCache.read(dir.file("xdg/prune-cluster/digests")))
         entries[0].sha256 = String(repeating: "cd", count: 32)
-        try DigestCache.render(entries).write(toFile: dir.file("xdg/prune-cluster/digests"), atomically: true, encoding: .utf8)
+        try DigestCache.render(entries).write(toFile: dir.file("xdg/prune-cluster/digests"), atomically: false, encoding: .utf8)
         XCTAssertEqual(try disabled.sha256(file: file), plainDigest(data))
         XCTAssertNil(disabled.cachedSHA256(file: file))
         let listing = try FileManager.default.subpathsOfDirectory(atPath: dir.path).sorted()
