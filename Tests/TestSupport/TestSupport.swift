@@ -110,11 +110,14 @@ public enum Subprocess {
         return dir
     }
 
-    public static func run(_ executable: String, _ arguments: [String], cwd: String? = nil) throws -> Result {
+    /// Runs to completion; `environment` is added to this process's own.
+    public static func run(_ executable: String, _ arguments: [String], cwd: String? = nil,
+                           environment: [String: String] = [:]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments
         if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         // stdout through a pipe, stderr into a file: neither can fill up and block the child.
         let out = Pipe()
         let errPath = NSTemporaryDirectory() + "prune-stderr-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
