@@ -63,7 +63,7 @@ let package = Package(
             "Engine", "Tensors", "Pruning", "Cluster", "Protocol", "ZeroMQ", "Models",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors"], path: "ops/bench/PruneBench"),
+        .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors", "Protocol"], path: "ops/bench/PruneBench"),
         // Builders of small real checkpoints and helpers to run Python and the `prune` binary.
         .target(name: "TestSupport", dependencies: ["Tensors"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),

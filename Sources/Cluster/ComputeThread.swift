@@ -66,6 +66,9 @@ final class ComputeThread: @unchecked Sendable {
     /// Where this worker stores its results itself (nil: it sends them in frames): the
     /// coordinator's artifact directory, when this host sees that very directory.
     var resultStore: ArtifactStore?
+    /// The codings this worker tries for masks it sends, in order, among those the
+    /// coordinator's Welcome lists; none without --compress-masks.
+    var maskCodings: [String] = []
     /// Shared with the I/O thread, which cancels what the coordinator revokes.
     let cancellations = TaskCancellations()
 
@@ -116,6 +119,8 @@ final class ComputeThread: @unchecked Sendable {
                 let shared = !options.pullOnly && ArtifactStore.sharedWithCoordinator(root: w.artifactRoot, token: w.artifactToken)
                 resultStore = shared ? try? ArtifactStore(root: w.artifactRoot) : nil
                 if !w.artifactRoot.isEmpty { log(resultStore != nil ? "storing results in \(w.artifactRoot)" : "sending results over the wire") }
+                let wanted = options.compressMasks ? [NMMaskCoding.name, MaskCoding.name] : []
+                maskCodings = wanted.filter(w.payloadCodings.contains)
                 if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
                 if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
             case .assign(let a):
@@ -147,16 +152,21 @@ final class ComputeThread: @unchecked Sendable {
             result.taskID = a.taskID
             result.attempt = a.attempt
             var payloads: [(name: String, bytes: [UInt8])] = []
+            // The "mask" payload's shape and N:M pattern, for coding it on the wire.
+            var maskShape: (rows: Int, cols: Int, nm: (n: Int, m: Int)?)?
             switch a.work {
             case .mask(let m):
                 let mask = try runMask(m, pair: pair)
                 result.kept = UInt64(mask.keptCount)
                 payloads.append(("mask", mask.bits))
+                maskShape = (mask.rows, mask.cols, Self.nm(m.pattern))
             case .calibrate(let c):
                 payloads = try runCalibrate(c, pair: pair)
             case .layerPrune(let p):
                 payloads = try runLayerPrune(p, pair: pair)
-                result.kept = UInt64(try Mask(rows: Int(p.tensor.shape[0]), cols: Int(p.tensor.shape.dropFirst().reduce(1, *)), bits: payloads[0].bytes).keptCount)
+                let mask = try Mask(rows: Int(p.tensor.shape[0]), cols: Int(p.tensor.shape.dropFirst().reduce(1, *)), bits: payloads[0].bytes)
+                result.kept = UInt64(mask.keptCount)
+                maskShape = (mask.rows, mask.cols, Self.nm(p.pattern))
             case .noop(let n):
                 try Self.sleep(ms: Int(n.sleepMs))
             case .none:
@@ -168,7 +178,13 @@ final class ComputeThread: @unchecked Sendable {
             let stored = try resultStore.map { store in try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) } }
             result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             if let stored, !stored.isEmpty { return try WireMessage.frames(.with(.result(result)), stored: stored) }
-            return try WireMessage.frames(.with(.result(result)), payloads: payloads)
+            let outgoing = payloads.map { p -> WireMessage.Outgoing in
+                if p.name == "mask", let shape = maskShape, !maskCodings.isEmpty {
+                    return WireMessage.Outgoing(name: p.name, maskBits: p.bytes, rows: shape.rows, cols: shape.cols, nm: shape.nm, codings: maskCodings)
+                }
+                return WireMessage.Outgoing(name: p.name, bytes: p.bytes)
+            }
+            return try WireMessage.frames(.with(.result(result)), outgoing: outgoing)
         } catch is Stop {
             throw Stop()
         } catch is CancelledError {
@@ -185,6 +201,12 @@ final class ComputeThread: @unchecked Sendable {
             log("task \(a.taskID) failed: \(fail.cause)")
             return try WireMessage.frames(.with(.fail(fail)))
         }
+    }
+
+    /// N and M of an N:M pattern, nil for any other.
+    private static func nm(_ pattern: String) -> (n: Int, m: Int)? {
+        if case .nm(let n, let m)? = try? SparsityPattern(parsing: pattern) { return (n, m) }
+        return nil
     }
 
     /// Sleeps in slices short enough that a Cancel takes effect within 10 ms.

@@ -300,6 +300,7 @@ public final class CoordinatorShell {
                 welcome.modelFiles = workload.modelFiles
                 welcome.artifactRoot = workload.artifactRoot
                 welcome.artifactToken = workload.artifactToken
+                welcome.payloadCodings = [NMMaskCoding.name, MaskCoding.name]
                 send(w, .with(.welcome(welcome)))
             case .reject(let w, let reason):
                 var r = Prune_V1_Reject()

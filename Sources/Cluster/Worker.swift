@@ -26,6 +26,11 @@ public struct WorkerOptions: Sendable {
     /// Never read checkpoint files locally: pull every byte from the coordinator (a
     /// worker on a host without the files behaves like this by itself).
     public var pullOnly = false
+    /// Code the masks sent over the wire: N:M ones by rank (`NMMaskCoding`), others range
+    /// coded (`MaskCoding`) where that saves 1/32. Off by default: the coordinator decodes
+    /// on its one I/O thread at about 2 ns (N:M) to 6 ns (range) per weight, more than a fast
+    /// LAN takes to carry the bits saved (docs/cluster.md, "Masks on the wire").
+    public var compressMasks = false
     /// The version announced in Hello (tests use another one to be rejected).
     public var protocolVersion = Settings.protocolVersion
 

@@ -14,20 +14,69 @@ public struct WireMessage {
         self.payloads = payloads
     }
 
+    /// A payload ready to send: its frame and the description the envelope carries.
+    public struct Outgoing {
+        public let info: Prune_V1_PayloadInfo
+        public let frame: [UInt8]
+
+        /// The bytes as they are.
+        public init(name: String, bytes: [UInt8]) {
+            var info = Prune_V1_PayloadInfo()
+            info.name = name
+            info.size = UInt64(bytes.count)
+            info.sha256 = bytes.withUnsafeBytes { SHA256Stream.hex($0) }
+            self.info = info
+            frame = bytes
+        }
+
+        /// Packed mask bits, coded in the first of `codings` that applies: `NMMaskCoding`
+        /// for a mask whose every group of M keeps N (`nm`), `MaskCoding` (range coding)
+        /// where it saves at least 1/32. `sha256` names the mask bits either way, so the
+        /// receiver stores the same artifact.
+        public init(name: String, maskBits: [UInt8], rows: Int, cols: Int, nm: (n: Int, m: Int)?, codings: [String]) {
+            for coding in codings {
+                var frame: [UInt8]?
+                switch coding {
+                case NMMaskCoding.name:
+                    if let nm { frame = NMMaskCoding.encode(bits: maskBits, rows: rows, cols: cols, n: nm.n, m: nm.m) }
+                case MaskCoding.name:
+                    // A mask near 1 bit per weight of entropy (50% unstructured) gains
+                    // nothing from coding and costs both ends a pass over its bits.
+                    if MaskCoding.mayPay(bits: maskBits, rows: rows, cols: cols, group: nm?.m ?? 0) {
+                        let coded = MaskCoding.encode(bits: maskBits, rows: rows, cols: cols, group: nm?.m ?? 0)
+                        if coded.count < maskBits.count - maskBits.count / 32 { frame = coded }
+                    }
+                default:
+                    break
+                }
+                if let frame {
+                    var info = Prune_V1_PayloadInfo()
+                    info.name = name
+                    info.size = UInt64(frame.count)
+                    info.sha256 = maskBits.withUnsafeBytes { SHA256Stream.hex($0) }
+                    info.coding = coding
+                    self.info = info
+                    self.frame = frame
+                    return
+                }
+            }
+            self = Outgoing(name: name, bytes: maskBits)
+        }
+    }
+
     /// The frames to send: the envelope (with payload descriptions filled in) and the
     /// payloads. `names` label the payload frames ("mask", "chunk", ...).
     public static func frames(_ envelope: Prune_V1_Envelope, payloads: [(name: String, bytes: [UInt8])] = []) throws -> [[UInt8]] {
+        try frames(envelope, outgoing: payloads.map { Outgoing(name: $0.name, bytes: $0.bytes) })
+    }
+
+    /// The frames to send for payloads that may be coded.
+    public static func frames(_ envelope: Prune_V1_Envelope, outgoing: [Outgoing]) throws -> [[UInt8]] {
         var e = envelope
         e.protocolVersion = Settings.protocolVersion
-        e.payloads = payloads.map { p in
-            var info = Prune_V1_PayloadInfo()
-            info.name = p.name
-            info.size = UInt64(p.bytes.count)
-            info.sha256 = p.bytes.withUnsafeBytes { SHA256Stream.hex($0) }
-            return info
-        }
+        e.payloads = outgoing.map(\.info)
         let head: [UInt8] = try e.serializedBytes()
-        return [head] + payloads.map(\.bytes)
+        return [head] + outgoing.map(\.frame)
     }
 
     /// The frames of a message whose payloads the sender already stored in the
@@ -54,7 +103,9 @@ public struct WireMessage {
 
     /// Decodes frames (without any routing id). Throws for anything malformed: no
     /// frames, an envelope that does not parse or is too large, an unknown body, payload
-    /// frames that do not match their declared count, size or sha256.
+    /// frames that do not match their declared count, size or sha256, a coding this
+    /// build does not know or a coded frame that does not decode. Coded payloads are
+    /// returned decoded.
     public static func decode(_ frames: [[UInt8]], settings: Settings = Settings()) throws -> WireMessage {
         guard let head = frames.first else { throw DecodeError(description: "empty message") }
         guard head.count <= settings.maxEnvelopeBytes else {
@@ -78,14 +129,30 @@ public struct WireMessage {
                 throw DecodeError(description: "stored payload '\(info.name)' names no sha256")
             }
         }
+        var decoded: [[UInt8]] = []
+        decoded.reserveCapacity(payloads.count)
         for (frame, info) in zip(payloads, inFrames) {
             guard UInt64(frame.count) == info.size else {
                 throw DecodeError(description: "payload '\(info.name)' has \(frame.count) bytes, declared \(info.size)")
             }
-            let digest = frame.withUnsafeBytes { SHA256Stream.hex($0) }
+            var bytes = frame
+            switch info.coding {
+            case "": break
+            case MaskCoding.name, NMMaskCoding.name:
+                do {
+                    let limit = Int(clamping: settings.maxFrameBytes)
+                    bytes = info.coding == MaskCoding.name ? try MaskCoding.decode(frame, maxBytes: limit) : try NMMaskCoding.decode(frame, maxBytes: limit)
+                } catch {
+                    throw DecodeError(description: "payload '\(info.name)': \(error)")
+                }
+            default:
+                throw DecodeError(description: "payload '\(info.name)' has unknown coding '\(info.coding)'")
+            }
+            let digest = bytes.withUnsafeBytes { SHA256Stream.hex($0) }
             guard digest == info.sha256 else { throw DecodeError(description: "payload '\(info.name)' fails its sha256") }
+            decoded.append(bytes)
         }
-        return WireMessage(envelope, payloads: payloads)
+        return WireMessage(envelope, payloads: decoded)
     }
 
     /// The body's name, for logs.

@@ -201,6 +201,12 @@ public nonisolated struct Prune_V1_PayloadInfo: Sendable {
   /// verifies the digest before it acknowledges. Frames follow for the other payloads only.
   public var stored: Bool = false
 
+  /// Empty: the frame is the payload's bytes. Else a coded mask, sent only to a coordinator
+  /// whose Welcome lists the coding: "mask-nm1" (N:M groups by rank, Protocol/NMMaskCoding.swift)
+  /// or "mask-rc1" (range coded, Protocol/MaskCoding.swift). `size` is then the frame's
+  /// length and `sha256` the digest of the decoded mask bytes.
+  public var coding: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -265,6 +271,9 @@ public nonisolated struct Prune_V1_Welcome: Sendable {
   /// reads the same token there sees the coordinator's own directory (not a same-named one
   /// on another host) and may store its results there instead of sending them (PayloadInfo.stored).
   public var artifactToken: String = String()
+
+  /// Payload codings this coordinator decodes (PayloadInfo.coding); a worker uses no other.
+  public var payloadCodings: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1059,7 +1068,7 @@ nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PayloadInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}size\0\u{1}sha256\0\u{1}stored\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}size\0\u{1}sha256\0\u{1}stored\0\u{1}coding\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1071,6 +1080,7 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.sha256) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.stored) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.coding) }()
       default: break
       }
     }
@@ -1089,6 +1099,9 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
     if self.stored != false {
       try visitor.visitSingularBoolField(value: self.stored, fieldNumber: 4)
     }
+    if !self.coding.isEmpty {
+      try visitor.visitSingularStringField(value: self.coding, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1097,6 +1110,7 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.size != rhs.size {return false}
     if lhs.sha256 != rhs.sha256 {return false}
     if lhs.stored != rhs.stored {return false}
+    if lhs.coding != rhs.coding {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1169,7 +1183,7 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}heartbeat_ms\0\u{1}liveness\0\u{3}chunk_size\0\u{3}chunk_credit\0\u{3}model_files\0\u{3}artifact_root\0\u{3}artifact_token\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}heartbeat_ms\0\u{1}liveness\0\u{3}chunk_size\0\u{3}chunk_credit\0\u{3}model_files\0\u{3}artifact_root\0\u{3}artifact_token\0\u{3}payload_codings\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1185,6 +1199,7 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.modelFiles) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.artifactRoot) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.artifactToken) }()
+      case 9: try { try decoder.decodeRepeatedStringField(value: &self.payloadCodings) }()
       default: break
       }
     }
@@ -1215,6 +1230,9 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
     if !self.artifactToken.isEmpty {
       try visitor.visitSingularStringField(value: self.artifactToken, fieldNumber: 8)
     }
+    if !self.payloadCodings.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.payloadCodings, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1227,6 +1245,7 @@ nonisolated extension Prune_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._Me
     if lhs.modelFiles != rhs.modelFiles {return false}
     if lhs.artifactRoot != rhs.artifactRoot {return false}
     if lhs.artifactToken != rhs.artifactToken {return false}
+    if lhs.payloadCodings != rhs.payloadCodings {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -372,12 +372,16 @@ struct WorkerCommand: ParsableCommand {
     @Flag(help: "Never read checkpoint files locally; pull all bytes from the coordinator.")
     var pullOnly = false
 
+    @Flag(help: "Code the masks this worker sends (when it does not share the job directory): N:M by rank (2:4: 0.67 bits per weight), others range coded near their entropy (90% sparse: 0.47). Pays on links slower than ~100 Mbit/s; see docs/cluster.md.")
+    var compressMasks = false
+
     func run() throws {
         var options = WorkerOptions(endpoint: connect, name: name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())")
         options.dataRoots = dataRoot
         options.exitWithParent = exitWithParent
         options.protocolVersion = protocolVersion
         options.pullOnly = pullOnly
+        options.compressMasks = compressMasks
         options.taskDelayMs = Int(ProcessInfo.processInfo.environment["PRUNE_TEST_TASK_DELAY_MS"] ?? "") ?? 0
         if let secretPath = security.curveSecret {
             guard let serverPath = security.serverKey else { throw ValidationError("--curve-secret needs --server-key FILE (the coordinator's public key)") }

@@ -258,32 +258,61 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(sent, targetBytes)
     }
 
-    func testLocalWorkersStoreResultsInPlaceSoTheWireCarriesOnlyDigests() throws {
-        // A model whose masks outweigh the envelopes: 1.3 M weights, 164 KB of mask bits.
-        try SyntheticModel.write(to: dir.file("wide"), dtype: .f32, shards: 1, layers: 2, hidden: 256, intermediate: 512)
-        let maskBytes = try Checkpoint(path: dir.file("wide")).tensors.filter { $0.name.hasSuffix("proj.weight") }
-            .reduce(0) { $0 + $1.rows * (($1.cols + 7) / 8) }
-        func job(_ name: String, pullOnly: Bool) throws -> (received: Int, data: [String: Data], log: String) {
-            let path = dir.file("\(name).yaml")
-            try "model: wide\nmethod: magnitude\nsparsity: 0.5\noutput: \(name)\n".write(toFile: path, atomically: false, encoding: .utf8)
-            let port = Background.freePort()
-            let endpoint = "tcp://127.0.0.1:\(port)"
-            let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)
-            let w = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"] + (pullOnly ? ["--pull-only"] : []))
-            XCTAssertEqual(c.wait(seconds: 90), 0, c.stderr)
-            XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr)
-            let ledger = try Ledger(path: dir.file("\(name)/ledger.sqlite"), create: false, readOnly: true)
-            return (Int(try ledger.jobValue("wire_bytes_in") ?? "") ?? -1,
-                    filesUnder(dir.file("\(name)/out")).filter { !$0.key.hasSuffix("manifest.json") }, w.stderr)
+    /// The bytes of packed masks of the pruned tensors of the model `wide`: 1.3 M weights,
+    /// 164 KB of mask bits, so masks outweigh the envelopes.
+    private func wideModelMaskBytes() throws -> Int {
+        if !FileManager.default.fileExists(atPath: dir.file("wide")) {
+            try SyntheticModel.write(to: dir.file("wide"), dtype: .f32, shards: 1, layers: 2, hidden: 256, intermediate: 512)
         }
-        let local = try job("stored", pullOnly: false)
-        let remote = try job("sent", pullOnly: true)
+        return try Checkpoint(path: dir.file("wide")).tensors.filter { $0.name.hasSuffix("proj.weight") }
+            .reduce(0) { $0 + $1.rows * (($1.cols + 7) / 8) }
+    }
+
+    /// A magnitude job on `wide` with one `prune worker` given `workerFlags`: the bytes the
+    /// coordinator received, the output bytes, and the worker's log.
+    private func wideJob(_ name: String, pattern: String, sparsity: Double = 0.5, workerFlags: [String]) throws -> (received: Int, data: [String: Data], log: String) {
+        let path = dir.file("\(name).yaml")
+        try "model: wide\nmethod: magnitude\nsparsity: \(sparsity)\npattern: '\(pattern)'\noutput: \(name)\n".write(toFile: path, atomically: false, encoding: .utf8)
+        let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
+        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)
+        let w = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"] + workerFlags)
+        XCTAssertEqual(c.wait(seconds: 90), 0, c.stderr)
+        XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr)
+        let ledger = try Ledger(path: dir.file("\(name)/ledger.sqlite"), create: false, readOnly: true)
+        return (Int(try ledger.jobValue("wire_bytes_in") ?? "") ?? -1,
+                filesUnder(dir.file("\(name)/out")).filter { !$0.key.hasSuffix("manifest.json") }, w.stderr)
+    }
+
+    func testLocalWorkersStoreResultsInPlaceSoTheWireCarriesOnlyDigests() throws {
+        let maskBytes = try wideModelMaskBytes()
+        let local = try wideJob("stored", pattern: "unstructured", workerFlags: [])
+        let remote = try wideJob("sent", pattern: "unstructured", workerFlags: ["--pull-only"])
         XCTAssertTrue(local.log.contains("storing results in"), local.log)
         XCTAssertTrue(remote.log.contains("sending results over the wire"), remote.log)
         XCTAssertGreaterThan(local.data.count, 2)
         XCTAssertEqual(local.data, remote.data, "the same bytes either way")
-        XCTAssertGreaterThanOrEqual(remote.received, maskBytes, "a worker that cannot see the job directory sends its masks")
+        XCTAssertGreaterThanOrEqual(remote.received, maskBytes, "a 50% mask is at its entropy: a remote worker sends its bits")
         XCTAssertLessThan(local.received, maskBytes / 8, "a local worker sends digests, not masks")
+    }
+
+    func testRemoteWorkersSendCodedMasksAndTheSameBytes() throws {
+        let maskBytes = try wideModelMaskBytes()
+        let coded = try wideJob("coded", pattern: "2:4", workerFlags: ["--pull-only", "--compress-masks"])
+        let raw = try wideJob("raw", pattern: "2:4", workerFlags: ["--pull-only"])
+        XCTAssertGreaterThan(coded.data.count, 2)
+        XCTAssertEqual(coded.data, raw.data, "coding changes the wire, not the output")
+        XCTAssertGreaterThanOrEqual(raw.received, maskBytes)
+        // 24 groups of 2:4 per 64 bits: 0.667 bits per weight, plus envelopes.
+        XCTAssertLessThan(coded.received, maskBytes * 7 / 10, "2:4 masks coded: \(coded.received) bytes for \(maskBytes) bytes of mask bits")
+        let check = try Subprocess.prune(["check", "wide", "coded"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout)
+
+        // 90% unstructured, range coded: H(0.1) = 0.469 bits per weight.
+        let sparse = try wideJob("sparse", pattern: "unstructured", sparsity: 0.9, workerFlags: ["--pull-only", "--compress-masks"])
+        let sparseRaw = try wideJob("sparse-raw", pattern: "unstructured", sparsity: 0.9, workerFlags: ["--pull-only"])
+        XCTAssertEqual(sparse.data, sparseRaw.data)
+        XCTAssertGreaterThanOrEqual(sparseRaw.received, maskBytes, "without --compress-masks an unstructured mask travels as bits")
+        XCTAssertLessThan(sparse.received, maskBytes * 55 / 100, "90% masks range coded: \(sparse.received) bytes for \(maskBytes)")
     }
 
     func testResultNamingAStoredPayloadThatIsNotThereFailsTheAttempt() throws {

@@ -3,13 +3,20 @@
 // On a rows × cols F32 matrix of seeded normal weights, times the whole path from weights
 // to packed mask (scores + selection + packing) for magnitude unstructured, per-row and
 // 2:4, next to a plain copy of the same bytes. Best of --repeat runs. Prints JSON.
+// `PruneBench mask-coding`: the wire's mask coders (ops/bench/wire.sh runs it).
 import Foundation
+import Protocol
 import Pruning
+import Tensors
 
 @main
 struct PruneBench {
     static func main() throws {
 
+        if CommandLine.arguments.dropFirst().first == "mask-coding" {
+            maskCodingBench()
+            return
+        }
         if CommandLine.arguments.dropFirst().first == "sparsegpt" {
             try sparseGPTBench(Array(CommandLine.arguments.dropFirst(2)))
             return
@@ -91,6 +98,37 @@ struct PruneBench {
     /// `PruneBench sparsegpt DIR ROWS COLS TOKENS BATCHES`: writes W.f32 and X{i}.f32 (seeded
     /// normals) into DIR for the numpy port to read, then times our addBatch over all
     /// batches and prune at 50% unstructured; prints JSON.
+    /// ns per weight to encode and decode a 1536 × 2304 mask (a 2:4 one, and a 90%
+    /// unstructured one) with each wire coding, next to the sha256 of its packed bits that
+    /// the coordinator computes for every mask however it travels. Best of 5.
+    static func maskCodingBench() {
+        let rows = 1536, cols = 2304, weights = Double(rows * cols)
+        var state: UInt64 = 7
+        func next() -> UInt64 { state = state &* 6364136223846793005 &+ 1442695040888963407; return state >> 11 }
+        let pairs: [UInt8] = [0b0011, 0b0101, 0b0110, 0b1001, 0b1010, 0b1100]
+        let twoFour = (0..<(rows * cols / 8)).map { _ in pairs[Int(next() % 6)] | pairs[Int(next() % 6)] << 4 }
+        let sparse = (0..<(rows * cols / 8)).map { _ in (0..<8).reduce(UInt8(0)) { $0 | (next() % 10 == 0 ? 1 << $1 : 0) } }
+        func best(_ body: () -> Void) -> Double {
+            (0..<5).map { _ in
+                let t = DispatchTime.now().uptimeNanoseconds
+                body()
+                return Double(DispatchTime.now().uptimeNanoseconds - t) / weights
+            }.min()!
+        }
+        var frame: [UInt8] = []
+        var report: [String: Double] = [:]
+        report["sha256 of the packed bits"] = best { _ = twoFour.withUnsafeBytes { SHA256Stream.hex($0) } }
+        report["2:4 mask-nm1 encode"] = best { frame = NMMaskCoding.encode(bits: twoFour, rows: rows, cols: cols, n: 2, m: 4)! }
+        report["2:4 mask-nm1 decode"] = best { precondition(try! NMMaskCoding.decode(frame, maxBytes: 1 << 30) == twoFour) }
+        report["2:4 mask-nm1 bits per weight"] = Double(frame.count * 8) / weights
+        report["90% mask-rc1 encode"] = best { frame = MaskCoding.encode(bits: sparse, rows: rows, cols: cols, group: 0) }
+        report["90% mask-rc1 decode"] = best { precondition(try! MaskCoding.decode(frame, maxBytes: 1 << 30) == sparse) }
+        report["90% mask-rc1 bits per weight"] = Double(frame.count * 8) / weights
+        for key in report.keys.sorted() {
+            print(key.hasSuffix("bits per weight") ? String(format: "%-32@ %.3f", key, report[key]!) : String(format: "%-32@ %.2f ns per weight", key, report[key]!))
+        }
+    }
+
     static func sparseGPTBench(_ a: [String]) throws {
         guard a.count == 5, let rows = Int(a[1]), let cols = Int(a[2]), let tokens = Int(a[3]), let batches = Int(a[4]) else {
             FileHandle.standardError.write("usage: PruneBench sparsegpt DIR ROWS COLS TOKENS BATCHES\n".data(using: .utf8)!)
