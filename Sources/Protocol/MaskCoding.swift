@@ -30,6 +30,33 @@ public enum MaskCoding {
     /// The bytes of a packed mask of `rows × cols`.
     public static func packedBytes(rows: Int, cols: Int) -> Int { rows * ((cols + 7) / 8) }
 
+    /// Whether a frame header can describe a `rows × cols` mask (u32 fields, none empty).
+    static func codable(rows: Int, cols: Int, bits: [UInt8]) -> Bool {
+        rows > 0 && cols > 0 && rows <= Int(UInt32.max) && cols <= Int(UInt32.max) && bits.count == packedBytes(rows: rows, cols: cols)
+    }
+
+    /// The packed size of the `rows × cols` mask a frame header declares, refused unless
+    /// both are positive and it fits `maxBytes` (≤ 0 counts as 1 GiB; capped at 1 TiB so
+    /// no product below overflows).
+    static func declaredBytes(rows: Int, cols: Int, maxBytes: Int, format: String) throws -> Int {
+        let limit = maxBytes > 0 ? min(maxBytes, 1 << 40) : 1 << 30
+        guard rows > 0, cols > 0, rows <= limit, cols <= limit * 8 else {
+            throw DecodeError(description: "\(format) frame declares a \(rows) × \(cols) mask")
+        }
+        let (count, overflow) = rows.multipliedReportingOverflow(by: (cols + 7) / 8)
+        guard !overflow, count <= limit else {
+            throw DecodeError(description: "\(format) frame declares a \(rows) × \(cols) mask, over the \(limit)-byte limit")
+        }
+        return count
+    }
+
+    /// No bit costs less than -log2(2017/2048) = 0.022 bits, so an honest frame holds at
+    /// most 46 mask bits per coded bit; a frame is refused when its mask's packed bytes
+    /// (padding included) exceed 64 times its coded bytes, and never sent so.
+    static func withinAmplification(maskBytes: Int, frameBytes: Int) -> Bool {
+        maskBytes <= (frameBytes - headerBytes + 1) * 64
+    }
+
     /// Whether coding could save 1/32 of the packed bytes: true for N:M masks, else when
     /// the binary entropy of the kept fraction is below 31/32 bits per weight (a mask with
     /// 40–60% kept is left as bits without a trial encode).
@@ -42,9 +69,11 @@ public enum MaskCoding {
     }
 
     /// Codes packed mask bits. `group` is M of an N:M pattern (0 for other patterns); a
-    /// group that does not divide `cols` or exceeds `maxGroup` is coded as 0.
-    public static func encode(bits: [UInt8], rows: Int, cols: Int, group: Int) -> [UInt8] {
-        precondition(bits.count == packedBytes(rows: rows, cols: cols), "mask bytes do not match \(rows)×\(cols)")
+    /// group that does not divide `cols` or exceeds `maxGroup` is coded as 0. Nil when the
+    /// bytes are not a `rows × cols` mask or the frame would be refused as an amplification
+    /// (a narrow mask of almost no entropy).
+    public static func encode(bits: [UInt8], rows: Int, cols: Int, group: Int) -> [UInt8]? {
+        guard codable(rows: rows, cols: cols, bits: bits) else { return nil }
         let m = (group > 1 && group <= maxGroup && cols % group == 0) ? group : 0
         var out = magic
         out.reserveCapacity(headerBytes + bits.count / 2 + 16)
@@ -67,7 +96,8 @@ public enum MaskCoding {
                 }
             }
         }
-        return coder.finish()
+        let frame = coder.finish()
+        return withinAmplification(maskBytes: bits.count, frameBytes: frame.count) ? frame : nil
     }
 
     /// Decodes a `mask-rc1` frame into packed mask bits. Refuses a frame whose header is
@@ -79,16 +109,8 @@ public enum MaskCoding {
         }
         func u32(_ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(frame[at + $1]) << (8 * $1) } }
         let rows = u32(5), cols = u32(9), m = Int(frame[13]) | Int(frame[14]) << 8
-        guard rows > 0, cols > 0, rows <= maxBytes, cols <= maxBytes * 8 else {
-            throw DecodeError(description: "\(name) frame declares \(rows) × \(cols)")
-        }
-        let (count, overflow) = rows.multipliedReportingOverflow(by: (cols + 7) / 8)
-        guard !overflow, count <= maxBytes else {
-            throw DecodeError(description: "\(name) frame declares a \(rows) × \(cols) mask, over the \(maxBytes)-byte limit")
-        }
-        // No bit costs less than -log2(2017/2048) = 0.022 bits, so an honest frame never
-        // holds more than 46 mask bits per coded bit: a larger claim is an amplification.
-        guard rows * cols <= (frame.count - headerBytes + 1) * 8 * 64 else {
+        let count = try declaredBytes(rows: rows, cols: cols, maxBytes: maxBytes, format: name)
+        guard withinAmplification(maskBytes: count, frameBytes: frame.count) else {
             throw DecodeError(description: "\(name) frame of \(frame.count) bytes claims a \(rows) × \(cols) mask")
         }
         guard m == 0 || (m > 1 && m <= maxGroup && cols % m == 0) else {

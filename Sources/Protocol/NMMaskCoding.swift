@@ -50,13 +50,13 @@ public enum NMMaskCoding {
     /// Whether `encode` can code a `cols`-wide mask as N:M. Not 0:M: its one choice would
     /// code in no bytes at all, and a frame that short must not stand for a large mask.
     public static func applies(cols: Int, n: Int, m: Int) -> Bool {
-        m >= 2 && m <= maxGroup && n >= 1 && n < m && cols % m == 0
+        m >= 2 && m <= maxGroup && n >= 1 && n < m && cols > 0 && cols % m == 0
     }
 
     /// Codes packed mask bits whose every group of `m` keeps exactly `n`; nil when some
     /// group does not (or the pattern is outside `applies`).
     public static func encode(bits: [UInt8], rows: Int, cols: Int, n: Int, m: Int) -> [UInt8]? {
-        guard applies(cols: cols, n: n, m: m), bits.count == MaskCoding.packedBytes(rows: rows, cols: cols) else { return nil }
+        guard applies(cols: cols, n: n, m: m), MaskCoding.codable(rows: rows, cols: cols, bits: bits) else { return nil }
         let t = Tables(n: n, m: m)
         let groups = rows * (cols / m)
         var out = magic
@@ -99,13 +99,10 @@ public enum NMMaskCoding {
         func u32(_ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(frame[at + $1]) << (8 * $1) } }
         let rows = u32(5), cols = u32(9)
         let n = Int(frame[13]) | Int(frame[14]) << 8, m = Int(frame[15]) | Int(frame[16]) << 8
-        guard applies(cols: cols, n: n, m: m), rows > 0, rows <= maxBytes, cols <= maxBytes * 8 else {
+        guard applies(cols: cols, n: n, m: m) else {
             throw MaskCoding.DecodeError(description: "\(name) frame declares a \(rows) × \(cols) mask of pattern \(n):\(m)")
         }
-        let (count, overflow) = rows.multipliedReportingOverflow(by: (cols + 7) / 8)
-        guard !overflow, count <= maxBytes else {
-            throw MaskCoding.DecodeError(description: "\(name) frame declares a \(rows) × \(cols) mask, over the \(maxBytes)-byte limit")
-        }
+        let count = try MaskCoding.declaredBytes(rows: rows, cols: cols, maxBytes: maxBytes, format: name)
         let t = Tables(n: n, m: m)
         let groups = rows * (cols / m)
         let blocks = (groups + t.perBlock - 1) / t.perBlock

@@ -42,9 +42,10 @@ public struct WireMessage {
                 case MaskCoding.name:
                     // A mask near 1 bit per weight of entropy (50% unstructured) gains
                     // nothing from coding and costs both ends a pass over its bits.
-                    if MaskCoding.mayPay(bits: maskBits, rows: rows, cols: cols, group: nm?.m ?? 0) {
-                        let coded = MaskCoding.encode(bits: maskBits, rows: rows, cols: cols, group: nm?.m ?? 0)
-                        if coded.count < maskBits.count - maskBits.count / 32 { frame = coded }
+                    if MaskCoding.mayPay(bits: maskBits, rows: rows, cols: cols, group: nm?.m ?? 0),
+                       let coded = MaskCoding.encode(bits: maskBits, rows: rows, cols: cols, group: nm?.m ?? 0),
+                       coded.count < maskBits.count - maskBits.count / 32 {
+                        frame = coded
                     }
                 default:
                     break
@@ -131,6 +132,8 @@ public struct WireMessage {
         }
         var decoded: [[UInt8]] = []
         decoded.reserveCapacity(payloads.count)
+        // What coded payloads may expand to, together: one frame's worth.
+        var decodeBudget = settings.maxFrameBytes > 0 ? Int(clamping: settings.maxFrameBytes) : 1 << 30
         for (frame, info) in zip(payloads, inFrames) {
             guard UInt64(frame.count) == info.size else {
                 throw DecodeError(description: "payload '\(info.name)' has \(frame.count) bytes, declared \(info.size)")
@@ -139,12 +142,16 @@ public struct WireMessage {
             switch info.coding {
             case "": break
             case MaskCoding.name, NMMaskCoding.name:
+                guard info.name == "mask" else {
+                    throw DecodeError(description: "payload '\(info.name)' has coding '\(info.coding)', which only a mask may have")
+                }
                 do {
-                    let limit = Int(clamping: settings.maxFrameBytes)
-                    bytes = info.coding == MaskCoding.name ? try MaskCoding.decode(frame, maxBytes: limit) : try NMMaskCoding.decode(frame, maxBytes: limit)
+                    bytes = info.coding == MaskCoding.name ? try MaskCoding.decode(frame, maxBytes: decodeBudget)
+                                                           : try NMMaskCoding.decode(frame, maxBytes: decodeBudget)
                 } catch {
                     throw DecodeError(description: "payload '\(info.name)': \(error)")
                 }
+                decodeBudget -= bytes.count
             default:
                 throw DecodeError(description: "payload '\(info.name)' has unknown coding '\(info.coding)'")
             }

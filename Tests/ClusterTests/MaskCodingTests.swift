@@ -46,30 +46,31 @@ final class MaskCodingTests: XCTestCase {
             ("group ignored: does not divide", bernoulli(rows: 2, cols: 10, keep: 0.5, seed: 5), 2, 10, 4),
         ]
         for (label, bits, rows, cols, group) in cases {
-            let frame = MaskCoding.encode(bits: bits, rows: rows, cols: cols, group: group)
+            let frame = try XCTUnwrap(MaskCoding.encode(bits: bits, rows: rows, cols: cols, group: group), label)
             XCTAssertEqual(try MaskCoding.decode(frame, maxBytes: 1 << 20), bits, label)
+            XCTAssertEqual(try MaskCoding.decode(frame, maxBytes: Int.max), bits, "\(label): no limit is no overflow")
         }
     }
 
     func testCodedSizeIsWithinAFewPercentOfTheMasksEntropy() throws {
         let rows = 64, cols = 1024, n = Double(rows * cols)
         // 2:4: log2(6) bits per group of 4.
-        let twoFour = MaskCoding.encode(bits: nm(rows: rows, cols: cols, n: 2, m: 4, seed: 7), rows: rows, cols: cols, group: 4)
+        let twoFour = try XCTUnwrap(MaskCoding.encode(bits: nm(rows: rows, cols: cols, n: 2, m: 4, seed: 7), rows: rows, cols: cols, group: 4))
         let twoFourBound = n / 4 * log2(6) / 8
         XCTAssertLessThan(Double(twoFour.count), twoFourBound * 1.04, "2:4: \(twoFour.count) bytes, entropy \(Int(twoFourBound))")
         XCTAssertGreaterThan(Double(twoFour.count), twoFourBound * 0.99, "no coder beats the entropy of a random mask")
         // The group is what makes 2:4 cheap: coded as plain bits it stays near 1 bit per weight.
-        let blind = MaskCoding.encode(bits: nm(rows: rows, cols: cols, n: 2, m: 4, seed: 7), rows: rows, cols: cols, group: 0)
+        let blind = try XCTUnwrap(MaskCoding.encode(bits: nm(rows: rows, cols: cols, n: 2, m: 4, seed: 7), rows: rows, cols: cols, group: 0))
         XCTAssertGreaterThan(Double(blind.count), n / 8 * 0.9)
         // 90% unstructured: H(0.1) = 0.469 bits per weight.
-        let sparse = MaskCoding.encode(bits: bernoulli(rows: rows, cols: cols, keep: 0.1, seed: 8), rows: rows, cols: cols, group: 0)
+        let sparse = try XCTUnwrap(MaskCoding.encode(bits: bernoulli(rows: rows, cols: cols, keep: 0.1, seed: 8), rows: rows, cols: cols, group: 0))
         let sparseBound = n * entropy(0.1) / 8
         XCTAssertLessThan(Double(sparse.count), sparseBound * 1.04, "90%: \(sparse.count) bytes, entropy \(Int(sparseBound))")
     }
 
     func testHostileFramesAreRefusedOrFailTheirDigest() throws {
         let bits = nm(rows: 8, cols: 64, n: 2, m: 4, seed: 9)
-        let frame = MaskCoding.encode(bits: bits, rows: 8, cols: 64, group: 4)
+        let frame = try XCTUnwrap(MaskCoding.encode(bits: bits, rows: 8, cols: 64, group: 4))
         XCTAssertThrowsError(try MaskCoding.decode(Array(frame.prefix(10)), maxBytes: 1 << 20)) { XCTAssertTrue("\($0)".contains("PMRC"), "\($0)") }
         var otherVersion = frame; otherVersion[4] = 2
         XCTAssertThrowsError(try MaskCoding.decode(otherVersion, maxBytes: 1 << 20))
@@ -79,6 +80,14 @@ final class MaskCodingTests: XCTestCase {
         // Within the limit but far more bits than a frame this short can code.
         var amplified = frame; amplified[5...8] = [0x00, 0x10, 0x00, 0x00][...]
         XCTAssertThrowsError(try MaskCoding.decode(amplified, maxBytes: 1 << 30)) { XCTAssertTrue("\($0)".contains("claims"), "\($0)") }
+        // Padding counts: a one-column mask takes a byte per row however well it codes.
+        var narrow = frame; narrow[5...12] = [0x10, 0x27, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00][...]  // 10,000 × 1
+        XCTAssertThrowsError(try MaskCoding.decode(narrow, maxBytes: 1 << 30)) { XCTAssertTrue("\($0)".contains("claims"), "\($0)") }
+        // So such a mask, all pruned, is never sent coded.
+        let column = [UInt8](repeating: 0, count: 100_000)
+        XCTAssertNil(MaskCoding.encode(bits: column, rows: 100_000, cols: 1, group: 0))
+        XCTAssertEqual(WireMessage.Outgoing(name: "mask", maskBits: column, rows: 100_000, cols: 1, nm: nil, codings: [MaskCoding.name]).info.coding, "")
+        XCTAssertNil(MaskCoding.encode(bits: [], rows: 0, cols: 8, group: 0), "an empty mask is not coded")
         var badGroup = frame; badGroup[13] = 5
         XCTAssertThrowsError(try MaskCoding.decode(badGroup, maxBytes: 1 << 20)) { XCTAssertTrue("\($0)".contains("group 5"), "\($0)") }
         // Truncated or flipped coder bytes decode to some other mask: the digest catches it.
@@ -126,6 +135,10 @@ final class MaskCodingTests: XCTestCase {
         XCTAssertThrowsError(try NMMaskCoding.decode(pattern, maxBytes: 1 << 20)) { XCTAssertTrue("\($0)".contains("4:4"), "\($0)") }
         var huge = frame; huge[5...8] = [0xFF, 0xFF, 0xFF, 0x00][...]
         XCTAssertThrowsError(try NMMaskCoding.decode(huge, maxBytes: 1 << 20))
+        var noColumns = frame; noColumns[9...12] = [0, 0, 0, 0][...]
+        XCTAssertThrowsError(try NMMaskCoding.decode(noColumns, maxBytes: 1 << 20)) { XCTAssertTrue("\($0)".contains("× 0"), "\($0)") }
+        XCTAssertEqual(try NMMaskCoding.decode(frame, maxBytes: Int.max).count, 4 * 8, "no limit is no overflow")
+        XCTAssertNil(NMMaskCoding.encode(bits: [], rows: 0, cols: 8, n: 2, m: 4), "an empty mask is not coded")
         // A block whose value needs more digits than it holds groups.
         var digit = frame
         for i in 17..<25 { digit[i] = 0xFF }
@@ -160,6 +173,10 @@ final class MaskCodingTests: XCTestCase {
         var info = coded.info; info.coding = "mask-rc9"
         unknown.payloads = [info]
         XCTAssertThrowsError(try WireMessage.decode([try unknown.serializedBytes(), coded.frame])) { XCTAssertTrue("\($0)".contains("unknown coding 'mask-rc9'"), "\($0)") }
+        var renamed = Prune_V1_Envelope.with(.result(Prune_V1_Result()))
+        var weights = coded.info; weights.name = "weights"
+        renamed.payloads = [weights]
+        XCTAssertThrowsError(try WireMessage.decode([try renamed.serializedBytes(), coded.frame])) { XCTAssertTrue("\($0)".contains("only a mask"), "\($0)") }
         var lying = Prune_V1_Envelope.with(.result(Prune_V1_Result()))
         var lie = coded.info; lie.sha256 = half.withUnsafeBytes { SHA256Stream.hex($0) }
         lying.payloads = [lie]

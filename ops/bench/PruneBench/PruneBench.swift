@@ -121,7 +121,7 @@ struct PruneBench {
         report["2:4 mask-nm1 encode"] = best { frame = NMMaskCoding.encode(bits: twoFour, rows: rows, cols: cols, n: 2, m: 4)! }
         report["2:4 mask-nm1 decode"] = best { precondition(try! NMMaskCoding.decode(frame, maxBytes: 1 << 30) == twoFour) }
         report["2:4 mask-nm1 bits per weight"] = Double(frame.count * 8) / weights
-        report["90% mask-rc1 encode"] = best { frame = MaskCoding.encode(bits: sparse, rows: rows, cols: cols, group: 0) }
+        report["90% mask-rc1 encode"] = best { frame = MaskCoding.encode(bits: sparse, rows: rows, cols: cols, group: 0)! }
         report["90% mask-rc1 decode"] = best { precondition(try! MaskCoding.decode(frame, maxBytes: 1 << 30) == sparse) }
         report["90% mask-rc1 bits per weight"] = Double(frame.count * 8) / weights
         for key in report.keys.sorted() {
