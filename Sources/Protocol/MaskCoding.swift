@@ -75,10 +75,8 @@ public enum MaskCoding {
     public static func encode(bits: [UInt8], rows: Int, cols: Int, group: Int) -> [UInt8]? {
         guard codable(rows: rows, cols: cols, bits: bits) else { return nil }
         let m = (group > 1 && group <= maxGroup && cols % group == 0) ? group : 0
-        var out = magic
+        var out = MaskFrameHeader.bytes(magic, rows: rows, cols: cols, fields: [m])
         out.reserveCapacity(headerBytes + bits.count / 2 + 16)
-        for v in [UInt32(rows), UInt32(cols)] { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
-        withUnsafeBytes(of: UInt16(m).littleEndian) { out.append(contentsOf: $0) }
         var coder = RangeEncoder(output: out)
         var model = ContextModel(group: m)
         var probabilities = model.initialProbabilities
@@ -104,11 +102,10 @@ public enum MaskCoding {
     /// short, of another version, or names more than `maxBytes` of mask; a frame whose coded
     /// bytes were damaged decodes to some mask, which the sender's sha256 then rejects.
     public static func decode(_ frame: [UInt8], maxBytes: Int) throws -> [UInt8] {
-        guard frame.count >= headerBytes, Array(frame[0..<5]) == magic else {
+        guard let header = MaskFrameHeader(frame, magic: magic, fieldCount: 1) else {
             throw DecodeError(description: "not a \(name) frame (\(frame.count) bytes, no PMRC v1 header)")
         }
-        func u32(_ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(frame[at + $1]) << (8 * $1) } }
-        let rows = u32(5), cols = u32(9), m = Int(frame[13]) | Int(frame[14]) << 8
+        let rows = header.rows, cols = header.cols, m = header.fields[0]
         let count = try declaredBytes(rows: rows, cols: cols, maxBytes: maxBytes, format: name)
         guard withinAmplification(maskBytes: count, frameBytes: frame.count) else {
             throw DecodeError(description: "\(name) frame of \(frame.count) bytes claims a \(rows) × \(cols) mask")
@@ -137,6 +134,31 @@ public enum MaskCoding {
             }
         }
         return bits
+    }
+}
+
+/// The header both coded-mask formats start with: a 4-byte tag and version 1 (`magic`),
+/// rows and cols (u32 LE), then the format's own u16 LE fields.
+struct MaskFrameHeader {
+    let rows: Int
+    let cols: Int
+    let fields: [Int]
+
+    static func bytes(_ magic: [UInt8], rows: Int, cols: Int, fields: [Int]) -> [UInt8] {
+        var out = magic
+        for v in [UInt32(rows), UInt32(cols)] { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        for v in fields { withUnsafeBytes(of: UInt16(v).littleEndian) { out.append(contentsOf: $0) } }
+        return out
+    }
+
+    /// Nil when the frame is shorter than the header or has another tag or version.
+    init?(_ frame: [UInt8], magic: [UInt8], fieldCount: Int) {
+        let fieldsAt = magic.count + 8
+        guard frame.count >= fieldsAt + 2 * fieldCount, frame.starts(with: magic) else { return nil }
+        func read(_ at: Int, _ width: Int) -> Int { (0..<width).reduce(0) { $0 | Int(frame[at + $1]) << (8 * $1) } }
+        rows = read(magic.count, 4)
+        cols = read(magic.count + 4, 4)
+        fields = (0..<fieldCount).map { read(fieldsAt + 2 * $0, 2) }
     }
 }
 

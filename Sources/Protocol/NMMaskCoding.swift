@@ -59,9 +59,7 @@ public enum NMMaskCoding {
         guard applies(cols: cols, n: n, m: m), MaskCoding.codable(rows: rows, cols: cols, bits: bits) else { return nil }
         let t = Tables(n: n, m: m)
         let groups = rows * (cols / m)
-        var out = magic
-        for v in [UInt32(rows), UInt32(cols)] { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
-        for v in [UInt16(n), UInt16(m)] { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        var out = MaskFrameHeader.bytes(magic, rows: rows, cols: cols, fields: [n, m])
         let blocks = (groups + t.perBlock - 1) / t.perBlock
         out.reserveCapacity(out.count + 8 * blocks)
         let rowBytes = (cols + 7) / 8, perRow = cols / m
@@ -93,12 +91,10 @@ public enum NMMaskCoding {
     /// version, names an impossible pattern or more than `maxBytes` of mask, whose length is
     /// not its blocks', or holds a digit out of range.
     public static func decode(_ frame: [UInt8], maxBytes: Int) throws -> [UInt8] {
-        guard frame.count >= headerBytes, Array(frame[0..<5]) == magic else {
+        guard let header = MaskFrameHeader(frame, magic: magic, fieldCount: 2) else {
             throw MaskCoding.DecodeError(description: "not a \(name) frame (\(frame.count) bytes, no PMNM v1 header)")
         }
-        func u32(_ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(frame[at + $1]) << (8 * $1) } }
-        let rows = u32(5), cols = u32(9)
-        let n = Int(frame[13]) | Int(frame[14]) << 8, m = Int(frame[15]) | Int(frame[16]) << 8
+        let rows = header.rows, cols = header.cols, n = header.fields[0], m = header.fields[1]
         guard applies(cols: cols, n: n, m: m) else {
             throw MaskCoding.DecodeError(description: "\(name) frame declares a \(rows) × \(cols) mask of pattern \(n):\(m)")
         }
