@@ -28,11 +28,14 @@ public enum ResultDigests {
 extension ClusterJob {
     /// An output artifact of a finished task, by name.
     func outputRef(_ name: String, of taskID: String) throws -> Prune_V1_ArtifactRef {
-        guard let recorded = done[taskID], let digest = ResultDigests.parse(recorded).first(where: { $0.name == name })?.digest else {
+        guard let recorded = done[taskID] else {
+            throw MissingOutput(task: taskID, "\(ledgerPath): task \(taskID) is not done")
+        }
+        guard let digest = ResultDigests.parse(recorded).first(where: { $0.name == name })?.digest else {
             throw LedgerError("\(ledgerPath): task \(taskID) has no recorded output '\(name)'")
         }
         guard let size = (try? FileManager.default.attributesOfItem(atPath: artifacts.path(for: digest)))?[.size] as? Int else {
-            throw LedgerError("\(artifacts.path(for: digest)): artifact '\(name)' of task \(taskID) is missing")
+            throw MissingOutput(task: taskID, "\(artifacts.path(for: digest)): artifact '\(name)' of task \(taskID) is missing")
         }
         var ref = Prune_V1_ArtifactRef()
         ref.sha256 = digest
@@ -127,8 +130,16 @@ extension ClusterJob {
     }
 
     /// Validates a calibration task's payloads (count, sizes, parseable statistics and
-    /// masks), stores each as an artifact and records them in the ledger.
-    func persistCalibration(_ task: CalibrationPlan.Task, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String? {
+    /// masks) and stores each as an artifact; the result is named by its outputs' digests.
+    func storeCalibration(_ task: CalibrationPlan.Task, payloads: [ResultPayload]) throws -> StoredResult {
+        if let problem = calibrationProblem(task, payloads: payloads) { return .invalid(problem) }
+        var outputs: [(name: String, digest: String)] = []
+        for (name, payload) in zip(expectedOutputs(task), payloads) { outputs.append((name, try artifacts.put(payload.bytes, sha256: payload.sha256))) }
+        return .stored(digest: ResultDigests.format(outputs))
+    }
+
+    /// Why a calibration task's payloads are unusable, or nil.
+    private func calibrationProblem(_ task: CalibrationPlan.Task, payloads: [ResultPayload]) -> String? {
         let calibration = calibration!
         let names = expectedOutputs(task)
         guard payloads.count == names.count else { return "result of \(task.id) has \(payloads.count) payloads, expected \(names.count)" }
@@ -151,13 +162,6 @@ extension ClusterJob {
                 guard bytes.count == 8 else { return "\(name) of \(task.id) is not one F64" }
             }
         }
-        var outputs: [(name: String, digest: String)] = []
-        for (name, payload) in zip(names, payloads) { outputs.append((name, try artifacts.put(payload.bytes, sha256: payload.sha256))) }
-        let recorded = ResultDigests.format(outputs)
-        try ledger.markDone(task: task.id, worker: worker, attempt: Int(result.attempt), resultSHA256: recorded,
-                            seconds: result.seconds, at: Date().timeIntervalSince1970)
-        recordDone(task.id, digest: recorded)
-        try collectFinishedBlocks()
         return nil
     }
 

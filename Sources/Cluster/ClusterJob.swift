@@ -27,6 +27,17 @@ public final class ClusterJob {
     public let modelFiles: [Prune_V1_ModelFile]
     /// Tasks done (with their result digests), as `ResultDigests` text.
     public private(set) var done: [String: String] = [:]
+    /// The worker identity (principal) whose result each done task holds, where known.
+    public private(set) var producers: [String: String] = [:]
+    /// The fraction of tasks run twice and compared before they are accepted (the spec's
+    /// `verify`, or the default of the transport: see `JobSpec.defaultVerify`).
+    public private(set) var verifyFraction = 0.0
+
+    /// Sets the verified fraction before the coordinator starts: the spec's `verify`, or
+    /// the default for where the workers run.
+    public func configureVerification(remoteWorkers: Bool) {
+        verifyFraction = spec.verify ?? JobSpec.defaultVerify(remoteWorkers: remoteWorkers)
+    }
     public let settings: Settings
     /// Whether this run created the job directory (removed again if the run fails on bad input).
     public let createdDirectory: Bool
@@ -37,7 +48,7 @@ public final class ClusterJob {
 
     public var ledgerPath: String { (directory.path as NSString).appendingPathComponent("ledger.sqlite") }
 
-    private init(spec: JobSpec, checkpoint: Checkpoint, plan: Plan, directory: JobDirectory, ledger: Ledger,
+    private init(spec: JobSpec, checkpoint: Checkpoint, plan: Plan, calibration: CalibrationPlan?, directory: JobDirectory, ledger: Ledger,
                  modelFiles: [Prune_V1_ModelFile], settings: Settings, created: Bool) throws {
         self.spec = spec
         self.checkpoint = checkpoint
@@ -47,13 +58,11 @@ public final class ClusterJob {
         self.modelFiles = modelFiles
         self.settings = settings
         createdDirectory = created
-        if spec.method.needsCalibration {
-            let calibration = try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory)
-            self.calibration = calibration
+        self.calibration = calibration
+        if let calibration {
             calibrationTaskByID = Dictionary(uniqueKeysWithValues: calibration.tasks.map { ($0.id, $0) })
             tasks = []
         } else {
-            calibration = nil
             calibrationTaskByID = [:]
             tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: settings.maxWeightsPerTask)
         }
@@ -65,47 +74,62 @@ public final class ClusterJob {
         artifacts = store
     }
 
-    /// Validates everything, then creates (or continues) the job directory and ledger.
-    /// A job directory holding the same spec continues where it stopped.
+    /// Validates everything (checkpoint, plan, config, tokenizer, calibration and
+    /// evaluation data, the output directory) before writing anything, then creates (or
+    /// continues) the job directory and ledger. A job directory holding the same spec
+    /// continues where it stopped; one holding another spec's job that finished no work
+    /// is replaced.
     public static func prepare(spec: JobSpec, settings: Settings) throws -> ClusterJob {
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
-        try LocalRunner(spec: spec).refuseNonFinite(checkpoint)
+        let runner = LocalRunner(spec: spec)
+        try runner.refuseNonFinite(checkpoint)
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory) : nil
+        let calibrationData = try spec.calibration.map { try SHA256Stream.hex(file: $0.data) }
+        try runner.validateEvaluation(modelDirectory: checkpoint.directory)
         let directory = JobDirectory(path: spec.output)
         try directory.validate(for: spec)
         let modelFiles = try digests(checkpoint)
-        let created = try directory.claim(for: spec)
-        let lock = try JobLock(directory: spec.output)
-        let ledgerPath = (spec.output as NSString).appendingPathComponent("ledger.sqlite")
-        let existing = FileManager.default.fileExists(atPath: ledgerPath)
-        let ledger = try Ledger(path: ledgerPath)
-        var settings = settings
-        if existing, let recorded = try ledger.jobValue("task_weights").flatMap(Int.init) {
-            // The task split is part of the job: a continued job keeps its own.
-            settings.maxWeightsPerTask = recorded
-        }
-        let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
-                                 modelFiles: modelFiles, settings: settings, created: created)
-        job.lock = lock
-        if existing {
-            try job.verifyRecorded()
-        } else {
-            try ledger.setJobValue("task_weights", String(settings.maxWeightsPerTask))
-            try ledger.setJobValue("spec_sha256", spec.digest)
-            try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
-            try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
-            if let data = try job.calibrationDataDigest() { try ledger.setJobValue("calibration_data_sha256", data) }
-            try ledger.setJobValue("state", "running")
-            if let calibration = job.calibration {
-                try ledger.insertTasks(calibration.tasks.map { t in
-                    if case .calibrate = t { return (t.id, "calibrate", []) } else { return (t.id, "prune", []) }
-                })
-            } else {
-                try ledger.insertTasks(try job.tasks.map { ($0.id, "mask", try job.assignWork($0).serializedBytes()) })
+        let claim = try directory.claim(for: spec)
+        do {
+            let ledgerPath = (spec.output as NSString).appendingPathComponent("ledger.sqlite")
+            let ledger = try Ledger(path: ledgerPath)
+            // The spec's digest is written last: a ledger without it never finished being
+            // set up (a crash in between) and is set up again.
+            let existing = try ledger.jobValue("spec_sha256") != nil
+            var settings = settings
+            if existing, let recorded = try ledger.jobValue("task_weights").flatMap(Int.init) {
+                // The task split is part of the job: a continued job keeps its own.
+                settings.maxWeightsPerTask = recorded
             }
+            let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, calibration: calibration, directory: directory,
+                                     ledger: ledger, modelFiles: modelFiles, settings: settings, created: claim.created)
+            job.lock = claim.lock
+            if existing {
+                try job.verifyRecorded()
+            } else {
+                try ledger.clear()
+                if let calibration = job.calibration {
+                    try ledger.insertTasks(calibration.tasks.map { t in
+                        if case .calibrate = t { return (t.id, "calibrate", []) } else { return (t.id, "prune", []) }
+                    })
+                } else {
+                    try ledger.insertTasks(try job.tasks.map { ($0.id, "mask", try job.assignWork($0).serializedBytes()) })
+                }
+                try ledger.setJobValue("task_weights", String(settings.maxWeightsPerTask))
+                try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
+                try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
+                if let calibrationData { try ledger.setJobValue("calibration_data_sha256", calibrationData) }
+                try ledger.setJobValue("state", "running")
+                try ledger.setJobValue("spec_sha256", spec.digest)
+            }
+            try job.loadDone()
+            return job
+        } catch {
+            // A first run that cannot start leaves nothing behind.
+            if claim.created { try? FileManager.default.removeItem(atPath: spec.output) }
+            throw error
         }
-        try job.loadDone()
-        return job
     }
 
     /// Reopens a job directory after a stop or crash. Refuses when the spec or the
@@ -115,7 +139,7 @@ public final class ClusterJob {
         let ledgerPath = (path as NSString).appendingPathComponent("ledger.sqlite")
         let ledger = try Ledger(path: ledgerPath, create: false)
         guard let recordedDigest = try ledger.jobValue("spec_sha256"), let base = try ledger.jobValue("spec_base") else {
-            throw LedgerError("\(ledgerPath): the ledger records no job")
+            throw LedgerError("\(path): the job never started (its ledger records no job); start it again with prune run")
         }
         guard let data = FileManager.default.contents(atPath: directory.specPath), let text = String(data: data, encoding: .utf8) else {
             throw SpecError("\(directory.specPath): cannot read the job spec")
@@ -126,10 +150,14 @@ public final class ClusterJob {
         }
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory) : nil
         let lock = try JobLock(directory: path)
+        // A crash during assembly leaves a staging directory: gone before anything else,
+        // so a resume on a tight disk has room.
+        directory.removeLeftovers()
         var settings = settings
         if let recorded = try ledger.jobValue("task_weights").flatMap(Int.init) { settings.maxWeightsPerTask = recorded }
-        let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
+        let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, calibration: calibration, directory: directory, ledger: ledger,
                                  modelFiles: try digests(checkpoint), settings: settings, created: false)
         job.lock = lock
         try job.verifyRecorded()
@@ -177,8 +205,11 @@ public final class ClusterJob {
     /// artifact puts its task back in the queue.
     private func loadDone() throws {
         done = [:]
+        producers = [:]
         let collected = try collectedBlocks()
+        let principals = Dictionary(try ledger.workers().map { ($0.id, $0.principal) }, uniquingKeysWith: { a, _ in a })
         for row in try ledger.tasks() where row.state == "done" {
+            if let worker = row.worker { producers[row.id] = principals[worker] ?? worker }
             if let t = calibrationTaskByID[row.id], case .calibrate(let b, _) = t, b < collected, let digest = row.resultSHA256 {
                 // Its activations were deleted once every consumer was done.
                 done[row.id] = digest
@@ -193,6 +224,11 @@ public final class ClusterJob {
     }
 
     func recordDone(_ task: String, digest: String) { done[task] = digest }
+
+    func forgetDone(_ task: String) {
+        done[task] = nil
+        producers[task] = nil
+    }
 
     /// sha256 of the calibration data file (nil for data-free methods).
     func calibrationDataDigest() throws -> String? {
@@ -267,28 +303,10 @@ public final class ClusterJob {
             return manifest
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
+            // Every task is done, but there is no output: status must say so.
+            try? ledger.setJobValue("state", "failed")
+            try? ledger.setJobValue("error", "assembly failed: \(error)")
             throw error
         }
     }
-}
-
-/// One coordinator per job directory: an exclusive flock on JOB/coordinator.lock, held
-/// for the life of the process (released by the kernel even after SIGKILL).
-final class JobLock {
-    private let fd: Int32
-
-    init(directory: String) throws {
-        let path = (directory as NSString).appendingPathComponent("coordinator.lock")
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw LedgerError("\(path): cannot open: \(String(cString: strerror(errno)))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            close(fd)
-            throw LedgerError("\(directory): another coordinator is running this job (\(path) is locked)")
-        }
-        let pid = Array("\(getpid())\n".utf8)
-        _ = ftruncate(fd, 0)
-        _ = pid.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    }
-
-    deinit { close(fd) }
 }

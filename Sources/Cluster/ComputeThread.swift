@@ -147,39 +147,21 @@ final class ComputeThread: @unchecked Sendable {
     private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]]? {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
-            try Cancellation.checkpoint()
+            var outputs = try TaskExecutor(inputs: WorkerInputs(thread: self, pair: pair)).run(a.work, task: a.taskID)
+            try TaskExecutor.sleep(ms: options.taskDelayMs)
+            if options.testLie == .swapMaskBits { Self.swapFirstKeptAndPruned(&outputs) }
             var result = Prune_V1_Result()
             result.taskID = a.taskID
             result.attempt = a.attempt
-            var payloads: [(name: String, bytes: [UInt8])] = []
-            // The "mask" payload's shape and N:M pattern, for coding it on the wire.
-            var maskShape: (rows: Int, cols: Int, nm: (n: Int, m: Int)?)?
-            switch a.work {
-            case .mask(let m):
-                let mask = try runMask(m, pair: pair)
-                result.kept = UInt64(mask.keptCount)
-                payloads.append(("mask", mask.bits))
-                maskShape = (mask.rows, mask.cols, Self.nm(m.pattern))
-            case .calibrate(let c):
-                payloads = try runCalibrate(c, pair: pair)
-            case .layerPrune(let p):
-                payloads = try runLayerPrune(p, pair: pair)
-                let mask = try Mask(rows: Int(p.tensor.shape[0]), cols: Int(p.tensor.shape.dropFirst().reduce(1, *)), bits: payloads[0].bytes)
-                result.kept = UInt64(mask.keptCount)
-                maskShape = (mask.rows, mask.cols, Self.nm(p.pattern))
-            case .noop(let n):
-                try Self.sleep(ms: Int(n.sleepMs))
-            case .none:
-                throw PruningError("task \(a.taskID) names no work")
-            }
-            try Self.sleep(ms: options.taskDelayMs)
+            result.kept = outputs.kept
+            let payloads = outputs.payloads
             // Stored in place: durable (fsync, rename) before the Result leaves, as the
             // coordinator's own writes are before it acknowledges.
             let stored = try resultStore.map { store in try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) } }
             result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             if let stored, !stored.isEmpty { return try WireMessage.frames(.with(.result(result)), stored: stored) }
             let outgoing = payloads.map { p -> WireMessage.Outgoing in
-                if p.name == "mask", let shape = maskShape, !maskCodings.isEmpty {
+                if p.name == "mask", let shape = outputs.maskShape, !maskCodings.isEmpty {
                     return WireMessage.Outgoing(name: p.name, maskBits: p.bytes, rows: shape.rows, cols: shape.cols, nm: shape.nm, codings: maskCodings)
                 }
                 return WireMessage.Outgoing(name: p.name, bytes: p.bytes)
@@ -203,51 +185,17 @@ final class ComputeThread: @unchecked Sendable {
         }
     }
 
-    /// N and M of an N:M pattern, nil for any other.
-    private static func nm(_ pattern: String) -> (n: Int, m: Int)? {
-        if case .nm(let n, let m)? = try? SparsityPattern(parsing: pattern) { return (n, m) }
-        return nil
-    }
-
-    /// Sleeps in slices short enough that a Cancel takes effect within 10 ms.
-    private static func sleep(ms: Int) throws {
-        var left = ms
-        while left > 0 {
-            try Cancellation.checkpoint()
-            let slice = min(left, 10)
-            usleep(UInt32(slice) * 1000)
-            left -= slice
-        }
-    }
-
-    private func runMask(_ m: Prune_V1_MaskTask, pair: ZMQSocket) throws -> Mask {
-        let t = m.tensor
-        guard let dtype = DType(rawValue: t.dtype), dtype.isFloat else { throw PruningError("tensor '\(t.name)': dtype \(t.dtype) cannot be pruned") }
-        let shape = t.shape.map { Int(clamping: $0) }
-        guard shape.count >= 2, let elements = MatrixView.elementCount(shape), elements * dtype.size == Int(clamping: t.byteCount) else {
-            throw PruningError("tensor '\(t.name)': shape \(shape) does not match \(t.byteCount) bytes")
-        }
-        let cols = MatrixView.cols(shape), rows = MatrixView.rows(shape)
-        let firstRow = Int(clamping: m.firstRow), rowCount = Int(clamping: m.rowCount)
-        guard firstRow >= 0, rowCount > 0, firstRow + rowCount <= rows else {
-            throw PruningError("tensor '\(t.name)': rows \(firstRow)+\(rowCount) outside \(rows)")
-        }
-        let rowBytes = cols * dtype.size
-        let offset = Int(clamping: t.offset) + firstRow * rowBytes
-        let count = rowCount * rowBytes
-        let pattern = try SparsityPattern(parsing: m.pattern)
-        let criterion = try JobSpec.criterion(method: m.method, seed: m.seed)
-        func compute(_ bytes: UnsafeRawBufferPointer) throws -> Mask {
-            try TensorPruner.mask(name: t.name, dtype: dtype, rows: rowCount, cols: cols, firstRow: firstRow, bytes: bytes,
-                                  criterion: criterion, pattern: pattern, sparsity: m.sparsity)
-        }
-        if let file = source.localFile(t.fileSha256) {
-            guard offset >= 0, offset + count <= file.size else { throw PruningError("tensor '\(t.name)': byte range outside \(file.path)") }
-            defer { file.release(offset..<(offset + count)) }
-            return try compute(file.bytes(offset..<(offset + count)))
-        }
-        let bytes = try fetch(file: t.fileSha256, offset: offset, count: count, pair: pair)
-        return try bytes.withUnsafeBytes { try compute($0) }
+    /// Test hook (`PRUNE_TEST_LIE=swap-mask-bits`): a worker that lies within the rules.
+    /// Row 0 of its mask keeps one pruned weight and prunes one kept weight instead: the
+    /// shape and the count of every row stay right, the weights are wrong.
+    private static func swapFirstKeptAndPruned(_ outputs: inout TaskOutputs) {
+        guard let i = outputs.payloads.firstIndex(where: { $0.name == "mask" }), let shape = outputs.maskShape, shape.cols > 1 else { return }
+        var bits = outputs.payloads[i].bytes
+        func bit(_ c: Int) -> Bool { bits[c / 8] & (1 << (c % 8)) != 0 }
+        guard let kept = (0..<shape.cols).first(where: bit), let pruned = (0..<shape.cols).first(where: { !bit($0) }) else { return }
+        bits[kept / 8] ^= 1 << (kept % 8)
+        bits[pruned / 8] ^= 1 << (pruned % 8)
+        outputs.payloads[i].bytes = bits
     }
 
     /// Pulls a byte range from the coordinator with at most `chunkCredit` requests in
@@ -298,5 +246,45 @@ final class ComputeThread: @unchecked Sendable {
             }
         }
         return buffer
+    }
+}
+
+/// A worker's inputs: tensors from its local copy of the checkpoint (mapped, no copy) or
+/// pulled from the coordinator in chunks; artifacts from the coordinator's artifact
+/// directory when this host sees it, else pulled. Everything pulled is checked.
+struct WorkerInputs: TaskInputs {
+    let thread: ComputeThread
+    let pair: ZMQSocket
+
+    func withTensorBytes<R>(_ ref: Prune_V1_TensorRef, _ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        guard range.lowerBound >= 0, range.upperBound <= Int(clamping: ref.byteCount) else {
+            throw PruningError("tensor '\(ref.name)': byte range \(range) outside its \(ref.byteCount) bytes")
+        }
+        try Cancellation.checkpoint()
+        let offset = Int(clamping: ref.offset) + range.lowerBound
+        if let file = thread.source.localFile(ref.fileSha256) {
+            guard offset <= file.size - range.count else { throw PruningError("tensor '\(ref.name)': byte range outside \(file.path)") }
+            // The mapped pages go once used: a worker's RSS stays what it computes with,
+            // not every checkpoint page it ever read.
+            defer { file.release(offset..<(offset + range.count)) }
+            return try body(file.bytes(offset..<(offset + range.count)))
+        }
+        let bytes = try thread.fetch(file: ref.fileSha256, offset: offset, count: range.count, pair: pair)
+        return try bytes.withUnsafeBytes { try body($0) }
+    }
+
+    func artifact(_ ref: Prune_V1_ArtifactRef) throws -> [UInt8] {
+        if !thread.artifactRoot.isEmpty {
+            let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
+            if let data = FileManager.default.contents(atPath: path), data.count == Int(clamping: ref.size) {
+                let bytes = [UInt8](data)
+                if bytes.withUnsafeBytes({ SHA256Stream.hex($0) }) == ref.sha256 { return bytes }
+            }
+        }
+        let bytes = try thread.fetch(file: ref.sha256, offset: 0, count: Int(clamping: ref.size), pair: pair)
+        guard bytes.withUnsafeBytes({ SHA256Stream.hex($0) }) == ref.sha256 else {
+            throw PruningError("artifact \(ref.sha256.prefix(12))…: pulled bytes do not match their digest")
+        }
+        return bytes
     }
 }

@@ -1,39 +1,108 @@
 import Protocol
 
-/// The coordinator's scheduling state as a pure value: tasks, leases, workers and their
-/// liveness. Events go in (with the time, in milliseconds, from an injected clock);
-/// directives come out for the shell to carry out. No sockets, no clocks, no disk:
-/// it is tested by feeding events (after apple/swift-cluster-membership's SWIMInstance).
+/// The coordinator's scheduling state as a pure value: tasks, leases, workers, what each
+/// worker identity has done wrong, and the verification of results. Events go in (with
+/// the time, in milliseconds, from an injected clock); directives come out for the shell
+/// to carry out, in order. No sockets, no clocks, no disk: it is tested by feeding events
+/// (after apple/swift-cluster-membership's SWIMInstance).
+///
+/// Trust: a worker is untrusted input even with an allowed key. A result is taken only
+/// for the (task, attempt) leased to that very connection; anything else is refused and
+/// counted against the worker's identity (its *principal*: the CURVE public key, or the
+/// worker's name on connections without CURVE). An identity refused `maxRefusedResults`
+/// times, or whose attempts fail or vanish `maxWorkerFailures` times, is quarantined:
+/// it gets no more work, its running attempts are requeued without charging the tasks,
+/// and every result it produced is reopened. Tasks marked `verify` are run twice, by two
+/// identities, and are done only when the digests agree; when they do not, the
+/// coordinator recomputes the task itself and quarantines whoever disagrees with it.
 public struct CoordinatorCore: Sendable {
     /// A task of the job's DAG: it may start once every task in `dependencies` is done.
     public struct TaskDefinition: Sendable, Equatable {
         public let id: String
         public let dependencies: [String]
-        public init(id: String, dependencies: [String] = []) {
+        /// Run on two worker identities (or checked by the coordinator) before it is done.
+        public let verify: Bool
+        public init(id: String, dependencies: [String] = [], verify: Bool = false) {
             self.id = id
             self.dependencies = dependencies
+            self.verify = verify
         }
     }
 
     public enum TaskState: Sendable, Equatable {
         case pending
         case leased(worker: String, attempt: Int, deadline: Int64)
+        /// The coordinator is computing the task itself to settle a verification.
+        case arbitrating
         case done
+    }
+
+    /// A task already done when the coordinator starts (a resumed job).
+    public struct DoneTask: Sendable, Equatable {
+        public let digest: String
+        /// The identity whose result was accepted ("" when unknown).
+        public let producer: String
+        public init(digest: String, producer: String) {
+            self.digest = digest
+            self.producer = producer
+        }
+    }
+
+    /// What one identity has done wrong in this job.
+    public struct Conduct: Sendable, Equatable {
+        /// Results refused: not leased to it, or unusable.
+        public var refused = 0
+        /// Attempts that failed or vanished (missed heartbeats, expired leases).
+        public var failures = 0
+        /// Why it was quarantined (nil while it is trusted).
+        public var quarantined: String?
+        public init(refused: Int = 0, failures: Int = 0, quarantined: String? = nil) {
+            self.refused = refused
+            self.failures = failures
+            self.quarantined = quarantined
+        }
+    }
+
+    /// A stored result not yet accepted, or the result that was.
+    struct Run: Sendable, Equatable {
+        let worker: String
+        let principal: String
+        let attempt: Int
+        let digest: String
+        let seconds: Double
     }
 
     struct Task: Sendable {
         let definition: TaskDefinition
         var state: TaskState = .pending
+        /// Attempt numbers handed out so far (numbers are never reused).
         var attempts = 0
-        var lastCause = ""
+        /// Failed attempts recorded before this coordinator started.
+        var priorFailures = 0
+        /// Identities whose attempts failed in this run (charged unless quarantined).
+        var failures: [String] = []
+        /// Identities that reported the task cannot be done (bad input).
+        var refusedAsBadInput: Set<String> = []
+        /// The accepted result of a done task.
+        var accepted: Run?
+        /// The accepted digest before the task was reopened: a different new result means
+        /// the tasks that consumed it must be redone.
+        var previousDigest: String?
+        /// The first run of a verified task, waiting for a second identity's.
+        var candidate: Run?
+        /// The second run, when it disagreed with the first.
+        var disputed: Run?
     }
 
     struct Worker: Sendable {
         let name: String
+        let principal: String
         var lastHeard: Int64
         var lastSent: Int64
         var running: Set<String> = []
-        var draining = false
+        /// Every attempt ever leased to this connection: a result for one of these that is
+        /// no longer leased is stale (its lease was revoked), not forged.
+        var history: Set<String> = []
     }
 
     /// What the shell must do.
@@ -48,6 +117,19 @@ public struct CoordinatorCore: Sendable {
         /// A worker stopped answering or left; its tasks went back to the queue.
         case workerLost(worker: String, requeued: [String], reason: String)
         case requeued(task: String, reason: String)
+        /// Make this stored result the task's (ledger committed) before the next directive,
+        /// which acknowledges it. `worker` is "coordinator" for a result computed here.
+        case commit(task: String, worker: String, attempt: Int, digest: String, seconds: Double)
+        /// A result was refused; `counted` when it counts against the worker's identity.
+        case refused(worker: String, task: String, attempt: Int, reason: String, counted: Bool)
+        /// Two runs of a verified task were compared (for the log).
+        case verified(task: String, detail: String)
+        /// The coordinator must compute the task itself and report `recomputed`.
+        case recompute(task: String)
+        /// An identity gets no more work in this job.
+        case quarantined(principal: String, reason: String)
+        /// A done task is pending again: its result is suspect or its output is gone.
+        case reopened(task: String, reason: String)
         case jobCompleted
         case jobFailed(reason: String)
     }
@@ -57,30 +139,62 @@ public struct CoordinatorCore: Sendable {
         case failed(String)
     }
 
+    /// Whether a result that arrived may be validated and stored.
+    public enum ResultAdmission: Sendable, Equatable {
+        /// The attempt is leased to this worker: validate, store, then call
+        /// `resultStored` or `resultInvalid`.
+        case store
+        /// Refused; carry out these directives.
+        case refuse([Directive])
+    }
+
+    /// The identity of the coordinator's own results.
+    public static let coordinatorPrincipal = "coordinator"
+
     public let settings: Settings
     private var tasks: [String: Task] = [:]
     /// Queue order: the order tasks were defined in, so scheduling is reproducible.
     private let order: [String]
     private var workers: [String: Worker] = [:]
     private var dependents: [String: [String]] = [:]
+    private var conduct: [String: Conduct] = [:]
     private var remaining: Int
+    /// Verified tasks waiting for a second run (the scheduler looks for them even when
+    /// no worker is idle, to hand them to the coordinator when no other identity is left).
+    private var waitingForSecondRun = 0
     public private(set) var outcome: Outcome?
 
-    /// `done` lists tasks already finished (a resumed job); `attempts` the attempts a
-    /// resumed job's tasks already used, so `maxAttempts` counts across restarts.
-    public init(tasks definitions: [TaskDefinition], done: Set<String> = [], attempts: [String: Int] = [:], settings: Settings = Settings()) {
+    /// `done` lists tasks already finished (a resumed job) with their accepted results;
+    /// `attempts` the attempts a resumed job's tasks already used, so `maxAttempts`
+    /// counts across restarts; `quarantined` the identities barred earlier (principal →
+    /// reason).
+    public init(tasks definitions: [TaskDefinition], done: [String: DoneTask] = [:], attempts: [String: Int] = [:],
+                quarantined: [String: String] = [:], settings: Settings = Settings()) {
         self.settings = settings
         order = definitions.map(\.id)
         var remaining = 0
         for d in definitions {
             var t = Task(definition: d)
             t.attempts = attempts[d.id] ?? 0
-            if done.contains(d.id) { t.state = .done } else { remaining += 1 }
+            t.priorFailures = t.attempts
+            if let record = done[d.id] {
+                t.state = .done
+                t.accepted = Run(worker: "", principal: record.producer, attempt: t.attempts, digest: record.digest, seconds: 0)
+            } else {
+                remaining += 1
+            }
             tasks[d.id] = t
             for dep in d.dependencies { dependents[dep, default: []].append(d.id) }
         }
+        for (principal, reason) in quarantined { conduct[principal] = Conduct(quarantined: reason) }
         self.remaining = remaining
         if remaining == 0 { outcome = .completed }
+    }
+
+    /// Tasks done before a resume, without recorded digests (tests, benchmarks).
+    public init(tasks definitions: [TaskDefinition], done: Set<String>, attempts: [String: Int] = [:], settings: Settings = Settings()) {
+        self.init(tasks: definitions, done: Dictionary(uniqueKeysWithValues: done.map { ($0, DoneTask(digest: "", producer: "")) }),
+                  attempts: attempts, settings: settings)
     }
 
     // MARK: Queries
@@ -91,33 +205,34 @@ public struct CoordinatorCore: Sendable {
     public func runningTasks(of worker: String) -> Set<String> { workers[worker]?.running ?? [] }
     public var remainingTasks: Int { remaining }
     public func isKnown(worker: String) -> Bool { workers[worker] != nil }
-
-    /// Whether a result for this task should be made durable: true unless the task is
-    /// already done (results are deterministic, so any attempt's bytes are as good).
-    public func wantsResult(task: String) -> Bool {
-        guard let t = tasks[task] else { return false }
-        return t.state != .done
-    }
+    public func principal(of worker: String) -> String? { workers[worker]?.principal }
+    public func conduct(of principal: String) -> Conduct { conduct[principal] ?? Conduct() }
+    /// The identity whose result a done task holds.
+    public func producer(of task: String) -> String? { tasks[task]?.accepted?.principal }
 
     // MARK: Events
 
-    /// A worker said Hello.
-    public mutating func hello(worker: String, name: String, protocolVersion: UInt32, now: Int64) -> [Directive] {
+    /// A worker said Hello. `principal` is its authenticated identity (the CURVE key);
+    /// nil on connections without CURVE, where the name stands for it.
+    public mutating func hello(worker: String, name: String, principal: String? = nil, protocolVersion: UInt32, now: Int64) -> [Directive] {
         guard protocolVersion == Settings.protocolVersion else {
             return [.reject(worker: worker, reason: "protocol version \(protocolVersion) is not supported; this coordinator speaks version \(Settings.protocolVersion)")]
         }
         if outcome != nil {
             return [.reject(worker: worker, reason: "the job is over")]
         }
+        let principal = principal ?? "name:\(name)"
+        if let reason = conduct[principal]?.quarantined {
+            return [.reject(worker: worker, reason: "quarantined: \(reason)")]
+        }
         var out: [Directive] = []
         if workers[worker] != nil {
             // A second Hello on the same connection: forget what it was running.
             out += lose(worker: worker, reason: "said Hello again", now: now)
         }
-        workers[worker] = Worker(name: name, lastHeard: now, lastSent: now)
+        workers[worker] = Worker(name: name, principal: principal, lastHeard: now, lastSent: now)
         out.append(.welcome(worker: worker))
-        out += schedule(now: now)
-        return out
+        return out + schedule(now: now)
     }
 
     /// A heartbeat from a worker, naming the tasks it runs: renews their leases.
@@ -138,51 +253,142 @@ public struct CoordinatorCore: Sendable {
         workers[worker]?.lastHeard = now
     }
 
-    /// The shell made a task's result durable: mark it done, acknowledge, move on.
-    public mutating func completed(task id: String, by worker: String, attempt: Int, now: Int64) -> [Directive] {
+    /// A Result arrived. Only the attempt leased to this very connection may be stored.
+    public mutating func resultArrived(task id: String, by worker: String, attempt: Int, now: Int64) -> ResultAdmission {
         heard(from: worker, now: now)
-        guard var t = tasks[id] else { return [.ack(worker: worker, task: id, attempt: attempt, accepted: false)] }
-        workers[worker]?.running.remove(id)
-        guard t.state != .done else {
-            return [.ack(worker: worker, task: id, attempt: attempt, accepted: false)] + schedule(now: now)
+        guard let w = workers[worker] else { return .refuse([]) }
+        guard tasks[id] != nil else {
+            return .refuse(refuse(worker, task: id, attempt: attempt, reason: "there is no such task", counted: true, now: now))
         }
-        var out: [Directive] = [.ack(worker: worker, task: id, attempt: attempt, accepted: true)]
-        if case .leased(let holder, let current, _) = t.state, holder != worker {
-            // Another worker holds the lease (this one's had expired): stop it.
-            workers[holder]?.running.remove(id)
-            out.append(.cancel(worker: holder, task: id, attempt: current))
+        if case .leased(let holder, let current, _) = tasks[id]!.state, holder == worker, current == attempt { return .store }
+        if w.history.contains(Self.key(id, attempt)) {
+            return .refuse(refuse(worker, task: id, attempt: attempt, reason: "its lease was revoked", counted: false, now: now))
         }
-        t.state = .done
-        tasks[id] = t
-        remaining -= 1
-        if remaining == 0 {
-            outcome = .completed
-            out.append(.jobCompleted)
-            return out
-        }
-        return out + schedule(now: now)
+        return .refuse(refuse(worker, task: id, attempt: attempt, reason: "attempt \(attempt) of \(id) was not leased to this worker", counted: true, now: now))
     }
 
-    /// A worker reports a task failed.
+    /// The leased attempt's result was valid and is stored under `digest`: accept it, or
+    /// keep it for comparison with a second run.
+    public mutating func resultStored(task id: String, by worker: String, attempt: Int, digest: String, seconds: Double, now: Int64) -> [Directive] {
+        guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt,
+              let principal = workers[worker]?.principal else {
+            return [.ack(worker: worker, task: id, attempt: attempt, accepted: false)]
+        }
+        workers[worker]!.running.remove(id)
+        let run = Run(worker: worker, principal: principal, attempt: attempt, digest: digest, seconds: seconds)
+        let ack = Directive.ack(worker: worker, task: id, attempt: attempt, accepted: true)
+        guard tasks[id]!.definition.verify else {
+            var out = accept(id, run)
+            out.insert(ack, at: 1)
+            return out + schedule(now: now)
+        }
+        guard let first = tasks[id]!.candidate else {
+            // The first run: kept until an identity other than this one repeats it.
+            tasks[id]!.candidate = run
+            tasks[id]!.state = .pending
+            waitingForSecondRun += 1
+            return [ack] + schedule(now: now)
+        }
+        waitingForSecondRun -= 1
+        if first.digest == digest {
+            var out = accept(id, first)
+            out.insert(ack, at: 1)
+            out.insert(.verified(task: id, detail: "\(first.principal) and \(principal) agree"), at: 2)
+            return out + schedule(now: now)
+        }
+        tasks[id]!.disputed = run
+        tasks[id]!.state = .arbitrating
+        return [ack, .verified(task: id, detail: "\(first.principal) and \(principal) disagree; the coordinator computes it"),
+                .recompute(task: id)] + schedule(now: now)
+    }
+
+    /// The leased attempt's result was unusable (wrong payloads, sizes, missing stored
+    /// artifact): a failed attempt, and a refusal counted against the worker.
+    public mutating func resultInvalid(task id: String, by worker: String, attempt: Int, cause: String, now: Int64) -> [Directive] {
+        guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt,
+              let principal = workers[worker]?.principal else {
+            return refuse(worker, task: id, attempt: attempt, reason: cause, counted: true, now: now)
+        }
+        workers[worker]!.running.remove(id)
+        tasks[id]!.state = .pending
+        tasks[id]!.failures.append(principal)
+        var out = refuse(worker, task: id, attempt: attempt, reason: cause, counted: true, now: now, schedule: false)
+        guard outcome == nil else { return out }
+        out += chargeOrFail(id, cause: cause)
+        guard outcome == nil else { return out }
+        return out + [.requeued(task: id, reason: cause)] + schedule(now: now)
+    }
+
+    /// The coordinator computed a task it was asked to (`recompute`): the runs that
+    /// disagree with it came from identities that are quarantined.
+    public mutating func recomputed(task id: String, digest: String, now: Int64) -> [Directive] {
+        guard var t = tasks[id], t.state == .arbitrating else { return [] }  // reopened meanwhile
+        let runs = [t.candidate, t.disputed].compactMap { $0 }
+        t.candidate = nil
+        t.disputed = nil
+        tasks[id] = t
+        var out: [Directive] = []
+        for run in runs where run.digest != digest {
+            out += quarantine(run.principal, reason: "its result of \(id) differs from the coordinator's own computation", now: now, schedule: false)
+        }
+        let agreeing = runs.first { $0.digest == digest && conduct[$0.principal]?.quarantined == nil }
+        let accepted = agreeing ?? Run(worker: Self.coordinatorPrincipal, principal: Self.coordinatorPrincipal, attempt: t.attempts,
+                                        digest: digest, seconds: 0)
+        out.append(.verified(task: id, detail: "the coordinator's result agrees with " + (agreeing.map { $0.principal } ?? "no worker")))
+        guard outcome == nil, tasks[id]!.state == .arbitrating else { return out }
+        return out + accept(id, accepted) + schedule(now: now)
+    }
+
+    /// The coordinator could not compute a task it had to check: the job cannot be trusted
+    /// to finish, so it fails naming the task.
+    public mutating func recomputeFailed(task id: String, cause: String) -> [Directive] {
+        fail("the coordinator could not compute \(id) to verify it: \(cause)")
+    }
+
+    /// A worker reports a task failed. A failure it calls permanent (bad input) fails the
+    /// job only when a second identity confirms it, or when no other identity is there to
+    /// ask: one worker must not be able to end a job by saying so.
     public mutating func failed(task id: String, by worker: String, attempt: Int, cause: String, retryable: Bool, now: Int64) -> [Directive] {
         heard(from: worker, now: now)
-        workers[worker]?.running.remove(id)
-        guard var t = tasks[id], case .leased(let holder, let current, _) = t.state, holder == worker, current == attempt else {
-            return schedule(now: now)
-        }
-        t.lastCause = cause
-        t.state = .pending
-        tasks[id] = t
+        guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt,
+              let principal = workers[worker]?.principal else { return [] }
+        workers[worker]!.running.remove(id)
+        tasks[id]!.state = .pending
         if !retryable {
-            return fail("task \(id) failed: \(cause)")
+            tasks[id]!.refusedAsBadInput.insert(principal)
+            let others = Set(workers.values.map(\.principal)).subtracting(tasks[id]!.refusedAsBadInput)
+            if tasks[id]!.refusedAsBadInput.count >= 2 || others.isEmpty {
+                return fail("task \(id) failed: \(cause)")
+            }
+            tasks[id]!.failures.append(principal)
+            return [.requeued(task: id, reason: cause)] + schedule(now: now)
         }
-        if t.attempts >= settings.maxAttempts {
-            return fail("task \(id) failed \(t.attempts) times; last cause: \(cause)")
-        }
-        return [.requeued(task: id, reason: cause)] + schedule(now: now)
+        tasks[id]!.failures.append(principal)
+        var out = countFailure(principal, cause: cause, now: now)
+        guard outcome == nil else { return out }
+        out += chargeOrFail(id, cause: cause)
+        guard outcome == nil else { return out }
+        return out + [.requeued(task: id, reason: cause)] + schedule(now: now)
     }
 
-    /// A worker said Goodbye (it is stopping).
+    /// Building a task's work found the output of `dependency` gone (deleted, or
+    /// collected): that task runs again first, and this attempt is released uncharged.
+    public mutating func inputMissing(task id: String, by worker: String, attempt: Int, dependency: String, now: Int64) -> [Directive] {
+        guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt,
+              tasks[id]!.definition.dependencies.contains(dependency), tasks[dependency]?.state == .done else {
+            return fail("task \(id) cannot start: the output of \(dependency) is missing")
+        }
+        workers[worker]?.running.remove(id)
+        tasks[id]!.state = .pending
+        return reset(dependency, reason: "its output is missing (needed by \(id))") + schedule(now: now)
+    }
+
+    /// The job cannot go on (the coordinator cannot build a task's work).
+    public mutating func abort(_ reason: String) -> [Directive] {
+        fail(reason)
+    }
+
+    /// A worker said Goodbye (it is stopping), or its process was seen to exit.
     public mutating func goodbye(worker: String, reason: String, now: Int64) -> [Directive] {
         guard workers[worker] != nil else { return [] }
         return lose(worker: worker, reason: "left: \(reason)", now: now) + schedule(now: now)
@@ -195,16 +401,26 @@ public struct CoordinatorCore: Sendable {
         for id in workers.keys.sorted() {
             guard let w = workers[id] else { continue }
             if now - w.lastHeard > Int64(settings.deadAfterMs) {
-                out += lose(worker: id, reason: "missed \(settings.liveness) heartbeats", now: now)
+                let reason = "missed \(settings.liveness) heartbeats"
+                out += lose(worker: id, reason: reason, now: now)
+                if outcome == nil { out += countFailure(w.principal, cause: "vanished (\(reason))", now: now) }
                 if outcome != nil { return out }
             }
         }
         for id in order {
             guard case .leased(let holder, let attempt, let deadline)? = tasks[id]?.state, now > deadline else { continue }
+            let principal = workers[holder]?.principal
             workers[holder]?.running.remove(id)
+            tasks[id]!.state = .pending
+            let cause = "lease expired on worker \(workers[holder]?.name ?? holder)"
             out.append(.cancel(worker: holder, task: id, attempt: attempt))
-            out += requeue(id, cause: "lease expired on worker \(holder)")
+            if let principal {
+                tasks[id]!.failures.append(principal)
+                out += countFailure(principal, cause: "vanished (\(cause))", now: now)
+            }
+            if outcome == nil { out += chargeOrFail(id, cause: cause) }
             if outcome != nil { return out }
+            out.append(.requeued(task: id, reason: cause))
         }
         for id in workers.keys.sorted() where now - workers[id]!.lastSent >= Int64(settings.heartbeatMs) {
             workers[id]!.lastSent = now
@@ -218,7 +434,14 @@ public struct CoordinatorCore: Sendable {
         workers[worker]?.lastSent = now
     }
 
+    /// The coordinator is stopping (job over, or a signal): tell every worker.
+    public func shutdownAll(reason: String) -> [Directive] {
+        workers.keys.sorted().map { .shutdown(worker: $0, reason: reason) }
+    }
+
     // MARK: Internals
+
+    private static func key(_ task: String, _ attempt: Int) -> String { "\(task)#\(attempt)" }
 
     private mutating func fail(_ reason: String) -> [Directive] {
         guard outcome == nil else { return [] }
@@ -226,47 +449,169 @@ public struct CoordinatorCore: Sendable {
         return [.jobFailed(reason: reason)]
     }
 
+    /// Failed attempts charged to a task: those before this coordinator started, and
+    /// those of identities not quarantined (a liar's failures are not the task's).
+    private func charged(_ t: Task) -> Int {
+        t.priorFailures + t.failures.filter { conduct[$0]?.quarantined == nil }.count
+    }
+
+    private mutating func chargeOrFail(_ id: String, cause: String) -> [Directive] {
+        let n = charged(tasks[id]!)
+        return n >= settings.maxAttempts ? fail("task \(id) failed \(n) times; last cause: \(cause)") : []
+    }
+
+    /// Makes a run the task's result: done, committed, and its consumers redone when the
+    /// result differs from the one they used.
+    private mutating func accept(_ id: String, _ run: Run) -> [Directive] {
+        var t = tasks[id]!
+        t.state = .done
+        t.accepted = run
+        t.candidate = nil
+        t.disputed = nil
+        let previous = t.previousDigest
+        t.previousDigest = nil
+        tasks[id] = t
+        remaining -= 1
+        var out: [Directive] = [.commit(task: id, worker: run.worker, attempt: run.attempt, digest: run.digest, seconds: run.seconds)]
+        if let previous, previous != run.digest {
+            for dependent in dependents[id] ?? [] { out += reset(dependent, reason: "its input \(id) changed") }
+        }
+        if remaining == 0 {
+            outcome = .completed
+            out.append(.jobCompleted)
+        }
+        return out
+    }
+
+    /// Puts a task back to pending whatever it was doing, without charging it: a done
+    /// task's result is suspect (kept to compare with its next one), a running attempt is
+    /// cancelled, a verification in progress starts over.
+    private mutating func reset(_ id: String, reason: String) -> [Directive] {
+        guard var t = tasks[id] else { return [] }
+        var out: [Directive] = []
+        switch t.state {
+        case .done:
+            t.previousDigest = t.accepted?.digest
+            t.accepted = nil
+            remaining += 1
+            out.append(.reopened(task: id, reason: reason))
+        case .leased(let holder, let attempt, _):
+            workers[holder]?.running.remove(id)
+            out.append(.cancel(worker: holder, task: id, attempt: attempt))
+            out.append(.requeued(task: id, reason: reason))
+        case .arbitrating:
+            out.append(.requeued(task: id, reason: reason))
+        case .pending:
+            break
+        }
+        if t.candidate != nil, t.state != .arbitrating { waitingForSecondRun -= 1 }
+        t.candidate = nil
+        t.disputed = nil
+        t.state = .pending
+        tasks[id] = t
+        return out
+    }
+
+    /// A refused result: logged, acknowledged as refused, and (when `counted`) a strike
+    /// against the worker's identity.
+    private mutating func refuse(_ worker: String, task: String, attempt: Int, reason: String, counted: Bool, now: Int64,
+                                 schedule reschedule: Bool = true) -> [Directive] {
+        var out: [Directive] = [.refused(worker: worker, task: task, attempt: attempt, reason: reason, counted: counted),
+                                .ack(worker: worker, task: task, attempt: attempt, accepted: false)]
+        guard counted, let principal = workers[worker]?.principal else { return out }
+        conduct[principal, default: Conduct()].refused += 1
+        let n = conduct[principal]!.refused
+        if n >= settings.maxRefusedResults {
+            out += quarantine(principal, reason: "\(n) results refused (last: \(reason))", now: now, schedule: reschedule)
+        }
+        return out
+    }
+
+    /// An attempt of this identity failed or vanished.
+    private mutating func countFailure(_ principal: String, cause: String, now: Int64) -> [Directive] {
+        guard conduct[principal]?.quarantined == nil else { return [] }
+        conduct[principal, default: Conduct()].failures += 1
+        let n = conduct[principal]!.failures
+        guard n >= settings.maxWorkerFailures else { return [] }
+        return quarantine(principal, reason: "\(n) attempts failed or vanished (last: \(cause))", now: now, schedule: false)
+    }
+
+    /// Bars an identity: its connections are rejected (their attempts requeued, uncharged),
+    /// its first runs of verified tasks dropped, and every result it produced reopened.
+    private mutating func quarantine(_ principal: String, reason: String, now: Int64, schedule reschedule: Bool) -> [Directive] {
+        guard conduct[principal]?.quarantined == nil else { return [] }
+        conduct[principal, default: Conduct()].quarantined = reason
+        var out: [Directive] = [.quarantined(principal: principal, reason: reason)]
+        for id in workers.keys.sorted() where workers[id]!.principal == principal {
+            out.append(.reject(worker: id, reason: "quarantined: \(reason)"))
+            out += lose(worker: id, reason: "quarantined", now: now)
+        }
+        for id in order {
+            guard let t = tasks[id] else { continue }
+            if t.state == .done, t.accepted?.principal == principal {
+                out += reset(id, reason: "produced by quarantined \(principal)")
+            } else if t.candidate?.principal == principal, t.state != .arbitrating {
+                // Its first run is worthless: the next run counts as the first.
+                tasks[id]!.candidate = nil
+                waitingForSecondRun -= 1
+            }
+        }
+        return reschedule ? out + schedule(now: now) : out
+    }
+
     private mutating func lose(worker: String, reason: String, now: Int64) -> [Directive] {
         guard let w = workers.removeValue(forKey: worker) else { return [] }
         var requeued: [String] = []
         var out: [Directive] = []
+        let quarantined = conduct[w.principal]?.quarantined != nil
         for id in order where w.running.contains(id) {
             guard case .leased(let holder, _, _)? = tasks[id]?.state, holder == worker else { continue }
             requeued.append(id)
-            out += requeue(id, cause: "worker \(w.name) \(reason)", announce: false)
+            tasks[id]!.state = .pending
+            if !quarantined {
+                tasks[id]!.failures.append(w.principal)
+                out += chargeOrFail(id, cause: "worker \(w.name) \(reason)")
+            }
         }
         return [.workerLost(worker: worker, requeued: requeued, reason: reason)] + out
-    }
-
-    private mutating func requeue(_ id: String, cause: String, announce: Bool = true) -> [Directive] {
-        guard var t = tasks[id] else { return [] }
-        t.state = .pending
-        t.lastCause = cause
-        tasks[id] = t
-        if t.attempts >= settings.maxAttempts {
-            return fail("task \(id) failed \(t.attempts) times; last cause: \(cause)")
-        }
-        return announce ? [.requeued(task: id, reason: cause)] : []
     }
 
     private func isReady(_ t: Task) -> Bool {
         t.state == .pending && t.definition.dependencies.allSatisfy { tasks[$0]?.state == .done }
     }
 
-    /// Gives each idle worker the first ready task in queue order.
+    /// Gives idle workers ready tasks in queue order. A task goes to an identity that has
+    /// not failed it when one is connected; the second run of a verified task only to an
+    /// identity other than the first run's, or to the coordinator when none is connected.
     private mutating func schedule(now: Int64) -> [Directive] {
         guard outcome == nil else { return [] }
         var out: [Directive] = []
-        var idle = workers.keys.filter { workers[$0]!.running.isEmpty && !workers[$0]!.draining }.sorted()
-        guard !idle.isEmpty else { return [] }
+        var idle = workers.keys.filter { workers[$0]!.running.isEmpty }.sorted()
+        guard !idle.isEmpty || waitingForSecondRun > 0 else { return [] }
+        let connected = Set(workers.values.map(\.principal))
         for id in order {
-            guard !idle.isEmpty else { break }
+            guard !idle.isEmpty || waitingForSecondRun > 0 else { break }
             guard let t = tasks[id], isReady(t) else { continue }
-            let worker = idle.removeFirst()
+            let firstRun = t.candidate?.principal
+            if let firstRun, connected.subtracting([firstRun]).isEmpty {
+                tasks[id]!.state = .arbitrating
+                waitingForSecondRun -= 1
+                out.append(.recompute(task: id))
+                continue
+            }
+            guard !idle.isEmpty else { continue }
+            let failedIt = Set(t.failures)
+            let fresh = !connected.subtracting(failedIt).subtracting([firstRun].compactMap { $0 }).isEmpty
+            guard let i = idle.firstIndex(where: { worker in
+                let p = workers[worker]!.principal
+                return p != firstRun && !(fresh && failedIt.contains(p))
+            }) else { continue }
+            let worker = idle.remove(at: i)
             let attempt = t.attempts + 1
             tasks[id]!.attempts = attempt
             tasks[id]!.state = .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs))
             workers[worker]!.running.insert(id)
+            workers[worker]!.history.insert(Self.key(id, attempt))
             workers[worker]!.lastSent = now
             out.append(.assign(worker: worker, task: id, attempt: attempt))
         }

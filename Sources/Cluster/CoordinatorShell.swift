@@ -2,6 +2,7 @@ import Engine
 import Foundation
 import Protocol
 import Pruning
+import Synchronization
 import Tensors
 import ZeroMQ
 #if canImport(Glibc)
@@ -38,6 +39,8 @@ public final class CoordinatorShell {
     private let log: (String) -> Void
     private var identities: [String: [UInt8]] = [:]
     private var names: [String: String] = [:]
+    private var hosts: [String: String] = [:]
+    private var blasCores: [String: String] = [:]
     private let progress: ProgressReporter
     private var files: [String: FileHandle] = [:]
     /// The failure reason when a signal stopped the coordinator.
@@ -49,7 +52,9 @@ public final class CoordinatorShell {
     /// Bytes received and sent on the ROUTER (routing-id frames not counted).
     public private(set) var wireBytesIn = 0
     public private(set) var wireBytesOut = 0
-    private var knownTasks: Set<String>
+    /// The coordinator's own computations of disputed tasks: one at a time, off the loop.
+    private let recomputeQueue = DispatchQueue(label: "prune.recompute")
+    private let recomputed = Inbox<(task: String, result: Result<[ResultPayload], Error>)>()
 
     public init(workload: ClusterWorkload, context: ZMQContext, endpoints: [String], curve: CurveServerConfig?,
                 quiet: Bool, log: @escaping (String) -> Void) throws {
@@ -57,10 +62,12 @@ public final class CoordinatorShell {
         self.context = context
         settings = workload.settings
         self.log = log
-        knownTasks = Set(workload.taskIDs)
-        core = CoordinatorCore(tasks: workload.taskIDs.map { CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0)) },
-                               done: workload.doneTaskIDs,
+        core = CoordinatorCore(tasks: workload.taskIDs.map {
+                                   CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0), verify: workload.verifies(task: $0))
+                               },
+                               done: workload.doneTasks,
                                attempts: Dictionary(try workload.ledger.tasks().map { ($0.id, $0.attempts) }, uniquingKeysWith: max),
+                               quarantined: Dictionary(try workload.ledger.quarantined().map { ($0.principal, $0.reason) }, uniquingKeysWith: { a, _ in a }),
                                settings: workload.settings)
         progress = ProgressReporter(label: "prune", total: workload.taskIDs.count, done: workload.doneTaskIDs.count, quiet: quiet)
         router = try ZMQSocket(context, .router)
@@ -100,16 +107,13 @@ public final class CoordinatorShell {
             signal(SIGTERM, SIG_DFL)
             signal(SIGINT, SIG_DFL)
         }
+        if core.outcome == nil { try workload.ledger.setJobValue("state", "running") }
         try execute(core.tick(now: now()))
         while core.outcome == nil {
             if coordinatorStopRequested != 0 {
                 log("stopping on signal; the job can continue with prune resume")
                 try workload.ledger.setJobValue("state", "stopped")
-                for worker in core.workerIDs {
-                    var s = Prune_V1_Shutdown()
-                    s.reason = "coordinator stopped"
-                    send(worker, .with(.shutdown(s)))
-                }
+                try execute(core.shutdownAll(reason: "coordinator stopped"))
                 try workload.ledger.flush()
                 try workload.ledger.markWorkersFinished(at: Date().timeIntervalSince1970)
                 return .failed(CoordinatorShell.stoppedBySignal)
@@ -125,6 +129,7 @@ public final class CoordinatorShell {
                     if core.outcome != nil { break }
                 }
             }
+            if core.outcome == nil { try collectRecomputations() }
             if core.outcome == nil { try execute(core.tick(now: now())) }
             onTurn?()
         }
@@ -133,12 +138,13 @@ public final class CoordinatorShell {
         try workload.ledger.setJobValue("wire_bytes_in", String(wireBytesIn))
         try workload.ledger.setJobValue("wire_bytes_out", String(wireBytesOut))
         // Tell everyone the job is over.
-        for worker in core.workerIDs {
-            var s = Prune_V1_Shutdown()
-            s.reason = core.outcome == .completed ? "job complete" : "job failed"
-            send(worker, .with(.shutdown(s)))
-        }
+        try execute(core.shutdownAll(reason: core.outcome == .completed ? "job complete" : "job failed"))
         return core.outcome!
+    }
+
+    /// Ends the job as failed (the launcher can start no more workers).
+    public func abort(_ reason: String) {
+        try? execute(core.abort(reason))
     }
 
     /// A local worker process is known to have died (the launcher saw it exit): its
@@ -169,12 +175,12 @@ public final class CoordinatorShell {
         if case .hello(let h) = message.envelope.body {
             identities[worker] = identity
             names[worker] = h.workerName
-            let directives = core.hello(worker: worker, name: h.workerName, protocolVersion: h.protocolVersion, now: t)
-            if directives.contains(.welcome(worker: worker)) {
-                try workload.ledger.workerJoined(id: worker, name: h.workerName, host: h.host, at: Date().timeIntervalSince1970)
-                log("worker \(h.workerName) joined (\(h.host), \(h.cores) cores)")
-            }
-            try execute(directives)
+            hosts[worker] = h.host
+            blasCores[worker] = h.blasCore
+            // The CURVE key the ZAP handler authenticated stands for the worker; without
+            // CURVE (ipc://, --insecure loopback) its name does.
+            let key = frames[1].metadata("User-Id").flatMap { $0.isEmpty ? nil : $0 }
+            try execute(core.hello(worker: worker, name: h.workerName, principal: key, protocolVersion: h.protocolVersion, now: t))
             return
         }
         guard core.isKnown(worker: worker) else {
@@ -196,11 +202,6 @@ public final class CoordinatorShell {
         case .result(let r):
             try handleResult(r, message: message, from: worker)
         case .fail(let f):
-            // Only the current attempt counts: a late Fail for a task leased elsewhere or
-            // already done must not touch its ledger row.
-            if case .leased(let holder, let attempt, _)? = core.state(of: f.taskID), holder == worker, attempt == Int(f.attempt) {
-                try workload.ledger.markAttemptFailed(task: f.taskID, attempts: Int(f.attempt), cause: f.cause, at: Date().timeIntervalSince1970)
-            }
             try execute(core.failed(task: f.taskID, by: worker, attempt: Int(f.attempt), cause: f.cause, retryable: f.retryable, now: t))
         case .goodbye(let g):
             try execute(core.goodbye(worker: worker, reason: g.reason, now: t))
@@ -215,45 +216,62 @@ public final class CoordinatorShell {
 
     private func handleResult(_ r: Prune_V1_Result, message: WireMessage, from worker: String) throws {
         let t = now()
-        guard knownTasks.contains(r.taskID) else {
-            dropped += 1
-            log("dropped a result for unknown task \(r.taskID) from \(worker)")
-            return
-        }
-        guard core.wantsResult(task: r.taskID) else {
-            try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
-            return
+        let attempt = Int(r.attempt)
+        if case .refuse(let directives) = core.resultArrived(task: r.taskID, by: worker, attempt: attempt, now: t) {
+            return try execute(directives)
         }
         // Payloads the worker stored in the artifact directory itself are read back and
-        // verified here; a missing or corrupt one fails the attempt like a bad result.
+        // verified here; a missing or corrupt one makes the result unusable.
         var payloads: [ResultPayload] = []
         var frames = message.payloads.makeIterator()
         for info in message.envelope.payloads {
             if info.stored {
                 guard let bytes = workload.storedArtifact(sha256: info.sha256, size: info.size) else {
-                    return try refuseResult(r, from: worker, cause: "stored payload '\(info.name)' (\(info.sha256.prefix(12))…) is missing or corrupt in the artifact directory", now: t)
+                    let cause = "stored payload '\(info.name)' (\(info.sha256.prefix(12))…) is missing or corrupt in the artifact directory"
+                    return try execute(core.resultInvalid(task: r.taskID, by: worker, attempt: attempt, cause: cause, now: t))
                 }
                 payloads.append(ResultPayload(bytes: bytes, sha256: info.sha256))
             } else {
                 payloads.append(ResultPayload(bytes: frames.next()!, sha256: info.sha256))
             }
         }
-        // Durable before acknowledged: the workload writes its artifact and ledger row.
-        if let cause = try workload.persist(task: r.taskID, worker: worker, result: r, payloads: payloads) {
-            return try refuseResult(r, from: worker, cause: cause, now: t)
+        switch try workload.store(task: r.taskID, payloads: payloads) {
+        case .invalid(let cause):
+            try execute(core.resultInvalid(task: r.taskID, by: worker, attempt: attempt, cause: cause, now: t))
+        case .stored(let digest):
+            try execute(core.resultStored(task: r.taskID, by: worker, attempt: attempt, digest: digest, seconds: r.seconds, now: t))
         }
-        progress.step(r.taskID)
-        try execute(core.completed(task: r.taskID, by: worker, attempt: Int(r.attempt), now: t))
     }
 
-    /// An unusable result counts as a failed attempt (retried elsewhere, up to the limit),
-    /// logged and recorded like a worker's own Fail.
-    private func refuseResult(_ r: Prune_V1_Result, from worker: String, cause: String, now t: Int64) throws {
-        log("refused the result of \(r.taskID) from \(names[worker] ?? worker): \(cause)")
-        if case .leased(let holder, let attempt, _)? = core.state(of: r.taskID), holder == worker, attempt == Int(r.attempt) {
-            try workload.ledger.markAttemptFailed(task: r.taskID, attempts: Int(r.attempt), cause: cause, at: Date().timeIntervalSince1970)
+    /// Starts the coordinator's own computation of a task, off the loop.
+    private func startRecomputation(_ task: String) throws {
+        let compute: @Sendable () throws -> [ResultPayload]
+        do {
+            compute = try workload.recomputation(of: task)
+        } catch {
+            return try execute(core.recomputeFailed(task: task, cause: "\(error)"))
         }
-        try execute(core.failed(task: r.taskID, by: worker, attempt: Int(r.attempt), cause: cause, retryable: true, now: t))
+        workload.ledger.log(.init(time: Date().timeIntervalSince1970, kind: "recompute", task: task, worker: nil, detail: "the coordinator computes it"))
+        recomputeQueue.async { [recomputed] in
+            let result = Result { try compute() }
+            recomputed.post((task, result))
+        }
+    }
+
+    /// Hands finished computations of the coordinator to the core.
+    private func collectRecomputations() throws {
+        let finished = recomputed.drain()
+        for (task, result) in finished {
+            switch result {
+            case .success(let payloads):
+                switch try workload.store(task: task, payloads: payloads) {
+                case .stored(let digest): try execute(core.recomputed(task: task, digest: digest, now: now()))
+                case .invalid(let cause): try execute(core.recomputeFailed(task: task, cause: cause))
+                }
+            case .failure(let error):
+                try execute(core.recomputeFailed(task: task, cause: "\(error)"))
+            }
+        }
     }
 
     /// An open handle on a file workers may pull (checkpoint files stay open; an
@@ -291,6 +309,14 @@ public final class CoordinatorShell {
         for d in directives {
             switch d {
             case .welcome(let w):
+                let name = names[w] ?? w, host = hosts[w] ?? ""
+                try workload.ledger.workerJoined(id: w, name: name, host: host, principal: core.principal(of: w) ?? "name:\(name)", at: wall)
+                let core = blasCores[w] ?? ""
+                log("worker \(name) joined (\(host)" + (core.isEmpty ? ")" : ", OpenBLAS \(core))"))
+                if workload.verifiesBLASResults, !core.isEmpty, core != BLASThreads.coreName {
+                    log("warning: worker \(name) computes with OpenBLAS kernel \(core), this coordinator with \(BLASThreads.coreName): "
+                        + "verification may take its results for lies; set OPENBLAS_CORETYPE=\(BLASThreads.coreName) on every host (docs/cluster.md)")
+                }
                 var welcome = Prune_V1_Welcome()
                 welcome.jobID = workload.jobID
                 welcome.heartbeatMs = UInt32(settings.heartbeatMs)
@@ -313,10 +339,15 @@ public final class CoordinatorShell {
                 do {
                     guard let w = try workload.work(for: taskID) else { continue }
                     work = w
+                } catch let missing as MissingOutput {
+                    // An input is gone (deleted, or collected): its producer runs again first.
+                    log("\(taskID) waits: \(missing.description)")
+                    try execute(core.inputMissing(task: taskID, by: w, attempt: attempt, dependency: missing.task, now: now()))
+                    continue
                 } catch {
-                    // The task's inputs are gone (e.g. an artifact deleted by hand): no
-                    // worker can run it, so the job fails naming it.
-                    try execute(core.failed(task: taskID, by: w, attempt: attempt, cause: "\(error)", retryable: false, now: now()))
+                    // The task's inputs are unusable: no worker can run it, so the job fails
+                    // naming it.
+                    try execute(core.abort("task \(taskID) cannot start: \(error)"))
                     continue
                 }
                 var a = Prune_V1_Assign()
@@ -350,13 +381,33 @@ public final class CoordinatorShell {
                 }
                 identities[w] = nil
             case .requeued(let task, let reason):
-                workload.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: nil, detail: reason))
+                try workload.ledger.markAttemptFailed(task: task, attempts: core.attempts(of: task), cause: reason, at: wall)
+            case .commit(let task, let w, let attempt, let digest, let seconds):
+                try workload.commit(task: task, worker: w, attempt: attempt, digest: digest, seconds: seconds)
+                progress.step(task)
+            case .refused(let w, let task, let attempt, let reason, let counted):
+                log("refused the result of \(task) attempt \(attempt) from \(names[w] ?? w): \(reason)")
+                try workload.ledger.resultRefused(worker: w, task: task, reason: reason, counted: counted, at: wall)
+            case .verified(let task, let detail):
+                // Agreement is the routine case: only the ledger hears of it.
+                if detail.contains("disagree") || detail.hasSuffix("no worker") { log("verification of \(task): \(detail)") }
+                workload.ledger.log(.init(time: wall, kind: "verify", task: task, worker: nil, detail: detail))
+            case .recompute(let task):
+                try startRecomputation(task)
+            case .quarantined(let principal, let reason):
+                log("quarantined \(principal): \(reason)")
+                try workload.ledger.quarantine(principal: principal, reason: reason, at: wall)
+            case .reopened(let task, let reason):
+                log("reopened \(task): \(reason)")
+                try workload.reopen(task: task, reason: reason)
+                progress.unstep()
             case .jobCompleted:
                 workload.ledger.log(.init(time: wall, kind: "complete", task: nil, worker: nil, detail: ""))
             case .jobFailed(let reason):
                 log("job failed: \(reason)")
                 workload.ledger.log(.init(time: wall, kind: "failed", task: nil, worker: nil, detail: reason))
                 try workload.ledger.setJobValue("state", "failed")
+                try workload.ledger.setJobValue("error", reason)
             }
         }
     }
@@ -372,4 +423,14 @@ public final class CoordinatorShell {
             log("could not send to \(names[worker] ?? worker): \(error)")
         }
     }
+}
+
+/// Items handed from another thread to the coordinator's loop.
+final class Inbox<Item: Sendable>: Sendable {
+    private let items = Mutex<[Item]>([])
+
+    func post(_ item: Item) { items.withLock { $0.append(item) } }
+
+    /// Everything posted so far, in order; the inbox is empty afterwards.
+    func drain() -> [Item] { items.withLock { all in defer { all = [] }; return all } }
 }

@@ -9,6 +9,8 @@ public struct JobStatus: Codable, Sendable {
         public let state: String
         public let tasksDone: Int
         public let busySeconds: Double
+        /// Results of this worker the coordinator refused.
+        public let refused: Int
         public var tasksPerSecond: Double { busySeconds > 0 ? Double(tasksDone) / busySeconds : 0 }
     }
 
@@ -20,6 +22,8 @@ public struct JobStatus: Codable, Sendable {
     public let retries: Int
     public let lastError: String?
     public let etaSeconds: Double?
+    /// Worker identities barred from the job: principal → reason.
+    public let quarantined: [String: String]
 
     public static func read(directory: String) throws -> JobStatus {
         let ledger = try Ledger(path: (directory as NSString).appendingPathComponent("ledger.sqlite"), create: false, readOnly: true)
@@ -27,7 +31,7 @@ public struct JobStatus: Codable, Sendable {
         var byPhase: [String: [String: Int]] = [:]
         for r in rows { byPhase[r.phase, default: [:]][r.state, default: 0] += 1 }
         let workers = try ledger.workers().map {
-            WorkerLine(name: $0.name, host: $0.host, state: $0.state, tasksDone: $0.tasksDone, busySeconds: $0.busySeconds)
+            WorkerLine(name: $0.name, host: $0.host, state: $0.state, tasksDone: $0.tasksDone, busySeconds: $0.busySeconds, refused: $0.refused)
         }
         let done = rows.filter { $0.state == "done" }
         let remaining = rows.count - done.count
@@ -36,8 +40,9 @@ public struct JobStatus: Codable, Sendable {
         let state = try ledger.jobValue("state") ?? "unknown"
         let eta = remaining == 0 ? 0 : secondsPerTask.map { $0 * Double(remaining) / Double(active) }
         let retries = try ledger.events().filter { $0.kind == "retry" || $0.kind == "requeue" }.count
+        let quarantined = Dictionary(try ledger.quarantined().map { ($0.principal, $0.reason) }, uniquingKeysWith: { a, _ in a })
         return JobStatus(state: state, totalTasks: rows.count, tasks: byPhase, workers: workers, retries: retries,
-                         lastError: rows.compactMap(\.lastError).last, etaSeconds: state == "running" ? eta : nil)
+                         lastError: (state == "failed" ? try ledger.jobValue("error") : nil) ?? rows.compactMap(\.lastError).last, etaSeconds: state == "running" ? eta : nil, quarantined: quarantined)
     }
 
     public func render() -> String {
@@ -51,10 +56,16 @@ public struct JobStatus: Codable, Sendable {
         if !workers.isEmpty {
             lines.append("workers:")
             for w in workers {
-                lines.append(String(format: "  %@ (%@, %@): %d tasks, %.2f s busy, %.2f tasks/s", w.name, w.host, w.state, w.tasksDone, w.busySeconds, w.tasksPerSecond))
+                lines.append(String(format: "  %@ (%@, %@): %d tasks, %.2f s busy, %.2f tasks/s", w.name, w.host, w.state, w.tasksDone, w.busySeconds, w.tasksPerSecond)
+                             + (w.refused > 0 ? ", \(w.refused) results refused" : ""))
             }
         }
-        if retries > 0 { lines.append("retries: \(retries)" + (lastError.map { "; last error: \($0)" } ?? "")) }
+        if !quarantined.isEmpty {
+            lines.append("quarantined:")
+            for principal in quarantined.keys.sorted() { lines.append("  \(principal): \(quarantined[principal]!)") }
+        }
+        if state == "failed", let lastError { lines.append("error: \(lastError)") }
+        if retries > 0 { lines.append("retries: \(retries)" + (state != "failed" ? lastError.map { "; last error: \($0)" } ?? "" : "")) }
         return lines.joined(separator: "\n")
     }
 }

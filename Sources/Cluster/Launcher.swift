@@ -38,16 +38,29 @@ public struct EmbeddedCluster {
         self.executable = executable
     }
 
-    /// A short ipc:// endpoint for a job directory (socket paths are limited to ~100 bytes).
-    public static func endpoint(for directory: String) -> String {
+    /// A short ipc:// endpoint for a job directory (socket paths are limited to ~100
+    /// bytes), in a directory only this user can enter, whatever the umask: another local
+    /// user must not be able to connect as a worker.
+    public static func endpoint(for directory: String) throws -> String {
         let digest = Array(directory.utf8).withUnsafeBytes { SHA256Stream.hex($0) }
-        return "ipc://\(NSTemporaryDirectory())prune-\(digest.prefix(16)).sock"
+        let private_ = "\(NSTemporaryDirectory())prune-\(getuid())"
+        if mkdir(private_, 0o700) != 0 && errno != EEXIST {
+            throw JobFailed("\(private_): cannot create the socket directory: \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard lstat(private_, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == getuid() else {
+            throw JobFailed("\(private_): not a directory owned by this user; remove it or set TMPDIR")
+        }
+        if st.st_mode & 0o077 != 0 { chmod(private_, 0o700) }
+        return "ipc://\(private_)/\(digest.prefix(16)).sock"
     }
 
     /// Runs a pruning job to completion and assembles its outputs.
-    public static func run(job: ClusterJob, workers: Int, quiet: Bool, log: @escaping (String) -> Void) throws -> Manifest {
+    public static func run(job: ClusterJob, workers: Int, maxRestarts: Int = 64, quiet: Bool, log: @escaping (String) -> Void) throws -> Manifest {
+        job.configureVerification(remoteWorkers: false)
         var cluster = EmbeddedCluster(workload: job, directory: job.directory.path, workers: workers, executable: currentExecutable)
         cluster.quiet = quiet
+        cluster.maxRestarts = maxRestarts
         try cluster.run(log: log)
         return try job.assemble(quiet: quiet)
     }
@@ -56,9 +69,11 @@ public struct EmbeddedCluster {
     public func run(log: @escaping (String) -> Void) throws {
         if workload.doneTaskIDs.count < workload.taskIDs.count {
             let context = try ZMQContext()
-            let endpoint = EmbeddedCluster.endpoint(for: directory)
-            unlink(String(endpoint.dropFirst("ipc://".count)))
+            let endpoint = try EmbeddedCluster.endpoint(for: directory)
+            let socketPath = String(endpoint.dropFirst("ipc://".count))
+            unlink(socketPath)
             let shell = try CoordinatorShell(workload: workload, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
+            chmod(socketPath, 0o600)
             let logs = (directory as NSString).appendingPathComponent("logs")
             try? FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
             var children: [Process?] = Array(repeating: nil, count: workers)
@@ -89,13 +104,23 @@ public struct EmbeddedCluster {
             }
             for i in 0..<workers { spawn(i) }
             if let spawnFailure { throw JobFailed("cannot start worker processes (\(executable)): \(spawnFailure)") }
+            var reported = Set<Int>()
             shell.onTurn = {
                 for i in 0..<children.count where children[i].map({ !$0.isRunning }) ?? true {
+                    if !reported.contains(i) {
+                        reported.insert(i)
+                        shell.workerProcessExited(named: childNames[i])
+                    }
                     guard restarts < maxRestarts else { continue }
                     restarts += 1
                     log("worker \(childNames[i]) exited (status \(children[i]?.terminationStatus ?? -1)); starting another")
-                    shell.workerProcessExited(named: childNames[i])
+                    reported.remove(i)
                     spawn(i)
+                }
+                // Every worker gone and none may be started: without this the job would
+                // wait forever for workers that never come.
+                if restarts >= maxRestarts, children.allSatisfy({ !($0?.isRunning ?? false) }) {
+                    shell.abort("all \(workers) worker processes exited and the restart budget (\(maxRestarts)) is used up; see \(logs)/worker-*.log; prune resume continues the job")
                 }
             }
             let outcome: CoordinatorCore.Outcome

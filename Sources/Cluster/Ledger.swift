@@ -24,6 +24,10 @@ public final class Ledger {
         public let id: String
         public let name: String
         public let host: String
+        /// The worker's identity: its CURVE public key, or "name:NAME" without CURVE.
+        public let principal: String
+        /// Results of this connection the coordinator refused.
+        public var refused: Int
         public var tasksDone: Int
         public var busySeconds: Double
         public var lastSeen: Double
@@ -38,9 +42,20 @@ public final class Ledger {
         public let detail: String
     }
 
+    /// An identity barred from the job, and why.
+    public struct QuarantineRow: Sendable, Equatable {
+        public let principal: String
+        public let reason: String
+        public let time: Double
+    }
+
     let db: SQLiteDatabase
     public let path: String
     private var pendingEvents: [Event] = []
+
+    /// The layout this build writes (`PRAGMA user_version`). 0 is the first layout, before
+    /// versions were recorded; it is upgraded in place on open.
+    public static let schemaVersion: Int64 = 2
 
     /// Opens (creating if asked) the ledger at `path`.
     public init(path: String, create: Bool = true, readOnly: Bool = false) throws {
@@ -66,10 +81,34 @@ public final class Ledger {
                     CREATE TABLE IF NOT EXISTS events (
                         seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
                         task TEXT, worker TEXT, detail TEXT NOT NULL DEFAULT '');
+                    CREATE TABLE IF NOT EXISTS quarantine (principal TEXT PRIMARY KEY, reason TEXT NOT NULL, time REAL NOT NULL);
                     """)
+                try upgrade()
+            } else {
+                try checkVersion()
             }
         } catch let e as SQLiteDatabase.Error {
             throw LedgerError(e.description)
+        }
+    }
+
+    /// Refuses a ledger written by a newer build (its layout is unknown here).
+    private func checkVersion() throws {
+        let version = try db.query("PRAGMA user_version").first?.first?.int ?? 0
+        guard version <= Ledger.schemaVersion else {
+            throw LedgerError("\(path): written by a newer prune (ledger layout \(version), this build reads up to \(Ledger.schemaVersion)); use that version to resume this job")
+        }
+    }
+
+    /// Brings a ledger of an earlier layout to this one (version 2 added the workers'
+    /// principal and refusal count, and the quarantine table).
+    private func upgrade() throws {
+        try checkVersion()
+        let columns = Set(try db.query("PRAGMA table_info(workers)").compactMap { $0[1].text })
+        try db.transaction {
+            if !columns.contains("principal") { try db.execute("ALTER TABLE workers ADD COLUMN principal TEXT NOT NULL DEFAULT ''") }
+            if !columns.contains("refused") { try db.execute("ALTER TABLE workers ADD COLUMN refused INTEGER NOT NULL DEFAULT 0") }
+            try db.execute("PRAGMA user_version = \(Ledger.schemaVersion)")
         }
     }
 
@@ -88,6 +127,15 @@ public final class Ledger {
             var out: [String: String] = [:]
             for row in try db.query("SELECT key, value FROM job") { out[row[0].text!] = row[1].text! }
             return out
+        }
+    }
+
+    /// Empties every table (a ledger whose setup a crash interrupted is set up again).
+    public func clear() throws {
+        try wrap {
+            try db.transaction {
+                for table in ["job", "tasks", "workers", "events", "quarantine"] { try db.execute("DELETE FROM \(table)") }
+            }
         }
     }
 
@@ -147,19 +195,47 @@ public final class Ledger {
 
     // MARK: workers
 
-    public func workerJoined(id: String, name: String, host: String, at time: Double) throws {
+    public func workerJoined(id: String, name: String, host: String, principal: String, at time: Double) throws {
         try wrap {
             try db.query("""
-                INSERT INTO workers(id, name, host, joined, last_seen) VALUES(?, ?, ?, ?, ?)
+                INSERT INTO workers(id, name, host, principal, joined, last_seen) VALUES(?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen, state = 'active'
-                """, [.text(id), .text(name), .text(host), .double(time), .double(time)])
+                """, [.text(id), .text(name), .text(host), .text(principal), .double(time), .double(time)])
         }
         log(Event(time: time, kind: "worker-joined", task: nil, worker: id, detail: "\(name) on \(host)"))
     }
 
     public func workerLeft(id: String, reason: String, at time: Double) throws {
-        try wrap { try db.query("UPDATE workers SET state = 'gone', last_seen = ? WHERE id = ?", [.double(time), .text(id)]) }
+        try wrap { try db.query("UPDATE workers SET state = CASE state WHEN 'quarantined' THEN state ELSE 'gone' END, last_seen = ? WHERE id = ?", [.double(time), .text(id)]) }
         log(Event(time: time, kind: "worker-lost", task: nil, worker: id, detail: reason))
+    }
+
+    /// A result of this worker was refused.
+    public func resultRefused(worker: String, task: String, reason: String, counted: Bool, at time: Double) throws {
+        if counted { try wrap { try db.query("UPDATE workers SET refused = refused + 1 WHERE id = ?", [.text(worker)]) } }
+        log(Event(time: time, kind: counted ? "refused" : "stale", task: task, worker: worker, detail: reason))
+    }
+
+    /// Bars an identity from the job (kept across resumes), with the events so far.
+    public func quarantine(principal: String, reason: String, at time: Double) throws {
+        try wrap {
+            try db.transaction {
+                try db.query("INSERT INTO quarantine(principal, reason, time) VALUES(?, ?, ?) ON CONFLICT(principal) DO NOTHING",
+                             [.text(principal), .text(reason), .double(time)])
+                try db.query("UPDATE workers SET state = 'quarantined' WHERE principal = ?", [.text(principal)])
+                pendingEvents.append(Event(time: time, kind: "quarantine", task: nil, worker: nil, detail: "\(principal): \(reason)"))
+                try writeEvents()
+            }
+        }
+    }
+
+    public func quarantined() throws -> [QuarantineRow] {
+        try wrap {
+            guard try !db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'").isEmpty else { return [] }
+            return try db.query("SELECT principal, reason, time FROM quarantine ORDER BY time").map { r in
+                QuarantineRow(principal: r[0].text!, reason: r[1].text!, time: r[2].double!)
+            }
+        }
     }
 
     /// The job ended: workers still active are done.
@@ -169,9 +245,13 @@ public final class Ledger {
 
     public func workers() throws -> [WorkerRow] {
         try wrap {
-            try db.query("SELECT id, name, host, tasks_done, busy_seconds, last_seen, state FROM workers ORDER BY joined").map { r in
-                WorkerRow(id: r[0].text!, name: r[1].text!, host: r[2].text!, tasksDone: Int(r[3].int!), busySeconds: r[4].double!,
-                          lastSeen: r[5].double!, state: r[6].text!)
+            let columns = Set(try db.query("PRAGMA table_info(workers)").compactMap { $0[1].text })
+            // A ledger of the first layout (read-only, not upgraded) has neither column.
+            let extra = columns.contains("principal") ? "principal, refused" : "'' AS principal, 0 AS refused"
+            return try db.query("SELECT id, name, host, tasks_done, busy_seconds, last_seen, state, \(extra) FROM workers ORDER BY joined").map { r in
+                let principal = r[7].text.flatMap { $0.isEmpty ? nil : $0 } ?? "name:\(r[1].text!)"
+                return WorkerRow(id: r[0].text!, name: r[1].text!, host: r[2].text!, principal: principal, refused: Int(r[8].int ?? 0),
+                                 tasksDone: Int(r[3].int!), busySeconds: r[4].double!, lastSeen: r[5].double!, state: r[6].text!)
             }
         }
     }

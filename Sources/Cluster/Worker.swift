@@ -33,6 +33,18 @@ public struct WorkerOptions: Sendable {
     public var compressMasks = false
     /// The version announced in Hello (tests use another one to be rejected).
     public var protocolVersion = Settings.protocolVersion
+    /// Test hook: the process exits (status 3) when it is given a task, as a worker that
+    /// crashes on every task does (set by PRUNE_TEST_EXIT_ON_TASK=1).
+    public var testExitOnTask = false
+    /// Test hook: a worker that lies (set by PRUNE_TEST_LIE), for the trust tests.
+    public var testLie: TestLie = .none
+
+    /// Ways a test worker lies.
+    public enum TestLie: String, Sendable {
+        case none
+        /// Right shape and counts, wrong weights: swaps a kept and a pruned bit of row 0.
+        case swapMaskBits = "swap-mask-bits"
+    }
 
     public init(endpoint: String, name: String) {
         self.endpoint = endpoint
@@ -88,14 +100,17 @@ public final class Worker {
         var dealer = try connect()
         var lastHeard = now()
         var nextHeartbeat = now() + Int64(s.heartbeatMs)
-        var running: [String] = []
-        try send(dealer, hello(running: running))
+        // Attempts the coordinator leased on the current connection. A result is sent only
+        // for one of these: after a reconnect the coordinator knows this worker under a new
+        // routing id, and a result of an earlier connection's lease would be refused.
+        var running: [(task: String, attempt: UInt32)] = []
+        try send(dealer, hello())
 
         while true {
             if stopRequested != 0 {
                 var bye = Prune_V1_Goodbye()
                 bye.reason = "SIGTERM"
-                bye.taskIds = running
+                bye.taskIds = running.map(\.task)
                 try? send(dealer, .with(.goodbye(bye)))
                 log("stopping on signal; told the coordinator")
                 return 0
@@ -127,12 +142,13 @@ public final class Worker {
                         FileHandle.standardError.write(Data("prune worker: rejected by the coordinator: \(r.reason)\n".utf8))
                         return 2
                     case .assign(let a):
-                        running.append(a.taskID)
+                        if options.testExitOnTask { exit(3) }
+                        running.append((a.taskID, a.attempt))
                         compute.cancellations.register(a.taskID, attempt: a.attempt)
                         try pair.send(frames.map(\.bytes))
                     case .cancel(let c):
                         // Revoked: stop naming it in heartbeats, and stop computing it.
-                        running.removeAll { $0 == c.taskID }
+                        running.removeAll { $0.task == c.taskID && (c.attempt == 0 || $0.attempt == c.attempt) }
                         if compute.cancellations.cancel(c.taskID, attempt: c.attempt) {
                             log("coordinator cancelled task \(c.taskID) attempt \(c.attempt)")
                         }
@@ -152,10 +168,18 @@ public final class Worker {
                 while let frames = try pair.receiveMultipart(dontWait: true) {
                     let bytes = frames.map(\.bytes)
                     if let m = try? WireMessage.decode(bytes) {
+                        let answered: (task: String, attempt: UInt32)?
                         switch m.envelope.body {
-                        case .result(let r): running.removeAll { $0 == r.taskID }
-                        case .fail(let f): running.removeAll { $0 == f.taskID }
-                        default: break
+                        case .result(let r): answered = (r.taskID, r.attempt)
+                        case .fail(let f): answered = (f.taskID, f.attempt)
+                        default: answered = nil
+                        }
+                        if let answered {
+                            guard running.contains(where: { $0 == answered }) else {
+                                log("dropped the answer to task \(answered.task) attempt \(answered.attempt): not leased on this connection")
+                                continue
+                            }
+                            running.removeAll { $0 == answered }
                         }
                     }
                     if !(try dealer.send(bytes, dontWait: true)) { log("could not queue a message for the coordinator; it will be retried by lease expiry") }
@@ -164,7 +188,7 @@ public final class Worker {
             let t = now()
             if t >= nextHeartbeat {
                 var hb = Prune_V1_Heartbeat()
-                hb.taskIds = running
+                hb.taskIds = running.map(\.task)
                 try send(dealer, .with(.heartbeat(hb)))
                 nextHeartbeat = t + Int64(s.heartbeatMs)
             }
@@ -173,11 +197,15 @@ public final class Worker {
                 log("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms"
                     + (options.curveServerKey != nil ? " (if this repeats: is this worker's public key on the coordinator's allow-list, and the server key right?)" : ""))
                 dealer.close()
+                // Leases belong to the connection: what runs now is cancelled, and the new
+                // connection starts clean (the coordinator requeues the tasks).
+                for r in running { _ = compute.cancellations.cancel(r.task, attempt: r.attempt) }
+                running = []
                 let until = now() + Int64(backoff)
                 while now() < until && stopRequested == 0 { usleep(50_000) }
                 backoff = min(backoff * 2, s.reconnectMaxMs)
                 dealer = try connect()
-                try send(dealer, hello(running: running))
+                try send(dealer, hello())
                 lastHeard = now()
             }
         }
@@ -197,7 +225,7 @@ public final class Worker {
         return dealer
     }
 
-    private func hello(running: [String]) -> Prune_V1_Envelope {
+    private func hello() -> Prune_V1_Envelope {
         var h = Prune_V1_Hello()
         h.protocolVersion = options.protocolVersion
         h.build = "prune-cluster"
@@ -206,7 +234,7 @@ public final class Worker {
         h.memoryBytes = ProcessInfo.processInfo.physicalMemory
         h.dataRoots = options.dataRoots
         h.workerName = options.name
-        h.runningTasks = running
+        h.blasCore = BLASThreads.coreName
         var e = Prune_V1_Envelope.with(.hello(h))
         e.protocolVersion = options.protocolVersion
         return e

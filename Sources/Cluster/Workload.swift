@@ -4,8 +4,8 @@ import Pruning
 import Tensors
 
 /// What a coordinator schedules: a list of tasks, the work each one carries on the wire,
-/// and how a result is made durable. A pruning job (`ClusterJob`) is one workload; the
-/// coordinator benchmark's empty tasks (`NoopWorkload`) are another.
+/// and how a result is checked and made durable. A pruning job (`ClusterJob`) is one
+/// workload; the coordinator benchmark's empty tasks (`NoopWorkload`) are another.
 public protocol ClusterWorkload: AnyObject {
     /// Identifies the job to workers (the spec's sha256 for a pruning job).
     var jobID: String { get }
@@ -15,16 +15,21 @@ public protocol ClusterWorkload: AnyObject {
     var modelFiles: [Prune_V1_ModelFile] { get }
     /// Every task, in queue order.
     var taskIDs: [String] { get }
-    /// Tasks already done when the coordinator starts (a resumed job).
-    var doneTaskIDs: Set<String> { get }
+    /// Tasks already done when the coordinator starts (a resumed job), with their results.
+    var doneTasks: [String: CoordinatorCore.DoneTask] { get }
     /// Tasks that must be done before `task` may start (the job's DAG).
     func dependencies(of task: String) -> [String]
+    /// Whether a task's result is checked by a second run before it is accepted.
+    func verifies(task: String) -> Bool
+    /// Whether verified results come from BLAS, whose last bits depend on the CPU kernel.
+    var verifiesBLASResults: Bool { get }
     /// Where workers that see the coordinator's disk find artifacts ("" when none).
     var artifactRoot: String { get }
     /// A file a worker may pull in chunks, by sha256: a checkpoint file or an artifact.
     func servableFile(_ sha256: String) -> (path: String, size: UInt64)?
-    /// The work an Assign carries for a task; nil for an unknown task. Throws when the
-    /// task's inputs are unusable (the job cannot go on).
+    /// The work an Assign carries for a task; nil for an unknown task. Throws
+    /// `MissingOutput` when an output it needs from a done task is gone, any other error
+    /// when the task's inputs are unusable (the job cannot go on).
     func work(for task: String) throws -> Prune_V1_Assign.OneOf_Work?
     /// The token a worker must find in `artifactRoot/.coordinator-token` before it stores
     /// results there itself ("" when workers may not).
@@ -32,14 +37,41 @@ public protocol ClusterWorkload: AnyObject {
     /// A payload a worker stored in the artifact directory: its bytes when present with
     /// this size and sha256, else nil.
     func storedArtifact(sha256: String, size: UInt64) -> [UInt8]?
-    /// Validates a result and makes it durable (artifact fsync'd, ledger committed).
-    /// Returns nil when done, or why the result is unusable (a failed attempt).
-    func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String?
+    /// Validates a result's payloads and stores them as artifacts (nothing is recorded
+    /// as done yet). Returns the digest that names the whole result, or why the result is
+    /// unusable.
+    func store(task: String, payloads: [ResultPayload]) throws -> StoredResult
+    /// Makes a stored result the task's: the ledger row committed (durable before the
+    /// worker is acknowledged).
+    func commit(task: String, worker: String, attempt: Int, digest: String, seconds: Double) throws
+    /// A done task is pending again; its recorded result is forgotten.
+    func reopen(task: String, reason: String) throws
+    /// The coordinator's own computation of a task, as a function that is safe to run on
+    /// another thread; its outputs are then stored with `store`.
+    func recomputation(of task: String) throws -> @Sendable () throws -> [ResultPayload]
+}
+
+/// A validated result, or why it is unusable.
+public enum StoredResult: Sendable, Equatable {
+    case stored(digest: String)
+    case invalid(String)
+}
+
+/// An output that a task needs from a done task is gone (deleted, or collected): the
+/// producing task must run again.
+public struct MissingOutput: Error, CustomStringConvertible {
+    /// The task whose output is missing.
+    public let task: String
+    public let description: String
+    public init(task: String, _ description: String) {
+        self.task = task
+        self.description = description
+    }
 }
 
 /// One output of a task as the coordinator holds it: its bytes (from a frame, or read
 /// back from the artifact directory) and their sha256, already verified.
-public struct ResultPayload {
+public struct ResultPayload: Sendable {
     public let bytes: [UInt8]
     public let sha256: String
 
@@ -50,7 +82,15 @@ public struct ResultPayload {
 }
 
 extension ClusterWorkload {
+    /// Tasks already done when the coordinator starts.
+    public var doneTaskIDs: Set<String> { Set(doneTasks.keys) }
     public func dependencies(of task: String) -> [String] { [] }
+    public func verifies(task: String) -> Bool { false }
+    public var verifiesBLASResults: Bool { false }
+    public func reopen(task: String, reason: String) throws {}
+    public func recomputation(of task: String) throws -> @Sendable () throws -> [ResultPayload] {
+        throw JobFailed("this workload cannot compute \(task) on the coordinator")
+    }
     public var artifactRoot: String { "" }
     public var artifactToken: String { "" }
     public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? { nil }
@@ -62,7 +102,9 @@ extension ClusterWorkload {
 extension ClusterJob: ClusterWorkload {
     public var jobID: String { spec.digest }
     public var taskIDs: [String] { calibration?.tasks.map(\.id) ?? tasks.map(\.id) }
-    public var doneTaskIDs: Set<String> { Set(done.keys) }
+    public var doneTasks: [String: CoordinatorCore.DoneTask] {
+        done.reduce(into: [:]) { $0[$1.key] = CoordinatorCore.DoneTask(digest: $1.value, producer: producers[$1.key] ?? "") }
+    }
     public var artifactRoot: String { artifacts.root }
     public var artifactToken: String { artifacts.token }
 
@@ -74,6 +116,13 @@ extension ClusterJob: ClusterWorkload {
     public func dependencies(of task: String) -> [String] {
         guard let calibration, let t = calibrationTaskByID[task] else { return [] }
         return calibration.dependencies(of: t).map(\.id)
+    }
+
+    public var verifiesBLASResults: Bool { verifyFraction > 0 && spec.method.needsCalibration }
+
+    /// A seeded fraction (`verifyFraction`) of the tasks, the same on every run and resume.
+    public func verifies(task: String) -> Bool {
+        TaskSample.contains(task, fraction: verifyFraction, seed: spec.seed)
     }
 
     public func servableFile(_ sha256: String) -> (path: String, size: UInt64)? {
@@ -90,18 +139,49 @@ extension ClusterJob: ClusterWorkload {
         return taskByID[task].map { .mask(assignWork($0)) }
     }
 
-    public func persist(task id: String, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String? {
-        if let t = calibrationTaskByID[id] { return try persistCalibration(t, worker: worker, result: result, payloads: payloads) }
-        guard let task = taskByID[id] else { return "unknown task \(id)" }
+    public func store(task id: String, payloads: [ResultPayload]) throws -> StoredResult {
+        if let t = calibrationTaskByID[id] { return try storeCalibration(t, payloads: payloads) }
+        guard let task = taskByID[id] else { return .invalid("unknown task \(id)") }
         // The mask must have exactly the block's shape.
         guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0].bytes)) != nil else {
-            return "result of \(id) is not a \(task.rowCount)×\(task.tensor.cols) mask"
+            return .invalid("result of \(id) is not a \(task.rowCount)×\(task.tensor.cols) mask")
         }
-        let digest = try artifacts.put(payloads[0].bytes, sha256: payloads[0].sha256)
-        try ledger.markDone(task: id, worker: worker, attempt: Int(result.attempt), resultSHA256: digest,
-                            seconds: result.seconds, at: Date().timeIntervalSince1970)
+        return .stored(digest: try artifacts.put(payloads[0].bytes, sha256: payloads[0].sha256))
+    }
+
+    public func commit(task id: String, worker: String, attempt: Int, digest: String, seconds: Double) throws {
+        try ledger.markDone(task: id, worker: worker, attempt: attempt, resultSHA256: digest, seconds: seconds, at: Date().timeIntervalSince1970)
         recordDone(id, digest: digest)
-        return nil
+        if calibration != nil { try collectFinishedBlocks() }
+    }
+
+    public func reopen(task id: String, reason: String) throws {
+        ledger.log(.init(time: Date().timeIntervalSince1970, kind: "reopen", task: id, worker: nil, detail: reason))
+        try ledger.markPending(task: id, cause: reason)
+        forgetDone(id)
+    }
+
+    public func recomputation(of task: String) throws -> @Sendable () throws -> [ResultPayload] {
+        guard let work = try work(for: task) else { throw JobFailed("unknown task \(task)") }
+        let files = modelFiles, store = artifacts
+        return {
+            let executor = TaskExecutor(inputs: CoordinatorInputs(modelFiles: files, artifacts: store))
+            return try executor.run(work, task: task).payloads.map { p in
+                ResultPayload(bytes: p.bytes, sha256: p.bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+            }
+        }
+    }
+}
+
+/// A seeded, stable sample of tasks: a task is in it when the hash of (seed, task id)
+/// falls below `fraction`. The same tasks on every run, whatever the order or workers.
+public enum TaskSample {
+    public static func contains(_ task: String, fraction: Double, seed: UInt64) -> Bool {
+        guard fraction > 0 else { return false }
+        guard fraction < 1 else { return true }
+        let digest = Array("verify:\(seed):\(task)".utf8).withUnsafeBytes { SHA256Stream.hex($0) }
+        let value = UInt64(digest.prefix(16), radix: 16) ?? 0
+        return Double(value) / 18446744073709551616.0 < fraction
     }
 }
 
@@ -113,7 +193,7 @@ public final class NoopWorkload: ClusterWorkload {
     public let ledger: Ledger
     public let modelFiles: [Prune_V1_ModelFile] = []
     public let taskIDs: [String]
-    public private(set) var doneTaskIDs: Set<String> = []
+    public private(set) var doneTasks: [String: CoordinatorCore.DoneTask] = [:]
 
     public init(tasks: Int, ledgerPath: String, settings: Settings = Settings()) throws {
         self.settings = settings
@@ -126,10 +206,12 @@ public final class NoopWorkload: ClusterWorkload {
         .noop(Prune_V1_NoopTask())
     }
 
-    public func persist(task: String, worker: String, result: Prune_V1_Result, payloads: [ResultPayload]) throws -> String? {
-        try ledger.markDone(task: task, worker: worker, attempt: Int(result.attempt), resultSHA256: "-", seconds: result.seconds,
-                            at: Date().timeIntervalSince1970)
-        doneTaskIDs.insert(task)
-        return nil
+    public func store(task: String, payloads: [ResultPayload]) throws -> StoredResult {
+        .stored(digest: "-")
+    }
+
+    public func commit(task: String, worker: String, attempt: Int, digest: String, seconds: Double) throws {
+        try ledger.markDone(task: task, worker: worker, attempt: attempt, resultSHA256: digest, seconds: seconds, at: Date().timeIntervalSince1970)
+        doneTasks[task] = CoordinatorCore.DoneTask(digest: digest, producer: "")
     }
 }

@@ -108,6 +108,49 @@ public enum Checker {
         return report
     }
 
+    /// Recomputes the masks of up to `count` pruned tensors whose method needs no data
+    /// (magnitude, random), spread evenly over the manifest's list, and compares the
+    /// output with the input masked by them: a worker that pruned the wrong weights with
+    /// the right counts passes every other check, not this one. `seed` is the job's (for
+    /// `random`). Returns the tensors checked and one line per problem.
+    public static func recompute(original: String, output: String, count: Int, seed: UInt64?) throws -> (checked: [String], failures: [String]) {
+        let outDir = outputDirectory(output)
+        let manifest = try Manifest.load(path: (outDir as NSString).appendingPathComponent("manifest.json"))
+        let source = try Checkpoint(path: original)
+        let dense = try Checkpoint(path: (outDir as NSString).appendingPathComponent("dense"))
+        let dataFree = manifest.tensors.filter { $0.value.pruned && ($0.value.method == "magnitude" || $0.value.method == "random") }
+            .keys.sorted()
+        guard count > 0, !dataFree.isEmpty else { return ([], []) }
+        let step = Double(dataFree.count) / Double(min(count, dataFree.count))
+        let chosen = (0..<min(count, dataFree.count)).map { dataFree[Int(Double($0) * step)] }
+        var failures: [String] = []
+        for name in chosen {
+            let m = manifest.tensors[name]!
+            guard let s = source.info(name), let d = dense.info(name), s.dtype == d.dtype, s.shape == d.shape,
+                  let patternText = m.pattern, let sparsity = m.targetSparsity, let method = m.method else {
+                failures.append("tensor '\(name)': cannot recompute (missing from the input or dense/, or no pattern in the manifest)")
+                continue
+            }
+            if method == "random" && seed == nil {
+                failures.append("tensor '\(name)': pruned at random; the job's seed (job.yaml beside out/) is needed to recompute it")
+                continue
+            }
+            let criterion: any ImportanceCriterion = method == "random" ? RandomCriterion(seed: seed!) : MagnitudeCriterion()
+            let mask = try TensorPruner.mask(s, bytes: source.bytes(s), criterion: criterion,
+                                             pattern: try SparsityPattern(parsing: patternText), sparsity: sparsity)
+            let input = source.bytes(s), out = dense.bytes(d)
+            var expected = [UInt8](repeating: 0, count: input.count)
+            expected.withUnsafeMutableBytes { MaskApplication.apply(mask, source: input, elementSize: s.dtype.size, into: $0) }
+            if !expected.elementsEqual(out) {
+                let size = s.dtype.size
+                let wrong = (0..<s.elementCount).filter { i in !expected[(i * size)..<((i + 1) * size)].elementsEqual(out[(i * size)..<((i + 1) * size)]) }
+                failures.append("tensor '\(name)': \(wrong.count) weights differ from a \(method) \(patternText) mask recomputed here (first at element \(wrong.first ?? 0))")
+            }
+            source.shard(of: name)?.release(s)
+        }
+        return (chosen, failures)
+    }
+
     /// The directory holding manifest.json: `path` itself, or its `out/`.
     public static func outputDirectory(_ path: String) -> String {
         FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("manifest.json"))

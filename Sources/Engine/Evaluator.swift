@@ -87,6 +87,35 @@ public enum Evaluator {
         }
     }
 
+    /// Checks that `data` can be evaluated on the model in `modelDirectory` (readable,
+    /// the right width and labels, token ids inside the vocabulary, enough tokens) without
+    /// running the model: a job validates its evaluation data before it writes anything.
+    public static func validate(modelDirectory: String, data: String, samples: Int?, tokens: Int) throws {
+        do {
+            switch try Metric.of(modelDirectory: modelDirectory) {
+            case .accuracy:
+                let examples = try LabelledData.load(data, limit: samples)
+                let model = try MLPModel(directory: modelDirectory)
+                let configFile = (modelDirectory as NSString).appendingPathComponent(MLPConfig.fileName)
+                guard examples.count > 0 else { throw SpecError("\(examples.source): no examples to evaluate on") }
+                guard examples.width == model.config.input else {
+                    throw SpecError("\(examples.source): examples have \(examples.width) features but \(configFile) expects 'input' \(model.config.input)")
+                }
+                if let bad = examples.labels.firstIndex(where: { $0 >= model.classes }) {
+                    throw SpecError("\(examples.source): label \(examples.labels[bad]) of example \(bad) is outside the \(model.classes) classes of \(configFile)")
+                }
+            case .perplexity:
+                let config = try LlamaConfig.load((modelDirectory as NSString).appendingPathComponent("config.json"))
+                let w = try windows(data: data, modelDirectory: modelDirectory, samples: samples ?? 32, tokens: tokens)
+                if let id = w.lazy.flatMap({ $0 }).first(where: { $0 < 0 || Int($0) >= config.vocabSize }) {
+                    throw SpecError("\(data): token id \(id) is outside the model's vocabulary (\(config.vocabSize))")
+                }
+            }
+        } catch let e as ModelError {
+            throw SpecError(e.description)
+        }
+    }
+
     /// Examples per forward pass when measuring accuracy.
     public static let accuracyBatch = 1024
 

@@ -100,6 +100,9 @@ public struct JobSpec: Sendable {
     public var calibration: Calibration?
     public var evaluation: Evaluation?
     public var sparseGPT = SparseGPTOptions()
+    /// The fraction of tasks run a second time, on another worker, and compared before
+    /// they are accepted (nil: the transport's default, `defaultVerify`).
+    public var verify: Double?
     /// sha256 of the spec file's bytes.
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
@@ -110,7 +113,21 @@ public struct JobSpec: Sendable {
     public static let defaultTargets = ["re:.*"]
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
-    static let keys = ["model", "output", "method", "sparsity", "pattern", "seed", "targets", "ignore", "allow_nonfinite", "calibration", "evaluation", "sparsegpt"]
+    static let keys = ["model", "output", "method", "sparsity", "pattern", "seed", "targets", "ignore", "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify"]
+
+    /// Verification when the spec says nothing: workers on other hosts (tcp://) are
+    /// checked on a 5% sample; the local workers of `prune run` are this user's own
+    /// processes, so they are not.
+    public static func defaultVerify(remoteWorkers: Bool) -> Double { remoteWorkers ? 0.05 : 0 }
+
+    /// The `seed` of a spec file (0 when it names none), without validating the rest: a job
+    /// directory's copy of the spec names paths relative to where it was first written.
+    public static func seed(ofSpecAt path: String) -> UInt64? {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8),
+              let mapping = (try? Yams.compose(yaml: text))??.mapping else { return nil }
+        guard let node = mapping["seed"] else { return 0 }
+        return node.scalar.flatMap { UInt64($0.string) }
+    }
 
     /// Reads and validates a spec file. Relative paths are relative to the spec's directory.
     public static func load(path: String) throws -> JobSpec {
@@ -240,6 +257,12 @@ public struct JobSpec: Sendable {
                            baseDirectory: baseDirectory)
         spec.calibration = calibration
         spec.sparseGPT = sparseGPT
+        if let node = values["verify"] {
+            guard let f = node.scalar.flatMap({ Double($0.string) }), f.isFinite, f >= 0, f <= 1 else {
+                throw SpecError("\(where_(file, node)): verify: must be a fraction in [0, 1] (the share of tasks run twice and compared)")
+            }
+            spec.verify = f
+        }
         if let node = values["evaluation"] {
             let m = try JobSpec.mapping(node, key: "evaluation", known: ["data", "samples", "tokens"], file: file)
             guard let dataNode = m["data"], let data = dataNode.scalar?.string, !data.isEmpty else {

@@ -28,14 +28,15 @@ public struct LocalRunner {
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
         try refuseNonFinite(checkpoint)
+        try validateEvaluation(modelDirectory: checkpoint.directory)
         let job = JobDirectory(path: spec.output)
         try job.validate(for: spec)
-        let created = try job.claim(for: spec)
+        let claim = try job.claim(for: spec)
         do {
-            return try prune(checkpoint: checkpoint, plan: plan, job: job, start: start)
+            return try withExtendedLifetime(claim.lock) { try prune(checkpoint: checkpoint, plan: plan, job: job, start: start) }
         } catch {
             // A first run that fails leaves no directory behind.
-            if created { try? FileManager.default.removeItem(atPath: job.path) }
+            if claim.created { try? FileManager.default.removeItem(atPath: job.path) }
             throw error
         }
     }
@@ -104,6 +105,13 @@ public struct LocalRunner {
             phases.append(.init(name: "evaluate", seconds: Date().timeIntervalSince(started)))
         }
         try JobReport(manifest: manifest, phases: phases, dense: dense, pruned: pruned).write(to: job.path)
+    }
+
+    /// The spec's evaluation data must be usable before anything is written (an error
+    /// found after out/ is written would leave a finished job without its report).
+    public func validateEvaluation(modelDirectory: String) throws {
+        guard let e = spec.evaluation else { return }
+        try Evaluator.validate(modelDirectory: modelDirectory, data: e.data, samples: e.samples, tokens: e.tokens)
     }
 
     /// NaN or Inf in any floating tensor ends the job before anything is written, naming

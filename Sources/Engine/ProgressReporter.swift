@@ -45,6 +45,11 @@ public final class ProgressReporter {
         }
     }
 
+    /// A step done earlier must be done again (a reopened task).
+    public func unstep() {
+        done = max(done - 1, 0)
+    }
+
     static func clock(_ seconds: Double) -> String {
         let s = Int(seconds.rounded())
         return String(format: "%d:%02d", s / 60, s % 60)

@@ -12,8 +12,13 @@ public struct Settings: Sendable, Equatable {
     public var reconnectMaxMs: Int = 32000
     /// A lease lasts this long unless a heartbeat naming its task renews it.
     public var leaseMs: Int = 10_000
-    /// A task failing this many times fails the job.
+    /// A task failing this many times fails the job (failures of quarantined workers
+    /// are not counted).
     public var maxAttempts: Int = 3
+    /// A worker identity whose results are refused this many times is quarantined.
+    public var maxRefusedResults: Int = 3
+    /// A worker identity whose attempts fail or vanish this many times is quarantined.
+    public var maxWorkerFailures: Int = 5
     /// Checkpoint bytes pulled from the coordinator: chunk size and outstanding requests.
     public var chunkBytes: Int = 1 << 20
     public var chunkCredit: Int = 8

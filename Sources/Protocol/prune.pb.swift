@@ -235,9 +235,13 @@ public nonisolated struct Prune_V1_Hello: Sendable {
   /// For logs and the ledger; stable for the life of the worker process (host:pid by default).
   public var workerName: String = String()
 
-  /// Tasks still running in this process after a reconnect (informational: their
-  /// results are accepted whenever they arrive, leases or not).
+  /// No longer sent (left empty): leases belong to a connection, so a worker that
+  /// reconnects cancels what it ran and the coordinator requeues it.
   public var runningTasks: [String] = []
+
+  /// The OpenBLAS kernel this worker computes with (e.g. "Haswell"): calibrated tasks
+  /// give the same bytes only on the same kernel (docs/cluster.md).
+  public var blasCore: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -300,9 +304,11 @@ public nonisolated struct Prune_V1_ModelFile: Sendable {
   public init() {}
 }
 
-/// Coordinator → worker: not admitted (protocol version mismatch, or the job is over).
-/// A worker whose CURVE key is not allowed never gets this far: the ZAP handler refuses
-/// the connection and the worker sees a silent coordinator.
+/// Coordinator → worker: not admitted (protocol version mismatch, the job is over, or
+/// its identity is quarantined; then the reason starts with "quarantined:"), or no
+/// longer admitted (quarantined while connected). A worker whose CURVE key is not
+/// allowed never gets this far: the ZAP handler refuses the connection and the worker
+/// sees a silent coordinator.
 public nonisolated struct Prune_V1_Reject: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -607,7 +613,9 @@ public nonisolated struct Prune_V1_NoopTask: Sendable {
   public init() {}
 }
 
-/// Worker → coordinator: a task finished. Payload frames as the task defines.
+/// Worker → coordinator: a task finished. Payload frames as the task defines. Taken only
+/// for the (task_id, attempt) leased to this very connection; anything else is refused
+/// and counted against the worker (see docs/protocol.md, "Trust").
 public nonisolated struct Prune_V1_Result: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -725,7 +733,8 @@ public nonisolated struct Prune_V1_Chunk: Sendable {
 }
 
 /// Coordinator → worker: the result of this task attempt is durable (artifact fsync'd,
-/// ledger committed). accepted = false when the attempt was stale.
+/// ledger committed, or kept for comparison with a second run of a verified task).
+/// accepted = false when the result was refused (stale, not leased, or unusable).
 public nonisolated struct Prune_V1_Ack: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1118,7 +1127,7 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}build\0\u{1}host\0\u{1}cores\0\u{3}memory_bytes\0\u{3}data_roots\0\u{3}worker_name\0\u{3}running_tasks\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}build\0\u{1}host\0\u{1}cores\0\u{3}memory_bytes\0\u{3}data_roots\0\u{3}worker_name\0\u{3}running_tasks\0\u{3}blas_core\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1134,6 +1143,7 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.dataRoots) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
       case 8: try { try decoder.decodeRepeatedStringField(value: &self.runningTasks) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.blasCore) }()
       default: break
       }
     }
@@ -1164,6 +1174,9 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.runningTasks.isEmpty {
       try visitor.visitRepeatedStringField(value: self.runningTasks, fieldNumber: 8)
     }
+    if !self.blasCore.isEmpty {
+      try visitor.visitSingularStringField(value: self.blasCore, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1176,6 +1189,7 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.dataRoots != rhs.dataRoots {return false}
     if lhs.workerName != rhs.workerName {return false}
     if lhs.runningTasks != rhs.runningTasks {return false}
+    if lhs.blasCore != rhs.blasCore {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

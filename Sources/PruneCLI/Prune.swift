@@ -149,7 +149,8 @@ struct Run: ParsableCommand {
         guard workers > 0 else { throw ValidationError("--workers must be 0 or more") }
         let settings = common.settings
         let clusterJob = try ClusterJob.prepare(spec: job, settings: settings)
-        let manifest = try EmbeddedCluster.run(job: clusterJob, workers: workers, quiet: quiet, log: coordinatorLog(quiet: quiet))
+        let manifest = try EmbeddedCluster.run(job: clusterJob, workers: workers, maxRestarts: common.tuning.maxRestarts, quiet: quiet,
+                                               log: coordinatorLog(quiet: quiet))
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
     }
 }
@@ -187,11 +188,24 @@ struct Check: ParsableCommand {
     @Option(help: "Tokens per evaluation window (perplexity only).")
     var evalTokens = 256
 
+    @Option(help: "Recompute the masks of N pruned tensors of a data-free method (magnitude, random) here and compare: catches a worker that pruned the wrong weights with the right counts.")
+    var recompute: Int?
+
     @Flag(name: .shortAndLong, help: "No progress output.")
     var quiet = false
 
     func run() throws {
-        let report = try Checker.check(original: original, output: output)
+        if let n = recompute, n < 1 { throw ValidationError("--recompute must be 1 or more") }
+        var report = try Checker.check(original: original, output: output)
+        if let n = recompute {
+            // The job's seed (for `random`) is in its job.yaml, beside out/.
+            let outDir = Checker.outputDirectory(output)
+            let specPath = ((outDir as NSString).deletingLastPathComponent as NSString).appendingPathComponent("job.yaml")
+            let seed = JobSpec.seed(ofSpecAt: specPath)
+            let (checked, failures) = try Checker.recompute(original: original, output: output, count: n, seed: seed)
+            report.failures += failures
+            print("recomputed \(checked.count) tensor mask(s) here" + (checked.isEmpty ? " (no tensor was pruned by a data-free method)" : ""))
+        }
         for f in report.failures { print("FAIL \(f)") }
         if let eval {
             if let n = evalSamples, n < 1 { throw ValidationError("--eval-samples must be 1 or more") }
@@ -249,12 +263,13 @@ struct Resume: ParsableCommand {
         let settings = common.settings
         let start = Date()
         let clusterJob = try ClusterJob.resume(directory: job, settings: settings)
-        if !quiet { FileHandle.standardError.write(Data("resuming: \(clusterJob.done.count)/\(clusterJob.tasks.count) tasks already done\n".utf8)) }
+        if !quiet { FileHandle.standardError.write(Data("resuming: \(clusterJob.done.count)/\(clusterJob.taskIDs.count) tasks already done\n".utf8)) }
         let manifest: Manifest
         if let bind {
             manifest = try runCoordinator(clusterJob, bind: bind, security: security, quiet: quiet)
         } else {
-            manifest = try EmbeddedCluster.run(job: clusterJob, workers: max(workers, 1), quiet: quiet, log: coordinatorLog(quiet: quiet))
+            manifest = try EmbeddedCluster.run(job: clusterJob, workers: max(workers, 1), maxRestarts: common.tuning.maxRestarts, quiet: quiet,
+                                               log: coordinatorLog(quiet: quiet))
         }
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
     }
@@ -306,6 +321,7 @@ func runCoordinator(_ job: ClusterJob, bind: String, security: SecurityOptions, 
                                   allowedClients: try KeyFiles.readAllowList(allowPath))
     }
     try EndpointPolicy.check(bind, curve: curve != nil, insecure: security.insecure)
+    job.configureVerification(remoteWorkers: bind.hasPrefix("tcp://"))
     let context = try ZMQContext()
     let shell = try CoordinatorShell(workload: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, log: coordinatorLog(quiet: quiet))
     if !quiet { FileHandle.standardError.write(Data("coordinator: listening on \(shell.boundEndpoint)\n".utf8)) }
@@ -383,6 +399,11 @@ struct WorkerCommand: ParsableCommand {
         options.pullOnly = pullOnly
         options.compressMasks = compressMasks
         options.taskDelayMs = Int(ProcessInfo.processInfo.environment["PRUNE_TEST_TASK_DELAY_MS"] ?? "") ?? 0
+        options.testExitOnTask = ProcessInfo.processInfo.environment["PRUNE_TEST_EXIT_ON_TASK"] == "1"
+        if let lie = ProcessInfo.processInfo.environment["PRUNE_TEST_LIE"], !lie.isEmpty {
+            guard let l = WorkerOptions.TestLie(rawValue: lie) else { throw ValidationError("PRUNE_TEST_LIE: unknown value '\(lie)'") }
+            options.testLie = l
+        }
         if let secretPath = security.curveSecret {
             guard let serverPath = security.serverKey else { throw ValidationError("--curve-secret needs --server-key FILE (the coordinator's public key)") }
             let secret = try KeyFiles.readKey(secretPath)
@@ -424,14 +445,28 @@ struct JobOptions: ParsableArguments {
     @Option(help: "A task failing this many times fails the job.")
     var maxAttempts = 3
 
+    @Option(help: "A worker whose results are refused this many times is quarantined (no more work in this job).")
+    var maxRefusedResults = 3
+
+    @Option(help: "A worker whose attempts fail or vanish this many times is quarantined.")
+    var maxWorkerFailures = 5
+
     @OptionGroup var tuning: TuningOptions
 
     @Flag(name: .shortAndLong, help: "No progress output.")
     var quiet = false
 
+    func validate() throws {
+        guard maxAttempts >= 1, maxRefusedResults >= 1, maxWorkerFailures >= 1 else {
+            throw ValidationError("--max-attempts, --max-refused-results and --max-worker-failures must be 1 or more")
+        }
+    }
+
     var settings: Settings {
         var s = tuning.settings
         s.maxAttempts = maxAttempts
+        s.maxRefusedResults = maxRefusedResults
+        s.maxWorkerFailures = maxWorkerFailures
         return s
     }
 }
@@ -446,6 +481,10 @@ struct TuningOptions: ParsableArguments {
 
     @Option(help: .hidden)
     var heartbeatMs: Int?
+
+    /// Worker processes `prune run` may restart over the whole run.
+    @Option(help: .hidden)
+    var maxRestarts = 64
 
     var settings: Settings {
         var s = Settings()

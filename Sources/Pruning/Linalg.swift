@@ -159,4 +159,10 @@ public enum BLASThreads {
     public static func useDefault() {
         if ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil { openblas_set_num_threads(1) }
     }
+
+    /// The kernel OpenBLAS chose for this CPU (e.g. "Haswell"; `OPENBLAS_CORETYPE` picks
+    /// another). Hosts with different kernels may differ in the last bits of a GEMM.
+    public static var coreName: String {
+        openblas_get_corename().map { String(cString: $0) } ?? "unknown"
+    }
 }

@@ -16,24 +16,14 @@ final class CalibrationClusterTests: XCTestCase {
         dir = TempDir("prune-calibration-cluster")
         // A BF16 Llama in two shards: 3 blocks, GQA (4 heads, 2 KV heads), untied head.
         try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
-        let config = """
-        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-         "tie_word_embeddings": false}
-        """
-        try config.write(toFile: dir.file("model/config.json"), atomically: false, encoding: .utf8)
+        try JobProcessTestCase.llamaConfig.write(toFile: dir.file("model/config.json"), atomically: false, encoding: .utf8)
         // Token ids as an int32 .npy [20, 16].
         var state: UInt64 = 3
         let ids: [Int32] = (0..<(20 * 16)).map { _ in
             state = state &* 6364136223846793005 &+ 1442695040888963407
             return Int32(state >> 33) % 48
         }
-        var header = "{'descr': '<i4', 'fortran_order': False, 'shape': (20, 16), }"
-        while (10 + header.count + 1) % 64 != 0 { header += " " }
-        header += "\n"
-        var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count), 0] + Array(header.utf8)
-        for v in ids { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-        try Data(bytes).write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+        try Data(Npy.int32(ids, shape: [20, 16])).write(to: URL(fileURLWithPath: dir.file("ids.npy")))
     }
 
     override func tearDown() { dir?.cleanup() }
@@ -126,6 +116,35 @@ final class CalibrationClusterTests: XCTestCase {
             XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, task.id)
         }
         XCTAssertGreaterThanOrEqual(events.filter { $0.kind == "worker-lost" }.count, 1)
+    }
+
+    /// A worker that lies about the masks of a calibrated job, alone at first: its lies
+    /// feed the next blocks' calibration before a verified task catches it. Everything it
+    /// produced is redone, the changes cascade through the blocks that consumed them
+    /// (collected activations recomputed), and the output is the honest one.
+    func testALiarsMasksInASequentialCalibrationAreUndoneDownstream() throws {
+        let expected = try run("reference", method: "wanda", workers: 0)
+        let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
+        let path = try writeSpec("lied", method: "wanda")
+        try (try String(contentsOfFile: path, encoding: .utf8) + "verify: 0.3\n").write(toFile: path, atomically: false, encoding: .utf8)
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("listening on") }, coord.stderr)
+        let liar = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "liar"],
+                                  environment: ["PRUNE_TEST_LIE": "swap-mask-bits"])
+        XCTAssertEqual(liar.wait(seconds: 120), 2, "quarantined: \(liar.stderr)")
+        let honest = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "honest"])
+        XCTAssertEqual(coord.wait(seconds: 180), 0, coord.stderr)
+        XCTAssertEqual(honest.wait(seconds: 10), 0)
+        XCTAssertEqual(outputs("lied"), expected)
+        let events = try Ledger(path: dir.file("lied/ledger.sqlite"), create: false, readOnly: true).events()
+        let reopened = events.filter { $0.kind == "reopen" }
+        XCTAssertTrue(reopened.contains { $0.detail.contains("produced by quarantined name:liar") && ($0.task ?? "").hasPrefix("prune:") },
+                      "the liar's masks were redone: \(reopened.map { "\($0.task ?? "") \($0.detail)" })")
+        // The verified sample is seeded: the liar is caught in block 1, after its block-0
+        // masks fed block 1's calibration, whose redone statistics then differ.
+        XCTAssertTrue(reopened.contains { $0.detail.contains("changed") },
+                      "a lied mask that fed the next block's calibration reopened it: \(reopened.map { "\($0.task ?? "") \($0.detail)" })")
+        XCTAssertEqual(try Subprocess.prune(["check", "model", "lied"], cwd: dir.path).status, 0)
     }
 
     func testPullOnlyWorkerFetchesWeightsAndActivationsOverTheWire() throws {

@@ -7,46 +7,9 @@ import Protocol
 import ZeroMQ
 
 /// Real `prune` processes, real ZeroMQ sockets, real kills.
-final class ClusterProcessTests: XCTestCase {
-    private var dir: TempDir!
-    private let spec = "model: model\nmethod: random\nseed: 5\npattern: per_row\nsparsity: 0.5\n"
-    /// Small tasks: many of them, so kills land mid-job.
-    private let taskWeights = ["--task-weights", "1024"]
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
-            throw XCTSkip("build the prune binary first (swift build)")
-        }
-        dir = TempDir("prune-cluster")
-        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
-    }
-
-    override func tearDown() {
-        dir?.cleanup()
-    }
-
-    private func writeSpec(_ name: String) throws -> String {
-        let path = dir.file("\(name).yaml")
-        try (spec + "output: \(name)\n").write(toFile: path, atomically: false, encoding: .utf8)
-        return path
-    }
-
-    /// dense/ and sparse/ bytes of a job's output.
-    private func outputs(_ job: String) -> [String: Data] {
-        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
-    }
-
-    private func reference() throws -> [String: Data] {
-        let r = try Subprocess.prune(["run", "-q", "--workers", "0"] + taskWeights + [try writeSpec("reference")], cwd: dir.path)
-        XCTAssertEqual(r.status, 0, r.stderr)
-        return outputs("reference")
-    }
-
-    private func doneTasks(_ job: String) -> Int {
-        guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
-              let rows = try? ledger.tasks() else { return 0 }
-        return rows.filter { $0.state == "done" }.count
-    }
+final class ClusterProcessTests: JobProcessTestCase {
+    override var spec: String { "model: model\nmethod: random\nseed: 5\npattern: per_row\nsparsity: 0.5\n" }
+    override var taskWeights: [String] { ["--task-weights", "1024"] }
 
     func testOutputBytesAreTheSameForAnyNumberOfWorkers() throws {
         let expected = try reference()
@@ -136,14 +99,8 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
     }
 
-    /// Starts `prune coordinator` on a fresh loopback port.
     private func coordinator(_ name: String, extra: [String]) throws -> (Background, String) {
-        let port = Background.freePort()
-        let endpoint = "tcp://127.0.0.1:\(port)"
-        let job = try writeSpec(name)
-        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint] + extra, cwd: dir.path)
-        XCTAssertTrue(Background.waitUntil(seconds: 20) { c.stderr.contains("listening on") }, c.stderr)
-        return (c, endpoint)
+        try coordinator(name, options: extra)
     }
 
     func testWorkerWithAnotherProtocolVersionIsRejectedAtBothEnds() throws {
@@ -317,15 +274,7 @@ final class ClusterProcessTests: XCTestCase {
 
     func testResultNamingAStoredPayloadThatIsNotThereFailsTheAttempt() throws {
         let (coord, endpoint) = try coordinator("liar", extra: ["--insecure", "--max-attempts", "5"])
-        let context = try ZMQContext()
-        let liar = try ZMQSocket(context, .dealer)
-        try liar.setLinger(ms: 0)
-        try liar.setReceiveTimeout(ms: 10_000)
-        try liar.connect(endpoint)
-        var hello = Prune_V1_Hello()
-        hello.protocolVersion = Settings.protocolVersion
-        hello.workerName = "liar"
-        try liar.send(try WireMessage.frames(.with(.hello(hello))))
+        let liar = try protocolPeer(endpoint, name: "liar")
         // Answer the first Assign with a Result whose mask is "stored" under a digest that
         // names no artifact.
         var answered = false

@@ -31,7 +31,8 @@ final class CoordinatorCoreTests: XCTestCase {
         let d2 = c.hello(worker: "w2", name: "two", protocolVersion: Settings.protocolVersion, now: 5)
         XCTAssertEqual(assigns(d2), ["b"], "a late worker gets the next task")
         let d3 = c.completed(task: "a", by: "w1", attempt: 1, now: 10)
-        XCTAssertEqual(d3, [.ack(worker: "w1", task: "a", attempt: 1, accepted: true), .assign(worker: "w1", task: "c", attempt: 1)])
+        XCTAssertEqual(d3, [.commit(task: "a", worker: "w1", attempt: 1, digest: "d", seconds: 0),
+                            .ack(worker: "w1", task: "a", attempt: 1, accepted: true), .assign(worker: "w1", task: "c", attempt: 1)])
         _ = c.completed(task: "b", by: "w2", attempt: 1, now: 11)
         let last = c.completed(task: "c", by: "w1", attempt: 1, now: 12)
         XCTAssertTrue(last.contains(.jobCompleted))
@@ -107,21 +108,24 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(e, [.jobFailed(reason: "task x failed: N:M needs cols divisible by 4")])
     }
 
-    func testLateResultOfARequeuedTaskIsAcceptedOnceAndStaleOnesAreNot() {
+    func testOnlyTheLeaseHolderMayCompleteATask() {
         var c = core(["a", "b"])
-        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
-        _ = c.tick(now: 10_001)  // lease of a expires; w1 is also silent but not yet dead... reassign
-        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 10_002)
-        // w1 finishes a anyway: deterministic results make it as good as any.
-        XCTAssertTrue(c.wantsResult(task: "a"))
-        let d = c.completed(task: "a", by: "w1", attempt: 1, now: 10_003)
-        XCTAssertTrue(d.contains(.ack(worker: "w1", task: "a", attempt: 1, accepted: true)))
-        XCTAssertFalse(c.wantsResult(task: "a"))
-        let again = c.completed(task: "a", by: "w2", attempt: 2, now: 10_004)
-        XCTAssertTrue(again.contains(.ack(worker: "w2", task: "a", attempt: 2, accepted: false)))
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)   // a → w1
+        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)   // b → w2
+        // w2 sends a result for a, which is leased to w1: refused, counted against w2.
+        XCTAssertEqual(c.resultArrived(task: "a", by: "w2", attempt: 1, now: 1),
+                       .refuse([.refused(worker: "w2", task: "a", attempt: 1, reason: "attempt 1 of a was not leased to this worker", counted: true),
+                                .ack(worker: "w2", task: "a", attempt: 1, accepted: false)]))
+        XCTAssertEqual(c.conduct(of: "name:2").refused, 1)
+        XCTAssertEqual(c.state(of: "a"), .leased(worker: "w1", attempt: 1, deadline: 10_000))
+        // The right worker with the wrong attempt number, and a task that does not exist.
+        guard case .refuse = c.resultArrived(task: "a", by: "w1", attempt: 2, now: 2) else { return XCTFail("wrong attempt taken") }
+        guard case .refuse = c.resultArrived(task: "zzz", by: "w1", attempt: 1, now: 2) else { return XCTFail("unknown task taken") }
+        XCTAssertEqual(c.conduct(of: "name:1").refused, 2)
+        XCTAssertEqual(c.resultArrived(task: "a", by: "w1", attempt: 1, now: 3), .store)
     }
 
-    func testCancelNamesTheAttemptWhoseLeaseWasRevoked() {
+    func testAResultOfARevokedLeaseIsStaleNotForged() {
         var c = core(["a"])
         _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)  // a → w2, attempt 1
         _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 1)
@@ -132,12 +136,15 @@ final class CoordinatorCoreTests: XCTestCase {
         let expired = c.tick(now: 10_001)
         XCTAssertTrue(expired.contains(.cancel(worker: "w2", task: "a", attempt: 1)), "\(expired)")
         XCTAssertTrue(expired.contains(.assign(worker: "w1", task: "a", attempt: 2)), "\(expired)")
-        // w2's attempt finished before the Cancel reached it: its result completes the task,
-        // and w1's attempt 2 (now pointless) is cancelled by number.
-        let done = c.completed(task: "a", by: "w2", attempt: 1, now: 10_002)
-        XCTAssertTrue(done.contains(.ack(worker: "w2", task: "a", attempt: 1, accepted: true)), "\(done)")
-        XCTAssertTrue(done.contains(.cancel(worker: "w1", task: "a", attempt: 2)), "\(done)")
-        XCTAssertEqual(c.runningTasks(of: "w1"), [])
+        // w2's attempt finished before the Cancel reached it: refused as stale, not counted.
+        XCTAssertEqual(c.resultArrived(task: "a", by: "w2", attempt: 1, now: 10_002),
+                       .refuse([.refused(worker: "w2", task: "a", attempt: 1, reason: "its lease was revoked", counted: false),
+                                .ack(worker: "w2", task: "a", attempt: 1, accepted: false)]))
+        XCTAssertEqual(c.conduct(of: "name:2").refused, 0)
+        XCTAssertEqual(c.conduct(of: "name:2").failures, 1, "the expired lease counts as a vanished attempt")
+        let done = c.completed(task: "a", by: "w1", attempt: 2, now: 10_003)
+        XCTAssertEqual(done, [.commit(task: "a", worker: "w1", attempt: 2, digest: "d", seconds: 0),
+                              .ack(worker: "w1", task: "a", attempt: 2, accepted: true), .jobCompleted])
     }
 
     func testResumedJobNeverReassignsDoneTasks() {
@@ -176,6 +183,16 @@ final class CoordinatorCoreTests: XCTestCase {
         let d = c.goodbye(worker: "w1", reason: "SIGTERM", now: 5)
         XCTAssertEqual(d.first, .workerLost(worker: "w1", requeued: ["a"], reason: "left: SIGTERM"))
         XCTAssertEqual(assigns(d), ["a"])
+    }
+}
+
+/// The shell's two steps for a valid result: admitted, then stored under `digest`.
+extension CoordinatorCore {
+    mutating func completed(task: String, by worker: String, attempt: Int, digest: String = "d", now: Int64) -> [Directive] {
+        switch resultArrived(task: task, by: worker, attempt: attempt, now: now) {
+        case .refuse(let directives): return directives
+        case .store: return resultStored(task: task, by: worker, attempt: attempt, digest: digest, seconds: 0, now: now)
+        }
     }
 }
 

@@ -86,6 +86,20 @@ public enum SyntheticModel {
     }
 }
 
+/// numpy's .npy format (version 1.0), for token-id fixtures.
+public enum Npy {
+    /// An int32 array of `shape`, little-endian, C order.
+    public static func int32(_ values: [Int32], shape: [Int]) -> [UInt8] {
+        let dims = shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? "," : "")
+        var header = "{'descr': '<i4', 'fortran_order': False, 'shape': (\(dims)), }"
+        while (10 + header.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count), 0] + Array(header.utf8)
+        for v in values { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+        return bytes
+    }
+}
+
 /// Running child processes: Python helpers and the `prune` binary.
 public enum Subprocess {
     public struct Result {

@@ -1,5 +1,4 @@
 import Engine
-import ZeroMQ
 import Foundation
 import Models
 import Protocol
@@ -62,54 +61,26 @@ enum F32Bytes {
     }
 }
 
-/// The worker side of the calibration DAG: inputs gathered (checkpoint tensors,
-/// earlier tasks' artifacts), `CalibrationWork` run, outputs returned as payloads.
-extension ComputeThread {
-    /// A byte range of a tensor: mapped from the local copy, or pulled in chunks.
-    func tensorBytes(_ ref: Prune_V1_TensorRef, _ range: Range<Int>, pair: ZMQSocket) throws -> [UInt8] {
-        guard range.lowerBound >= 0, range.upperBound <= Int(clamping: ref.byteCount) else {
-            throw PruningError("tensor '\(ref.name)': byte range \(range) outside its \(ref.byteCount) bytes")
-        }
+/// The calibration DAG's tasks as functions of their inputs (checkpoint tensors, earlier
+/// tasks' artifacts): `CalibrationWork` run, outputs returned as named payloads.
+extension TaskExecutor {
+    /// A copy of bytes `range` of a tensor.
+    private func tensorBytes(_ ref: Prune_V1_TensorRef, _ range: Range<Int>) throws -> [UInt8] {
         try Cancellation.checkpoint()
-        let offset = Int(clamping: ref.offset) + range.lowerBound
-        if let file = source.localFile(ref.fileSha256) {
-            guard offset + range.count <= file.size else { throw PruningError("tensor '\(ref.name)': byte range outside \(file.path)") }
-            // Copied out, so the mapped pages can go: a worker's RSS stays what it computes
-            // with, not every checkpoint page it ever read.
-            defer { file.release(offset..<(offset + range.count)) }
-            return [UInt8](file.bytes(offset..<(offset + range.count)))
-        }
-        return try fetch(file: ref.fileSha256, offset: offset, count: range.count, pair: pair)
+        return try inputs.withTensorBytes(ref, range) { [UInt8]($0) }
     }
 
-    /// An artifact's bytes, verified by digest: read from the coordinator's artifact
-    /// directory when this host sees it, else pulled in chunks.
-    func artifact(_ ref: Prune_V1_ArtifactRef, pair: ZMQSocket) throws -> [UInt8] {
-        if !artifactRoot.isEmpty {
-            let path = (artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
-            if let data = FileManager.default.contents(atPath: path), data.count == Int(clamping: ref.size) {
-                let bytes = [UInt8](data)
-                if bytes.withUnsafeBytes({ SHA256Stream.hex($0) }) == ref.sha256 { return bytes }
-            }
-        }
-        let bytes = try fetch(file: ref.sha256, offset: 0, count: Int(clamping: ref.size), pair: pair)
-        guard bytes.withUnsafeBytes({ SHA256Stream.hex($0) }) == ref.sha256 else {
-            throw PruningError("artifact \(ref.sha256.prefix(12))…: pulled bytes do not match their digest")
-        }
-        return bytes
-    }
-
-    func runCalibrate(_ c: Prune_V1_CalibrateTask, pair: ZMQSocket) throws -> [(name: String, bytes: [UInt8])] {
+    func runCalibrate(_ c: Prune_V1_CalibrateTask) throws -> [(name: String, bytes: [UInt8])] {
         let config = try LlamaConfig.parse(bytes: [UInt8](c.configJson), file: "calibrate task config")
         guard let method = JobSpec.Method(rawValue: c.method), let mode = JobSpec.Calibration.Mode(rawValue: c.mode) else {
             throw PruningError("calibrate task: unknown method \(c.method) or mode \(c.mode)")
         }
-        let store = WeightStore(reader: TaskTensorReader(c.weights) { try self.tensorBytes($0, $1, pair: pair) })
+        let store = WeightStore(reader: TaskTensorReader(c.weights) { try self.tensorBytes($0, $1) })
         // Block b−1 as pruned (sequential mode): its masks, or SparseGPT's new weights.
         for p in c.pruned {
             guard let shape = store.reader.shape(of: p.name), shape.count == 2 else { throw PruningError("pruned layer \(p.name) is not in the task") }
-            let mask = try Mask(rows: shape[0], cols: shape[1], bits: try artifact(p.mask, pair: pair))
-            let updated = p.hasWeights ? try F32Bytes.decode(try artifact(p.weights, pair: pair), what: "weights of \(p.name)") : nil
+            let mask = try Mask(rows: shape[0], cols: shape[1], bits: try inputs.artifact(p.mask))
+            let updated = p.hasWeights ? try F32Bytes.decode(try inputs.artifact(p.weights), what: "weights of \(p.name)") : nil
             let dense = updated == nil ? try store.load(p.name, shape: shape) : []
             store.override(p.name, with: CalibrationWork.Pruned(mask: mask, updated: updated, error: nil).values(dense: dense))
         }
@@ -119,7 +90,7 @@ extension ComputeThread {
             guard tokens > 0, c.tokenIds.count == tokens * samples else { throw PruningError("calibrate task: \(c.tokenIds.count) token ids for \(samples) × \(tokens)") }
             input = .tokens((0..<samples).map { Array(c.tokenIds[($0 * tokens)..<(($0 + 1) * tokens)]) })
         } else {
-            input = .hidden(try F32Bytes.decode(try artifact(c.hidden, pair: pair), what: "hidden states"))
+            input = .hidden(try F32Bytes.decode(try inputs.artifact(c.hidden), what: "hidden states"))
         }
         let step = CalibrationWork.Step(config: config, method: method, mode: mode, block: Int(c.block), tokens: tokens, samples: samples,
                                         groups: c.groups.map(\.names), emitHidden: c.emitHidden)
@@ -133,17 +104,17 @@ extension ComputeThread {
         return payloads
     }
 
-    func runLayerPrune(_ p: Prune_V1_LayerPruneTask, pair: ZMQSocket) throws -> [(name: String, bytes: [UInt8])] {
+    func runLayerPrune(_ p: Prune_V1_LayerPruneTask) throws -> [(name: String, bytes: [UInt8])] {
         guard let method = JobSpec.Method(rawValue: p.method) else { throw PruningError("prune task: unknown method \(p.method)") }
         let name = p.tensor.name
-        let store = WeightStore(reader: TaskTensorReader([p.tensor]) { try self.tensorBytes($0, $1, pair: pair) })
+        let store = WeightStore(reader: TaskTensorReader([p.tensor]) { try self.tensorBytes($0, $1) })
         guard let shape = store.reader.shape(of: name), shape.count == 2 else { throw PruningError("prune task: \(name) is not a matrix") }
         let weights = try store.load(name, shape: shape)
         let step = CalibrationWork.PruneStep(method: method, tensor: name, rows: shape[0], cols: shape[1],
                                              pattern: try SparsityPattern(parsing: p.pattern), sparsity: p.sparsity,
                                              blockSize: Int(p.blockSize), damp: p.damp)
         let pruned = try CalibrationWork.prune(step, weights: weights, statisticsCount: p.statistics.count) {
-            try self.artifact(p.statistics[$0], pair: pair)
+            try self.inputs.artifact(p.statistics[$0])
         }
         var payloads: [(name: String, bytes: [UInt8])] = [("mask", pruned.mask.bits)]
         if method == .sparsegpt {

@@ -1,0 +1,95 @@
+import Foundation
+import Tensors
+import TestSupport
+import XCTest
+@testable import Cluster
+import Protocol
+import ZeroMQ
+
+/// Tests that run the real `prune` binary on a small BF16 Llama (3 blocks, GQA, two
+/// shards) in a temporary directory: the fixture and the helpers they share.
+class JobProcessTestCase: XCTestCase {
+    var dir: TempDir!
+    /// The context of the test's own sockets (`protocolPeer`).
+    private var context: ZMQContext?
+    /// The spec every job of the test class runs (without `output:`).
+    var spec: String { "model: model\nmethod: magnitude\npattern: per_row\nsparsity: 0.5\n" }
+    /// Small tasks: many of them, so kills land mid-job.
+    var taskWeights: [String] { ["--task-weights", "2048"] }
+
+    /// A config.json the forward pass can run (the synthetic model's own names only the
+    /// sizes): 4 query heads on 2 key/value heads, untied head.
+    static let llamaConfig = """
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+         "tie_word_embeddings": false}
+        """
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
+            throw XCTSkip("build the prune binary first (swift build)")
+        }
+        dir = TempDir("prune-\(String(describing: type(of: self)))")
+        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
+    }
+
+    override func tearDown() {
+        dir?.cleanup()
+    }
+
+    /// A DEALER that speaks the protocol itself, connected to `endpoint` and past its
+    /// Hello as `name`: a worker that does what the test says, lies included.
+    func protocolPeer(_ endpoint: String, name: String) throws -> ZMQSocket {
+        if context == nil { context = try ZMQContext() }
+        let peer = try ZMQSocket(context!, .dealer)
+        try peer.setLinger(ms: 0)
+        try peer.setReceiveTimeout(ms: 10_000)
+        try peer.connect(endpoint)
+        var hello = Prune_V1_Hello()
+        hello.protocolVersion = Settings.protocolVersion
+        hello.workerName = name
+        try peer.send(try WireMessage.frames(.with(.hello(hello))))
+        return peer
+    }
+
+    /// Writes NAME.yaml: the class's spec, `extra` lines, and `output:` (NAME by default).
+    func writeSpec(_ name: String, extra: String = "", output: String? = nil) throws -> String {
+        let path = dir.file("\(name).yaml")
+        try (spec + extra + "output: \(output ?? name)\n").write(toFile: path, atomically: false, encoding: .utf8)
+        return path
+    }
+
+    /// dense/ and sparse/ bytes of a job's output.
+    func outputs(_ job: String) -> [String: Data] {
+        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+    }
+
+    /// The output of the class's spec run in one process: what every other run must equal.
+    func reference() throws -> [String: Data] {
+        let r = try Subprocess.prune(["run", "-q", "--workers", "0"] + taskWeights + [try writeSpec("reference")], cwd: dir.path)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        return outputs("reference")
+    }
+
+    func ledger(_ job: String) throws -> Ledger {
+        try Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true)
+    }
+
+    func doneTasks(_ job: String) -> Int {
+        ((try? ledger(job).tasks()) ?? []).filter { $0.state == "done" }.count
+    }
+
+    func events(_ job: String, _ kind: String) throws -> [Ledger.Event] {
+        try ledger(job).events().filter { $0.kind == kind }
+    }
+
+    /// Starts `prune coordinator` on a fresh loopback port for the spec NAME (written with
+    /// `specExtra` lines), once it listens.
+    func coordinator(_ name: String, specExtra: String = "", options: [String]) throws -> (Background, String) {
+        let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
+        let job = try writeSpec(name, extra: specExtra)
+        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint] + options, cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { c.stderr.contains("listening on") }, c.stderr)
+        return (c, endpoint)
+    }
+}
