@@ -139,6 +139,8 @@ public struct CoordinatorCore: Sendable {
         case failed(String)
     }
 
+    enum Status: UInt8, Sendable { case pending, leased, arbitrating, done }
+
     /// Whether a result that arrived may be validated and stored.
     public enum ResultAdmission: Sendable, Equatable {
         /// The attempt is leased to this worker: validate, store, then call
@@ -155,6 +157,13 @@ public struct CoordinatorCore: Sendable {
     private var tasks: [String: Task] = [:]
     /// Queue order: the order tasks were defined in, so scheduling is reproducible.
     private let order: [String]
+    /// The scheduler's view, by queue position: each task's state without its payload,
+    /// and its dependencies' positions. Scanning these copies nothing (a scan of `tasks`
+    /// would copy each task's record), and no task before `lowestPending` is pending.
+    private var status: [Status]
+    private let position: [String: Int]
+    private let dependencyPositions: [[Int]]
+    private var lowestPending = 0
     private var workers: [String: Worker] = [:]
     private var dependents: [String: [String]] = [:]
     private var conduct: [String: Conduct] = [:]
@@ -172,6 +181,10 @@ public struct CoordinatorCore: Sendable {
                 quarantined: [String: String] = [:], settings: Settings = Settings()) {
         self.settings = settings
         order = definitions.map(\.id)
+        let position = Dictionary(definitions.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { a, _ in a })
+        self.position = position
+        dependencyPositions = definitions.map { $0.dependencies.compactMap { position[$0] } }
+        status = definitions.map { done[$0.id] != nil ? .done : .pending }
         var remaining = 0
         for d in definitions {
             var t = Task(definition: d)
@@ -242,7 +255,7 @@ public struct CoordinatorCore: Sendable {
         workers[worker] = w
         for id in running {
             if case .leased(let holder, let attempt, _)? = tasks[id]?.state, holder == worker {
-                tasks[id]!.state = .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs))
+                setState(id, .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs)))
             }
         }
         return []
@@ -285,7 +298,7 @@ public struct CoordinatorCore: Sendable {
         guard let first = tasks[id]!.candidate else {
             // The first run: kept until an identity other than this one repeats it.
             tasks[id]!.candidate = run
-            tasks[id]!.state = .pending
+            setState(id, .pending)
             waitingForSecondRun += 1
             return [ack] + schedule(now: now)
         }
@@ -297,7 +310,7 @@ public struct CoordinatorCore: Sendable {
             return out + schedule(now: now)
         }
         tasks[id]!.disputed = run
-        tasks[id]!.state = .arbitrating
+        setState(id, .arbitrating)
         return [ack, .verified(task: id, detail: "\(first.principal) and \(principal) disagree; the coordinator computes it"),
                 .recompute(task: id)] + schedule(now: now)
     }
@@ -310,7 +323,7 @@ public struct CoordinatorCore: Sendable {
             return refuse(worker, task: id, attempt: attempt, reason: cause, counted: true, now: now)
         }
         workers[worker]!.running.remove(id)
-        tasks[id]!.state = .pending
+        setState(id, .pending)
         tasks[id]!.failures.append(principal)
         var out = refuse(worker, task: id, attempt: attempt, reason: cause, counted: true, now: now, schedule: false)
         guard outcome == nil else { return out }
@@ -353,7 +366,7 @@ public struct CoordinatorCore: Sendable {
         guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt,
               let principal = workers[worker]?.principal else { return [] }
         workers[worker]!.running.remove(id)
-        tasks[id]!.state = .pending
+        setState(id, .pending)
         if !retryable {
             tasks[id]!.refusedAsBadInput.insert(principal)
             let others = Set(workers.values.map(\.principal)).subtracting(tasks[id]!.refusedAsBadInput)
@@ -379,7 +392,7 @@ public struct CoordinatorCore: Sendable {
             return fail("task \(id) cannot start: the output of \(dependency) is missing")
         }
         workers[worker]?.running.remove(id)
-        tasks[id]!.state = .pending
+        setState(id, .pending)
         return reset(dependency, reason: "its output is missing (needed by \(id))") + schedule(now: now)
     }
 
@@ -411,7 +424,7 @@ public struct CoordinatorCore: Sendable {
             guard case .leased(let holder, let attempt, let deadline)? = tasks[id]?.state, now > deadline else { continue }
             let principal = workers[holder]?.principal
             workers[holder]?.running.remove(id)
-            tasks[id]!.state = .pending
+            setState(id, .pending)
             let cause = "lease expired on worker \(workers[holder]?.name ?? holder)"
             out.append(.cancel(worker: holder, task: id, attempt: attempt))
             if let principal {
@@ -471,6 +484,7 @@ public struct CoordinatorCore: Sendable {
         let previous = t.previousDigest
         t.previousDigest = nil
         tasks[id] = t
+        status[position[id]!] = .done
         remaining -= 1
         var out: [Directive] = [.commit(task: id, worker: run.worker, attempt: run.attempt, digest: run.digest, seconds: run.seconds)]
         if let previous, previous != run.digest {
@@ -509,6 +523,8 @@ public struct CoordinatorCore: Sendable {
         t.disputed = nil
         t.state = .pending
         tasks[id] = t
+        status[position[id]!] = .pending
+        lowestPending = min(lowestPending, position[id]!)
         return out
     }
 
@@ -567,7 +583,7 @@ public struct CoordinatorCore: Sendable {
         for id in order where w.running.contains(id) {
             guard case .leased(let holder, _, _)? = tasks[id]?.state, holder == worker else { continue }
             requeued.append(id)
-            tasks[id]!.state = .pending
+            setState(id, .pending)
             if !quarantined {
                 tasks[id]!.failures.append(w.principal)
                 out += chargeOrFail(id, cause: "worker \(w.name) \(reason)")
@@ -576,8 +592,21 @@ public struct CoordinatorCore: Sendable {
         return [.workerLost(worker: worker, requeued: requeued, reason: reason)] + out
     }
 
-    private func isReady(_ t: Task) -> Bool {
-        t.state == .pending && t.definition.dependencies.allSatisfy { tasks[$0]?.state == .done }
+    private mutating func setState(_ id: String, _ state: TaskState) {
+        tasks[id]!.state = state
+        let p = position[id]!
+        switch state {
+        case .pending:
+            status[p] = .pending
+            lowestPending = min(lowestPending, p)
+        case .leased: status[p] = .leased
+        case .arbitrating: status[p] = .arbitrating
+        case .done: status[p] = .done
+        }
+    }
+
+    private func isReady(_ p: Int) -> Bool {
+        status[p] == .pending && dependencyPositions[p].allSatisfy { status[$0] == .done }
     }
 
     /// Gives idle workers ready tasks in queue order. A task goes to an identity that has
@@ -589,12 +618,15 @@ public struct CoordinatorCore: Sendable {
         var idle = workers.keys.filter { workers[$0]!.running.isEmpty }.sorted()
         guard !idle.isEmpty || waitingForSecondRun > 0 else { return [] }
         let connected = Set(workers.values.map(\.principal))
-        for id in order {
+        while lowestPending < order.count && status[lowestPending] != .pending { lowestPending += 1 }
+        for p in lowestPending..<order.count {
             guard !idle.isEmpty || waitingForSecondRun > 0 else { break }
-            guard let t = tasks[id], isReady(t) else { continue }
+            guard isReady(p) else { continue }
+            let id = order[p]
+            let t = tasks[id]!
             let firstRun = t.candidate?.principal
             if let firstRun, connected.subtracting([firstRun]).isEmpty {
-                tasks[id]!.state = .arbitrating
+                setState(id, .arbitrating)
                 waitingForSecondRun -= 1
                 out.append(.recompute(task: id))
                 continue
@@ -609,7 +641,7 @@ public struct CoordinatorCore: Sendable {
             let worker = idle.remove(at: i)
             let attempt = t.attempts + 1
             tasks[id]!.attempts = attempt
-            tasks[id]!.state = .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs))
+            setState(id, .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs)))
             workers[worker]!.running.insert(id)
             workers[worker]!.history.insert(Self.key(id, attempt))
             workers[worker]!.lastSent = now
