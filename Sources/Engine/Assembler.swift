@@ -88,11 +88,11 @@ public struct Assembler {
             // bytes; one cheap counting pass gives them, so that dense/ (this thread) and
             // sparse/ (a second thread) are then written at the same time.
             var storedCounts: [String: Int] = [:]
-            for t in shard.tensors where pruned.contains(t.name) { storedCounts[t.name] = try storedCount(t, shard: shard) }
+            for t in shard.tensors where compressed(t.name) { storedCounts[t.name] = try storedCount(t, shard: shard) }
             var specs: [TensorSpec] = []
             for t in shard.tensors {
-                if let stored = storedCounts[t.name] {
-                    let parts = SparseLayout.specs(name: t.name, dtype: t.dtype, shape: t.shape, stored: stored)
+                if let stored = storedCounts[t.name], let prefix = SparseLayout.partPrefix(forTensor: t.name) {
+                    let parts = SparseLayout.specs(prefix: prefix, dtype: t.dtype, shape: t.shape, stored: stored)
                     specs += parts
                     for p in parts { sparseWeightMap[p.name] = shardName }
                 } else {
@@ -122,7 +122,7 @@ public struct Assembler {
                             try denseWriter.write(bytes)
                             digest.update(bytes)
                         }
-                        guard w.zeros == t.elementCount - storedCounts[t.name]! else {
+                        guard storedCounts[t.name].map({ w.zeros == t.elementCount - $0 }) ?? true else {
                             throw PruningError("'\(t.name)': the zeros written to dense/ disagree with the elements stored in sparse/")
                         }
                     } else {
@@ -165,11 +165,21 @@ public struct Assembler {
             try AtomicFileWriter.write(SparseLayout.indexJSON(weightMap: sparseWeightMap, totalSize: sparseTotal),
                                        to: (sparseDir as NSString).appendingPathComponent(Checkpoint.indexFileName))
         }
+        // Side files (config, tokenizer) by content, never as links: a Hugging Face cache
+        // snapshot holds relative symlinks into ../../blobs, which would dangle here.
+        let zerosAll = checkpoint.tensors.reduce(0) { $0 + written[$1.name]!.zeros }
+        let compression = CompressionConfig(
+            globalSparsity: Double(zerosAll) / Double(max(checkpoint.parameterCount, 1)),
+            sparsityStructure: CompressionConfig.structure(of: plan.pattern),
+            targets: checkpoint.tensors.filter { compressed($0.name) }.compactMap { SparseLayout.partPrefix(forTensor: $0.name) }.sorted())
         for side in checkpoint.sideFiles() {
             let source = (checkpoint.directory as NSString).appendingPathComponent(side)
-            for dir in [denseDir, sparseDir] {
-                try fm.copyItem(atPath: source, toPath: (dir as NSString).appendingPathComponent(side))
-            }
+            guard let data = fm.contents(atPath: source) else { throw CheckpointError(file: source, "cannot read") }
+            let bytes = [UInt8](data)
+            try AtomicFileWriter.write(bytes, to: (denseDir as NSString).appendingPathComponent(side))
+            // sparse/'s config tells compressed-tensors and transformers how to read it.
+            let sparseBytes = side == "config.json" ? try compression.added(to: bytes, file: source) : bytes
+            try AtomicFileWriter.write(sparseBytes, to: (sparseDir as NSString).appendingPathComponent(side))
         }
 
         var tensors: [String: Manifest.Tensor] = [:]
@@ -219,6 +229,14 @@ public struct Assembler {
             guard pruned.contains(t.name) else {
                 try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in try sparseWriter.write(bytes) }
                 shard.release(t)
+                continue
+            }
+            guard compressed(t.name) else {
+                // Pruned but not a `.weight` (compressed-tensors would not decompress it):
+                // stored as dense/ has it, zeros included.
+                _ = try forEachMaskedBlock(t, shard: shard, mask: try checkedMask(t)) { bytes in try sparseWriter.write(bytes) }
+                result.prunedDenseBytes += t.byteCount
+                result.prunedSparseBytes += t.byteCount
                 continue
             }
             // The four parts in file order, each streamed block by block; the sparse
@@ -279,6 +297,11 @@ public struct Assembler {
         }
         try sparseWriter.finish()
         return result
+    }
+
+    /// Whether sparse/ stores a tensor as compressed-tensors' four parts.
+    private func compressed(_ name: String) -> Bool {
+        pruned.contains(name) && SparseLayout.partPrefix(forTensor: name) != nil
     }
 
     /// Elements of a pruned tensor that sparse/ stores: kept by the mask, bits not all zero.

@@ -24,6 +24,7 @@ public enum Checker {
         var report = CheckReport()
         func fail(_ s: String) { report.failures.append(s) }
 
+        for problem in sideFileProblems(outDir: outDir, source: source) { fail(problem) }
         for (file, digest) in manifest.modelFiles.sorted(by: { $0.key < $1.key }) {
             guard let shard = source.shards.first(where: { ($0.path as NSString).lastPathComponent == file }) else {
                 fail("manifest: model file '\(file)' is not part of \(original)")
@@ -149,6 +150,47 @@ public enum Checker {
             source.shard(of: name)?.release(s)
         }
         return (chosen, failures)
+    }
+
+    /// The side files (config, tokenizer) of dense/ and sparse/: each one the input has is
+    /// there as a regular readable file (not a link, which could dangle), config.json
+    /// parses and names a `model_type`, and sparse/'s config carries the sparsity config
+    /// compressed-tensors reads when any tensor is stored compressed.
+    static func sideFileProblems(outDir: String, source: Checkpoint) -> [String] {
+        var problems: [String] = []
+        let fm = FileManager.default
+        for sub in ["dense", "sparse"] {
+            let dir = (outDir as NSString).appendingPathComponent(sub)
+            for side in source.sideFiles() {
+                let path = (dir as NSString).appendingPathComponent(side)
+                guard let attributes = try? fm.attributesOfItem(atPath: path) else {
+                    problems.append("\(sub)/\(side): missing (the input has it)")
+                    continue
+                }
+                guard attributes[.type] as? FileAttributeType == .typeRegular, fm.isReadableFile(atPath: path) else {
+                    problems.append("\(sub)/\(side): not a regular readable file (a link?)")
+                    continue
+                }
+                guard side == "config.json" else { continue }
+                guard let data = fm.contents(atPath: path), let config = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+                    problems.append("\(sub)/config.json: not a JSON object")
+                    continue
+                }
+                if source.sideFiles().contains("config.json"), (config["model_type"] as? String)?.isEmpty ?? true,
+                   let original = fm.contents(atPath: (source.directory as NSString).appendingPathComponent("config.json")),
+                   ((try? JSONSerialization.jsonObject(with: original)) as? [String: Any])?["model_type"] != nil {
+                    problems.append("\(sub)/config.json: has no model_type (transformers cannot load it)")
+                }
+                if sub == "sparse", let sparse = try? SparseCheckpoint(path: dir), sparse.denseNames().contains(where: \.sparse) {
+                    let quantization = config["quantization_config"] as? [String: Any]
+                    let sparsity = quantization?["sparsity_config"] as? [String: Any]
+                    if sparsity?["format"] as? String != "sparse-bitmask" {
+                        problems.append("sparse/config.json: no quantization_config.sparsity_config with format sparse-bitmask (compressed-tensors would not decompress sparse/)")
+                    }
+                }
+            }
+        }
+        return problems
     }
 
     /// The directory holding manifest.json: `path` itself, or its `out/`.

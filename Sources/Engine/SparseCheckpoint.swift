@@ -2,12 +2,24 @@ import Foundation
 import Pruning
 import Tensors
 
-/// Reads a `sparse/` directory back: pruned tensors from their four parts, others as stored.
+/// Reads a `sparse/` directory back: pruned tensors from their four parts, others as
+/// stored. Reads both namings of the parts (`X.bitmask` for `X.weight`, as
+/// compressed-tensors names them, and the first one, `X.weight.bitmask`).
 public struct SparseCheckpoint {
     public let checkpoint: Checkpoint
+    /// Dense tensor name → the prefix its parts are named after.
+    private let groups: [String: String]
 
     public init(path: String) throws {
-        checkpoint = try Checkpoint(path: path)
+        let checkpoint = try Checkpoint(path: path)
+        self.checkpoint = checkpoint
+        var groups: [String: String] = [:]
+        for t in checkpoint.tensors {
+            guard let group = SparseCheckpoint.baseName(t.name),
+                  SparseLayout.suffixes.allSatisfy({ checkpoint.info(group + $0) != nil }) else { continue }
+            groups[SparseLayout.denseName(ofGroup: group)] = group
+        }
+        self.groups = groups
     }
 
     /// Dense tensor names in file order, each with the shard it lives in.
@@ -15,8 +27,9 @@ public struct SparseCheckpoint {
         var out: [(String, String, Bool)] = []
         var seen = Set<String>()
         for t in checkpoint.tensors {
-            if let base = SparseCheckpoint.baseName(t.name), isSparseGroup(base) {
-                if seen.insert(base).inserted { out.append((base, checkpoint.shardName(of: t.name)!, true)) }
+            if let group = SparseCheckpoint.baseName(t.name), groups[SparseLayout.denseName(ofGroup: group)] == group {
+                let name = SparseLayout.denseName(ofGroup: group)
+                if seen.insert(name).inserted { out.append((name, checkpoint.shardName(of: t.name)!, true)) }
             } else {
                 out.append((t.name, checkpoint.shardName(of: t.name)!, false))
             }
@@ -29,13 +42,16 @@ public struct SparseCheckpoint {
         return nil
     }
 
-    func isSparseGroup(_ base: String) -> Bool {
-        SparseLayout.suffixes.allSatisfy { checkpoint.info(base + $0) != nil }
+    /// The prefix of a compressed tensor's parts.
+    private func group(_ name: String) throws -> String {
+        guard let g = groups[name] else { throw CheckpointError(file: checkpoint.directory, tensor: name, "is not stored compressed") }
+        return g
     }
 
     /// The dense dtype and shape of a pruned tensor, from its `.compressed` and `.shape`
     /// parts, validated so no size computed from them can overflow.
-    public func denseSpec(_ base: String) throws -> TensorSpec {
+    public func denseSpec(_ name: String) throws -> TensorSpec {
+        let base = try group(name)
         let shapeInfo = checkpoint.info(base + ".shape")!
         let compressedInfo = checkpoint.info(base + ".compressed")!
         let file = checkpoint.shard(of: base + ".shape")!.path
@@ -50,12 +66,13 @@ public struct SparseCheckpoint {
         guard compressedInfo.dtype.isFloat, compressedInfo.shape.count == 1 else {
             throw CheckpointError(file: file, tensor: base + ".compressed", "must be a 1-D F32, F16 or BF16 tensor")
         }
-        return TensorSpec(name: base, dtype: compressedInfo.dtype, shape: shape)
+        return TensorSpec(name: name, dtype: compressedInfo.dtype, shape: shape)
     }
 
     /// Rebuilds a pruned tensor, validating that its four parts agree.
-    public func sparseTensor(_ base: String) throws -> SparseBitmaskTensor {
-        let spec = try denseSpec(base)
+    public func sparseTensor(_ name: String) throws -> SparseBitmaskTensor {
+        let spec = try denseSpec(name)
+        let base = try group(name)
         let file = checkpoint.shard(of: base + ".shape")!.path
         let bitmask = checkpoint.info(base + ".bitmask")!
         let offsets = checkpoint.info(base + ".row_offsets")!
@@ -73,11 +90,11 @@ public struct SparseCheckpoint {
     }
 
     /// A pruned tensor rebuilt to dense bytes; errors name the file and tensor.
-    public func denseBytes(_ base: String) throws -> [UInt8] {
+    public func denseBytes(_ name: String) throws -> [UInt8] {
         do {
-            return try sparseTensor(base).densify()
+            return try sparseTensor(name).densify()
         } catch let e as PruningError {
-            throw CheckpointError(file: checkpoint.shard(of: base + ".shape")!.path, tensor: base, e.message)
+            throw CheckpointError(file: checkpoint.shard(of: try group(name) + ".shape")!.path, tensor: name, e.message)
         }
     }
 }
@@ -133,8 +150,11 @@ public enum Densifier {
                                            to: (staging as NSString).appendingPathComponent(Checkpoint.indexFileName))
             }
             for side in sparse.checkpoint.sideFiles() {
-                try fm.copyItem(atPath: (sparse.checkpoint.directory as NSString).appendingPathComponent(side),
-                                toPath: (staging as NSString).appendingPathComponent(side))
+                let source = (sparse.checkpoint.directory as NSString).appendingPathComponent(side)
+                guard let data = fm.contents(atPath: source) else { throw CheckpointError(file: source, "cannot read") }
+                // A dense checkpoint: the config no longer says its weights are compressed.
+                let bytes = side == "config.json" ? try CompressionConfig.removed(from: [UInt8](data), file: source).bytes : [UInt8](data)
+                try AtomicFileWriter.write(bytes, to: (staging as NSString).appendingPathComponent(side))
             }
             if fm.fileExists(atPath: output) { try fm.removeItem(atPath: output) }
             guard rename(staging, output) == 0 else {

@@ -2,19 +2,36 @@ import Foundation
 import Pruning
 import Tensors
 
-/// Names and tensors of the sparse output (compressed-tensors' sparse-bitmask layout).
+/// Names and tensors of the sparse output: compressed-tensors' sparse-bitmask format, as
+/// its `BitmaskCompressor` (0.14.0.1) writes it. A module's weight `X.weight` is stored as
+/// `X.bitmask`, `X.compressed`, `X.row_offsets` and `X.shape` (the parts are named after
+/// the module, not the weight); only tensors named `….weight` are compressed, as
+/// compressed-tensors compresses only those.
 public enum SparseLayout {
     public static let suffixes = [".bitmask", ".compressed", ".row_offsets", ".shape"]
 
-    /// The four tensor specs standing for one pruned tensor.
-    public static func specs(name: String, dtype: DType, shape: [Int], stored: Int) -> [TensorSpec] {
+    /// The module name a pruned tensor's parts are named after, or nil when the tensor
+    /// is not a `.weight` (it is then stored as it is, zeros included).
+    public static func partPrefix(forTensor name: String) -> String? {
+        name.hasSuffix(".weight") && name.count > ".weight".count ? String(name.dropLast(".weight".count)) : nil
+    }
+
+    /// The dense tensor a group of parts stands for: `X` → `X.weight`. Outputs written
+    /// before this naming called the parts `X.weight.bitmask` and so on; their group
+    /// already ends in `.weight` and names the tensor itself.
+    public static func denseName(ofGroup group: String) -> String {
+        group.hasSuffix(".weight") ? group : group + ".weight"
+    }
+
+    /// The four tensor specs standing for one pruned tensor, named after `prefix`.
+    public static func specs(prefix: String, dtype: DType, shape: [Int], stored: Int) -> [TensorSpec] {
         let rows = MatrixView.rows(shape)
         let cols = MatrixView.cols(shape)
         return [
-            TensorSpec(name: name + ".bitmask", dtype: .u8, shape: [rows, (cols + 7) / 8]),
-            TensorSpec(name: name + ".compressed", dtype: dtype, shape: [stored]),
-            TensorSpec(name: name + ".row_offsets", dtype: .i64, shape: [rows]),
-            TensorSpec(name: name + ".shape", dtype: .i64, shape: [shape.count]),
+            TensorSpec(name: prefix + ".bitmask", dtype: .u8, shape: [rows, (cols + 7) / 8]),
+            TensorSpec(name: prefix + ".compressed", dtype: dtype, shape: [stored]),
+            TensorSpec(name: prefix + ".row_offsets", dtype: .i64, shape: [rows]),
+            TensorSpec(name: prefix + ".shape", dtype: .i64, shape: [shape.count]),
         ]
     }
 

@@ -20,7 +20,7 @@ class JobProcessTestCase: XCTestCase {
     /// A config.json the forward pass can run (the synthetic model's own names only the
     /// sizes): 4 query heads on 2 key/value heads, untied head.
     static let llamaConfig = """
-        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+        {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
          "tie_word_embeddings": false}
         """

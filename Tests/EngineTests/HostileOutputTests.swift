@@ -26,17 +26,19 @@ final class HostileOutputTests: XCTestCase {
     }
 
     private let target = "model.layers.0.mlp.up_proj.weight"
+    /// Its parts in sparse/ are named after the module (compressed-tensors' naming).
+    private let module = "model.layers.0.mlp.up_proj"
 
     func testOverflowingOrOneDimensionalSparseShapesAreErrors() throws {
         for shape in [[Int64(1) << 33, Int64(1) << 33], [2, Int64(1) << 62, 4], [64], [8, -1]] {
             let dir = TempDir(); defer { dir.cleanup() }
             try job(dir)
             try rewriteSparse(dir) { tensors in
-                let i = tensors.firstIndex { $0.0.name == self.target + ".shape" }!
-                tensors[i] = (TensorSpec(name: target + ".shape", dtype: .i64, shape: [shape.count]), SparseLayout.int64Bytes(shape))
+                let i = tensors.firstIndex { $0.0.name == self.module + ".shape" }!
+                tensors[i] = (TensorSpec(name: module + ".shape", dtype: .i64, shape: [shape.count]), SparseLayout.int64Bytes(shape))
             }
             XCTAssertThrowsError(try Densifier.densify(sparseDirectory: dir.file("job/out/sparse"), to: dir.file("rebuilt"))) {
-                XCTAssertTrue("\($0)".contains(target + ".shape"), "\(shape): \($0)")
+                XCTAssertTrue("\($0)".contains(module + ".shape"), "\(shape): \($0)")
             }
             XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("rebuilt")))
             let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".densify") }

@@ -162,6 +162,11 @@ public enum Subprocess {
     /// CI sets PRUNE_REQUIRE_PYTHON=1 so a missing interop dependency fails instead of skipping.
     public static var pythonRequired: Bool { ProcessInfo.processInfo.environment["PRUNE_REQUIRE_PYTHON"] == "1" }
 
+    /// Whether python3 imports these modules (e.g. "torch, transformers").
+    public static func pythonHas(_ modules: String) -> Bool {
+        (try? run("/usr/bin/env", ["python3", "-c", "import \(modules)"]))?.status == 0
+    }
+
     public static let pythonHasSafetensors: Bool = {
         guard let r = try? run("/usr/bin/env", ["python3", "-c", "import numpy, safetensors, ml_dtypes"]) else { return false }
         return r.status == 0

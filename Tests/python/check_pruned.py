@@ -136,7 +136,7 @@ def check_pruned_tensor(name, e, d_bits, o_bits):
 
 
 def rebuild_sparse(name, sparse, dtype, shape):
-    """Rebuild a pruned tensor from NAME.bitmask/.compressed/.row_offsets/.shape
+    """Rebuild a pruned tensor X.weight from X.bitmask/.compressed/.row_offsets/.shape
     and return its bytes (or None after reporting a problem)."""
     parts = {}
     for suffix, want in (("bitmask", "U8"), ("compressed", dtype), ("row_offsets", "I64"), ("shape", "I64")):
@@ -253,16 +253,18 @@ def main():
         problem(f"sparse/: {INDEX} missing (original is sharded)")
     expected_names = set()
     for name, (dd, dsh, db) in sorted(dense.items()):
-        if name in pruned_names:
-            expected_names |= {f"{name}.{s}" for s in ("bitmask", "compressed", "row_offsets", "shape")}
-            rebuilt = rebuild_sparse(name, sparse, dd, dsh)
+        if name in pruned_names and name.endswith(".weight"):
+            # compressed-tensors names the parts after the module: X.weight -> X.bitmask, ...
+            prefix = name[: -len(".weight")]
+            expected_names |= {f"{prefix}.{s}" for s in ("bitmask", "compressed", "row_offsets", "shape")}
+            rebuilt = rebuild_sparse(prefix, sparse, dd, dsh)
             if rebuilt is not None and rebuilt != db:
                 diff = int(np.flatnonzero(bits(dd, dsh, rebuilt).ravel() != bits(dd, dsh, db).ravel())[0])
                 problem(f"sparse/: {name} rebuilt from the bitmask differs from dense/ at element {diff}")
         else:
             expected_names.add(name)
             if name in sparse and sparse[name] != (dd, dsh, db):
-                problem(f"sparse/: unpruned {name} differs from dense/")
+                problem(f"sparse/: {name}, stored as it is, differs from dense/")
     for n in sorted(expected_names - set(sparse)):
         if n in dense:  # pruned components already reported by rebuild_sparse
             problem(f"sparse/: tensor {n} missing")
