@@ -104,7 +104,8 @@ public struct LocalRunner {
             pruned = comparison.pruned
             phases.append(.init(name: "evaluate", seconds: Date().timeIntervalSince(started)))
         }
-        try JobReport(manifest: manifest, phases: phases, dense: dense, pruned: pruned).write(to: job.path)
+        try JobReport(manifest: manifest, spec: spec, modelDirectory: modelDirectory, phases: phases, dense: dense, pruned: pruned)
+            .write(to: job.path)
     }
 
     /// The spec's evaluation data must be usable before anything is written (an error

@@ -1,34 +1,68 @@
 import Foundation
 import Tensors
 
-/// `report.md`, `report.json` and `report.svg` in the job directory: per layer the target
-/// and achieved sparsity and the reconstruction error; sizes of dense/ and sparse/; the
-/// evaluation figures; wall time per phase.
+/// `report.md`, `report.json` and `report.svg` in the job directory: what was pruned (the
+/// model, its files' digests, the spec's digest, method and calibration settings), sizes
+/// of dense/ and sparse/, the evaluation figures, wall time per phase, and per layer the
+/// target and achieved sparsity and the reconstruction error. report.json is snake_case,
+/// like manifest.json, with a format version.
 public struct JobReport: Codable, Sendable {
+    public static let formatName = "prune-cluster/report"
+    public static let formatVersion = 2
+
+    /// The checkpoint the job pruned.
+    public struct Model: Codable, Sendable {
+        public var path: String
+        /// config.json's `architectures[0]` and `model_type` (mlp.json: "mlp").
+        public var architecture: String?
+        public var modelType: String?
+        public var parameters: Int
+        /// Shard file name → sha256.
+        public var files: [String: String]
+    }
+
+    public struct Calibration: Codable, Sendable {
+        public var data: String
+        public var samples: Int
+        public var tokens: Int
+        public var mode: String
+        public var seed: UInt64
+        public var samplesPerTask: Int
+    }
+
+    public struct Sizes: Codable, Sendable {
+        public var denseBytes: Int
+        public var sparseBytes: Int
+        public var sparseToDense: Double
+        public var prunedDenseBytes: Int
+        public var prunedSparseBytes: Int
+        public var parameters: Int
+        public var prunedParameters: Int
+        /// Zero elements of the pruned tensors.
+        public var zeros: Int
+    }
+
+    /// The evaluation of the dense and the pruned model on the same data.
+    public struct Evaluation: Codable, Sendable {
+        /// "perplexity" or "accuracy".
+        public var metric: String
+        public var data: String
+        /// Tokens scored (perplexity) or examples classified (accuracy).
+        public var count: Int
+        public var dense: Double
+        public var pruned: Double
+    }
+
     public struct Layer: Codable, Sendable {
         public let name: String
+        /// The decoder block (`layers.N.` in the name), nil outside blocks.
+        public let block: Int?
+        /// The module kind: the name's component before `.weight` (`q_proj`, `down_proj`, `fc1`).
+        public let kind: String
         public let targetSparsity: Double
         public let achievedSparsity: Double
         public let reconstructionError: Double?
     }
-
-    public var method: String
-    public var pattern: String
-    public var sparsity: Double
-    public var layers: [Layer]
-    public var denseBytes: Int
-    public var sparseBytes: Int
-    public var sparseToDense: Double
-    /// Perplexity evaluation (Llama-family models); absent otherwise.
-    public var densePerplexity: Double?
-    public var prunedPerplexity: Double?
-    public var evaluatedTokens: Int?
-    /// Top-1 accuracy evaluation (MLP classifiers); absent otherwise.
-    public var denseAccuracy: Double?
-    public var prunedAccuracy: Double?
-    public var evaluatedExamples: Int?
-    /// Phase name → seconds, in the order the phases ran.
-    public var phases: [Phase]
 
     public struct Phase: Codable, Sendable {
         public let name: String
@@ -39,100 +73,159 @@ public struct JobReport: Codable, Sendable {
         }
     }
 
+    public var format = JobReport.formatName
+    public var formatVersion = JobReport.formatVersion
+    public var specSHA256: String
+    public var model: Model
+    public var method: String
+    public var pattern: String
+    public var sparsity: Double
+    public var calibration: Calibration?
+    public var sizes: Sizes
+    public var evaluation: Evaluation?
+    /// In the order the phases ran.
+    public var phases: [Phase]
+    public var layers: [Layer]
+
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers
+    }
+
     /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
-    public init(manifest: Manifest, phases: [Phase], dense: Evaluator.Measurement?, pruned: Evaluator.Measurement?) {
+    public init(manifest: Manifest, spec: JobSpec, modelDirectory: String, phases: [Phase],
+                dense: Evaluator.Measurement?, pruned: Evaluator.Measurement?) {
+        specSHA256 = manifest.specSHA256
+        let config = JobReport.modelIdentity(modelDirectory)
+        model = Model(path: spec.model, architecture: config.architecture, modelType: config.modelType,
+                      parameters: manifest.totals.parameters, files: manifest.modelFiles)
         method = manifest.method
         pattern = manifest.pattern
         sparsity = manifest.sparsity
-        layers = manifest.tensors.filter(\.value.pruned).sorted { LayerOrder.less($0.key, $1.key) }.map {
-            Layer(name: $0.key, targetSparsity: $0.value.targetSparsity ?? 0, achievedSparsity: $0.value.achievedSparsity,
-                  reconstructionError: $0.value.reconstructionError)
+        calibration = spec.calibration.map {
+            Calibration(data: $0.data, samples: $0.samples, tokens: $0.tokens, mode: $0.mode.rawValue, seed: $0.seed, samplesPerTask: $0.samplesPerTask)
         }
-        denseBytes = manifest.totals.denseBytes
-        sparseBytes = manifest.totals.sparseBytes
-        sparseToDense = manifest.totals.sparseToDenseRatio
-        for (measurement, isDense) in [(dense, true), (pruned, false)] {
-            switch measurement {
-            case .perplexity(let r):
-                if isDense { densePerplexity = r.perplexity } else { prunedPerplexity = r.perplexity }
-                evaluatedTokens = r.tokens
-            case .accuracy(let a):
-                if isDense { denseAccuracy = a.accuracy } else { prunedAccuracy = a.accuracy }
-                evaluatedExamples = a.examples
-            case nil:
-                break
-            }
+        let t = manifest.totals
+        sizes = Sizes(denseBytes: t.denseBytes, sparseBytes: t.sparseBytes, sparseToDense: t.sparseToDenseRatio,
+                      prunedDenseBytes: t.prunedDenseBytes, prunedSparseBytes: t.prunedSparseBytes, parameters: t.parameters,
+                      prunedParameters: t.prunedParameters, zeros: t.zeros)
+        let data = spec.evaluation?.data ?? ""
+        switch (dense, pruned) {
+        case let (.perplexity(d)?, .perplexity(p)?):
+            evaluation = Evaluation(metric: "perplexity", data: data, count: p.tokens, dense: d.perplexity, pruned: p.perplexity)
+        case let (.accuracy(d)?, .accuracy(p)?):
+            evaluation = Evaluation(metric: "accuracy", data: data, count: p.examples, dense: d.accuracy, pruned: p.accuracy)
+        default:
+            evaluation = nil
         }
         self.phases = phases
+        layers = manifest.tensors.filter(\.value.pruned).sorted { LayerOrder.less($0.key, $1.key) }.map {
+            Layer(name: $0.key, block: LayerName.block($0.key), kind: LayerName.kind($0.key), targetSparsity: $0.value.targetSparsity ?? 0,
+                  achievedSparsity: $0.value.achievedSparsity, reconstructionError: $0.value.reconstructionError)
+        }
+    }
+
+    /// config.json's architecture and model type, or "mlp" for an MLP classifier.
+    static func modelIdentity(_ directory: String) -> (architecture: String?, modelType: String?) {
+        if MLPConfigFile.exists(in: directory) { return ("mlp", "mlp") }
+        guard let data = FileManager.default.contents(atPath: (directory as NSString).appendingPathComponent("config.json")),
+              let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return (nil, nil) }
+        return ((json["architectures"] as? [String])?.first, json["model_type"] as? String)
+    }
+
+    public static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return encoder
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return decoder
     }
 
     public func write(to directory: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFileWriter.write([UInt8](try encoder.encode(self)) + [0x0A], to: (directory as NSString).appendingPathComponent("report.json"))
+        try AtomicFileWriter.write([UInt8](try JobReport.encoder().encode(self)) + [0x0A], to: (directory as NSString).appendingPathComponent("report.json"))
         try AtomicFileWriter.write(Array(markdown().utf8), to: (directory as NSString).appendingPathComponent("report.md"))
-        try AtomicFileWriter.write(Array(svg().utf8), to: (directory as NSString).appendingPathComponent("report.svg"))
+        try AtomicFileWriter.write(Array(ReportChart(layers: layers, target: sparsity).svg().utf8),
+                                   to: (directory as NSString).appendingPathComponent("report.svg"))
     }
 
     public func markdown() -> String {
         var s = "# Pruning report\n\n"
+        let identity = [model.architecture, model.modelType].compactMap { $0 }.joined(separator: ", ")
+        s += "Model `\(model.path)`" + (identity.isEmpty ? "" : " (\(identity))")
+        s += ": \(model.parameters) parameters in \(model.files.count) file(s). Spec sha256 `\(specSHA256.prefix(16))…`.\n\n"
         s += "Method \(method), pattern \(pattern), target sparsity \(String(format: "%.2f", sparsity)).\n\n"
-        s += "| output | bytes |\n|---|---:|\n| dense/ | \(denseBytes) |\n| sparse/ | \(sparseBytes) (\(String(format: "%.3f", sparseToDense))× dense) |\n\n"
-        if densePerplexity != nil || prunedPerplexity != nil {
-            s += "| evaluation (\(evaluatedTokens ?? 0) tokens) | perplexity |\n|---|---:|\n"
-            if let d = densePerplexity { s += "| dense | \(String(format: "%.3f", d)) |\n" }
-            if let p = prunedPerplexity { s += "| pruned | \(String(format: "%.3f", p)) |\n" }
-            s += "\n"
+        if let c = calibration {
+            s += "Calibration: `\(c.data)`, \(c.samples) samples × \(c.tokens) tokens, \(c.mode) mode, seed \(c.seed), "
+            s += "\(c.samplesPerTask) samples per task.\n\n"
         }
-        if denseAccuracy != nil || prunedAccuracy != nil {
-            s += "| evaluation (\(evaluatedExamples ?? 0) examples) | top-1 accuracy |\n|---|---:|\n"
-            if let d = denseAccuracy { s += "| dense | \(String(format: "%.4f", d)) |\n" }
-            if let p = prunedAccuracy { s += "| pruned | \(String(format: "%.4f", p)) |\n" }
-            s += "\n"
+        s += "| output | bytes | of dense |\n|---|---:|---:|\n"
+        s += "| dense/ | \(sizes.denseBytes) | 1.000 |\n"
+        s += "| sparse/ | \(sizes.sparseBytes) | \(String(format: "%.3f", sizes.sparseToDense)) |\n"
+        let prunedRatio = Double(sizes.prunedSparseBytes) / Double(max(sizes.prunedDenseBytes, 1))
+        s += "| pruned tensors in dense/ | \(sizes.prunedDenseBytes) | |\n"
+        s += "| pruned tensors in sparse/ | \(sizes.prunedSparseBytes) | \(String(format: "%.3f", prunedRatio)) of theirs |\n\n"
+        s += "\(sizes.prunedParameters) of \(sizes.parameters) parameters pruned; "
+        s += "\(String(format: "%.2f", 100 * Double(sizes.zeros) / Double(max(sizes.prunedParameters, 1))))% of them zero.\n\n"
+        if let e = evaluation {
+            let unit = e.metric == "perplexity" ? "tokens" : "examples"
+            let title = e.metric == "perplexity" ? "perplexity" : "top-1 accuracy"
+            let f = e.metric == "perplexity" ? "%.3f" : "%.4f"
+            s += "| evaluation (\(e.count) \(unit)) | \(title) |\n|---|---:|\n"
+            s += "| dense | \(String(format: f, e.dense)) |\n| pruned | \(String(format: f, e.pruned)) |\n\n"
         }
         s += "| phase | seconds |\n|---|---:|\n" + phases.map { "| \($0.name) | \(String(format: "%.2f", $0.seconds)) |" }.joined(separator: "\n") + "\n\n"
-        s += "![sparsity and error by layer](report.svg)\n\n"
-        s += "| layer | target | achieved | reconstruction error |\n|---|---:|---:|---:|\n"
+        s += "![sparsity and reconstruction error by layer](report.svg)\n\n"
+        s += "| layer | block | kind | target | achieved | reconstruction error |\n|---|---:|---|---:|---:|---:|\n"
         for l in layers {
-            s += "| \(l.name) | \(String(format: "%.4f", l.targetSparsity)) | \(String(format: "%.4f", l.achievedSparsity)) | \(l.reconstructionError.map { String(format: "%.4g", $0) } ?? "–") |\n"
+            s += "| \(l.name) | \(l.block.map(String.init) ?? "–") | \(l.kind) | \(String(format: "%.4f", l.targetSparsity)) | "
+            s += "\(String(format: "%.4f", l.achievedSparsity)) | \(l.reconstructionError.map { String(format: "%.4g", $0) } ?? "–") |\n"
         }
         return s
     }
+}
 
-    /// Bars: achieved sparsity per layer (left axis, 0–1); dots: log10 reconstruction error.
-    public func svg() -> String {
-        let width = max(400, 12 * layers.count + 80), height = 260, left = 50, top = 20, plotH = 200
-        let barW = max(2, (width - left - 20) / max(layers.count, 1) - 2)
-        var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" font-family=\"sans-serif\" font-size=\"10\">\n"
-        s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        s += "<text x=\"\(left)\" y=\"12\">achieved sparsity per layer (bars, 0–1); log10 reconstruction error (dots)</text>\n"
-        s += "<line x1=\"\(left)\" y1=\"\(top + plotH)\" x2=\"\(width - 10)\" y2=\"\(top + plotH)\" stroke=\"black\"/>\n"
-        s += "<line x1=\"\(left)\" y1=\"\(top)\" x2=\"\(left)\" y2=\"\(top + plotH)\" stroke=\"black\"/>\n"
-        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-            let y = top + plotH - Int(tick * Double(plotH))
-            s += "<text x=\"\(left - 30)\" y=\"\(y + 3)\">\(String(format: "%.2f", tick))</text>\n"
-        }
-        let errors = layers.compactMap { $0.reconstructionError.map { log10(max($0, 1e-30)) } }
-        let lo = errors.min() ?? 0, hi = errors.max() ?? 1
-        for (i, l) in layers.enumerated() {
-            let x = left + 4 + i * (barW + 2)
-            let h = Int(l.achievedSparsity * Double(plotH))
-            s += "<rect x=\"\(x)\" y=\"\(top + plotH - h)\" width=\"\(barW)\" height=\"\(h)\" fill=\"#4a7ebb\"><title>\(l.name): \(String(format: "%.4f", l.achievedSparsity))</title></rect>\n"
-            if let e = l.reconstructionError {
-                let v = hi > lo ? (log10(max(e, 1e-30)) - lo) / (hi - lo) : 0.5
-                s += "<circle cx=\"\(x + barW / 2)\" cy=\"\(top + plotH - Int(v * Double(plotH)))\" r=\"2.5\" fill=\"#d9534f\"><title>\(l.name): error \(String(format: "%.4g", e))</title></circle>\n"
-            }
-        }
-        return s + "</svg>\n"
+/// Where an MLP classifier's config lives (Engine cannot see Models' MLPConfig here).
+enum MLPConfigFile {
+    static func exists(in directory: String) -> Bool {
+        FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent("mlp.json"))
     }
 }
 
-/// Orders tensor names as a model's layers run: numbers compared as numbers.
+/// What a pruned tensor's name says about where it sits.
+enum LayerName {
+    /// N of `….layers.N.…` (or `….h.N.…`, `….blocks.N.…`), nil outside numbered blocks.
+    static func block(_ name: String) -> Int? {
+        let parts = name.split(separator: ".")
+        for (i, p) in parts.enumerated() where i + 1 < parts.count && ["layers", "layer", "h", "blocks", "block"].contains(p) {
+            if let n = Int(parts[i + 1]) { return n }
+        }
+        return nil
+    }
+
+    /// The module kind: the component before a trailing `.weight` (`q_proj`), else the last.
+    static func kind(_ name: String) -> String {
+        var parts = name.split(separator: ".")
+        if parts.count > 1, parts.last == "weight" { parts.removeLast() }
+        return String(parts.last ?? Substring(name))
+    }
+}
+
+/// Orders tensor names as a model's layers run: numbers compared as numbers, and within a
+/// Llama-family block the projections in the order the forward pass runs them.
 enum LayerOrder {
+    /// Attention before MLP, and q, k, v, o; gate, up, down.
+    static let runOrder = ["self_attn": 0, "mlp": 1, "q_proj": 0, "k_proj": 1, "v_proj": 2, "o_proj": 3,
+                           "gate_proj": 0, "up_proj": 1, "down_proj": 2]
+
     static func less(_ a: String, _ b: String) -> Bool {
         let pa = a.split(separator: "."), pb = b.split(separator: ".")
         for (x, y) in zip(pa, pb) where x != y {
             if let i = Int(x), let j = Int(y) { return i < j }
+            if let i = runOrder[String(x)], let j = runOrder[String(y)] { return i < j }
             return x < y
         }
         return pa.count < pb.count

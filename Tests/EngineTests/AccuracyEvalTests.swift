@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
 import Tensors
 import TestSupport
 import XCTest
@@ -289,13 +292,15 @@ final class AccuracyEvalTests: XCTestCase {
         _ = try LocalRunner(spec: spec, quiet: true).run()
 
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("job/report.json")))) as! [String: Any]
-        XCTAssertEqual(json["denseAccuracy"] as? Double, 1.0)
-        let pruned = try XCTUnwrap(json["prunedAccuracy"] as? Double)
+        let evaluation = try XCTUnwrap(json["evaluation"] as? [String: Any])
+        XCTAssertEqual(evaluation["metric"] as? String, "accuracy")
+        XCTAssertEqual(evaluation["dense"] as? Double, 1.0)
+        let pruned = try XCTUnwrap(evaluation["pruned"] as? Double)
         XCTAssertLessThan(pruned, 1.0, "pruning half of each weight changes some predictions")
         XCTAssertGreaterThan(pruned, 0.25)
-        XCTAssertEqual(json["evaluatedExamples"] as? Int, 250)
-        XCTAssertNil(json["densePerplexity"], "no perplexity keys for an accuracy evaluation")
-        XCTAssertNil(json["evaluatedTokens"])
+        XCTAssertEqual(evaluation["count"] as? Int, 250)
+        XCTAssertEqual((json["model"] as? [String: Any])?["architecture"] as? String, "mlp")
+        XCTAssertEqual((json["layers"] as? [[String: Any]])?.map { $0["kind"] as? String }, ["fc1", "fc2"])
         let markdown = try String(contentsOfFile: dir.file("job/report.md"), encoding: .utf8)
         XCTAssertTrue(markdown.contains("| evaluation (250 examples) | top-1 accuracy |"), markdown)
         XCTAssertTrue(markdown.contains("| dense | 1.0000 |"), markdown)
@@ -313,20 +318,64 @@ final class AccuracyEvalTests: XCTestCase {
                                              pruned, 100 * (pruned - 1), p.correct))
     }
 
-    func testPerplexityReportJSONIsUnchanged() throws {
-        // A report.json written before accuracy existed decodes, and encodes back to the same keys.
-        let old = #"{"denseBytes": 10, "densePerplexity": 12.5, "evaluatedTokens": 96, "layers": [], "method": "wanda", "pattern": "2:4", "#
-            + #""phases": [{"name": "prune", "seconds": 1}], "prunedPerplexity": 25, "sparseBytes": 8, "sparseToDense": 0.8, "sparsity": 0.5}"#
-        let report = try JSONDecoder().decode(JobReport.self, from: Data(old.utf8))
-        XCTAssertNil(report.denseAccuracy)
-        let encoded = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(report)) as! [String: Any]
-        let original = try JSONSerialization.jsonObject(with: Data(old.utf8)) as! [String: Any]
+    func testReportJSONIsSnakeCaseVersionedAndRoundTrips() throws {
+        // A perplexity report: snake_case keys like the manifest's, a format version, the
+        // spec's digest, and the model's identity; it decodes back to the same figures.
+        let json = #"{"format": "prune-cluster/report", "format_version": 2, "spec_sha256": "ab12", "#
+            + #""model": {"path": "/m", "architecture": "LlamaForCausalLM", "model_type": "llama", "parameters": 10, "files": {"model.safetensors": "cd"}}, "#
+            + #""method": "wanda", "pattern": "2:4", "sparsity": 0.5, "#
+            + #""calibration": {"data": "/c.txt", "samples": 64, "tokens": 256, "mode": "sequential", "seed": 0, "samples_per_task": 8}, "#
+            + #""sizes": {"dense_bytes": 10, "sparse_bytes": 8, "sparse_to_dense": 0.8, "pruned_dense_bytes": 6, "pruned_sparse_bytes": 4, "#
+            + #""parameters": 10, "pruned_parameters": 6, "zeros": 3}, "#
+            + #""evaluation": {"metric": "perplexity", "data": "/e.txt", "count": 96, "dense": 12.5, "pruned": 25}, "#
+            + #""phases": [{"name": "prune", "seconds": 1}], "#
+            + #""layers": [{"name": "model.layers.3.mlp.up_proj.weight", "block": 3, "kind": "up_proj", "target_sparsity": 0.5, "achieved_sparsity": 0.5}]}"#
+        let report = try JobReport.decoder().decode(JobReport.self, from: Data(json.utf8))
+        XCTAssertEqual(report.calibration?.samplesPerTask, 8)
+        XCTAssertEqual(report.layers.first?.block, 3)
+        let encoded = try JSONSerialization.jsonObject(with: try JobReport.encoder().encode(report)) as! [String: Any]
+        let original = try JSONSerialization.jsonObject(with: Data(json.utf8)) as! [String: Any]
         XCTAssertEqual(Set(encoded.keys), Set(original.keys))
-        XCTAssertTrue(report.markdown().contains("| evaluation (96 tokens) | perplexity |"))
-        XCTAssertFalse(report.markdown().contains("accuracy"))
+        XCTAssertEqual(Set((encoded["sizes"] as! [String: Any]).keys), Set((original["sizes"] as! [String: Any]).keys))
+        let markdown = report.markdown()
+        XCTAssertTrue(markdown.contains("| evaluation (96 tokens) | perplexity |"), markdown)
+        XCTAssertTrue(markdown.contains("Calibration: `/c.txt`, 64 samples × 256 tokens, sequential mode"), markdown)
+        XCTAssertTrue(markdown.contains("(LlamaForCausalLM, llama)"), markdown)
+        XCTAssertFalse(markdown.contains("accuracy"))
         // The check command's perplexity line is the one it always printed.
         let comparison = Evaluator.Comparison(dense: .perplexity(.init(perplexity: 12.5, tokens: 96, seconds: 0.1)),
                                               pruned: .perplexity(.init(perplexity: 25, tokens: 96, seconds: 0.1)))
         XCTAssertEqual(comparison.summary, "perplexity on 96 tokens: dense 12.500, pruned 25.000 (2.00× dense)")
+    }
+}
+
+/// report.svg reads at a glance: a sparsity panel and, when measured, an error panel on a
+/// log axis, layers in run order grouped by block, block numbers on the x axis.
+final class ReportChartTests: XCTestCase {
+    private func layer(_ block: Int?, _ kind: String, _ sparsity: Double, _ error: Double?) -> JobReport.Layer {
+        JobReport.Layer(name: block.map { "model.layers.\($0).x.\(kind).weight" } ?? "\(kind).weight", block: block, kind: kind,
+                        targetSparsity: 0.5, achievedSparsity: sparsity, reconstructionError: error)
+    }
+
+    func testTwoPanelsBlockLabelsAndALegendInRunOrder() throws {
+        let names = ["model.layers.10.mlp.down_proj.weight", "model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.gate_proj.weight",
+                     "model.layers.2.self_attn.k_proj.weight"]
+        XCTAssertEqual(names.sorted(by: LayerOrder.less), ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.self_attn.k_proj.weight",
+                                                           "model.layers.2.mlp.gate_proj.weight", "model.layers.10.mlp.down_proj.weight"])
+        var layers: [JobReport.Layer] = []
+        for b in 0..<12 { for (k, kind) in ["q_proj", "k_proj", "down_proj"].enumerated() { layers.append(layer(b, kind, 0.3 + 0.05 * Double(k), pow(10, Double(b % 5)))) } }
+        let svg = ReportChart(layers: layers, target: 0.5).svg()
+        XCTAssertTrue(XMLParser(data: Data(svg.utf8)).parse(), "well-formed XML")
+        XCTAssertTrue(svg.contains("Achieved sparsity per layer (dashed: target 0.50)"))
+        XCTAssertTrue(svg.contains("Reconstruction error"))
+        for decade in ["1e0", "1e4"] { XCTAssertTrue(svg.contains(">\(decade)</text>"), decade) }
+        XCTAssertTrue(svg.contains(">11</text>") && svg.contains(">decoder block</text>"), "block numbers label the x axis")
+        let legend = ["q_proj", "k_proj", "down_proj"].map { svg.range(of: ">\($0)</text>")!.lowerBound }
+        XCTAssertEqual(legend, legend.sorted(), "legend in run order")
+        XCTAssertEqual(svg.components(separatedBy: "<circle").count - 1, 36, "one dot per layer with an error")
+        // Without errors there is one panel; an MLP's layers are labelled by kind.
+        let flat = ReportChart(layers: [layer(nil, "fc1", 0.5, nil), layer(nil, "fc2", 0.5, nil)], target: 0.5).svg()
+        XCTAssertFalse(flat.contains("Reconstruction error"))
+        XCTAssertTrue(flat.contains(">fc2</text>") && flat.contains(">layer</text>"))
     }
 }

@@ -1,0 +1,139 @@
+import Foundation
+
+/// report.svg: one panel with the achieved sparsity of every pruned layer (bars, colored by
+/// module kind, grouped by decoder block, the target as a dashed line), and, when the
+/// method measured it, one panel with each layer's reconstruction error on a log axis.
+/// Layers run left to right in model order; block numbers label the x axis.
+struct ReportChart {
+    let layers: [JobReport.Layer]
+    let target: Double
+
+    /// tab10, the matplotlib default: distinguishable, and readable when printed grey.
+    static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+    private let left = 72, right = 24, top = 92, panelHeight = 190, panelGap = 78
+    /// Width of one layer's slot and the extra gap between blocks.
+    private var slot: Int { layers.count > 120 ? 5 : layers.count > 40 ? 8 : 20 }
+    private let blockGap = 6
+
+    /// Module kinds in the order they first appear (a block's q, k, v, o, gate, up, down).
+    var kinds: [String] {
+        var seen: [String] = []
+        for l in layers where !seen.contains(l.kind) { seen.append(l.kind) }
+        return seen
+    }
+
+    /// Each layer's x (left edge of its bar).
+    var positions: [Int] {
+        var x = left + blockGap, out: [Int] = []
+        for (i, l) in layers.enumerated() {
+            if i > 0, l.block != layers[i - 1].block { x += blockGap }
+            out.append(x)
+            x += slot
+        }
+        return out
+    }
+
+    var width: Int { max(640, (positions.last ?? left) + slot + blockGap + right) }
+    var hasErrors: Bool { layers.contains { $0.reconstructionError.map { $0 > 0 && $0.isFinite } ?? false } }
+    var height: Int { top + panelHeight + 44 + (hasErrors ? panelGap + panelHeight + 44 : 0) + 36 }
+
+    func svg() -> String {
+        var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" "
+        s += "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"12\">\n"
+        s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        guard !layers.isEmpty else { return s + "<text x=\"\(left)\" y=\"\(top)\">no layer was pruned</text>\n</svg>\n" }
+        s += legend()
+        s += sparsityPanel(y0: top)
+        if hasErrors { s += errorPanel(y0: top + panelHeight + 44 + panelGap) }
+        return s + "</svg>\n"
+    }
+
+    private func color(_ kind: String) -> String {
+        ReportChart.palette[(kinds.firstIndex(of: kind) ?? 0) % ReportChart.palette.count]
+    }
+
+    private func legend() -> String {
+        var s = "<text x=\"\(left)\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Pruned layers, in model order</text>\n"
+        var x = left
+        for kind in kinds {
+            s += "<rect x=\"\(x)\" y=\"36\" width=\"12\" height=\"12\" fill=\"\(color(kind))\"/>"
+            s += "<text x=\"\(x + 16)\" y=\"46\">\(escape(kind))</text>\n"
+            x += 30 + 8 * kind.count
+        }
+        return s
+    }
+
+    /// Axes, the x labels (block numbers) and a title for a panel whose plot area starts at y0.
+    private func frame(y0: Int, title: String, yLabel: String) -> String {
+        let x1 = width - right, y1 = y0 + panelHeight
+        var s = "<text x=\"\(left)\" y=\"\(y0 - 14)\" font-size=\"13\" font-weight=\"bold\">\(escape(title))</text>\n"
+        s += "<line x1=\"\(left)\" y1=\"\(y1)\" x2=\"\(x1)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
+        s += "<line x1=\"\(left)\" y1=\"\(y0)\" x2=\"\(left)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
+        s += "<text transform=\"translate(16 \(y0 + panelHeight / 2)) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
+        // Block numbers under each block's group of bars, thinned to keep them apart.
+        let pos = positions
+        var groups: [(block: Int, from: Int, to: Int)] = []
+        for (i, l) in layers.enumerated() {
+            guard let b = l.block else { continue }
+            if let last = groups.last, last.block == b { groups[groups.count - 1].to = pos[i] + slot } else { groups.append((b, pos[i], pos[i] + slot)) }
+        }
+        let groupWidth = groups.map { $0.to - $0.from + blockGap }.max() ?? 1
+        let every = max(1, Int((22.0 / Double(groupWidth)).rounded(.up)))
+        for (i, g) in groups.enumerated() where i % every == 0 || i == groups.count - 1 {
+            let cx = (g.from + g.to) / 2
+            s += "<line x1=\"\(cx)\" y1=\"\(y1)\" x2=\"\(cx)\" y2=\"\(y1 + 4)\" stroke=\"black\"/>"
+            s += "<text x=\"\(cx)\" y=\"\(y1 + 17)\" text-anchor=\"middle\">\(g.block)</text>\n"
+        }
+        let xTitle = groups.isEmpty ? "layer" : "decoder block"
+        s += "<text x=\"\((left + x1) / 2)\" y=\"\(y1 + 36)\" text-anchor=\"middle\">\(xTitle)</text>\n"
+        if groups.isEmpty {
+            for (i, l) in layers.enumerated() {
+                s += "<text x=\"\(pos[i] + slot / 2)\" y=\"\(y1 + 17)\" text-anchor=\"middle\" font-size=\"10\">\(escape(l.kind))</text>\n"
+            }
+        }
+        return s
+    }
+
+    private func sparsityPanel(y0: Int) -> String {
+        var s = frame(y0: y0, title: String(format: "Achieved sparsity per layer (dashed: target %.2f)", target), yLabel: "sparsity")
+        let y1 = y0 + panelHeight
+        func y(_ v: Double) -> Int { y1 - Int((v * Double(panelHeight)).rounded()) }
+        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            s += "<line x1=\"\(left)\" y1=\"\(y(tick))\" x2=\"\(width - right)\" y2=\"\(y(tick))\" stroke=\"#dddddd\"/>"
+            s += "<text x=\"\(left - 6)\" y=\"\(y(tick) + 4)\" text-anchor=\"end\">\(String(format: "%.2f", tick))</text>\n"
+        }
+        let bar = max(1, slot - 1)
+        for (i, l) in layers.enumerated() {
+            let x = positions[i], top = y(min(max(l.achievedSparsity, 0), 1))
+            s += "<rect x=\"\(x)\" y=\"\(top)\" width=\"\(bar)\" height=\"\(y1 - top)\" fill=\"\(color(l.kind))\">"
+            s += "<title>\(escape(l.name)): \(String(format: "%.4f", l.achievedSparsity))</title></rect>\n"
+        }
+        s += "<line x1=\"\(left)\" y1=\"\(y(target))\" x2=\"\(width - right)\" y2=\"\(y(target))\" stroke=\"black\" stroke-dasharray=\"6 4\"/>\n"
+        return s
+    }
+
+    private func errorPanel(y0: Int) -> String {
+        var s = frame(y0: y0, title: "Reconstruction error ‖(W − Ŵ)X‖² per layer (log scale)", yLabel: "error")
+        let logs = layers.compactMap { $0.reconstructionError.flatMap { $0 > 0 && $0.isFinite ? log10($0) : nil } }
+        let lo = floor(logs.min()!), hi = max(ceil(logs.max()!), lo + 1)
+        let y1 = y0 + panelHeight
+        func y(_ v: Double) -> Int { y1 - Int(((v - lo) / (hi - lo) * Double(panelHeight)).rounded()) }
+        let decades = Int(hi - lo)
+        let step = max(1, (decades + 5) / 6)
+        for d in stride(from: Int(lo), through: Int(hi), by: step) {
+            s += "<line x1=\"\(left)\" y1=\"\(y(Double(d)))\" x2=\"\(width - right)\" y2=\"\(y(Double(d)))\" stroke=\"#dddddd\"/>"
+            s += "<text x=\"\(left - 6)\" y=\"\(y(Double(d)) + 4)\" text-anchor=\"end\">1e\(d)</text>\n"
+        }
+        for (i, l) in layers.enumerated() {
+            guard let e = l.reconstructionError, e > 0, e.isFinite else { continue }
+            s += "<circle cx=\"\(positions[i] + max(1, slot - 1) / 2)\" cy=\"\(y(log10(e)))\" r=\"\(slot >= 8 ? 3 : 2)\" fill=\"\(color(l.kind))\">"
+            s += "<title>\(escape(l.name)): \(String(format: "%.4g", e))</title></circle>\n"
+        }
+        return s
+    }
+
+    private func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+}
