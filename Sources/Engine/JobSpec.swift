@@ -10,35 +10,6 @@ public struct SpecError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Which tensors a job prunes, by exact name or by `re:` regular expression (matched at
-/// the start of the name, as Python's `re.match` does in llm-compressor's specs).
-// Regex is an immutable value but not marked Sendable in this toolchain.
-public struct NamePattern: @unchecked Sendable, CustomStringConvertible {
-    public let text: String
-    private let regex: Regex<AnyRegexOutput>?
-
-    public init(_ text: String) throws {
-        self.text = text
-        if text.hasPrefix("re:") {
-            do {
-                regex = try Regex(String(text.dropFirst(3)))
-            } catch {
-                throw SpecError("'\(text)' is not a valid regular expression: \(error)")
-            }
-        } else {
-            regex = nil
-        }
-    }
-
-    public var isExact: Bool { regex == nil }
-    public var description: String { text }
-
-    public func matches(_ name: String) -> Bool {
-        guard let regex else { return name == text }
-        return (try? regex.prefixMatch(in: name)) != nil
-    }
-}
-
 /// A pruning job, as written in job.yaml (see docs/job-spec.md).
 public struct JobSpec: Sendable {
     public enum Method: String, Sendable, CaseIterable {
@@ -107,6 +78,20 @@ public struct JobSpec: Sendable {
     /// The directory relative paths in the spec were resolved against.
     public var baseDirectory: String
 
+    /// Bounds on what a spec may ask for, checked while parsing, before anything is read
+    /// or allocated (see docs/job-spec.md, "Limits").
+    public enum Limits {
+        /// Entries in `targets`, and in `ignore` (exact names are looked up in a set).
+        public static let patternEntries = 100_000
+        /// `re:` entries in `targets`, and in `ignore`.
+        public static let regexEntries = 1_000
+        /// UTF-8 bytes of one entry (tensor names are far shorter).
+        public static let entryBytes = 1_024
+        /// NFA states over all `re:` entries of one list: matching a name costs at most
+        /// its length times this many steps.
+        public static let regexStates = 10_000
+    }
+
     public static let defaultTargets = ["re:.*"]
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
@@ -161,13 +146,32 @@ public struct JobSpec: Sendable {
             guard let seq = node.sequence else {
                 throw SpecError("\(where_(file, node)): '\(key)' must be a list of tensor names or re: patterns")
             }
+            guard seq.count <= Limits.patternEntries else {
+                throw SpecError("\(where_(file, node)): '\(key)' has \(seq.count) entries, more than the limit of \(Limits.patternEntries)")
+            }
+            var regexes = 0, states = 0
             return try seq.map { item in
                 guard let s = item.scalar?.string, !s.isEmpty else {
                     throw SpecError("\(where_(file, item)): every entry of '\(key)' must be a string")
                 }
-                do { return try NamePattern(s) } catch let e as SpecError {
+                guard s.utf8.count <= Limits.entryBytes else {
+                    throw SpecError("\(where_(file, item)): \(key): an entry of \(s.utf8.count) bytes is longer than the limit of \(Limits.entryBytes)")
+                }
+                let pattern: NamePattern
+                do { pattern = try NamePattern(s) } catch let e as SpecError {
                     throw SpecError("\(where_(file, item)): \(key): \(e.message)")
                 }
+                if !pattern.isExact {
+                    regexes += 1
+                    states += pattern.regexStates
+                    guard regexes <= Limits.regexEntries else {
+                        throw SpecError("\(where_(file, item)): \(key): more than \(Limits.regexEntries) re: entries; combine them with | or list exact names")
+                    }
+                    guard states <= Limits.regexStates else {
+                        throw SpecError("\(where_(file, item)): \(key): the re: entries together compile to more than \(Limits.regexStates) states; simplify them or list exact names")
+                    }
+                }
+                return pattern
             }
         }
         func resolve(_ p: String) -> String {
