@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Pruning
 import Tensors
 import Yams
@@ -81,6 +82,8 @@ public struct JobSpec: Sendable {
     /// Bounds on what a spec may ask for, checked while parsing, before anything is read
     /// or allocated (see docs/job-spec.md, "Limits").
     public enum Limits {
+        /// The spec file itself.
+        public static let specBytes = 16 << 20
         /// Entries in `targets`, and in `ignore` (exact names are looked up in a set).
         public static let patternEntries = 100_000
         /// `re:` entries in `targets`, and in `ignore`.
@@ -90,6 +93,19 @@ public struct JobSpec: Sendable {
         /// NFA states over all `re:` entries of one list: matching a name costs at most
         /// its length times this many steps.
         public static let regexStates = 10_000
+        /// `calibration.samples` and `evaluation.samples`.
+        public static let samples = 65_536
+        /// `calibration.tokens`: tokens per calibration window.
+        public static let calibrationTokens = 131_072
+        /// `evaluation.tokens`: one window's logits are tokens × vocabulary floats.
+        public static let evaluationTokens = 32_768
+        /// samples × tokens of calibration: token ids the coordinator holds.
+        public static let calibrationTotalTokens = 1 << 22
+        /// samples_per_task × tokens: one task's token ids travel in one protocol message
+        /// (at most 1 MiB), 4 bytes or fewer each.
+        public static let tokensPerTask = 1 << 17
+        /// samples × tokens of evaluation: hidden states of every window are held at once.
+        public static let evaluationTotalTokens = 1 << 20
     }
 
     public static let defaultTargets = ["re:.*"]
@@ -99,8 +115,11 @@ public struct JobSpec: Sendable {
 
     /// Reads and validates a spec file. Relative paths are relative to the spec's directory.
     public static func load(path: String) throws -> JobSpec {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw SpecError("\(path): cannot read the job spec")
+        let data: Data
+        do {
+            data = try SmallFile.read(path, limit: Limits.specBytes)
+        } catch {
+            throw SpecError("\(path): \(error.describe("the job spec"))")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw SpecError("\(path): job spec is not UTF-8 text")
@@ -180,6 +199,9 @@ public struct JobSpec: Sendable {
 
         let model = resolve(try string("model", required: true)!)
         let output = resolve(try string("output", required: true)!)
+        if let overlap = PathOverlap.between(model: model, output: output) {
+            throw SpecError("\(where_(file, values["output"])): output: \(overlap)")
+        }
         let methodText = try string("method") ?? "magnitude"
         guard let method = Method(rawValue: methodText) else {
             throw SpecError("\(where_(file, values["method"])): method: '\(methodText)' is not one of \(Method.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -254,8 +276,14 @@ public struct JobSpec: Sendable {
                 throw SpecError("\(where_(file, dataNode)): evaluation.data: cannot read \(path)")
             }
             var e = Evaluation(data: path)
-            if let v = try JobSpec.positiveInt(m["samples"], "evaluation.samples", file: file, minimum: 1) { e.samples = v }
-            if let v = try JobSpec.positiveInt(m["tokens"], "evaluation.tokens", file: file, minimum: 2) { e.tokens = v }
+            if let v = try JobSpec.positiveInt(m["samples"], "evaluation.samples", file: file, minimum: 1, maximum: Limits.samples) { e.samples = v }
+            if let v = try JobSpec.positiveInt(m["tokens"], "evaluation.tokens", file: file, minimum: 2, maximum: Limits.evaluationTokens) { e.tokens = v }
+            // Perplexity holds every window's hidden states at once; an MLP classifier's
+            // samples are examples and it has no tokens.
+            let windows = e.samples ?? 32
+            guard MLPConfig.exists(in: model) || windows * e.tokens <= Limits.evaluationTotalTokens else {
+                throw SpecError("\(where_(file, node)): evaluation: samples × tokens = \(windows) × \(e.tokens) is more than the limit of \(Limits.evaluationTotalTokens) tokens")
+            }
             spec.evaluation = e
         }
         return spec
@@ -273,10 +301,13 @@ public struct JobSpec: Sendable {
         return out
     }
 
-    private static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int) throws -> Int? {
+    private static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int, maximum: Int = Int.max) throws -> Int? {
         guard let node else { return nil }
         guard let v = node.scalar.flatMap({ Int($0.string) }), v >= minimum else {
             throw SpecError("\(where_(file, node)): \(name): must be an integer ≥ \(minimum)")
+        }
+        guard v <= maximum else {
+            throw SpecError("\(where_(file, node)): \(name): \(v) is more than the limit of \(maximum)")
         }
         return v
     }
@@ -291,10 +322,17 @@ public struct JobSpec: Sendable {
             throw SpecError("\(where_(file, dataNode)): calibration.data: cannot read \(path)")
         }
         var c = Calibration(data: path)
-        if let v = try positiveInt(m["samples"], "calibration.samples", file: file, minimum: 1) { c.samples = v }
-        if let v = try positiveInt(m["tokens"], "calibration.tokens", file: file, minimum: 2) { c.tokens = v }
+        if let v = try positiveInt(m["samples"], "calibration.samples", file: file, minimum: 1, maximum: Limits.samples) { c.samples = v }
+        if let v = try positiveInt(m["tokens"], "calibration.tokens", file: file, minimum: 2, maximum: Limits.calibrationTokens) { c.tokens = v }
         if let v = try positiveInt(m["seed"], "calibration.seed", file: file, minimum: 0) { c.seed = UInt64(v) }
-        if let v = try positiveInt(m["samples_per_task"], "calibration.samples_per_task", file: file, minimum: 1) { c.samplesPerTask = v }
+        if let v = try positiveInt(m["samples_per_task"], "calibration.samples_per_task", file: file, minimum: 1, maximum: Limits.samples) { c.samplesPerTask = v }
+        // Products are bounded too: each factor alone may be sane and the product not.
+        guard c.samples * c.tokens <= Limits.calibrationTotalTokens else {
+            throw SpecError("\(where_(file, node)): calibration: samples × tokens = \(c.samples) × \(c.tokens) is more than the limit of \(Limits.calibrationTotalTokens) tokens")
+        }
+        guard min(c.samplesPerTask, c.samples) * c.tokens <= Limits.tokensPerTask else {
+            throw SpecError("\(where_(file, node)): calibration: samples_per_task × tokens = \(min(c.samplesPerTask, c.samples)) × \(c.tokens) is more than the limit of \(Limits.tokensPerTask) tokens per task; lower samples_per_task")
+        }
         if let node = m["mode"] {
             guard let mode = node.scalar.flatMap({ Calibration.Mode(rawValue: $0.string) }) else {
                 throw SpecError("\(where_(file, node)): calibration.mode: must be sequential or dense")
@@ -331,6 +369,45 @@ public struct JobSpec: Sendable {
         case .random: return RandomCriterion(seed: seed)
         case .wanda, .sparsegpt: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
         }
+    }
+}
+
+/// Refuses an output directory that overlaps the checkpoint: inside the model directory
+/// the job would write into the checkpoint it reads (and a later run would read its own
+/// outputs); a model inside the output directory would be replaced by the outputs.
+enum PathOverlap {
+    /// A phrase naming the overlap, or nil when the paths are apart.
+    static func between(model: String, output: String) -> String? {
+        let m = canonical(model), o = canonical(output)
+        var isDir: ObjCBool = false
+        let modelIsDirectory = !FileManager.default.fileExists(atPath: m, isDirectory: &isDir) || isDir.boolValue
+        if o == m { return "\(output) is the model \(modelIsDirectory ? "directory" : "file") itself" }
+        if modelIsDirectory && isInside(o, m) {
+            return "\(output) is inside the model directory \(model); the job would write into the checkpoint it reads"
+        }
+        if isInside(m, o) { return "the model \(model) is inside the output directory \(output), whose outputs would replace it" }
+        return nil
+    }
+
+    static func isInside(_ path: String, _ directory: String) -> Bool {
+        path.hasPrefix(directory == "/" ? "/" : directory + "/")
+    }
+
+    /// The absolute path with symbolic links resolved as far as the path exists (the
+    /// output usually does not exist yet).
+    static func canonical(_ path: String) -> String {
+        var existing = path
+        var rest: [String] = []
+        while existing != "/" && !existing.isEmpty {
+            if let resolved = realpath(existing, nil) {
+                defer { free(resolved) }
+                existing = String(cString: resolved)
+                break
+            }
+            rest.insert((existing as NSString).lastPathComponent, at: 0)
+            existing = (existing as NSString).deletingLastPathComponent
+        }
+        return rest.reduce(existing.isEmpty ? "/" : existing) { ($0 as NSString).appendingPathComponent($1) }
     }
 }
 
