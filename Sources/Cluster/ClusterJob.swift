@@ -38,7 +38,7 @@ public final class ClusterJob {
     public var ledgerPath: String { (directory.path as NSString).appendingPathComponent("ledger.sqlite") }
 
     private init(spec: JobSpec, checkpoint: Checkpoint, plan: Plan, directory: JobDirectory, ledger: Ledger,
-                 modelFiles: [Prune_V1_ModelFile], settings: Settings, created: Bool) throws {
+                 modelFiles: [Prune_V1_ModelFile], settings: Settings, created: Bool, calibrationPlan: CalibrationPlan? = nil) throws {
         self.spec = spec
         self.checkpoint = checkpoint
         self.plan = plan
@@ -48,7 +48,7 @@ public final class ClusterJob {
         self.settings = settings
         createdDirectory = created
         if spec.method.needsCalibration {
-            let calibration = try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory)
+            let calibration = try calibrationPlan ?? CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint)
             self.calibration = calibration
             calibrationTaskByID = Dictionary(uniqueKeysWithValues: calibration.tasks.map { ($0.id, $0) })
             tasks = []
@@ -71,6 +71,9 @@ public final class ClusterJob {
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
         try LocalRunner(spec: spec).refuseNonFinite(checkpoint)
+        // Calibration and evaluation inputs are checked before anything is written.
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
+        try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let directory = JobDirectory(path: spec.output)
         try directory.validate(for: spec)
         let modelFiles = try digests(checkpoint)
@@ -85,7 +88,7 @@ public final class ClusterJob {
             settings.maxWeightsPerTask = recorded
         }
         let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, directory: directory, ledger: ledger,
-                                 modelFiles: modelFiles, settings: settings, created: created)
+                                 modelFiles: modelFiles, settings: settings, created: created, calibrationPlan: calibration)
         job.lock = lock
         if existing {
             try job.verifyRecorded()

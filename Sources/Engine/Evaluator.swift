@@ -87,6 +87,30 @@ public enum Evaluator {
         }
     }
 
+    /// Checks a spec's evaluation inputs before the job starts, so that bad data fails
+    /// the job before anything is written rather than after the pruning: for perplexity,
+    /// config.json (against the checkpoint) and the windows (against the vocabulary);
+    /// for accuracy, mlp.json and the labelled examples' format.
+    public static func checkInputs(spec: JobSpec, modelDirectory: String) throws {
+        guard let e = spec.evaluation else { return }
+        do {
+            switch try Metric.of(modelDirectory: modelDirectory) {
+            case .accuracy:
+                _ = try MLPConfig.load(modelDirectory)
+                _ = try LabelledData.load(e.data, limit: e.samples)
+            case .perplexity:
+                let configPath = (modelDirectory as NSString).appendingPathComponent("config.json")
+                let config = try LlamaConfig.parse(bytes: LlamaConfig.readConfig(configPath), file: configPath)
+                try config.validate(against: try Checkpoint(path: modelDirectory), file: configPath)
+                try config.checkSequenceLength(e.tokens, what: "evaluation.tokens")
+                let w = try windows(data: e.data, modelDirectory: modelDirectory, samples: e.samples ?? 32, tokens: e.tokens)
+                try CalibrationData.check(w, vocabularySize: config.vocabSize, source: e.data)
+            }
+        } catch let e as ModelError {
+            throw SpecError(e.description)
+        }
+    }
+
     /// Examples per forward pass when measuring accuracy.
     public static let accuracyBatch = 1024
 
@@ -123,6 +147,8 @@ public enum Evaluator {
         let model = try LlamaModel(directory: modelDirectory)
         let c = model.config
         guard let t = windows.first?.count, t > 1 else { throw SpecError("evaluation needs windows of at least 2 tokens") }
+        try c.checkSequenceLength(t, what: "evaluation tokens")
+        try CalibrationData.check(windows, vocabularySize: c.vocabSize, source: "evaluation data")
         let rope = RotaryTable(headDim: c.headDim, theta: c.ropeTheta, maxTokens: t)
         var hidden = try windows.map { try model.embed($0) }
         let progress = ProgressReporter(label: label, total: c.layers + 1, quiet: quiet)

@@ -28,11 +28,15 @@ public struct LocalRunner {
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
         try refuseNonFinite(checkpoint)
+        // Calibration inputs (config.json, tokenizer, data) and evaluation data are
+        // checked before the job directory is created.
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
+        try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let job = JobDirectory(path: spec.output)
         try job.validate(for: spec)
         let created = try job.claim(for: spec)
         do {
-            return try prune(checkpoint: checkpoint, plan: plan, job: job, start: start)
+            return try prune(checkpoint: checkpoint, plan: plan, job: job, start: start, calibration: calibration)
         } catch {
             // A first run that fails leaves no directory behind.
             if created { try? FileManager.default.removeItem(atPath: job.path) }
@@ -40,10 +44,9 @@ public struct LocalRunner {
         }
     }
 
-    private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date) throws -> Summary {
-
+    private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date, calibration: CalibrationPlan?) throws -> Summary {
         if spec.method.needsCalibration {
-            let result = try Calibrator(spec: spec, plan: plan, checkpoint: checkpoint, quiet: quiet).run()
+            let result = try Calibrator(spec: spec, plan: plan, checkpoint: checkpoint, quiet: quiet, calibration: calibration).run()
             return try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: result.masks,
                                 updated: result.updated, errors: result.errors)
         }
