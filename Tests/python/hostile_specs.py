@@ -402,6 +402,17 @@ def build():
         "tok_huge", extra=lambda d: os.truncate(os.path.join(d, "tokenizer.json"), (64 << 20) + 1)))],
          "the tokenizer is 67108865 bytes, more than the limit of 64 MiB")
 
+    # Other files read whole: bounded, and never read from a device or a FIFO.
+    os.symlink("/dev/zero", os.path.join(OUT, "devzero"))
+    case("key_devzero", ["coordinator", "--job", "ok_magnitude.yaml", "--bind", "tcp://127.0.0.1:9", "--curve-secret", "devzero",
+                         "--allow", "devzero"], "devzero: cannot read the key file", absent=["out-ok_magnitude"])
+    os.makedirs(os.path.join(OUT, "job-devzero", "out"))
+    os.symlink("/dev/zero", os.path.join(OUT, "job-devzero", "out", "manifest.json"))
+    case("manifest_devzero", ["check", "model", "job-devzero"], "the manifest is not a regular file", absent=[])
+    os.makedirs(os.path.join(OUT, "index-devzero"))
+    os.symlink("/dev/zero", os.path.join(OUT, "index-devzero", "model.safetensors.index.json"))
+    case("index_devzero", ["inspect", "index-devzero"], "the index is not a regular file", absent=[])
+
     # GGUF import.
     gguf_case("gguf_blocks_2e30", gguf_llama(**{"llama.block_count": ("u32", 2 ** 30)}),
               "llama.block_count 1073741824 needs at least 9 tensors per block, but the file has 11 tensors in all")
