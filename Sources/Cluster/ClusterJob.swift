@@ -120,7 +120,7 @@ public final class ClusterJob {
         guard let recordedDigest = try ledger.jobValue("spec_sha256"), let base = try ledger.jobValue("spec_base") else {
             throw LedgerError("\(ledgerPath): the ledger records no job")
         }
-        guard let data = FileManager.default.contents(atPath: directory.specPath), let text = String(data: data, encoding: .utf8) else {
+        guard let data = try? SmallFile.read(directory.specPath, limit: JobSpec.Limits.specBytes), let text = String(data: data, encoding: .utf8) else {
             throw SpecError("\(directory.specPath): cannot read the job spec")
         }
         let spec = try JobSpec.parse(yaml: text, file: directory.specPath, baseDirectory: base, bytes: [UInt8](data))

@@ -90,4 +90,18 @@ final class HostileInputTests: XCTestCase {
             XCTAssertEqual(r.status, 0, "\(c.name): \(r.stderr.prefix(2000))")
         }
     }
+
+    /// A job directory is input too: `prune resume` reads its job.yaml bounded, so a link
+    /// to /dev/zero is one error line, not a read that never ends.
+    func testResumeReadsTheJobSpecBounded() throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        try SyntheticModel.write(to: dir.file("model"))
+        try "model: model\noutput: job\nsparsity: 0.5\n".write(toFile: dir.file("job.yaml"), atomically: false, encoding: .utf8)
+        XCTAssertEqual(try Subprocess.prune(["run", "-q", "job.yaml"], cwd: dir.path).status, 0)
+        try FileManager.default.removeItem(atPath: dir.file("job/job.yaml"))
+        try FileManager.default.createSymbolicLink(atPath: dir.file("job/job.yaml"), withDestinationPath: "/dev/zero")
+        let r = try XCTUnwrap(try run(["resume", "job"], cwd: dir.path), "resume hangs")
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertEqual(r.stderr, "prune: error: job/job.yaml: cannot read the job spec\n")
+    }
 }
