@@ -82,11 +82,12 @@ public final class ClusterJob {
     public static func prepare(spec: JobSpec, settings: Settings) throws -> ClusterJob {
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
-        let runner = LocalRunner(spec: spec)
-        try runner.refuseNonFinite(checkpoint)
-        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory) : nil
+        try LocalRunner(spec: spec).refuseNonFinite(checkpoint)
+        // Calibration inputs (config.json, tokenizer, data) and evaluation data are
+        // checked before anything is written.
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
         let calibrationData = try spec.calibration.map { try SHA256Stream.hex(file: $0.data) }
-        try runner.validateEvaluation(modelDirectory: checkpoint.directory)
+        try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let directory = JobDirectory(path: spec.output)
         try directory.validate(for: spec)
         let modelFiles = try digests(checkpoint)
@@ -141,7 +142,7 @@ public final class ClusterJob {
         guard let recordedDigest = try ledger.jobValue("spec_sha256"), let base = try ledger.jobValue("spec_base") else {
             throw LedgerError("\(path): the job never started (its ledger records no job); start it again with prune run")
         }
-        guard let data = FileManager.default.contents(atPath: directory.specPath), let text = String(data: data, encoding: .utf8) else {
+        guard let data = try? SmallFile.read(directory.specPath, limit: JobSpec.Limits.specBytes), let text = String(data: data, encoding: .utf8) else {
             throw SpecError("\(directory.specPath): cannot read the job spec")
         }
         let spec = try JobSpec.parse(yaml: text, file: directory.specPath, baseDirectory: base, bytes: [UInt8](data))
@@ -150,7 +151,7 @@ public final class ClusterJob {
         }
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
-        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory) : nil
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
         let lock = try JobLock(directory: path)
         // A crash during assembly leaves a staging directory: gone before anything else,
         // so a resume on a tight disk has room.

@@ -195,7 +195,8 @@ public enum KeyFiles {
 
     /// Reads one Z85 key from a file.
     public static func readKey(_ path: String) throws -> String {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw SpecError("\(path): cannot read the key file") }
+        // SmallFile: a key file that is /dev/zero or huge is refused, not read forever.
+        guard let data = try? SmallFile.read(path, limit: 1 << 16), let text = String(data: data, encoding: .utf8) else { throw SpecError("\(path): cannot read the key file") }
         let key = text.trimmingCharacters(in: .whitespacesAndNewlines)
         guard Curve.isValidKey(key) else { throw SpecError("\(path): not a CURVE key (40 Z85 characters)") }
         return key
@@ -203,7 +204,7 @@ public enum KeyFiles {
 
     /// Reads an allow-list of public keys.
     public static func readAllowList(_ path: String) throws -> Set<String> {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw SpecError("\(path): cannot read the allow-list") }
+        guard let data = try? SmallFile.read(path, limit: 16 << 20), let text = String(data: data, encoding: .utf8) else { throw SpecError("\(path): cannot read the allow-list") }
         var keys = Set<String>()
         for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             // '#' is a Z85 character, so a comment is a line starting with '#'; anything

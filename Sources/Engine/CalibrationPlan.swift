@@ -62,16 +62,27 @@ public struct CalibrationPlan: Sendable {
     /// Builds the plan: reads config.json and the calibration data, draws the windows,
     /// and refuses targets that are not Linear layers of the decoder blocks.
     public init(spec: JobSpec, plan: Plan, modelDirectory: String) throws {
+        try self.init(spec: spec, plan: plan, checkpoint: try Checkpoint(path: modelDirectory))
+    }
+
+    /// Builds the plan for an opened checkpoint. Everything the calibration will read is
+    /// checked here, before any task runs: config.json against its meaning and against
+    /// the checkpoint's tensors, the calibration windows against the vocabulary.
+    public init(spec: JobSpec, plan: Plan, checkpoint: Checkpoint) throws {
         guard let calibration = spec.calibration else { throw SpecError("method \(spec.method.rawValue) needs calibration") }
+        let modelDirectory = checkpoint.directory
         let configPath = (modelDirectory as NSString).appendingPathComponent("config.json")
-        guard let data = FileManager.default.contents(atPath: configPath) else {
+        guard FileManager.default.fileExists(atPath: configPath) else {
             throw ModelError("\(configPath): cannot read a JSON config (\(spec.method.rawValue) runs the model's forward pass)")
         }
-        configJSON = [UInt8](data)
+        configJSON = try LlamaConfig.readConfig(configPath)
         config = try LlamaConfig.parse(bytes: configJSON, file: configPath)
+        try config.validate(against: checkpoint, file: configPath)
+        try config.checkSequenceLength(calibration.tokens, what: "calibration.tokens")
         let streams = try CalibrationData.load(calibration.data, modelDirectory: modelDirectory)
         windows = try CalibrationData.windows(streams, samples: calibration.samples, tokens: calibration.tokens,
                                               seed: calibration.seed, source: calibration.data)
+        try CalibrationData.check(windows, vocabularySize: config.vocabSize, source: calibration.data)
         method = spec.method
         mode = calibration.mode
         tokens = calibration.tokens

@@ -20,16 +20,19 @@ public struct Calibrator {
     public let plan: Plan
     public let checkpoint: Checkpoint
     public var quiet = false
+    /// The plan, when the caller built (and so validated) it already.
+    public var calibration: CalibrationPlan?
 
-    public init(spec: JobSpec, plan: Plan, checkpoint: Checkpoint, quiet: Bool = false) {
+    public init(spec: JobSpec, plan: Plan, checkpoint: Checkpoint, quiet: Bool = false, calibration: CalibrationPlan? = nil) {
         self.spec = spec
         self.plan = plan
         self.checkpoint = checkpoint
         self.quiet = quiet
+        self.calibration = calibration
     }
 
     public func run() throws -> CalibrationResult {
-        let calibration = try CalibrationPlan(spec: spec, plan: plan, modelDirectory: checkpoint.directory)
+        let calibration = try self.calibration ?? CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint)
         let store = WeightStore(checkpoint: checkpoint)
         var hidden: [[Float]] = Array(repeating: [], count: calibration.shardCount)
         var statistics: [[String: [UInt8]]] = Array(repeating: [:], count: calibration.shardCount)

@@ -87,33 +87,41 @@ public enum Evaluator {
         }
     }
 
-    /// Checks that `data` can be evaluated on the model in `modelDirectory` (readable,
-    /// the right width and labels, token ids inside the vocabulary, enough tokens) without
-    /// running the model: a job validates its evaluation data before it writes anything.
-    public static func validate(modelDirectory: String, data: String, samples: Int?, tokens: Int) throws {
+    /// Checks a spec's evaluation inputs before the job starts, so that bad data fails
+    /// the job before anything is written rather than after the pruning: for perplexity,
+    /// config.json (against the checkpoint) and the windows (against the vocabulary);
+    /// for accuracy, mlp.json and the labelled examples' format.
+    public static func checkInputs(spec: JobSpec, modelDirectory: String) throws {
+        guard let e = spec.evaluation else { return }
         do {
             switch try Metric.of(modelDirectory: modelDirectory) {
             case .accuracy:
-                let examples = try LabelledData.load(data, limit: samples)
-                let model = try MLPModel(directory: modelDirectory)
-                let configFile = (modelDirectory as NSString).appendingPathComponent(MLPConfig.fileName)
-                guard examples.count > 0 else { throw SpecError("\(examples.source): no examples to evaluate on") }
-                guard examples.width == model.config.input else {
-                    throw SpecError("\(examples.source): examples have \(examples.width) features but \(configFile) expects 'input' \(model.config.input)")
-                }
-                if let bad = examples.labels.firstIndex(where: { $0 >= model.classes }) {
-                    throw SpecError("\(examples.source): label \(examples.labels[bad]) of example \(bad) is outside the \(model.classes) classes of \(configFile)")
-                }
+                _ = try MLPConfig.load(modelDirectory)
+                let examples = try LabelledData.load(e.data, limit: e.samples)
+                try checkExamples(examples, model: try MLPModel(directory: modelDirectory), modelDirectory: modelDirectory)
             case .perplexity:
-                let config = try LlamaConfig.load((modelDirectory as NSString).appendingPathComponent("config.json"))
-                let w = try windows(data: data, modelDirectory: modelDirectory, samples: samples ?? 32, tokens: tokens)
-                if let id = w.lazy.flatMap({ $0 }).first(where: { $0 < 0 || Int($0) >= config.vocabSize }) {
-                    throw SpecError("\(data): token id \(id) is outside the model's vocabulary (\(config.vocabSize))")
-                }
+                let configPath = (modelDirectory as NSString).appendingPathComponent("config.json")
+                let config = try LlamaConfig.parse(bytes: LlamaConfig.readConfig(configPath), file: configPath)
+                try config.validate(against: try Checkpoint(path: modelDirectory), file: configPath)
+                try config.checkSequenceLength(e.tokens, what: "evaluation.tokens")
+                let w = try windows(data: e.data, modelDirectory: modelDirectory, samples: e.samples ?? 32, tokens: e.tokens)
+                try CalibrationData.check(w, vocabularySize: config.vocabSize, source: e.data)
             }
         } catch let e as ModelError {
             throw SpecError(e.description)
         }
+    }
+
+    /// Labelled examples fit the classifier: its input width, labels among its classes.
+    static func checkExamples(_ data: LabelledData, model: MLPModel, modelDirectory: String) throws {
+        let configFile = (modelDirectory as NSString).appendingPathComponent(MLPConfig.fileName)
+        guard data.width == model.config.input else {
+            throw SpecError("\(data.source): examples have \(data.width) features but \(configFile) expects 'input' \(model.config.input)")
+        }
+        if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
+            throw SpecError("\(data.source): label \(data.labels[bad]) of example \(bad) is outside the \(model.classes) classes of \(configFile)")
+        }
+        guard data.count > 0 else { throw SpecError("\(data.source): no examples to evaluate on") }
     }
 
     /// Examples per forward pass when measuring accuracy.
@@ -123,14 +131,7 @@ public enum Evaluator {
     public static func accuracy(modelDirectory: String, data: LabelledData, label: String, quiet: Bool) throws -> Accuracy {
         let start = Date()
         let model = try MLPModel(directory: modelDirectory)
-        let configFile = (modelDirectory as NSString).appendingPathComponent(MLPConfig.fileName)
-        guard data.width == model.config.input else {
-            throw SpecError("\(data.source): examples have \(data.width) features but \(configFile) expects 'input' \(model.config.input)")
-        }
-        if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
-            throw SpecError("\(data.source): label \(data.labels[bad]) of example \(bad) is outside the \(model.classes) classes of \(configFile)")
-        }
-        guard data.count > 0 else { throw SpecError("\(data.source): no examples to evaluate on") }
+        try checkExamples(data, model: model, modelDirectory: modelDirectory)
         let batches = (data.count + accuracyBatch - 1) / accuracyBatch
         let progress = ProgressReporter(label: label, total: batches, quiet: quiet)
         var correct = 0
@@ -152,6 +153,8 @@ public enum Evaluator {
         let model = try LlamaModel(directory: modelDirectory)
         let c = model.config
         guard let t = windows.first?.count, t > 1 else { throw SpecError("evaluation needs windows of at least 2 tokens") }
+        try c.checkSequenceLength(t, what: "evaluation tokens")
+        try CalibrationData.check(windows, vocabularySize: c.vocabSize, source: "evaluation data")
         let rope = RotaryTable(headDim: c.headDim, theta: c.ropeTheta, maxTokens: t)
         var hidden = try windows.map { try model.embed($0) }
         let progress = ProgressReporter(label: label, total: c.layers + 1, quiet: quiet)

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Pruning
 import Tensors
 import Yams
@@ -8,35 +9,6 @@ public struct SpecError: Error, CustomStringConvertible, Sendable {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
-}
-
-/// Which tensors a job prunes, by exact name or by `re:` regular expression (matched at
-/// the start of the name, as Python's `re.match` does in llm-compressor's specs).
-// Regex is an immutable value but not marked Sendable in this toolchain.
-public struct NamePattern: @unchecked Sendable, CustomStringConvertible {
-    public let text: String
-    private let regex: Regex<AnyRegexOutput>?
-
-    public init(_ text: String) throws {
-        self.text = text
-        if text.hasPrefix("re:") {
-            do {
-                regex = try Regex(String(text.dropFirst(3)))
-            } catch {
-                throw SpecError("'\(text)' is not a valid regular expression: \(error)")
-            }
-        } else {
-            regex = nil
-        }
-    }
-
-    public var isExact: Bool { regex == nil }
-    public var description: String { text }
-
-    public func matches(_ name: String) -> Bool {
-        guard let regex else { return name == text }
-        return (try? regex.prefixMatch(in: name)) != nil
-    }
 }
 
 /// A pruning job, as written in job.yaml (see docs/job-spec.md).
@@ -110,6 +82,35 @@ public struct JobSpec: Sendable {
     /// The directory relative paths in the spec were resolved against.
     public var baseDirectory: String
 
+    /// Bounds on what a spec may ask for, checked while parsing, before anything is read
+    /// or allocated (see docs/job-spec.md, "Limits").
+    public enum Limits {
+        /// The spec file itself.
+        public static let specBytes = 16 << 20
+        /// Entries in `targets`, and in `ignore` (exact names are looked up in a set).
+        public static let patternEntries = 100_000
+        /// `re:` entries in `targets`, and in `ignore`.
+        public static let regexEntries = 1_000
+        /// UTF-8 bytes of one entry (tensor names are far shorter).
+        public static let entryBytes = 1_024
+        /// NFA states over all `re:` entries of one list: matching a name costs at most
+        /// its length times this many steps.
+        public static let regexStates = 10_000
+        /// `calibration.samples` and `evaluation.samples`.
+        public static let samples = 65_536
+        /// `calibration.tokens`: tokens per calibration window.
+        public static let calibrationTokens = 131_072
+        /// `evaluation.tokens`: one window's logits are tokens × vocabulary floats.
+        public static let evaluationTokens = 32_768
+        /// samples × tokens of calibration: token ids the coordinator holds.
+        public static let calibrationTotalTokens = 1 << 22
+        /// samples_per_task × tokens: one task's token ids travel in one protocol message
+        /// (at most 1 MiB), 4 bytes or fewer each.
+        public static let tokensPerTask = 1 << 17
+        /// samples × tokens of evaluation: hidden states of every window are held at once.
+        public static let evaluationTotalTokens = 1 << 20
+    }
+
     public static let defaultTargets = ["re:.*"]
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
@@ -123,7 +124,7 @@ public struct JobSpec: Sendable {
     /// The `seed` of a spec file (0 when it names none), without validating the rest: a job
     /// directory's copy of the spec names paths relative to where it was first written.
     public static func seed(ofSpecAt path: String) -> UInt64? {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8),
+        guard let data = try? SmallFile.read(path, limit: Limits.specBytes), let text = String(data: data, encoding: .utf8),
               let mapping = (try? Yams.compose(yaml: text))??.mapping else { return nil }
         guard let node = mapping["seed"] else { return 0 }
         return node.scalar.flatMap { UInt64($0.string) }
@@ -131,8 +132,11 @@ public struct JobSpec: Sendable {
 
     /// Reads and validates a spec file. Relative paths are relative to the spec's directory.
     public static func load(path: String) throws -> JobSpec {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw SpecError("\(path): cannot read the job spec")
+        let data: Data
+        do {
+            data = try SmallFile.read(path, limit: Limits.specBytes)
+        } catch {
+            throw SpecError("\(path): \(error.describe("the job spec"))")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw SpecError("\(path): job spec is not UTF-8 text")
@@ -178,13 +182,32 @@ public struct JobSpec: Sendable {
             guard let seq = node.sequence else {
                 throw SpecError("\(where_(file, node)): '\(key)' must be a list of tensor names or re: patterns")
             }
+            guard seq.count <= Limits.patternEntries else {
+                throw SpecError("\(where_(file, node)): '\(key)' has \(seq.count) entries, more than the limit of \(Limits.patternEntries)")
+            }
+            var regexes = 0, states = 0
             return try seq.map { item in
                 guard let s = item.scalar?.string, !s.isEmpty else {
                     throw SpecError("\(where_(file, item)): every entry of '\(key)' must be a string")
                 }
-                do { return try NamePattern(s) } catch let e as SpecError {
+                guard s.utf8.count <= Limits.entryBytes else {
+                    throw SpecError("\(where_(file, item)): \(key): an entry of \(s.utf8.count) bytes is longer than the limit of \(Limits.entryBytes)")
+                }
+                let pattern: NamePattern
+                do { pattern = try NamePattern(s) } catch let e as SpecError {
                     throw SpecError("\(where_(file, item)): \(key): \(e.message)")
                 }
+                if !pattern.isExact {
+                    regexes += 1
+                    states += pattern.regexStates
+                    guard regexes <= Limits.regexEntries else {
+                        throw SpecError("\(where_(file, item)): \(key): more than \(Limits.regexEntries) re: entries; combine them with | or list exact names")
+                    }
+                    guard states <= Limits.regexStates else {
+                        throw SpecError("\(where_(file, item)): \(key): the re: entries together compile to more than \(Limits.regexStates) states; simplify them or list exact names")
+                    }
+                }
+                return pattern
             }
         }
         func resolve(_ p: String) -> String {
@@ -193,6 +216,9 @@ public struct JobSpec: Sendable {
 
         let model = resolve(try string("model", required: true)!)
         let output = resolve(try string("output", required: true)!)
+        if let overlap = PathOverlap.between(model: model, output: output) {
+            throw SpecError("\(where_(file, values["output"])): output: \(overlap)")
+        }
         let methodText = try string("method") ?? "magnitude"
         guard let method = Method(rawValue: methodText) else {
             throw SpecError("\(where_(file, values["method"])): method: '\(methodText)' is not one of \(Method.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -273,8 +299,14 @@ public struct JobSpec: Sendable {
                 throw SpecError("\(where_(file, dataNode)): evaluation.data: cannot read \(path)")
             }
             var e = Evaluation(data: path)
-            if let v = try JobSpec.positiveInt(m["samples"], "evaluation.samples", file: file, minimum: 1) { e.samples = v }
-            if let v = try JobSpec.positiveInt(m["tokens"], "evaluation.tokens", file: file, minimum: 2) { e.tokens = v }
+            if let v = try JobSpec.positiveInt(m["samples"], "evaluation.samples", file: file, minimum: 1, maximum: Limits.samples) { e.samples = v }
+            if let v = try JobSpec.positiveInt(m["tokens"], "evaluation.tokens", file: file, minimum: 2, maximum: Limits.evaluationTokens) { e.tokens = v }
+            // Perplexity holds every window's hidden states at once; an MLP classifier's
+            // samples are examples and it has no tokens.
+            let windows = e.samples ?? 32
+            guard MLPConfig.exists(in: model) || windows * e.tokens <= Limits.evaluationTotalTokens else {
+                throw SpecError("\(where_(file, node)): evaluation: samples × tokens = \(windows) × \(e.tokens) is more than the limit of \(Limits.evaluationTotalTokens) tokens")
+            }
             spec.evaluation = e
         }
         return spec
@@ -292,10 +324,13 @@ public struct JobSpec: Sendable {
         return out
     }
 
-    private static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int) throws -> Int? {
+    private static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int, maximum: Int = Int.max) throws -> Int? {
         guard let node else { return nil }
         guard let v = node.scalar.flatMap({ Int($0.string) }), v >= minimum else {
             throw SpecError("\(where_(file, node)): \(name): must be an integer ≥ \(minimum)")
+        }
+        guard v <= maximum else {
+            throw SpecError("\(where_(file, node)): \(name): \(v) is more than the limit of \(maximum)")
         }
         return v
     }
@@ -310,10 +345,17 @@ public struct JobSpec: Sendable {
             throw SpecError("\(where_(file, dataNode)): calibration.data: cannot read \(path)")
         }
         var c = Calibration(data: path)
-        if let v = try positiveInt(m["samples"], "calibration.samples", file: file, minimum: 1) { c.samples = v }
-        if let v = try positiveInt(m["tokens"], "calibration.tokens", file: file, minimum: 2) { c.tokens = v }
+        if let v = try positiveInt(m["samples"], "calibration.samples", file: file, minimum: 1, maximum: Limits.samples) { c.samples = v }
+        if let v = try positiveInt(m["tokens"], "calibration.tokens", file: file, minimum: 2, maximum: Limits.calibrationTokens) { c.tokens = v }
         if let v = try positiveInt(m["seed"], "calibration.seed", file: file, minimum: 0) { c.seed = UInt64(v) }
-        if let v = try positiveInt(m["samples_per_task"], "calibration.samples_per_task", file: file, minimum: 1) { c.samplesPerTask = v }
+        if let v = try positiveInt(m["samples_per_task"], "calibration.samples_per_task", file: file, minimum: 1, maximum: Limits.samples) { c.samplesPerTask = v }
+        // Products are bounded too: each factor alone may be sane and the product not.
+        guard c.samples * c.tokens <= Limits.calibrationTotalTokens else {
+            throw SpecError("\(where_(file, node)): calibration: samples × tokens = \(c.samples) × \(c.tokens) is more than the limit of \(Limits.calibrationTotalTokens) tokens")
+        }
+        guard min(c.samplesPerTask, c.samples) * c.tokens <= Limits.tokensPerTask else {
+            throw SpecError("\(where_(file, node)): calibration: samples_per_task × tokens = \(min(c.samplesPerTask, c.samples)) × \(c.tokens) is more than the limit of \(Limits.tokensPerTask) tokens per task; lower samples_per_task")
+        }
         if let node = m["mode"] {
             guard let mode = node.scalar.flatMap({ Calibration.Mode(rawValue: $0.string) }) else {
                 throw SpecError("\(where_(file, node)): calibration.mode: must be sequential or dense")
@@ -350,6 +392,45 @@ public struct JobSpec: Sendable {
         case .random: return RandomCriterion(seed: seed)
         case .wanda, .sparsegpt: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
         }
+    }
+}
+
+/// Refuses an output directory that overlaps the checkpoint: inside the model directory
+/// the job would write into the checkpoint it reads (and a later run would read its own
+/// outputs); a model inside the output directory would be replaced by the outputs.
+enum PathOverlap {
+    /// A phrase naming the overlap, or nil when the paths are apart.
+    static func between(model: String, output: String) -> String? {
+        let m = canonical(model), o = canonical(output)
+        var isDir: ObjCBool = false
+        let modelIsDirectory = !FileManager.default.fileExists(atPath: m, isDirectory: &isDir) || isDir.boolValue
+        if o == m { return "\(output) is the model \(modelIsDirectory ? "directory" : "file") itself" }
+        if modelIsDirectory && isInside(o, m) {
+            return "\(output) is inside the model directory \(model); the job would write into the checkpoint it reads"
+        }
+        if isInside(m, o) { return "the model \(model) is inside the output directory \(output), whose outputs would replace it" }
+        return nil
+    }
+
+    static func isInside(_ path: String, _ directory: String) -> Bool {
+        path.hasPrefix(directory == "/" ? "/" : directory + "/")
+    }
+
+    /// The absolute path with symbolic links resolved as far as the path exists (the
+    /// output usually does not exist yet).
+    static func canonical(_ path: String) -> String {
+        var existing = path
+        var rest: [String] = []
+        while existing != "/" && !existing.isEmpty {
+            if let resolved = realpath(existing, nil) {
+                defer { free(resolved) }
+                existing = String(cString: resolved)
+                break
+            }
+            rest.insert((existing as NSString).lastPathComponent, at: 0)
+            existing = (existing as NSString).deletingLastPathComponent
+        }
+        return rest.reduce(existing.isEmpty ? "/" : existing) { ($0 as NSString).appendingPathComponent($1) }
     }
 }
 

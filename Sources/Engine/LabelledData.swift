@@ -127,8 +127,11 @@ struct IDXArray {
     let dataStart: Int
 
     init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw SpecError("\(path): cannot read")
+        let data: Data
+        do {
+            data = try SmallFile.read(path, limit: CalibrationData.maxFileBytes)
+        } catch {
+            throw SpecError("\(path): \(error.describe("the file"))")
         }
         var bytes = [UInt8](data)
         if Gzip.isGzip(bytes) {

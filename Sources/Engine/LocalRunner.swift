@@ -28,12 +28,15 @@ public struct LocalRunner {
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
         try refuseNonFinite(checkpoint)
-        try validateEvaluation(modelDirectory: checkpoint.directory)
+        // Calibration inputs (config.json, tokenizer, data) and evaluation data are
+        // checked before the job directory is created.
+        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
+        try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let job = JobDirectory(path: spec.output)
         try job.validate(for: spec)
         let claim = try job.claim(for: spec)
         do {
-            return try withExtendedLifetime(claim.lock) { try prune(checkpoint: checkpoint, plan: plan, job: job, start: start) }
+            return try withExtendedLifetime(claim.lock) { try prune(checkpoint: checkpoint, plan: plan, job: job, start: start, calibration: calibration) }
         } catch {
             // A first run that fails leaves no directory behind.
             if claim.created { try? FileManager.default.removeItem(atPath: job.path) }
@@ -41,10 +44,9 @@ public struct LocalRunner {
         }
     }
 
-    private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date) throws -> Summary {
-
+    private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date, calibration: CalibrationPlan?) throws -> Summary {
         if spec.method.needsCalibration {
-            let result = try Calibrator(spec: spec, plan: plan, checkpoint: checkpoint, quiet: quiet).run()
+            let result = try Calibrator(spec: spec, plan: plan, checkpoint: checkpoint, quiet: quiet, calibration: calibration).run()
             return try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: result.masks,
                                 updated: result.updated, errors: result.errors)
         }
@@ -106,13 +108,6 @@ public struct LocalRunner {
         }
         try JobReport(manifest: manifest, spec: spec, modelDirectory: modelDirectory, phases: phases, dense: dense, pruned: pruned)
             .write(to: job.path)
-    }
-
-    /// The spec's evaluation data must be usable before anything is written (an error
-    /// found after out/ is written would leave a finished job without its report).
-    public func validateEvaluation(modelDirectory: String) throws {
-        guard let e = spec.evaluation else { return }
-        try Evaluator.validate(modelDirectory: modelDirectory, data: e.data, samples: e.samples, tokens: e.tokens)
     }
 
     /// NaN or Inf in any floating tensor ends the job before anything is written, naming

@@ -1,4 +1,5 @@
 import Foundation
+import Tensors
 
 /// `out/manifest.json`: what was done to every tensor, with digests to check it by.
 public struct Manifest: Codable, Sendable, Equatable {
@@ -134,8 +135,14 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     public static func load(path: String) throws -> Manifest {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        let data: Data
+        do {
+            // ~500 bytes per tensor: room for checkpoints of several hundred thousand tensors.
+            data = try SmallFile.read(path, limit: 256 << 20)
+        } catch .unreadable {
             throw SpecError("\(path): cannot read the manifest")
+        } catch {
+            throw SpecError("\(path): \(error.describe("the manifest"))")
         }
         let manifest: Manifest
         do {

@@ -31,10 +31,10 @@ public struct Plan: Sendable {
                 throw SpecError("targets: '\(target.text)' is \(info.dtype.rawValue) \(info.shape); only floating tensors of 2 or more dimensions can be pruned")
             }
         }
+        let wanted = NameMatcher(spec.targets), ignored = NameMatcher(spec.ignore)
         var chosen: [PlannedTensor] = []
         for t in checkpoint.tensors {
-            guard spec.targets.contains(where: { $0.matches(t.name) }),
-                  !spec.ignore.contains(where: { $0.matches(t.name) }),
+            guard wanted.matches(t.name), !ignored.matches(t.name),
                   t.dtype.isFloat, t.shape.count >= 2, t.elementCount > 0 else { continue }
             do {
                 try spec.pattern.validate(rows: t.rows, cols: t.cols)
@@ -44,9 +44,15 @@ public struct Plan: Sendable {
             chosen.append(PlannedTensor(info: t, shard: checkpoint.shardName(of: t.name)!))
         }
         guard !chosen.isEmpty else {
-            throw SpecError("targets: no prunable tensor matched (targets \(spec.targets.map(\.text)), ignore \(spec.ignore.map(\.text)))")
+            throw SpecError("targets: no prunable tensor matched (targets \(Plan.summary(spec.targets)), ignore \(Plan.summary(spec.ignore)))")
         }
         targets = chosen
+    }
+
+    /// The first few entries of a pattern list, as `["a", "re:b"]`, then how many more.
+    static func summary(_ patterns: [NamePattern], first: Int = 5) -> String {
+        let shown = "\(patterns.prefix(first).map(\.text))"
+        return patterns.count > first ? "\(shown.dropLast()), … and \(patterns.count - first) more]" : shown
     }
 
     /// Weights the plan prunes from one tensor.

@@ -307,6 +307,13 @@ struct GGUFLlamaParams {
         hidden = try required("embedding_length")
         intermediate = try required("feed_forward_length")
         layers = try required("block_count")
+        // The plan builds 9 names per block: a count the tensor table cannot come close to
+        // holding is refused before that (names then stay within 9 × the tensor count, which
+        // the file's size bounds); a block or two short is left to the plan, which names
+        // the first missing tensor.
+        guard layers <= f.tensors.count else {
+            throw CheckpointError(file: f.path, "llama.block_count \(layers) is more than the file's \(f.tensors.count) tensors could hold (\(GGUFImporter.blockTensors.count) per block)")
+        }
         heads = try required("attention.head_count")
         kvHeads = try f.int("llama.attention.head_count_kv") ?? heads
         contextLength = try required("context_length")
@@ -330,14 +337,22 @@ struct GGUFLlamaParams {
         if let rot = try f.int("llama.rope.dimension_count"), rot != headDim {
             throw CheckpointError(file: f.path, "llama.rope.dimension_count \(rot) differs from the head dimension \(headDim) (partial rotary is not supported)")
         }
+        // Written to config.json as numbers: NaN or ±Inf have no JSON form, and a value the
+        // forward pass cannot use (eps ≤ 0, base ≤ 0) is refused as LlamaConfig would.
         rmsEps = try f.double("llama.attention.layer_norm_rms_epsilon") ?? 1e-5
+        guard rmsEps.isFinite, rmsEps > 0, rmsEps < 1, Float(rmsEps) > 0 else {
+            throw CheckpointError(file: f.path, "llama.attention.layer_norm_rms_epsilon \(rmsEps) is not a small positive number (0 < eps < 1)")
+        }
         ropeTheta = try f.double("llama.rope.freq_base") ?? 10000
+        guard ropeTheta.isFinite, ropeTheta > 0 else {
+            throw CheckpointError(file: f.path, "llama.rope.freq_base \(ropeTheta) is not a positive number")
+        }
         switch try f.string("llama.rope.scaling.type") {
         case nil, "none":
             ropeScalingFactor = nil
         case "linear":
-            guard let factor = try f.double("llama.rope.scaling.factor"), factor > 0 else {
-                throw CheckpointError(file: f.path, "llama.rope.scaling.type is linear but llama.rope.scaling.factor is missing or not positive")
+            guard let factor = try f.double("llama.rope.scaling.factor"), factor.isFinite, factor > 0 else {
+                throw CheckpointError(file: f.path, "llama.rope.scaling.type is linear but llama.rope.scaling.factor is missing or not a positive number")
             }
             ropeScalingFactor = factor
         case let other?:
@@ -382,6 +397,12 @@ struct GGUFTokenizerFiles {
 
     init(_ f: GGUFFile, vocabSize: Int, contextLength: Int) throws {
         let path = f.path
+        // The tokenizer files are UTF-8 JSON: a token whose bytes are not UTF-8 would be
+        // written with U+FFFD in their place, a different token.
+        for (key, index) in f.invalidUTF8.sorted(by: { $0.key < $1.key }) where key.hasPrefix("tokenizer.") {
+            let element = f[key]?.arrayValue != nil ? "[\(index)]" : ""
+            throw CheckpointError(file: path, "\(key)\(element) is not valid UTF-8 (the tokenizer files cannot hold it)")
+        }
         let model = try f.string("tokenizer.ggml.model")
         guard model == "gpt2" else {
             throw CheckpointError(file: path, "tokenizer.ggml.model '\(CheckpointError.printable(model ?? "(missing)"))' is not supported (only gpt2, byte-level BPE)")
@@ -544,6 +565,8 @@ indirect enum OrderedJSON {
         case .null: s += "null"
         case .bool(let b): s += b ? "true" : "false"
         case .int(let i): s += String(i)
+        // Callers write finite numbers only (GGUFLlamaParams refuses NaN and ±Inf); a
+        // non-finite one has no JSON form and becomes null rather than invalid JSON.
         case .number(let d): s += d.isFinite ? "\(d)" : "null"
         case .string(let str): s += SafeTensorsWriter.jsonString(str)
         case .array(let items):

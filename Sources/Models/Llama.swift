@@ -213,9 +213,11 @@ public final class LlamaModel: @unchecked Sendable {
         self.store = store
     }
 
-    /// Opens a checkpoint directory with its config.json.
+    /// Opens a checkpoint directory with its config.json, checked against the tensors.
     public convenience init(directory: String) throws {
-        self.init(config: try LlamaConfig.load(directory), store: WeightStore(checkpoint: try Checkpoint(path: directory)))
+        let config = try LlamaConfig.load(directory), checkpoint = try Checkpoint(path: directory)
+        try config.validate(against: checkpoint, file: (checkpoint.directory as NSString).appendingPathComponent("config.json"))
+        self.init(config: config, store: WeightStore(checkpoint: checkpoint))
     }
 
     private func embeddings() throws -> [Float] {

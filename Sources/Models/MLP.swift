@@ -64,8 +64,13 @@ public struct MLPConfig: Sendable, Equatable {
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
             file = (path as NSString).appendingPathComponent(fileName)
         }
-        guard let data = FileManager.default.contents(atPath: file) else {
+        let data: Data
+        do {
+            data = try SmallFile.read(file, limit: 1 << 20)
+        } catch .unreadable {
             throw ModelError("\(file): cannot read the MLP config")
+        } catch {
+            throw ModelError("\(file): \(error.describe("the MLP config"))")
         }
         guard let object = try? JSONSerialization.jsonObject(with: data), let json = object as? [String: Any] else {
             throw ModelError("\(file): not a JSON object")

@@ -9,6 +9,11 @@ public struct ModelError: Error, CustomStringConvertible, Sendable {
 
 /// The parts of a Hugging Face `config.json` the Llama-family forward pass needs
 /// (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM).
+///
+/// Every value the forward pass uses is checked against its meaning when parsed (types,
+/// ranges, supported activations and features: a config the forward pass would compute
+/// differently from the reference is refused, not run), and `validate(against:)` checks
+/// the config against a checkpoint's tensors (every block present, no extra block, shapes).
 public struct LlamaConfig: Sendable, Equatable {
     public var hiddenSize: Int
     public var intermediateSize: Int
@@ -23,8 +28,28 @@ public struct LlamaConfig: Sendable, Equatable {
     /// Qwen2 has biases on q/k/v projections.
     public var attentionBias: Bool
     public var architecture: String
+    /// Sliding-window attention span (Mistral), nil when attention is over the whole
+    /// sequence. The forward pass attends to every earlier position, which equals the
+    /// window only for sequences no longer than it: callers refuse longer ones.
+    public var slidingWindow: Int? = nil
 
     public static let supported = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+
+    /// Bounds on config values: far above any released model, far below what would
+    /// make the planner or an allocation blow up.
+    public enum Limits {
+        /// config.json itself (real ones are a few KiB; it travels in every calibration task).
+        public static let configBytes = 256 << 10
+        public static let hiddenSize = 1 << 16
+        public static let intermediateSize = 1 << 20
+        public static let layers = 1 << 10
+        public static let heads = 1 << 10
+        public static let headDim = 1 << 10
+        public static let vocabSize = 1 << 22
+    }
+
+    /// Activations (`hidden_act`) that are the SiLU the forward pass computes.
+    public static let siluNames: Set<String> = ["silu", "swish"]
 
     /// Reads `config.json` from a checkpoint directory (or the file itself).
     public static func load(_ path: String) throws -> LlamaConfig {
@@ -33,12 +58,25 @@ public struct LlamaConfig: Sendable, Equatable {
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
             file = (path as NSString).appendingPathComponent("config.json")
         }
-        guard let data = FileManager.default.contents(atPath: file) else { throw ModelError("\(file): cannot read a JSON config") }
-        return try parse(bytes: [UInt8](data), file: file)
+        return try parse(bytes: readConfig(file), file: file)
+    }
+
+    /// The bytes of config.json, refused when larger than `Limits.configBytes`.
+    public static func readConfig(_ file: String) throws -> [UInt8] {
+        do {
+            return [UInt8](try SmallFile.read(file, limit: Limits.configBytes))
+        } catch .unreadable(let reason) {
+            throw ModelError("\(file): cannot read a JSON config: \(reason)")
+        } catch {
+            throw ModelError("\(file): \(error.describe("the config"))")
+        }
     }
 
     /// Parses `config.json` bytes (a worker gets them in its task, not from disk).
     public static func parse(bytes: [UInt8], file: String) throws -> LlamaConfig {
+        guard bytes.count <= Limits.configBytes else {
+            throw ModelError("\(file): the config is \(bytes.count) bytes, more than the limit of \(SmallFile.describe(bytes: Limits.configBytes))")
+        }
         guard let json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw ModelError("\(file): cannot read a JSON config")
         }
@@ -46,35 +84,121 @@ public struct LlamaConfig: Sendable, Equatable {
     }
 
     public static func parse(_ json: [String: Any], file: String) throws -> LlamaConfig {
-        func int(_ key: String, default def: Int? = nil) throws -> Int {
-            if let v = json[key] as? Int { return v }
-            if let v = json[key] as? Double, v == v.rounded() { return Int(v) }
-            if let def { return def }
-            throw ModelError("\(file): missing integer '\(key)'")
-        }
-        func double(_ key: String, default def: Double) -> Double {
-            (json[key] as? Double) ?? (json[key] as? Int).map(Double.init) ?? def
-        }
+        let fields = ConfigFields(json: json, file: file)
         let architecture = (json["architectures"] as? [String])?.first ?? "?"
         guard supported.contains(architecture) else {
             throw ModelError("\(file): architecture '\(architecture)' is not supported (supported: \(supported.joined(separator: ", ")))")
         }
-        let hidden = try int("hidden_size")
-        let heads = try int("num_attention_heads")
-        let kv = try int("num_key_value_heads", default: heads)
-        let headDim = try int("head_dim", default: heads > 0 ? hidden / heads : 0)
-        guard hidden > 0, heads > 0, kv > 0, heads % kv == 0, headDim > 0, headDim % 2 == 0 else {
-            throw ModelError("\(file): inconsistent attention shape (hidden \(hidden), heads \(heads), kv heads \(kv), head_dim \(headDim))")
+        let hidden = try fields.int("hidden_size", in: 1...Limits.hiddenSize)
+        let heads = try fields.int("num_attention_heads", in: 1...Limits.heads)
+        let kv = try fields.optionalInt("num_key_value_heads", in: 1...Limits.heads) ?? heads
+        let explicitHeadDim = try fields.optionalInt("head_dim", in: 1...Limits.headDim)
+        let headDim = explicitHeadDim ?? hidden / heads
+        // Without head_dim, Hugging Face computes hidden_size // num_attention_heads: a
+        // remainder would silently drop columns.
+        guard heads % kv == 0, headDim > 0, headDim % 2 == 0, explicitHeadDim != nil || hidden % heads == 0 else {
+            throw ModelError("\(file): inconsistent attention shape (hidden \(hidden), heads \(heads), kv heads \(kv), head_dim \(headDim)): "
+                + "heads must be a multiple of kv heads, hidden a multiple of heads unless head_dim is given, and head_dim even")
         }
-        if json["rope_scaling"] is [String: Any] {
+        if let scaling = json["rope_scaling"], !(scaling is NSNull) {
             throw ModelError("\(file): rope_scaling is not supported yet")
         }
-        return LlamaConfig(hiddenSize: hidden, intermediateSize: try int("intermediate_size"), layers: try int("num_hidden_layers"),
-                           heads: heads, kvHeads: kv, headDim: headDim, rmsNormEps: Float(double("rms_norm_eps", default: 1e-6)),
-                           ropeTheta: double("rope_theta", default: 10000), vocabSize: try int("vocab_size"),
-                           tieWordEmbeddings: (json["tie_word_embeddings"] as? Bool) ?? false,
-                           attentionBias: (json["attention_bias"] as? Bool) ?? (architecture == "Qwen2ForCausalLM"),
-                           architecture: architecture)
+        if let act = try fields.optionalString("hidden_act"), !siluNames.contains(act) {
+            throw ModelError("\(file): hidden_act '\(act)' is not supported: the forward pass computes SiLU (silu)")
+        }
+        if try fields.optionalBool("mlp_bias") == true {
+            throw ModelError("\(file): mlp_bias: true is not supported (the forward pass has no MLP biases)")
+        }
+        if let factor = try fields.optionalDouble("partial_rotary_factor"), factor != 1 {
+            throw ModelError("\(file): partial_rotary_factor \(factor) is not supported (rotary embeddings over the whole head)")
+        }
+        let eps = try fields.optionalDouble("rms_norm_eps") ?? 1e-6
+        // RMSNorm divides by sqrt(mean(x²) + eps): eps must be a small positive number,
+        // and still positive in F32.
+        guard eps.isFinite, eps > 0, eps < 1, Float(eps) > 0 else {
+            throw ModelError("\(file): rms_norm_eps \(eps) is not a small positive number (0 < eps < 1)")
+        }
+        let theta = try fields.optionalDouble("rope_theta") ?? 10000
+        guard theta.isFinite, theta > 0 else {
+            throw ModelError("\(file): rope_theta \(theta) is not a positive number (the base of the rotary frequencies)")
+        }
+        var window: Int?
+        if try fields.optionalBool("use_sliding_window") != false {
+            window = try fields.optionalInt("sliding_window", in: 1...Int.max)
+        }
+        var config = LlamaConfig(hiddenSize: hidden, intermediateSize: try fields.int("intermediate_size", in: 1...Limits.intermediateSize),
+                                 layers: try fields.int("num_hidden_layers", in: 1...Limits.layers),
+                                 heads: heads, kvHeads: kv, headDim: headDim, rmsNormEps: Float(eps),
+                                 ropeTheta: theta, vocabSize: try fields.int("vocab_size", in: 1...Limits.vocabSize),
+                                 tieWordEmbeddings: try fields.optionalBool("tie_word_embeddings") ?? false,
+                                 attentionBias: try fields.optionalBool("attention_bias") ?? (architecture == "Qwen2ForCausalLM"),
+                                 architecture: architecture)
+        config.slidingWindow = window
+        return config
+    }
+
+    /// Refuses sequences longer than a sliding attention window (see `slidingWindow`).
+    public func checkSequenceLength(_ tokens: Int, what: String) throws {
+        if let w = slidingWindow, tokens > w {
+            throw ModelError("\(what) \(tokens) is more than sliding_window \(w) of the model's config.json; sliding-window attention is not supported, so use at most \(w) tokens")
+        }
+    }
+
+    /// Checks the config against a checkpoint: every tensor the forward pass reads is
+    /// present with the shape the config implies, and no tensor of a block is one the
+    /// forward pass would ignore (a block beyond `num_hidden_layers`, a bias it does not
+    /// add). Nothing is read but the headers.
+    public func validate(against checkpoint: Checkpoint, file: String) throws {
+        func expect(_ name: String, _ shape: [Int]) throws {
+            guard let info = checkpoint.info(name) else {
+                throw ModelError("\(checkpoint.directory): tensor '\(name)' is missing (\(file) says \(layers) layers)")
+            }
+            guard info.shape == shape else {
+                throw ModelError("\(checkpoint.directory): tensor '\(name)' has shape \(info.shape), \(file) implies \(shape)")
+            }
+            guard info.dtype.isFloat else {
+                throw ModelError("\(checkpoint.directory): tensor '\(name)' is \(info.dtype.rawValue), not a floating type")
+            }
+        }
+        let h = hiddenSize
+        try expect("model.embed_tokens.weight", [vocabSize, h])
+        try expect("model.norm.weight", [h])
+        if checkpoint.info("lm_head.weight") != nil {
+            try expect("lm_head.weight", [vocabSize, h])
+        } else if !tieWordEmbeddings {
+            throw ModelError("\(checkpoint.directory): lm_head.weight is missing and \(file) has tie_word_embeddings false")
+        }
+        var read = Set<String>()
+        for b in 0..<layers {
+            for (name, shape) in blockTensorShapes(block: b) {
+                try expect(name, shape)
+                read.insert(name)
+            }
+        }
+        for t in checkpoint.tensors where t.name.hasPrefix("model.layers.") && !read.contains(t.name) {
+            // Older checkpoints store RoPE's inverse frequencies; they are recomputed.
+            if t.name.hasSuffix(".rotary_emb.inv_freq") { continue }
+            let index = t.name.dropFirst("model.layers.".count).prefix { $0.isNumber }
+            if let n = Int(index), n >= layers {
+                throw ModelError("\(checkpoint.directory): tensor '\(t.name)' is in block \(n), but \(file) says num_hidden_layers \(layers)")
+            }
+            throw ModelError("\(checkpoint.directory): tensor '\(t.name)' is not used by the \(architecture) forward pass of \(file); it would be ignored")
+        }
+    }
+
+    /// Every tensor of block `b` the forward pass reads, with its shape.
+    func blockTensorShapes(block b: Int) -> [(String, [Int])] {
+        let p = "model.layers.\(b).", h = hiddenSize, q = heads * headDim, kv = kvHeads * headDim, ff = intermediateSize
+        var shapes: [(String, [Int])] = [
+            (p + "input_layernorm.weight", [h]), (p + "post_attention_layernorm.weight", [h]),
+            (p + "self_attn.q_proj.weight", [q, h]), (p + "self_attn.k_proj.weight", [kv, h]),
+            (p + "self_attn.v_proj.weight", [kv, h]), (p + "self_attn.o_proj.weight", [h, q]),
+            (p + "mlp.gate_proj.weight", [ff, h]), (p + "mlp.up_proj.weight", [ff, h]), (p + "mlp.down_proj.weight", [h, ff]),
+        ]
+        if attentionBias {
+            shapes += [(p + "self_attn.q_proj.bias", [q]), (p + "self_attn.k_proj.bias", [kv]), (p + "self_attn.v_proj.bias", [kv])]
+        }
+        return shapes
     }
 
     /// The Linear layers of block `b` grouped by the input they share (q/k/v read the
@@ -98,6 +222,71 @@ public struct LlamaConfig: Sendable, Equatable {
         let p = "model.layers.\(b)."
         return ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map { p + $0 + ".weight" }
+    }
+}
+
+/// Typed reads of config.json values: a value of the wrong type or outside its range is an
+/// error naming the key, never a silent default or a trap.
+struct ConfigFields {
+    let json: [String: Any]
+    let file: String
+
+    /// A JSON boolean, as opposed to a number: Foundation bridges both to NSNumber, a
+    /// boolean with the Objective-C type "c".
+    static func isBool(_ v: Any) -> Bool {
+        guard let n = v as? NSNumber else { return false }
+        return String(cString: n.objCType) == "c"
+    }
+
+    private func present(_ key: String) -> Any? {
+        guard let v = json[key], !(v is NSNull) else { return nil }
+        return v
+    }
+
+    private func shown(_ v: Any) -> String {
+        let text = (v as? String).map { "'\($0)'" } ?? "\(v)"
+        return text.count > 40 ? String(text.prefix(40)) + "…" : text
+    }
+
+    func optionalInt(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let v = present(key) else { return nil }
+        // Int(exactly:) of the double: 1e30 or 2.5 is an error, not a trap or a truncation.
+        guard !ConfigFields.isBool(v), let n = v as? NSNumber, case let d = n.doubleValue, d.isFinite,
+              let i = (v as? Int).flatMap({ Double($0) == d ? $0 : nil }) ?? Int(exactly: d) else {
+            throw ModelError("\(file): \(key) must be an integer, found \(shown(v))")
+        }
+        guard range.contains(i) else {
+            let bounds = range.upperBound == Int.max ? "≥ \(range.lowerBound)" : "in \(range.lowerBound)...\(range.upperBound)"
+            throw ModelError("\(file): \(key) \(i) is out of range (must be \(bounds))")
+        }
+        return i
+    }
+
+    func int(_ key: String, in range: ClosedRange<Int>) throws -> Int {
+        guard let v = try optionalInt(key, in: range) else { throw ModelError("\(file): missing integer '\(key)'") }
+        return v
+    }
+
+    func optionalDouble(_ key: String) throws -> Double? {
+        guard let v = present(key) else { return nil }
+        guard !ConfigFields.isBool(v), let n = v as? NSNumber else {
+            throw ModelError("\(file): \(key) must be a number, found \(shown(v))")
+        }
+        return n.doubleValue
+    }
+
+    func optionalBool(_ key: String) throws -> Bool? {
+        guard let v = present(key) else { return nil }
+        guard ConfigFields.isBool(v), let b = v as? Bool else {
+            throw ModelError("\(file): \(key) must be true or false, found \(shown(v))")
+        }
+        return b
+    }
+
+    func optionalString(_ key: String) throws -> String? {
+        guard let v = present(key) else { return nil }
+        guard let s = v as? String else { throw ModelError("\(file): \(key) must be a string, found \(shown(v))") }
+        return s
     }
 }
 

@@ -70,22 +70,16 @@ public final class ByteLevelBPETokenizer: Sendable {
         bosTokenID = spec.bosTokenID
         eosTokenID = spec.eosTokenID
 
+        // Bounded ids (checkIDs) keep the id table below and every Int32(id) exact.
+        try spec.checkIDs()
         var byUTF8: [[UInt8]: Int32] = [:]
         byUTF8.reserveCapacity(spec.vocab.count)
         var maxID = -1
         for (token, id) in spec.vocab {
-            guard id >= 0 && id <= Int(Int32.max) else {
-                throw TokenizerError("\(spec.source): vocabulary token \(token.debugDescription) has id \(id), expected 0...\(Int32.max)")
-            }
             byUTF8[Array(token.utf8)] = Int32(id)
             maxID = max(maxID, id)
         }
-        for a in spec.added {
-            guard a.id >= 0 && a.id <= Int(Int32.max) else {
-                throw TokenizerError("\(spec.source): added token \(a.content.debugDescription) has id \(a.id)")
-            }
-            maxID = max(maxID, a.id)
-        }
+        for a in spec.added { maxID = max(maxID, a.id) }
         vocabByUTF8 = byUTF8
         vocabularySize = maxID + 1
 

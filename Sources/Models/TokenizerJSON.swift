@@ -1,4 +1,5 @@
 import Foundation
+import Tensors
 
 /// Everything a `ByteLevelBPETokenizer` is built from, whatever the source.
 struct TokenizerSpec {
@@ -25,11 +26,50 @@ struct TokenizerSpec {
     var eosTokenID: Int32?
 }
 
+extension TokenizerSpec {
+    /// Largest token id accepted: far above any vocabulary (~262K), and what sizes the
+    /// decoding table (one entry per id up to the largest).
+    static let maxTokenID = 1 << 24
+
+    /// Refuses ids that are negative, larger than `maxTokenID`, or so far above the number
+    /// of tokens that the id table would be mostly empty (an added token with id 2^31 − 1
+    /// would size it at 2^31 entries); and two vocabulary tokens with one id (a tokenizer
+    /// mapping everything to 0 would encode any text as zeros).
+    func checkIDs() throws {
+        let entries = vocab.count + added.count
+        let limit = min(TokenizerSpec.maxTokenID, max(2 * entries, entries + 65_536))
+        var owner: [Int: String] = [:]
+        owner.reserveCapacity(vocab.count)
+        for (token, id) in vocab {
+            guard id >= 0, id < limit else {
+                throw TokenizerError("\(source): vocabulary token \(token.debugDescription) has id \(id), expected 0..<\(limit) for \(entries) tokens")
+            }
+            if let other = owner.updateValue(token, forKey: id) {
+                let (a, b) = other < token ? (other, token) : (token, other)
+                throw TokenizerError("\(source): vocabulary tokens \(a.debugDescription) and \(b.debugDescription) have the same id \(id)")
+            }
+        }
+        for a in added {
+            guard a.id >= 0, a.id < limit else {
+                throw TokenizerError("\(source): added token \(a.content.debugDescription) has id \(a.id), expected 0..<\(limit) for \(entries) tokens")
+            }
+        }
+    }
+}
+
 /// Reading Hugging Face `tokenizer.json` (and the BOS/EOS names beside it).
 enum TokenizerJSON {
+    /// Largest tokenizer.json read (big vocabularies take ~35 MB).
+    static let maxBytes = 64 << 20
+    /// Largest tokenizer_config.json read (chat templates make them ~100 KB at most).
+    static let maxConfigBytes = 16 << 20
+
     static func read(path: String) throws -> TokenizerSpec {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw TokenizerError("\(path): cannot read the file")
+        let data: Data
+        do {
+            data = try SmallFile.read(path, limit: maxBytes)
+        } catch {
+            throw TokenizerError("\(path): \(error.describe("the tokenizer"))")
         }
         let parsed: Any
         do {
@@ -52,7 +92,7 @@ enum TokenizerJSON {
         }
         spec.vocab.reserveCapacity(vocab.count)
         for (token, value) in vocab {
-            guard let id = value as? Int else {
+            guard !ConfigFields.isBool(value), let id = value as? Int else {
                 throw TokenizerError("\(path): model.vocab[\(token.debugDescription)] is not an integer")
             }
             spec.vocab[token] = id
@@ -86,7 +126,8 @@ enum TokenizerJSON {
         spec.fuseUnk = model["fuse_unk"] as? Bool ?? false
 
         for (i, any) in (root["added_tokens"] as? [Any] ?? []).enumerated() {
-            guard let t = any as? [String: Any], let id = t["id"] as? Int, let content = t["content"] as? String else {
+            guard let t = any as? [String: Any], let rawID = t["id"], !ConfigFields.isBool(rawID), let id = rawID as? Int,
+                  let content = t["content"] as? String else {
                 throw TokenizerError("\(path): added_tokens[\(i)] needs an integer \"id\" and a string \"content\"")
             }
             if t["single_word"] as? Bool == true {
@@ -98,25 +139,33 @@ enum TokenizerJSON {
                                     normalized: t["normalized"] as? Bool ?? !special))
         }
 
+        // Ids are checked before anything indexes by them or narrows them to Int32.
+        try spec.checkIDs()
         let dir = (path as NSString).deletingLastPathComponent
-        (spec.bosTokenID, spec.eosTokenID) = specialIDs(directory: dir.isEmpty ? "." : dir, spec: spec)
+        (spec.bosTokenID, spec.eosTokenID) = try specialIDs(directory: dir.isEmpty ? "." : dir, spec: spec)
         return spec
     }
 
     /// BOS/EOS from tokenizer_config.json (`bos_token`: a string or {"content": …}) or else
     /// config.json (`bos_token_id`: an integer or a list, first taken) in `directory`.
-    static func specialIDs(directory: String, spec: TokenizerSpec) -> (Int32?, Int32?) {
-        func load(_ name: String) -> [String: Any]? {
-            guard let d = FileManager.default.contents(atPath: (directory as NSString).appendingPathComponent(name)) else { return nil }
-            return (try? JSONSerialization.jsonObject(with: d)) as? [String: Any]
+    static func specialIDs(directory: String, spec: TokenizerSpec) throws -> (Int32?, Int32?) {
+        func load(_ name: String) throws -> [String: Any]? {
+            let path = (directory as NSString).appendingPathComponent(name)
+            let data: Data?
+            do {
+                data = try SmallFile.readIfPresent(path, limit: name == "config.json" ? LlamaConfig.Limits.configBytes : maxConfigBytes)
+            } catch {
+                throw TokenizerError("\(path): \(error.describe(name))")
+            }
+            return data.flatMap { (try? JSONSerialization.jsonObject(with: $0)) as? [String: Any] }
         }
         func id(ofToken content: String) -> Int32? {
             let bytes = Array(content.utf8)
-            if let a = spec.added.first(where: { Array($0.content.utf8) == bytes }) { return Int32(a.id) }
-            return spec.vocab[content].map { Int32($0) }
+            if let a = spec.added.first(where: { Array($0.content.utf8) == bytes }) { return Int32(exactly: a.id) }
+            return spec.vocab[content].flatMap { Int32(exactly: $0) }
         }
         var bos: Int32?, eos: Int32?
-        if let cfg = load("tokenizer_config.json") {
+        if let cfg = try load("tokenizer_config.json") {
             func token(_ key: String) -> Int32? {
                 if let s = cfg[key] as? String { return id(ofToken: s) }
                 if let d = cfg[key] as? [String: Any], let s = d["content"] as? String { return id(ofToken: s) }
@@ -125,7 +174,7 @@ enum TokenizerJSON {
             bos = token("bos_token")
             eos = token("eos_token")
         }
-        if bos == nil || eos == nil, let cfg = load("config.json") {
+        if bos == nil || eos == nil, let cfg = try load("config.json") {
             func value(_ key: String) -> Int32? {
                 if let i = cfg[key] as? Int { return Int32(exactly: i) }
                 if let a = cfg[key] as? [Any], let i = a.first as? Int { return Int32(exactly: i) }

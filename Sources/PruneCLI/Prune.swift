@@ -25,50 +25,72 @@ struct Prune: ParsableCommand {
         subcommands: [Inspect.self, Run.self, Check.self, Densify.self, Resume.self, Status.self,
                       CoordinatorCommand.self, WorkerCommand.self, Keygen.self, ImportGGUF.self, BenchCoordinator.self])
 
-    /// `prune` alone is a usage error: print the help and exit 2.
+    /// `prune` alone is a usage error: one line naming the commands, exit 2.
     func run() throws {
-        FileHandle.standardError.write(Data(Prune.helpMessage().utf8))
-        throw CheckFailed(code: ExitStatus.badInput)
+        throw ValidationError("no command given (one of \(Prune.commandNames.joined(separator: ", ")))")
     }
 
-    /// Runs the command, turning every error into one line on stderr and the exit code.
+    /// The subcommands' names, as typed.
+    static var commandNames: [String] {
+        configuration.subcommands.filter { $0.configuration.shouldDisplay }.map { $0._commandName }
+    }
+
+    /// Runs the command. Every failure ends as one stderr line `prune: error: …` (see
+    /// `ErrorLine`) and exit 2, except a failed check (1: its lines are on stdout) and a
+    /// stop by SIGTERM (143). `--help` prints the help and exits 0.
     static func main() {
         BLASThreads.useDefault()
+        var command: ParsableCommand
         do {
-            var command = try parseAsRoot()
+            command = try parseAsRoot()
+        } catch {
+            // --help and --version are "errors" that exit 0 after printing.
+            if exitCode(for: error) == .success { exit(withError: error) }
+            usageFailure(message(for: error), command: commandNameInArguments)
+        }
+        do {
             try command.run()
-        } catch let e as CheckpointError {
-            fail(e.description)
-        } catch let e as SpecError {
-            fail(e.description)
-        } catch let e as PruningError {
-            fail(e.description)
-        } catch let e as LedgerError {
-            fail(e.description)
-        } catch let e as JobFailed {
-            fail("job failed: \(e.description)")
         } catch let e as JobStopped {
-            FileHandle.standardError.write(Data("prune: \(e.description)\n".utf8))
+            FileHandle.standardError.write(Data((ErrorLine.escaped("prune: \(e.description)") + "\n").utf8))
             Foundation.exit(ExitStatus.stoppedBySignal)
         } catch let e as CheckFailed {
             Foundation.exit(e.code)
-        } catch let e as CocoaError {
-            fail("\(e.filePath ?? "file"): \(CheckpointError.reason(e))")
+        } catch let e as ValidationError {
+            usageFailure(e.message, command: type(of: command) == Prune.self ? nil : type(of: command)._commandName)
         } catch {
-            let code = exitCode(for: error)
-            if code == .success || code.rawValue == 0 {
-                exit(withError: error)
-            }
-            let message = fullMessage(for: error)
-            FileHandle.standardError.write(Data((message + "\n").utf8))
-            // Usage errors from the parser exit 2 like any other bad input.
-            Foundation.exit(ExitStatus.badInput)
+            // `prune help run` and `--help` come back from run() as the parser's errors.
+            if exitCode(for: error) == .success { exit(withError: error) }
+            fail(describe(error))
         }
     }
 
-    static func fail(_ line: String) -> Never {
-        let oneLine = line.split(whereSeparator: \.isNewline).joined(separator: " ")
-        FileHandle.standardError.write(Data("prune: error: \(oneLine)\n".utf8))
+    /// The message of any error: the types of this project describe themselves in one
+    /// line already; Foundation's file errors name the file and the reason.
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case let e as JobFailed: return "job failed: \(e.description)"
+        case let e as CocoaError: return "\(e.filePath ?? "file"): \(CheckpointError.reason(e))"
+        case let e as CustomStringConvertible: return e.description
+        default:
+            let ns = error as NSError
+            return ns.localizedFailureReason ?? ns.localizedDescription
+        }
+    }
+
+    /// The subcommand named on the command line, if any (to point at its --help).
+    static var commandNameInArguments: String? {
+        CommandLine.arguments.dropFirst().first { commandNames.contains($0) || $0 == BenchCoordinator._commandName }
+    }
+
+    /// A usage error: the parser's first line and where to look, e.g.
+    /// `prune: error: Missing expected argument '<spec>'; see 'prune run --help'`.
+    static func usageFailure(_ message: String, command: String?) -> Never {
+        let first = message.split(whereSeparator: \.isNewline).first.map(String.init) ?? "usage error"
+        fail(first + "; see 'prune\(command.map { " " + $0 } ?? "") --help'")
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data((ErrorLine.format(message) + "\n").utf8))
         Foundation.exit(ExitStatus.badInput)
     }
 }

@@ -83,9 +83,17 @@ public final class Checkpoint: @unchecked Sendable {
         self.location = location
     }
 
+    /// Largest index file read (a checkpoint of ~100,000 tensors has one of ~10 MB).
+    static let maxIndexBytes = 64 << 20
+
     private static func readWeightMap(_ path: String) throws -> [String: String] {
-        guard let data = FileManager.default.contents(atPath: path),
-              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        let data: Data
+        do {
+            data = try SmallFile.read(path, limit: maxIndexBytes)
+        } catch {
+            throw CheckpointError(file: path, error.describe("the index"))
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw CheckpointError(file: path, "not a JSON object")
         }
         guard let map = object["weight_map"] as? [String: String], !map.isEmpty else {

@@ -209,6 +209,11 @@ public final class GGUFFile: @unchecked Sendable {
     public let dataStart: Int
     /// Size of the whole file.
     public var fileSize: Int { mapped.size }
+    /// Metadata keys whose string value, or an element of whose array of strings, is not
+    /// valid UTF-8, with the index of the first such element (0 for a plain string).
+    /// Those strings were read with U+FFFD in place of the bad bytes: a reader that
+    /// writes them out (the importer's tokenizer files) must refuse them instead.
+    public let invalidUTF8: [String: Int]
 
     private let mapped: MappedFile
     private let keyIndex: [String: Int]
@@ -257,6 +262,7 @@ public final class GGUFFile: @unchecked Sendable {
         }
         self.metadata = metadata
         self.keyIndex = keyIndex
+        invalidUTF8 = r.invalidUTF8
 
         var alignment = 32
         if let i = keyIndex["general.alignment"] {
@@ -422,6 +428,8 @@ struct GGUFCursor {
     let raw: UnsafeRawBufferPointer
     let file: String
     var offset = 0
+    /// Keys of string values that were not valid UTF-8 → index of the first bad element.
+    var invalidUTF8: [String: Int] = [:]
 
     init(raw: UnsafeRawBufferPointer, file: String) {
         self.raw = raw
@@ -462,8 +470,12 @@ struct GGUFCursor {
     }
 
     /// A GGUF string. `strict`: invalid UTF-8 is an error (keys, tensor names); otherwise
-    /// it is repaired with U+FFFD (token texts).
+    /// it is repaired with U+FFFD (token texts) and `valid` says whether it had to be.
     mutating func string(_ what: @autoclosure () -> String, strict: Bool = false) throws -> String {
+        try checkedString(what(), strict: strict).text
+    }
+
+    mutating func checkedString(_ what: @autoclosure () -> String, strict: Bool = false) throws -> (text: String, valid: Bool) {
         let n = try u64("the length of \(what())")
         guard n <= UInt64(remaining) else {
             throw CheckpointError(file: file, "\(what()): string length \(n) runs past the end of the file (\(remaining) bytes left at offset \(offset))")
@@ -471,14 +483,16 @@ struct GGUFCursor {
         let b = try bytes(Int(n), what())
         let s = String(decoding: b, as: UTF8.self)
         // Decoding replaces invalid sequences, so a valid string round-trips byte for byte.
-        if strict && !s.utf8.elementsEqual(b) {
+        let valid = s.utf8.elementsEqual(b)
+        if strict && !valid {
             throw CheckpointError(file: file, "\(what()) is not valid UTF-8")
         }
-        return s
+        return (s, valid)
     }
 
-    /// One metadata value of `type`.
-    mutating func value(_ type: GGUFValueType, key: String, depth: Int) throws -> GGUFValue {
+    /// One metadata value of `type`; `index` is its position in the top-level array of
+    /// `key` (0 for a plain value), for `invalidUTF8`.
+    mutating func value(_ type: GGUFValueType, key: String, depth: Int, index: Int = 0) throws -> GGUFValue {
         let what = "the value of key '\(CheckpointError.printable(key))'"
         switch type {
         case .uint8: return .uint8(try load(UInt8.self, what))
@@ -496,7 +510,9 @@ struct GGUFCursor {
             guard b <= 1 else { throw CheckpointError(file: file, "\(what): bool byte \(b) is neither 0 nor 1") }
             return .bool(b == 1)
         case .string:
-            return .string(try string(what))
+            let (text, valid) = try checkedString(what)
+            if !valid && invalidUTF8[key] == nil { invalidUTF8[key] = index }
+            return .string(text)
         case .array:
             guard depth < GGUFFile.maxArrayDepth else {
                 throw CheckpointError(file: file, "\(what): arrays nested deeper than \(GGUFFile.maxArrayDepth)")
@@ -508,7 +524,7 @@ struct GGUFCursor {
             let n = try count(minimumItemSize: elementType.minimumSize, "the element count of \(what)")
             var items: [GGUFValue] = []
             items.reserveCapacity(n)
-            for _ in 0..<n { items.append(try value(elementType, key: key, depth: depth + 1)) }
+            for k in 0..<n { items.append(try value(elementType, key: key, depth: depth + 1, index: depth == 0 ? k : index)) }
             return .array(elementType, items)
         }
     }
