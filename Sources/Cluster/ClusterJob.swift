@@ -92,6 +92,7 @@ public final class ClusterJob {
         try directory.validate(for: spec)
         let modelFiles = try digests(checkpoint)
         let claim = try directory.claim(for: spec)
+        plan.printWarnings()
         do {
             let ledgerPath = (spec.output as NSString).appendingPathComponent("ledger.sqlite")
             let ledger = try Ledger(path: ledgerPath)
@@ -299,7 +300,7 @@ public final class ClusterJob {
                                           seconds: assembleStart.timeIntervalSince(openedAt)),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(assembleStart))]
             try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: directory,
-                                   phases: &phases, quiet: quiet)
+                                   phases: &phases, warnings: plan.warnings, quiet: quiet)
             try ledger.setJobValue("state", "complete")
             return manifest
         } catch {

@@ -45,6 +45,8 @@ public final class CoordinatorShell {
     private var files: [String: FileHandle] = [:]
     /// The failure reason when a signal stopped the coordinator.
     public static let stoppedBySignal = "stopped by signal"
+    /// The signal that stopped the coordinator (SIGTERM or SIGINT), 0 when none did.
+    public private(set) var stoppedBy: Int32 = 0
     /// Called every loop turn (the embedded launcher restarts dead workers here).
     public var onTurn: (() -> Void)?
     /// Messages dropped as malformed, for tests and status.
@@ -101,16 +103,17 @@ public final class CoordinatorShell {
     /// the outcome is `.failed("stopped by signal")` and the ledger says "stopped").
     public func run() throws -> CoordinatorCore.Outcome {
         coordinatorStopRequested = 0
-        signal(SIGTERM) { _ in coordinatorStopRequested = 1 }
-        signal(SIGINT) { _ in coordinatorStopRequested = 1 }
+        let previousTerm = signal(SIGTERM) { sig in coordinatorStopRequested = sig }
+        let previousInt = signal(SIGINT) { sig in coordinatorStopRequested = sig }
         defer {
-            signal(SIGTERM, SIG_DFL)
-            signal(SIGINT, SIG_DFL)
+            signal(SIGTERM, previousTerm)
+            signal(SIGINT, previousInt)
         }
         if core.outcome == nil { try workload.ledger.setJobValue("state", "running") }
         try execute(core.tick(now: now()))
         while core.outcome == nil {
             if coordinatorStopRequested != 0 {
+                stoppedBy = coordinatorStopRequested
                 log("stopping on signal; the job can continue with prune resume")
                 try workload.ledger.setJobValue("state", "stopped")
                 try execute(core.shutdownAll(reason: "coordinator stopped"))

@@ -6,7 +6,9 @@ import ZeroMQ
 
 /// The coordinator was stopped by SIGTERM/SIGINT; `prune resume` continues the job.
 public struct JobStopped: Error, CustomStringConvertible {
-    public init() {}
+    /// SIGTERM or SIGINT (the exit status is 128 + it, as shells report).
+    public let signal: Int32
+    public init(signal: Int32) { self.signal = signal == 0 ? SIGTERM : signal }
     public var description: String { "stopped by signal; continue with prune resume" }
 }
 
@@ -136,7 +138,7 @@ public struct EmbeddedCluster {
             for c in children where c?.isRunning ?? false { c?.terminate() }
             unlink(String(endpoint.dropFirst("ipc://".count)))
             if case .failed(let reason) = outcome {
-                if reason == CoordinatorShell.stoppedBySignal { throw JobStopped() }
+                if reason == CoordinatorShell.stoppedBySignal { throw JobStopped(signal: shell.stoppedBy) }
                 throw JobFailed(reason)
             }
         }

@@ -67,7 +67,11 @@ public struct JobSpec: Sendable {
     public var pattern: SparsityPattern
     public var seed: UInt64
     public var targets: [NamePattern]
+    /// Everything ignored: the safe defaults (unless `ignore_defaults: false`), then the
+    /// spec's own entries.
     public var ignore: [NamePattern]
+    /// The spec's own `ignore` entries (an exact target overrides the defaults, not these).
+    public var explicitIgnore: [NamePattern] = []
     public var allowNonFinite: Bool
     public var calibration: Calibration?
     public var evaluation: Evaluation?
@@ -114,7 +118,22 @@ public struct JobSpec: Sendable {
     public static let defaultTargets = ["re:.*"]
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
-    static let keys = ["model", "output", "method", "sparsity", "pattern", "seed", "targets", "ignore", "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify"]
+    static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe"]
+    /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
+    public static let linearTargets = "Linear"
+
+    /// `file:line` for a node, or just `file` (for errors).
+    static func location(_ file: String, _ node: Node?) -> String { where_(file, node) }
+
+    /// llm-compressor's `mask_structure`: "N:M", or "0:0" / "unstructured" for unstructured.
+    static func maskStructure(_ node: Node, at: String) throws -> SparsityPattern {
+        guard let text = node.scalar?.string, !text.isEmpty else { throw SpecError("\(at): mask_structure must be a string such as \"2:4\"") }
+        if text == "0:0" { return .unstructured }
+        do { return try SparsityPattern(parsing: text) } catch let e as PruningError {
+            throw SpecError("\(at): mask_structure: \(e.message)")
+        }
+    }
 
     /// Verification when the spec says nothing: workers on other hosts (tcp://) are
     /// checked on a 5% sample; the local workers of `prune run` are this user's own
@@ -163,7 +182,7 @@ public struct JobSpec: Sendable {
         for (keyNode, value) in mapping {
             guard let key = keyNode.string else { throw SpecError("\(where_(file, keyNode)): keys must be strings") }
             guard keys.contains(key) else {
-                throw SpecError("\(where_(file, keyNode)): unknown key '\(key)' (known keys: \(keys.joined(separator: ", ")))")
+                throw SpecError("\(where_(file, keyNode)): unknown key '\(key)'\(Suggestion.phrase(key, in: keys)) (known keys: \(keys.joined(separator: ", ")))")
             }
             values[key] = value
         }
@@ -182,12 +201,17 @@ public struct JobSpec: Sendable {
             guard let seq = node.sequence else {
                 throw SpecError("\(where_(file, node)): '\(key)' must be a list of tensor names or re: patterns")
             }
-            guard seq.count <= Limits.patternEntries else {
-                throw SpecError("\(where_(file, node)): '\(key)' has \(seq.count) entries, more than the limit of \(Limits.patternEntries)")
+            return try patterns(seq.map { ($0.scalar?.string ?? "", $0) }, key: key, node: node)
+        }
+        /// Entries of `targets` or `ignore` (from the spec, or a recipe: then `node` is
+        /// the recipe's), bounded in count, length and regex size.
+        func patterns(_ items: [(text: String, node: Node)], key: String, node: Node) throws -> [NamePattern] {
+            guard items.count <= Limits.patternEntries else {
+                throw SpecError("\(where_(file, node)): '\(key)' has \(items.count) entries, more than the limit of \(Limits.patternEntries)")
             }
             var regexes = 0, states = 0
-            return try seq.map { item in
-                guard let s = item.scalar?.string, !s.isEmpty else {
+            return try items.map { s, item in
+                guard !s.isEmpty else {
                     throw SpecError("\(where_(file, item)): every entry of '\(key)' must be a string")
                 }
                 guard s.utf8.count <= Limits.entryBytes else {
@@ -214,22 +238,56 @@ public struct JobSpec: Sendable {
             ((p.hasPrefix("/") ? p : (baseDirectory as NSString).appendingPathComponent(p)) as NSString).standardizingPath
         }
 
-        let model = resolve(try string("model", required: true)!)
+        let modelText = try string("model", required: true)!
+        var model = resolve(modelText)
+        if !FileManager.default.fileExists(atPath: model), HubCache.isHubID(modelText) {
+            // ORG/NAME that is no path here: a model in the local Hugging Face cache.
+            guard let snapshot = HubCache.snapshot(of: modelText) else {
+                throw SpecError("\(where_(file, values["model"])): model: '\(modelText)' is neither a path nor a model in the Hugging Face cache (\(HubCache.directory())); prune never downloads: fetch it first (huggingface-cli download \(modelText)) or give its directory")
+            }
+            model = snapshot
+        }
         let output = resolve(try string("output", required: true)!)
         if let overlap = PathOverlap.between(model: model, output: output) {
             throw SpecError("\(where_(file, values["output"])): output: \(overlap)")
         }
-        let methodText = try string("method") ?? "magnitude"
+        // An llm-compressor recipe supplies the pruning settings; the spec may not give
+        // them a second time.
+        let recipe = try values["recipe"].map { try Recipe.load($0, file: file, resolve: resolve) }
+        if let recipe, let node = values["recipe"] {
+            let given: [(key: String, inRecipe: Bool)] = [
+                ("method", true), ("sparsity", recipe.sparsity != nil), ("pattern", recipe.pattern != nil), ("mask_structure", recipe.pattern != nil),
+                ("targets", recipe.targets != nil), ("ignore", recipe.ignore != nil),
+                ("sparsegpt", recipe.damp != nil || recipe.blockSize != nil)]
+            for (key, inRecipe) in given where inRecipe && values[key] != nil {
+                throw SpecError("\(where_(file, values[key])): '\(key)' is given both here and in the recipe (\(where_(file, node))); keep one")
+            }
+        }
+        if let a = values["pattern"], values["mask_structure"] != nil {
+            throw SpecError("\(where_(file, a)): give pattern or mask_structure (llm-compressor's name for it), not both")
+        }
+        let methodText = try string("method") ?? recipe?.method.rawValue ?? "magnitude"
         guard let method = Method(rawValue: methodText) else {
             throw SpecError("\(where_(file, values["method"])): method: '\(methodText)' is not one of \(Method.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        let patternText = try string("pattern") ?? "unstructured"
         let pattern: SparsityPattern
-        do { pattern = try SparsityPattern(parsing: patternText) } catch let e as PruningError {
-            throw SpecError("\(where_(file, values["pattern"])): pattern: \(e.message)")
+        if let node = values["mask_structure"] {
+            pattern = try maskStructure(node, at: where_(file, node))
+        } else if let fromRecipe = recipe?.pattern {
+            pattern = fromRecipe
+        } else {
+            let patternText = try string("pattern") ?? "unstructured"
+            do { pattern = try SparsityPattern(parsing: patternText) } catch let e as PruningError {
+                throw SpecError("\(where_(file, values["pattern"])): pattern: \(e.message)")
+            }
         }
         var sparsity: Double
-        if let node = values["sparsity"] {
+        if let s = recipe?.sparsity {
+            if let implied = pattern.impliedSparsity, abs(implied - s) > 1e-9 {
+                throw SpecError("\(where_(file, values["recipe"])): recipe: sparsity \(s) disagrees with mask_structure \(pattern), which means \(implied)")
+            }
+            sparsity = s
+        } else if let node = values["sparsity"] {
             guard let s = node.scalar.flatMap({ Double($0.string) }), s.isFinite else {
                 throw SpecError("\(where_(file, node)): sparsity: '\(node.scalar?.string ?? "?")' is not a number")
             }
@@ -274,15 +332,33 @@ public struct JobSpec: Sendable {
             guard method == .sparsegpt else { throw SpecError("\(where_(file, node)): sparsegpt: options given but method is \(method.rawValue)") }
             sparseGPT = try parseSparseGPT(node, file: file)
         }
+        if let d = recipe?.damp { sparseGPT.damp = d }
+        if let b = recipe?.blockSize { sparseGPT.blockSize = b }
+        var ignoreDefaults = true
+        if let node = values["ignore_defaults"] {
+            guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {
+                throw SpecError("\(where_(file, node)): ignore_defaults: must be true or false")
+            }
+            ignoreDefaults = b
+        }
+        // `ignore` adds to the safe defaults (embeddings, norms, the output head) unless
+        // the spec opts out: replacing them pruned tied embeddings without a word.
+        let recipeNode = values["recipe"] ?? Node("")
+        let targets = try recipe?.targets.map { try patterns($0.map { ($0, recipeNode) }, key: "recipe targets", node: recipeNode) }
+            ?? list("targets", default: defaultTargets)
+        let userIgnore = try recipe?.ignore.map { try patterns($0.map { ($0, recipeNode) }, key: "recipe ignore", node: recipeNode) }
+            ?? list("ignore", default: [])
+        let ignore = (ignoreDefaults ? try defaultIgnore.map(NamePattern.init) : []) + userIgnore
         let source = bytes ?? Array(yaml.utf8)
         var spec = JobSpec(model: model, output: output, method: method, sparsity: sparsity, pattern: pattern, seed: seed,
-                           targets: try list("targets", default: defaultTargets),
-                           ignore: try list("ignore", default: defaultIgnore),
+                           targets: targets,
+                           ignore: ignore,
                            allowNonFinite: allow,
                            digest: source.withUnsafeBytes { SHA256Stream.hex($0) }, source: source,
                            baseDirectory: baseDirectory)
         spec.calibration = calibration
         spec.sparseGPT = sparseGPT
+        spec.explicitIgnore = userIgnore
         if let node = values["verify"] {
             guard let f = node.scalar.flatMap({ Double($0.string) }), f.isFinite, f >= 0, f <= 1 else {
                 throw SpecError("\(where_(file, node)): verify: must be a fraction in [0, 1] (the share of tasks run twice and compared)")
@@ -317,7 +393,8 @@ public struct JobSpec: Sendable {
         var out: [String: Node] = [:]
         for (k, v) in map {
             guard let name = k.string, known.contains(name) else {
-                throw SpecError("\(where_(file, k)): unknown key '\(key).\(k.string ?? "?")' (known: \(known.joined(separator: ", ")))")
+                let hint = Suggestion.nearest(k.string ?? "", in: known).map { "; did you mean '\(key).\($0)'?" } ?? ""
+                throw SpecError("\(where_(file, k)): unknown key '\(key).\(k.string ?? "?")'\(hint) (known: \(known.joined(separator: ", ")))")
             }
             out[name] = v
         }

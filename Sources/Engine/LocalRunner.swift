@@ -35,6 +35,7 @@ public struct LocalRunner {
         let job = JobDirectory(path: spec.output)
         try job.validate(for: spec)
         let claim = try job.claim(for: spec)
+        plan.printWarnings()
         do {
             return try withExtendedLifetime(claim.lock) { try prune(checkpoint: checkpoint, plan: plan, job: job, start: start, calibration: calibration) }
         } catch {
@@ -84,7 +85,8 @@ public struct LocalRunner {
             try job.publish(staging: staging)
             var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune" : "prune", seconds: pruneSeconds),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(start) - pruneSeconds)]
-            try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: job, phases: &phases, quiet: quiet)
+            try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: job, phases: &phases,
+                                   warnings: plan.warnings, quiet: quiet)
             return Summary(manifest: manifest, outDirectory: job.outPath, seconds: Date().timeIntervalSince(start))
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
@@ -95,7 +97,7 @@ public struct LocalRunner {
     /// Evaluates dense and pruned models when the spec asks, and writes report.md,
     /// report.json and report.svg into the job directory.
     public static func report(spec: JobSpec, modelDirectory: String, manifest: Manifest, job: JobDirectory,
-                              phases: inout [JobReport.Phase], quiet: Bool) throws {
+                              phases: inout [JobReport.Phase], warnings: [String] = [], quiet: Bool) throws {
         var dense: Evaluator.Measurement?, pruned: Evaluator.Measurement?
         if let e = spec.evaluation {
             // Perplexity for a Llama-family model, accuracy for an MLP (mlp.json).
@@ -106,8 +108,9 @@ public struct LocalRunner {
             pruned = comparison.pruned
             phases.append(.init(name: "evaluate", seconds: Date().timeIntervalSince(started)))
         }
-        try JobReport(manifest: manifest, spec: spec, modelDirectory: modelDirectory, phases: phases, dense: dense, pruned: pruned)
-            .write(to: job.path)
+        var report = JobReport(manifest: manifest, spec: spec, modelDirectory: modelDirectory, phases: phases, dense: dense, pruned: pruned)
+        report.warnings = warnings
+        try report.write(to: job.path)
     }
 
     /// NaN or Inf in any floating tensor ends the job before anything is written, naming

@@ -25,8 +25,10 @@ public struct NamePattern: Sendable, CustomStringConvertible {
     /// NFA states of a regex (the cost of matching one character), 0 for an exact name.
     public var regexStates: Int { regex?.stateCount ?? 0 }
 
+    /// An exact entry names a tensor, or a module (llm-compressor's habit): `lm_head`
+    /// stands for `lm_head.weight`.
     public func matches(_ name: String) -> Bool {
-        guard let regex else { return name == text }
+        guard let regex else { return name == text || name == text + ".weight" }
         return regex.matchesPrefix(name)
     }
 }
@@ -42,8 +44,9 @@ public struct NameMatcher: Sendable {
         regexes = patterns.filter { !$0.isExact }
     }
 
-    /// True when any pattern matches `name`.
+    /// True when any pattern matches `name` (an exact entry naming it or its module).
     public func matches(_ name: String) -> Bool {
-        exact.contains(name) || regexes.contains { $0.matches(name) }
+        exact.contains(name) || (name.hasSuffix(".weight") && exact.contains(String(name.dropLast(".weight".count))))
+            || regexes.contains { $0.matches(name) }
     }
 }

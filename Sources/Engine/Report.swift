@@ -86,9 +86,11 @@ public struct JobReport: Codable, Sendable {
     /// In the order the phases ran.
     public var phases: [Phase]
     public var layers: [Layer]
+    /// What the user should know about the job (a tied tensor pruned).
+    public var warnings: [String] = []
 
     enum CodingKeys: String, CodingKey {
-        case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers
+        case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers, warnings
     }
 
     /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
@@ -158,6 +160,7 @@ public struct JobReport: Codable, Sendable {
         s += "Model `\(model.path)`" + (identity.isEmpty ? "" : " (\(identity))")
         s += ": \(model.parameters) parameters in \(model.files.count) file(s). Spec sha256 `\(specSHA256.prefix(16))…`.\n\n"
         s += "Method \(method), pattern \(pattern), target sparsity \(String(format: "%.2f", sparsity)).\n\n"
+        for w in warnings { s += "**Warning:** \(w).\n\n" }
         if let c = calibration {
             s += "Calibration: `\(c.data)`, \(c.samples) samples × \(c.tokens) tokens, \(c.mode) mode, seed \(c.seed), "
             s += "\(c.samplesPerTask) samples per task.\n\n"

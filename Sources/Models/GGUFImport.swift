@@ -528,6 +528,10 @@ struct GGUFTokenizerFiles {
 
         var config: [(String, OrderedJSON)] = [
             ("tokenizer_class", .string("PreTrainedTokenizerFast")),
+            // PreTrainedTokenizerFast returns token_type_ids by default, which a causal
+            // LM's generate() refuses; a Llama tokenizer gives these two (as SmolLM2's own
+            // GPT2Tokenizer config does).
+            ("model_input_names", .array([.string("input_ids"), .string("attention_mask")])),
             ("add_bos_token", .bool(addBos)),
             ("add_eos_token", .bool(addEos)),
             ("add_prefix_space", .bool(false)),

@@ -15,10 +15,12 @@ public enum HubCache {
     }
 
     /// Whether `text` has the shape of a hub id: `ORG/NAME`, each part of letters, digits
-    /// and `-_.`, not `.` or `..`.
+    /// and `-_.`, not `.` or `..`, and NAME not a weights or config file's name.
     public static func isHubID(_ text: String) -> Bool {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2 else { return false }
+        let fileExtensions = [".safetensors", ".gguf", ".bin", ".pt", ".pth", ".json", ".npy"]
+        guard !fileExtensions.contains(where: { parts[1].lowercased().hasSuffix($0) }) else { return false }
         return parts.allSatisfy { part in
             !part.isEmpty && part.count <= 96 && part != "." && part != ".." && part.first != "-"
                 && part.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }

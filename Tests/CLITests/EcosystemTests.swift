@@ -93,4 +93,61 @@ final class EcosystemTests: XCTestCase {
         XCTAssertEqual(FileManager.default.contents(atPath: dir.file("rebuilt/model.safetensors")),
                        FileManager.default.contents(atPath: dir.file("job/out/dense/model.safetensors")))
     }
+
+    /// A Hugging Face cache snapshot: files are relative links into ../../blobs. The
+    /// outputs hold real files (no dangling links), check verifies that, transformers loads
+    /// out/dense, and the hub id itself resolves through HF_HUB_CACHE, without downloads.
+    func testAHubCacheSnapshotPrunesToOutputsThatLoad() throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let source = try model(dir, dtype: .f32, shards: 1)
+        let repo = dir.file("hub/models--acme--tiny")
+        let snapshot = repo + "/snapshots/0123abcd"
+        let fm = FileManager.default
+        for sub in ["blobs", "snapshots/0123abcd", "refs"] { try fm.createDirectory(atPath: repo + "/" + sub, withIntermediateDirectories: true) }
+        for file in ["config.json", "model.safetensors"] {
+            let data = try Data(contentsOf: URL(fileURLWithPath: source + "/" + file))
+            let blob = data.withUnsafeBytes { SHA256Stream.hex($0) }
+            try data.write(to: URL(fileURLWithPath: repo + "/blobs/" + blob))
+            try fm.createSymbolicLink(atPath: snapshot + "/" + file, withDestinationPath: "../../blobs/" + blob)
+        }
+        try "0123abcd".write(toFile: repo + "/refs/main", atomically: false, encoding: .utf8)
+
+        try run(dir, model: snapshot, job: "snap", "sparsity: 0.5\n")
+        for sub in ["dense", "sparse"] {
+            let attributes = try fm.attributesOfItem(atPath: dir.file("snap/out/\(sub)/config.json"))
+            XCTAssertEqual(attributes[.type] as? FileAttributeType, .typeRegular, "\(sub)/config.json is a file, not a link")
+        }
+        let check = try Subprocess.prune(["check", snapshot, "snap"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout)
+        // check catches a dangling link, as a copy of the snapshot's links would be.
+        try fm.removeItem(atPath: dir.file("snap/out/dense/config.json"))
+        try fm.createSymbolicLink(atPath: dir.file("snap/out/dense/config.json"), withDestinationPath: "../../blobs/nothing")
+        let dangling = try Subprocess.prune(["check", snapshot, "snap"], cwd: dir.path)
+        XCTAssertEqual(dangling.status, 1, dangling.stdout)
+        XCTAssertTrue(dangling.stdout.contains("dense/config.json"), dangling.stdout)
+
+        // model: ORG/NAME through HF_HUB_CACHE; an id the cache lacks is one line, nothing made.
+        let env = ["HF_HUB_CACHE": dir.file("hub")]
+        try "model: acme/tiny\noutput: byid\nsparsity: 0.5\n".write(toFile: dir.file("byid.yaml"), atomically: false, encoding: .utf8)
+        let byID = try Subprocess.run(Subprocess.pruneBinary, ["run", "-q", "--workers", "0", "byid.yaml"], cwd: dir.path, environment: env)
+        XCTAssertEqual(byID.status, 0, byID.stderr)
+        XCTAssertEqual(fm.contents(atPath: dir.file("byid/out/dense/model.safetensors")), fm.contents(atPath: dir.file("snap/out/dense/model.safetensors")))
+        try "model: acme/absent\noutput: none\nsparsity: 0.5\n".write(toFile: dir.file("none.yaml"), atomically: false, encoding: .utf8)
+        let absent = try Subprocess.run(Subprocess.pruneBinary, ["run", "-q", "none.yaml"], cwd: dir.path, environment: env)
+        XCTAssertEqual(absent.status, 2)
+        XCTAssertEqual(absent.stderr.split(separator: "\n").count, 1, absent.stderr)
+        XCTAssertTrue(absent.stderr.contains("neither a path nor a model in the Hugging Face cache"), absent.stderr)
+        XCTAssertFalse(fm.fileExists(atPath: dir.file("none")))
+
+        try requireInterop()
+        let load = try Subprocess.run("/usr/bin/env", ["python3", "-c", """
+            import transformers
+            transformers.logging.set_verbosity_error()
+            m, info = transformers.AutoModelForCausalLM.from_pretrained("\(dir.file("byid/out/dense"))", output_loading_info=True)
+            assert not info["missing_keys"] and not info["unexpected_keys"], info
+            print("loaded", type(m).__name__)
+            """])
+        XCTAssertEqual(load.status, 0, load.stderr)
+        XCTAssertTrue(load.stdout.contains("loaded LlamaForCausalLM"), load.stdout)
+    }
 }

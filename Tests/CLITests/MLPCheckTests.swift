@@ -63,9 +63,11 @@ final class MLPCheckTests: XCTestCase {
 
         // The job's report holds the same figures.
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("job/report.json")))) as! [String: Any]
-        XCTAssertEqual(try XCTUnwrap(report["denseAccuracy"] as? Double), dense, accuracy: 0.00005)
-        XCTAssertEqual(try XCTUnwrap(report["prunedAccuracy"] as? Double), pruned, accuracy: 0.00005)
-        XCTAssertEqual(report["evaluatedExamples"] as? Int, 10000)
+        let evaluation = try XCTUnwrap(report["evaluation"] as? [String: Any])
+        XCTAssertEqual(evaluation["metric"] as? String, "accuracy")
+        XCTAssertEqual(try XCTUnwrap(evaluation["dense"] as? Double), dense, accuracy: 0.00005)
+        XCTAssertEqual(try XCTUnwrap(evaluation["pruned"] as? Double), pruned, accuracy: 0.00005)
+        XCTAssertEqual(evaluation["count"] as? Int, 10000)
 
         // A subset with --eval-samples, and bad data: one line, exit 2.
         let subset = try Subprocess.prune(["check", "-q", "model", "job", "--eval", Self.fashionMNIST + "/t10k-images-idx3-ubyte.gz", "--eval-samples", "500"], cwd: dir.path)

@@ -329,7 +329,7 @@ final class AccuracyEvalTests: XCTestCase {
             + #""parameters": 10, "pruned_parameters": 6, "zeros": 3}, "#
             + #""evaluation": {"metric": "perplexity", "data": "/e.txt", "count": 96, "dense": 12.5, "pruned": 25}, "#
             + #""phases": [{"name": "prune", "seconds": 1}], "#
-            + #""layers": [{"name": "model.layers.3.mlp.up_proj.weight", "block": 3, "kind": "up_proj", "target_sparsity": 0.5, "achieved_sparsity": 0.5}]}"#
+            + #""layers": [{"name": "model.layers.3.mlp.up_proj.weight", "block": 3, "kind": "up_proj", "target_sparsity": 0.5, "achieved_sparsity": 0.5}], "warnings": []}"#
         let report = try JobReport.decoder().decode(JobReport.self, from: Data(json.utf8))
         XCTAssertEqual(report.calibration?.samplesPerTask, 8)
         XCTAssertEqual(report.layers.first?.block, 3)

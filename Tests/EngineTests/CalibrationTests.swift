@@ -82,8 +82,10 @@ final class CalibrationTests: XCTestCase {
                 XCTAssertTrue(FileManager.default.fileExists(atPath: dir.file("\(job)/\(name)")), "\(job)/\(name)")
             }
             let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/report.json")))) as! [String: Any]
-            let dense = try XCTUnwrap(json["densePerplexity"] as? Double)
-            let pruned = try XCTUnwrap(json["prunedPerplexity"] as? Double)
+            let evaluation = try XCTUnwrap(json["evaluation"] as? [String: Any], job)
+            XCTAssertEqual(evaluation["metric"] as? String, "perplexity")
+            let dense = try XCTUnwrap(evaluation["dense"] as? Double)
+            let pruned = try XCTUnwrap(evaluation["pruned"] as? Double)
             XCTAssertGreaterThan(pruned, 1)
             XCTAssertGreaterThan(dense, 1)
             XCTAssertTrue(summary.manifest.tensors.values.filter(\.pruned).allSatisfy { abs($0.achievedSparsity - 0.5) < 0.05 }, job)

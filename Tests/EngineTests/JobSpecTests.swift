@@ -75,7 +75,7 @@ final class JobSpecLimitTests: XCTestCase {
         assertSpecError("model: m\noutput: o\nsparsity: 0.5\ntargets:\n\(heavy)\n", "compile to more than 10000 states")
         // Many exact names are fine: they are looked up in a set.
         let names = (0..<50_000).map { "  - model.layers.\($0).mlp.up_proj.weight" }.joined(separator: "\n")
-        XCTAssertEqual(try JobSpec.parse(yaml: "model: m\noutput: o\nsparsity: 0.5\nignore:\n\(names)\n", file: "job.yaml", baseDirectory: "/base").ignore.count, 50_000)
+        XCTAssertEqual(try JobSpec.parse(yaml: "model: m\noutput: o\nsparsity: 0.5\nignore:\n\(names)\n", file: "job.yaml", baseDirectory: "/base").explicitIgnore.count, 50_000)
     }
 
     func testCalibrationAndEvaluationSizesAreBounded() {

@@ -813,6 +813,35 @@ final class GGUFTests: XCTestCase {
         }
         try compareWithGGUFPackage(gguf: gguf, out: out, ck: ck)
         try checkTokenizerWithHuggingFace(out)
+        try checkGenerateWithTransformers(out)
+    }
+
+    /// The usual `model.generate(**tok(prompt, return_tensors="pt"))` runs on the imported
+    /// directory in transformers: the tokenizer returns only what a causal LM takes (no
+    /// token_type_ids), and greedy decoding of a chat prompt answers in words.
+    private func checkGenerateWithTransformers(_ out: String) throws {
+        guard Subprocess.pythonHas("torch, transformers") else {
+            if Subprocess.pythonRequired { XCTFail("python3 with torch and transformers is required (PRUNE_REQUIRE_PYTHON=1)") }
+            print("skipped generate(): python3 with torch and transformers not installed")
+            return
+        }
+        let code = """
+        import sys, torch, transformers
+        transformers.logging.set_verbosity_error()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(sys.argv[1])
+        model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32)
+        prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True)
+        inputs = tok(prompt, return_tensors="pt")
+        print("keys", sorted(inputs.keys()))
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        print("answer", repr(tok.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)))
+        """
+        let r = try Subprocess.run("/usr/bin/env", ["python3", "-c", code, out])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        print("SmolLM2 generate(): \(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
+        XCTAssertTrue(r.stdout.contains("keys ['attention_mask', 'input_ids']"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("Paris"), "greedy answer of the imported model: \(r.stdout)")
     }
 
     /// Embedding rows and the un-permuted q/k of layer 0 equal pip's `gguf` dequantization

@@ -53,7 +53,7 @@ r = json.load(open(sys.argv[1]))
 times = [float(t) for t in sys.argv[5:]]
 speed = f"{times[0] / times[-1]:.2f}×" if len(times) > 1 else "–"
 cells = " | ".join(f"{t:.1f}" for t in times)
-print(f'| {sys.argv[2]} | {sys.argv[3]} | {r["densePerplexity"]:.2f} | {r["prunedPerplexity"]:.2f} | {cells} | {speed} | {sys.argv[4]} | {r["sparseToDense"]:.3f} |')
+print(f'| {sys.argv[2]} | {sys.argv[3]} | {r["evaluation"]["dense"]:.2f} | {r["evaluation"]["pruned"]:.2f} | {cells} | {speed} | {sys.argv[4]} | {r["sizes"]["sparse_to_dense"]:.3f} |')
 PY
 )")
   done
