@@ -74,7 +74,14 @@ public struct EmbeddedCluster {
             let endpoint = try EmbeddedCluster.endpoint(for: directory)
             let socketPath = String(endpoint.dropFirst("ipc://".count))
             unlink(socketPath)
-            let shell = try CoordinatorShell(workload: workload, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
+            // Owner-only from the moment it exists (the directory is too): umask around the
+            // bind, which libzmq performs on this thread.
+            let oldMask = umask(0o077)
+            let shell: CoordinatorShell
+            do {
+                defer { umask(oldMask) }
+                shell = try CoordinatorShell(workload: workload, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
+            }
             chmod(socketPath, 0o600)
             let logs = (directory as NSString).appendingPathComponent("logs")
             try? FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
