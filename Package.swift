@@ -62,6 +62,7 @@ let package = Package(
         .executableTarget(name: "PruneCLI", dependencies: [
             "Engine", "Tensors", "Pruning", "Cluster", "Protocol", "ZeroMQ", "Models",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors", "Protocol"], path: "ops/bench/PruneBench"),
         // Builders of small real checkpoints and helpers to run Python and the `prune` binary.

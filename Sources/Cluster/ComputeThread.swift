@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import Logging
 import Protocol
 import Pruning
 import Tensors
@@ -58,7 +59,7 @@ final class ComputeThread: @unchecked Sendable {
     private var options: WorkerOptions
     /// Messages that arrived while a task was fetching chunks, handled after it.
     private var deferred: [[[UInt8]]] = []
-    private let log: (String) -> Void
+    private let logger: Logger
     private let finished = DispatchSemaphore(value: 0)
     let source: TensorSource
     /// The coordinator's artifact directory, read directly when this host sees it.
@@ -74,11 +75,11 @@ final class ComputeThread: @unchecked Sendable {
 
     struct Stop: Error {}
 
-    init(context: ZMQContext, endpoint: String, options: WorkerOptions, log: @escaping (String) -> Void) {
+    init(context: ZMQContext, endpoint: String, options: WorkerOptions, logger: Logger) {
         self.context = context
         self.endpoint = endpoint
         self.options = options
-        self.log = log
+        self.logger = logger
         source = TensorSource(dataRoots: options.dataRoots, pullOnly: options.pullOnly)
     }
 
@@ -118,7 +119,7 @@ final class ComputeThread: @unchecked Sendable {
                 // coordinator's one thread.
                 let shared = !options.pullOnly && ArtifactStore.sharedWithCoordinator(root: w.artifactRoot, token: w.artifactToken)
                 resultStore = shared ? try? ArtifactStore(root: w.artifactRoot) : nil
-                if !w.artifactRoot.isEmpty { log(resultStore != nil ? "storing results in \(w.artifactRoot)" : "sending results over the wire") }
+                if !w.artifactRoot.isEmpty { logger.info(resultStore != nil ? "storing results in \(w.artifactRoot)" : "sending results over the wire") }
                 let wanted = options.compressMasks ? [NMMaskCoding.name, MaskCoding.name] : []
                 maskCodings = wanted.filter(w.payloadCodings.contains)
                 if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
@@ -171,7 +172,7 @@ final class ComputeThread: @unchecked Sendable {
             throw Stop()
         } catch is CancelledError {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            log("task \(a.taskID) attempt \(a.attempt): cancelled by the coordinator after \(String(format: "%.2f", seconds)) s; nothing sent")
+            logger.info("task \(a.taskID) attempt \(a.attempt): cancelled by the coordinator after \(String(format: "%.2f", seconds)) s; nothing sent")
             return nil
         } catch {
             var fail = Prune_V1_Fail()
@@ -180,7 +181,7 @@ final class ComputeThread: @unchecked Sendable {
             fail.cause = String(describing: error)
             // Bad input fails the same way everywhere: retrying cannot help.
             fail.retryable = !(error is PruningError || error is SpecError || error is CheckpointError)
-            log("task \(a.taskID) failed: \(fail.cause)")
+            logger.info("task \(a.taskID) failed: \(fail.cause)")
             return try WireMessage.frames(.with(.fail(fail)))
         }
     }

@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import Logging
 import Protocol
 import Pruning
 import Synchronization
@@ -36,7 +37,7 @@ public final class CoordinatorShell {
     private let router: ZMQSocket
     private var zap: ZAPHandler?
     private let settings: Settings
-    private let log: (String) -> Void
+    private let logger: Logger
     private var identities: [String: [UInt8]] = [:]
     private var names: [String: String] = [:]
     private var hosts: [String: String] = [:]
@@ -59,11 +60,11 @@ public final class CoordinatorShell {
     private let recomputed = Inbox<(task: String, result: Result<[ResultPayload], Error>)>()
 
     public init(workload: ClusterWorkload, context: ZMQContext, endpoints: [String], curve: CurveServerConfig?,
-                quiet: Bool, log: @escaping (String) -> Void) throws {
+                quiet: Bool, logger: Logger) throws {
         self.workload = workload
         self.context = context
         settings = workload.settings
-        self.log = log
+        self.logger = logger
         core = CoordinatorCore(tasks: workload.taskIDs.map {
                                    CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0), verify: workload.verifies(task: $0))
                                },
@@ -78,8 +79,11 @@ public final class CoordinatorShell {
         try router.setReceiveHighWaterMark(10_000)
         if let curve {
             let allowed = curve.allowedClients
-            let handler = ZAPHandler(context: context) { mechanism, _, _, credentials in
-                guard let key = ZAP.curvePublicKey(mechanism: mechanism, credentials: credentials), allowed.contains(key) else { return nil }
+            let handler = ZAPHandler(context: context) { [logger] mechanism, _, address, credentials in
+                guard let key = ZAP.curvePublicKey(mechanism: mechanism, credentials: credentials), allowed.contains(key) else {
+                    logger.warning("refused a connection from \(address): its CURVE key is not on the allow-list")
+                    return nil
+                }
                 return key
             }
             try handler.start()
@@ -114,7 +118,7 @@ public final class CoordinatorShell {
         while core.outcome == nil {
             if coordinatorStopRequested != 0 {
                 stoppedBy = coordinatorStopRequested
-                log("stopping on signal; the job can continue with prune resume")
+                logger.info("stopping on signal; the job can continue with prune resume")
                 try workload.ledger.setJobValue("state", "stopped")
                 try execute(core.shutdownAll(reason: "coordinator stopped"))
                 try workload.ledger.flush()
@@ -171,7 +175,7 @@ public final class CoordinatorShell {
             message = try WireMessage.decode(Array(body), settings: settings)
         } catch {
             dropped += 1
-            log("dropped a malformed message from \(worker): \(error)")
+            logger.notice("dropped a malformed message from \(worker): \(error)")
             return
         }
         let t = now()
@@ -213,7 +217,7 @@ public final class CoordinatorShell {
             serveChunk(c, to: worker)
         default:
             dropped += 1
-            log("dropped unexpected \(message.kind) from \(worker)")
+            logger.notice("dropped unexpected \(message.kind) from \(worker)")
         }
     }
 
@@ -315,10 +319,12 @@ public final class CoordinatorShell {
                 let name = names[w] ?? w, host = hosts[w] ?? ""
                 try workload.ledger.workerJoined(id: w, name: name, host: host, principal: core.principal(of: w) ?? "name:\(name)", at: wall)
                 let core = blasCores[w] ?? ""
-                log("worker \(name) joined (\(host)" + (core.isEmpty ? ")" : ", OpenBLAS \(core))"))
+                logger.info("worker \(name) joined (\(host)\(core.isEmpty ? "" : ", OpenBLAS \(core)"))")
                 if workload.verifiesBLASResults, !core.isEmpty, core != BLASThreads.coreName {
-                    log("warning: worker \(name) computes with OpenBLAS kernel \(core), this coordinator with \(BLASThreads.coreName): "
-                        + "verification may take its results for lies; set OPENBLAS_CORETYPE=\(BLASThreads.coreName) on every host (docs/cluster.md)")
+                    logger.warning("""
+                        worker \(name) computes with OpenBLAS kernel \(core), this coordinator with \(BLASThreads.coreName): \
+                        verification may take its results for lies; set OPENBLAS_CORETYPE=\(BLASThreads.coreName) on every host (docs/cluster.md)
+                        """)
                 }
                 var welcome = Prune_V1_Welcome()
                 welcome.jobID = workload.jobID
@@ -335,7 +341,7 @@ public final class CoordinatorShell {
                 var r = Prune_V1_Reject()
                 r.reason = reason
                 r.coordinatorProtocolVersion = Settings.protocolVersion
-                log("rejected \(names[w] ?? w): \(reason)")
+                logger.info("rejected \(names[w] ?? w): \(reason)")
                 send(w, .with(.reject(r)))
             case .assign(let w, let taskID, let attempt):
                 let work: Prune_V1_Assign.OneOf_Work
@@ -344,7 +350,7 @@ public final class CoordinatorShell {
                     work = w
                 } catch let missing as MissingOutput {
                     // An input is gone (deleted, or collected): its producer runs again first.
-                    log("\(taskID) waits: \(missing.description)")
+                    logger.info("\(taskID) waits: \(missing.description)")
                     try execute(core.inputMissing(task: taskID, by: w, attempt: attempt, dependency: missing.task, now: now()))
                     continue
                 } catch {
@@ -377,7 +383,7 @@ public final class CoordinatorShell {
                 s.reason = reason
                 send(w, .with(.shutdown(s)))
             case .workerLost(let w, let requeued, let reason):
-                log("worker \(names[w] ?? w) lost (\(reason)); requeued \(requeued.count) task(s)")
+                logger.info("worker \(names[w] ?? w) lost (\(reason)); requeued \(requeued.count) task(s)")
                 try workload.ledger.workerLeft(id: w, reason: reason, at: wall)
                 for task in requeued {
                     workload.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: w, detail: reason))
@@ -389,25 +395,25 @@ public final class CoordinatorShell {
                 try workload.commit(task: task, worker: w, attempt: attempt, digest: digest, seconds: seconds)
                 progress.step(task)
             case .refused(let w, let task, let attempt, let reason, let counted):
-                log("refused the result of \(task) attempt \(attempt) from \(names[w] ?? w): \(reason)")
+                logger.warning("refused the result of \(task) attempt \(attempt) from \(names[w] ?? w): \(reason)")
                 try workload.ledger.resultRefused(worker: w, task: task, reason: reason, counted: counted, at: wall)
             case .verified(let task, let detail):
                 // Agreement is the routine case: only the ledger hears of it.
-                if detail.contains("disagree") || detail.hasSuffix("no worker") { log("verification of \(task): \(detail)") }
+                if detail.contains("disagree") || detail.hasSuffix("no worker") { logger.warning("verification of \(task): \(detail)") }
                 workload.ledger.log(.init(time: wall, kind: "verify", task: task, worker: nil, detail: detail))
             case .recompute(let task):
                 try startRecomputation(task)
             case .quarantined(let principal, let reason):
-                log("quarantined \(principal): \(reason)")
+                logger.warning("quarantined \(principal): \(reason)")
                 try workload.ledger.quarantine(principal: principal, reason: reason, at: wall)
             case .reopened(let task, let reason):
-                log("reopened \(task): \(reason)")
+                logger.info("reopened \(task): \(reason)")
                 try workload.reopen(task: task, reason: reason)
                 progress.unstep()
             case .jobCompleted:
                 workload.ledger.log(.init(time: wall, kind: "complete", task: nil, worker: nil, detail: ""))
             case .jobFailed(let reason):
-                log("job failed: \(reason)")
+                logger.info("job failed: \(reason)")
                 workload.ledger.log(.init(time: wall, kind: "failed", task: nil, worker: nil, detail: reason))
                 try workload.ledger.setJobValue("state", "failed")
                 try workload.ledger.setJobValue("error", reason)
@@ -423,7 +429,7 @@ public final class CoordinatorShell {
             wireBytesOut += frames.reduce(0) { $0 + $1.count }
             core.sent(to: worker, now: now())
         } catch {
-            log("could not send to \(names[worker] ?? worker): \(error)")
+            logger.notice("could not send to \(names[worker] ?? worker): \(error)")
         }
     }
 }

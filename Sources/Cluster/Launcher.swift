@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import Logging
 import Protocol
 import Tensors
 import ZeroMQ
@@ -58,17 +59,17 @@ public struct EmbeddedCluster {
     }
 
     /// Runs a pruning job to completion and assembles its outputs.
-    public static func run(job: ClusterJob, workers: Int, maxRestarts: Int = 64, quiet: Bool, log: @escaping (String) -> Void) throws -> Manifest {
+    public static func run(job: ClusterJob, workers: Int, maxRestarts: Int = 64, quiet: Bool, logger: Logger) throws -> Manifest {
         job.configureVerification(remoteWorkers: false)
         var cluster = EmbeddedCluster(workload: job, directory: job.directory.path, workers: workers, executable: currentExecutable)
         cluster.quiet = quiet
         cluster.maxRestarts = maxRestarts
-        try cluster.run(log: log)
+        try cluster.run(logger: logger)
         return try job.assemble(quiet: quiet)
     }
 
     /// Runs the workload's remaining tasks; throws `JobFailed` if the job fails.
-    public func run(log: @escaping (String) -> Void) throws {
+    public func run(logger: Logger) throws {
         if workload.doneTaskIDs.count < workload.taskIDs.count {
             let context = try ZMQContext()
             let endpoint = try EmbeddedCluster.endpoint(for: directory)
@@ -80,7 +81,7 @@ public struct EmbeddedCluster {
             let shell: CoordinatorShell
             do {
                 defer { umask(oldMask) }
-                shell = try CoordinatorShell(workload: workload, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, log: log)
+                shell = try CoordinatorShell(workload: workload, context: context, endpoints: [endpoint], curve: nil, quiet: quiet, logger: logger)
             }
             chmod(socketPath, 0o600)
             let logs = (directory as NSString).appendingPathComponent("logs")
@@ -122,7 +123,7 @@ public struct EmbeddedCluster {
                     }
                     guard restarts < maxRestarts else { continue }
                     restarts += 1
-                    log("worker \(childNames[i]) exited (status \(children[i]?.terminationStatus ?? -1)); starting another")
+                    logger.info("worker \(childNames[i]) exited (status \(children[i]?.terminationStatus ?? -1)); starting another")
                     reported.remove(i)
                     spawn(i)
                 }
@@ -225,5 +226,35 @@ public enum KeyFiles {
             keys.insert(key)
         }
         return keys
+    }
+}
+
+/// Log lines as the tool has always printed them: `PREFIX: message`, one line each on
+/// stderr (warnings and worse say so), below `logLevel` nothing. Loggers are built with it
+/// directly (`LineLogHandler.logger`), not through a global bootstrap.
+public struct LineLogHandler: LogHandler {
+    public let prefix: String
+    public var logLevel: Logger.Level
+    public var metadata: Logger.Metadata = [:]
+
+    public init(prefix: String, logLevel: Logger.Level = .info) {
+        self.prefix = prefix
+        self.logLevel = logLevel
+    }
+
+    /// A logger writing `prefix: …` lines at `level` and above.
+    public static func logger(_ prefix: String, level: Logger.Level = .info) -> Logger {
+        Logger(label: "prune.\(prefix)") { _ in LineLogHandler(prefix: prefix, logLevel: level) }
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+                    file: String, function: String, line: UInt) {
+        let marker = level >= .warning ? "\(level): " : ""
+        FileHandle.standardError.write(Data("\(prefix): \(marker)\(message)\n".utf8))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Protocol
 import Pruning
 import Tensors
@@ -61,11 +62,11 @@ nonisolated(unsafe) private var stopRequested: sig_atomic_t = 0
 public final class Worker {
     public let options: WorkerOptions
     private let context: ZMQContext
-    private let log: (String) -> Void
+    private let logger: Logger
 
-    public init(options: WorkerOptions, log: @escaping (String) -> Void) throws {
+    public init(options: WorkerOptions, logger: Logger) throws {
         self.options = options
-        self.log = log
+        self.logger = logger
         context = try ZMQContext()
     }
 
@@ -80,7 +81,7 @@ public final class Worker {
         try pair.setLinger(ms: 0)
         let pairEndpoint = "inproc://compute-\(UInt64.random(in: 0...UInt64.max))"
         try pair.bind(pairEndpoint)
-        let compute = ComputeThread(context: context, endpoint: pairEndpoint, options: options, log: log)
+        let compute = ComputeThread(context: context, endpoint: pairEndpoint, options: options, logger: logger)
         try compute.start()
         defer {
             try? pair.send(try WireMessage.frames(.with(.shutdown(Prune_V1_Shutdown()))), dontWait: true)
@@ -91,7 +92,7 @@ public final class Worker {
             var usage = rusage()
             if getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 {
                 func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
-                log("peak RSS \(usage.ru_maxrss / 1024) MB, CPU \(String(format: "%.1f", seconds(usage.ru_utime) + seconds(usage.ru_stime))) s")
+                logger.info("peak RSS \(usage.ru_maxrss / 1024) MB, CPU \(String(format: "%.1f", seconds(usage.ru_utime) + seconds(usage.ru_stime))) s")
             }
         }
 
@@ -112,11 +113,11 @@ public final class Worker {
                 bye.reason = "SIGTERM"
                 bye.taskIds = running.map(\.task)
                 try? send(dealer, .with(.goodbye(bye)))
-                log("stopping on signal; told the coordinator")
+                logger.info("stopping on signal; told the coordinator")
                 return 0
             }
             if options.exitWithParent && getppid() != parent {
-                log("parent process is gone; exiting")
+                logger.info("parent process is gone; exiting")
                 return 0
             }
             var poller = ZMQPoller()
@@ -132,13 +133,13 @@ public final class Worker {
                     guard let message = decode(frames) else { continue }
                     switch message.envelope.body {
                     case .welcome(let w):
-                        log("welcomed into job \(w.jobID)")
+                        logger.info("welcomed into job \(w.jobID)")
                         // The coordinator's liveness settings rule (chunking goes to compute).
                         if w.heartbeatMs > 0 { s.heartbeatMs = Int(w.heartbeatMs) }
                         if w.liveness > 0 { s.liveness = Int(w.liveness) }
                         try pair.send(frames.map(\.bytes))
                     case .reject(let r):
-                        log("rejected by the coordinator: \(r.reason)")
+                        logger.error("rejected by the coordinator: \(r.reason)")
                         FileHandle.standardError.write(Data("prune worker: rejected by the coordinator: \(r.reason)\n".utf8))
                         return 2
                     case .assign(let a):
@@ -150,17 +151,17 @@ public final class Worker {
                         // Revoked: stop naming it in heartbeats, and stop computing it.
                         running.removeAll { $0.task == c.taskID && (c.attempt == 0 || $0.attempt == c.attempt) }
                         if compute.cancellations.cancel(c.taskID, attempt: c.attempt) {
-                            log("coordinator cancelled task \(c.taskID) attempt \(c.attempt)")
+                            logger.info("coordinator cancelled task \(c.taskID) attempt \(c.attempt)")
                         }
                     case .chunk:
                         try pair.send(frames.map(\.bytes))
                     case .shutdown(let sd):
-                        log("coordinator says shut down: \(sd.reason)")
+                        logger.info("coordinator says shut down: \(sd.reason)")
                         return 0
                     case .heartbeat, .ack:
                         break
                     default:
-                        log("dropped unexpected \(message.kind) from the coordinator")
+                        logger.info("dropped unexpected \(message.kind) from the coordinator")
                     }
                 }
             }
@@ -176,13 +177,13 @@ public final class Worker {
                         }
                         if let answered {
                             guard running.contains(where: { $0 == answered }) else {
-                                log("dropped the answer to task \(answered.task) attempt \(answered.attempt): not leased on this connection")
+                                logger.info("dropped the answer to task \(answered.task) attempt \(answered.attempt): not leased on this connection")
                                 continue
                             }
                             running.removeAll { $0 == answered }
                         }
                     }
-                    if !(try dealer.send(bytes, dontWait: true)) { log("could not queue a message for the coordinator; it will be retried by lease expiry") }
+                    if !(try dealer.send(bytes, dontWait: true)) { logger.info("could not queue a message for the coordinator; it will be retried by lease expiry") }
                 }
             }
             let t = now()
@@ -194,8 +195,8 @@ public final class Worker {
             }
             if t - lastHeard > Int64(s.deadAfterMs) {
                 // Paranoid Pirate: the coordinator is silent; reconnect with backoff.
-                log("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms"
-                    + (options.curveServerKey != nil ? " (if this repeats: is this worker's public key on the coordinator's allow-list, and the server key right?)" : ""))
+                let hint = options.curveServerKey != nil ? " (if this repeats: is this worker's public key on the coordinator's allow-list, and the server key right?)" : ""
+                logger.info("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms\(hint)")
                 dealer.close()
                 // Leases belong to the connection: what runs now is cancelled, and the new
                 // connection starts clean (the coordinator requeues the tasks).
@@ -256,7 +257,7 @@ public final class Worker {
         do {
             return try WireMessage.decode(frames.map(\.bytes), settings: options.settings)
         } catch {
-            log("dropped a malformed message from the coordinator: \(error)")
+            logger.notice("dropped a malformed message from the coordinator: \(error)")
             return nil
         }
     }

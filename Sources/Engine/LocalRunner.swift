@@ -21,6 +21,8 @@ public struct LocalRunner {
         public let manifest: Manifest
         public let outDirectory: String
         public let seconds: Double
+        /// Tasks run (mask tasks, or calibrate and prune tasks).
+        public var tasks = 0
     }
 
     public func run() throws -> Summary {
@@ -68,7 +70,9 @@ public struct LocalRunner {
             checkpoint.shard(of: t.name)!.release(t.info)
         }
 
-        return try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: masks, updated: [:], errors: [:])
+        var summary = try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: masks, updated: [:], errors: [:])
+        summary.tasks = tasks.count
+        return summary
     }
 
     private func assemble(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date, masks: [String: Mask],

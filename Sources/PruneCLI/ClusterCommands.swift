@@ -3,6 +3,7 @@ import Models
 import Cluster
 import Engine
 import Foundation
+import Logging
 import Pruning
 import Tensors
 import Protocol
@@ -22,7 +23,7 @@ func runCoordinator(_ job: ClusterJob, bind: String, security: CoordinatorSecuri
     try EndpointPolicy.check(bind, curve: curve != nil, insecure: security.insecure)
     job.configureVerification(remoteWorkers: bind.hasPrefix("tcp://"))
     let context = try ZMQContext()
-    let shell = try CoordinatorShell(workload: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, log: coordinatorLog(quiet: quiet))
+    let shell = try CoordinatorShell(workload: job, context: context, endpoints: [bind], curve: curve, quiet: quiet, logger: coordinatorLogger(quiet: quiet))
     if !quiet { FileHandle.standardError.write(Data("coordinator: listening on \(shell.boundEndpoint)\n".utf8)) }
     if case .failed(let reason) = try shell.run() {
         if reason == CoordinatorShell.stoppedBySignal { throw JobStopped(signal: shell.stoppedBy) }
@@ -113,9 +114,7 @@ struct WorkerCommand: ParsableCommand {
             options.curveServerKey = try KeyFiles.readKey(serverPath)
         }
         try EndpointPolicy.check(connect, curve: options.curveSecretKey != nil, insecure: security.insecure)
-        let worker = try Worker(options: options) { line in
-            FileHandle.standardError.write(Data("worker \(options.name): \(line)\n".utf8))
-        }
+        let worker = try Worker(options: options, logger: LineLogHandler.logger("worker \(options.name)"))
         let code = try worker.run()
         if code != 0 { throw CheckFailed(code: code) }
     }
@@ -158,7 +157,7 @@ struct BenchCoordinator: ParsableCommand {
         var cluster = EmbeddedCluster(workload: workload, directory: dir, workers: workers, executable: EmbeddedCluster.currentExecutable)
         cluster.quiet = true
         let start = Date()
-        try cluster.run(log: { _ in })
+        try cluster.run(logger: LineLogHandler.logger("coordinator", level: .critical))
         let seconds = Date().timeIntervalSince(start)
         print(String(format: "{\"tasks\": %d, \"workers\": %d, \"seconds\": %.3f, \"tasks_per_second\": %.1f}", tasks, workers, seconds, Double(tasks) / seconds))
     }

@@ -3,6 +3,7 @@ import Models
 import Cluster
 import Engine
 import Foundation
+import Logging
 import Pruning
 import Tensors
 import Protocol
@@ -38,7 +39,7 @@ struct Run: ParsableCommand {
         let settings = common.settings
         let clusterJob = try ClusterJob.prepare(spec: job, settings: settings)
         let manifest = try EmbeddedCluster.run(job: clusterJob, workers: workers, maxRestarts: common.tuning.maxRestarts, quiet: quiet,
-                                               log: coordinatorLog(quiet: quiet))
+                                               logger: coordinatorLogger(quiet: quiet))
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
     }
 }
@@ -61,9 +62,10 @@ func report(_ manifest: Manifest, out: String, seconds: Double) {
     print(line)
 }
 
-/// Coordinator log lines go to stderr, prefixed, unless quiet.
-func coordinatorLog(quiet: Bool) -> (String) -> Void {
-    { line in if !quiet { FileHandle.standardError.write(Data("coordinator: \(line)\n".utf8)) } }
+/// The coordinator's log: `coordinator: …` lines on stderr; with -q only warnings and
+/// worse (a refused result, a quarantined worker).
+func coordinatorLogger(quiet: Bool) -> Logger {
+    LineLogHandler.logger("coordinator", level: quiet ? .warning : .info)
 }
 
 
@@ -96,7 +98,7 @@ struct Resume: ParsableCommand {
             manifest = try runCoordinator(clusterJob, bind: bind, security: security, quiet: quiet)
         } else {
             manifest = try EmbeddedCluster.run(job: clusterJob, workers: max(workers, 1), maxRestarts: common.tuning.maxRestarts, quiet: quiet,
-                                               log: coordinatorLog(quiet: quiet))
+                                               logger: coordinatorLogger(quiet: quiet))
         }
         report(manifest, out: clusterJob.directory.outPath, seconds: Date().timeIntervalSince(start))
     }

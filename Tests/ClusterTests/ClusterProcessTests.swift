@@ -154,7 +154,10 @@ final class ClusterProcessTests: JobProcessTestCase {
         let bad = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "bad",
                                                           "--curve-secret", dir.file("bad.key"), "--server-key", dir.file("coordinator.pub")])
         let plain = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "plain", "--insecure"])
-        sleep(3)
+        // Both really tried: the coordinator refused the unknown key, and both workers found
+        // the coordinator silent (a plaintext client never completes a CURVE handshake).
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("its CURVE key is not on the allow-list") }, coord.stderr)
+        for w in [bad, plain] { XCTAssertTrue(Background.waitUntil(seconds: 20) { w.stderr.contains("coordinator silent") }, w.stderr) }
         XCTAssertEqual(doneTasks("curve"), 0, "no work for keys not on the allow-list")
         let good = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", "good",
                                                            "--curve-secret", dir.file("good.key"), "--server-key", dir.file("coordinator.pub")])

@@ -95,10 +95,21 @@ final class RunTests: XCTestCase {
         var outputs: [[String: Data]] = []
         for (i, (weights, block)) in [(16 << 20, 32 << 20), (96, 100), (1000, 7)].enumerated() {
             try "model: m\noutput: j\(i)\npattern: per_row\nsparsity: 0.6\nmethod: random\nseed: 9\n".write(toFile: dir.file("j\(i).yaml"), atomically: false, encoding: .utf8)
-            var runner = LocalRunner(spec: try JobSpec.load(path: dir.file("j\(i).yaml")), quiet: true)
+            let spec = try JobSpec.load(path: dir.file("j\(i).yaml"))
+            var runner = LocalRunner(spec: spec, quiet: true)
             runner.maxWeightsPerTask = weights
             runner.assemblyBlockBytes = block
-            _ = try runner.run()
+            let summary = try runner.run()
+            // The job really was cut as asked: one task per tensor, or blocks of rows no
+            // larger than the budget (at least one row).
+            let plan = try Plan(spec: spec, checkpoint: try Checkpoint(path: spec.model))
+            XCTAssertEqual(summary.tasks, MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: weights).count)
+            if weights >= 16 << 20 {
+                XCTAssertEqual(summary.tasks, plan.targets.count)
+            } else {
+                XCTAssertGreaterThan(summary.tasks, plan.targets.count, "\(weights) weights per task: tensors cut into row blocks")
+                XCTAssertTrue(MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: weights).allSatisfy { $0.rowCount == 1 || $0.rowCount * $0.tensor.cols <= weights })
+            }
             var files = try self.files(dir.file("j\(i)/out"))
             files["manifest.json"] = nil
             outputs.append(files)
