@@ -10,8 +10,6 @@ import ZeroMQ
 import Glibc
 #endif
 
-/// Set by SIGTERM/SIGINT while a coordinator runs.
-nonisolated(unsafe) private var coordinatorStopRequested: sig_atomic_t = 0
 
 /// CURVE settings of a coordinator on tcp://: its key pair and the worker public keys
 /// allowed in (checked by a ZAP handler).
@@ -106,18 +104,13 @@ public final class CoordinatorShell {
     /// Runs until every task is done, the job fails, or SIGTERM/SIGINT stops it (then
     /// the outcome is `.failed("stopped by signal")` and the ledger says "stopped").
     public func run() throws -> CoordinatorCore.Outcome {
-        coordinatorStopRequested = 0
-        let previousTerm = signal(SIGTERM) { sig in coordinatorStopRequested = sig }
-        let previousInt = signal(SIGINT) { sig in coordinatorStopRequested = sig }
-        defer {
-            signal(SIGTERM, previousTerm)
-            signal(SIGINT, previousInt)
-        }
+        let previous = StopSignal.install()
+        defer { StopSignal.restore(previous) }
         if core.outcome == nil { try workload.ledger.setJobValue("state", "running") }
         try execute(core.tick(now: now()))
         while core.outcome == nil {
-            if coordinatorStopRequested != 0 {
-                stoppedBy = coordinatorStopRequested
+            if StopSignal.received != 0 {
+                stoppedBy = StopSignal.received
                 logger.info("stopping on signal; the job can continue with prune resume")
                 try workload.ledger.setJobValue("state", "stopped")
                 try execute(core.shutdownAll(reason: "coordinator stopped"))

@@ -53,12 +53,10 @@ public struct WorkerOptions: Sendable {
     }
 }
 
-/// Set by SIGTERM/SIGINT; the I/O loop checks it after every poll.
-nonisolated(unsafe) private var stopRequested: sig_atomic_t = 0
-
 /// A worker process: an I/O thread owning the DEALER socket (Hello, heartbeats from its
 /// own thread, reconnects with backoff) and a compute thread running one task at a time.
-/// The two talk over an inproc PAIR socket with the same frames as the wire.
+/// The two talk over an inproc PAIR socket with the same frames as the wire. The I/O
+/// thread is the shell of `WorkerCore`, which makes every protocol decision.
 public final class Worker {
     public let options: WorkerOptions
     private let context: ZMQContext
@@ -73,8 +71,8 @@ public final class Worker {
     /// Runs until Shutdown, SIGTERM, a Reject, or the parent going away.
     /// Returns the process exit code (0 clean, 2 rejected).
     public func run() throws -> Int32 {
-        signal(SIGTERM) { _ in stopRequested = 1 }
-        signal(SIGINT) { _ in stopRequested = 1 }
+        let previous = StopSignal.install()
+        defer { StopSignal.restore(previous) }
         let parent = getppid()
 
         let pair = try ZMQSocket(context, .pair)
@@ -96,26 +94,36 @@ public final class Worker {
             }
         }
 
-        var s = options.settings
-        var backoff = s.reconnectMs
+        var core = WorkerCore(settings: options.settings, curve: options.curveServerKey != nil, now: now())
         var dealer = try connect()
-        var lastHeard = now()
-        var nextHeartbeat = now() + Int64(s.heartbeatMs)
-        // Attempts the coordinator leased on the current connection. A result is sent only
-        // for one of these: after a reconnect the coordinator knows this worker under a new
-        // routing id, and a result of an earlier connection's lease would be refused.
-        var running: [(task: String, attempt: UInt32)] = []
         try send(dealer, hello())
 
-        while true {
-            if stopRequested != 0 {
-                var bye = Prune_V1_Goodbye()
-                bye.reason = "SIGTERM"
-                bye.taskIds = running.map(\.task)
-                try? send(dealer, .with(.goodbye(bye)))
-                logger.info("stopping on signal; told the coordinator")
-                return 0
+        /// Carries out directives; returns the exit status when one says to leave.
+        func execute(_ directives: [WorkerCore.Directive], frames: [[UInt8]]) throws -> Int32? {
+            for d in directives {
+                switch d {
+                case .forwardToCompute: try pair.send(frames)
+                case .forwardToCoordinator:
+                    if !(try dealer.send(frames, dontWait: true)) { logger.info("could not queue a message for the coordinator; it will be retried by lease expiry") }
+                case .send(let envelope): try send(dealer, envelope)
+                case .cancelAttempt(let task, let attempt): _ = compute.cancellations.cancel(task, attempt: attempt)
+                case .reconnect(let wait):
+                    dealer.close()
+                    let until = now() + Int64(wait)
+                    while now() < until && StopSignal.received == 0 { usleep(50_000) }
+                    dealer = try connect()
+                    try send(dealer, hello())
+                    core.reconnected(now: now())
+                case .exit(let code): return code
+                case .log(let line): logger.info("\(line)")
+                case .warn(let line): FileHandle.standardError.write(Data("prune worker: \(line)\n".utf8))
+                }
             }
+            return nil
+        }
+
+        while true {
+            if StopSignal.received != 0, let code = try execute(core.stop(), frames: []) { return code }
             if options.exitWithParent && getppid() != parent {
                 logger.info("parent process is gone; exiting")
                 return 0
@@ -123,92 +131,23 @@ public final class Worker {
             var poller = ZMQPoller()
             _ = poller.add(dealer)
             _ = poller.add(pair)
-            let wait = max(0, min(Int(nextHeartbeat - now()), 250))
-            let ready = try poller.poll(timeoutMs: wait)
-
+            let ready = try poller.poll(timeoutMs: core.wait(now: now()))
             if ready[0] {
                 while let frames = try dealer.receiveMultipart(dontWait: true) {
-                    lastHeard = now()
-                    backoff = s.reconnectMs
                     guard let message = decode(frames) else { continue }
-                    switch message.envelope.body {
-                    case .welcome(let w):
-                        logger.info("welcomed into job \(w.jobID)")
-                        // The coordinator's liveness settings rule (chunking goes to compute).
-                        if w.heartbeatMs > 0 { s.heartbeatMs = Int(w.heartbeatMs) }
-                        if w.liveness > 0 { s.liveness = Int(w.liveness) }
-                        try pair.send(frames.map(\.bytes))
-                    case .reject(let r):
-                        logger.error("rejected by the coordinator: \(r.reason)")
-                        FileHandle.standardError.write(Data("prune worker: rejected by the coordinator: \(r.reason)\n".utf8))
-                        return 2
-                    case .assign(let a):
-                        if options.testExitOnTask { exit(3) }
-                        running.append((a.taskID, a.attempt))
-                        compute.cancellations.register(a.taskID, attempt: a.attempt)
-                        try pair.send(frames.map(\.bytes))
-                    case .cancel(let c):
-                        // Revoked: stop naming it in heartbeats, and stop computing it.
-                        running.removeAll { $0.task == c.taskID && (c.attempt == 0 || $0.attempt == c.attempt) }
-                        if compute.cancellations.cancel(c.taskID, attempt: c.attempt) {
-                            logger.info("coordinator cancelled task \(c.taskID) attempt \(c.attempt)")
-                        }
-                    case .chunk:
-                        try pair.send(frames.map(\.bytes))
-                    case .shutdown(let sd):
-                        logger.info("coordinator says shut down: \(sd.reason)")
-                        return 0
-                    case .heartbeat, .ack:
-                        break
-                    default:
-                        logger.info("dropped unexpected \(message.kind) from the coordinator")
-                    }
+                    if case .assign = message.envelope.body, options.testExitOnTask { exit(3) }
+                    if case .assign(let a) = message.envelope.body { compute.cancellations.register(a.taskID, attempt: a.attempt) }
+                    if let code = try execute(core.fromCoordinator(message.envelope.body, now: now()), frames: frames.map(\.bytes)) { return code }
                 }
             }
             if ready[1] {
                 while let frames = try pair.receiveMultipart(dontWait: true) {
                     let bytes = frames.map(\.bytes)
-                    if let m = try? WireMessage.decode(bytes) {
-                        let answered: (task: String, attempt: UInt32)?
-                        switch m.envelope.body {
-                        case .result(let r): answered = (r.taskID, r.attempt)
-                        case .fail(let f): answered = (f.taskID, f.attempt)
-                        default: answered = nil
-                        }
-                        if let answered {
-                            guard running.contains(where: { $0 == answered }) else {
-                                logger.info("dropped the answer to task \(answered.task) attempt \(answered.attempt): not leased on this connection")
-                                continue
-                            }
-                            running.removeAll { $0 == answered }
-                        }
-                    }
-                    if !(try dealer.send(bytes, dontWait: true)) { logger.info("could not queue a message for the coordinator; it will be retried by lease expiry") }
+                    let body = (try? WireMessage.decode(bytes))?.envelope.body
+                    _ = try execute(core.fromCompute(body), frames: bytes)
                 }
             }
-            let t = now()
-            if t >= nextHeartbeat {
-                var hb = Prune_V1_Heartbeat()
-                hb.taskIds = running.map(\.task)
-                try send(dealer, .with(.heartbeat(hb)))
-                nextHeartbeat = t + Int64(s.heartbeatMs)
-            }
-            if t - lastHeard > Int64(s.deadAfterMs) {
-                // Paranoid Pirate: the coordinator is silent; reconnect with backoff.
-                let hint = options.curveServerKey != nil ? " (if this repeats: is this worker's public key on the coordinator's allow-list, and the server key right?)" : ""
-                logger.info("coordinator silent for \(t - lastHeard) ms; reconnecting in \(backoff) ms\(hint)")
-                dealer.close()
-                // Leases belong to the connection: what runs now is cancelled, and the new
-                // connection starts clean (the coordinator requeues the tasks).
-                for r in running { _ = compute.cancellations.cancel(r.task, attempt: r.attempt) }
-                running = []
-                let until = now() + Int64(backoff)
-                while now() < until && stopRequested == 0 { usleep(50_000) }
-                backoff = min(backoff * 2, s.reconnectMaxMs)
-                dealer = try connect()
-                try send(dealer, hello())
-                lastHeard = now()
-            }
+            if let code = try execute(core.tick(now: now()), frames: []) { return code }
         }
     }
 
