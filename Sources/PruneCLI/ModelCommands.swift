@@ -20,40 +20,10 @@ struct Inspect: ParsableCommand {
     var json = false
 
     func run() throws {
-        let checkpoint = try Checkpoint(path: model)
-        var rows: [[String: Any]] = []
-        var totalZeros = 0
-        for t in checkpoint.tensors {
-            let bytes = checkpoint.bytes(t)
-            let zeros = t.dtype.isFloat ? TensorPruner.zeroCount(bytes, elementSize: t.dtype.size) : 0
-            totalZeros += zeros
-            rows.append(["name": t.name, "dtype": t.dtype.rawValue, "shape": t.shape, "parameters": t.elementCount,
-                         "bytes": t.byteCount, "sparsity": t.elementCount == 0 ? 0.0 : Double(zeros) / Double(t.elementCount),
-                         "file": checkpoint.shardName(of: t.name)!])
-        }
-        if json {
-            let doc: [String: Any] = ["tensors": rows, "parameters": checkpoint.parameterCount, "bytes": checkpoint.byteCount,
-                                      "files": checkpoint.shardNames]
-            let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
-            return
-        }
-        let nameWidth = min(max(checkpoint.tensors.map(\.name.count).max() ?? 4, 4), 70)
-        print("\("tensor".padding(toLength: nameWidth, withPad: " ", startingAt: 0))  dtype  shape                 parameters        bytes  sparsity")
-        for r in rows {
-            let name = (r["name"] as! String).padding(toLength: nameWidth, withPad: " ", startingAt: 0)
-            let shape = "[" + (r["shape"] as! [Int]).map(String.init).joined(separator: ", ") + "]"
-            let dtype = (r["dtype"] as! String).padding(toLength: 5, withPad: " ", startingAt: 0)
-            let shapeColumn = shape.padding(toLength: max(20, shape.count), withPad: " ", startingAt: 0)
-            print(String(format: "%@  %@  %@ %11ld %12ld  %7.2f%%", name, dtype, shapeColumn,
-                         r["parameters"] as! Int, r["bytes"] as! Int, 100 * (r["sparsity"] as! Double)))
-        }
-        print(String(format: "%ld tensors in %ld file(s), %ld parameters, %ld bytes, %.2f%% zeros",
-                     checkpoint.tensors.count, checkpoint.shards.count, checkpoint.parameterCount, checkpoint.byteCount,
-                     100 * Double(totalZeros) / Double(max(checkpoint.parameterCount, 1))))
+        let inventory = Inventory(try Checkpoint(path: model))
+        print(json ? try inventory.json() : inventory.render())
     }
 }
-
 
 struct ImportGGUF: ParsableCommand {
     static let configuration = CommandConfiguration(
