@@ -56,7 +56,7 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         .target(name: "Models", dependencies: ["Tensors", "COpenBLAS", "CKernels"]),
         .target(name: "Engine", dependencies: [
-            "Tensors", "Pruning", "Models", "CZlib",
+            "Tensors", "Pruning", "Models", "Protocol", "CZlib",
             .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "PruneCLI", dependencies: [

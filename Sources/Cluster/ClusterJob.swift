@@ -13,20 +13,18 @@ public final class ClusterJob {
     public let spec: JobSpec
     public let checkpoint: Checkpoint
     public let plan: Plan
-    /// Mask tasks of a data-free method (empty for a calibrated one).
-    public let tasks: [MaskTaskPlan]
-    public let taskByID: [String: MaskTaskPlan]
-    /// The calibration DAG of a Wanda or SparseGPT job (nil for data-free methods).
-    public let calibration: CalibrationPlan?
-    let calibrationTaskByID: [String: CalibrationPlan.Task]
-    private let tasksByTensor: [String: [MaskTaskPlan]]
+    /// The job's phases and their tasks (`PhaseRegistry`).
+    public let dag: JobDAG
     public let directory: JobDirectory
     public let ledger: Ledger
     public let artifacts: ArtifactStore
     /// Checkpoint files with their digests, as announced to workers.
-    public let modelFiles: [Prune_V1_ModelFile]
+    public var modelFiles: [Prune_V1_ModelFile] { dag.job.modelFiles }
     /// Tasks done (with their result digests), as `ResultDigests` text.
     public private(set) var done: [String: String] = [:]
+    /// Done tasks whose transient outputs (activations, statistics) were deleted once
+    /// every task reading them was done.
+    var collected: Set<String> = []
     /// The worker identity (principal) whose result each done task holds, where known.
     public private(set) var producers: [String: String] = [:]
     /// The fraction of tasks run twice and compared before they are accepted (the spec's
@@ -55,19 +53,10 @@ public final class ClusterJob {
         self.plan = plan
         self.directory = directory
         self.ledger = ledger
-        self.modelFiles = modelFiles
         self.settings = settings
         createdDirectory = created
-        self.calibration = calibration
-        if let calibration {
-            calibrationTaskByID = Dictionary(uniqueKeysWithValues: calibration.tasks.map { ($0.id, $0) })
-            tasks = []
-        } else {
-            calibrationTaskByID = [:]
-            tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: settings.maxWeightsPerTask)
-        }
-        taskByID = Dictionary(uniqueKeysWithValues: tasks.map { ($0.id, $0) })
-        tasksByTensor = Dictionary(grouping: tasks, by: \.tensor.name)
+        dag = try JobDAG(job: JobContext(spec: spec, plan: plan, checkpoint: checkpoint, maxWeightsPerTask: settings.maxWeightsPerTask,
+                                         calibration: calibration, modelFiles: modelFiles))
         var store = try ArtifactStore(root: (directory.path as NSString).appendingPathComponent("artifacts"))
         // Workers that find this token in the directory store their results there.
         try store.publishToken()
@@ -111,13 +100,13 @@ public final class ClusterJob {
                 try job.verifyRecorded()
             } else {
                 try ledger.clear()
-                if let calibration = job.calibration {
-                    try ledger.insertTasks(calibration.tasks.map { t in
-                        if case .calibrate = t { return (t.id, "calibrate", []) } else { return (t.id, "prune", []) }
-                    })
-                } else {
-                    try ledger.insertTasks(try job.tasks.map { ($0.id, "mask", try job.assignWork($0).serializedBytes()) })
-                }
+                try ledger.insertTasks(try job.dag.tasks.map { task in
+                    // A task that needs no other's output has its work known now: recorded.
+                    let work = task.dependencies.isEmpty ? try job.dag.phase(of: task.id)!.work(for: task.id, outputs: job.outputs) : nil
+                    var assign = Prune_V1_Assign()
+                    assign.work = work
+                    return (task.id.description, task.id.phase, work == nil ? [] : try assign.serializedBytes())
+                })
                 try ledger.setJobValue("task_weights", String(settings.maxWeightsPerTask))
                 try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
                 try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
@@ -168,16 +157,7 @@ public final class ClusterJob {
     }
 
     private static func digests(_ checkpoint: Checkpoint) throws -> [Prune_V1_ModelFile] {
-        try zip(checkpoint.shardNames, checkpoint.shards).map { name, shard in
-            var f = Prune_V1_ModelFile()
-            f.name = name
-            f.path = shard.path
-            // Hashed once per host and file version: workers on this host and the assembler
-            // then find the digest in the cache instead of reading the checkpoint again.
-            f.sha256 = try DigestCache.shared.sha256(file: shard.path)
-            f.size = UInt64(shard.header.dataStart + (shard.tensors.last?.dataOffsets.upperBound ?? 0))
-            return f
-        }
+        try JobContext.digests(checkpoint)
     }
 
     private static func modelFilesJSON(_ files: [Prune_V1_ModelFile]) throws -> String {
@@ -203,22 +183,22 @@ public final class ClusterJob {
         }
     }
 
-    /// Loads finished tasks, re-verifying each artifact by digest; a missing or corrupt
-    /// artifact puts its task back in the queue.
+    /// Loads finished tasks, re-verifying each artifact by digest (a collected task's
+    /// transient outputs are gone by design); a missing or corrupt artifact puts its task
+    /// back in the queue.
     private func loadDone() throws {
         done = [:]
         producers = [:]
-        let collected = try collectedBlocks()
+        collected = try ledger.collectedTasks()
         let principals = Dictionary(try ledger.workers().map { ($0.id, $0.principal) }, uniquingKeysWith: { a, _ in a })
         for row in try ledger.tasks() where row.state == "done" {
             if let worker = row.worker { producers[row.id] = principals[worker] ?? worker }
-            if let t = calibrationTaskByID[row.id], case .calibrate(let b, _) = t, b < collected, let digest = row.resultSHA256 {
-                // Its activations were deleted once every consumer was done.
-                done[row.id] = digest
-                continue
-            }
-            guard let digest = row.resultSHA256, ResultDigests.parse(digest).allSatisfy({ artifacts.verify($0.digest) }) else {
+            let phase = TaskID(row.id).flatMap { dag.phase(of: $0) }
+            let wasCollected = collected.contains(row.id)
+            guard let digest = row.resultSHA256,
+                  ResultDigests.parse(digest).allSatisfy({ (wasCollected && phase?.isTransient(OutputName($0.name)) == true) || artifacts.verify($0.digest) }) else {
                 try ledger.markPending(task: row.id, cause: "artifact missing or corrupt on resume")
+                collected.remove(row.id)
                 continue
             }
             done[row.id] = digest
@@ -227,9 +207,10 @@ public final class ClusterJob {
 
     func recordDone(_ task: String, digest: String) { done[task] = digest }
 
-    func forgetDone(_ task: String) {
+    func forgetDone(_ task: String) throws {
         done[task] = nil
         producers[task] = nil
+        if collected.remove(task) != nil { try ledger.setCollected(task, false) }
     }
 
     /// sha256 of the calibration data file (nil for data-free methods).
@@ -238,65 +219,19 @@ public final class ClusterJob {
         return try SHA256Stream.hex(file: path)
     }
 
-    /// Where a tensor's bytes are: file digest and absolute byte range.
-    func tensorRef(_ info: TensorInfo) -> Prune_V1_TensorRef {
-        var ref = Prune_V1_TensorRef()
-        ref.name = info.name
-        ref.dtype = info.dtype.rawValue
-        ref.shape = info.shape.map(UInt64.init)
-        let shard = checkpoint.shard(of: info.name)!
-        ref.fileSha256 = modelFiles.first { $0.path == shard.path }!.sha256
-        ref.offset = UInt64(shard.header.dataStart + info.dataOffsets.lowerBound)
-        ref.byteCount = UInt64(info.byteCount)
-        return ref
-    }
+    /// The outputs of done tasks, as the phases read them.
+    var outputs: ArtifactOutputs { ArtifactOutputs(job: self) }
 
-    /// The Assign body for a task.
-    public func assignWork(_ task: MaskTaskPlan) -> Prune_V1_MaskTask {
-        var m = Prune_V1_MaskTask()
-        m.tensor = tensorRef(task.tensor.info)
-        m.firstRow = UInt64(task.firstRow)
-        m.rowCount = UInt64(task.rowCount)
-        m.method = spec.method.rawValue
-        m.seed = spec.seed
-        m.pattern = plan.pattern.description
-        m.sparsity = plan.sparsity
-        return m
-    }
-
-    /// A pruned tensor's mask, joined from its tasks' artifacts in row order.
-    public func mask(of tensor: String) throws -> Mask {
-        guard let t = plan.targets.first(where: { $0.name == tensor }) else { throw LedgerError("\(tensor) is not pruned by this job") }
-        if calibration != nil {
-            return try Mask(rows: t.rows, cols: t.cols, bits: try output("mask", of: "prune:\(tensor)"))
-        }
-        var blocks: [Mask] = []
-        for task in tasksByTensor[tensor] ?? [] {
-            guard let digest = done[task.id], let bits = artifacts.get(digest) else {
-                throw LedgerError("\(ledgerPath): result of task \(task.id) is missing")
-            }
-            blocks.append(try Mask(rows: task.rowCount, cols: task.tensor.cols, bits: bits))
-        }
-        return try MaskTaskPlan.join(blocks, rows: t.rows, cols: t.cols)
-    }
-
-    /// Writes out/ from the masks (staging directory, one rename).
+    /// Writes out/ from the phases' outputs (staging directory, one rename).
     public func assemble(quiet: Bool) throws -> Manifest {
         let staging = try directory.makeStaging()
         do {
             let assembleStart = Date()
-            var assembler = Assembler(checkpoint: checkpoint, plan: plan, pruned: Set(plan.targets.map(\.name)), spec: spec,
-                                      mask: { try self.mask(of: $0) })
-            if calibration != nil {
-                assembler.errors = try reconstructionErrors()
-                if spec.method == .sparsegpt {
-                    assembler.updatedElsewhere = (Set(plan.targets.map(\.name)), { try self.updatedValues(of: $0) })
-                }
-            }
+            let assembler = try dag.assembler(outputs: outputs)
             let manifest = try assembler
                 .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try directory.publish(staging: staging)
-            var phases = [JobReport.Phase(name: calibration == nil ? "prune (workers)" : "calibrate + prune (workers)",
+            var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune (workers)" : "prune (workers)",
                                           seconds: assembleStart.timeIntervalSince(openedAt)),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(assembleStart))]
             try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: directory,

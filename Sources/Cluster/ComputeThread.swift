@@ -148,8 +148,8 @@ final class ComputeThread: @unchecked Sendable {
     private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]]? {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
-            var outputs = try TaskExecutor(inputs: WorkerInputs(thread: self, pair: pair)).run(a.work, task: a.taskID)
-            try TaskExecutor.sleep(ms: options.taskDelayMs)
+            var outputs = try PhaseRegistry.run(a.work, task: a.taskID, inputs: WorkerInputs(thread: self, pair: pair))
+            try NoopPhase.sleep(ms: options.taskDelayMs)
             if options.testLie == .swapMaskBits { Self.swapFirstKeptAndPruned(&outputs) }
             var result = Prune_V1_Result()
             result.taskID = a.taskID
@@ -162,7 +162,7 @@ final class ComputeThread: @unchecked Sendable {
             result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             if let stored, !stored.isEmpty { return try WireMessage.frames(.with(.result(result)), stored: stored) }
             let outgoing = payloads.map { p -> WireMessage.Outgoing in
-                if p.name == "mask", let shape = outputs.maskShape, !maskCodings.isEmpty {
+                if p.name == OutputName.mask.rawValue, let shape = outputs.maskShape, !maskCodings.isEmpty {
                     return WireMessage.Outgoing(name: p.name, maskBits: p.bytes, rows: shape.rows, cols: shape.cols, nm: shape.nm, codings: maskCodings)
                 }
                 return WireMessage.Outgoing(name: p.name, bytes: p.bytes)
@@ -190,7 +190,7 @@ final class ComputeThread: @unchecked Sendable {
     /// Row 0 of its mask keeps one pruned weight and prunes one kept weight instead: the
     /// shape and the count of every row stay right, the weights are wrong.
     private static func swapFirstKeptAndPruned(_ outputs: inout TaskOutputs) {
-        guard let i = outputs.payloads.firstIndex(where: { $0.name == "mask" }), let shape = outputs.maskShape, shape.cols > 1 else { return }
+        guard let i = outputs.payloads.firstIndex(where: { $0.name == OutputName.mask.rawValue }), let shape = outputs.maskShape, shape.cols > 1 else { return }
         var bits = outputs.payloads[i].bytes
         func bit(_ c: Int) -> Bool { bits[c / 8] & (1 << (c % 8)) != 0 }
         guard let kept = (0..<shape.cols).first(where: bit), let pruned = (0..<shape.cols).first(where: { !bit($0) }) else { return }

@@ -55,7 +55,7 @@ public final class Ledger {
 
     /// The layout this build writes (`PRAGMA user_version`). 0 is the first layout, before
     /// versions were recorded; it is upgraded in place on open.
-    public static let schemaVersion: Int64 = 2
+    public static let schemaVersion: Int64 = 3
 
     /// Opens (creating if asked) the ledger at `path`.
     public init(path: String, create: Bool = true, readOnly: Bool = false) throws {
@@ -82,6 +82,7 @@ public final class Ledger {
                         seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL,
                         task TEXT, worker TEXT, detail TEXT NOT NULL DEFAULT '');
                     CREATE TABLE IF NOT EXISTS quarantine (principal TEXT PRIMARY KEY, reason TEXT NOT NULL, time REAL NOT NULL);
+                    CREATE TABLE IF NOT EXISTS collected (task TEXT PRIMARY KEY);
                     """)
                 try upgrade()
             } else {
@@ -101,13 +102,21 @@ public final class Ledger {
     }
 
     /// Brings a ledger of an earlier layout to this one (version 2 added the workers'
-    /// principal and refusal count, and the quarantine table).
+    /// principal and refusal count, and the quarantine table; version 3 the collected
+    /// table, which replaces the `collected_blocks` watermark of calibration jobs).
     private func upgrade() throws {
         try checkVersion()
         let columns = Set(try db.query("PRAGMA table_info(workers)").compactMap { $0[1].text })
         try db.transaction {
             if !columns.contains("principal") { try db.execute("ALTER TABLE workers ADD COLUMN principal TEXT NOT NULL DEFAULT ''") }
             if !columns.contains("refused") { try db.execute("ALTER TABLE workers ADD COLUMN refused INTEGER NOT NULL DEFAULT 0") }
+            if let blocks = try db.query("SELECT value FROM job WHERE key = 'collected_blocks'").first?.first?.text.flatMap(Int.init) {
+                for row in try db.query("SELECT id FROM tasks WHERE id LIKE 'calibrate:%'") {
+                    guard let id = row[0].text, let b = id.split(separator: ":").dropFirst().first.flatMap({ Int($0) }), b < blocks else { continue }
+                    try db.query("INSERT OR IGNORE INTO collected(task) VALUES(?)", [.text(id)])
+                }
+                try db.query("DELETE FROM job WHERE key = 'collected_blocks'")
+            }
             try db.execute("PRAGMA user_version = \(Ledger.schemaVersion)")
         }
     }
@@ -134,7 +143,7 @@ public final class Ledger {
     public func clear() throws {
         try wrap {
             try db.transaction {
-                for table in ["job", "tasks", "workers", "events", "quarantine"] { try db.execute("DELETE FROM \(table)") }
+                for table in ["job", "tasks", "workers", "events", "quarantine", "collected"] { try db.execute("DELETE FROM \(table)") }
             }
         }
     }
@@ -214,6 +223,25 @@ public final class Ledger {
     public func resultRefused(worker: String, task: String, reason: String, counted: Bool, at time: Double) throws {
         if counted { try wrap { try db.query("UPDATE workers SET refused = refused + 1 WHERE id = ?", [.text(worker)]) } }
         log(Event(time: time, kind: counted ? "refused" : "stale", task: task, worker: worker, detail: reason))
+    }
+
+    /// Done tasks whose transient outputs were deleted (their readers were all done).
+    public func collectedTasks() throws -> Set<String> {
+        try wrap {
+            guard try !db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'collected'").isEmpty else { return [] }
+            return Set(try db.query("SELECT task FROM collected").compactMap { $0[0].text })
+        }
+    }
+
+    /// Records (or, for a task run again, forgets) that a task's transient outputs are gone.
+    public func setCollected(_ task: String, _ isCollected: Bool) throws {
+        try wrap {
+            if isCollected {
+                try db.query("INSERT OR IGNORE INTO collected(task) VALUES(?)", [.text(task)])
+            } else {
+                try db.query("DELETE FROM collected WHERE task = ?", [.text(task)])
+            }
+        }
     }
 
     /// Bars an identity from the job (kept across resumes), with the events so far.

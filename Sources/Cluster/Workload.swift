@@ -1,3 +1,4 @@
+import Engine
 import Foundation
 import Protocol
 import Pruning
@@ -57,18 +58,6 @@ public enum StoredResult: Sendable, Equatable {
     case invalid(String)
 }
 
-/// An output that a task needs from a done task is gone (deleted, or collected): the
-/// producing task must run again.
-public struct MissingOutput: Error, CustomStringConvertible {
-    /// The task whose output is missing.
-    public let task: String
-    public let description: String
-    public init(task: String, _ description: String) {
-        self.task = task
-        self.description = description
-    }
-}
-
 /// One output of a task as the coordinator holds it: its bytes (from a frame, or read
 /// back from the artifact directory) and their sha256, already verified.
 public struct ResultPayload: Sendable {
@@ -101,7 +90,7 @@ extension ClusterWorkload {
 
 extension ClusterJob: ClusterWorkload {
     public var jobID: String { spec.digest }
-    public var taskIDs: [String] { calibration?.tasks.map(\.id) ?? tasks.map(\.id) }
+    public var taskIDs: [String] { dag.tasks.map(\.id.description) }
     public var doneTasks: [String: CoordinatorCore.DoneTask] {
         done.reduce(into: [:]) { $0[$1.key] = CoordinatorCore.DoneTask(digest: $1.value, producer: producers[$1.key] ?? "") }
     }
@@ -114,8 +103,8 @@ extension ClusterJob: ClusterWorkload {
     }
 
     public func dependencies(of task: String) -> [String] {
-        guard let calibration, let t = calibrationTaskByID[task] else { return [] }
-        return calibration.dependencies(of: t).map(\.id)
+        guard let id = TaskID(task), let t = dag.task(id) else { return [] }
+        return t.dependencies.map(\.description)
     }
 
     public var verifiesBLASResults: Bool { verifyFraction > 0 && spec.method.needsCalibration }
@@ -134,39 +123,47 @@ extension ClusterJob: ClusterWorkload {
         return (path, UInt64(size))
     }
 
+    /// The task and the phase that owns it, nil for an id this job does not have.
+    private func owned(_ task: String) -> (id: TaskID, phase: any Phase)? {
+        guard let id = TaskID(task), dag.task(id) != nil, let phase = dag.phase(of: id) else { return nil }
+        return (id, phase)
+    }
+
     public func work(for task: String) throws -> Prune_V1_Assign.OneOf_Work? {
-        if let t = calibrationTaskByID[task] { return try calibrationWork(t) }
-        return taskByID[task].map { .mask(assignWork($0)) }
+        guard let (id, phase) = owned(task) else { return nil }
+        return try phase.work(for: id, outputs: outputs)
     }
 
-    public func store(task id: String, payloads: [ResultPayload]) throws -> StoredResult {
-        if let t = calibrationTaskByID[id] { return try storeCalibration(t, payloads: payloads) }
-        guard let task = taskByID[id] else { return .invalid("unknown task \(id)") }
-        // The mask must have exactly the block's shape.
-        guard payloads.count == 1, (try? Mask(rows: task.rowCount, cols: task.tensor.cols, bits: payloads[0].bytes)) != nil else {
-            return .invalid("result of \(id) is not a \(task.rowCount)×\(task.tensor.cols) mask")
-        }
-        return .stored(digest: try artifacts.put(payloads[0].bytes, sha256: payloads[0].sha256))
+    /// Checks the payloads with the task's phase (count, sizes, parseable contents) and
+    /// stores each as an artifact; the result is named by its outputs' digests.
+    public func store(task: String, payloads: [ResultPayload]) throws -> StoredResult {
+        guard let (id, phase) = owned(task) else { return .invalid("unknown task \(task)") }
+        let names = phase.outputNames(of: id)
+        guard payloads.count == names.count else { return .invalid("result of \(task) has \(payloads.count) payloads, expected \(names.count)") }
+        if let problem = phase.problem(in: payloads.map(\.bytes), of: id) { return .invalid(problem) }
+        var stored: [(name: String, digest: String)] = []
+        for (name, payload) in zip(names, payloads) { stored.append((name.rawValue, try artifacts.put(payload.bytes, sha256: payload.sha256))) }
+        return .stored(digest: ResultDigests.format(stored))
     }
 
-    public func commit(task id: String, worker: String, attempt: Int, digest: String, seconds: Double) throws {
-        try ledger.markDone(task: id, worker: worker, attempt: attempt, resultSHA256: digest, seconds: seconds, at: Date().timeIntervalSince1970)
-        recordDone(id, digest: digest)
-        if calibration != nil { try collectFinishedBlocks() }
+    public func commit(task: String, worker: String, attempt: Int, digest: String, seconds: Double) throws {
+        try ledger.markDone(task: task, worker: worker, attempt: attempt, resultSHA256: digest, seconds: seconds, at: Date().timeIntervalSince1970)
+        recordDone(task, digest: digest)
+        if let id = TaskID(task) { try collectFinished(after: id) }
     }
 
-    public func reopen(task id: String, reason: String) throws {
-        ledger.log(.init(time: Date().timeIntervalSince1970, kind: "reopen", task: id, worker: nil, detail: reason))
-        try ledger.markPending(task: id, cause: reason)
-        forgetDone(id)
+    public func reopen(task: String, reason: String) throws {
+        ledger.log(.init(time: Date().timeIntervalSince1970, kind: "reopen", task: task, worker: nil, detail: reason))
+        try ledger.markPending(task: task, cause: reason)
+        try forgetDone(task)
     }
 
     public func recomputation(of task: String) throws -> @Sendable () throws -> [ResultPayload] {
         guard let work = try work(for: task) else { throw JobFailed("unknown task \(task)") }
         let files = modelFiles, store = artifacts
         return {
-            let executor = TaskExecutor(inputs: CoordinatorInputs(modelFiles: files, artifacts: store))
-            return try executor.run(work, task: task).payloads.map { p in
+            let inputs = CoordinatorInputs(modelFiles: files, artifacts: store)
+            return try PhaseRegistry.run(work, task: task, inputs: inputs).payloads.map { p in
                 ResultPayload(bytes: p.bytes, sha256: p.bytes.withUnsafeBytes { SHA256Stream.hex($0) })
             }
         }

@@ -20,6 +20,9 @@ public struct Assembler {
     public var updatedElsewhere: (names: Set<String>, load: (String) throws -> [Float])?
     /// Reconstruction error per tensor, for the manifest.
     public var errors: [String: Double] = [:]
+    /// Figures phases measured per tensor (tensor → name → value), read once the masks are
+    /// written, for the manifest.
+    public var measures: () throws -> [String: [String: Double]] = { [:] }
 
     public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
         self.init(checkpoint: checkpoint, plan: plan, pruned: Set(masks.keys), spec: spec) { name in
@@ -182,6 +185,7 @@ public struct Assembler {
             try AtomicFileWriter.write(sparseBytes, to: (sparseDir as NSString).appendingPathComponent(side))
         }
 
+        let measured = try measures()
         var tensors: [String: Manifest.Tensor] = [:]
         var zerosTotal = 0, prunedParameters = 0
         for t in checkpoint.tensors {
@@ -197,6 +201,7 @@ public struct Assembler {
                 masked: w.masked, zeros: w.zeros, elements: t.elementCount,
                 sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: errors[t.name],
                 valuesUpdated: updated[t.name] != nil || updatedElsewhere?.names.contains(t.name) == true)
+            tensors[t.name]!.measures = measured[t.name]
         }
         let manifest = Manifest(
             specSHA256: spec.digest, method: spec.method.rawValue, pattern: plan.pattern.description, sparsity: plan.sparsity,

@@ -23,11 +23,11 @@ public struct CalibrationPlan: Sendable {
         case calibrate(block: Int, shard: Int)
         case prune(block: Int, tensor: String)
 
-        /// Ledger and wire id.
+        /// Ledger and wire id (the owning phase's).
         public var id: String {
             switch self {
-            case .calibrate(let b, let s): return "calibrate:\(b):\(s)"
-            case .prune(_, let tensor): return "prune:\(tensor)"
+            case .calibrate(let b, let s): return CalibratePhase.id(block: b, shard: s).description
+            case .prune(_, let tensor): return LayerPrunePhase.id(tensor: tensor).description
             }
         }
 

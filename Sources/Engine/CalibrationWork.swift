@@ -88,39 +88,37 @@ public enum CalibrationWork {
         }
         // Statistics of every group's input over the shard's samples, one sample at a
         // time (each `add` is one sample, as both references' hooks see them).
-        var wanda: [String: WandaStatistics] = [:]
-        var hessians: [String: SparseGPT] = [:]
-        var keyOf: [String: String] = [:]
+        guard let statistic = step.method.statistic else {
+            throw PruningError("method \(step.method.rawValue) gathers no calibration statistics")
+        }
+        output.statistics = try gather(statistic, step: step, x: &x, width: width, rope: rope, model: model, store: store)
+        if step.mode == .dense && step.emitHidden { output.hidden = x }
+        return output
+    }
+
+    /// Runs block b over the shard with hooks feeding one statistic per group, and
+    /// returns them serialized in group order. In dense mode `x` ends as the block's output.
+    private static func gather<S: CalibrationStatistic>(_: S.Type, step: Step, x: inout [Float], width: Int, rope: RotaryTable,
+                                                        model: LlamaModel, store: WeightStore) throws -> [(key: String, bytes: [UInt8])] {
+        var statistics: [String: S] = [:]
         for group in step.groups {
-            let key = group[0]
-            keyOf[key] = key
             // A group's input width is its layers' in_features, as the checkpoint says.
-            guard let shape = store.reader.shape(of: key), shape.count == 2 else {
-                throw PruningError("calibrate block \(step.block): \(key) is not a matrix of the model")
+            guard let shape = store.reader.shape(of: group[0]), shape.count == 2 else {
+                throw PruningError("calibrate block \(step.block): \(group[0]) is not a matrix of the model")
             }
-            switch step.method {
-            case .wanda: wanda[key] = WandaStatistics(columns: shape[1])
-            case .sparsegpt: hessians[key] = SparseGPT(rows: 0, columns: shape[1])
-            default: throw PruningError("method \(step.method.rawValue) gathers no calibration statistics")
-            }
+            statistics[group[0]] = S(columns: shape[1])
         }
         let block = try model.block(step.block)
         // Sequential mode needs only the statistics of this block (its output comes from the
         // pruned block, in the next task), so the pass stops before down_proj's GEMM.
         let statisticsOnly = step.mode == .sequential
+        let t = step.tokens
         try forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in
             block.forward(&batch, samples: n, tokens: t, rope: rope, statisticsOnly: statisticsOnly) { name, input, tokens in
-                guard let key = keyOf[name] else { return }
-                if wanda[key] != nil { wanda[key]!.add(batch: input, tokens: tokens, columns: input.count / tokens) }
-                if hessians[key] != nil { hessians[key]!.addBatch(input, tokens: tokens) }
+                if statistics[name] != nil { statistics[name]!.add(input, tokens: tokens) }
             }
         }
-        if step.mode == .dense && step.emitHidden { output.hidden = x }
-        for group in step.groups {
-            let key = group[0]
-            output.statistics.append((key, wanda[key]?.serialized() ?? hessians[key]!.serialized()))
-        }
-        return output
+        return step.groups.map { ($0[0], statistics[$0[0]]!.serialized()) }
     }
 
     /// Rows a batched block pass holds at once: large enough that each weight is packed
@@ -175,30 +173,7 @@ public enum CalibrationWork {
         }
     }
 
-    public struct Pruned: Sendable {
-        public var mask: Mask
-        /// SparseGPT's updated weights (rows × cols, pruned ones zero).
-        public var updated: [Float]?
-        /// ||WX − ŴX||² over the calibration tokens (SparseGPT).
-        public var error: Double?
-
-        public init(mask: Mask, updated: [Float]?, error: Double?) {
-            self.mask = mask
-            self.updated = updated
-            self.error = error
-        }
-
-        /// The weights the pruned layer computes with: SparseGPT's updated ones, or the
-        /// dense ones with the pruned entries zeroed.
-        public func values(dense: [Float]) -> [Float] {
-            if let updated { return updated }
-            var w = [Float](repeating: 0, count: dense.count)
-            dense.withUnsafeBytes { source in
-                w.withUnsafeMutableBytes { MaskApplication.apply(mask, source: source, elementSize: 4, into: $0) }
-            }
-            return w
-        }
-    }
+    public typealias Pruned = PrunedLayer
 
     /// Runs a `prune` task on statistics held in memory.
     public static func prune(_ step: PruneStep, weights: [Float], statistics: [[UInt8]]) throws -> Pruned {
@@ -206,48 +181,20 @@ public enum CalibrationWork {
     }
 
     /// Runs a `prune` task: merges the shards' statistics in shard order, loading one at
-    /// a time (a large layer's Hessians are hundreds of MB each), then Wanda (per-row
-    /// groups for unstructured, as the paper) or SparseGPT.
+    /// a time (a large layer's Hessians are hundreds of MB each), then prunes with the
+    /// method's statistic (Wanda: per-row groups for unstructured, as the paper; SparseGPT).
     public static func prune(_ step: PruneStep, weights: [Float], statisticsCount: Int,
                              statistics: (Int) throws -> [UInt8]) throws -> Pruned {
-        let rows = step.rows, cols = step.cols
-        guard weights.count == rows * cols else { throw PruningError("\(step.tensor): \(weights.count) weights, expected \(rows)×\(cols)") }
-        guard statisticsCount > 0 else { throw PruningError("\(step.tensor): no calibration statistics") }
-        switch step.method {
-        case .wanda:
-            var merged = try WandaStatistics(serialized: statistics(0))
-            for i in 1..<statisticsCount {
-                let part = try WandaStatistics(serialized: statistics(i))
-                guard part.columns == merged.columns else { throw PruningError("\(step.tensor): statistics of different widths") }
-                merged.merge(part)
-            }
-            guard merged.columns == cols else { throw PruningError("\(step.tensor): statistics have \(merged.columns) columns, weights \(cols)") }
-            let pattern: SparsityPattern = step.pattern == .unstructured ? .perRow : step.pattern
-            let criterion = WandaCriterion(statistics: merged)
-            var scores = [Float](repeating: 0, count: rows * cols)
-            weights.withUnsafeBufferPointer { w in
-                scores.withUnsafeMutableBufferPointer { criterion.scores(WeightBlock(name: step.tensor, values: w, rows: rows, cols: cols), into: $0) }
-            }
-            let mask = try scores.withUnsafeBufferPointer {
-                try MaskSelection.mask(scores: $0, rows: rows, cols: cols, pattern: pattern, sparsity: step.sparsity)
-            }
-            return Pruned(mask: mask, updated: nil, error: nil)
-        case .sparsegpt:
-            var merged = try SparseGPT(serialized: statistics(0))
-            for i in 1..<statisticsCount {
-                let part = try SparseGPT(serialized: statistics(i))
-                guard part.columns == merged.columns else { throw PruningError("\(step.tensor): Hessians of different orders") }
-                merged.merge(part.withRows(merged.rows))
-            }
-            guard merged.columns == cols else { throw PruningError("\(step.tensor): Hessian of order \(merged.columns), weights have \(cols) columns") }
-            var n = 0, m = 0
-            if case .nm(let kept, let group) = step.pattern { n = kept; m = group }
-            var w = weights
-            let (mask, error) = try merged.withRows(rows).prune(weights: &w, sparsity: step.sparsity, n: n, m: m,
-                                                                blockSize: step.blockSize, percDamp: step.damp, layer: step.tensor)
-            return Pruned(mask: mask, updated: w, error: error)
-        default:
-            throw PruningError("method \(step.method.rawValue) is not calibration-aware")
-        }
+        guard weights.count == step.rows * step.cols else { throw PruningError("\(step.tensor): \(weights.count) weights, expected \(step.rows)×\(step.cols)") }
+        guard let statistic = step.method.statistic else { throw PruningError("method \(step.method.rawValue) is not calibration-aware") }
+        return try prune(statistic, step: step, weights: weights, count: statisticsCount, statistics: statistics)
+    }
+
+    private static func prune<S: CalibrationStatistic>(_: S.Type, step: PruneStep, weights: [Float], count: Int,
+                                                       statistics: (Int) throws -> [UInt8]) throws -> Pruned {
+        let merged = try S.merged(count: count, layer: step.tensor, statistics)
+        guard merged.columns == step.cols else { throw PruningError("\(step.tensor): statistics have \(merged.columns) columns, weights \(step.cols)") }
+        let options = LayerPruneOptions(pattern: step.pattern, sparsity: step.sparsity, blockSize: step.blockSize, damp: step.damp)
+        return try merged.prune(weights: weights, rows: step.rows, options: options, layer: step.tensor)
     }
 }

@@ -17,7 +17,16 @@ public struct JobSpec: Sendable {
         case magnitude, random, wanda, sparsegpt
 
         /// Methods that need calibration activations.
-        public var needsCalibration: Bool { self == .wanda || self == .sparsegpt }
+        public var needsCalibration: Bool { statistic != nil }
+
+        /// What the method gathers from calibration activations (nil: data-free).
+        public var statistic: (any CalibrationStatistic.Type)? {
+            switch self {
+            case .wanda: return WandaStatistics.self
+            case .sparsegpt: return SparseGPT.self
+            case .magnitude, .random: return nil
+            }
+        }
     }
 
     /// Calibration: which activations Wanda and SparseGPT see.
@@ -79,6 +88,8 @@ public struct JobSpec: Sendable {
     /// The fraction of tasks run a second time, on another worker, and compared before
     /// they are accepted (nil: the transport's default, `defaultVerify`).
     public var verify: Double?
+    /// Measure how much of each pruned tensor's weight norm survives (`WeightNormPhase`).
+    public var weightNorms = false
     /// sha256 of the spec file's bytes.
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
@@ -119,7 +130,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -359,6 +370,12 @@ public struct JobSpec: Sendable {
         spec.calibration = calibration
         spec.sparseGPT = sparseGPT
         spec.explicitIgnore = userIgnore
+        if let node = values["weight_norms"] {
+            guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {
+                throw SpecError("\(where_(file, node)): weight_norms: must be true or false")
+            }
+            spec.weightNorms = b
+        }
         if let node = values["verify"] {
             guard let f = node.scalar.flatMap({ Double($0.string) }), f.isFinite, f >= 0, f <= 1 else {
                 throw SpecError("\(where_(file, node)): verify: must be a fraction in [0, 1] (the share of tasks run twice and compared)")

@@ -1,4 +1,5 @@
 import Foundation
+import Protocol
 import Pruning
 import Tensors
 
@@ -47,51 +48,27 @@ public struct LocalRunner {
         }
     }
 
+    /// Runs the job's phases in this process (`InProcessExecution`), then assembles out/.
     private func prune(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date, calibration: CalibrationPlan?) throws -> Summary {
-        if spec.method.needsCalibration {
-            let result = try Calibrator(spec: spec, plan: plan, checkpoint: checkpoint, quiet: quiet, calibration: calibration).run()
-            return try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: result.masks,
-                                updated: result.updated, errors: result.errors)
-        }
-        guard let criterion = spec.dataFreeCriterion else { throw SpecError("method \(spec.method.rawValue) has no criterion") }
-        // The same tasks the cluster runs, executed here in order.
-        let tasks = MaskTaskPlan.tasks(for: plan, maxWeightsPerTask: maxWeightsPerTask)
-        var blocks: [String: [Mask]] = [:]
-        let progress = ProgressReporter(label: "prune", total: tasks.count, quiet: quiet)
-        for task in tasks {
-            let shard = checkpoint.shard(of: task.tensor.name)!
-            let bytes = UnsafeRawBufferPointer(rebasing: shard.bytes(task.tensor.info)[task.byteRange])
-            blocks[task.tensor.name, default: []].append(try task.run(bytes: bytes, criterion: criterion, pattern: plan.pattern, sparsity: plan.sparsity))
-            progress.step(task.id)
-        }
-        var masks: [String: Mask] = [:]
-        for t in plan.targets {
-            masks[t.name] = try MaskTaskPlan.join(blocks[t.name] ?? [], rows: t.rows, cols: t.cols)
-            checkpoint.shard(of: t.name)!.release(t.info)
-        }
-
-        var summary = try assemble(checkpoint: checkpoint, plan: plan, job: job, start: start, masks: masks, updated: [:], errors: [:])
-        summary.tasks = tasks.count
-        return summary
-    }
-
-    private func assemble(checkpoint: Checkpoint, plan: Plan, job: JobDirectory, start: Date, masks: [String: Mask],
-                          updated: [String: [Float]], errors: [String: Double]) throws -> Summary {
+        let context = JobContext(spec: spec, plan: plan, checkpoint: checkpoint, maxWeightsPerTask: maxWeightsPerTask,
+                                 calibration: calibration, modelFiles: try JobContext.digests(checkpoint))
+        let dag = try JobDAG(job: context)
+        let execution = InProcessExecution(dag: dag)
+        try execution.run(progress: ProgressReporter(label: "prune", total: dag.tasks.count, quiet: quiet))
+        let pruneSeconds = Date().timeIntervalSince(start)
         let staging = try job.makeStaging()
         do {
-            let assembleProgress = ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet)
-            var assembler = Assembler(checkpoint: checkpoint, plan: plan, masks: masks, spec: spec)
+            var assembler = try dag.assembler(outputs: execution.outputs)
             assembler.blockBytes = assemblyBlockBytes
-            assembler.updated = updated
-            assembler.errors = errors
-            let pruneSeconds = Date().timeIntervalSince(start)
-            let manifest = try assembler.write(to: staging, progress: assembleProgress)
+            let manifest = try assembler.write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try job.publish(staging: staging)
             var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune" : "prune", seconds: pruneSeconds),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(start) - pruneSeconds)]
             try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: job, phases: &phases,
                                    warnings: plan.warnings, quiet: quiet)
-            return Summary(manifest: manifest, outDirectory: job.outPath, seconds: Date().timeIntervalSince(start))
+            var summary = Summary(manifest: manifest, outDirectory: job.outPath, seconds: Date().timeIntervalSince(start))
+            summary.tasks = dag.tasks.count
+            return summary
         } catch {
             try? FileManager.default.removeItem(atPath: staging)
             throw error

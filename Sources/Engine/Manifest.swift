@@ -22,6 +22,8 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var reconstructionError: Double?
         /// The method changed kept weights too (SparseGPT's update), not just zeroed some.
         public var valuesUpdated: Bool = false
+        /// Figures a phase measured on the pruned tensor (e.g. `kept_norm_fraction`).
+        public var measures: [String: Double]?
 
         enum CodingKeys: String, CodingKey {
             case shape, dtype, pruned, pattern, method, elements, zeros, masked
@@ -31,6 +33,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             case sha256Sparse = "sha256_sparse"
             case reconstructionError = "reconstruction_error"
             case valuesUpdated = "values_updated"
+            case measures
         }
 
         public init(shape: [Int], dtype: String, pruned: Bool, pattern: String?, method: String?, targetSparsity: Double?,
@@ -68,6 +71,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             sha256Sparse = try c.decode(String.self, forKey: .sha256Sparse)
             reconstructionError = try c.decodeIfPresent(Double.self, forKey: .reconstructionError)
             valuesUpdated = try c.decodeIfPresent(Bool.self, forKey: .valuesUpdated) ?? false
+            measures = try c.decodeIfPresent([String: Double].self, forKey: .measures)
         }
 
         public func encode(to encoder: Encoder) throws {
@@ -86,6 +90,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             try c.encode(sha256Sparse, forKey: .sha256Sparse)
             // Always present, null when not computed, so readers need not guess.
             if let reconstructionError { try c.encode(reconstructionError, forKey: .reconstructionError) } else { try c.encodeNil(forKey: .reconstructionError) }
+            try c.encodeIfPresent(measures, forKey: .measures)
             if valuesUpdated { try c.encode(true, forKey: .valuesUpdated) }
         }
     }

@@ -381,6 +381,14 @@ public nonisolated struct Prune_V1_Assign: Sendable {
     set {work = .layerPrune(newValue)}
   }
 
+  public var weightNorm: Prune_V1_WeightNormTask {
+    get {
+      if case .weightNorm(let v)? = work {return v}
+      return Prune_V1_WeightNormTask()
+    }
+    set {work = .weightNorm(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -388,10 +396,49 @@ public nonisolated struct Prune_V1_Assign: Sendable {
     case noop(Prune_V1_NoopTask)
     case calibrate(Prune_V1_CalibrateTask)
     case layerPrune(Prune_V1_LayerPruneTask)
+    case weightNorm(Prune_V1_WeightNormTask)
 
   }
 
   public init() {}
+}
+
+/// Measures a pruned tensor (the `weight_norms: true` phase): the squared L2 norms of its
+/// dense weights and of the weights the pruned model keeps. Result payload: "norms" (two
+/// F64, little-endian: dense, kept).
+public nonisolated struct Prune_V1_WeightNormTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  /// The tensor's mask, in row blocks in row order (one for a whole-tensor mask).
+  public var masks: [Prune_V1_ArtifactRef] = []
+
+  /// SparseGPT's updated weights, when the method updates them.
+  public var updated: Prune_V1_ArtifactRef {
+    get {_updated ?? Prune_V1_ArtifactRef()}
+    set {_updated = newValue}
+  }
+  /// Returns true if `updated` has been explicitly set.
+  public var hasUpdated: Bool {self._updated != nil}
+  /// Clears the value of `updated`. Subsequent reads from it will return its default value.
+  public mutating func clearUpdated() {self._updated = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
+  fileprivate var _updated: Prune_V1_ArtifactRef? = nil
 }
 
 /// A job artifact (an earlier task's output), by content.
@@ -1377,7 +1424,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1439,6 +1486,19 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
           self.work = .layerPrune(v)
         }
       }()
+      case 14: try {
+        var v: Prune_V1_WeightNormTask?
+        var hadOneofValue = false
+        if let current = self.work {
+          hadOneofValue = true
+          if case .weightNorm(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.work = .weightNorm(v)
+        }
+      }()
       default: break
       }
     }
@@ -1472,6 +1532,10 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       guard case .layerPrune(let v)? = self.work else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
     }()
+    case .weightNorm?: try {
+      guard case .weightNorm(let v)? = self.work else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1481,6 +1545,50 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.taskID != rhs.taskID {return false}
     if lhs.attempt != rhs.attempt {return false}
     if lhs.work != rhs.work {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_WeightNormTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WeightNormTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}masks\0\u{1}updated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.masks) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._updated) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.masks.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.masks, fieldNumber: 2)
+    }
+    try { if let v = self._updated {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_WeightNormTask, rhs: Prune_V1_WeightNormTask) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.masks != rhs.masks {return false}
+    if lhs._updated != rhs._updated {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

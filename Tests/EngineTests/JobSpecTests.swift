@@ -80,7 +80,7 @@ final class JobSpecLimitTests: XCTestCase {
 
     func testCalibrationAndEvaluationSizesAreBounded() {
         let dir = TempDir(); defer { dir.cleanup() }
-        FileManager.default.createFile(atPath: dir.file("ids.npy"), contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: dir.file("ids.npy"), contents: Data([1]))
         func calibration(_ body: String) -> String { "model: m\noutput: o\nmethod: wanda\nsparsity: 0.5\ncalibration: {data: ids.npy, \(body)}\n" }
         assertSpecError(calibration("samples: 2147483648"), "calibration.samples: 2147483648 is more than the limit of 65536", base: dir.path)
         assertSpecError(calibration("tokens: 9999999999"), "calibration.tokens: 9999999999 is more than the limit of 131072", base: dir.path)
@@ -109,7 +109,7 @@ final class JobSpecLimitTests: XCTestCase {
     func testOversizedOrSpecialSpecFilesAreRefusedBeforeReading() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         let big = dir.file("big.yaml")
-        FileManager.default.createFile(atPath: big, contents: nil)
+        _ = FileManager.default.createFile(atPath: big, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
         try handle.truncate(atOffset: UInt64(JobSpec.Limits.specBytes + 1))
         try handle.close()

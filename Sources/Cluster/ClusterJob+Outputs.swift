@@ -1,0 +1,88 @@
+import Engine
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+
+/// A task's result artifacts as the ledger records them: `name=sha256` pairs joined by
+/// commas ("hidden=…,stats:model.layers.0.self_attn.q_proj.weight=…"). A result with one
+/// mask is recorded as its bare digest.
+public enum ResultDigests {
+    public static func format(_ outputs: [(name: String, digest: String)]) -> String {
+        if outputs.count == 1, outputs[0].name == OutputName.mask.rawValue { return outputs[0].digest }
+        return outputs.map { "\($0.name)=\($0.digest)" }.joined(separator: ",")
+    }
+
+    public static func parse(_ text: String) -> [(name: String, digest: String)] {
+        guard text.contains("=") else { return [(OutputName.mask.rawValue, text)] }
+        return text.split(separator: ",").compactMap { part -> (name: String, digest: String)? in
+            let pieces = part.split(separator: "=")
+            guard pieces.count >= 2 else { return nil }
+            return (pieces.dropLast().joined(separator: "="), String(pieces.last!))
+        }
+    }
+}
+
+/// The outputs of a cluster job's done tasks: the ledger's digests, the artifact store's
+/// files (each verified when read).
+struct ArtifactOutputs: OutputStore {
+    let job: ClusterJob
+
+    private func digest(_ name: OutputName, of task: TaskID) throws -> String {
+        guard let recorded = job.done[task.description] else {
+            throw MissingOutput(task: task.description, "\(job.ledgerPath): task \(task) is not done")
+        }
+        guard let digest = ResultDigests.parse(recorded).first(where: { $0.name == name.rawValue })?.digest else {
+            throw LedgerError("\(job.ledgerPath): task \(task) has no recorded output '\(name)'")
+        }
+        return digest
+    }
+
+    func ref(_ name: OutputName, of task: TaskID) throws -> Prune_V1_ArtifactRef {
+        let digest = try digest(name, of: task)
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: job.artifacts.path(for: digest)))?[.size] as? Int else {
+            throw MissingOutput(task: task.description, "\(job.artifacts.path(for: digest)): artifact '\(name)' of task \(task) is missing")
+        }
+        var ref = Prune_V1_ArtifactRef()
+        ref.sha256 = digest
+        ref.size = UInt64(size)
+        return ref
+    }
+
+    func bytes(_ name: OutputName, of task: TaskID) throws -> [UInt8] {
+        let digest = try digest(name, of: task)
+        guard let bytes = job.artifacts.get(digest) else {
+            throw MissingOutput(task: task.description, "\(job.artifacts.path(for: digest)): artifact '\(name)' of task \(task) is missing or corrupt")
+        }
+        return bytes
+    }
+}
+
+/// Transient outputs are deleted once every task that reads them is done, so a job's disk
+/// use stays about one decoder block of activations.
+extension ClusterJob {
+    /// After `task` is done: collects the transient outputs of it and of its
+    /// dependencies whose readers are now all done. The ledger records a collection before
+    /// the files go: a crash in between leaves files behind, never a task without inputs.
+    func collectFinished(after task: TaskID) throws {
+        guard let finished = dag.task(task) else { return }
+        for candidate in finished.dependencies + [task] where !collected.contains(candidate.description) && done[candidate.description] != nil {
+            guard let phase = dag.phase(of: candidate), dag.dependents(of: candidate).allSatisfy({ done[$0.description] != nil }) else { continue }
+            let transient = ResultDigests.parse(done[candidate.description]!).filter { phase.isTransient(OutputName($0.name)) }
+            guard !transient.isEmpty else { continue }
+            collected.insert(candidate.description)
+            try ledger.setCollected(candidate.description, true)
+            // A digest another task still holds (the same bytes) is spared.
+            var kept = Set<String>()
+            for (id, recorded) in done where id != candidate.description {
+                let owner = TaskID(id).flatMap { dag.phase(of: $0) }
+                for output in ResultDigests.parse(recorded) where !(collected.contains(id) && owner?.isTransient(OutputName(output.name)) == true) {
+                    kept.insert(output.digest)
+                }
+            }
+            for output in transient where !kept.contains(output.digest) {
+                try? FileManager.default.removeItem(atPath: artifacts.path(for: output.digest))
+            }
+        }
+    }
+}

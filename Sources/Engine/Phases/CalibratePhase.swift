@@ -1,0 +1,189 @@
+import Foundation
+import Models
+import Protocol
+import Pruning
+import Tensors
+
+/// Calibration statistics of a Wanda or SparseGPT job (`CalibrationPlan` has the DAG's
+/// facts): per decoder block b and shard s of calibration samples, task `calibrate:b:s`
+/// runs the block's input through the block with hooks and returns one statistic per
+/// group of Linear layers sharing an input, and the hidden states the next block's task
+/// of that shard starts from. Both are transient: deleted once every consumer is done.
+public final class CalibratePhase: Phase, RoundedPhase {
+    public static let name = "calibrate"
+    let job: JobContext
+    let calibration: CalibrationPlan
+
+    public init?(job: JobContext, earlier: [any Phase]) throws {
+        guard let calibration = job.calibration else { return nil }
+        self.job = job
+        self.calibration = calibration
+    }
+
+    public static func id(block: Int, shard: Int) -> TaskID { TaskID(name, "\(block):\(shard)") }
+
+    /// Block and shard of a task id.
+    static func blockAndShard(_ task: TaskID) -> (block: Int, shard: Int)? {
+        let parts = task.key.split(separator: ":")
+        guard task.phase == name, parts.count == 2, let b = Int(parts[0]), let s = Int(parts[1]) else { return nil }
+        return (b, s)
+    }
+
+    /// A block's input for the next block's task of the same shard.
+    public static let hidden = OutputName("hidden")
+    /// The statistic of the group whose first Linear layer is `group`.
+    public static func statistics(_ group: String) -> OutputName { OutputName("stats:\(group)") }
+
+    public var tasks: [PhaseTask] {
+        (0..<calibration.blocks).flatMap { b in
+            (0..<calibration.shardCount).map { s in PhaseTask(CalibratePhase.id(block: b, shard: s), after: dependencies(block: b, shard: s)) }
+        }
+    }
+
+    /// Block b−1 of the same shard; in sequential mode also every prune of block b−1.
+    private func dependencies(block b: Int, shard s: Int) -> [TaskID] {
+        guard b > 0 else { return [] }
+        let previous = CalibratePhase.id(block: b - 1, shard: s)
+        guard calibration.mode == .sequential else { return [previous] }
+        return [previous] + calibration.targets(block: b - 1).map(LayerPrunePhase.id(tensor:))
+    }
+
+    public func round(of task: TaskID) -> Int { CalibratePhase.blockAndShard(task)?.block ?? 0 }
+
+    public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
+        guard let (b, s) = CalibratePhase.blockAndShard(task) else { throw PruningError("no calibrate task \(task)") }
+        let step = calibration.step(block: b, shard: s)
+        var c = Prune_V1_CalibrateTask()
+        c.block = UInt32(b)
+        c.shard = UInt32(s)
+        c.method = job.spec.method.rawValue
+        c.mode = calibration.mode.rawValue
+        c.configJson = Data(calibration.configJSON)
+        c.tokens = UInt32(calibration.tokens)
+        c.samples = UInt32(step.samples)
+        c.emitHidden = step.emitHidden
+        c.groups = step.groups.map { g in Prune_V1_LinearGroup.with { $0.names = g } }
+        c.weights = calibration.tensorsRead(block: b).map { job.tensorRef(job.checkpoint.info($0)!) }
+        if b == 0 {
+            c.tokenIds = calibration.windows(shard: s).flatMap { $0 }
+        } else {
+            c.hidden = try outputs.ref(CalibratePhase.hidden, of: CalibratePhase.id(block: b - 1, shard: s))
+            if calibration.mode == .sequential {
+                c.pruned = try calibration.targets(block: b - 1).map { name in
+                    var p = Prune_V1_PrunedLinear()
+                    p.name = name
+                    p.mask = try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
+                    if job.spec.method == .sparsegpt { p.weights = try outputs.ref(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: name)) }
+                    return p
+                }
+            }
+        }
+        return .calibrate(c)
+    }
+
+    public func outputNames(of task: TaskID) -> [OutputName] {
+        guard let (b, s) = CalibratePhase.blockAndShard(task) else { return [] }
+        let step = calibration.step(block: b, shard: s)
+        return (step.emitHidden ? [CalibratePhase.hidden] : []) + step.groups.map { CalibratePhase.statistics($0[0]) }
+    }
+
+    public func isTransient(_ name: OutputName) -> Bool { true }
+
+    public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
+        guard let (b, s) = CalibratePhase.blockAndShard(task) else { return "no calibrate task \(task)" }
+        let names = outputNames(of: task)
+        guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
+        let statistic = job.spec.method.statistic
+        for (name, bytes) in zip(names, outputs) {
+            if name == CalibratePhase.hidden {
+                let expected = calibration.step(block: b, shard: s).hiddenBytes
+                guard bytes.count == expected else { return "hidden states of \(task) are \(bytes.count) bytes, expected \(expected)" }
+            } else {
+                // The statistic of a group's input has as many columns as its layers.
+                let group = String(name.rawValue.dropFirst("stats:".count))
+                let columns = job.checkpoint.info(group)?.cols ?? -1
+                guard let statistic, statistic.columns(ofSerialized: bytes) == columns else {
+                    return "\(name) of \(task) is not a valid statistic of \(columns) columns"
+                }
+            }
+        }
+        return nil
+    }
+
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        guard case .calibrate(let c) = work else { return nil }
+        let config = try LlamaConfig.parse(bytes: [UInt8](c.configJson), file: "calibrate task config")
+        guard let method = JobSpec.Method(rawValue: c.method), let mode = JobSpec.Calibration.Mode(rawValue: c.mode) else {
+            throw PruningError("calibrate task: unknown method \(c.method) or mode \(c.mode)")
+        }
+        let store = WeightStore(reader: TaskTensorReader(c.weights, inputs: inputs))
+        // Block b−1 as pruned (sequential mode): its masks, or SparseGPT's new weights.
+        for p in c.pruned {
+            guard let shape = store.reader.shape(of: p.name), shape.count == 2 else { throw PruningError("pruned layer \(p.name) is not in the task") }
+            let mask = try Mask(rows: shape[0], cols: shape[1], bits: try inputs.artifact(p.mask))
+            let updated = p.hasWeights ? try FloatPayload.floats(try inputs.artifact(p.weights), what: "weights of \(p.name)") : nil
+            let dense = updated == nil ? try store.load(p.name, shape: shape) : []
+            store.override(p.name, with: CalibrationWork.Pruned(mask: mask, updated: updated, error: nil).values(dense: dense))
+        }
+        let tokens = Int(c.tokens), samples = Int(c.samples)
+        let input: CalibrationWork.Input
+        if c.block == 0 {
+            guard tokens > 0, c.tokenIds.count == tokens * samples else { throw PruningError("calibrate task: \(c.tokenIds.count) token ids for \(samples) × \(tokens)") }
+            input = .tokens((0..<samples).map { Array(c.tokenIds[($0 * tokens)..<(($0 + 1) * tokens)]) })
+        } else {
+            input = .hidden(try FloatPayload.floats(try inputs.artifact(c.hidden), what: "hidden states"))
+        }
+        let step = CalibrationWork.Step(config: config, method: method, mode: mode, block: Int(c.block), tokens: tokens, samples: samples,
+                                        groups: c.groups.map(\.names), emitHidden: c.emitHidden)
+        let out = try CalibrationWork.calibrate(step, input: input, store: store)
+        var outputs = TaskOutputs()
+        if c.emitHidden {
+            guard let states = out.hidden else { throw PruningError("calibrate block \(c.block): no hidden states to emit") }
+            outputs.payloads.append((hidden.rawValue, FloatPayload.encode(states)))
+        }
+        outputs.payloads += out.statistics.map { (statistics($0.key).rawValue, $0.bytes) }
+        return outputs
+    }
+}
+
+/// The tensors a task names, read through the task's inputs (a worker's local copy of the
+/// checkpoint, chunks pulled from the coordinator, or the coordinator's disk): what the
+/// model code sees as its weights.
+final class TaskTensorReader: TensorReader {
+    private let refs: [String: Prune_V1_TensorRef]
+    private let inputs: TaskInputs
+
+    init(_ refs: [Prune_V1_TensorRef], inputs: TaskInputs) {
+        self.refs = Dictionary(refs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        self.inputs = inputs
+    }
+
+    var location: String { "the task's tensors" }
+
+    func shape(of name: String) -> [Int]? { refs[name].map { $0.shape.map { Int(clamping: $0) } } }
+
+    private func ref(_ name: String) throws -> (Prune_V1_TensorRef, DType, [Int]) {
+        guard let ref = refs[name] else { throw PruningError("tensor '\(name)' is not in the task") }
+        guard let dtype = DType(rawValue: ref.dtype), dtype.isFloat else { throw PruningError("tensor '\(name)': dtype \(ref.dtype) is not a float type") }
+        let shape = ref.shape.map { Int(clamping: $0) }
+        guard let count = MatrixView.elementCount(shape), count * dtype.size == Int(clamping: ref.byteCount) else {
+            throw PruningError("tensor '\(name)': shape \(shape) does not match \(ref.byteCount) bytes")
+        }
+        return (ref, dtype, shape)
+    }
+
+    func floats(_ name: String) throws -> [Float] {
+        let (ref, dtype, shape) = try ref(name)
+        let count = shape.reduce(1, *)
+        let raw = try inputs.tensorBytes(ref, 0..<(count * dtype.size))
+        return raw.withUnsafeBytes { FloatConversion.toFloat($0, dtype: dtype, count: count) }
+    }
+
+    func row(_ name: String, _ index: Int) throws -> [Float] {
+        let (ref, dtype, shape) = try ref(name)
+        guard shape.count == 2, index >= 0, index < shape[0] else { throw PruningError("tensor '\(name)' has no row \(index)") }
+        let rowBytes = shape[1] * dtype.size
+        let raw = try inputs.tensorBytes(ref, (index * rowBytes)..<((index + 1) * rowBytes))
+        return raw.withUnsafeBytes { FloatConversion.toFloat($0, dtype: dtype, count: shape[1]) }
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import Models
+import Protocol
+import Pruning
+import Tensors
+
+/// The pruning step of a Wanda or SparseGPT job: task `prune:NAME` merges the tensor's
+/// group statistics of every shard of its block in shard order and prunes the layer with
+/// the method's statistic. Its outputs (the mask; SparseGPT's updated weights and
+/// reconstruction error) stay until assembly, and in sequential mode the next block's
+/// calibration reads them.
+public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
+    public static let name = "prune"
+    let job: JobContext
+    let calibration: CalibrationPlan
+    private let blockOf: [String: Int]
+
+    public init?(job: JobContext, earlier: [any Phase]) throws {
+        guard let calibration = job.calibration else { return nil }
+        self.job = job
+        self.calibration = calibration
+        var blockOf: [String: Int] = [:]
+        for b in 0..<calibration.blocks { for name in calibration.targets(block: b) { blockOf[name] = b } }
+        self.blockOf = blockOf
+    }
+
+    public static func id(tensor: String) -> TaskID { TaskID(name, tensor) }
+
+    /// SparseGPT's updated weights of the layer (F32).
+    public static let weights = OutputName("weights")
+    /// SparseGPT's ‖WX − ŴX‖² on the calibration inputs (one F64).
+    public static let error = OutputName("error")
+
+    /// Per block, its layers longest first (`CalibrationPlan`'s order): block b+1's
+    /// calibration waits for every prune of block b, so the longest must not start last.
+    public var tasks: [PhaseTask] {
+        calibration.tasks.compactMap { task in
+            guard case .prune(let b, let name) = task else { return nil }
+            return PhaseTask(LayerPrunePhase.id(tensor: name), after: (0..<calibration.shardCount).map { CalibratePhase.id(block: b, shard: $0) })
+        }
+    }
+
+    public func round(of task: TaskID) -> Int { blockOf[task.key] ?? 0 }
+
+    public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
+        guard let b = blockOf[task.key], let info = job.checkpoint.info(task.key) else { throw PruningError("no prune task \(task)") }
+        let group = calibration.statisticsKey(for: task.key, block: b)
+        var p = Prune_V1_LayerPruneTask()
+        p.tensor = job.tensorRef(info)
+        p.method = job.spec.method.rawValue
+        p.pattern = calibration.pattern.description
+        p.sparsity = calibration.sparsity
+        p.blockSize = UInt32(calibration.sparseGPT.blockSize)
+        p.damp = calibration.sparseGPT.damp
+        p.statistics = try (0..<calibration.shardCount).map {
+            try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
+        }
+        return .layerPrune(p)
+    }
+
+    private var updatesWeights: Bool { job.spec.method == .sparsegpt }
+
+    public func outputNames(of task: TaskID) -> [OutputName] {
+        updatesWeights ? [.mask, LayerPrunePhase.weights, LayerPrunePhase.error] : [.mask]
+    }
+
+    public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
+        guard let info = job.checkpoint.info(task.key) else { return "no prune task \(task)" }
+        let names = outputNames(of: task)
+        guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
+        guard (try? Mask(rows: info.rows, cols: info.cols, bits: outputs[0])) != nil else { return "mask of \(task) has the wrong size" }
+        if updatesWeights {
+            guard outputs[1].count == info.elementCount * 4 else { return "weights of \(task) have the wrong size" }
+            guard outputs[2].count == 8 else { return "error of \(task) is not one F64" }
+        }
+        return nil
+    }
+
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        guard case .layerPrune(let p) = work else { return nil }
+        guard let method = JobSpec.Method(rawValue: p.method) else { throw PruningError("prune task: unknown method \(p.method)") }
+        let name = p.tensor.name
+        let store = WeightStore(reader: TaskTensorReader([p.tensor], inputs: inputs))
+        guard let shape = store.reader.shape(of: name), shape.count == 2 else { throw PruningError("prune task: \(name) is not a matrix") }
+        let weights = try store.load(name, shape: shape)
+        let step = CalibrationWork.PruneStep(method: method, tensor: name, rows: shape[0], cols: shape[1],
+                                             pattern: try SparsityPattern(parsing: p.pattern), sparsity: p.sparsity,
+                                             blockSize: Int(p.blockSize), damp: p.damp)
+        let pruned = try CalibrationWork.prune(step, weights: weights, statisticsCount: p.statistics.count) {
+            try inputs.artifact(p.statistics[$0])
+        }
+        var more: [(name: String, bytes: [UInt8])] = []
+        if let updated = pruned.updated, let error = pruned.error {
+            more = [(LayerPrunePhase.weights.rawValue, FloatPayload.encode(updated)), (LayerPrunePhase.error.rawValue, FloatPayload.encode(error))]
+        }
+        return TaskOutputs.withMask(pruned.mask, pattern: p.pattern, more: more)
+    }
+
+    // MARK: PrunedTensorSource
+
+    public var prunedTensors: Set<String> { Set(blockOf.keys) }
+
+    public func producers(of tensor: String) -> [TaskID] { [LayerPrunePhase.id(tensor: tensor)] }
+
+    public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
+        let id = LayerPrunePhase.id(tensor: tensor)
+        return ([try outputs.ref(.mask, of: id)], updatesWeights ? try outputs.ref(LayerPrunePhase.weights, of: id) : nil)
+    }
+
+    public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
+        guard let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
+        return try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(.mask, of: LayerPrunePhase.id(tensor: tensor)))
+    }
+
+    public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? {
+        guard updatesWeights else { return nil }
+        return try FloatPayload.floats(try outputs.bytes(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: tensor)), what: "weights of \(tensor)")
+    }
+
+    public func reconstructionError(of tensor: String, outputs: OutputStore) throws -> Double? {
+        guard updatesWeights else { return nil }
+        return try FloatPayload.double(try outputs.bytes(LayerPrunePhase.error, of: LayerPrunePhase.id(tensor: tensor)), what: "error of \(tensor)")
+    }
+}

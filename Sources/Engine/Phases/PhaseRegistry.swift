@@ -1,0 +1,170 @@
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+
+/// Every kind of distributed work, in one list (as swift-argument-parser lists a
+/// command's subcommands). Adding a phase: its file(s), one line here, its proto message
+/// in `Prune_V1_Assign.work`. Executors and workers find phases only through this list.
+public enum PhaseRegistry {
+    public static let all: [any Phase.Type] = [
+        MaskPhase.self,
+        CalibratePhase.self,
+        LayerPrunePhase.self,
+        WeightNormPhase.self,
+        NoopPhase.self,
+    ]
+
+    /// The phases a job uses, in this list's order.
+    public static func phases(for job: JobContext) throws -> [any Phase] {
+        var phases: [any Phase] = []
+        for kind in all {
+            if let phase = try kind.init(job: job, earlier: phases) { phases.append(phase) }
+        }
+        return phases
+    }
+
+    /// Runs a task's work with the phase whose kind it is (a worker, or the coordinator
+    /// checking a result itself, or the in-process executor).
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work?, task: String, inputs: TaskInputs) throws -> TaskOutputs {
+        try Cancellation.checkpoint()
+        guard let work else { throw PruningError("task \(task) names no work") }
+        for phase in all {
+            if let outputs = try phase.run(work, inputs: inputs) { return outputs }
+        }
+        throw PruningError("task \(task): no phase runs this kind of work")
+    }
+}
+
+/// A job's DAG: its phases' tasks in one queue, each with its dependencies, and the phase
+/// that owns each. Queue order: by `round` (a decoder block, for the calibration phases),
+/// then by phase in registry order, then in each phase's own order; a task's dependencies
+/// always come before it.
+public final class JobDAG {
+    public let job: JobContext
+    public let phases: [any Phase]
+    public let tasks: [PhaseTask]
+    private let owner: [String: Int]
+    private let dependents: [TaskID: [TaskID]]
+    private let index: [TaskID: Int]
+
+    public init(job: JobContext) throws {
+        self.job = job
+        phases = try PhaseRegistry.phases(for: job)
+        var owner: [String: Int] = [:]
+        var keyed: [(round: Int, phase: Int, position: Int, task: PhaseTask)] = []
+        for (p, phase) in phases.enumerated() {
+            owner[type(of: phase).name] = p
+            for (i, task) in phase.tasks.enumerated() { keyed.append((phase.round(of: task.id), p, i, task)) }
+        }
+        tasks = keyed.sorted { ($0.round, $0.phase, $0.position) < ($1.round, $1.phase, $1.position) }.map(\.task)
+        self.owner = owner
+        index = Dictionary(uniqueKeysWithValues: tasks.enumerated().map { ($1.id, $0) })
+        var dependents: [TaskID: [TaskID]] = [:]
+        for t in tasks {
+            for d in t.dependencies {
+                guard let at = index[d], at < index[t.id]! else {
+                    throw PruningError("task \(t.id) depends on \(d), which does not come before it")
+                }
+                dependents[d, default: []].append(t.id)
+            }
+        }
+        self.dependents = dependents
+    }
+
+    /// The phase a task belongs to.
+    public func phase(of task: TaskID) -> (any Phase)? {
+        owner[task.phase].map { phases[$0] }
+    }
+
+    public func task(_ id: TaskID) -> PhaseTask? {
+        index[id].map { tasks[$0] }
+    }
+
+    /// The tasks that need `task`'s outputs.
+    public func dependents(of task: TaskID) -> [TaskID] {
+        dependents[task] ?? []
+    }
+
+    /// The phases that decide pruned tensors, for assembly.
+    public var prunedTensorSources: [any PrunedTensorSource] {
+        phases.compactMap { $0 as? PrunedTensorSource }
+    }
+
+    /// The source that decides `tensor`.
+    public func source(of tensor: String) throws -> any PrunedTensorSource {
+        guard let source = prunedTensorSources.first(where: { $0.prunedTensors.contains(tensor) }) else {
+            throw PruningError("no phase of this job decides '\(tensor)'")
+        }
+        return source
+    }
+
+    /// What assembly needs, read from `outputs` one tensor at a time.
+    public func assembler(outputs: OutputStore) throws -> Assembler {
+        let pruned = Set(job.plan.targets.map(\.name))
+        var assembler = Assembler(checkpoint: job.checkpoint, plan: job.plan, pruned: pruned, spec: job.spec) { name in
+            try self.source(of: name).mask(of: name, outputs: outputs)
+        }
+        var updated = Set<String>()
+        for name in pruned.sorted() {
+            let source = try self.source(of: name)
+            if let error = try source.reconstructionError(of: name, outputs: outputs) { assembler.errors[name] = error }
+            if source is LayerPrunePhase, job.spec.method == .sparsegpt { updated.insert(name) }
+        }
+        if !updated.isEmpty {
+            assembler.updatedElsewhere = (updated, { name in
+                guard let values = try self.source(of: name).updatedValues(of: name, outputs: outputs) else {
+                    throw PruningError("no updated weights of '\(name)'")
+                }
+                return values
+            })
+        }
+        assembler.measures = { try self.phases.compactMap { $0 as? ManifestContributor }.reduce(into: [:]) { all, contributor in
+            for (tensor, values) in try contributor.measures(outputs: outputs) { all[tensor, default: [:]].merge(values) { a, _ in a } }
+        } }
+        return assembler
+    }
+}
+
+extension Phase {
+    /// A task's round: the queue serves lower rounds first (phases interleave by it).
+    public func round(of task: TaskID) -> Int { (self as? RoundedPhase)?.round(of: task) ?? 0 }
+}
+
+/// A phase whose tasks belong to rounds (decoder blocks) interleaved with other phases'.
+public protocol RoundedPhase {
+    func round(of task: TaskID) -> Int
+}
+
+/// A phase that measures pruned tensors: its figures go into the manifest's `measures`.
+public protocol ManifestContributor {
+    /// Tensor name → measure name → value.
+    func measures(outputs: OutputStore) throws -> [String: [String: Double]]
+}
+
+/// Empty tasks (the coordinator benchmark, tests): never planned for a job, run when sent.
+public final class NoopPhase: Phase {
+    public static let name = "noop"
+    public init?(job: JobContext, earlier: [any Phase]) throws { return nil }
+    public var tasks: [PhaseTask] { [] }
+    public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work { .noop(Prune_V1_NoopTask()) }
+    public func outputNames(of task: TaskID) -> [OutputName] { [] }
+    public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? { nil }
+
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        guard case .noop(let n) = work else { return nil }
+        try sleep(ms: Int(n.sleepMs))
+        return TaskOutputs()
+    }
+
+    /// Sleeps in slices short enough that a Cancel takes effect within 10 ms.
+    public static func sleep(ms: Int) throws {
+        var left = ms
+        while left > 0 {
+            try Cancellation.checkpoint()
+            let slice = min(left, 10)
+            usleep(UInt32(slice) * 1000)
+            left -= slice
+        }
+    }
+}
