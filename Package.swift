@@ -8,9 +8,9 @@ import PackageDescription
 ///   Tensors             dtypes, safetensors read/write, mmap
 ///   Pruning             masks, patterns, criteria, selection, sparse format
 ///   Models              GGUF import, tokenizers, forward passes (Llama family, MLP)
-///   Engine              job spec, planner, single-process runner, assembler, checker
-///   ZeroMQ              sockets, multipart frames, poller, CURVE keys over libzmq
 ///   Protocol            prune.v1 protobuf messages (generated) and frame layout
+///   Engine              job spec, planner, phases + in-process executor, assembler, checker
+///   ZeroMQ              sockets, multipart frames, poller, CURVE keys over libzmq
 ///   Cluster             coordinator core + shell, worker, ledger (SQLite), artifacts
 ///   PruneCLI (`prune`)  the command line
 let package = Package(
@@ -28,6 +28,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        // Tests spawn children with it: it closes inherited descriptors and waits on a pidfd.
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq",
@@ -66,7 +69,8 @@ let package = Package(
         ]),
         .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors", "Protocol"], path: "ops/bench/PruneBench"),
         // Builders of small real checkpoints and helpers to run Python and the `prune` binary.
-        .target(name: "TestSupport", dependencies: ["Tensors"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Tensors", .product(name: "Subprocess", package: "swift-subprocess"),
+                                                  .product(name: "SystemPackage", package: "swift-system")], path: "Tests/TestSupport"),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "PruningTests", dependencies: ["Pruning", "Tensors"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Pruning", "Tensors", "Models", "TestSupport"]),

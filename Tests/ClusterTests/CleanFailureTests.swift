@@ -15,11 +15,9 @@ final class CleanFailureTests: JobProcessTestCase {
 
     /// A process id that is not running (a child that has exited).
     private func deadPID() throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/true")
-        try p.run()
-        p.waitUntilExit()
-        return p.processIdentifier
+        let p = try Background("/bin/true", [])
+        XCTAssertEqual(p.wait(seconds: 10), 0)
+        return p.pid
     }
 
     private func assertOneLineError(_ r: Subprocess.Result, contains text: String, file: StaticString = #filePath, line: UInt = #line) {

@@ -41,16 +41,16 @@ final class SlurmTests: XCTestCase {
     }
 
     /// Starts a daemon in its own daemon mode, its output appended to `log`, and waits for
-    /// its pid file. The daemon must hold none of this process's descriptors: Foundation
-    /// watches each child through a socket the child inherits and, when that socket closes
-    /// (daemons close every descriptor at startup), blocks in wait4 on the child, so a live
-    /// daemon holding or dropping it would stop every later child from being reaped. bash
-    /// closes everything above stderr before it execs the daemon.
+    /// its pid file. Spawned with swift-subprocess (`Subprocess.run`), which waits for the
+    /// forking parent on a pidfd and leaves the daemon none of this process's descriptors.
     private func startDaemon(_ executable: String, _ arguments: [String], pidFile: String, log: String,
                              environment: [String: String] = [:]) throws {
-        let closeAndExec = #"for f in /proc/$$/fd/*; do n=${f##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; "#
-            + #"exec "$@" </dev/null >>"$0" 2>&1"#
-        let r = try Subprocess.run("/bin/bash", ["-c", closeAndExec, log, executable] + arguments, environment: environment)
+        let r = try Subprocess.run(executable, arguments, environment: environment)
+        if let handle = FileHandle(forWritingAtPath: log) ?? (FileManager.default.createFile(atPath: log, contents: nil) ? FileHandle(forWritingAtPath: log) : nil) {
+            handle.seekToEndOfFile()
+            handle.write(Data((r.stdout + r.stderr).utf8))
+            try? handle.close()
+        }
         guard r.status == 0 else { throw ClusterDidNotStart(description: "\(executable) did not start: \(r.stderr)\n\(logs())") }
         pidFiles.append(pidFile)
         guard Background.waitUntil(seconds: 10, { FileManager.default.fileExists(atPath: pidFile) }) else {

@@ -272,22 +272,13 @@ final class DigestCacheTests: XCTestCase {
         }
         usleep(120_000)
         let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        var processes: [Process] = []
+        var processes: [Background] = []
         for c in 0..<children {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: exe)
-            p.arguments = ["TensorsTests.DigestCacheTests/testChildWriterHelper"]
-            var env = ProcessInfo.processInfo.environment
-            env["PRUNE_DIGEST_TEST_CHILD"] = "\(cachePath)|\(dir.path)/p\(c)-|\(perChild)"
-            p.environment = env
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            processes.append(p)
+            let job: String = "\(cachePath)|\(dir.path)/p\(c)-|\(perChild)"
+            processes.append(try Background(exe, ["TensorsTests.DigestCacheTests/testChildWriterHelper"], environment: ["PRUNE_DIGEST_TEST_CHILD": job]))
         }
         for p in processes {
-            p.waitUntilExit()
-            XCTAssertEqual(p.terminationStatus, 0)
+            XCTAssertEqual(p.wait(seconds: 120), 0, p.stderr)
         }
         let entries = DigestCache.parse(DigestCache.read(cachePath))
         XCTAssertEqual(entries.count, children * perChild)

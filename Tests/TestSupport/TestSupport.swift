@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Tensors
 
 /// A fresh temporary directory, removed by `cleanup()`.
@@ -127,26 +128,8 @@ public enum Subprocess {
     /// Runs to completion; `environment` is added to this process's own.
     public static func run(_ executable: String, _ arguments: [String], cwd: String? = nil,
                            environment: [String: String] = [:]) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
-        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        // stdout through a pipe, stderr into a file: neither can fill up and block the child.
-        let out = Pipe()
-        let errPath = NSTemporaryDirectory() + "prune-stderr-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: errPath) }
-        let errHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-        p.standardOutput = out
-        p.standardError = errHandle
-        try p.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        try? errHandle.close()
-        let errData = FileManager.default.contents(atPath: errPath) ?? Data()
-        return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
+        let r = try Spawn.collect(executable, arguments, cwd: cwd, environment: environment)
+        return Result(status: r.status, stdout: String(decoding: r.stdout, as: UTF8.self), stderr: String(decoding: r.stderr, as: UTF8.self))
     }
 
     public static func prune(_ arguments: [String], cwd: String? = nil) throws -> Result {
@@ -174,38 +157,34 @@ public enum Subprocess {
 }
 
 /// A child process running in the background, output captured to files.
-public final class Background {
-    public let process = Process()
+public final class Background: Sendable {
+    public let pid: Int32
     public let stdoutPath: String
     public let stderrPath: String
+    /// The exit code (128 + signal when killed) once the child ended.
+    private let ended = Ended()
+    private final class Ended: Sendable { let code = Mutex<Int32?>(nil) }
 
     public init(_ executable: String, _ arguments: [String], cwd: String? = nil, environment: [String: String] = [:]) throws {
         let base = NSTemporaryDirectory() + "prune-bg-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         stdoutPath = base + ".out"
         stderrPath = base + ".err"
-        _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
-        try process.run()
+        let ended = self.ended
+        pid = try Spawn.start(executable, arguments, cwd: cwd, environment: environment, stdout: stdoutPath, stderr: stderrPath) { code in
+            ended.code.withLock { $0 = code }
+        }
     }
 
-    public var pid: Int32 { process.processIdentifier }
     public var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
     public var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
+    public var isRunning: Bool { ended.code.withLock { $0 == nil } }
 
     /// Waits for exit; nil on timeout.
     @discardableResult
     public func wait(seconds: Double) -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        return process.isRunning ? nil : process.terminationStatus
+        while isRunning && Date() < deadline { usleep(20_000) }
+        return ended.code.withLock { $0 }
     }
 
     /// Waits until `condition` holds; false on timeout.
@@ -221,7 +200,7 @@ public final class Background {
     public func kill(_ signal: Int32 = SIGKILL) { _ = Glibc.kill(pid, signal) }
 
     deinit {
-        if process.isRunning { kill() }
+        if isRunning { kill() }
         try? FileManager.default.removeItem(atPath: stdoutPath)
         try? FileManager.default.removeItem(atPath: stderrPath)
     }
