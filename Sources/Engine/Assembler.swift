@@ -23,6 +23,8 @@ public struct Assembler {
     /// Figures phases measured per tensor (tensor → name → value), read once the masks are
     /// written, for the manifest.
     public var measures: () throws -> [String: [String: Double]] = { [:] }
+    /// Per-tensor sparsity levels of a searched allocation (the plan's target otherwise).
+    public var levels: [String: Double] = [:]
 
     public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
         self.init(checkpoint: checkpoint, plan: plan, pruned: Set(masks.keys), spec: spec) { name in
@@ -196,7 +198,7 @@ public struct Assembler {
                 shape: t.shape, dtype: t.dtype.rawValue, pruned: isPruned,
                 pattern: isPruned ? plan.pattern.description : nil,
                 method: isPruned ? spec.method.rawValue : nil,
-                targetSparsity: isPruned ? plan.sparsity : nil,
+                targetSparsity: isPruned ? (levels[t.name] ?? plan.sparsity) : nil,
                 achievedSparsity: t.elementCount == 0 ? 0 : Double(w.zeros) / Double(t.elementCount),
                 masked: w.masked, zeros: w.zeros, elements: t.elementCount,
                 sha256Dense: w.sha256Dense, sha256Sparse: sparseDigests[t.name]!, reconstructionError: errors[t.name],

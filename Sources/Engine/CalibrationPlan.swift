@@ -41,8 +41,8 @@ public struct CalibrationPlan: Sendable {
     public let config: LlamaConfig
     /// config.json as read (workers get these bytes in their tasks).
     public let configJSON: [UInt8]
-    public let method: JobSpec.Method
-    public let mode: JobSpec.Calibration.Mode
+    public internal(set) var method: JobSpec.Method
+    public internal(set) var mode: JobSpec.Calibration.Mode
     /// Tokens per calibration sample.
     public let tokens: Int
     /// The calibration windows, drawn with the spec's seed.
@@ -119,6 +119,15 @@ public struct CalibrationPlan: Sendable {
     /// Wanda and the rest: one pass over the weights.
     static func pruneCost(method: JobSpec.Method, rows: Int, cols: Int) -> Double {
         method == .sparsegpt ? Double(cols) * Double(cols) * Double(rows + cols) : Double(rows) * Double(cols)
+    }
+
+    /// The same windows and groups run through the dense model for Wanda's statistics:
+    /// the pass that scores blocks before the job prunes (`ProfilePhase`).
+    public func profiling() -> CalibrationPlan {
+        var plan = self
+        plan.mode = .dense
+        plan.method = .wanda
+        return plan
     }
 
     /// The pruned Linear layers of block `b`, in forward order.

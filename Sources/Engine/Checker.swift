@@ -71,7 +71,7 @@ public enum Checker {
                 if abs(achieved - m.achievedSparsity) > 1e-12 { fail("tensor '\(s.name)': achieved sparsity \(achieved), manifest says \(m.achievedSparsity)") }
                 // A method that updates kept weights (SparseGPT) changes values by design.
                 if !m.valuesUpdated, let problem = valuesProblem(inBytes, outBytes, size: size) { fail("tensor '\(s.name)': \(problem)") }
-                for problem in patternProblems(outBytes, info: s, pattern: m.pattern!, target: m.targetSparsity!) { fail("tensor '\(s.name)': \(problem)") }
+                for problem in patternProblems(outBytes, info: s, pattern: effectivePattern(m), target: m.targetSparsity!) { fail("tensor '\(s.name)': \(problem)") }
             }
             // sparse/ must rebuild dense/ exactly, in the same dtype and shape, and its
             // bytes must have the digest the manifest recorded.
@@ -224,6 +224,13 @@ public enum Checker {
             e += size
         }
         return changedNonZero == 0 ? nil : "\(changedNonZero) kept weights differ from the input"
+    }
+
+    /// The rule a tensor's zeros follow: Wanda's `unstructured` compares weights within each
+    /// output row, as the paper does, so its counts are per row (they equal the whole
+    /// tensor's only when the level times the width is whole).
+    static func effectivePattern(_ m: Manifest.Tensor) -> String {
+        m.method == JobSpec.Method.wanda.rawValue && m.pattern == SparsityPattern.unstructured.description ? SparsityPattern.perRow.description : m.pattern!
     }
 
     /// Pattern rules: N:M groups, per-row counts, whole rows, overall count.

@@ -90,6 +90,8 @@ public struct JobSpec: Sendable {
     public var verify: Double?
     /// Measure how much of each pruned tensor's weight norm survives (`WeightNormPhase`).
     public var weightNorms = false
+    /// How sparse each layer is (`allocation:`); uniform by default.
+    public var allocation = Allocation()
     /// sha256 of the spec file's bytes.
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
@@ -130,7 +132,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -332,6 +334,15 @@ public struct JobSpec: Sendable {
             allow = b
         }
         let calibration = try values["calibration"].map { try parseCalibration($0, file: file, resolve: resolve) }
+        if method == .sparsegpt {
+            switch pattern {
+            case .unstructured, .nm: break
+            default:
+                // Its OBS sweep picks the weights of a column block across all rows: a
+                // per-row or whole-row rule would be silently broken.
+                throw SpecError("\(where_(file, values["pattern"] ?? values["method"])): pattern: \(pattern) is not available with method sparsegpt (unstructured or N:M)")
+            }
+        }
         if method.needsCalibration && calibration == nil {
             throw SpecError("\(where_(file, values["method"])): method \(method.rawValue) needs a 'calibration' section (data, samples, tokens)")
         }
@@ -370,6 +381,9 @@ public struct JobSpec: Sendable {
         spec.calibration = calibration
         spec.sparseGPT = sparseGPT
         spec.explicitIgnore = userIgnore
+        if let node = values["allocation"] {
+            spec.allocation = try Allocation.parse(node, method: method, pattern: pattern, sparsity: sparsity, file: file)
+        }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {
                 throw SpecError("\(where_(file, node)): weight_norms: must be true or false")
@@ -405,7 +419,7 @@ public struct JobSpec: Sendable {
         return spec
     }
 
-    private static func mapping(_ node: Node, key: String, known: [String], file: String) throws -> [String: Node] {
+    static func mapping(_ node: Node, key: String, known: [String], file: String) throws -> [String: Node] {
         guard let map = node.mapping else { throw SpecError("\(where_(file, node)): '\(key)' must be a mapping") }
         var out: [String: Node] = [:]
         for (k, v) in map {
@@ -529,7 +543,7 @@ enum PathOverlap {
 }
 
 /// `file:line` for a node, or just `file`.
-private func where_(_ file: String, _ node: Node?) -> String {
+func where_(_ file: String, _ node: Node?) -> String {
     guard let mark = node?.mark else { return file }
     return "\(file):\(mark.line)"
 }

@@ -389,6 +389,22 @@ public nonisolated struct Prune_V1_Assign: Sendable {
     set {work = .weightNorm(newValue)}
   }
 
+  public var outliers: Prune_V1_OutlierTask {
+    get {
+      if case .outliers(let v)? = work {return v}
+      return Prune_V1_OutlierTask()
+    }
+    set {work = .outliers(newValue)}
+  }
+
+  public var allocate: Prune_V1_AllocateTask {
+    get {
+      if case .allocate(let v)? = work {return v}
+      return Prune_V1_AllocateTask()
+    }
+    set {work = .allocate(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -397,6 +413,8 @@ public nonisolated struct Prune_V1_Assign: Sendable {
     case calibrate(Prune_V1_CalibrateTask)
     case layerPrune(Prune_V1_LayerPruneTask)
     case weightNorm(Prune_V1_WeightNormTask)
+    case outliers(Prune_V1_OutlierTask)
+    case allocate(Prune_V1_AllocateTask)
 
   }
 
@@ -439,6 +457,99 @@ public nonisolated struct Prune_V1_WeightNormTask: Sendable {
 
   fileprivate var _tensor: Prune_V1_TensorRef? = nil
   fileprivate var _updated: Prune_V1_ArtifactRef? = nil
+}
+
+/// OWL's outlier count of one decoder block (`allocation: owl`): over the Wanda scores
+/// |W_ij|·‖X_j‖ of every targeted layer of the block, how many exceed M × their mean.
+/// Result payload: "outliers" (two F64: scores above the threshold, scores in all).
+public nonisolated struct Prune_V1_OutlierTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var block: UInt32 = 0
+
+  public var m: Double = 0
+
+  public var layers: [Prune_V1_OutlierLayer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A layer of an OutlierTask: its weights and its input's Wanda statistic per calibration
+/// shard (merged in this order).
+public nonisolated struct Prune_V1_OutlierLayer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
+}
+
+/// Per-unit sparsity levels from the units' scores (`allocation:`). Result payload: "levels"
+/// (one F64 per unit, in the order of `units`).
+public nonisolated struct Prune_V1_AllocateTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var method: String = String()
+
+  public var target: Double = 0
+
+  public var lambda: Double = 0
+
+  public var min: Double = 0
+
+  public var max: Double = 0
+
+  public var units: [Prune_V1_AllocationUnit] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A unit of an AllocateTask (a decoder block, for OWL): its targeted weights and the
+/// output that scores it (an OutlierTask's "outliers").
+public nonisolated struct Prune_V1_AllocationUnit: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var weights: UInt64 = 0
+
+  public var score: Prune_V1_ArtifactRef {
+    get {_score ?? Prune_V1_ArtifactRef()}
+    set {_score = newValue}
+  }
+  /// Returns true if `score` has been explicitly set.
+  public var hasScore: Bool {self._score != nil}
+  /// Clears the value of `score`. Subsequent reads from it will return its default value.
+  public mutating func clearScore() {self._score = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _score: Prune_V1_ArtifactRef? = nil
 }
 
 /// A job artifact (an earlier task's output), by content.
@@ -1424,7 +1535,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1499,6 +1610,32 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
           self.work = .weightNorm(v)
         }
       }()
+      case 15: try {
+        var v: Prune_V1_OutlierTask?
+        var hadOneofValue = false
+        if let current = self.work {
+          hadOneofValue = true
+          if case .outliers(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.work = .outliers(v)
+        }
+      }()
+      case 16: try {
+        var v: Prune_V1_AllocateTask?
+        var hadOneofValue = false
+        if let current = self.work {
+          hadOneofValue = true
+          if case .allocate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.work = .allocate(v)
+        }
+      }()
       default: break
       }
     }
@@ -1535,6 +1672,14 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
     case .weightNorm?: try {
       guard case .weightNorm(let v)? = self.work else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .outliers?: try {
+      guard case .outliers(let v)? = self.work else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+    }()
+    case .allocate?: try {
+      guard case .allocate(let v)? = self.work else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
     }()
     case nil: break
     }
@@ -1589,6 +1734,179 @@ nonisolated extension Prune_V1_WeightNormTask: SwiftProtobuf.Message, SwiftProto
     if lhs._tensor != rhs._tensor {return false}
     if lhs.masks != rhs.masks {return false}
     if lhs._updated != rhs._updated {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_OutlierTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OutlierTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}m\0\u{1}layers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.block) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.m) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.layers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.block != 0 {
+      try visitor.visitSingularUInt32Field(value: self.block, fieldNumber: 1)
+    }
+    if self.m.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.m, fieldNumber: 2)
+    }
+    if !self.layers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.layers, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_OutlierTask, rhs: Prune_V1_OutlierTask) -> Bool {
+    if lhs.block != rhs.block {return false}
+    if lhs.m != rhs.m {return false}
+    if lhs.layers != rhs.layers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_OutlierLayer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OutlierLayer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}statistics\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.statistics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_OutlierLayer, rhs: Prune_V1_OutlierLayer) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.statistics != rhs.statistics {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_AllocateTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AllocateTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}method\0\u{1}target\0\u{1}lambda\0\u{1}min\0\u{1}max\0\u{1}units\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.method) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.target) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.lambda) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.min) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.max) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.units) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.method.isEmpty {
+      try visitor.visitSingularStringField(value: self.method, fieldNumber: 1)
+    }
+    if self.target.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.target, fieldNumber: 2)
+    }
+    if self.lambda.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.lambda, fieldNumber: 3)
+    }
+    if self.min.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.min, fieldNumber: 4)
+    }
+    if self.max.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.max, fieldNumber: 5)
+    }
+    if !self.units.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.units, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_AllocateTask, rhs: Prune_V1_AllocateTask) -> Bool {
+    if lhs.method != rhs.method {return false}
+    if lhs.target != rhs.target {return false}
+    if lhs.lambda != rhs.lambda {return false}
+    if lhs.min != rhs.min {return false}
+    if lhs.max != rhs.max {return false}
+    if lhs.units != rhs.units {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_AllocationUnit: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AllocationUnit"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}weights\0\u{1}score\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.weights) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._score) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.weights != 0 {
+      try visitor.visitSingularUInt64Field(value: self.weights, fieldNumber: 1)
+    }
+    try { if let v = self._score {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_AllocationUnit, rhs: Prune_V1_AllocationUnit) -> Bool {
+    if lhs.weights != rhs.weights {return false}
+    if lhs._score != rhs._score {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

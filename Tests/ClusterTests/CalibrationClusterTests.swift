@@ -1,4 +1,5 @@
 import Foundation
+import Engine
 import Tensors
 import TestSupport
 import XCTest
@@ -28,7 +29,8 @@ final class CalibrationClusterTests: XCTestCase {
 
     override func tearDown() { dir?.cleanup() }
 
-    private func writeSpec(_ name: String, method: String, pattern: String = "unstructured", mode: String = "sequential") throws -> String {
+    private func writeSpec(_ name: String, method: String, pattern: String = "unstructured", mode: String = "sequential",
+                           extra: String = "") throws -> String {
         let yaml = """
         model: model
         output: \(name)
@@ -36,7 +38,7 @@ final class CalibrationClusterTests: XCTestCase {
         sparsity: 0.5
         pattern: '\(pattern)'
         calibration: {data: ids.npy, samples: 14, tokens: 16, mode: \(mode), samples_per_task: 4}
-
+        \(extra)
         """
         let path = dir.file("\(name).yaml")
         try yaml.write(toFile: path, atomically: false, encoding: .utf8)
@@ -48,8 +50,8 @@ final class CalibrationClusterTests: XCTestCase {
     }
 
     private func run(_ name: String, method: String, pattern: String = "unstructured", mode: String = "sequential",
-                     workers: Int) throws -> [String: Data] {
-        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try writeSpec(name, method: method, pattern: pattern, mode: mode)],
+                     extra: String = "", workers: Int) throws -> [String: Data] {
+        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try writeSpec(name, method: method, pattern: pattern, mode: mode, extra: extra)],
                                      cwd: dir.path)
         XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
         return outputs(name)
@@ -163,5 +165,66 @@ final class CalibrationClusterTests: XCTestCase {
         let hiddenBytes = 2 * 14 * 16 * 64 * 4
         let weightBytes = try Checkpoint(path: dir.file("model")).tensors.filter { $0.name.contains("layers") }.reduce(0) { $0 + $1.byteCount }
         XCTAssertGreaterThanOrEqual(sent, weightBytes + hiddenBytes)
+    }
+
+    /// OWL: every block's outlier ratio from dense Wanda statistics (a profile pass first in
+    /// sequential mode; the calibration pass's own statistics in dense mode), one level per
+    /// block, the layers pruned at their block's level; the same bytes for 0 and 2 workers.
+    func testOWLAllocationGivesPerBlockLevelsAroundTheTargetAndTheSameBytes() throws {
+        let owl = "allocation: {method: owl, m: 3, lambda: 0.1}\n"
+        for (method, mode) in [("wanda", "sequential"), ("wanda", "dense"), ("sparsegpt", "sequential")] {
+            let tag = "owl-\(method)-\(mode)"
+            let expected = try run("\(tag)-w0", method: method, mode: mode, extra: owl, workers: 0)
+            XCTAssertEqual(try run("\(tag)-w2", method: method, mode: mode, extra: owl, workers: 2), expected, tag)
+            let uniform = try run("\(tag)-uniform", method: method, mode: mode, workers: 0)
+            XCTAssertNotEqual(uniform, expected, "\(tag): the allocation changed the masks")
+
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("\(tag)-w2/out/manifest.json"))))
+            let pruned = manifest.tensors.filter { $0.value.pruned }
+            var byBlock: [Int: Set<Double>] = [:]
+            var weighted = 0.0, total = 0.0
+            for (name, t) in pruned {
+                let level = try XCTUnwrap(t.targetSparsity)
+                let block = Int(name.split(separator: ".")[2])!
+                byBlock[block, default: []].insert(level)
+                weighted += level * Double(t.elements)
+                total += Double(t.elements)
+                XCTAssertEqual(Double(t.masked) / Double(t.elements), level, accuracy: 1.0 / 64 + 1e-9, "\(tag) \(name) pruned at its level")
+                XCTAssertEqual(t.pattern, "unstructured")
+            }
+            // One level per block, spread ±λ around the target, the weighted mean the target.
+            XCTAssertTrue(byBlock.values.allSatisfy { $0.count == 1 }, "\(tag): \(byBlock)")
+            let levels = byBlock.sorted { $0.key < $1.key }.map { $0.value.first! }
+            XCTAssertEqual(weighted / total, 0.5, accuracy: 1e-12, tag)
+            XCTAssertEqual(levels.max()! - levels.min()!, 0.2, accuracy: 1e-12, "\(tag): levels \(levels)")
+            let tasks = try Ledger(path: dir.file("\(tag)-w2/ledger.sqlite"), create: false, readOnly: true).tasks()
+            XCTAssertEqual(tasks.filter { $0.phase == "outliers" }.count, 3, tag)
+            XCTAssertEqual(tasks.filter { $0.phase == "allocate" }.count, 1, tag)
+            XCTAssertEqual(tasks.filter { $0.phase == "profile" }.count, method == "wanda" && mode == "dense" ? 0 : 3 * 4, tag)
+            let check = try Subprocess.prune(["check", "model", "\(tag)-w2"], cwd: dir.path)
+            XCTAssertEqual(check.status, 0, tag + ": " + check.stdout + check.stderr)
+        }
+    }
+
+    /// The coordinator killed during an OWL allocation (block scores in, levels not all
+    /// used yet), then resumed: the same levels and bytes as one process, nothing redone.
+    func testAKilledOWLAllocationResumesToTheSameBytes() throws {
+        let owl = "allocation: {method: owl, m: 3, lambda: 0.1}\n"
+        let expected = try run("owl-reference", method: "wanda", extra: owl, workers: 0)
+        let job = try writeSpec("owl-crash", method: "wanda", extra: owl)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
+                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "150"])
+        XCTAssertTrue(Background.waitUntil(seconds: 120) { self.doneTasks("owl-crash").contains { $0.phase == "outliers" } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = doneTasks("owl-crash")
+        XCTAssertFalse(before.contains { $0.phase == "prune" && $0.id.contains("layers.2.") }, "the crash came before the end")
+        let resume = try Subprocess.prune(["resume", "-q", "owl-crash"], cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs("owl-crash"), expected)
+        let events = try Ledger(path: dir.file("owl-crash/ledger.sqlite"), create: false, readOnly: true).events()
+        for task in before {
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        }
     }
 }

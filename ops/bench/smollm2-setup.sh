@@ -20,3 +20,14 @@ smollm2_model() {
 kjv_text() {
   [ -f "$1" ] || bible -f "$2" > "$1"
 }
+
+# smollm2_work DIR: sets $work to DIR (made absolute by the caller) with the model, the KJV
+# calibration text (Genesis–Malachi, calib.txt) and the held-out text (Matthew–Revelation,
+# eval.txt) in it.
+smollm2_work() {
+  mkdir -p "$1"
+  work="$(cd "$1" && pwd)"
+  smollm2_model "$work/model"
+  kjv_text "$work/calib.txt" 'gen1:1-mal4:6'
+  kjv_text "$work/eval.txt" 'mat1:1-rev22:21'
+}

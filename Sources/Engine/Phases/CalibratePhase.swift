@@ -9,25 +9,43 @@ import Tensors
 /// runs the block's input through the block with hooks and returns one statistic per
 /// group of Linear layers sharing an input, and the hidden states the next block's task
 /// of that shard starts from. Both are transient: deleted once every consumer is done.
-public final class CalibratePhase: Phase, RoundedPhase {
-    public static let name = "calibrate"
+public class CalibratePhase: Phase, RoundedPhase {
+    public class var name: String { "calibrate" }
     let job: JobContext
     let calibration: CalibrationPlan
 
-    public init?(job: JobContext, earlier: [any Phase]) throws {
+    public required init?(job: JobContext, earlier: [any Phase]) throws {
         guard let calibration = job.calibration else { return nil }
         self.job = job
         self.calibration = calibration
     }
 
-    public static func id(block: Int, shard: Int) -> TaskID { TaskID(name, "\(block):\(shard)") }
+    /// A pass over the blocks with `calibration`'s mode and method (`ProfilePhase`).
+    init(job: JobContext, calibration: CalibrationPlan) {
+        self.job = job
+        self.calibration = calibration
+    }
 
-    /// Block and shard of a task id.
-    static func blockAndShard(_ task: TaskID) -> (block: Int, shard: Int)? {
+    /// The id of the calibration pass's task of block b, shard s.
+    public static func id(block: Int, shard: Int) -> TaskID { TaskID(CalibratePhase.name, "\(block):\(shard)") }
+
+    /// The id of this pass's task of block b, shard s.
+    public func id(block: Int, shard: Int) -> TaskID { TaskID(type(of: self).name, "\(block):\(shard)") }
+
+    /// Block and shard of a task id of this pass.
+    func blockAndShard(_ task: TaskID) -> (block: Int, shard: Int)? {
         let parts = task.key.split(separator: ":")
-        guard task.phase == name, parts.count == 2, let b = Int(parts[0]), let s = Int(parts[1]) else { return nil }
+        guard task.phase == type(of: self).name, parts.count == 2, let b = Int(parts[0]), let s = Int(parts[1]) else { return nil }
         return (b, s)
     }
+
+    /// The statistic of `group` of block b merged over the shards, as references in shard order.
+    func statistics(of group: String, block b: Int, outputs: OutputStore) throws -> [Prune_V1_ArtifactRef] {
+        try (0..<calibration.shardCount).map { try outputs.ref(CalibratePhase.statistics(group), of: id(block: b, shard: $0)) }
+    }
+
+    /// The tasks of block b (every shard).
+    func tasks(block b: Int) -> [TaskID] { (0..<calibration.shardCount).map { id(block: b, shard: $0) } }
 
     /// A block's input for the next block's task of the same shard.
     public static let hidden = OutputName("hidden")
@@ -36,27 +54,27 @@ public final class CalibratePhase: Phase, RoundedPhase {
 
     public var tasks: [PhaseTask] {
         (0..<calibration.blocks).flatMap { b in
-            (0..<calibration.shardCount).map { s in PhaseTask(CalibratePhase.id(block: b, shard: s), after: dependencies(block: b, shard: s)) }
+            (0..<calibration.shardCount).map { s in PhaseTask(id(block: b, shard: s), after: dependencies(block: b, shard: s)) }
         }
     }
 
     /// Block b−1 of the same shard; in sequential mode also every prune of block b−1.
     private func dependencies(block b: Int, shard s: Int) -> [TaskID] {
         guard b > 0 else { return [] }
-        let previous = CalibratePhase.id(block: b - 1, shard: s)
+        let previous = id(block: b - 1, shard: s)
         guard calibration.mode == .sequential else { return [previous] }
         return [previous] + calibration.targets(block: b - 1).map(LayerPrunePhase.id(tensor:))
     }
 
-    public func round(of task: TaskID) -> Int { CalibratePhase.blockAndShard(task)?.block ?? 0 }
+    public func round(of task: TaskID) -> Int { blockAndShard(task)?.block ?? 0 }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
-        guard let (b, s) = CalibratePhase.blockAndShard(task) else { throw PruningError("no calibrate task \(task)") }
+        guard let (b, s) = blockAndShard(task) else { throw PruningError("no \(type(of: self).name) task \(task)") }
         let step = calibration.step(block: b, shard: s)
         var c = Prune_V1_CalibrateTask()
         c.block = UInt32(b)
         c.shard = UInt32(s)
-        c.method = job.spec.method.rawValue
+        c.method = calibration.method.rawValue
         c.mode = calibration.mode.rawValue
         c.configJson = Data(calibration.configJSON)
         c.tokens = UInt32(calibration.tokens)
@@ -67,7 +85,7 @@ public final class CalibratePhase: Phase, RoundedPhase {
         if b == 0 {
             c.tokenIds = calibration.windows(shard: s).flatMap { $0 }
         } else {
-            c.hidden = try outputs.ref(CalibratePhase.hidden, of: CalibratePhase.id(block: b - 1, shard: s))
+            c.hidden = try outputs.ref(CalibratePhase.hidden, of: id(block: b - 1, shard: s))
             if calibration.mode == .sequential {
                 c.pruned = try calibration.targets(block: b - 1).map { name in
                     var p = Prune_V1_PrunedLinear()
@@ -82,7 +100,7 @@ public final class CalibratePhase: Phase, RoundedPhase {
     }
 
     public func outputNames(of task: TaskID) -> [OutputName] {
-        guard let (b, s) = CalibratePhase.blockAndShard(task) else { return [] }
+        guard let (b, s) = blockAndShard(task) else { return [] }
         let step = calibration.step(block: b, shard: s)
         return (step.emitHidden ? [CalibratePhase.hidden] : []) + step.groups.map { CalibratePhase.statistics($0[0]) }
     }
@@ -90,10 +108,10 @@ public final class CalibratePhase: Phase, RoundedPhase {
     public func isTransient(_ name: OutputName) -> Bool { true }
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
-        guard let (b, s) = CalibratePhase.blockAndShard(task) else { return "no calibrate task \(task)" }
+        guard let (b, s) = blockAndShard(task) else { return "no \(type(of: self).name) task \(task)" }
         let names = outputNames(of: task)
         guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
-        let statistic = job.spec.method.statistic
+        let statistic = calibration.method.statistic
         for (name, bytes) in zip(names, outputs) {
             if name == CalibratePhase.hidden {
                 let expected = calibration.step(block: b, shard: s).hiddenBytes
@@ -110,7 +128,7 @@ public final class CalibratePhase: Phase, RoundedPhase {
         return nil
     }
 
-    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+    public class func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
         guard case .calibrate(let c) = work else { return nil }
         let config = try LlamaConfig.parse(bytes: [UInt8](c.configJson), file: "calibrate task config")
         guard let method = JobSpec.Method(rawValue: c.method), let mode = JobSpec.Calibration.Mode(rawValue: c.mode) else {

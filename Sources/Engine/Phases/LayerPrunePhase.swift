@@ -14,11 +14,14 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     let job: JobContext
     let calibration: CalibrationPlan
     private let blockOf: [String: Int]
+    /// Where each layer's sparsity comes from when it is not the job's target.
+    private let levels: (any LevelSource)?
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard let calibration = job.calibration else { return nil }
         self.job = job
         self.calibration = calibration
+        levels = earlier.compactMap { $0 as? LevelSource }.first
         var blockOf: [String: Int] = [:]
         for b in 0..<calibration.blocks { for name in calibration.targets(block: b) { blockOf[name] = b } }
         self.blockOf = blockOf
@@ -36,7 +39,8 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public var tasks: [PhaseTask] {
         calibration.tasks.compactMap { task in
             guard case .prune(let b, let name) = task else { return nil }
-            return PhaseTask(LayerPrunePhase.id(tensor: name), after: (0..<calibration.shardCount).map { CalibratePhase.id(block: b, shard: $0) })
+            return PhaseTask(LayerPrunePhase.id(tensor: name),
+                             after: (0..<calibration.shardCount).map { CalibratePhase.id(block: b, shard: $0) } + (levels.map { [$0.levelsTask] } ?? []))
         }
     }
 
@@ -49,7 +53,7 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         p.tensor = job.tensorRef(info)
         p.method = job.spec.method.rawValue
         p.pattern = calibration.pattern.description
-        p.sparsity = calibration.sparsity
+        p.sparsity = try levels?.level(of: task.key, outputs: outputs) ?? calibration.sparsity
         p.blockSize = UInt32(calibration.sparseGPT.blockSize)
         p.damp = calibration.sparseGPT.damp
         p.statistics = try (0..<calibration.shardCount).map {

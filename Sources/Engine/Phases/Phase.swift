@@ -184,6 +184,13 @@ public enum FloatPayload {
         return out
     }
 
+    public static func doubles(_ bytes: [UInt8], what: String) throws -> [Double] {
+        guard bytes.count % 8 == 0 else { throw PruningError("\(what): \(bytes.count) bytes is not a whole number of F64 values") }
+        return bytes.withUnsafeBytes { raw in
+            (0..<(bytes.count / 8)).map { Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self))) }
+        }
+    }
+
     public static func double(_ bytes: [UInt8], what: String) throws -> Double {
         guard bytes.count == 8 else { throw PruningError("\(what): \(bytes.count) bytes is not one F64") }
         return bytes.withUnsafeBytes { Double(bitPattern: UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }

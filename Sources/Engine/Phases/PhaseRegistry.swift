@@ -10,6 +10,9 @@ public enum PhaseRegistry {
     public static let all: [any Phase.Type] = [
         MaskPhase.self,
         CalibratePhase.self,
+        ProfilePhase.self,
+        OutlierPhase.self,
+        AllocationPhase.self,
         LayerPrunePhase.self,
         WeightNormPhase.self,
         NoopPhase.self,
@@ -38,8 +41,8 @@ public enum PhaseRegistry {
 
 /// A job's DAG: its phases' tasks in one queue, each with its dependencies, and the phase
 /// that owns each. Queue order: by `round` (a decoder block, for the calibration phases),
-/// then by phase in registry order, then in each phase's own order; a task's dependencies
-/// always come before it.
+/// then by phase in registry order, then in each phase's own order, as far as the
+/// dependencies allow (`order`): a task's dependencies always come before it.
 public final class JobDAG {
     public let job: JobContext
     public let phases: [any Phase]
@@ -57,7 +60,7 @@ public final class JobDAG {
             owner[type(of: phase).name] = p
             for (i, task) in phase.tasks.enumerated() { keyed.append((phase.round(of: task.id), p, i, task)) }
         }
-        tasks = keyed.sorted { ($0.round, $0.phase, $0.position) < ($1.round, $1.phase, $1.position) }.map(\.task)
+        tasks = try JobDAG.order(keyed.sorted { ($0.round, $0.phase, $0.position) < ($1.round, $1.phase, $1.position) }.map(\.task))
         self.owner = owner
         index = Dictionary(uniqueKeysWithValues: tasks.enumerated().map { ($1.id, $0) })
         var dependents: [TaskID: [TaskID]] = [:]
@@ -70,6 +73,35 @@ public final class JobDAG {
             }
         }
         self.dependents = dependents
+    }
+
+    /// The tasks in `preferred` order as far as their dependencies allow: each time, the
+    /// first task (in that order) whose dependencies are all placed. A task whose
+    /// dependencies a later round decides (an allocation over every block) waits for them
+    /// without the phases having to know each other's rounds.
+    static func order(_ preferred: [PhaseTask]) throws -> [PhaseTask] {
+        let rank = Dictionary(uniqueKeysWithValues: preferred.enumerated().map { ($1.id, $0) })
+        var waiting = [Int](repeating: 0, count: preferred.count)
+        var dependents = [[Int]](repeating: [], count: preferred.count)
+        for (i, t) in preferred.enumerated() {
+            for d in t.dependencies {
+                guard let at = rank[d] else { throw PruningError("task \(t.id) depends on \(d), which is not in the job") }
+                waiting[i] += 1
+                dependents[at].append(i)
+            }
+        }
+        var ready = MinHeap(preferred.indices.filter { waiting[$0] == 0 })
+        var out: [PhaseTask] = []
+        out.reserveCapacity(preferred.count)
+        while let i = ready.pop() {
+            out.append(preferred[i])
+            for j in dependents[i] {
+                waiting[j] -= 1
+                if waiting[j] == 0 { ready.push(j) }
+            }
+        }
+        guard out.count == preferred.count else { throw PruningError("the job's tasks depend on each other in a cycle") }
+        return out
     }
 
     /// The phase a task belongs to.
@@ -119,10 +151,48 @@ public final class JobDAG {
                 return values
             })
         }
+        for source in phases.compactMap({ $0 as? LevelSource }) {
+            for name in pruned.sorted() { assembler.levels[name] = try source.level(of: name, outputs: outputs) }
+        }
         assembler.measures = { try self.phases.compactMap { $0 as? ManifestContributor }.reduce(into: [:]) { all, contributor in
             for (tensor, values) in try contributor.measures(outputs: outputs) { all[tensor, default: [:]].merge(values) { a, _ in a } }
         } }
         return assembler
+    }
+}
+
+/// A binary min-heap of integers (the ready tasks' ranks).
+struct MinHeap {
+    private var items: [Int] = []
+
+    init(_ values: [Int]) { for v in values { push(v) } }
+
+    mutating func push(_ v: Int) {
+        items.append(v)
+        var i = items.count - 1
+        while i > 0, items[(i - 1) / 2] > items[i] {
+            items.swapAt(i, (i - 1) / 2)
+            i = (i - 1) / 2
+        }
+    }
+
+    mutating func pop() -> Int? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < items.count, items[l] < items[m] { m = l }
+                if r < items.count, items[r] < items[m] { m = r }
+                if m == i { break }
+                items.swapAt(i, m)
+                i = m
+            }
+        }
+        return top
     }
 }
 
