@@ -14,12 +14,15 @@ public protocol CalibrationStatistic: Sendable {
     /// Adds another shard's statistic (the caller merges in shard order).
     mutating func merge(with other: Self) throws
     func serialized() -> [UInt8]
+    /// The columns of a serialized statistic, or nil when the bytes are not one: what a
+    /// coordinator checks of a result it only stores (as cheaply as the format allows).
+    static func columns(ofSerialized bytes: [UInt8]) -> Int?
     /// Prunes a layer's weights (rows × columns, row-major) with the merged statistic.
     func prune(weights: [Float], rows: Int, options: LayerPruneOptions, layer: String) throws -> PrunedLayer
 }
 
 extension CalibrationStatistic {
-    /// The columns of a serialized statistic, or nil when the bytes are not one.
+    /// By reading the whole statistic (formats without a self-checking header).
     public static func columns(ofSerialized bytes: [UInt8]) -> Int? {
         (try? Self(serialized: bytes))?.columns
     }
@@ -106,6 +109,10 @@ extension WandaStatistics: CalibrationStatistic {
 extension SparseGPT: CalibrationStatistic {
     /// The Hessian of an input with `columns` features (the rows come with the layer).
     public init(columns: Int) { self.init(rows: 0, columns: columns) }
+
+    /// From the header, which the length must agree with: a 1536-column Hessian is 9 MB
+    /// of F64, and the coordinator checks every shard's on its loop thread.
+    public static func columns(ofSerialized bytes: [UInt8]) -> Int? { serializedHeader(bytes)?.columns }
 
     public mutating func add(_ batch: UnsafeBufferPointer<Float>, tokens: Int) { addBatch(batch, tokens: tokens) }
 
