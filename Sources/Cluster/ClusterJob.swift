@@ -79,7 +79,7 @@ public final class ClusterJob {
         try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let directory = JobDirectory(path: spec.output)
         try directory.validate(for: spec)
-        let modelFiles = try digests(checkpoint)
+        let modelFiles = try JobContext.digests(checkpoint)
         let claim = try directory.claim(for: spec)
         plan.printWarnings()
         do {
@@ -149,15 +149,11 @@ public final class ClusterJob {
         var settings = settings
         if let recorded = try ledger.jobValue("task_weights").flatMap(Int.init) { settings.maxWeightsPerTask = recorded }
         let job = try ClusterJob(spec: spec, checkpoint: checkpoint, plan: plan, calibration: calibration, directory: directory, ledger: ledger,
-                                 modelFiles: try digests(checkpoint), settings: settings, created: false)
+                                 modelFiles: try JobContext.digests(checkpoint), settings: settings, created: false)
         job.lock = lock
         try job.verifyRecorded()
         try job.loadDone()
         return job
-    }
-
-    private static func digests(_ checkpoint: Checkpoint) throws -> [Prune_V1_ModelFile] {
-        try JobContext.digests(checkpoint)
     }
 
     private static func modelFilesJSON(_ files: [Prune_V1_ModelFile]) throws -> String {

@@ -22,9 +22,6 @@ public struct Allocation: Sendable, Equatable {
     /// Allocations of the mask-search design not built yet (named so the error says so).
     static let notBuilt = ["global", "error_budget", "evolutionary"]
 
-    /// Whether the job has per-layer levels to compute before it prunes.
-    public var isSearched: Bool { method != .uniform }
-
     /// Parses the `allocation` node and checks it against the job's method, pattern and target.
     static func parse(_ node: Node, method: JobSpec.Method, pattern: SparsityPattern, sparsity: Double, file: String) throws -> Allocation {
         var a = Allocation()

@@ -3,41 +3,13 @@ import Models
 import Pruning
 import Tensors
 
-/// The calibration work of a Wanda or SparseGPT job on a Llama-family model, as a DAG of
-/// tasks that `prune run --workers 0` executes in order in this process and the cluster
-/// spreads over workers. Both run the same `CalibrationWork` functions on the same
-/// inputs and merge statistics in shard order, so the output bytes are the same for any
-/// number of workers.
-///
-/// Per block b (S shards of `samplesPerTask` calibration samples each):
-/// - `calibrate` b/s: the block's input hidden states for shard s (block 0: embedded
-///   token ids; sequential mode: the shard's states run through block b−1 *pruned*),
-///   then block b run with hooks gathering one statistic per group of targets sharing
-///   an input (Wanda column norms, SparseGPT Hessians). It depends on `calibrate` b−1/s
-///   and, in sequential mode, on every `prune` of block b−1.
-/// - `prune` b/tensor: the tensor's weights and its group's statistics from every shard,
-///   merged in shard order → mask (and SparseGPT's updated weights and error). It depends
-///   on every `calibrate` b/s.
+/// The facts of a Wanda or SparseGPT job's calibration on a Llama-family model: the
+/// config, the calibration windows and their shards, the groups of targets sharing an
+/// input, and the order of each block's prunes. Two phases plan their tasks from it
+/// (`CalibratePhase`: `calibrate:B:S`, `LayerPrunePhase`: `prune:NAME`), which
+/// `prune run --workers 0` executes in this process and the cluster spreads over workers;
+/// both run the same `CalibrationWork` functions and merge statistics in shard order.
 public struct CalibrationPlan: Sendable {
-    public enum Task: Sendable, Hashable {
-        case calibrate(block: Int, shard: Int)
-        case prune(block: Int, tensor: String)
-
-        /// Ledger and wire id (the owning phase's).
-        public var id: String {
-            switch self {
-            case .calibrate(let b, let s): return CalibratePhase.id(block: b, shard: s).description
-            case .prune(_, let tensor): return LayerPrunePhase.id(tensor: tensor).description
-            }
-        }
-
-        public var block: Int {
-            switch self {
-            case .calibrate(let b, _), .prune(let b, _): return b
-            }
-        }
-    }
-
     public let config: LlamaConfig
     /// config.json as read (workers get these bytes in their tasks).
     public let configJSON: [UInt8]
@@ -53,8 +25,8 @@ public struct CalibrationPlan: Sendable {
     public let sparseGPT: JobSpec.SparseGPTOptions
     /// Per block, the pruned Linear layers grouped by the input they share.
     public let groups: [[[String]]]
-    /// Every task in queue order: block by block, calibrations before prunes.
-    public let tasks: [Task]
+    /// Per block, its targets in the order their prune tasks are queued: longest first.
+    public let pruneOrder: [[String]]
 
     public var shardCount: Int { (windows.count + samplesPerTask - 1) / samplesPerTask }
     public var blocks: Int { config.layers }
@@ -99,19 +71,15 @@ public struct CalibrationPlan: Sendable {
         groups = (0..<config.layers).map { b in
             config.linearGroups(block: b).map { $0.filter(targets.contains) }.filter { !$0.isEmpty }
         }
-        var tasks: [Task] = []
-        let shards = (windows.count + samplesPerTask - 1) / samplesPerTask
         let shapes = Dictionary(plan.targets.map { ($0.name, (rows: $0.rows, cols: $0.cols)) }, uniquingKeysWith: { a, _ in a })
         let method = spec.method
-        for b in 0..<config.layers {
-            tasks += (0..<shards).map { Task.calibrate(block: b, shard: $0) }
-            // Longest first (LPT scheduling): block b+1's calibrations wait for every prune of
-            // block b, so the longest prune must not start last while the other workers idle.
-            let forward = Array(groups[b].joined())
+        // Longest first (LPT scheduling): block b+1's calibrations wait for every prune of
+        // block b, so the longest prune must not start last while the other workers idle.
+        pruneOrder = groups.map { blockGroups in
+            let forward = Array(blockGroups.joined())
             let cost = forward.map { shapes[$0].map { Self.pruneCost(method: method, rows: $0.rows, cols: $0.cols) } ?? 0 }
-            tasks += forward.indices.sorted { (cost[$0], -$0) > (cost[$1], -$1) }.map { Task.prune(block: b, tensor: forward[$0]) }
+            return forward.indices.sorted { (cost[$0], -$0) > (cost[$1], -$1) }.map { forward[$0] }
         }
-        self.tasks = tasks
     }
 
     /// Relative work of a `prune` task, for ordering only. SparseGPT: the Cholesky factor
@@ -145,28 +113,10 @@ public struct CalibrationPlan: Sendable {
         groups[b].first { $0.contains(tensor) }!.first!
     }
 
-    /// Tasks that must be done before `task` may start.
-    public func dependencies(of task: Task) -> [Task] {
-        switch task {
-        case .calibrate(let b, let s):
-            guard b > 0 else { return [] }
-            let previous = Task.calibrate(block: b - 1, shard: s)
-            return mode == .sequential ? [previous] + targets(block: b - 1).map { .prune(block: b - 1, tensor: $0) } : [previous]
-        case .prune(let b, _):
-            return (0..<shardCount).map { .calibrate(block: b, shard: $0) }
-        }
-    }
-
     /// What a `calibrate` task of block `b` needs to run, wherever it runs.
     public func step(block b: Int, shard s: Int) -> CalibrationWork.Step {
         CalibrationWork.Step(config: config, method: method, mode: mode, block: b, tokens: tokens,
                              samples: windows(shard: s).count, groups: groups[b], emitHidden: b + 1 < blocks)
-    }
-
-    /// What a `prune` task needs to run.
-    public func pruneStep(tensor: String, rows: Int, cols: Int) -> CalibrationWork.PruneStep {
-        CalibrationWork.PruneStep(method: method, tensor: tensor, rows: rows, cols: cols, pattern: pattern, sparsity: sparsity,
-                                  blockSize: sparseGPT.blockSize, damp: sparseGPT.damp)
     }
 
     /// The tensors a `calibrate` task of block `b` reads from the checkpoint: the

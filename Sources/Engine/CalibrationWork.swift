@@ -173,10 +173,8 @@ public enum CalibrationWork {
         }
     }
 
-    public typealias Pruned = PrunedLayer
-
     /// Runs a `prune` task on statistics held in memory.
-    public static func prune(_ step: PruneStep, weights: [Float], statistics: [[UInt8]]) throws -> Pruned {
+    public static func prune(_ step: PruneStep, weights: [Float], statistics: [[UInt8]]) throws -> PrunedLayer {
         try prune(step, weights: weights, statisticsCount: statistics.count) { statistics[$0] }
     }
 
@@ -184,14 +182,14 @@ public enum CalibrationWork {
     /// a time (a large layer's Hessians are hundreds of MB each), then prunes with the
     /// method's statistic (Wanda: per-row groups for unstructured, as the paper; SparseGPT).
     public static func prune(_ step: PruneStep, weights: [Float], statisticsCount: Int,
-                             statistics: (Int) throws -> [UInt8]) throws -> Pruned {
+                             statistics: (Int) throws -> [UInt8]) throws -> PrunedLayer {
         guard weights.count == step.rows * step.cols else { throw PruningError("\(step.tensor): \(weights.count) weights, expected \(step.rows)×\(step.cols)") }
         guard let statistic = step.method.statistic else { throw PruningError("method \(step.method.rawValue) is not calibration-aware") }
         return try prune(statistic, step: step, weights: weights, count: statisticsCount, statistics: statistics)
     }
 
     private static func prune<S: CalibrationStatistic>(_: S.Type, step: PruneStep, weights: [Float], count: Int,
-                                                       statistics: (Int) throws -> [UInt8]) throws -> Pruned {
+                                                       statistics: (Int) throws -> [UInt8]) throws -> PrunedLayer {
         let merged = try S.merged(count: count, layer: step.tensor, statistics)
         guard merged.columns == step.cols else { throw PruningError("\(step.tensor): statistics have \(merged.columns) columns, weights \(step.cols)") }
         let options = LayerPruneOptions(pattern: step.pattern, sparsity: step.sparsity, blockSize: step.blockSize, damp: step.damp)

@@ -226,11 +226,12 @@ public enum Checker {
         return changedNonZero == 0 ? nil : "\(changedNonZero) kept weights differ from the input"
     }
 
-    /// The rule a tensor's zeros follow: Wanda's `unstructured` compares weights within each
-    /// output row, as the paper does, so its counts are per row (they equal the whole
-    /// tensor's only when the level times the width is whole).
+    /// The rule a tensor's zeros follow: its pattern as its method applies it.
     static func effectivePattern(_ m: Manifest.Tensor) -> String {
-        m.method == JobSpec.Method.wanda.rawValue && m.pattern == SparsityPattern.unstructured.description ? SparsityPattern.perRow.description : m.pattern!
+        guard let text = m.pattern, let pattern = try? SparsityPattern(parsing: text), let method = m.method.flatMap(JobSpec.Method.init(rawValue:)) else {
+            return m.pattern!
+        }
+        return method.comparisonPattern(for: pattern).description
     }
 
     /// Pattern rules: N:M groups, per-row counts, whole rows, overall count.

@@ -27,6 +27,11 @@ public struct JobSpec: Sendable {
             case .magnitude, .random: return nil
             }
         }
+
+        /// The rule this method's zeros follow for a spec's pattern (what `prune check` checks).
+        public func comparisonPattern(for pattern: SparsityPattern) -> SparsityPattern {
+            statistic?.comparisonPattern(for: pattern) ?? pattern
+        }
     }
 
     /// Calibration: which activations Wanda and SparseGPT see.

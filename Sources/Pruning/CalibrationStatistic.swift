@@ -17,11 +17,16 @@ public protocol CalibrationStatistic: Sendable {
     /// The columns of a serialized statistic, or nil when the bytes are not one: what a
     /// coordinator checks of a result it only stores (as cheaply as the format allows).
     static func columns(ofSerialized bytes: [UInt8]) -> Int?
+    /// The rule the method's zeros follow for a spec's pattern (Wanda compares
+    /// `unstructured` weights within each output row, as the paper does).
+    static func comparisonPattern(for pattern: SparsityPattern) -> SparsityPattern
     /// Prunes a layer's weights (rows × columns, row-major) with the merged statistic.
     func prune(weights: [Float], rows: Int, options: LayerPruneOptions, layer: String) throws -> PrunedLayer
 }
 
 extension CalibrationStatistic {
+    public static func comparisonPattern(for pattern: SparsityPattern) -> SparsityPattern { pattern }
+
     /// By reading the whole statistic (formats without a self-checking header).
     public static func columns(ofSerialized bytes: [UInt8]) -> Int? {
         (try? Self(serialized: bytes))?.columns
@@ -89,11 +94,15 @@ extension WandaStatistics: CalibrationStatistic {
 
     public mutating func merge(with other: WandaStatistics) throws { merge(other) }
 
+    public static func comparisonPattern(for pattern: SparsityPattern) -> SparsityPattern {
+        pattern == .unstructured ? .perRow : pattern
+    }
+
     /// Wanda: |w|·‖X_j‖, compared within each output row for unstructured (as the paper).
     public func prune(weights: [Float], rows: Int, options: LayerPruneOptions, layer: String) throws -> PrunedLayer {
         let cols = columns
         guard weights.count == rows * cols else { throw PruningError("\(layer): \(weights.count) weights, expected \(rows)×\(cols)") }
-        let pattern: SparsityPattern = options.pattern == .unstructured ? .perRow : options.pattern
+        let pattern = Self.comparisonPattern(for: options.pattern)
         let criterion = WandaCriterion(statistics: self)
         var scores = [Float](repeating: 0, count: rows * cols)
         weights.withUnsafeBufferPointer { w in

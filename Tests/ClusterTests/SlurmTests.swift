@@ -46,11 +46,13 @@ final class SlurmTests: XCTestCase {
     private func startDaemon(_ executable: String, _ arguments: [String], pidFile: String, log: String,
                              environment: [String: String] = [:]) throws {
         let r = try Subprocess.run(executable, arguments, environment: environment)
-        if let handle = FileHandle(forWritingAtPath: log) ?? (FileManager.default.createFile(atPath: log, contents: nil) ? FileHandle(forWritingAtPath: log) : nil) {
-            handle.seekToEndOfFile()
-            handle.write(Data((r.stdout + r.stderr).utf8))
-            try? handle.close()
-        }
+        // What the daemon printed before it detached, appended to its log (which the
+        // daemon itself may be writing by now).
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data((r.stdout + r.stderr).utf8))
         guard r.status == 0 else { throw ClusterDidNotStart(description: "\(executable) did not start: \(r.stderr)\n\(logs())") }
         pidFiles.append(pidFile)
         guard Background.waitUntil(seconds: 10, { FileManager.default.fileExists(atPath: pidFile) }) else {

@@ -55,9 +55,8 @@ final class CalibrationTests: XCTestCase {
             let checkpoint = try Checkpoint(path: spec.model)
             let plan = try CalibrationPlan(spec: spec, plan: try Plan(spec: spec, checkpoint: checkpoint), modelDirectory: checkpoint.directory)
             XCTAssertEqual(plan.targets(block: 1), plan.config.linearNames(block: 1), "targets stay in forward order")
-            return plan.tasks.compactMap {
-                guard case .prune(1, let name) = $0 else { return nil }
-                return name.replacingOccurrences(of: "model.layers.1.", with: "").replacingOccurrences(of: ".weight", with: "")
+            return plan.pruneOrder[1].map { name in
+                name.replacingOccurrences(of: "model.layers.1.", with: "").replacingOccurrences(of: ".weight", with: "")
             }
         }
         let config = try LlamaConfig.load(dir.file("model"))

@@ -96,11 +96,12 @@ public final class OutlierPhase: Phase, RoundedPhase {
             guard let shape = reader.shape(of: name), shape.count == 2 else { throw PruningError("outliers task: \(name) is not a matrix") }
             let norms = try WandaStatistics.merged(count: layer.statistics.count, layer: name) { try inputs.artifact(layer.statistics[$0]) }
             guard norms.columns == shape[1] else { throw PruningError("outliers task: \(name) has \(shape[1]) columns, its statistic \(norms.columns)") }
-            let scales = WandaCriterion(statistics: norms).columnScales
             let weights = try reader.floats(name)
             var out = [Float](repeating: 0, count: weights.count)
-            for r in 0..<shape[0] {
-                for c in 0..<shape[1] { out[r * shape[1] + c] = abs(weights[r * shape[1] + c]) * scales[c] }
+            weights.withUnsafeBufferPointer { w in
+                out.withUnsafeMutableBufferPointer {
+                    WandaCriterion(statistics: norms).scores(WeightBlock(name: name, values: w, rows: shape[0], cols: shape[1]), into: $0)
+                }
             }
             return out
         }

@@ -141,7 +141,7 @@ public class CalibratePhase: Phase, RoundedPhase {
             let mask = try Mask(rows: shape[0], cols: shape[1], bits: try inputs.artifact(p.mask))
             let updated = p.hasWeights ? try FloatPayload.floats(try inputs.artifact(p.weights), what: "weights of \(p.name)") : nil
             let dense = updated == nil ? try store.load(p.name, shape: shape) : []
-            store.override(p.name, with: CalibrationWork.Pruned(mask: mask, updated: updated, error: nil).values(dense: dense))
+            store.override(p.name, with: PrunedLayer(mask: mask, updated: updated, error: nil).values(dense: dense))
         }
         let tokens = Int(c.tokens), samples = Int(c.samples)
         let input: CalibrationWork.Input

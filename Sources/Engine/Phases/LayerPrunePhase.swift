@@ -37,10 +37,11 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// Per block, its layers longest first (`CalibrationPlan`'s order): block b+1's
     /// calibration waits for every prune of block b, so the longest must not start last.
     public var tasks: [PhaseTask] {
-        calibration.tasks.compactMap { task in
-            guard case .prune(let b, let name) = task else { return nil }
-            return PhaseTask(LayerPrunePhase.id(tensor: name),
-                             after: (0..<calibration.shardCount).map { CalibratePhase.id(block: b, shard: $0) } + (levels.map { [$0.levelsTask] } ?? []))
+        calibration.pruneOrder.enumerated().flatMap { b, names in
+            names.map { name in
+                PhaseTask(LayerPrunePhase.id(tensor: name),
+                          after: (0..<calibration.shardCount).map { CalibratePhase.id(block: b, shard: $0) } + (levels.map { [$0.levelsTask] } ?? []))
+            }
         }
     }
 
@@ -115,6 +116,8 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         guard let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
         return try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(.mask, of: LayerPrunePhase.id(tensor: tensor)))
     }
+
+    public func updatesValues(of tensor: String) -> Bool { updatesWeights }
 
     public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? {
         guard updatesWeights else { return nil }

@@ -155,6 +155,8 @@ public protocol PrunedTensorSource {
     /// updated values' reference where the method updates them.
     func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?)
     func mask(of tensor: String, outputs: OutputStore) throws -> Mask
+    /// Whether the tensor's kept weights get new values (SparseGPT), not only its mask.
+    func updatesValues(of tensor: String) -> Bool
     /// New values of the kept weights (SparseGPT), nil when the method keeps them.
     func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]?
     /// ‖WX − ŴX‖² on the calibration inputs, where the method measures it.
@@ -162,6 +164,7 @@ public protocol PrunedTensorSource {
 }
 
 extension PrunedTensorSource {
+    public func updatesValues(of tensor: String) -> Bool { false }
     public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? { nil }
     public func reconstructionError(of tensor: String, outputs: OutputStore) throws -> Double? { nil }
 }

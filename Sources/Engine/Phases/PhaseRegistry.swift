@@ -64,13 +64,9 @@ public final class JobDAG {
         self.owner = owner
         index = Dictionary(uniqueKeysWithValues: tasks.enumerated().map { ($1.id, $0) })
         var dependents: [TaskID: [TaskID]] = [:]
+        // `order` placed every dependency before its dependents (and refused the rest).
         for t in tasks {
-            for d in t.dependencies {
-                guard let at = index[d], at < index[t.id]! else {
-                    throw PruningError("task \(t.id) depends on \(d), which does not come before it")
-                }
-                dependents[d, default: []].append(t.id)
-            }
+            for d in t.dependencies { dependents[d, default: []].append(t.id) }
         }
         self.dependents = dependents
     }
@@ -141,7 +137,7 @@ public final class JobDAG {
         for name in pruned.sorted() {
             let source = try self.source(of: name)
             if let error = try source.reconstructionError(of: name, outputs: outputs) { assembler.errors[name] = error }
-            if source is LayerPrunePhase, job.spec.method == .sparsegpt { updated.insert(name) }
+            if source.updatesValues(of: name) { updated.insert(name) }
         }
         if !updated.isEmpty {
             assembler.updatedElsewhere = (updated, { name in

@@ -44,9 +44,10 @@ public final class WeightNormPhase: Phase, RoundedPhase, ManifestContributor {
     public func outputNames(of task: TaskID) -> [OutputName] { [WeightNormPhase.norms] }
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
-        guard outputs.count == 1, outputs[0].count == 16 else { return "result of \(task) is not two F64" }
-        let values = outputs[0].withUnsafeBytes { raw in (0..<2).map { Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self))) } }
-        guard values.allSatisfy({ $0.isFinite && $0 >= 0 }), values[1] <= values[0] * (1 + 1e-6) || job.spec.method == .sparsegpt else {
+        guard outputs.count == 1, let values = try? FloatPayload.doubles(outputs[0], what: "norms"), values.count == 2 else {
+            return "result of \(task) is not two F64"
+        }
+        guard values.allSatisfy({ $0.isFinite && $0 >= 0 }), values[1] <= values[0] * (1 + 1e-6) || source.updatesValues(of: task.key) else {
             return "norms of \(task) are not a dense norm and a smaller kept one: \(values)"
         }
         return nil
@@ -55,30 +56,25 @@ public final class WeightNormPhase: Phase, RoundedPhase, ManifestContributor {
     public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
         guard case .weightNorm(let w) = work else { return nil }
         let t = w.tensor
-        guard let dtype = DType(rawValue: t.dtype), dtype.isFloat, t.shape.count >= 2 else { throw PruningError("tensor '\(t.name)': not a float matrix") }
-        let shape = t.shape.map { Int(clamping: $0) }
+        let reader = TaskTensorReader([t], inputs: inputs)
+        guard let shape = reader.shape(of: t.name), shape.count >= 2 else { throw PruningError("tensor '\(t.name)': not a matrix") }
         let rows = MatrixView.rows(shape), cols = MatrixView.cols(shape)
-        guard rows * cols * dtype.size == Int(clamping: t.byteCount) else { throw PruningError("tensor '\(t.name)': shape \(shape) does not match its bytes") }
+        let values = try reader.floats(t.name)
         // The masks' row blocks, joined.
         var bits: [UInt8] = []
         for ref in w.masks { bits += try inputs.artifact(ref) }
         let mask = try Mask(rows: rows, cols: cols, bits: bits)
         let updated = w.hasUpdated ? try FloatPayload.floats(try inputs.artifact(w.updated), what: "updated weights of \(t.name)") : nil
+        guard updated == nil || updated!.count == values.count else { throw PruningError("updated weights of \(t.name): \(updated!.count) values, not \(values.count)") }
+        // Summed in row-major order in F64: the same bytes on every worker.
         var dense = 0.0, kept = 0.0
-        try inputs.withTensorBytes(t, 0..<Int(clamping: t.byteCount)) { raw in
-            let values = [Float](unsafeUninitializedCapacity: rows * cols) { buffer, n in
-                FloatConversion.toFloat(raw, dtype: dtype, into: buffer)
-                n = rows * cols
-            }
-            // Summed in row-major order in F64: the same bytes on every worker.
-            for r in 0..<rows {
-                for c in 0..<cols {
-                    let v = Double(values[r * cols + c])
-                    dense += v * v
-                    if mask[r, c] {
-                        let k = updated.map { Double($0[r * cols + c]) } ?? v
-                        kept += k * k
-                    }
+        for r in 0..<rows {
+            for c in 0..<cols {
+                let v = Double(values[r * cols + c])
+                dense += v * v
+                if mask[r, c] {
+                    let k = updated.map { Double($0[r * cols + c]) } ?? v
+                    kept += k * k
                 }
             }
         }
@@ -88,9 +84,9 @@ public final class WeightNormPhase: Phase, RoundedPhase, ManifestContributor {
     public func measures(outputs: OutputStore) throws -> [String: [String: Double]] {
         var out: [String: [String: Double]] = [:]
         for tensor in tensors {
-            let bytes = try outputs.bytes(WeightNormPhase.norms, of: WeightNormPhase.id(tensor: tensor))
-            let dense = try FloatPayload.double(Array(bytes[0..<8]), what: "norms of \(tensor)")
-            let kept = try FloatPayload.double(Array(bytes[8..<16]), what: "norms of \(tensor)")
+            let norms = try FloatPayload.doubles(try outputs.bytes(WeightNormPhase.norms, of: WeightNormPhase.id(tensor: tensor)), what: "norms of \(tensor)")
+            guard norms.count == 2 else { throw PruningError("norms of \(tensor): \(norms.count) values, not 2") }
+            let dense = norms[0], kept = norms[1]
             out[tensor] = ["kept_norm_fraction": dense > 0 ? (kept / dense).squareRoot() : 1]
         }
         return out
