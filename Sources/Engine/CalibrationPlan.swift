@@ -89,12 +89,13 @@ public struct CalibrationPlan: Sendable {
         method == .sparsegpt ? Double(cols) * Double(cols) * Double(rows + cols) : Double(rows) * Double(cols)
     }
 
-    /// The same windows and groups run through the dense model for Wanda's statistics:
-    /// the pass that scores blocks before the job prunes (`ProfilePhase`).
-    public func profiling() -> CalibrationPlan {
+    /// The same windows and groups run through the dense model for `method`'s statistics
+    /// (Wanda's column norms, SparseGPT's Hessians): the pass that scores layers before
+    /// the job prunes (`ProfilePhase`).
+    public func profiling(_ method: JobSpec.Method) -> CalibrationPlan {
         var plan = self
         plan.mode = .dense
-        plan.method = .wanda
+        plan.method = method
         return plan
     }
 

@@ -21,6 +21,9 @@ public enum CalibrationWork {
         public var groups: [[String]]
         /// Whether a later task reads this task's hidden states.
         public var emitHidden: Bool
+        /// Whether each group's input Gram matrix (a SparseGPT Hessian) is gathered too,
+        /// besides the method's statistic (`refine:` with Wanda).
+        public var gram = false
 
         public init(config: LlamaConfig, method: JobSpec.Method, mode: JobSpec.Calibration.Mode, block: Int, tokens: Int,
                     samples: Int, groups: [[String]], emitHidden: Bool) {
@@ -52,6 +55,8 @@ public enum CalibrationWork {
         public var hidden: [Float]?
         /// Serialized statistics by group (named by the group's first Linear).
         public var statistics: [(key: String, bytes: [UInt8])] = []
+        /// Serialized Hessians by group, when the step asks (`Step.gram`).
+        public var grams: [(key: String, bytes: [UInt8])] = []
     }
 
     /// Runs a `calibrate` task. `store` reads the checkpoint; in sequential mode it must
@@ -91,22 +96,25 @@ public enum CalibrationWork {
         guard let statistic = step.method.statistic else {
             throw PruningError("method \(step.method.rawValue) gathers no calibration statistics")
         }
-        output.statistics = try gather(statistic, step: step, x: &x, width: width, rope: rope, model: model, store: store)
+        (output.statistics, output.grams) = try gather(statistic, step: step, x: &x, width: width, rope: rope, model: model, store: store)
         if step.mode == .dense && step.emitHidden { output.hidden = x }
         return output
     }
 
-    /// Runs block b over the shard with hooks feeding one statistic per group, and
-    /// returns them serialized in group order. In dense mode `x` ends as the block's output.
-    private static func gather<S: CalibrationStatistic>(_: S.Type, step: Step, x: inout [Float], width: Int, rope: RotaryTable,
-                                                        model: LlamaModel, store: WeightStore) throws -> [(key: String, bytes: [UInt8])] {
+    /// Runs block b over the shard with hooks feeding one statistic per group (and its
+    /// Hessian, when the step asks), and returns them serialized in group order. In dense
+    /// mode `x` ends as the block's output.
+    private static func gather<S: CalibrationStatistic>(_: S.Type, step: Step, x: inout [Float], width: Int, rope: RotaryTable, model: LlamaModel,
+                                                        store: WeightStore) throws -> ([(key: String, bytes: [UInt8])], [(key: String, bytes: [UInt8])]) {
         var statistics: [String: S] = [:]
+        var grams: [String: SparseGPT] = [:]
         for group in step.groups {
             // A group's input width is its layers' in_features, as the checkpoint says.
             guard let shape = store.reader.shape(of: group[0]), shape.count == 2 else {
                 throw PruningError("calibrate block \(step.block): \(group[0]) is not a matrix of the model")
             }
             statistics[group[0]] = S(columns: shape[1])
+            if step.gram { grams[group[0]] = SparseGPT(columns: shape[1]) }
         }
         let block = try model.block(step.block)
         // Sequential mode needs only the statistics of this block (its output comes from the
@@ -116,9 +124,10 @@ public enum CalibrationWork {
         try forEachBatch(&x, samples: step.samples, tokens: t, width: width) { batch, n in
             block.forward(&batch, samples: n, tokens: t, rope: rope, statisticsOnly: statisticsOnly) { name, input, tokens in
                 if statistics[name] != nil { statistics[name]!.add(input, tokens: tokens) }
+                if grams[name] != nil { grams[name]!.add(input, tokens: tokens) }
             }
         }
-        return step.groups.map { ($0[0], statistics[$0[0]]!.serialized()) }
+        return (step.groups.map { ($0[0], statistics[$0[0]]!.serialized()) }, step.groups.compactMap { g in grams[g[0]].map { (g[0], $0.serialized()) } })
     }
 
     /// Rows a batched block pass holds at once: large enough that each weight is packed

@@ -97,6 +97,8 @@ public struct JobSpec: Sendable {
     public var weightNorms = false
     /// How sparse each layer is (`allocation:`); uniform by default.
     public var allocation = Allocation()
+    /// Mask refinement (`refine:`); nil when off.
+    public var refine: Refine?
     /// sha256 of the spec file's bytes.
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
@@ -137,7 +139,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -389,6 +391,9 @@ public struct JobSpec: Sendable {
         if let node = values["allocation"] {
             spec.allocation = try Allocation.parse(node, method: method, pattern: pattern, sparsity: sparsity, file: file)
         }
+        if let node = values["refine"] {
+            spec.refine = try Refine.parse(node, method: method, pattern: pattern, file: file)
+        }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {
                 throw SpecError("\(where_(file, node)): weight_norms: must be true or false")
@@ -437,7 +442,7 @@ public struct JobSpec: Sendable {
         return out
     }
 
-    private static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int, maximum: Int = Int.max) throws -> Int? {
+    static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int, maximum: Int = Int.max) throws -> Int? {
         guard let node else { return nil }
         guard let v = node.scalar.flatMap({ Int($0.string) }), v >= minimum else {
             throw SpecError("\(where_(file, node)): \(name): must be an integer ≥ \(minimum)")

@@ -1,4 +1,5 @@
 import Foundation
+import Pruning
 import Tensors
 
 /// `report.md`, `report.json` and `report.svg` in the job directory: what was pruned (the
@@ -62,6 +63,15 @@ public struct JobReport: Codable, Sendable {
         public let targetSparsity: Double
         public let achievedSparsity: Double
         public let reconstructionError: Double?
+        /// `allocation: error_budget`: the layer's error ÷ its output energy under Wanda's
+        /// mask at each measured sparsity.
+        public var errorCurve: [CurvePoint]?
+    }
+
+    /// One point of a layer's error curve.
+    public struct CurvePoint: Codable, Sendable, Equatable {
+        public let sparsity: Double
+        public let error: Double
     }
 
     public struct Phase: Codable, Sendable {
@@ -122,8 +132,14 @@ public struct JobReport: Codable, Sendable {
         self.phases = phases
         layers = manifest.tensors.filter(\.value.pruned).sorted { LayerOrder.less($0.key, $1.key) }.map {
             Layer(name: $0.key, block: LayerName.block($0.key), kind: LayerName.kind($0.key), targetSparsity: $0.value.targetSparsity ?? 0,
-                  achievedSparsity: $0.value.achievedSparsity, reconstructionError: $0.value.reconstructionError)
+                  achievedSparsity: $0.value.achievedSparsity, reconstructionError: $0.value.reconstructionError,
+                  errorCurve: ErrorCurveMeasures.relativeCurve($0.value.measures))
         }
+    }
+
+    /// A curve read at `sparsity`, linear between its points.
+    static func interpolate(_ curve: [CurvePoint], at sparsity: Double) -> Double {
+        LayerAllocation.interpolate(curve.map(\.error), levels: curve.map(\.sparsity), at: sparsity)
     }
 
     /// config.json's architecture and model type, or "mlp" for an MLP classifier.
@@ -182,10 +198,19 @@ public struct JobReport: Codable, Sendable {
         }
         s += "| phase | seconds |\n|---|---:|\n" + phases.map { "| \($0.name) | \(String(format: "%.2f", $0.seconds)) |" }.joined(separator: "\n") + "\n\n"
         s += "![sparsity and reconstruction error by layer](report.svg)\n\n"
-        s += "| layer | block | kind | target | achieved | reconstruction error |\n|---|---:|---|---:|---:|---:|\n"
+        let curves = layers.contains { $0.errorCurve != nil }
+        if curves {
+            s += "Levels by error budget: each layer's error ‖(W − Ŵ)X‖² ÷ ‖WX‖² under Wanda's mask was measured at "
+            s += "\(layers.compactMap(\.errorCurve).first!.count) sparsities (report.svg draws the curves); the last column reads "
+            s += "the curve at the layer's level.\n\n"
+        }
+        s += "| layer | block | kind | target | achieved | reconstruction error |" + (curves ? " relative error on curve |" : "")
+        s += "\n|---|---:|---|---:|---:|---:|" + (curves ? "---:|" : "") + "\n"
         for l in layers {
             s += "| \(l.name) | \(l.block.map(String.init) ?? "–") | \(l.kind) | \(String(format: "%.4f", l.targetSparsity)) | "
-            s += "\(String(format: "%.4f", l.achievedSparsity)) | \(l.reconstructionError.map { String(format: "%.4g", $0) } ?? "–") |\n"
+            s += "\(String(format: "%.4f", l.achievedSparsity)) | \(l.reconstructionError.map { String(format: "%.4g", $0) } ?? "–") |"
+            if curves { s += " \(l.errorCurve.map { String(format: "%.4g", JobReport.interpolate($0, at: l.targetSparsity)) } ?? "–") |" }
+            s += "\n"
         }
         return s
     }

@@ -3,7 +3,9 @@ import Foundation
 /// report.svg: one panel with the achieved sparsity of every pruned layer (bars, colored by
 /// module kind, grouped by decoder block, the target as a dashed line), and, when the
 /// method measured it, one panel with each layer's reconstruction error on a log axis.
-/// Layers run left to right in model order; block numbers label the x axis.
+/// Layers run left to right in model order; block numbers label the x axis. With
+/// `allocation: error_budget`, a last panel draws every layer's error curve (relative
+/// error against sparsity, log axis) with a dot at the level it got.
 struct ReportChart {
     let layers: [JobReport.Layer]
     let target: Double
@@ -36,7 +38,9 @@ struct ReportChart {
 
     var width: Int { max(640, (positions.last ?? left) + slot + blockGap + right) }
     var hasErrors: Bool { layers.contains { $0.reconstructionError.map { $0 > 0 && $0.isFinite } ?? false } }
-    var height: Int { top + panelHeight + 44 + (hasErrors ? panelGap + panelHeight + 44 : 0) + 36 }
+    var hasCurves: Bool { layers.contains { $0.errorCurve.map { $0.contains { $0.error > 0 && $0.error.isFinite } } ?? false } }
+    private var panels: Int { 1 + (hasErrors ? 1 : 0) + (hasCurves ? 1 : 0) }
+    var height: Int { top + panels * (panelHeight + 44) + (panels - 1) * panelGap + 36 }
 
     func svg() -> String {
         var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\" "
@@ -45,7 +49,12 @@ struct ReportChart {
         guard !layers.isEmpty else { return s + "<text x=\"\(left)\" y=\"\(top)\">no layer was pruned</text>\n</svg>\n" }
         s += legend()
         s += sparsityPanel(y0: top)
-        if hasErrors { s += errorPanel(y0: top + panelHeight + 44 + panelGap) }
+        var y0 = top + panelHeight + 44 + panelGap
+        if hasErrors {
+            s += errorPanel(y0: y0)
+            y0 += panelHeight + 44 + panelGap
+        }
+        if hasCurves { s += curvePanel(y0: y0) }
         return s + "</svg>\n"
     }
 
@@ -129,6 +138,45 @@ struct ReportChart {
             guard let e = l.reconstructionError, e > 0, e.isFinite else { continue }
             s += "<circle cx=\"\(positions[i] + max(1, slot - 1) / 2)\" cy=\"\(y(log10(e)))\" r=\"\(slot >= 8 ? 3 : 2)\" fill=\"\(color(l.kind))\">"
             s += "<title>\(escape(l.name)): \(String(format: "%.4g", e))</title></circle>\n"
+        }
+        return s
+    }
+
+    /// Relative error against sparsity for every layer: one thin line per layer in its
+    /// kind's colour, a dot where its level lies.
+    private func curvePanel(y0: Int) -> String {
+        let x1 = width - right, y1 = y0 + panelHeight
+        var s = "<text x=\"\(left)\" y=\"\(y0 - 14)\" font-size=\"13\" font-weight=\"bold\">"
+        s += "Error curves: ‖(W − Ŵ)X‖² ÷ ‖WX‖² under Wanda's mask (log scale); dots: the chosen levels</text>\n"
+        s += "<line x1=\"\(left)\" y1=\"\(y1)\" x2=\"\(x1)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
+        s += "<line x1=\"\(left)\" y1=\"\(y0)\" x2=\"\(left)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
+        s += "<text transform=\"translate(16 \(y0 + panelHeight / 2)) rotate(-90)\" text-anchor=\"middle\">relative error</text>\n"
+        s += "<text x=\"\((left + x1) / 2)\" y=\"\(y1 + 36)\" text-anchor=\"middle\">sparsity</text>\n"
+        let logs = layers.flatMap { $0.errorCurve ?? [] }.compactMap { $0.error > 0 && $0.error.isFinite ? log10($0.error) : nil }
+        let lo = max(floor(logs.min()!), -8), hi = max(ceil(logs.max()!), lo + 1)
+        func x(_ v: Double) -> Double { Double(left) + v * Double(x1 - left) }
+        func y(_ e: Double) -> Double { Double(y1) - (min(max(log10(max(e, 1e-300)), lo), hi) - lo) / (hi - lo) * Double(panelHeight) }
+        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+            s += "<line x1=\"\(Int(x(tick)))\" y1=\"\(y1)\" x2=\"\(Int(x(tick)))\" y2=\"\(y1 + 4)\" stroke=\"black\"/>"
+            s += "<text x=\"\(Int(x(tick)))\" y=\"\(y1 + 17)\" text-anchor=\"middle\">\(String(format: "%.2f", tick))</text>\n"
+        }
+        let step = max(1, (Int(hi - lo) + 5) / 6)
+        for d in stride(from: Int(lo), through: Int(hi), by: step) {
+            let yd = Int(y(pow(10, Double(d))))
+            s += "<line x1=\"\(left)\" y1=\"\(yd)\" x2=\"\(x1)\" y2=\"\(yd)\" stroke=\"#dddddd\"/>"
+            s += "<text x=\"\(left - 6)\" y=\"\(yd + 4)\" text-anchor=\"end\">1e\(d)</text>\n"
+        }
+        for l in layers {
+            // Points at sparsity 0 have no error to draw on a log axis.
+            guard let curve = l.errorCurve?.filter({ $0.error > 0 }), !curve.isEmpty else { continue }
+            let points = curve.map { String(format: "%.1f,%.1f", x($0.sparsity), y($0.error)) }.joined(separator: " ")
+            s += "<polyline points=\"\(points)\" fill=\"none\" stroke=\"\(color(l.kind))\" stroke-opacity=\"0.45\" stroke-width=\"1\">"
+            s += "<title>\(escape(l.name))</title></polyline>\n"
+            let at = JobReport.interpolate(l.errorCurve!, at: l.targetSparsity)
+            if at > 0 {
+                s += "<circle cx=\"\(String(format: "%.1f", x(l.targetSparsity)))\" cy=\"\(String(format: "%.1f", y(at)))\" r=\"2.5\" fill=\"\(color(l.kind))\">"
+                s += "<title>\(escape(l.name)): \(String(format: "%.4f", l.targetSparsity)), \(String(format: "%.4g", at))</title></circle>\n"
+            }
         }
         return s
     }

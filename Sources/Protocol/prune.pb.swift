@@ -32,131 +32,122 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-public nonisolated struct Prune_V1_Envelope: @unchecked Sendable {
+public nonisolated struct Prune_V1_Envelope: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// Must equal the receiver's PROTOCOL_VERSION; otherwise Hello is answered by Reject
   /// and anything else is dropped and logged.
-  public var protocolVersion: UInt32 {
-    get {_storage._protocolVersion}
-    set {_uniqueStorage()._protocolVersion = newValue}
-  }
+  public var protocolVersion: UInt32 = 0
 
   /// One entry per payload frame after the envelope, in order.
-  public var payloads: [Prune_V1_PayloadInfo] {
-    get {_storage._payloads}
-    set {_uniqueStorage()._payloads = newValue}
-  }
+  public var payloads: [Prune_V1_PayloadInfo] = []
 
-  public var body: OneOf_Body? {
-    get {return _storage._body}
-    set {_uniqueStorage()._body = newValue}
-  }
+  public var body: Prune_V1_Envelope.OneOf_Body? = nil
 
   public var hello: Prune_V1_Hello {
     get {
-      if case .hello(let v)? = _storage._body {return v}
+      if case .hello(let v)? = body {return v}
       return Prune_V1_Hello()
     }
-    set {_uniqueStorage()._body = .hello(newValue)}
+    set {body = .hello(newValue)}
   }
 
   public var welcome: Prune_V1_Welcome {
     get {
-      if case .welcome(let v)? = _storage._body {return v}
+      if case .welcome(let v)? = body {return v}
       return Prune_V1_Welcome()
     }
-    set {_uniqueStorage()._body = .welcome(newValue)}
+    set {body = .welcome(newValue)}
   }
 
   public var reject: Prune_V1_Reject {
     get {
-      if case .reject(let v)? = _storage._body {return v}
+      if case .reject(let v)? = body {return v}
       return Prune_V1_Reject()
     }
-    set {_uniqueStorage()._body = .reject(newValue)}
+    set {body = .reject(newValue)}
   }
 
   public var heartbeat: Prune_V1_Heartbeat {
     get {
-      if case .heartbeat(let v)? = _storage._body {return v}
+      if case .heartbeat(let v)? = body {return v}
       return Prune_V1_Heartbeat()
     }
-    set {_uniqueStorage()._body = .heartbeat(newValue)}
+    set {body = .heartbeat(newValue)}
   }
 
   public var assign: Prune_V1_Assign {
     get {
-      if case .assign(let v)? = _storage._body {return v}
+      if case .assign(let v)? = body {return v}
       return Prune_V1_Assign()
     }
-    set {_uniqueStorage()._body = .assign(newValue)}
+    set {body = .assign(newValue)}
   }
 
   public var result: Prune_V1_Result {
     get {
-      if case .result(let v)? = _storage._body {return v}
+      if case .result(let v)? = body {return v}
       return Prune_V1_Result()
     }
-    set {_uniqueStorage()._body = .result(newValue)}
+    set {body = .result(newValue)}
   }
 
   public var fail: Prune_V1_Fail {
     get {
-      if case .fail(let v)? = _storage._body {return v}
+      if case .fail(let v)? = body {return v}
       return Prune_V1_Fail()
     }
-    set {_uniqueStorage()._body = .fail(newValue)}
+    set {body = .fail(newValue)}
   }
 
   public var cancel: Prune_V1_Cancel {
     get {
-      if case .cancel(let v)? = _storage._body {return v}
+      if case .cancel(let v)? = body {return v}
       return Prune_V1_Cancel()
     }
-    set {_uniqueStorage()._body = .cancel(newValue)}
+    set {body = .cancel(newValue)}
   }
 
   public var shutdown: Prune_V1_Shutdown {
     get {
-      if case .shutdown(let v)? = _storage._body {return v}
+      if case .shutdown(let v)? = body {return v}
       return Prune_V1_Shutdown()
     }
-    set {_uniqueStorage()._body = .shutdown(newValue)}
+    set {body = .shutdown(newValue)}
   }
 
   public var chunkRequest: Prune_V1_ChunkRequest {
     get {
-      if case .chunkRequest(let v)? = _storage._body {return v}
+      if case .chunkRequest(let v)? = body {return v}
       return Prune_V1_ChunkRequest()
     }
-    set {_uniqueStorage()._body = .chunkRequest(newValue)}
+    set {body = .chunkRequest(newValue)}
   }
 
   public var chunk: Prune_V1_Chunk {
     get {
-      if case .chunk(let v)? = _storage._body {return v}
+      if case .chunk(let v)? = body {return v}
       return Prune_V1_Chunk()
     }
-    set {_uniqueStorage()._body = .chunk(newValue)}
+    set {body = .chunk(newValue)}
   }
 
   public var ack: Prune_V1_Ack {
     get {
-      if case .ack(let v)? = _storage._body {return v}
+      if case .ack(let v)? = body {return v}
       return Prune_V1_Ack()
     }
-    set {_uniqueStorage()._body = .ack(newValue)}
+    set {body = .ack(newValue)}
   }
 
   public var goodbye: Prune_V1_Goodbye {
     get {
-      if case .goodbye(let v)? = _storage._body {return v}
+      if case .goodbye(let v)? = body {return v}
       return Prune_V1_Goodbye()
     }
-    set {_uniqueStorage()._body = .goodbye(newValue)}
+    set {body = .goodbye(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -179,8 +170,6 @@ public nonisolated struct Prune_V1_Envelope: @unchecked Sendable {
   }
 
   public init() {}
-
-  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Prune_V1_PayloadInfo: Sendable {
@@ -338,71 +327,104 @@ public nonisolated struct Prune_V1_Heartbeat: Sendable {
 }
 
 /// Coordinator → worker: run a task. The attempt number comes back in Result or Fail.
-public nonisolated struct Prune_V1_Assign: Sendable {
+public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var taskID: String = String()
+  public var taskID: String {
+    get {_storage._taskID}
+    set {_uniqueStorage()._taskID = newValue}
+  }
 
-  public var attempt: UInt32 = 0
+  public var attempt: UInt32 {
+    get {_storage._attempt}
+    set {_uniqueStorage()._attempt = newValue}
+  }
 
-  public var work: Prune_V1_Assign.OneOf_Work? = nil
+  public var work: OneOf_Work? {
+    get {return _storage._work}
+    set {_uniqueStorage()._work = newValue}
+  }
 
   public var mask: Prune_V1_MaskTask {
     get {
-      if case .mask(let v)? = work {return v}
+      if case .mask(let v)? = _storage._work {return v}
       return Prune_V1_MaskTask()
     }
-    set {work = .mask(newValue)}
+    set {_uniqueStorage()._work = .mask(newValue)}
   }
 
   public var noop: Prune_V1_NoopTask {
     get {
-      if case .noop(let v)? = work {return v}
+      if case .noop(let v)? = _storage._work {return v}
       return Prune_V1_NoopTask()
     }
-    set {work = .noop(newValue)}
+    set {_uniqueStorage()._work = .noop(newValue)}
   }
 
   public var calibrate: Prune_V1_CalibrateTask {
     get {
-      if case .calibrate(let v)? = work {return v}
+      if case .calibrate(let v)? = _storage._work {return v}
       return Prune_V1_CalibrateTask()
     }
-    set {work = .calibrate(newValue)}
+    set {_uniqueStorage()._work = .calibrate(newValue)}
   }
 
   public var layerPrune: Prune_V1_LayerPruneTask {
     get {
-      if case .layerPrune(let v)? = work {return v}
+      if case .layerPrune(let v)? = _storage._work {return v}
       return Prune_V1_LayerPruneTask()
     }
-    set {work = .layerPrune(newValue)}
+    set {_uniqueStorage()._work = .layerPrune(newValue)}
   }
 
   public var weightNorm: Prune_V1_WeightNormTask {
     get {
-      if case .weightNorm(let v)? = work {return v}
+      if case .weightNorm(let v)? = _storage._work {return v}
       return Prune_V1_WeightNormTask()
     }
-    set {work = .weightNorm(newValue)}
+    set {_uniqueStorage()._work = .weightNorm(newValue)}
   }
 
   public var outliers: Prune_V1_OutlierTask {
     get {
-      if case .outliers(let v)? = work {return v}
+      if case .outliers(let v)? = _storage._work {return v}
       return Prune_V1_OutlierTask()
     }
-    set {work = .outliers(newValue)}
+    set {_uniqueStorage()._work = .outliers(newValue)}
   }
 
   public var allocate: Prune_V1_AllocateTask {
     get {
-      if case .allocate(let v)? = work {return v}
+      if case .allocate(let v)? = _storage._work {return v}
       return Prune_V1_AllocateTask()
     }
-    set {work = .allocate(newValue)}
+    set {_uniqueStorage()._work = .allocate(newValue)}
+  }
+
+  public var curve: Prune_V1_CurveTask {
+    get {
+      if case .curve(let v)? = _storage._work {return v}
+      return Prune_V1_CurveTask()
+    }
+    set {_uniqueStorage()._work = .curve(newValue)}
+  }
+
+  public var histogram: Prune_V1_HistogramTask {
+    get {
+      if case .histogram(let v)? = _storage._work {return v}
+      return Prune_V1_HistogramTask()
+    }
+    set {_uniqueStorage()._work = .histogram(newValue)}
+  }
+
+  public var histogramCut: Prune_V1_HistogramCutTask {
+    get {
+      if case .histogramCut(let v)? = _storage._work {return v}
+      return Prune_V1_HistogramCutTask()
+    }
+    set {_uniqueStorage()._work = .histogramCut(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -415,10 +437,15 @@ public nonisolated struct Prune_V1_Assign: Sendable {
     case weightNorm(Prune_V1_WeightNormTask)
     case outliers(Prune_V1_OutlierTask)
     case allocate(Prune_V1_AllocateTask)
+    case curve(Prune_V1_CurveTask)
+    case histogram(Prune_V1_HistogramTask)
+    case histogramCut(Prune_V1_HistogramCutTask)
 
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Measures a pruned tensor (the `weight_norms: true` phase): the squared L2 norms of its
@@ -503,6 +530,97 @@ public nonisolated struct Prune_V1_OutlierLayer: Sendable {
   fileprivate var _tensor: Prune_V1_TensorRef? = nil
 }
 
+/// The error curve of one pruned layer (`allocation: error_budget`): at each level, the
+/// Wanda mask (scores |W_ij|·sqrt(H_jj), compared as `pattern` compares them) and its
+/// reconstruction error ‖(W − Ŵ)X‖² = (n/2)·Σ_rows Δw·H·Δwᵀ on the dense calibration
+/// inputs, H the layer input's SparseGPT Hessian (per calibration shard, merged in this
+/// order). Result payload: "curve" (F64: the dense output energy ‖WX‖², then one error per
+/// level).
+public nonisolated struct Prune_V1_CurveTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var levels: [Double] = []
+
+  public var pattern: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
+}
+
+/// One tensor's share of a global score threshold (`allocation: global`), scores by
+/// `criterion` ("magnitude": |W|; "wanda": |W_ij|·‖X_j‖ from the Wanda statistic per
+/// calibration shard, merged in this order). Without `cut`: the histogram of the high 16
+/// bits of the scores' F32 bit patterns. With `cut` (a HistogramCutTask's output): the
+/// scores below its bucket and the histogram of the low 16 bits of those in it.
+/// Result payload: "histogram" (u32 entries, then (u16 key, u64 count) each; with `cut`,
+/// preceded by the u64 count below the bucket).
+public nonisolated struct Prune_V1_HistogramTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var criterion: String = String()
+
+  public var cut: Prune_V1_ArtifactRef {
+    get {_cut ?? Prune_V1_ArtifactRef()}
+    set {_cut = newValue}
+  }
+  /// Returns true if `cut` has been explicitly set.
+  public var hasCut: Bool {self._cut != nil}
+  /// Clears the value of `cut`. Subsequent reads from it will return its default value.
+  public mutating func clearCut() {self._cut = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
+  fileprivate var _cut: Prune_V1_ArtifactRef? = nil
+}
+
+/// The bucket of the high 16 bits that holds the `prune`-th smallest score over every
+/// tensor's coarse histogram (merged in this order). Result payload: "cut" (u64 bucket).
+public nonisolated struct Prune_V1_HistogramCutTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var histograms: [Prune_V1_ArtifactRef] = []
+
+  public var prune: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Per-unit sparsity levels from the units' scores (`allocation:`). Result payload: "levels"
 /// (one F64 per unit, in the order of `units`).
 public nonisolated struct Prune_V1_AllocateTask: Sendable {
@@ -522,13 +640,21 @@ public nonisolated struct Prune_V1_AllocateTask: Sendable {
 
   public var units: [Prune_V1_AllocationUnit] = []
 
+  /// error_budget: the sparsities each unit's curve is measured at (ascending), and what
+  /// its errors are divided by: "uniform" (its error at the target), "output" (its dense
+  /// output energy) or "absolute" (nothing).
+  public var levels: [Double] = []
+
+  public var error: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-/// A unit of an AllocateTask (a decoder block, for OWL): its targeted weights and the
-/// output that scores it (an OutlierTask's "outliers").
+/// A unit of an AllocateTask (a decoder block, for OWL; a tensor, for error_budget): its
+/// targeted weights and the output that scores it (an OutlierTask's "outliers", a
+/// CurveTask's "curve").
 public nonisolated struct Prune_V1_AllocationUnit: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -606,7 +732,9 @@ public nonisolated struct Prune_V1_PrunedLinear: Sendable {
 /// hidden states (token ids for block 0, else an earlier task's artifact; in sequential
 /// mode first run through block-1 pruned), then one statistic per group of targets that
 /// share an input. Result payloads: "hidden" (F32, samples × tokens × hidden, when a later
-/// task needs it) and "stats:<first linear of the group>" (Wanda or SparseGPT bytes).
+/// task needs it), "stats:<first linear of the group>" (Wanda or SparseGPT bytes) and,
+/// with `gram`, "gram:<first linear of the group>" (the input's SparseGPT Hessian, which
+/// `refine:` swaps with).
 public nonisolated struct Prune_V1_CalibrateTask: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -645,6 +773,8 @@ public nonisolated struct Prune_V1_CalibrateTask: Sendable {
 
   public var emitHidden: Bool = false
 
+  public var gram: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -665,8 +795,10 @@ public nonisolated struct Prune_V1_LinearGroup: Sendable {
 }
 
 /// Prunes one Linear layer from its weights and the statistics of every shard, merged
-/// in the order given. Result payloads: "mask", "weights" (SparseGPT) and "error" (F64
-/// reconstruction error, SparseGPT).
+/// in the order given. With `refine_swaps` > 0 the mask is then refined by up to that many
+/// swaps per row against the input's Hessian (`grams`, per shard, merged in this order).
+/// Result payloads: "mask", "weights" (SparseGPT), "error" (F64 reconstruction error,
+/// SparseGPT) and "refined" (two F64: the error before and after refinement).
 public nonisolated struct Prune_V1_LayerPruneTask: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -692,6 +824,10 @@ public nonisolated struct Prune_V1_LayerPruneTask: Sendable {
   public var damp: Double = 0
 
   public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var grams: [Prune_V1_ArtifactRef] = []
+
+  public var refineSwaps: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -933,301 +1069,261 @@ nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}payloads\0\u{2}\u{8}hello\0\u{1}welcome\0\u{1}reject\0\u{1}heartbeat\0\u{1}assign\0\u{1}result\0\u{1}fail\0\u{1}cancel\0\u{1}shutdown\0\u{3}chunk_request\0\u{1}chunk\0\u{1}ack\0\u{1}goodbye\0")
 
-  fileprivate class _StorageClass {
-    var _protocolVersion: UInt32 = 0
-    var _payloads: [Prune_V1_PayloadInfo] = []
-    var _body: Prune_V1_Envelope.OneOf_Body?
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _protocolVersion = source._protocolVersion
-      _payloads = source._payloads
-      _body = source._body
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._protocolVersion) }()
-        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._payloads) }()
-        case 10: try {
-          var v: Prune_V1_Hello?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .hello(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .hello(v)
-          }
-        }()
-        case 11: try {
-          var v: Prune_V1_Welcome?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .welcome(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .welcome(v)
-          }
-        }()
-        case 12: try {
-          var v: Prune_V1_Reject?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .reject(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .reject(v)
-          }
-        }()
-        case 13: try {
-          var v: Prune_V1_Heartbeat?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .heartbeat(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .heartbeat(v)
-          }
-        }()
-        case 14: try {
-          var v: Prune_V1_Assign?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .assign(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .assign(v)
-          }
-        }()
-        case 15: try {
-          var v: Prune_V1_Result?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .result(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .result(v)
-          }
-        }()
-        case 16: try {
-          var v: Prune_V1_Fail?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .fail(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .fail(v)
-          }
-        }()
-        case 17: try {
-          var v: Prune_V1_Cancel?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .cancel(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .cancel(v)
-          }
-        }()
-        case 18: try {
-          var v: Prune_V1_Shutdown?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .shutdown(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .shutdown(v)
-          }
-        }()
-        case 19: try {
-          var v: Prune_V1_ChunkRequest?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .chunkRequest(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .chunkRequest(v)
-          }
-        }()
-        case 20: try {
-          var v: Prune_V1_Chunk?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .chunk(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .chunk(v)
-          }
-        }()
-        case 21: try {
-          var v: Prune_V1_Ack?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .ack(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .ack(v)
-          }
-        }()
-        case 22: try {
-          var v: Prune_V1_Goodbye?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .goodbye(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .goodbye(v)
-          }
-        }()
-        default: break
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.protocolVersion) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.payloads) }()
+      case 10: try {
+        var v: Prune_V1_Hello?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .hello(let m) = current {v = m}
         }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .hello(v)
+        }
+      }()
+      case 11: try {
+        var v: Prune_V1_Welcome?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .welcome(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .welcome(v)
+        }
+      }()
+      case 12: try {
+        var v: Prune_V1_Reject?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .reject(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .reject(v)
+        }
+      }()
+      case 13: try {
+        var v: Prune_V1_Heartbeat?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .heartbeat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .heartbeat(v)
+        }
+      }()
+      case 14: try {
+        var v: Prune_V1_Assign?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .assign(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .assign(v)
+        }
+      }()
+      case 15: try {
+        var v: Prune_V1_Result?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .result(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .result(v)
+        }
+      }()
+      case 16: try {
+        var v: Prune_V1_Fail?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .fail(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .fail(v)
+        }
+      }()
+      case 17: try {
+        var v: Prune_V1_Cancel?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .cancel(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .cancel(v)
+        }
+      }()
+      case 18: try {
+        var v: Prune_V1_Shutdown?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .shutdown(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .shutdown(v)
+        }
+      }()
+      case 19: try {
+        var v: Prune_V1_ChunkRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .chunkRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .chunkRequest(v)
+        }
+      }()
+      case 20: try {
+        var v: Prune_V1_Chunk?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .chunk(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .chunk(v)
+        }
+      }()
+      case 21: try {
+        var v: Prune_V1_Ack?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ack(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ack(v)
+        }
+      }()
+      case 22: try {
+        var v: Prune_V1_Goodbye?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .goodbye(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .goodbye(v)
+        }
+      }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if _storage._protocolVersion != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._protocolVersion, fieldNumber: 1)
-      }
-      if !_storage._payloads.isEmpty {
-        try visitor.visitRepeatedMessageField(value: _storage._payloads, fieldNumber: 2)
-      }
-      switch _storage._body {
-      case .hello?: try {
-        guard case .hello(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-      }()
-      case .welcome?: try {
-        guard case .welcome(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-      }()
-      case .reject?: try {
-        guard case .reject(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-      }()
-      case .heartbeat?: try {
-        guard case .heartbeat(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-      }()
-      case .assign?: try {
-        guard case .assign(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-      }()
-      case .result?: try {
-        guard case .result(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-      }()
-      case .fail?: try {
-        guard case .fail(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-      }()
-      case .cancel?: try {
-        guard case .cancel(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
-      }()
-      case .shutdown?: try {
-        guard case .shutdown(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
-      }()
-      case .chunkRequest?: try {
-        guard case .chunkRequest(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
-      }()
-      case .chunk?: try {
-        guard case .chunk(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-      }()
-      case .ack?: try {
-        guard case .ack(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-      }()
-      case .goodbye?: try {
-        guard case .goodbye(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-      }()
-      case nil: break
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.protocolVersion != 0 {
+      try visitor.visitSingularUInt32Field(value: self.protocolVersion, fieldNumber: 1)
+    }
+    if !self.payloads.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.payloads, fieldNumber: 2)
+    }
+    switch self.body {
+    case .hello?: try {
+      guard case .hello(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case .welcome?: try {
+      guard case .welcome(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .reject?: try {
+      guard case .reject(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    }()
+    case .heartbeat?: try {
+      guard case .heartbeat(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
+    case .assign?: try {
+      guard case .assign(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .result?: try {
+      guard case .result(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+    }()
+    case .fail?: try {
+      guard case .fail(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
+    case .cancel?: try {
+      guard case .cancel(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+    }()
+    case .shutdown?: try {
+      guard case .shutdown(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+    }()
+    case .chunkRequest?: try {
+      guard case .chunkRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+    }()
+    case .chunk?: try {
+      guard case .chunk(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .ack?: try {
+      guard case .ack(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
+    case .goodbye?: try {
+      guard case .goodbye(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+    }()
+    case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prune_V1_Envelope, rhs: Prune_V1_Envelope) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._protocolVersion != rhs_storage._protocolVersion {return false}
-        if _storage._payloads != rhs_storage._payloads {return false}
-        if _storage._body != rhs_storage._body {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.protocolVersion != rhs.protocolVersion {return false}
+    if lhs.payloads != rhs.payloads {return false}
+    if lhs.body != rhs.body {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1535,161 +1631,252 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0")
+
+  fileprivate class _StorageClass {
+    var _taskID: String = String()
+    var _attempt: UInt32 = 0
+    var _work: Prune_V1_Assign.OneOf_Work?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _taskID = source._taskID
+      _attempt = source._attempt
+      _work = source._work
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.taskID) }()
-      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
-      case 10: try {
-        var v: Prune_V1_MaskTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .mask(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._taskID) }()
+        case 2: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempt) }()
+        case 10: try {
+          var v: Prune_V1_MaskTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .mask(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .mask(v)
+          }
+        }()
+        case 11: try {
+          var v: Prune_V1_NoopTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .noop(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .noop(v)
+          }
+        }()
+        case 12: try {
+          var v: Prune_V1_CalibrateTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .calibrate(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .calibrate(v)
+          }
+        }()
+        case 13: try {
+          var v: Prune_V1_LayerPruneTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .layerPrune(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .layerPrune(v)
+          }
+        }()
+        case 14: try {
+          var v: Prune_V1_WeightNormTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .weightNorm(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .weightNorm(v)
+          }
+        }()
+        case 15: try {
+          var v: Prune_V1_OutlierTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .outliers(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .outliers(v)
+          }
+        }()
+        case 16: try {
+          var v: Prune_V1_AllocateTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .allocate(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .allocate(v)
+          }
+        }()
+        case 17: try {
+          var v: Prune_V1_CurveTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .curve(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .curve(v)
+          }
+        }()
+        case 18: try {
+          var v: Prune_V1_HistogramTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .histogram(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .histogram(v)
+          }
+        }()
+        case 19: try {
+          var v: Prune_V1_HistogramCutTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .histogramCut(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .histogramCut(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .mask(v)
-        }
-      }()
-      case 11: try {
-        var v: Prune_V1_NoopTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .noop(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .noop(v)
-        }
-      }()
-      case 12: try {
-        var v: Prune_V1_CalibrateTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .calibrate(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .calibrate(v)
-        }
-      }()
-      case 13: try {
-        var v: Prune_V1_LayerPruneTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .layerPrune(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .layerPrune(v)
-        }
-      }()
-      case 14: try {
-        var v: Prune_V1_WeightNormTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .weightNorm(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .weightNorm(v)
-        }
-      }()
-      case 15: try {
-        var v: Prune_V1_OutlierTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .outliers(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .outliers(v)
-        }
-      }()
-      case 16: try {
-        var v: Prune_V1_AllocateTask?
-        var hadOneofValue = false
-        if let current = self.work {
-          hadOneofValue = true
-          if case .allocate(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.work = .allocate(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.taskID.isEmpty {
-      try visitor.visitSingularStringField(value: self.taskID, fieldNumber: 1)
-    }
-    if self.attempt != 0 {
-      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 2)
-    }
-    switch self.work {
-    case .mask?: try {
-      guard case .mask(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .noop?: try {
-      guard case .noop(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .calibrate?: try {
-      guard case .calibrate(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .layerPrune?: try {
-      guard case .layerPrune(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .weightNorm?: try {
-      guard case .weightNorm(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case .outliers?: try {
-      guard case .outliers(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-    }()
-    case .allocate?: try {
-      guard case .allocate(let v)? = self.work else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._taskID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._taskID, fieldNumber: 1)
+      }
+      if _storage._attempt != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._attempt, fieldNumber: 2)
+      }
+      switch _storage._work {
+      case .mask?: try {
+        guard case .mask(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .noop?: try {
+        guard case .noop(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .calibrate?: try {
+        guard case .calibrate(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .layerPrune?: try {
+        guard case .layerPrune(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .weightNorm?: try {
+        guard case .weightNorm(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case .outliers?: try {
+        guard case .outliers(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      }()
+      case .allocate?: try {
+        guard case .allocate(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      }()
+      case .curve?: try {
+        guard case .curve(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      }()
+      case .histogram?: try {
+        guard case .histogram(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      }()
+      case .histogramCut?: try {
+        guard case .histogramCut(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prune_V1_Assign, rhs: Prune_V1_Assign) -> Bool {
-    if lhs.taskID != rhs.taskID {return false}
-    if lhs.attempt != rhs.attempt {return false}
-    if lhs.work != rhs.work {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._taskID != rhs_storage._taskID {return false}
+        if _storage._attempt != rhs_storage._attempt {return false}
+        if _storage._work != rhs_storage._work {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1818,9 +2005,142 @@ nonisolated extension Prune_V1_OutlierLayer: SwiftProtobuf.Message, SwiftProtobu
   }
 }
 
+nonisolated extension Prune_V1_CurveTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CurveTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}statistics\0\u{1}levels\0\u{1}pattern\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      case 3: try { try decoder.decodeRepeatedDoubleField(value: &self.levels) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.pattern) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.statistics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 2)
+    }
+    if !self.levels.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.levels, fieldNumber: 3)
+    }
+    if !self.pattern.isEmpty {
+      try visitor.visitSingularStringField(value: self.pattern, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_CurveTask, rhs: Prune_V1_CurveTask) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.statistics != rhs.statistics {return false}
+    if lhs.levels != rhs.levels {return false}
+    if lhs.pattern != rhs.pattern {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_HistogramTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HistogramTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}statistics\0\u{1}criterion\0\u{1}cut\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.criterion) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._cut) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.statistics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 2)
+    }
+    if !self.criterion.isEmpty {
+      try visitor.visitSingularStringField(value: self.criterion, fieldNumber: 3)
+    }
+    try { if let v = self._cut {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_HistogramTask, rhs: Prune_V1_HistogramTask) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.statistics != rhs.statistics {return false}
+    if lhs.criterion != rhs.criterion {return false}
+    if lhs._cut != rhs._cut {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_HistogramCutTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HistogramCutTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}histograms\0\u{1}prune\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.histograms) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.prune) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.histograms.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.histograms, fieldNumber: 1)
+    }
+    if self.prune != 0 {
+      try visitor.visitSingularUInt64Field(value: self.prune, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_HistogramCutTask, rhs: Prune_V1_HistogramCutTask) -> Bool {
+    if lhs.histograms != rhs.histograms {return false}
+    if lhs.prune != rhs.prune {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Prune_V1_AllocateTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AllocateTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}method\0\u{1}target\0\u{1}lambda\0\u{1}min\0\u{1}max\0\u{1}units\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}method\0\u{1}target\0\u{1}lambda\0\u{1}min\0\u{1}max\0\u{1}units\0\u{1}levels\0\u{1}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1834,6 +2154,8 @@ nonisolated extension Prune_V1_AllocateTask: SwiftProtobuf.Message, SwiftProtobu
       case 4: try { try decoder.decodeSingularDoubleField(value: &self.min) }()
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.max) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.units) }()
+      case 7: try { try decoder.decodeRepeatedDoubleField(value: &self.levels) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.error) }()
       default: break
       }
     }
@@ -1858,6 +2180,12 @@ nonisolated extension Prune_V1_AllocateTask: SwiftProtobuf.Message, SwiftProtobu
     if !self.units.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.units, fieldNumber: 6)
     }
+    if !self.levels.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.levels, fieldNumber: 7)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1868,6 +2196,8 @@ nonisolated extension Prune_V1_AllocateTask: SwiftProtobuf.Message, SwiftProtobu
     if lhs.min != rhs.min {return false}
     if lhs.max != rhs.max {return false}
     if lhs.units != rhs.units {return false}
+    if lhs.levels != rhs.levels {return false}
+    if lhs.error != rhs.error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1993,7 +2323,7 @@ nonisolated extension Prune_V1_PrunedLinear: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CalibrateTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}shard\0\u{1}method\0\u{1}mode\0\u{3}config_json\0\u{1}tokens\0\u{1}samples\0\u{3}token_ids\0\u{1}hidden\0\u{1}weights\0\u{1}pruned\0\u{1}groups\0\u{3}emit_hidden\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}shard\0\u{1}method\0\u{1}mode\0\u{3}config_json\0\u{1}tokens\0\u{1}samples\0\u{3}token_ids\0\u{1}hidden\0\u{1}weights\0\u{1}pruned\0\u{1}groups\0\u{3}emit_hidden\0\u{1}gram\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2014,6 +2344,7 @@ nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtob
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.pruned) }()
       case 12: try { try decoder.decodeRepeatedMessageField(value: &self.groups) }()
       case 13: try { try decoder.decodeSingularBoolField(value: &self.emitHidden) }()
+      case 14: try { try decoder.decodeSingularBoolField(value: &self.gram) }()
       default: break
       }
     }
@@ -2063,6 +2394,9 @@ nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtob
     if self.emitHidden != false {
       try visitor.visitSingularBoolField(value: self.emitHidden, fieldNumber: 13)
     }
+    if self.gram != false {
+      try visitor.visitSingularBoolField(value: self.gram, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2080,6 +2414,7 @@ nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtob
     if lhs.pruned != rhs.pruned {return false}
     if lhs.groups != rhs.groups {return false}
     if lhs.emitHidden != rhs.emitHidden {return false}
+    if lhs.gram != rhs.gram {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2117,7 +2452,7 @@ nonisolated extension Prune_V1_LinearGroup: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LayerPruneTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}method\0\u{1}pattern\0\u{1}sparsity\0\u{3}block_size\0\u{1}damp\0\u{1}statistics\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}method\0\u{1}pattern\0\u{1}sparsity\0\u{3}block_size\0\u{1}damp\0\u{1}statistics\0\u{1}grams\0\u{3}refine_swaps\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2132,6 +2467,8 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.blockSize) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.damp) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.grams) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.refineSwaps) }()
       default: break
       }
     }
@@ -2163,6 +2500,12 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
     if !self.statistics.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 7)
     }
+    if !self.grams.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.grams, fieldNumber: 8)
+    }
+    if self.refineSwaps != 0 {
+      try visitor.visitSingularUInt32Field(value: self.refineSwaps, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2174,6 +2517,8 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
     if lhs.blockSize != rhs.blockSize {return false}
     if lhs.damp != rhs.damp {return false}
     if lhs.statistics != rhs.statistics {return false}
+    if lhs.grams != rhs.grams {return false}
+    if lhs.refineSwaps != rhs.refineSwaps {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

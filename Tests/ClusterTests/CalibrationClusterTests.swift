@@ -206,6 +206,103 @@ final class CalibrationClusterTests: XCTestCase {
         }
     }
 
+    /// error_budget: every layer's error curve from dense Hessians (a profile pass in
+    /// sequential mode; the job's own in dense SparseGPT), one level per layer with the
+    /// least total relative error at the target; the same bytes for 0 and 2 workers.
+    func testErrorBudgetGivesPerLayerLevelsAtTheTargetAndTheSameBytes() throws {
+        let budget = "allocation: {method: error_budget, step: 0.1, max: 0.9}\n"
+        for (method, mode) in [("wanda", "sequential"), ("sparsegpt", "dense")] {
+            let tag = "budget-\(method)-\(mode)"
+            let expected = try run("\(tag)-w0", method: method, mode: mode, extra: budget, workers: 0)
+            XCTAssertEqual(try run("\(tag)-w2", method: method, mode: mode, extra: budget, workers: 2), expected, tag)
+            XCTAssertNotEqual(try run("\(tag)-uniform", method: method, mode: mode, workers: 0), expected, "\(tag): the allocation changed the masks")
+
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("\(tag)-w2/out/manifest.json"))))
+            var weighted = 0.0, total = 0.0, levels = Set<Double>()
+            for (name, t) in manifest.tensors where t.pruned {
+                let level = try XCTUnwrap(t.targetSparsity)
+                XCTAssertTrue(level >= 0 && level <= 0.9, "\(tag) \(name) at \(level)")
+                levels.insert(level)
+                weighted += level * Double(t.elements)
+                total += Double(t.elements)
+                XCTAssertEqual(Double(t.masked) / Double(t.elements), level, accuracy: 1.0 / 64 + 1e-9, "\(tag) \(name) pruned at its level")
+            }
+            XCTAssertEqual(weighted / total, 0.5, accuracy: 1e-9, tag)
+            XCTAssertGreaterThan(levels.count, 3, "\(tag): one level per layer, not per block: \(levels.sorted())")
+            let tasks = try Ledger(path: dir.file("\(tag)-w2/ledger.sqlite"), create: false, readOnly: true).tasks()
+            XCTAssertEqual(tasks.filter { $0.phase == "curve" }.count, 3 * 7, tag)
+            XCTAssertEqual(tasks.filter { $0.phase == "allocate" }.count, 1, tag)
+            XCTAssertEqual(tasks.filter { $0.phase == "profile" }.count, mode == "dense" ? 0 : 3 * 4, tag)
+            let check = try Subprocess.prune(["check", "model", "\(tag)-w2"], cwd: dir.path)
+            XCTAssertEqual(check.status, 0, tag + ": " + check.stdout + check.stderr)
+        }
+    }
+
+    /// global: one exact score threshold over every targeted weight, found from two rounds
+    /// of per-tensor histograms: magnitude (data-free, the mask tasks wait for the levels)
+    /// prunes exactly the smallest |W| of the model; Wanda's levels come from dense
+    /// statistics; the same bytes for 0 and 2 workers.
+    func testGlobalAllocationIsOneExactThresholdAndTheSameBytes() throws {
+        let magnitude = "model: model\noutput: OUT\nmethod: magnitude\nsparsity: 0.5\npattern: unstructured\nallocation: global\n"
+        var expected: [String: Data] = [:]
+        for workers in [0, 2] {
+            let name = "global-magnitude-w\(workers)"
+            try magnitude.replacingOccurrences(of: "OUT", with: name).write(toFile: dir.file("\(name).yaml"), atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", dir.file("\(name).yaml")], cwd: dir.path)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            if workers == 0 { expected = outputs(name) } else { XCTAssertEqual(outputs(name), expected, "magnitude, 2 workers") }
+        }
+        // Every pruned |w| is at most every kept |w|, over all the targeted tensors.
+        let model = try Checkpoint(path: dir.file("model"))
+        let out = try Checkpoint(path: dir.file("global-magnitude-w2/out/dense"))
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("global-magnitude-w2/out/manifest.json"))))
+        var largestPruned: Float = 0, smallestKept = Float.infinity, pruned = 0, total = 0
+        var levels = Set<Double>()
+        for (name, t) in manifest.tensors where t.pruned {
+            let dense = try model.shard(of: name)!.floats(model.info(name)!)
+            let kept = try out.shard(of: name)!.floats(out.info(name)!)
+            for (d, k) in zip(dense, kept) where d != 0 {
+                if k == 0 { largestPruned = max(largestPruned, abs(d)); pruned += 1 } else { smallestKept = min(smallestKept, abs(d)) }
+            }
+            total += t.elements
+            levels.insert(try XCTUnwrap(t.targetSparsity))
+        }
+        XCTAssertLessThanOrEqual(largestPruned, smallestKept)
+        XCTAssertEqual(Double(pruned) / Double(total), 0.5, accuracy: 0.01)
+        XCTAssertGreaterThan(levels.count, 3, "levels per tensor: \(levels.sorted())")
+        let tasks = try Ledger(path: dir.file("global-magnitude-w2/ledger.sqlite"), create: false, readOnly: true).tasks()
+        XCTAssertEqual(tasks.filter { $0.phase == "histogram" }.count, 2 * manifest.tensors.values.filter(\.pruned).count + 1)
+
+        let wanda = try run("global-wanda-w0", method: "wanda", extra: "allocation: global\n", workers: 0)
+        XCTAssertEqual(try run("global-wanda-w2", method: "wanda", extra: "allocation: global\n", workers: 2), wanda)
+        let check = try Subprocess.prune(["check", "model", "global-wanda-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// refine: Wanda's masks improved by swaps against each layer's Hessian inside the
+    /// prune tasks (sequential mode: the next block sees the refined masks); the error
+    /// before and after in the manifest, lower after; the same bytes for 0 and 2 workers.
+    func testRefinedMasksLowerTheErrorAndGiveTheSameBytes() throws {
+        let refine = "refine: {method: swap, swaps: 16}\n"
+        for pattern in ["unstructured", "2:4"] {
+            let tag = "refine-\(pattern == "2:4" ? "24" : "u")"
+            let expected = try run("\(tag)-w0", method: "wanda", pattern: pattern, extra: refine, workers: 0)
+            XCTAssertEqual(try run("\(tag)-w2", method: "wanda", pattern: pattern, extra: refine, workers: 2), expected, tag)
+            XCTAssertNotEqual(try run("\(tag)-plain", method: "wanda", pattern: pattern, workers: 0), expected, "\(tag): the swaps changed the masks")
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("\(tag)-w2/out/manifest.json"))))
+            var before = 0.0, after = 0.0
+            for (name, t) in manifest.tensors where t.pruned {
+                let b = try XCTUnwrap(t.measures?["reconstruction_error_before"], name), a = try XCTUnwrap(t.reconstructionError, name)
+                XCTAssertLessThanOrEqual(a, b * (1 + 1e-12), "\(tag) \(name)")
+                before += b
+                after += a
+            }
+            XCTAssertLessThan(after, before, tag)
+            let check = try Subprocess.prune(["check", "model", "\(tag)-w2"], cwd: dir.path)
+            XCTAssertEqual(check.status, 0, tag + ": " + check.stdout + check.stderr)
+        }
+    }
+
     /// The coordinator killed during an OWL allocation (block scores in, levels not all
     /// used yet), then resumed: the same levels and bytes as one process, nothing redone.
     func testAKilledOWLAllocationResumesToTheSameBytes() throws {

@@ -16,7 +16,7 @@ final class AllocationTests: XCTestCase {
     override func tearDown() { dir.cleanup() }
 
     private func spec(_ allocation: String, method: String = "wanda", sparsity: String = "sparsity: 0.7", pattern: String = "") throws -> JobSpec {
-        let calibration = method == "magnitude" ? "" : "calibration: {data: ids.npy}\n"
+        let calibration = ["magnitude", "random"].contains(method) ? "" : "calibration: {data: ids.npy}\n"
         return try JobSpec.parse(yaml: "model: m\noutput: o\nmethod: \(method)\n\(sparsity)\n\(pattern)\(calibration)allocation: \(allocation)\n",
                                  file: "job.yaml", baseDirectory: dir.path)
     }
@@ -39,11 +39,35 @@ final class AllocationTests: XCTestCase {
         let tuned = try spec("{method: owl, m: 7, lambda: 0.05, min: 0.3, max: 0.9}").allocation
         XCTAssertEqual([tuned.m, tuned.lambda, tuned.min, tuned.max], [7, 0.05, 0.3, 0.9])
         XCTAssertFalse(try spec("{method: owl}", method: "sparsegpt").allocation.method == .uniform)
+        XCTAssertEqual(try spec("global", method: "magnitude").allocation.method, .global)
+    }
+
+    func testErrorBudgetMeasuresEveryStepBetweenItsBounds() throws {
+        let a = try spec("error_budget").allocation
+        XCTAssertEqual(a.method, .errorBudget)
+        XCTAssertEqual(a.error, .output)
+        XCTAssertEqual(a.curveLevels.count, 21)
+        XCTAssertEqual(a.curveLevels.first, 0)
+        XCTAssertEqual(a.curveLevels.last, 0.99)
+        let tuned = try spec("{method: error_budget, step: 0.1, min: 0.42, max: 0.9, error: absolute}").allocation
+        XCTAssertEqual(tuned.error, .absolute)
+        // The bounds, and the multiples of the step strictly between them.
+        XCTAssertEqual(tuned.curveLevels.count, 6)
+        for (level, expected) in zip(tuned.curveLevels, [0.42, 0.5, 0.6, 0.7, 0.8, 0.9]) { XCTAssertEqual(level, expected, accuracy: 1e-12) }
     }
 
     func testBadAllocationsAreOneLineNamingTheKey() {
         assertRefused("owls", "allocation: unknown method 'owls'; did you mean 'owl'?")
-        assertRefused("global", "allocation: 'global' is not available yet")
+        assertRefused("evolutionary", "allocation: 'evolutionary' is not available yet")
+        assertRefused("{method: global, m: 3}", "allocation.m: not used by allocation global")
+        assertRefused("global", method: "random", "allocation: global compares scores across layers")
+        assertRefused("{method: owl, step: 0.1}", "allocation.step: not used by allocation owl")
+        assertRefused("{method: error_budget, lambda: 0.1}", "allocation.lambda: not used by allocation error_budget")
+        assertRefused("{method: error_budget, step: 0.001}", "allocation.step: '0.001' must be a fraction in [0.005, 0.25]")
+        assertRefused("{method: error_budget, error: squared}", "allocation.error: 'squared' must be one of output, uniform, absolute")
+        assertRefused("{method: error_budget, max: 0.6}", "allocation.max: 0.6 is below the target sparsity 0.7")
+        assertRefused("error_budget", method: "magnitude", "allocation: error_budget measures each layer's error on calibration inputs")
+        assertRefused("error_budget", sparsity: "", pattern: "pattern: '2:4'\n", "allocation: error_budget sets a sparsity per layer")
         assertRefused("{method: owl, mm: 5}", "unknown key 'allocation.mm'")
         assertRefused("{m: 5}", "allocation: needs a method")
         assertRefused("{method: owl, min: 0.8}", "allocation.min: 0.8 is above the target sparsity 0.7")
@@ -87,5 +111,75 @@ final class AllocationTests: XCTestCase {
         // Most outliers, least sparse; the order of the ratios is kept.
         XCTAssertEqual(levels.indices.sorted { levels[$0] > levels[$1] }, [0, 3, 1, 2])
         XCTAssertThrowsError(try LayerAllocation.rebalanced([0.5], weights: [1], target: 0.8, minimum: 0, maximum: 0.7))
+    }
+
+    /// The knapsack over the curves' hulls against every grid allocation that meets the
+    /// target: with convex curves and equal units the optimum lies on the grid, so the two
+    /// agree; the chosen levels always meet the weighted target exactly.
+    func testErrorBudgetFindsTheLeastTotalErrorThatMeetsTheTarget() throws {
+        let levels = [0, 0.25, 0.5, 0.75]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<50 {
+            // Convex curves: cumulative sums of rising increments.
+            let curves = (0..<3).map { _ -> [Double] in
+                let steps = (0..<3).map { _ in Double.random(in: 0...1, using: &rng) }.sorted()
+                return [0, steps[0], steps[0] + steps[1], steps[0] + steps[1] + steps[2]]
+            }
+            let chosen = try LayerAllocation.errorBudget(curves: curves, levels: levels, weights: [1, 1, 1], target: 0.5)
+            XCTAssertEqual(chosen.reduce(0, +) / 3, 0.5, accuracy: 1e-12)
+            var best = Double.infinity
+            for a in 0..<4 { for b in 0..<4 { for c in 0..<4 where a + b + c == 6 { best = min(best, curves[0][a] + curves[1][b] + curves[2][c]) } } }
+            // The total error of the chosen levels, read off each curve (on the grid here).
+            let total = zip(curves, chosen).reduce(0.0) { sum, pair in
+                let k = try! XCTUnwrap(levels.firstIndex { abs($0 - pair.1) < 1e-9 }, "\(chosen) on the grid")
+                return sum + pair.0[k]
+            }
+            XCTAssertEqual(total, best, accuracy: 1e-12, "\(curves) → \(chosen)")
+        }
+    }
+
+    /// Unequal units share the target by weight; a bump above the hull is never a stop;
+    /// a unit whose error does not grow takes the most; bad input is refused.
+    func testErrorBudgetWeighsUnitsAndUsesTheHull() throws {
+        let levels = [0.0, 0.5, 0.9]
+        // Unit 0 costs nothing up to 0.9; unit 1 is steep; unit 0 is 3× unit 1's size.
+        let chosen = try LayerAllocation.errorBudget(curves: [[0, 0, 0], [0, 5, 50]], levels: levels, weights: [3, 1], target: 0.7)
+        XCTAssertEqual(chosen[0], 0.9, accuracy: 1e-12)
+        XCTAssertEqual((3 * chosen[0] + chosen[1]) / 4, 0.7, accuracy: 1e-12)
+        // A curve with a bump at 0.5 (above the chord from 0 to 0.9): its hull goes straight
+        // to 0.9, so at target 0.45 the level is part of that segment, and the other unit's
+        // steeper curve stays at 0.
+        let hull = try LayerAllocation.errorBudget(curves: [[0, 9, 9], [0, 100, 200]], levels: levels, weights: [1, 1], target: 0.45)
+        XCTAssertEqual(hull[0], 0.9, accuracy: 1e-12)
+        XCTAssertEqual(hull[1], 0.0, accuracy: 1e-12)
+        XCTAssertThrowsError(try LayerAllocation.errorBudget(curves: [[0, 1, 2]], levels: levels, weights: [1], target: 0.95))
+        XCTAssertThrowsError(try LayerAllocation.errorBudget(curves: [[0, .nan, 2]], levels: levels, weights: [1], target: 0.5))
+        XCTAssertThrowsError(try LayerAllocation.errorBudget(curves: [[0, 1]], levels: levels, weights: [1], target: 0.5))
+        XCTAssertThrowsError(try LayerAllocation.errorBudget(curves: [[0, 1, 2]], levels: [0, 0.9, 0.5], weights: [1], target: 0.5))
+    }
+
+    private func refineSpec(_ refine: String, method: String = "wanda", pattern: String = "") throws -> JobSpec {
+        let calibration = method == "magnitude" ? "" : "calibration: {data: ids.npy}\n"
+        return try JobSpec.parse(yaml: "model: m\noutput: o\nmethod: \(method)\nsparsity: 0.5\n\(pattern)\(calibration)refine: \(refine)\n",
+                                 file: "job.yaml", baseDirectory: dir.path)
+    }
+
+    func testRefineTakesAMethodOrAMappingAndRefusesWhatItCannotServe() throws {
+        XCTAssertEqual(try refineSpec("swap").refine, Refine())
+        XCTAssertEqual(try refineSpec("true").refine, Refine())
+        XCTAssertNil(try refineSpec("false").refine)
+        XCTAssertEqual(try refineSpec("{method: swap, swaps: 7}").refine?.swaps, 7)
+        for (refine, method, pattern, text) in [
+            ("swop", "wanda", "", "refine: unknown method 'swop'"),
+            ("{swaps: 0}", "wanda", "", "refine.swaps: must be an integer ≥ 1"),
+            ("{swaps: 5, rounds: 2}", "wanda", "", "unknown key 'refine.rounds'"),
+            ("swap", "sparsegpt", "", "refine: swaps keep the layer's weights and need its calibration inputs; use method wanda (sparsegpt updates the kept weights)"),
+            ("swap", "magnitude", "", "use method wanda (magnitude has no calibration)"),
+            ("swap", "wanda", "pattern: rows_l2\n", "refine: swaps keep each row's count"),
+        ] {
+            XCTAssertThrowsError(try refineSpec(refine, method: method, pattern: pattern)) { error in
+                XCTAssertTrue("\(error)".contains(text) && "\(error)".hasPrefix("job.yaml:"), "'\(error)' should contain '\(text)'")
+            }
+        }
     }
 }

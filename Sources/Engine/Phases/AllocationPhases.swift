@@ -13,17 +13,35 @@ public protocol LevelSource {
     func level(of tensor: String, outputs: OutputStore) throws -> Double
 }
 
-/// Dense Wanda statistics of every block, to score the blocks before anything is pruned
-/// (`allocation: owl` in `mode: sequential` or with SparseGPT, as OWL's reference does
-/// in a first pass over the dense model): the calibrate pass run densely, as
-/// `profile:B:S` tasks. Its outputs are transient, like calibration's.
+/// Dense statistics of every block, to score layers before anything is pruned: the
+/// calibrate pass run densely, as `profile:B:S` tasks, with the statistic the allocation
+/// reads (OWL: Wanda's, as OWL's reference does in a first pass over the dense model;
+/// error_budget: SparseGPT's Hessians). Not planned when the job's own calibration pass
+/// already computes those (dense mode, the same statistic). Its outputs are transient.
 public final class ProfilePhase: CalibratePhase {
     public override class var name: String { "profile" }
 
+    /// The statistic an allocation scores layers with, nil when it needs none.
+    static func statistic(for allocation: Allocation.Method) -> JobSpec.Method? {
+        switch allocation {
+        case .uniform: return nil
+        case .owl, .global: return .wanda
+        case .errorBudget: return .sparsegpt
+        }
+    }
+
     public required init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.allocation.method == .owl, let calibration = job.calibration,
-              calibration.mode == .sequential || calibration.method != .wanda else { return nil }
-        super.init(job: job, calibration: calibration.profiling())
+        guard let needed = ProfilePhase.statistic(for: job.spec.allocation.method), let calibration = job.calibration,
+              calibration.mode == .sequential || calibration.method != needed else { return nil }
+        super.init(job: job, calibration: calibration.profiling(needed))
+    }
+
+    /// The pass whose statistics are the dense model's: this one, or the job's own.
+    static func denseStatistics(in earlier: [any Phase], allocation: Allocation.Method) throws -> CalibratePhase {
+        guard let statistics = (earlier.first { $0 is ProfilePhase } ?? earlier.first { type(of: $0) == CalibratePhase.self }) as? CalibratePhase else {
+            throw PruningError("allocation \(allocation.rawValue): the job computes no calibration statistics")
+        }
+        return statistics
     }
 }
 
@@ -31,7 +49,7 @@ public final class ProfilePhase: CalibratePhase {
 /// |W_ij|·‖X_j‖ of the block's targeted layers, the count above M × their mean. Reads
 /// the dense statistics: the profile pass's, or the calibration pass's own in dense Wanda
 /// jobs (whose statistics already are the dense model's).
-public final class OutlierPhase: Phase, RoundedPhase {
+public final class OutlierPhase: Phase, RoundedPhase, AllocationScores {
     public static let name = "outliers"
     /// Two F64: scores above the threshold, scores in all.
     public static let outliers = OutputName("outliers")
@@ -41,10 +59,8 @@ public final class OutlierPhase: Phase, RoundedPhase {
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard job.spec.allocation.method == .owl else { return nil }
-        guard let statistics = (earlier.first { $0 is ProfilePhase } ?? earlier.first { type(of: $0) == CalibratePhase.self }) as? CalibratePhase else {
-            throw PruningError("allocation owl: the job computes no calibration statistics")
-        }
         self.job = job
+        let statistics = try ProfilePhase.denseStatistics(in: earlier, allocation: .owl)
         self.statistics = statistics
         blocks = (0..<statistics.calibration.blocks).filter { !statistics.calibration.targets(block: $0).isEmpty }
     }
@@ -71,6 +87,12 @@ public final class OutlierPhase: Phase, RoundedPhase {
     }
 
     public func outputNames(of task: TaskID) -> [OutputName] { [OutlierPhase.outliers] }
+
+    /// One unit per decoder block: its outlier count scores it.
+    public var units: [AllocationUnitPlan] {
+        blocks.map { AllocationUnitPlan(task: OutlierPhase.id(block: $0), score: OutlierPhase.outliers, weights: weights(block: $0),
+                                        tensors: statistics.calibration.targets(block: $0)) }
+    }
 
     /// The weights the block's outlier count is over.
     func weights(block b: Int) -> Int {
@@ -122,30 +144,45 @@ public final class OutlierPhase: Phase, RoundedPhase {
     }
 }
 
-/// The per-block levels of an OWL allocation (`allocate:owl`), from every block's outlier
-/// count: one small task once the counts are in; the prune tasks wait for it. Its output
-/// (`levels`, one F64 per block) is durable: the manifest and report show the levels.
+/// What an allocation sets one level for (a decoder block, a tensor): the task and output
+/// that score it, its targeted weights and the tensors it sets.
+public struct AllocationUnitPlan {
+    public let task: TaskID
+    public let score: OutputName
+    public let weights: Int
+    public let tensors: [String]
+}
+
+/// A phase whose outputs score the units of an allocation (`OutlierPhase`, `CurvePhase`).
+public protocol AllocationScores {
+    var units: [AllocationUnitPlan] { get }
+}
+
+/// The levels of an allocation (`allocate:METHOD`), one per unit, from every unit's score
+/// (OWL: per block, from outlier counts; error_budget: per tensor, from error curves):
+/// one small task once the scores are in; the prune tasks wait for it. Its output
+/// (`levels`, one F64 per unit) is durable: the manifest and report show the levels.
 public final class AllocationPhase: Phase, LevelSource {
     public static let name = "allocate"
     public static let levels = OutputName("levels")
     private let job: JobContext
-    private let outliers: OutlierPhase
-    private let blockOf: [String: Int]
+    private let units: [AllocationUnitPlan]
+    private let unitOf: [String: Int]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.allocation.method == .owl, let outliers = earlier.compactMap({ $0 as? OutlierPhase }).first, let calibration = job.calibration else {
+        guard job.spec.allocation.method != .uniform, let scores = earlier.compactMap({ $0 as? AllocationScores }).first else {
             return nil
         }
         self.job = job
-        self.outliers = outliers
-        var blockOf: [String: Int] = [:]
-        for (i, b) in outliers.blocks.enumerated() { for name in calibration.targets(block: b) { blockOf[name] = i } }
-        self.blockOf = blockOf
+        units = scores.units
+        var unitOf: [String: Int] = [:]
+        for (i, unit) in units.enumerated() { for name in unit.tensors { unitOf[name] = i } }
+        self.unitOf = unitOf
     }
 
     public var levelsTask: TaskID { TaskID(AllocationPhase.name, job.spec.allocation.method.rawValue) }
 
-    public var tasks: [PhaseTask] { [PhaseTask(levelsTask, after: outliers.blocks.map(OutlierPhase.id(block:)))] }
+    public var tasks: [PhaseTask] { [PhaseTask(levelsTask, after: units.map(\.task))] }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
         guard task == levelsTask else { throw PruningError("no allocate task \(task)") }
@@ -156,10 +193,14 @@ public final class AllocationPhase: Phase, LevelSource {
         w.lambda = a.lambda
         w.min = a.min
         w.max = a.max
-        w.units = try outliers.blocks.map { b in
+        if a.method == .errorBudget {
+            w.levels = a.curveLevels
+            w.error = a.error.rawValue
+        }
+        w.units = try units.map { plan in
             var unit = Prune_V1_AllocationUnit()
-            unit.weights = UInt64(outliers.weights(block: b))
-            unit.score = try outputs.ref(OutlierPhase.outliers, of: OutlierPhase.id(block: b))
+            unit.weights = UInt64(plan.weights)
+            unit.score = try outputs.ref(plan.score, of: plan.task)
             return unit
         }
         return .allocate(w)
@@ -169,29 +210,57 @@ public final class AllocationPhase: Phase, LevelSource {
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
         let a = job.spec.allocation
-        guard outputs.count == 1, let levels = try? FloatPayload.doubles(outputs[0], what: "levels"), levels.count == outliers.blocks.count,
+        guard outputs.count == 1, let levels = try? FloatPayload.doubles(outputs[0], what: "levels"), levels.count == units.count,
               levels.allSatisfy({ $0.isFinite && $0 >= a.min - 1e-12 && $0 <= a.max + 1e-12 }) else {
-            return "result of \(task) is not \(outliers.blocks.count) levels in [\(a.min), \(a.max)]"
+            return "result of \(task) is not \(units.count) levels in [\(a.min), \(a.max)]"
         }
         return nil
     }
 
     public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
         guard case .allocate(let a) = work else { return nil }
-        guard a.method == Allocation.Method.owl.rawValue else { throw PruningError("allocate task: unknown method '\(a.method)'") }
-        var ratios: [Double] = []
-        for unit in a.units {
-            let counts = try FloatPayload.doubles(try inputs.artifact(unit.score), what: "outlier count")
-            guard counts.count == 2, counts[1] > 0 else { throw PruningError("allocate task: an outlier count is not two numbers") }
-            ratios.append(counts[0] / counts[1])
-        }
-        let levels = try LayerAllocation.owl(outlierRatios: ratios, weights: a.units.map { Double($0.weights) }, target: a.target,
+        let weights = a.units.map { Double($0.weights) }
+        let levels: [Double]
+        switch Allocation.Method(rawValue: a.method) {
+        case .owl:
+            var ratios: [Double] = []
+            for unit in a.units {
+                let counts = try FloatPayload.doubles(try inputs.artifact(unit.score), what: "outlier count")
+                guard counts.count == 2, counts[1] > 0 else { throw PruningError("allocate task: an outlier count is not two numbers") }
+                ratios.append(counts[0] / counts[1])
+            }
+            levels = try LayerAllocation.owl(outlierRatios: ratios, weights: weights, target: a.target,
                                              lambda: a.lambda, minimum: a.min, maximum: a.max)
+        case .global:
+            let parts = try a.units.map { try HistogramPhase.fine(try inputs.artifact($0.score)) }
+            let sizes = a.units.map(\.weights)
+            let exact = try ScoreHistogram.levels(parts, sizes: sizes, prune: ScoreHistogram.pruneCount(target: a.target, total: sizes.reduce(0, +)))
+            // Bounds clamp the threshold's levels and shift them back to the target.
+            levels = try LayerAllocation.rebalanced(exact, weights: weights, target: a.target, minimum: a.min, maximum: a.max)
+        case .errorBudget:
+            guard let scale = Allocation.ErrorScale(rawValue: a.error) else { throw PruningError("allocate task: unknown error scale '\(a.error)'") }
+            let curves = try a.units.map { unit in
+                let curve = try FloatPayload.doubles(try inputs.artifact(unit.score), what: "error curve")
+                guard curve.count == a.levels.count + 1 else { throw PruningError("allocate task: a curve of \(curve.count - 1) errors for \(a.levels.count) levels") }
+                let errors = Array(curve.dropFirst())
+                let divisor: Double
+                switch scale {
+                case .absolute: divisor = 1
+                case .output: divisor = curve[0]
+                case .uniform: divisor = LayerAllocation.interpolate(errors, levels: a.levels, at: a.target)
+                }
+                // A layer that loses nothing at the target (zero output or weights) is free.
+                return divisor > 0 ? errors.map { $0 / divisor } : errors.map { _ in 0 }
+            }
+            levels = try LayerAllocation.errorBudget(curves: curves, levels: a.levels, weights: weights, target: a.target)
+        default:
+            throw PruningError("allocate task: unknown method '\(a.method)'")
+        }
         return TaskOutputs(payloads: [(AllocationPhase.levels.rawValue, levels.flatMap(FloatPayload.encode))])
     }
 
     public func level(of tensor: String, outputs: OutputStore) throws -> Double {
-        guard let i = blockOf[tensor] else { throw PruningError("\(tensor) has no allocated level") }
+        guard let i = unitOf[tensor] else { throw PruningError("\(tensor) has no allocated level") }
         let levels = try FloatPayload.doubles(try outputs.bytes(AllocationPhase.levels, of: levelsTask), what: "levels")
         guard i < levels.count else { throw PruningError("the allocation has \(levels.count) levels, not a level for \(tensor)") }
         return levels[i]

@@ -51,6 +51,12 @@ public class CalibratePhase: Phase, RoundedPhase {
     public static let hidden = OutputName("hidden")
     /// The statistic of the group whose first Linear layer is `group`.
     public static func statistics(_ group: String) -> OutputName { OutputName("stats:\(group)") }
+    /// The Hessian of the group's input, for `refine:` (the job's own pass only).
+    public static func gram(_ group: String) -> OutputName { OutputName("gram:\(group)") }
+
+    /// Whether this pass also gathers each group's Hessian: the job's own pass of a job
+    /// that refines its masks (the profile pass never does).
+    var gathersGrams: Bool { job.spec.refine != nil && type(of: self) == CalibratePhase.self }
 
     public var tasks: [PhaseTask] {
         (0..<calibration.blocks).flatMap { b in
@@ -80,6 +86,7 @@ public class CalibratePhase: Phase, RoundedPhase {
         c.tokens = UInt32(calibration.tokens)
         c.samples = UInt32(step.samples)
         c.emitHidden = step.emitHidden
+        c.gram = gathersGrams
         c.groups = step.groups.map { g in Prune_V1_LinearGroup.with { $0.names = g } }
         c.weights = calibration.tensorsRead(block: b).map { job.tensorRef(job.checkpoint.info($0)!) }
         if b == 0 {
@@ -103,6 +110,7 @@ public class CalibratePhase: Phase, RoundedPhase {
         guard let (b, s) = blockAndShard(task) else { return [] }
         let step = calibration.step(block: b, shard: s)
         return (step.emitHidden ? [CalibratePhase.hidden] : []) + step.groups.map { CalibratePhase.statistics($0[0]) }
+            + (gathersGrams ? step.groups.map { CalibratePhase.gram($0[0]) } : [])
     }
 
     public func isTransient(_ name: OutputName) -> Bool { true }
@@ -117,10 +125,11 @@ public class CalibratePhase: Phase, RoundedPhase {
                 let expected = calibration.step(block: b, shard: s).hiddenBytes
                 guard bytes.count == expected else { return "hidden states of \(task) are \(bytes.count) bytes, expected \(expected)" }
             } else {
-                // The statistic of a group's input has as many columns as its layers.
-                let group = String(name.rawValue.dropFirst("stats:".count))
+                // The statistic (or Hessian) of a group's input has as many columns as its layers.
+                let isGram = name.rawValue.hasPrefix("gram:")
+                let group = String(name.rawValue.drop { $0 != ":" }.dropFirst())
                 let columns = job.checkpoint.info(group)?.cols ?? -1
-                guard let statistic, statistic.columns(ofSerialized: bytes) == columns else {
+                guard let statistic = isGram ? SparseGPT.self : statistic, statistic.columns(ofSerialized: bytes) == columns else {
                     return "\(name) of \(task) is not a valid statistic of \(columns) columns"
                 }
             }
@@ -151,8 +160,9 @@ public class CalibratePhase: Phase, RoundedPhase {
         } else {
             input = .hidden(try FloatPayload.floats(try inputs.artifact(c.hidden), what: "hidden states"))
         }
-        let step = CalibrationWork.Step(config: config, method: method, mode: mode, block: Int(c.block), tokens: tokens, samples: samples,
+        var step = CalibrationWork.Step(config: config, method: method, mode: mode, block: Int(c.block), tokens: tokens, samples: samples,
                                         groups: c.groups.map(\.names), emitHidden: c.emitHidden)
+        step.gram = c.gram
         let out = try CalibrationWork.calibrate(step, input: input, store: store)
         var outputs = TaskOutputs()
         if c.emitHidden {
@@ -160,6 +170,7 @@ public class CalibratePhase: Phase, RoundedPhase {
             outputs.payloads.append((hidden.rawValue, FloatPayload.encode(states)))
         }
         outputs.payloads += out.statistics.map { (statistics($0.key).rawValue, $0.bytes) }
+        outputs.payloads += out.grams.map { (gram($0.key).rawValue, $0.bytes) }
         return outputs
     }
 }

@@ -9,7 +9,7 @@ import Tensors
 /// the method's statistic. Its outputs (the mask; SparseGPT's updated weights and
 /// reconstruction error) stay until assembly, and in sequential mode the next block's
 /// calibration reads them.
-public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
+public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource, ManifestContributor {
     public static let name = "prune"
     let job: JobContext
     let calibration: CalibrationPlan
@@ -33,6 +33,8 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public static let weights = OutputName("weights")
     /// SparseGPT's ‖WX − ŴX‖² on the calibration inputs (one F64).
     public static let error = OutputName("error")
+    /// `refine:`: ‖WX − ŴX‖² before and after the swaps (two F64).
+    public static let refined = OutputName("refined")
 
     /// Per block, its layers longest first (`CalibrationPlan`'s order): block b+1's
     /// calibration waits for every prune of block b, so the longest must not start last.
@@ -60,13 +62,17 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         p.statistics = try (0..<calibration.shardCount).map {
             try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
         }
+        if let refine = job.spec.refine {
+            p.grams = try (0..<calibration.shardCount).map { try outputs.ref(CalibratePhase.gram(group), of: CalibratePhase.id(block: b, shard: $0)) }
+            p.refineSwaps = UInt32(refine.swaps)
+        }
         return .layerPrune(p)
     }
 
     private var updatesWeights: Bool { job.spec.method == .sparsegpt }
 
     public func outputNames(of task: TaskID) -> [OutputName] {
-        updatesWeights ? [.mask, LayerPrunePhase.weights, LayerPrunePhase.error] : [.mask]
+        updatesWeights ? [.mask, LayerPrunePhase.weights, LayerPrunePhase.error] : job.spec.refine != nil ? [.mask, LayerPrunePhase.refined] : [.mask]
     }
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
@@ -77,6 +83,10 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         if updatesWeights {
             guard outputs[1].count == info.elementCount * 4 else { return "weights of \(task) have the wrong size" }
             guard outputs[2].count == 8 else { return "error of \(task) is not one F64" }
+        }
+        if job.spec.refine != nil {
+            guard let errors = try? FloatPayload.doubles(outputs[1], what: "refined"), errors.count == 2,
+                  errors.allSatisfy({ $0.isFinite && $0 >= 0 }) else { return "refined errors of \(task) are not two finite F64 ≥ 0" }
         }
         return nil
     }
@@ -97,6 +107,14 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         var more: [(name: String, bytes: [UInt8])] = []
         if let updated = pruned.updated, let error = pruned.error {
             more = [(LayerPrunePhase.weights.rawValue, FloatPayload.encode(updated)), (LayerPrunePhase.error.rawValue, FloatPayload.encode(error))]
+        }
+        if p.refineSwaps > 0 {
+            guard pruned.updated == nil else { throw PruningError("prune task: \(name): refinement keeps the weights; \(method.rawValue) updates them") }
+            let hessian = try SparseGPT.merged(count: p.grams.count, layer: name) { try inputs.artifact(p.grams[$0]) }
+            let swapped = try SwapRefinement.refine(weights: weights, mask: pruned.mask, hessian: hessian, maxSwaps: Int(p.refineSwaps),
+                                                    pattern: step.pattern, layer: name)
+            return TaskOutputs.withMask(swapped.mask, pattern: p.pattern,
+                                        more: [(refined.rawValue, FloatPayload.encode(swapped.errorBefore) + FloatPayload.encode(swapped.errorAfter))])
         }
         return TaskOutputs.withMask(pruned.mask, pattern: p.pattern, more: more)
     }
@@ -125,7 +143,22 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     }
 
     public func reconstructionError(of tensor: String, outputs: OutputStore) throws -> Double? {
+        if job.spec.refine != nil { return try refinedErrors(of: tensor, outputs: outputs)[1] }
         guard updatesWeights else { return nil }
         return try FloatPayload.double(try outputs.bytes(LayerPrunePhase.error, of: LayerPrunePhase.id(tensor: tensor)), what: "error of \(tensor)")
+    }
+
+    private func refinedErrors(of tensor: String, outputs: OutputStore) throws -> [Double] {
+        let errors = try FloatPayload.doubles(try outputs.bytes(LayerPrunePhase.refined, of: LayerPrunePhase.id(tensor: tensor)), what: "refined errors of \(tensor)")
+        guard errors.count == 2 else { throw PruningError("refined errors of \(tensor) are not two values") }
+        return errors
+    }
+
+    /// `refine:`: each layer's ‖WX − ŴX‖² before the swaps (`reconstruction_error` is after).
+    public func measures(outputs: OutputStore) throws -> [String: [String: Double]] {
+        guard job.spec.refine != nil else { return [:] }
+        var out: [String: [String: Double]] = [:]
+        for name in blockOf.keys.sorted() { out[name] = ["reconstruction_error_before": try refinedErrors(of: name, outputs: outputs)[0]] }
+        return out
     }
 }

@@ -12,6 +12,8 @@ public final class MaskPhase: Phase, PrunedTensorSource {
     private let blocks: [MaskTaskPlan]
     private let byID: [TaskID: MaskTaskPlan]
     private let byTensor: [String: [MaskTaskPlan]]
+    /// Where each tensor's sparsity comes from when it is not the job's target.
+    private let levels: (any LevelSource)?
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard job.spec.dataFreeCriterion != nil else { return nil }
@@ -19,13 +21,14 @@ public final class MaskPhase: Phase, PrunedTensorSource {
         blocks = MaskTaskPlan.tasks(for: job.plan, maxWeightsPerTask: job.maxWeightsPerTask)
         byID = Dictionary(uniqueKeysWithValues: blocks.map { (MaskPhase.id(of: $0), $0) })
         byTensor = Dictionary(grouping: blocks, by: \.tensor.name)
+        levels = earlier.compactMap { $0 as? LevelSource }.first
     }
 
     static func id(of block: MaskTaskPlan) -> TaskID {
         TaskID(name, "\(block.tensor.name):\(block.firstRow)+\(block.rowCount)")
     }
 
-    public var tasks: [PhaseTask] { blocks.map { PhaseTask(MaskPhase.id(of: $0)) } }
+    public var tasks: [PhaseTask] { blocks.map { PhaseTask(MaskPhase.id(of: $0), after: levels.map { [$0.levelsTask] } ?? []) } }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
         guard let block = byID[task] else { throw PruningError("no mask task \(task)") }
@@ -36,7 +39,7 @@ public final class MaskPhase: Phase, PrunedTensorSource {
         m.method = job.spec.method.rawValue
         m.seed = job.spec.seed
         m.pattern = job.plan.pattern.description
-        m.sparsity = job.plan.sparsity
+        m.sparsity = try levels?.level(of: block.tensor.name, outputs: outputs) ?? job.plan.sparsity
         return .mask(m)
     }
 

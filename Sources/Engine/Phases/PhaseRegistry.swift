@@ -8,11 +8,13 @@ import Tensors
 /// in `Prune_V1_Assign.work`. Executors and workers find phases only through this list.
 public enum PhaseRegistry {
     public static let all: [any Phase.Type] = [
-        MaskPhase.self,
         CalibratePhase.self,
         ProfilePhase.self,
         OutlierPhase.self,
+        CurvePhase.self,
+        HistogramPhase.self,
         AllocationPhase.self,
+        MaskPhase.self,
         LayerPrunePhase.self,
         WeightNormPhase.self,
         NoopPhase.self,
