@@ -7,7 +7,7 @@
 #   ops/bench/allocation.sh [WORKDIR]
 #   SPARSITIES="0.7" ALLOCATIONS="uniform;owl;{method: error_budget, error: absolute}" WORKERS="1 2"
 #   (allocations separated by ';'; bytes compared across worker counts)
-#   REFINES="none swap" (each allocation also with `refine: swap`)
+#   REFINES="none;swap" (each allocation also with `refine: swap`; ';' between values)
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-allocation-bench}")"
 cd "$(dirname "$0")/../.."
@@ -18,10 +18,11 @@ printf "%-8s %-24s %-8s %10s %9s %s\n" sparsity allocation workers perplexity se
 for s in ${SPARSITIES:-0.5 0.6 0.7}; do
   IFS=';' read -ra allocations <<< "${ALLOCATIONS:-uniform;owl;error_budget}"
   for a in "${allocations[@]}"; do
-   for refine in ${REFINES:-none}; do
+   IFS=';' read -ra refines <<< "${REFINES:-none}"
+   for refine in "${refines[@]}"; do
     first=""
     label=$(printf '%s' "$a" | tr -d '{} ' | tr ':,' '=_' | sed 's/method=//')
-    [ "$refine" = none ] || label="$label+$refine"
+    [ "$refine" = none ] || label="$label+$(printf '%s' "$refine" | tr -d '{} ' | tr ':,' '=_' | sed 's/method=//')"
     for w in ${WORKERS:-2}; do
       name="wanda-$s-$label-w$w"
       rm -rf "${work:?}/$name"
