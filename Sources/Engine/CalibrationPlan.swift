@@ -99,6 +99,11 @@ public struct CalibrationPlan: Sendable {
         return plan
     }
 
+    /// Every pruned Linear layer with its block, in forward order.
+    public var targetsWithBlocks: [(block: Int, name: String)] {
+        (0..<blocks).flatMap { b in targets(block: b).map { (b, $0) } }
+    }
+
     /// The pruned Linear layers of block `b`, in forward order.
     public func targets(block b: Int) -> [String] {
         Array(groups[b].joined())

@@ -60,6 +60,44 @@ public enum ScoreHistogram {
         }
     }
 
+    /// A tensor's round-2 result: its scores below the cut's bucket and the histogram of the
+    /// low 16 bits of those in it. Bytes: u64 `below`, then `within`'s.
+    public struct Fine: Equatable, Sendable {
+        public var below: UInt64
+        public var within: Counts
+
+        public init(below: UInt64, within: Counts) {
+            self.below = below
+            self.within = within
+        }
+
+        public func serialized() -> [UInt8] {
+            var out: [UInt8] = []
+            appendLE(&out, below)
+            return out + within.serialized()
+        }
+
+        public init(serialized bytes: [UInt8]) throws {
+            var r = ByteReader(bytes: bytes, what: "score histogram")
+            below = try r.u64()
+            within = try Counts(serialized: Array(bytes[r.offset...]))
+        }
+    }
+
+    /// The cut (round 1's bucket) as a task output: its key as a u64.
+    public static func serializedCut(_ key: UInt16) -> [UInt8] {
+        var out: [UInt8] = []
+        appendLE(&out, UInt64(key))
+        return out
+    }
+
+    public static func cut(serialized bytes: [UInt8]) throws -> UInt16 {
+        var r = ByteReader(bytes: bytes, what: "histogram cut")
+        let v = try r.u64()
+        guard r.atEnd, v < 65536 else { throw PruningError("histogram cut: \(bytes.count) bytes, not one bucket") }
+        return UInt16(v)
+    }
+
     /// Round 1: the histogram of the scores' high 16 bits.
     public static func coarse(_ scores: UnsafeBufferPointer<Float>) throws -> Counts {
         var dense = [UInt64](repeating: 0, count: 65536)
@@ -71,7 +109,7 @@ public enum ScoreHistogram {
     }
 
     /// Round 2: scores below bucket `high`, and the histogram of the low 16 bits of those in it.
-    public static func fine(_ scores: UnsafeBufferPointer<Float>, high: UInt16) throws -> (below: UInt64, within: Counts) {
+    public static func fine(_ scores: UnsafeBufferPointer<Float>, high: UInt16) throws -> Fine {
         var dense = [UInt64](repeating: 0, count: 65536)
         var below: UInt64 = 0
         for s in scores {
@@ -79,7 +117,7 @@ public enum ScoreHistogram {
             let bits = s.bitPattern, h = UInt16(bits >> 16)
             if h < high { below += 1 } else if h == high { dense[Int(bits & 0xFFFF)] += 1 }
         }
-        return (below, Counts(dense: dense))
+        return Fine(below: below, within: Counts(dense: dense))
     }
 
     /// Where the k-th smallest of the merged counts lies: the key whose cumulative count
@@ -103,7 +141,7 @@ public enum ScoreHistogram {
     /// Each tensor's level under the exact global threshold, from every tensor's round-2
     /// result (`below` its bucket, `within` it) in a fixed order: the scores below the k-th
     /// smallest are pruned, and the ties at it go to the tensors in order until k is met.
-    public static func levels(_ parts: [(below: UInt64, within: Counts)], sizes: [UInt64], prune k: UInt64) throws -> [Double] {
+    public static func levels(_ parts: [Fine], sizes: [UInt64], prune k: UInt64) throws -> [Double] {
         guard parts.count == sizes.count, !parts.isEmpty else { throw PruningError("global threshold: \(parts.count) results for \(sizes.count) tensors") }
         var merged = Counts()
         var below: UInt64 = 0

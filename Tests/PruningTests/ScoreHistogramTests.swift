@@ -17,9 +17,8 @@ final class ScoreHistogramTests: XCTestCase {
             for t in tensors { merged.add(try t.withUnsafeBufferPointer { try ScoreHistogram.coarse($0) }) }
             let cut = try ScoreHistogram.locate(merged, prune: k)
             // Each worker's round-2 result crosses the wire as bytes.
-            let parts = try tensors.map { t -> (below: UInt64, within: ScoreHistogram.Counts) in
-                let p = try t.withUnsafeBufferPointer { try ScoreHistogram.fine($0, high: cut.key) }
-                return (p.below, try ScoreHistogram.Counts(serialized: p.within.serialized()))
+            let parts = try tensors.map { t in
+                try ScoreHistogram.Fine(serialized: try t.withUnsafeBufferPointer { try ScoreHistogram.fine($0, high: cut.key) }.serialized())
             }
             let levels = try ScoreHistogram.levels(parts, sizes: sizes, prune: k)
 
@@ -56,5 +55,8 @@ final class ScoreHistogramTests: XCTestCase {
         bytes = [2, 0, 0, 0, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0, 1, 0, 0, 0, 0, 0, 0, 0]
         XCTAssertThrowsError(try ScoreHistogram.Counts(serialized: bytes))
         XCTAssertThrowsError(try ScoreHistogram.locate(ScoreHistogram.Counts(), prune: 1))
+        XCTAssertEqual(try ScoreHistogram.cut(serialized: ScoreHistogram.serializedCut(0x3F80)), 0x3F80)
+        XCTAssertThrowsError(try ScoreHistogram.cut(serialized: [0, 0, 1, 0, 0, 0, 0, 0]), "a bucket beyond 16 bits")
+        XCTAssertThrowsError(try ScoreHistogram.Fine(serialized: [1, 2, 3]), "truncated")
     }
 }

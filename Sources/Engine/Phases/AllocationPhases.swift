@@ -232,7 +232,7 @@ public final class AllocationPhase: Phase, LevelSource {
             levels = try LayerAllocation.owl(outlierRatios: ratios, weights: weights, target: a.target,
                                              lambda: a.lambda, minimum: a.min, maximum: a.max)
         case .global:
-            let parts = try a.units.map { try HistogramPhase.fine(try inputs.artifact($0.score)) }
+            let parts = try a.units.map { try ScoreHistogram.Fine(serialized: try inputs.artifact($0.score)) }
             let sizes = a.units.map(\.weights)
             let exact = try ScoreHistogram.levels(parts, sizes: sizes, prune: ScoreHistogram.pruneCount(target: a.target, total: sizes.reduce(0, +)))
             // Bounds clamp the threshold's levels and shift them back to the target.

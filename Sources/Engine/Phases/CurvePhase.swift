@@ -23,7 +23,7 @@ public final class CurvePhase: Phase, RoundedPhase, AllocationScores, ManifestCo
         self.job = job
         statistics = try ProfilePhase.denseStatistics(in: earlier, allocation: .errorBudget)
         let calibration = statistics.calibration
-        targets = (0..<calibration.blocks).flatMap { b in calibration.targets(block: b).map { (b, $0) } }
+        targets = calibration.targetsWithBlocks
         blockOf = Dictionary(targets.map { ($0.name, $0.block) }, uniquingKeysWith: { a, _ in a })
     }
 

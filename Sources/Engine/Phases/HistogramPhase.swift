@@ -29,8 +29,7 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
         if job.spec.method.needsCalibration {
             let statistics = try ProfilePhase.denseStatistics(in: earlier, allocation: .global)
             self.statistics = statistics
-            let calibration = statistics.calibration
-            targets = (0..<calibration.blocks).flatMap { b in calibration.targets(block: b).map { (b, $0) } }
+            targets = statistics.calibration.targetsWithBlocks
         } else {
             statistics = nil
             targets = job.plan.targets.map { (0, $0.name) }
@@ -94,7 +93,7 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
         guard outputs.count == 1 else { return "result of \(task) has \(outputs.count) payloads, expected 1" }
         if task == HistogramPhase.cutID {
-            return HistogramPhase.cutKey(outputs[0]) == nil ? "result of \(task) is not a bucket" : nil
+            return (try? ScoreHistogram.cut(serialized: outputs[0])) == nil ? "result of \(task) is not a bucket" : nil
         }
         guard let (round, tensor) = parse(task), let size = job.checkpoint.info(tensor).map({ UInt64($0.elementCount) }) else { return "no histogram task \(task)" }
         if round == 1 {
@@ -102,27 +101,12 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
                 return "result of \(task) is not a histogram of the tensor's \(size) scores"
             }
         } else {
-            guard let part = try? HistogramPhase.fine(outputs[0]), part.below + part.within.total <= size else {
+            guard let part = try? ScoreHistogram.Fine(serialized: outputs[0]), part.below + part.within.total <= size else {
                 return "result of \(task) is not a count and histogram within the tensor's \(size) scores"
             }
         }
         return nil
     }
-
-    /// A round-2 result: u64 count below the bucket, then the histogram within it.
-    static func fine(_ bytes: [UInt8]) throws -> (below: UInt64, within: ScoreHistogram.Counts) {
-        guard bytes.count >= 8 else { throw PruningError("histogram result: \(bytes.count) bytes") }
-        let below = bytes[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        return (below, try ScoreHistogram.Counts(serialized: Array(bytes[8...])))
-    }
-
-    static func cutKey(_ bytes: [UInt8]) -> UInt16? {
-        guard bytes.count == 8 else { return nil }
-        let v = bytes.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        return v < 65536 ? UInt16(v) : nil
-    }
-
-    private static func u64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { [UInt8]($0) } }
 
     public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
         switch work {
@@ -134,14 +118,12 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
                 merged.add(try ScoreHistogram.Counts(serialized: try inputs.artifact(ref)))
             }
             let located = try ScoreHistogram.locate(merged, prune: c.prune)
-            return TaskOutputs(payloads: [(cut.rawValue, u64(UInt64(located.key)))])
+            return TaskOutputs(payloads: [(cut.rawValue, ScoreHistogram.serializedCut(located.key))])
         case .histogram(let h):
             let scores = try scores(h, inputs: inputs)
             let bytes: [UInt8] = try scores.withUnsafeBufferPointer { s in
                 guard h.hasCut else { return try ScoreHistogram.coarse(s).serialized() }
-                guard let key = cutKey(try inputs.artifact(h.cut)) else { throw PruningError("histogram task: the cut is not a bucket") }
-                let part = try ScoreHistogram.fine(s, high: key)
-                return u64(part.below) + part.within.serialized()
+                return try ScoreHistogram.fine(s, high: try ScoreHistogram.cut(serialized: try inputs.artifact(h.cut))).serialized()
             }
             return TaskOutputs(payloads: [(histogram.rawValue, bytes)])
         default:
