@@ -151,6 +151,7 @@ final class ComputeThread: @unchecked Sendable {
             var outputs = try PhaseRegistry.run(a.work, task: a.taskID, inputs: WorkerInputs(thread: self, pair: pair))
             try NoopPhase.sleep(ms: options.taskDelayMs)
             if options.testLie == .swapMaskBits { Self.swapFirstKeptAndPruned(&outputs) }
+            if options.testLie == .flatterFitness { Self.halveFitness(&outputs) }
             var result = Prune_V1_Result()
             result.taskID = a.taskID
             result.attempt = a.attempt
@@ -189,6 +190,13 @@ final class ComputeThread: @unchecked Sendable {
     /// Test hook (`PRUNE_TEST_LIE=swap-mask-bits`): a worker that lies within the rules.
     /// Row 0 of its mask keeps one pruned weight and prunes one kept weight instead: the
     /// shape and the count of every row stay right, the weights are wrong.
+    /// A fitness task's result (one payload, a KL sum and a count) with the sum halved.
+    private static func halveFitness(_ outputs: inout TaskOutputs) {
+        guard outputs.payloads.count == 1, outputs.payloads[0].name == EvolutionPhase.fitness.rawValue,
+              let v = try? FloatPayload.doubles(outputs.payloads[0].bytes, what: "fitness"), v.count == 2 else { return }
+        outputs.payloads[0].bytes = FloatPayload.encode(v[0] / 2) + FloatPayload.encode(v[1])
+    }
+
     private static func swapFirstKeptAndPruned(_ outputs: inout TaskOutputs) {
         guard let i = outputs.payloads.firstIndex(where: { $0.name == OutputName.mask.rawValue }), let shape = outputs.maskShape, shape.cols > 1 else { return }
         var bits = outputs.payloads[i].bytes

@@ -45,6 +45,8 @@ public struct WorkerOptions: Sendable {
         case none
         /// Right shape and counts, wrong weights: swaps a kept and a pruned bit of row 0.
         case swapMaskBits = "swap-mask-bits"
+        /// A plausible fitness, too good: halves a candidate's KL divergence.
+        case flatterFitness = "flatter-fitness"
     }
 
     public init(endpoint: String, name: String) {

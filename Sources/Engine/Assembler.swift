@@ -25,6 +25,8 @@ public struct Assembler {
     public var measures: () throws -> [String: [String: Double]] = { [:] }
     /// Per-tensor sparsity levels of a searched allocation (the plan's target otherwise).
     public var levels: [String: Double] = [:]
+    /// A searched allocation's progress, for the manifest.
+    public var search: () throws -> Manifest.Search? = { nil }
 
     public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
         self.init(checkpoint: checkpoint, plan: plan, pruned: Set(masks.keys), spec: spec) { name in
@@ -205,7 +207,7 @@ public struct Assembler {
                 valuesUpdated: updated[t.name] != nil || updatedElsewhere?.names.contains(t.name) == true)
             tensors[t.name]!.measures = measured[t.name]
         }
-        let manifest = Manifest(
+        var manifest = Manifest(
             specSHA256: spec.digest, method: spec.method.rawValue, pattern: plan.pattern.description, sparsity: plan.sparsity,
             modelFiles: modelFiles, tensors: tensors,
             totals: .init(denseBytes: denseBytes, sparseBytes: sparseBytes,
@@ -213,6 +215,7 @@ public struct Assembler {
                           prunedDenseBytes: prunedDenseBytes, prunedSparseBytes: prunedSparseBytes,
                           prunedSparseToDenseRatio: Double(prunedSparseBytes) / Double(max(prunedDenseBytes, 1)),
                           parameters: checkpoint.parameterCount, prunedParameters: prunedParameters, zeros: zerosTotal))
+        manifest.search = try search()
         try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
         return manifest
     }

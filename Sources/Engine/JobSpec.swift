@@ -389,7 +389,7 @@ public struct JobSpec: Sendable {
         spec.sparseGPT = sparseGPT
         spec.explicitIgnore = userIgnore
         if let node = values["allocation"] {
-            spec.allocation = try Allocation.parse(node, method: method, pattern: pattern, sparsity: sparsity, file: file)
+            spec.allocation = try Allocation.parse(node, method: method, pattern: pattern, sparsity: sparsity, calibration: calibration, file: file)
         }
         if let node = values["refine"] {
             spec.refine = try Refine.parse(node, method: method, pattern: pattern, file: file)

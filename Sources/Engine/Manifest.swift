@@ -126,9 +126,35 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var modelFiles: [String: String]
     public var tensors: [String: Tensor]
     public var totals: Totals
+    /// A searched allocation's progress (`allocation: evolutionary`); absent otherwise.
+    public var search: Search?
+
+    /// The parent's fitness after each generation of an evolutionary search: the mean KL
+    /// divergence of its next-token distribution from the dense model's, on that
+    /// generation's last (largest) token sample.
+    public struct Search: Codable, Sendable, Equatable {
+        public struct Generation: Codable, Sendable, Equatable {
+            public var generation: Int
+            public var fitness: Double
+            /// Tokens the fitness was measured on.
+            public var tokens: Int
+            /// Candidate evaluations the generation ran.
+            public var candidates: Int
+        }
+        public var method: String
+        /// Steps of the level grid each way, and the weights one step moves.
+        public var levels: Int
+        public var stepWeights: Double
+        public var generations: [Generation]
+
+        enum CodingKeys: String, CodingKey {
+            case method, levels, generations
+            case stepWeights = "step_weights"
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
-        case format, version, method, pattern, sparsity, tensors, totals
+        case format, version, method, pattern, sparsity, tensors, totals, search
         case specSHA256 = "spec_sha256"
         case modelFiles = "model_files"
     }

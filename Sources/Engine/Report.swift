@@ -98,9 +98,12 @@ public struct JobReport: Codable, Sendable {
     public var layers: [Layer]
     /// What the user should know about the job (a tied tensor pruned).
     public var warnings: [String] = []
+    /// `allocation: evolutionary`: the parent's fitness per generation.
+    public var search: Manifest.Search?
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers, warnings
+        case search
     }
 
     /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
@@ -130,6 +133,7 @@ public struct JobReport: Codable, Sendable {
             evaluation = nil
         }
         self.phases = phases
+        search = manifest.search
         layers = manifest.tensors.filter(\.value.pruned).sorted { LayerOrder.less($0.key, $1.key) }.map {
             Layer(name: $0.key, block: LayerName.block($0.key), kind: LayerName.kind($0.key), targetSparsity: $0.value.targetSparsity ?? 0,
                   achievedSparsity: $0.value.achievedSparsity, reconstructionError: $0.value.reconstructionError,
@@ -166,7 +170,7 @@ public struct JobReport: Codable, Sendable {
     public func write(to directory: String) throws {
         try AtomicFileWriter.write([UInt8](try JobReport.encoder().encode(self)) + [0x0A], to: (directory as NSString).appendingPathComponent("report.json"))
         try AtomicFileWriter.write(Array(markdown().utf8), to: (directory as NSString).appendingPathComponent("report.md"))
-        try AtomicFileWriter.write(Array(ReportChart(layers: layers, target: sparsity).svg().utf8),
+        try AtomicFileWriter.write(Array(ReportChart(layers: layers, target: sparsity, search: search).svg().utf8),
                                    to: (directory as NSString).appendingPathComponent("report.svg"))
     }
 
@@ -197,6 +201,13 @@ public struct JobReport: Codable, Sendable {
             s += "| dense | \(String(format: f, e.dense)) |\n| pruned | \(String(format: f, e.pruned)) |\n\n"
         }
         s += "| phase | seconds |\n|---|---:|\n" + phases.map { "| \($0.name) | \(String(format: "%.2f", $0.seconds)) |" }.joined(separator: "\n") + "\n\n"
+        if let search, let first = search.generations.first, let last = search.generations.last {
+            let evaluations = search.generations.reduce(0) { $0 + $1.candidates }
+            s += "Evolutionary search: \(search.generations.count - 1) generations after the start points, \(evaluations) candidate evaluations, "
+            s += "levels in steps of \(Int(search.stepWeights.rounded())) weights (at most \(search.levels) each way). The parent's KL divergence "
+            s += "from the dense model (each generation on its own sample of \(last.tokens) calibration tokens): "
+            s += "\(String(format: "%.4f", first.fitness)) at the start, \(String(format: "%.4f", last.fitness)) at the end (report.svg draws every generation).\n\n"
+        }
         s += "![sparsity and reconstruction error by layer](report.svg)\n\n"
         let curves = layers.contains { $0.errorCurve != nil }
         if curves {

@@ -5,10 +5,12 @@ import Foundation
 /// method measured it, one panel with each layer's reconstruction error on a log axis.
 /// Layers run left to right in model order; block numbers label the x axis. With
 /// `allocation: error_budget`, a last panel draws every layer's error curve (relative
-/// error against sparsity, log axis) with a dot at the level it got.
+/// error against sparsity, log axis) with a dot at the level it got; with `allocation:
+/// evolutionary`, one with the parent's fitness per generation.
 struct ReportChart {
     let layers: [JobReport.Layer]
     let target: Double
+    var search: Manifest.Search? = nil
 
     /// tab10, the matplotlib default: distinguishable, and readable when printed grey.
     static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -39,7 +41,8 @@ struct ReportChart {
     var width: Int { max(640, (positions.last ?? left) + slot + blockGap + right) }
     var hasErrors: Bool { layers.contains { $0.reconstructionError.map { $0 > 0 && $0.isFinite } ?? false } }
     var hasCurves: Bool { layers.contains { $0.errorCurve.map { $0.contains { $0.error > 0 && $0.error.isFinite } } ?? false } }
-    private var panels: Int { 1 + (hasErrors ? 1 : 0) + (hasCurves ? 1 : 0) }
+    var hasSearch: Bool { (search?.generations.filter { $0.fitness.isFinite }.count ?? 0) > 0 }
+    private var panels: Int { 1 + (hasErrors ? 1 : 0) + (hasCurves ? 1 : 0) + (hasSearch ? 1 : 0) }
     var height: Int { top + panels * (panelHeight + 44) + (panels - 1) * panelGap + 36 }
 
     func svg() -> String {
@@ -54,7 +57,11 @@ struct ReportChart {
             s += errorPanel(y0: y0)
             y0 += panelHeight + 44 + panelGap
         }
-        if hasCurves { s += curvePanel(y0: y0) }
+        if hasCurves {
+            s += curvePanel(y0: y0)
+            y0 += panelHeight + 44 + panelGap
+        }
+        if hasSearch { s += searchPanel(y0: y0) }
         return s + "</svg>\n"
     }
 
@@ -146,12 +153,8 @@ struct ReportChart {
     /// kind's colour, a dot where its level lies.
     private func curvePanel(y0: Int) -> String {
         let x1 = width - right, y1 = y0 + panelHeight
-        var s = "<text x=\"\(left)\" y=\"\(y0 - 14)\" font-size=\"13\" font-weight=\"bold\">"
-        s += "Error curves: ‖(W − Ŵ)X‖² ÷ ‖WX‖² under Wanda's mask (log scale); dots: the chosen levels</text>\n"
-        s += "<line x1=\"\(left)\" y1=\"\(y1)\" x2=\"\(x1)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
-        s += "<line x1=\"\(left)\" y1=\"\(y0)\" x2=\"\(left)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
-        s += "<text transform=\"translate(16 \(y0 + panelHeight / 2)) rotate(-90)\" text-anchor=\"middle\">relative error</text>\n"
-        s += "<text x=\"\((left + x1) / 2)\" y=\"\(y1 + 36)\" text-anchor=\"middle\">sparsity</text>\n"
+        var s = axes(y0: y0, title: "Error curves: ‖(W − Ŵ)X‖² ÷ ‖WX‖² under Wanda's mask (log scale); dots: the chosen levels",
+                     yLabel: "relative error", xLabel: "sparsity")
         let logs = layers.flatMap { $0.errorCurve ?? [] }.compactMap { $0.error > 0 && $0.error.isFinite ? log10($0.error) : nil }
         let lo = max(floor(logs.min()!), -8), hi = max(ceil(logs.max()!), lo + 1)
         func x(_ v: Double) -> Double { Double(left) + v * Double(x1 - left) }
@@ -177,6 +180,46 @@ struct ReportChart {
                 s += "<circle cx=\"\(String(format: "%.1f", x(l.targetSparsity)))\" cy=\"\(String(format: "%.1f", y(at)))\" r=\"2.5\" fill=\"\(color(l.kind))\">"
                 s += "<title>\(escape(l.name)): \(String(format: "%.4f", l.targetSparsity)), \(String(format: "%.4g", at))</title></circle>\n"
             }
+        }
+        return s
+    }
+
+    /// A panel's title, axes and axis labels, for a plot that is not by layer.
+    private func axes(y0: Int, title: String, yLabel: String, xLabel: String) -> String {
+        let x1 = width - right, y1 = y0 + panelHeight
+        var s = "<text x=\"\(left)\" y=\"\(y0 - 14)\" font-size=\"13\" font-weight=\"bold\">\(escape(title))</text>\n"
+        s += "<line x1=\"\(left)\" y1=\"\(y1)\" x2=\"\(x1)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
+        s += "<line x1=\"\(left)\" y1=\"\(y0)\" x2=\"\(left)\" y2=\"\(y1)\" stroke=\"black\"/>\n"
+        s += "<text transform=\"translate(16 \(y0 + panelHeight / 2)) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
+        return s + "<text x=\"\((left + x1) / 2)\" y=\"\(y1 + 36)\" text-anchor=\"middle\">\(escape(xLabel))</text>\n"
+    }
+
+    /// The parent's fitness (KL divergence from the dense model) after each generation.
+    private func searchPanel(y0: Int) -> String {
+        let x1 = width - right, y1 = y0 + panelHeight
+        let points = (search?.generations ?? []).filter { $0.fitness.isFinite }
+        var s = axes(y0: y0, title: "Evolutionary search: the parent's KL divergence from the dense model per generation",
+                     yLabel: "KL (nats/token)", xLabel: "generation")
+        let values = points.map(\.fitness)
+        let lo = min(values.min()!, values.max()! - 1e-9), hi = values.max()!
+        let pad = (hi - lo) * 0.08
+        let last = max(points.last!.generation, 1)
+        func x(_ g: Int) -> Double { Double(left) + Double(g) / Double(last) * Double(x1 - left - 8) + 4 }
+        func y(_ v: Double) -> Double { Double(y1) - (v - lo + pad) / (hi - lo + 2 * pad) * Double(panelHeight) }
+        for k in 0...4 {
+            let v = lo - pad + Double(k) / 4 * (hi - lo + 2 * pad), yv = Int(y(v))
+            s += "<line x1=\"\(left)\" y1=\"\(yv)\" x2=\"\(x1)\" y2=\"\(yv)\" stroke=\"#dddddd\"/>"
+            s += "<text x=\"\(left - 6)\" y=\"\(yv + 4)\" text-anchor=\"end\">\(String(format: "%.3g", v))</text>\n"
+        }
+        let every = max(1, last / 10)
+        for g in stride(from: 0, through: last, by: every) {
+            s += "<text x=\"\(Int(x(g)))\" y=\"\(y1 + 17)\" text-anchor=\"middle\">\(g)</text>\n"
+        }
+        let line = points.map { String(format: "%.1f,%.1f", x($0.generation), y($0.fitness)) }.joined(separator: " ")
+        s += "<polyline points=\"\(line)\" fill=\"none\" stroke=\"\(ReportChart.palette[0])\" stroke-width=\"1.5\"/>\n"
+        for p in points {
+            s += "<circle cx=\"\(String(format: "%.1f", x(p.generation)))\" cy=\"\(String(format: "%.1f", y(p.fitness)))\" r=\"2.5\" fill=\"\(ReportChart.palette[0])\">"
+            s += "<title>generation \(p.generation): \(String(format: "%.5f", p.fitness)) on \(p.tokens) tokens</title></circle>\n"
         }
         return s
     }

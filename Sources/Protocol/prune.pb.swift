@@ -427,6 +427,38 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .histogramCut(newValue)}
   }
 
+  public var levelDatabase: Prune_V1_LevelDatabaseTask {
+    get {
+      if case .levelDatabase(let v)? = _storage._work {return v}
+      return Prune_V1_LevelDatabaseTask()
+    }
+    set {_uniqueStorage()._work = .levelDatabase(newValue)}
+  }
+
+  public var breed: Prune_V1_BreedTask {
+    get {
+      if case .breed(let v)? = _storage._work {return v}
+      return Prune_V1_BreedTask()
+    }
+    set {_uniqueStorage()._work = .breed(newValue)}
+  }
+
+  public var fitness: Prune_V1_FitnessTask {
+    get {
+      if case .fitness(let v)? = _storage._work {return v}
+      return Prune_V1_FitnessTask()
+    }
+    set {_uniqueStorage()._work = .fitness(newValue)}
+  }
+
+  public var select: Prune_V1_SelectTask {
+    get {
+      if case .select(let v)? = _storage._work {return v}
+      return Prune_V1_SelectTask()
+    }
+    set {_uniqueStorage()._work = .select(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -440,6 +472,10 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     case curve(Prune_V1_CurveTask)
     case histogram(Prune_V1_HistogramTask)
     case histogramCut(Prune_V1_HistogramCutTask)
+    case levelDatabase(Prune_V1_LevelDatabaseTask)
+    case breed(Prune_V1_BreedTask)
+    case fitness(Prune_V1_FitnessTask)
+    case select(Prune_V1_SelectTask)
 
   }
 
@@ -676,6 +712,159 @@ public nonisolated struct Prune_V1_AllocationUnit: Sendable {
   public init() {}
 
   fileprivate var _score: Prune_V1_ArtifactRef? = nil
+}
+
+/// The level database of one pruned layer (`allocation: evolutionary`): its Wanda scores
+/// |W_ij|·‖X_j‖ (the statistic per calibration shard, merged in this order), ranked as
+/// `pattern` compares them (lower index first among equal scores), and for each weight the
+/// first of `sparsities` (ascending) whose mask prunes it. Threshold masks are nested, so
+/// one byte per weight stores every level's mask. Result payload: "database" (u8 per
+/// weight, row-major: a position in `sparsities`, 255 when no level prunes it).
+public nonisolated struct Prune_V1_LevelDatabaseTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var pattern: String = String()
+
+  public var sparsities: [Double] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
+}
+
+/// The candidates of one generation of an evolutionary search. Generation 0: the start
+/// points (uniform, all levels 0; OWL, projected on the grid when `outliers` are given).
+/// Later: `offspring` distinct mutations of `parent` (each moves 1–3 level steps from one
+/// layer to another, EvoPress's level switch), drawn with `seed` and `generation`.
+/// Result payload: "candidates" (i16 per layer per candidate, candidate after candidate).
+public nonisolated struct Prune_V1_BreedTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var generation: UInt32 = 0
+
+  public var seed: UInt64 = 0
+
+  public var offspring: UInt32 = 0
+
+  /// Per layer: its lowest and highest level (levels are steps of `step_weights` weights
+  /// around the target) and its weights.
+  public var lowest: [Int32] = []
+
+  public var highest: [Int32] = []
+
+  public var weights: [UInt64] = []
+
+  public var parent: [Int32] = []
+
+  public var target: Double = 0
+
+  public var stepWeights: Double = 0
+
+  /// The OWL start: each block's outlier count (an OutlierTask's output), the block of each
+  /// layer (an index into `outliers`), OWL's λ and the level bounds.
+  public var outliers: [Prune_V1_ArtifactRef] = []
+
+  public var blockOfLayer: [UInt32] = []
+
+  public var lambda: Double = 0
+
+  public var min: Double = 0
+
+  public var max: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The fitness of one candidate: the mean KL divergence of its next-token distribution from
+/// the dense model's over `lengths` sequences of `token_ids` (the last token of each is not
+/// predicted). The candidate prunes each weight of a layer whose database byte is at most
+/// its position.
+/// Result payload: "fitness" (two F64: the KL summed over the scored tokens, in order, and
+/// their count).
+public nonisolated struct Prune_V1_FitnessTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var configJson: Data = Data()
+
+  public var weights: [Prune_V1_TensorRef] = []
+
+  public var layers: [Prune_V1_FitnessLayer] = []
+
+  public var tokenIds: [Int32] = []
+
+  public var lengths: [UInt32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A layer of a FitnessTask: its level database and the candidate's position in it.
+public nonisolated struct Prune_V1_FitnessLayer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var database: Prune_V1_ArtifactRef {
+    get {_database ?? Prune_V1_ArtifactRef()}
+    set {_database = newValue}
+  }
+  /// Returns true if `database` has been explicitly set.
+  public var hasDatabase: Bool {self._database != nil}
+  /// Clears the value of `database`. Subsequent reads from it will return its default value.
+  public mutating func clearDatabase() {self._database = nil}
+
+  public var position: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _database: Prune_V1_ArtifactRef? = nil
+}
+
+/// One selection stage: the `survivors` candidates with the least fitness (ties to the
+/// lower index). Result payload: "survivors" (i16 levels per layer, best first) and
+/// "fitness" (their F64 mean KL, best first).
+public nonisolated struct Prune_V1_SelectTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var layers: UInt32 = 0
+
+  public var candidates: [Int32] = []
+
+  public var fitness: [Prune_V1_ArtifactRef] = []
+
+  public var survivors: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// A job artifact (an earlier task's output), by content.
@@ -1631,7 +1820,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
@@ -1800,6 +1989,58 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
             _storage._work = .histogramCut(v)
           }
         }()
+        case 20: try {
+          var v: Prune_V1_LevelDatabaseTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .levelDatabase(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .levelDatabase(v)
+          }
+        }()
+        case 21: try {
+          var v: Prune_V1_BreedTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .breed(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .breed(v)
+          }
+        }()
+        case 22: try {
+          var v: Prune_V1_FitnessTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .fitness(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .fitness(v)
+          }
+        }()
+        case 23: try {
+          var v: Prune_V1_SelectTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .select(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .select(v)
+          }
+        }()
         default: break
         }
       }
@@ -1858,6 +2099,22 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case .histogramCut?: try {
         guard case .histogramCut(let v)? = _storage._work else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+      }()
+      case .levelDatabase?: try {
+        guard case .levelDatabase(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .breed?: try {
+        guard case .breed(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
+      case .fitness?: try {
+        guard case .fitness(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case .select?: try {
+        guard case .select(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
       }()
       case nil: break
       }
@@ -2237,6 +2494,289 @@ nonisolated extension Prune_V1_AllocationUnit: SwiftProtobuf.Message, SwiftProto
   public static func ==(lhs: Prune_V1_AllocationUnit, rhs: Prune_V1_AllocationUnit) -> Bool {
     if lhs.weights != rhs.weights {return false}
     if lhs._score != rhs._score {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_LevelDatabaseTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LevelDatabaseTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}statistics\0\u{1}pattern\0\u{1}sparsities\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.pattern) }()
+      case 4: try { try decoder.decodeRepeatedDoubleField(value: &self.sparsities) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.statistics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 2)
+    }
+    if !self.pattern.isEmpty {
+      try visitor.visitSingularStringField(value: self.pattern, fieldNumber: 3)
+    }
+    if !self.sparsities.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.sparsities, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_LevelDatabaseTask, rhs: Prune_V1_LevelDatabaseTask) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.statistics != rhs.statistics {return false}
+    if lhs.pattern != rhs.pattern {return false}
+    if lhs.sparsities != rhs.sparsities {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_BreedTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BreedTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}seed\0\u{1}offspring\0\u{1}lowest\0\u{1}highest\0\u{1}weights\0\u{1}parent\0\u{1}target\0\u{3}step_weights\0\u{1}outliers\0\u{3}block_of_layer\0\u{1}lambda\0\u{1}min\0\u{1}max\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.generation) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.offspring) }()
+      case 4: try { try decoder.decodeRepeatedSInt32Field(value: &self.lowest) }()
+      case 5: try { try decoder.decodeRepeatedSInt32Field(value: &self.highest) }()
+      case 6: try { try decoder.decodeRepeatedUInt64Field(value: &self.weights) }()
+      case 7: try { try decoder.decodeRepeatedSInt32Field(value: &self.parent) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.target) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.stepWeights) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.outliers) }()
+      case 11: try { try decoder.decodeRepeatedUInt32Field(value: &self.blockOfLayer) }()
+      case 12: try { try decoder.decodeSingularDoubleField(value: &self.lambda) }()
+      case 13: try { try decoder.decodeSingularDoubleField(value: &self.min) }()
+      case 14: try { try decoder.decodeSingularDoubleField(value: &self.max) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.generation != 0 {
+      try visitor.visitSingularUInt32Field(value: self.generation, fieldNumber: 1)
+    }
+    if self.seed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.seed, fieldNumber: 2)
+    }
+    if self.offspring != 0 {
+      try visitor.visitSingularUInt32Field(value: self.offspring, fieldNumber: 3)
+    }
+    if !self.lowest.isEmpty {
+      try visitor.visitPackedSInt32Field(value: self.lowest, fieldNumber: 4)
+    }
+    if !self.highest.isEmpty {
+      try visitor.visitPackedSInt32Field(value: self.highest, fieldNumber: 5)
+    }
+    if !self.weights.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.weights, fieldNumber: 6)
+    }
+    if !self.parent.isEmpty {
+      try visitor.visitPackedSInt32Field(value: self.parent, fieldNumber: 7)
+    }
+    if self.target.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.target, fieldNumber: 8)
+    }
+    if self.stepWeights.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.stepWeights, fieldNumber: 9)
+    }
+    if !self.outliers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.outliers, fieldNumber: 10)
+    }
+    if !self.blockOfLayer.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.blockOfLayer, fieldNumber: 11)
+    }
+    if self.lambda.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.lambda, fieldNumber: 12)
+    }
+    if self.min.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.min, fieldNumber: 13)
+    }
+    if self.max.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.max, fieldNumber: 14)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_BreedTask, rhs: Prune_V1_BreedTask) -> Bool {
+    if lhs.generation != rhs.generation {return false}
+    if lhs.seed != rhs.seed {return false}
+    if lhs.offspring != rhs.offspring {return false}
+    if lhs.lowest != rhs.lowest {return false}
+    if lhs.highest != rhs.highest {return false}
+    if lhs.weights != rhs.weights {return false}
+    if lhs.parent != rhs.parent {return false}
+    if lhs.target != rhs.target {return false}
+    if lhs.stepWeights != rhs.stepWeights {return false}
+    if lhs.outliers != rhs.outliers {return false}
+    if lhs.blockOfLayer != rhs.blockOfLayer {return false}
+    if lhs.lambda != rhs.lambda {return false}
+    if lhs.min != rhs.min {return false}
+    if lhs.max != rhs.max {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_FitnessTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FitnessTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}config_json\0\u{1}weights\0\u{1}layers\0\u{3}token_ids\0\u{1}lengths\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.configJson) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.weights) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.layers) }()
+      case 4: try { try decoder.decodeRepeatedInt32Field(value: &self.tokenIds) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.lengths) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.configJson.isEmpty {
+      try visitor.visitSingularBytesField(value: self.configJson, fieldNumber: 1)
+    }
+    if !self.weights.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.weights, fieldNumber: 2)
+    }
+    if !self.layers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.layers, fieldNumber: 3)
+    }
+    if !self.tokenIds.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.tokenIds, fieldNumber: 4)
+    }
+    if !self.lengths.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.lengths, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_FitnessTask, rhs: Prune_V1_FitnessTask) -> Bool {
+    if lhs.configJson != rhs.configJson {return false}
+    if lhs.weights != rhs.weights {return false}
+    if lhs.layers != rhs.layers {return false}
+    if lhs.tokenIds != rhs.tokenIds {return false}
+    if lhs.lengths != rhs.lengths {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_FitnessLayer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FitnessLayer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}database\0\u{1}position\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._database) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.position) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try { if let v = self._database {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.position != 0 {
+      try visitor.visitSingularUInt32Field(value: self.position, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_FitnessLayer, rhs: Prune_V1_FitnessLayer) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs._database != rhs._database {return false}
+    if lhs.position != rhs.position {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_SelectTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SelectTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}layers\0\u{1}candidates\0\u{1}fitness\0\u{1}survivors\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.layers) }()
+      case 2: try { try decoder.decodeRepeatedSInt32Field(value: &self.candidates) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.fitness) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.survivors) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.layers != 0 {
+      try visitor.visitSingularUInt32Field(value: self.layers, fieldNumber: 1)
+    }
+    if !self.candidates.isEmpty {
+      try visitor.visitPackedSInt32Field(value: self.candidates, fieldNumber: 2)
+    }
+    if !self.fitness.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.fitness, fieldNumber: 3)
+    }
+    if self.survivors != 0 {
+      try visitor.visitSingularUInt32Field(value: self.survivors, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_SelectTask, rhs: Prune_V1_SelectTask) -> Bool {
+    if lhs.layers != rhs.layers {return false}
+    if lhs.candidates != rhs.candidates {return false}
+    if lhs.fitness != rhs.fitness {return false}
+    if lhs.survivors != rhs.survivors {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -303,6 +303,101 @@ final class CalibrationClusterTests: XCTestCase {
         }
     }
 
+    /// evolutionary: a level database per layer (one byte per weight), the start points
+    /// (uniform, OWL) scored, then generations of offspring selected in two stages by their
+    /// KL divergence from the dense model, the fitness tasks spread over the workers; the
+    /// levels keep the pruned total, and the bytes are the same for 0 and 2 workers.
+    func testEvolutionarySearchKeepsTheTotalAndGivesTheSameBytes() throws {
+        let search = "allocation: {method: evolutionary, generations: 3, offspring: 4, survivors: [2, 1], tokens: [16, 48]}\n"
+        let expected = try run("evo-w0", method: "wanda", extra: search, workers: 0)
+        XCTAssertEqual(try run("evo-w2", method: "wanda", extra: search, workers: 2), expected)
+        XCTAssertNotEqual(try run("evo-seed", method: "wanda", extra: search.replacingOccurrences(of: "}", with: ", seed: 5}"), workers: 0), expected,
+                          "another seed searches elsewhere")
+
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("evo-w2/out/manifest.json"))))
+        var weighted = 0.0, total = 0.0, levels = Set<Double>()
+        for (name, t) in manifest.tensors where t.pruned {
+            let level = try XCTUnwrap(t.targetSparsity)
+            levels.insert(level)
+            weighted += level * Double(t.elements)
+            total += Double(t.elements)
+            XCTAssertEqual(Double(t.masked) / Double(t.elements), level, accuracy: 1.0 / 64 + 1e-9, "\(name) pruned at its level")
+        }
+        // Level steps move the same number of weights in every layer: the total is kept.
+        XCTAssertEqual(weighted / total, 0.5, accuracy: 1e-9)
+        XCTAssertGreaterThan(levels.count, 1, "the search moved levels: \(levels.sorted())")
+        let history = try XCTUnwrap(manifest.search)
+        XCTAssertEqual(history.generations.map(\.generation), [0, 1, 2, 3])
+        XCTAssertEqual(history.generations.map(\.candidates), [2, 7, 7, 7])
+        XCTAssertTrue(history.generations.allSatisfy { $0.fitness.isFinite && $0.fitness >= 0 && $0.tokens == 48 })
+
+        let tasks = try Ledger(path: dir.file("evo-w2/ledger.sqlite"), create: false, readOnly: true).tasks()
+        XCTAssertEqual(tasks.filter { $0.phase == "leveldb" }.count, 3 * 7)
+        // Generation 0: offspring, 2 starts, survivors; then offspring, 4 + survivors, 3 + survivors.
+        XCTAssertEqual(tasks.filter { $0.phase == "evolve" }.count, 4 + 3 * 10)
+        XCTAssertEqual(tasks.filter { $0.phase == "outliers" }.count, 3, "the OWL start point")
+        let fitnessTasks = tasks.filter { $0.phase == "evolve" && !$0.id.hasSuffix("offspring") && !$0.id.hasSuffix("survivors") }
+        XCTAssertEqual(fitnessTasks.count, 23)
+        XCTAssertGreaterThanOrEqual(Set(fitnessTasks.compactMap(\.worker)).count, 2, "candidates scored on both workers")
+        let report = try String(contentsOfFile: dir.file("evo-w2/report.md"), encoding: .utf8)
+        XCTAssertTrue(report.contains("Evolutionary search: 3 generations after the start points, 23 candidate evaluations"), report)
+        let svg = try String(contentsOfFile: dir.file("evo-w2/report.svg"), encoding: .utf8)
+        XCTAssertTrue(svg.contains("the parent's KL divergence from the dense model per generation"))
+        XCTAssertEqual(svg.components(separatedBy: "<title>generation ").count - 1, 4)
+        let check = try Subprocess.prune(["check", "model", "evo-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// The coordinator killed in the middle of an evolutionary search (some generations
+    /// done), then resumed: the same levels and bytes as one process, no finished
+    /// generation redone.
+    func testAKilledEvolutionarySearchResumesToTheSameBytes() throws {
+        let search = "allocation: {method: evolutionary, generations: 4, offspring: 4, survivors: [2, 1], tokens: [16, 48]}\n"
+        let expected = try run("evo-reference", method: "wanda", extra: search, workers: 0)
+        let job = try writeSpec("evo-crash", method: "wanda", extra: search)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
+                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "100"])
+        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("evo-crash").contains { $0.id == "evolve:1:1:survivors" } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = doneTasks("evo-crash")
+        XCTAssertFalse(before.contains { $0.id == "evolve:4:1:survivors" }, "the crash came before the end of the search")
+        let resume = try Subprocess.prune(["resume", "-q", "evo-crash"], cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs("evo-crash"), expected)
+        let reference = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("evo-reference/out/manifest.json"))))
+        let resumed = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("evo-crash/out/manifest.json"))))
+        XCTAssertEqual(resumed.search, reference.search)
+        XCTAssertEqual(resumed.tensors.mapValues(\.targetSparsity), reference.tensors.mapValues(\.targetSparsity))
+        let events = try Ledger(path: dir.file("evo-crash/ledger.sqlite"), create: false, readOnly: true).events()
+        for task in before {
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        }
+    }
+
+    /// A worker that flatters candidates (halves their KL divergence, a plausible number)
+    /// steers the search until a verified task catches it; then every fitness it gave is
+    /// redone, the generations that selected with them are reopened, and the search ends
+    /// where an honest one does.
+    func testALiarsFitnessIsUndoneAndTheSearchEndsWhereAnHonestOneDoes() throws {
+        let search = "allocation: {method: evolutionary, generations: 2, offspring: 4, survivors: [2, 1], tokens: [16, 48]}\n"
+        let expected = try run("evo-honest", method: "wanda", mode: "dense", extra: search, workers: 0)
+        let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
+        let path = try writeSpec("evo-lied", method: "wanda", mode: "dense", extra: search + "verify: 0.3\n")
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("listening on") }, coord.stderr)
+        let liar = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "liar"],
+                                  environment: ["PRUNE_TEST_LIE": "flatter-fitness"])
+        XCTAssertEqual(liar.wait(seconds: 120), 2, "quarantined: \(liar.stderr)")
+        let honest = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "honest"])
+        XCTAssertEqual(coord.wait(seconds: 180), 0, coord.stderr)
+        XCTAssertEqual(honest.wait(seconds: 10), 0)
+        XCTAssertEqual(outputs("evo-lied"), expected)
+        let events = try Ledger(path: dir.file("evo-lied/ledger.sqlite"), create: false, readOnly: true).events()
+        XCTAssertTrue(events.contains { $0.kind == "reopen" && $0.detail.contains("produced by quarantined name:liar") && ($0.task ?? "").hasPrefix("evolve:") },
+                      "the liar's fitness was redone: \(events.filter { $0.kind == "reopen" }.map { "\($0.task ?? "") \($0.detail)" })")
+    }
+
     /// The coordinator killed during an OWL allocation (block scores in, levels not all
     /// used yet), then resumed: the same levels and bytes as one process, nothing redone.
     func testAKilledOWLAllocationResumesToTheSameBytes() throws {

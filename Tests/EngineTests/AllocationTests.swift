@@ -42,6 +42,23 @@ final class AllocationTests: XCTestCase {
         XCTAssertEqual(try spec("global", method: "magnitude").allocation.method, .global)
     }
 
+    /// evolutionary: EvoPress's search at a budget for one small machine, every key tunable.
+    func testEvolutionaryTakesItsBudget() throws {
+        let a = try spec("evolutionary").allocation
+        XCTAssertEqual(a.method, .evolutionary)
+        XCTAssertEqual([a.generations, a.offspring, a.levels], [40, 8, 8])
+        XCTAssertEqual(a.survivors, [2, 1])
+        XCTAssertEqual(a.tokens, [512, 2048])
+        let tuned = try spec("{method: evolutionary, generations: 5, offspring: 16, survivors: [4, 2, 1], tokens: [256, 1024, 4096], levels: 4, seed: 9, lambda: 0.1}").allocation
+        XCTAssertEqual([tuned.generations, tuned.offspring, tuned.levels], [5, 16, 4])
+        XCTAssertEqual(tuned.survivors, [4, 2, 1])
+        XCTAssertEqual(tuned.tokens, [256, 1024, 4096])
+        XCTAssertEqual(tuned.seed, 9)
+        XCTAssertEqual(tuned.lambda, 0.1)
+        // EvoPress's step: 0.5 · min(s, 1 − s) / levels × hidden² (SmolLM2: hidden 576, s 0.7).
+        XCTAssertEqual(a.stepWeights(target: 0.7, hidden: 576), 0.5 * 0.3 / 8 * 576 * 576, accuracy: 1e-9)
+    }
+
     func testErrorBudgetMeasuresEveryStepBetweenItsBounds() throws {
         let a = try spec("error_budget").allocation
         XCTAssertEqual(a.method, .errorBudget)
@@ -58,7 +75,19 @@ final class AllocationTests: XCTestCase {
 
     func testBadAllocationsAreOneLineNamingTheKey() {
         assertRefused("owls", "allocation: unknown method 'owls'; did you mean 'owl'?")
-        assertRefused("evolutionary", "allocation: 'evolutionary' is not available yet")
+        assertRefused("evolutionary", method: "magnitude", "allocation: evolutionary scores candidates by the KL divergence")
+        assertRefused("{method: evolutionary, survivors: [2, 1], tokens: [256]}", "allocation.survivors: 2 stages, but allocation.tokens gives 1")
+        assertRefused("{method: evolutionary, survivors: [4, 2]}", "allocation.survivors: [4, 2] must shrink to 1")
+        assertRefused("{method: evolutionary, offspring: 3, survivors: [4, 1]}", "starting at most offspring (3)")
+        assertRefused("{method: evolutionary, tokens: [512, 100000]}", "allocation.tokens: [512, 100000] must grow and stay within the calibration set's 16384 tokens")
+        assertRefused("{method: evolutionary, tokens: [2048, 512]}", "must grow")
+        assertRefused("{method: evolutionary, generations: -1}", "allocation.generations: '-1' must be an integer in [0, 100000]")
+        assertRefused("{method: evolutionary, survivors: []}", "allocation.survivors: must be a list of 1 to 8 integers")
+        assertRefused("{method: evolutionary, levels: 200}", "allocation.levels: '200' must be an integer in [1, 100]")
+        assertRefused("{method: evolutionary, seed: -3}", "allocation.seed: '-3' must be an integer ≥ 0")
+        assertRefused("{method: evolutionary, step: 0.1}", "allocation.step: not used by allocation evolutionary")
+        assertRefused("{method: owl, generations: 3}", "allocation.generations: not used by allocation owl")
+        assertRefused("evolutionary", sparsity: "", pattern: "pattern: '2:4'\n", "allocation: evolutionary sets a sparsity per layer")
         assertRefused("{method: global, m: 3}", "allocation.m: not used by allocation global")
         assertRefused("global", method: "random", "allocation: global compares scores across layers")
         assertRefused("{method: owl, step: 0.1}", "allocation.step: not used by allocation owl")

@@ -27,6 +27,7 @@ public final class ProfilePhase: CalibratePhase {
         case .uniform: return nil
         case .owl, .global: return .wanda
         case .errorBudget: return .sparsegpt
+        case .evolutionary: return .wanda
         }
     }
 
@@ -58,7 +59,8 @@ public final class OutlierPhase: Phase, RoundedPhase, AllocationScores {
     let blocks: [Int]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.allocation.method == .owl else { return nil }
+        // evolutionary starts from OWL's levels too.
+        guard [.owl, .evolutionary].contains(job.spec.allocation.method) else { return nil }
         self.job = job
         let statistics = try ProfilePhase.denseStatistics(in: earlier, allocation: .owl)
         self.statistics = statistics
@@ -114,18 +116,7 @@ public final class OutlierPhase: Phase, RoundedPhase, AllocationScores {
         // Each layer's scores, in F32 as Wanda prunes with them; recomputed in the second
         // pass rather than held, so memory is one layer.
         func scores(_ layer: Prune_V1_OutlierLayer) throws -> [Float] {
-            let name = layer.tensor.name
-            guard let shape = reader.shape(of: name), shape.count == 2 else { throw PruningError("outliers task: \(name) is not a matrix") }
-            let norms = try WandaStatistics.merged(count: layer.statistics.count, layer: name) { try inputs.artifact(layer.statistics[$0]) }
-            guard norms.columns == shape[1] else { throw PruningError("outliers task: \(name) has \(shape[1]) columns, its statistic \(norms.columns)") }
-            let weights = try reader.floats(name)
-            var out = [Float](repeating: 0, count: weights.count)
-            weights.withUnsafeBufferPointer { w in
-                out.withUnsafeMutableBufferPointer {
-                    WandaCriterion(statistics: norms).scores(WeightBlock(name: name, values: w, rows: shape[0], cols: shape[1]), into: $0)
-                }
-            }
-            return out
+            try reader.wandaScores(layer.tensor.name, statistics: layer.statistics, task: "outliers").scores
         }
         var sum = 0.0, total = 0
         for layer in o.layers {
@@ -170,7 +161,8 @@ public final class AllocationPhase: Phase, LevelSource {
     private let unitOf: [String: Int]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.allocation.method != .uniform, let scores = earlier.compactMap({ $0 as? AllocationScores }).first else {
+        guard [.owl, .global, .errorBudget].contains(job.spec.allocation.method),
+              let scores = earlier.compactMap({ $0 as? AllocationScores }).first else {
             return nil
         }
         self.job = job

@@ -208,6 +208,22 @@ final class TaskTensorReader: TensorReader {
         return raw.withUnsafeBytes { FloatConversion.toFloat($0, dtype: dtype, count: count) }
     }
 
+    /// A matrix's Wanda scores |W_ij|·‖X_j‖ in F32, as Wanda prunes with them, from its
+    /// input's statistic per calibration shard (merged in the order given).
+    func wandaScores(_ name: String, statistics: [Prune_V1_ArtifactRef], task: String) throws -> (scores: [Float], rows: Int, cols: Int) {
+        guard let shape = shape(of: name), shape.count == 2 else { throw PruningError("\(task) task: \(name) is not a matrix") }
+        let norms = try WandaStatistics.merged(count: statistics.count, layer: name) { try inputs.artifact(statistics[$0]) }
+        guard norms.columns == shape[1] else { throw PruningError("\(task) task: \(name) has \(shape[1]) columns, its statistic \(norms.columns)") }
+        let weights = try floats(name)
+        var out = [Float](repeating: 0, count: weights.count)
+        weights.withUnsafeBufferPointer { w in
+            out.withUnsafeMutableBufferPointer {
+                WandaCriterion(statistics: norms).scores(WeightBlock(name: name, values: w, rows: shape[0], cols: shape[1]), into: $0)
+            }
+        }
+        return (out, shape[0], shape[1])
+    }
+
     func row(_ name: String, _ index: Int) throws -> [Float] {
         let (ref, dtype, shape) = try ref(name)
         guard shape.count == 2, index >= 0, index < shape[0] else { throw PruningError("tensor '\(name)' has no row \(index)") }

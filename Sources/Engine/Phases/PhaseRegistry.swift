@@ -14,6 +14,8 @@ public enum PhaseRegistry {
         CurvePhase.self,
         HistogramPhase.self,
         AllocationPhase.self,
+        LevelDatabasePhase.self,
+        EvolutionPhase.self,
         MaskPhase.self,
         LayerPrunePhase.self,
         WeightNormPhase.self,
@@ -152,6 +154,7 @@ public final class JobDAG {
         for source in phases.compactMap({ $0 as? LevelSource }) {
             for name in pruned.sorted() { assembler.levels[name] = try source.level(of: name, outputs: outputs) }
         }
+        assembler.search = { try self.phases.compactMap { $0 as? SearchHistorySource }.first?.history(outputs: outputs) }
         assembler.measures = { try self.phases.compactMap { $0 as? ManifestContributor }.reduce(into: [:]) { all, contributor in
             for (tensor, values) in try contributor.measures(outputs: outputs) { all[tensor, default: [:]].merge(values) { a, _ in a } }
         } }
