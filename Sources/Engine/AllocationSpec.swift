@@ -67,6 +67,11 @@ public struct Allocation: Sendable, Equatable {
     /// evolutionary: the seed of mutations and token samples.
     public var seed: UInt64 = 0
 
+    /// evolutionary: the most tokens one candidate is scored on (a fitness task holds the
+    /// dense model's log-probabilities of all of them; the job checks that against the
+    /// vocabulary too).
+    public static let mostTokensPerCandidate = 1 << 18
+
     /// evolutionary: the weights one level step moves (EvoPress: 0.5·min(s, 1 − s)/levels
     /// × hidden², `hidden` the model's hidden size).
     public func stepWeights(target: Double, hidden: Int) -> Double {
@@ -175,6 +180,9 @@ public struct Allocation: Sendable, Equatable {
             guard method.needsCalibration, let calibration else {
                 throw SpecError("\(where_(file, node)): allocation: evolutionary scores candidates by the KL divergence of their next-token distribution on calibration tokens; use method wanda or sparsegpt with a calibration section")
             }
+            guard sparsity > 0 else {
+                throw SpecError("\(where_(file, node)): allocation: evolutionary moves weights between layers around the target sparsity, which is 0")
+            }
             try a.checkSearchBudget(calibration: calibration, node: fields["survivors"] ?? fields["tokens"] ?? node, file: file)
         }
         if chosen == .errorBudget && !method.needsCalibration {
@@ -187,13 +195,16 @@ public struct Allocation: Sendable, Equatable {
     /// survivors shrinking to one, tokens growing and within the calibration set.
     private func checkSearchBudget(calibration: JobSpec.Calibration, node: Node, file: String) throws {
         let available = calibration.samples * calibration.tokens
+        guard calibration.tokens <= CandidateFitness.maxWindow else {
+            throw SpecError("\(where_(file, node)): allocation: evolutionary scores windows of at most \(CandidateFitness.maxWindow) tokens; calibration.tokens is \(calibration.tokens)")
+        }
         guard survivors.count == tokens.count else {
             throw SpecError("\(where_(file, node)): allocation.survivors: \(survivors.count) stages, but allocation.tokens gives \(tokens.count)")
         }
         guard survivors.last == 1, zip(survivors, survivors.dropFirst()).allSatisfy({ $0 >= $1 }), survivors[0] <= offspring else {
             throw SpecError("\(where_(file, node)): allocation.survivors: \(survivors) must shrink to 1, starting at most offspring (\(offspring))")
         }
-        guard zip(tokens, tokens.dropFirst()).allSatisfy({ $0 <= $1 }), let most = tokens.last, most <= available else {
+        guard zip(tokens, tokens.dropFirst()).allSatisfy({ $0 <= $1 }), let most = tokens.last, most <= Swift.min(available, Allocation.mostTokensPerCandidate) else {
             throw SpecError("\(where_(file, node)): allocation.tokens: \(tokens) must grow and stay within the calibration set's \(available) tokens (\(calibration.samples) × \(calibration.tokens))")
         }
     }

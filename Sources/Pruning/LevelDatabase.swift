@@ -26,8 +26,8 @@ public struct LevelGrid: Sendable, Equatable {
 
     /// A grid as a task carries it.
     public init(weights: [Int], target: Double, stepWeights: Double, lowest: [Int], highest: [Int]) throws {
-        guard weights.count == lowest.count, weights.count == highest.count, stepWeights > 0, stepWeights.isFinite,
-              target >= 0, target < 1, weights.allSatisfy({ $0 > 0 }),
+        guard weights.count == lowest.count, weights.count == highest.count, stepWeights >= 1e-3, stepWeights.isFinite,
+              target >= 0, target < 1, weights.allSatisfy({ $0 > 0 && $0 <= 1 << 48 }),
               zip(lowest, highest).allSatisfy({ $0 <= 0 && $1 >= 0 && $1 - $0 < Int(LevelDatabase.never) }) else {
             throw PruningError("level grid: \(weights.count) layers with \(lowest.count)/\(highest.count) bounds, step \(stepWeights), target \(target)")
         }
@@ -41,8 +41,9 @@ public struct LevelGrid: Sendable, Equatable {
     public var layers: Int { weights.count }
 
     /// The sparsity of layer `i` at level `l`.
+    /// Never below 0: the lowest level may land a rounding error under it.
     public func sparsity(layer i: Int, level l: Int) -> Double {
-        target + Double(l) * stepWeights / Double(weights[i])
+        Swift.max(0, target + Double(l) * stepWeights / Double(weights[i]))
     }
 
     /// Every level's sparsity of layer `i`, lowest first (position p is level lowest + p).
@@ -62,7 +63,8 @@ public struct LevelGrid: Sendable, Equatable {
     public func project(_ fractions: [Double]) -> [Int] {
         precondition(fractions.count == layers)
         let exact = fractions.indices.map { (fractions[$0] - target) * Double(weights[$0]) / stepWeights }
-        var levels = exact.indices.map { Swift.min(highest[$0], Swift.max(lowest[$0], Int(exact[$0].rounded()))) }
+        // Clamped before the conversion: a fraction far off the grid must not trap.
+        var levels = exact.indices.map { Int(Swift.min(Double(highest[$0]), Swift.max(Double(lowest[$0]), exact[$0].isNaN ? 0 : exact[$0].rounded()))) }
         var sum = levels.reduce(0, +)
         while sum != 0 {
             let down = sum > 0

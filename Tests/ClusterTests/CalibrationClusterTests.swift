@@ -311,8 +311,11 @@ final class CalibrationClusterTests: XCTestCase {
         let search = "allocation: {method: evolutionary, generations: 3, offspring: 4, survivors: [2, 1], tokens: [16, 48]}\n"
         let expected = try run("evo-w0", method: "wanda", extra: search, workers: 0)
         XCTAssertEqual(try run("evo-w2", method: "wanda", extra: search, workers: 2), expected)
-        XCTAssertNotEqual(try run("evo-seed", method: "wanda", extra: search.replacingOccurrences(of: "}", with: ", seed: 5}"), workers: 0), expected,
-                          "another seed searches elsewhere")
+        // Another seed, and one selection stage (the parent competing with the offspring).
+        let oneStage = "allocation: {method: evolutionary, generations: 3, offspring: 4, survivors: [1], tokens: [48], seed: 5}\n"
+        XCTAssertNotEqual(try run("evo-seed", method: "wanda", extra: oneStage, workers: 2), expected, "another seed searches elsewhere")
+        XCTAssertEqual(try Ledger(path: dir.file("evo-seed/ledger.sqlite"), create: false, readOnly: true).tasks().filter { $0.phase == "evolve" }.count,
+                       4 + 3 * 7, "generation 0: 4 tasks; later: offspring, 4 + 1 scored, survivors")
 
         let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("evo-w2/out/manifest.json"))))
         var weighted = 0.0, total = 0.0, levels = Set<Double>()

@@ -86,6 +86,7 @@ final class AllocationTests: XCTestCase {
         assertRefused("{method: evolutionary, levels: 200}", "allocation.levels: '200' must be an integer in [1, 100]")
         assertRefused("{method: evolutionary, seed: -3}", "allocation.seed: '-3' must be an integer ≥ 0")
         assertRefused("{method: evolutionary, step: 0.1}", "allocation.step: not used by allocation evolutionary")
+        assertRefused("evolutionary", sparsity: "sparsity: 0", "around the target sparsity, which is 0")
         assertRefused("{method: owl, generations: 3}", "allocation.generations: not used by allocation owl")
         assertRefused("evolutionary", sparsity: "", pattern: "pattern: '2:4'\n", "allocation: evolutionary sets a sparsity per layer")
         assertRefused("{method: global, m: 3}", "allocation.m: not used by allocation global")

@@ -12,12 +12,18 @@ import Tensors
 /// dense model on windows drawn from the same calibration set.
 enum CandidateFitness {
     /// Tokens one task may score: bounded before anything is allocated.
-    static let maxTokens = 1 << 18
+    static let maxTokens = Allocation.mostTokensPerCandidate
+    /// Windows longer than this are refused (the spec refuses them first).
+    static let maxWindow = 1 << 16
+    /// A mean KL divergence (nats per token) above this is no measurement: a worker's
+    /// result beyond it is refused. ln(vocabulary) bounds the divergence of any
+    /// candidate that is not certain of a wrong token; 1e4 leaves room for those.
+    static let largestMeanKL = 1e4
 
     static func run(_ f: Prune_V1_FitnessTask, inputs: TaskInputs) throws -> TaskOutputs {
         let config = try LlamaConfig.parse(bytes: [UInt8](f.configJson), file: "fitness task config")
         let total = f.lengths.reduce(0) { $0 + Int($1) }
-        guard !f.lengths.isEmpty, f.lengths.allSatisfy({ $0 >= 1 && $0 <= 1 << 16 }), total == f.tokenIds.count, total <= maxTokens else {
+        guard !f.lengths.isEmpty, f.lengths.allSatisfy({ $0 >= 1 && $0 <= maxWindow }), total == f.tokenIds.count, total <= maxTokens else {
             throw PruningError("fitness task: \(f.tokenIds.count) token ids for sequences of \(f.lengths.prefix(8)) tokens (at most \(maxTokens))")
         }
         try config.checkSequenceLength(Int(f.lengths.max()!), what: "fitness task sequence")

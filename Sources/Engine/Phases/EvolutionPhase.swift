@@ -15,7 +15,7 @@ import Tensors
 /// - `evolve:G:S:survivors`: the stage's best candidates; the last stage's single
 ///   survivor (the parent competing too) is the next parent, the last generation's the
 ///   levels the layers are pruned at.
-public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource {
+public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, AlwaysVerified {
     public static let name = "evolve"
     public static let candidates = OutputName("candidates")
     public static let fitness = OutputName("fitness")
@@ -87,13 +87,23 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource {
             out.append(PhaseTask(EvolutionPhase.offspringID(g), after: start))
             for s in 0..<stages(g) {
                 var inputs = [s == 0 ? EvolutionPhase.offspringID(g) : EvolutionPhase.survivorsID(g, s - 1)]
-                if g > 0 && s == stages(g) - 1 && s > 0 { inputs.append(lastSurvivors(g - 1)) }  // (s = 0: the offspring's input)
+                if g > 0 && s == stages(g) - 1 { inputs.append(lastSurvivors(g - 1)) }
                 let scored = (0..<candidateCount(g, s)).map { EvolutionPhase.fitnessID(g, s, $0) }
                 out += scored.map { PhaseTask($0, after: inputs + databases) }
                 out.append(PhaseTask(EvolutionPhase.survivorsID(g, s), after: scored + inputs))
             }
         }
         return out
+    }
+
+    /// Offspring and selections cost microseconds and one lie among them would steer the
+    /// whole search (a worker's survivors are not checked against its candidates' fitness
+    /// by `problem`): the coordinator recomputes every one whenever it verifies tasks.
+    public func alwaysVerified(_ task: TaskID) -> Bool {
+        switch kind(of: task) {
+        case .offspring, .survivors: return true
+        default: return false
+        }
     }
 
     // MARK: Candidates
@@ -195,15 +205,15 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource {
         case .fitness(let g, let s, _):
             let expected = EvolutionarySearch.sample(available: calibration.windows.count, length: calibration.tokens, tokens: tokens(g, s),
                                                      seed: spec.seed, generation: g, stage: s).reduce(0) { $0 + max($1.tokens - 1, 0) }
-            guard outputs.count == 1, let v = try? FloatPayload.doubles(outputs[0], what: "fitness"), v.count == 2, v[0].isFinite,
-                  v[0] >= -1e-6 * max(v[1], 1), v[1] == Double(expected) else {
+            guard outputs.count == 1, let v = try? FloatPayload.doubles(outputs[0], what: "fitness"), v.count == 2, v[1] == Double(expected),
+                  v[0] >= -1e-6 * max(v[1], 1), v[0] <= CandidateFitness.largestMeanKL * max(v[1], 1) else {
                 return "result of \(task) is not a finite KL divergence ≥ 0 summed over \(expected) tokens"
             }
         case .survivors(let g, let s):
             let count = survivorCount(g, s)
             guard outputs.count == 2, let list = try? CandidateCoding.decode(outputs[0], layers: grid.layers), list.count == count,
                   list.allSatisfy(grid.isValid), let fitness = try? FloatPayload.doubles(outputs[1], what: "fitness"), fitness.count == count,
-                  fitness.allSatisfy({ $0.isFinite }), zip(fitness, fitness.dropFirst()).allSatisfy({ $0 <= $1 }) else {
+                  fitness.allSatisfy({ $0 >= -1e-6 && $0 <= CandidateFitness.largestMeanKL }), zip(fitness, fitness.dropFirst()).allSatisfy({ $0 <= $1 }) else {
                 return "result of \(task) is not \(count) valid candidates with their fitness, best first"
             }
         case nil:
@@ -245,6 +255,7 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource {
     }
 
     private static func breed(_ b: Prune_V1_BreedTask, inputs: TaskInputs) throws -> TaskOutputs {
+        guard b.offspring <= 4096 else { throw PruningError("breed task: \(b.offspring) offspring (at most 4096)") }
         let grid = try LevelGrid(weights: b.weights.map { Int(clamping: $0) }, target: b.target, stepWeights: b.stepWeights,
                                  lowest: b.lowest.map(Int.init), highest: b.highest.map(Int.init))
         var list: [[Int]]
@@ -275,7 +286,8 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource {
 
     private static func select(_ w: Prune_V1_SelectTask, inputs: TaskInputs) throws -> TaskOutputs {
         let n = Int(w.layers)
-        guard n > 0, w.candidates.count == n * w.fitness.count, w.survivors >= 1, Int(w.survivors) <= w.fitness.count else {
+        guard n > 0, w.candidates.count == n * w.fitness.count, w.survivors >= 1, Int(w.survivors) <= w.fitness.count,
+              w.candidates.allSatisfy({ Int16(exactly: $0) != nil }) else {
             throw PruningError("select task: \(w.candidates.count) levels for \(w.fitness.count) candidates of \(n) layers, \(w.survivors) survivors")
         }
         let means = try w.fitness.map { ref -> Double in

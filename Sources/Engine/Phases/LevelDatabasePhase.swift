@@ -26,6 +26,11 @@ public final class LevelDatabasePhase: Phase, RoundedPhase {
         targets = calibration.targetsWithBlocks
         index = Dictionary(targets.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { a, _ in a })
         let a = job.spec.allocation
+        // A fitness task holds the dense log-probabilities of its sample: tokens × vocabulary F32.
+        let held = Double(a.tokens.last ?? 0) * Double(calibration.config.vocabSize) * 4
+        guard held <= Double(4 << 30) else {
+            throw SpecError("allocation.tokens: \(a.tokens.last ?? 0) tokens × a vocabulary of \(calibration.config.vocabSize) is \(Int(held / Double(1 << 30))) GiB of log-probabilities per candidate (at most 4 GiB); score on fewer tokens")
+        }
         grid = LevelGrid(weights: targets.map { job.checkpoint.info($0.name)?.elementCount ?? 1 }, target: job.plan.sparsity,
                          stepWeights: a.stepWeights(target: job.plan.sparsity, hidden: calibration.config.hiddenSize),
                          levels: a.levels, minimum: a.min, maximum: a.max)

@@ -207,6 +207,12 @@ public protocol RoundedPhase {
     func round(of task: TaskID) -> Int
 }
 
+/// A phase with tasks whose results the coordinator recomputes whenever it verifies any:
+/// cheap tasks whose one lie would decide the output (an evolutionary search's selection).
+public protocol AlwaysVerified {
+    func alwaysVerified(_ task: TaskID) -> Bool
+}
+
 /// A phase that measures pruned tensors: its figures go into the manifest's `measures`.
 public protocol ManifestContributor {
     /// Tensor name → measure name → value.
