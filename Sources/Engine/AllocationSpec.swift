@@ -21,7 +21,7 @@ public struct Allocation: Sendable, Equatable {
             case .global: return ["min", "max"]
             case .owl: return ["m", "lambda", "min", "max"]
             case .errorBudget: return ["step", "error", "min", "max"]
-            case .evolutionary: return ["generations", "offspring", "survivors", "tokens", "levels", "seed", "m", "lambda", "min", "max"]
+            case .evolutionary: return ["generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed", "m", "lambda", "min", "max"]
             }
         }
     }
@@ -61,6 +61,10 @@ public struct Allocation: Sendable, Equatable {
     public var offspring = 8
     public var survivors = [2, 1]
     public var tokens = [512, 2048]
+    /// evolutionary: calibration tokens per fitness task (whole windows, at least one): a
+    /// candidate's sample is scored in shards of this size, so a stage's few large
+    /// samples spread over the workers as evenly as its many small ones.
+    public var tokensPerTask = 1024
     /// evolutionary: steps of the level grid each way from the target (EvoPress's
     /// `num_levels`); a step is 0.5·min(s, 1 − s)/levels × hidden² weights.
     public var levels = 8
@@ -98,7 +102,7 @@ public struct Allocation: Sendable, Equatable {
         if node.scalar != nil {
             fields = ["method": node]
         } else {
-            fields = try JobSpec.mapping(node, key: "allocation", known: ["method", "m", "lambda", "step", "error", "min", "max", "generations", "offspring", "survivors", "tokens", "levels", "seed"], file: file)
+            fields = try JobSpec.mapping(node, key: "allocation", known: ["method", "m", "lambda", "step", "error", "min", "max", "generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed"], file: file)
         }
         guard let methodNode = fields["method"], let name = methodNode.scalar?.string else {
             throw SpecError("\(where_(file, node)): allocation: needs a method (\(Method.allCases.map(\.rawValue).joined(separator: ", ")))")
@@ -146,6 +150,7 @@ public struct Allocation: Sendable, Equatable {
         if let v = try integer("offspring", 1...4096) { a.offspring = v }
         if let v = try integers("survivors", 1...4096) { a.survivors = v }
         if let v = try integers("tokens", 2...100_000_000) { a.tokens = v }
+        if let v = try integer("tokens_per_task", 1...Allocation.mostTokensPerCandidate) { a.tokensPerTask = v }
         // At most 201 levels per layer: a level database byte holds a position (255: never).
         if let v = try integer("levels", 1...100) { a.levels = v }
         if let n = fields["seed"] {
@@ -154,7 +159,7 @@ public struct Allocation: Sendable, Equatable {
             }
             a.seed = v
         }
-        for key in ["m", "lambda", "step", "error", "min", "max", "generations", "offspring", "survivors", "tokens", "levels", "seed"] where fields[key] != nil && !chosen.keys.contains(key) {
+        for key in ["m", "lambda", "step", "error", "min", "max", "generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed"] where fields[key] != nil && !chosen.keys.contains(key) {
             throw SpecError("\(where_(file, fields[key])): allocation.\(key): not used by allocation \(chosen.rawValue)")
         }
         if chosen == .uniform { return a }

@@ -847,8 +847,10 @@ public nonisolated struct Prune_V1_FitnessLayer: Sendable {
 }
 
 /// One selection stage: the `survivors` candidates with the least fitness (ties to the
-/// lower index). Result payload: "survivors" (i16 levels per layer, best first) and
-/// "fitness" (their F64 mean KL, best first).
+/// lower index), a candidate's fitness its KL summed over its `shards` fitness outputs
+/// (candidate after candidate, shards in order) divided by their token count. Result
+/// payload: "survivors" (i16 levels per layer, best first) and "fitness" (their F64 mean
+/// KL, best first).
 public nonisolated struct Prune_V1_SelectTask: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -861,6 +863,8 @@ public nonisolated struct Prune_V1_SelectTask: Sendable {
   public var fitness: [Prune_V1_ArtifactRef] = []
 
   public var survivors: UInt32 = 0
+
+  public var shards: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2739,7 +2743,7 @@ nonisolated extension Prune_V1_FitnessLayer: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Prune_V1_SelectTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SelectTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}layers\0\u{1}candidates\0\u{1}fitness\0\u{1}survivors\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}layers\0\u{1}candidates\0\u{1}fitness\0\u{1}survivors\0\u{1}shards\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2751,6 +2755,7 @@ nonisolated extension Prune_V1_SelectTask: SwiftProtobuf.Message, SwiftProtobuf.
       case 2: try { try decoder.decodeRepeatedSInt32Field(value: &self.candidates) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.fitness) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.survivors) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.shards) }()
       default: break
       }
     }
@@ -2769,6 +2774,9 @@ nonisolated extension Prune_V1_SelectTask: SwiftProtobuf.Message, SwiftProtobuf.
     if self.survivors != 0 {
       try visitor.visitSingularUInt32Field(value: self.survivors, fieldNumber: 4)
     }
+    if self.shards != 0 {
+      try visitor.visitSingularUInt32Field(value: self.shards, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2777,6 +2785,7 @@ nonisolated extension Prune_V1_SelectTask: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.candidates != rhs.candidates {return false}
     if lhs.fitness != rhs.fitness {return false}
     if lhs.survivors != rhs.survivors {return false}
+    if lhs.shards != rhs.shards {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -308,7 +308,7 @@ final class CalibrationClusterTests: XCTestCase {
     /// KL divergence from the dense model, the fitness tasks spread over the workers; the
     /// levels keep the pruned total, and the bytes are the same for 0 and 2 workers.
     func testEvolutionarySearchKeepsTheTotalAndGivesTheSameBytes() throws {
-        let search = "allocation: {method: evolutionary, generations: 3, offspring: 4, survivors: [2, 1], tokens: [16, 48]}\n"
+        let search = "allocation: {method: evolutionary, generations: 3, offspring: 4, survivors: [2, 1], tokens: [16, 48], tokens_per_task: 16}\n"
         let expected = try run("evo-w0", method: "wanda", extra: search, workers: 0)
         XCTAssertEqual(try run("evo-w2", method: "wanda", extra: search, workers: 2), expected)
         // Another seed, and one selection stage (the parent competing with the offspring).
@@ -336,11 +336,12 @@ final class CalibrationClusterTests: XCTestCase {
 
         let tasks = try Ledger(path: dir.file("evo-w2/ledger.sqlite"), create: false, readOnly: true).tasks()
         XCTAssertEqual(tasks.filter { $0.phase == "leveldb" }.count, 3 * 7)
-        // Generation 0: offspring, 2 starts, survivors; then offspring, 4 + survivors, 3 + survivors.
-        XCTAssertEqual(tasks.filter { $0.phase == "evolve" }.count, 4 + 3 * 10)
+        // Samples of 48 tokens in 3 shards of one 16-token window each. Generation 0:
+        // offspring, 2 starts × 3 shards, survivors; then offspring, 4 × 1 + survivors, 3 × 3 + survivors.
+        XCTAssertEqual(tasks.filter { $0.phase == "evolve" }.count, 8 + 3 * 16)
         XCTAssertEqual(tasks.filter { $0.phase == "outliers" }.count, 3, "the OWL start point")
         let fitnessTasks = tasks.filter { $0.phase == "evolve" && !$0.id.hasSuffix("offspring") && !$0.id.hasSuffix("survivors") }
-        XCTAssertEqual(fitnessTasks.count, 23)
+        XCTAssertEqual(fitnessTasks.count, 6 + 3 * 13)
         XCTAssertGreaterThanOrEqual(Set(fitnessTasks.compactMap(\.worker)).count, 2, "candidates scored on both workers")
         let report = try String(contentsOfFile: dir.file("evo-w2/report.md"), encoding: .utf8)
         XCTAssertTrue(report.contains("Evolutionary search: 3 generations after the start points, 23 candidate evaluations"), report)

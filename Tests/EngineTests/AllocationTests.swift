@@ -49,7 +49,9 @@ final class AllocationTests: XCTestCase {
         XCTAssertEqual([a.generations, a.offspring, a.levels], [40, 8, 8])
         XCTAssertEqual(a.survivors, [2, 1])
         XCTAssertEqual(a.tokens, [512, 2048])
-        let tuned = try spec("{method: evolutionary, generations: 5, offspring: 16, survivors: [4, 2, 1], tokens: [256, 1024, 4096], levels: 4, seed: 9, lambda: 0.1}").allocation
+        XCTAssertEqual(a.tokensPerTask, 1024)
+        let tuned = try spec("{method: evolutionary, generations: 5, offspring: 16, survivors: [4, 2, 1], tokens: [256, 1024, 4096], tokens_per_task: 512, levels: 4, seed: 9, lambda: 0.1}").allocation
+        XCTAssertEqual(tuned.tokensPerTask, 512)
         XCTAssertEqual([tuned.generations, tuned.offspring, tuned.levels], [5, 16, 4])
         XCTAssertEqual(tuned.survivors, [4, 2, 1])
         XCTAssertEqual(tuned.tokens, [256, 1024, 4096])
@@ -84,6 +86,7 @@ final class AllocationTests: XCTestCase {
         assertRefused("{method: evolutionary, generations: -1}", "allocation.generations: '-1' must be an integer in [0, 100000]")
         assertRefused("{method: evolutionary, survivors: []}", "allocation.survivors: must be a list of 1 to 8 integers")
         assertRefused("{method: evolutionary, levels: 200}", "allocation.levels: '200' must be an integer in [1, 100]")
+        assertRefused("{method: evolutionary, tokens_per_task: 0}", "allocation.tokens_per_task: '0' must be an integer in [1, 262144]")
         assertRefused("{method: evolutionary, seed: -3}", "allocation.seed: '-3' must be an integer ≥ 0")
         assertRefused("{method: evolutionary, step: 0.1}", "allocation.step: not used by allocation evolutionary")
         assertRefused("evolutionary", sparsity: "sparsity: 0", "around the target sparsity, which is 0")

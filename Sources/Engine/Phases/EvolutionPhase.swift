@@ -9,9 +9,10 @@ import Tensors
 /// earlier outputs, so a killed search resumes where it stopped with the same result.
 /// - `evolve:G:offspring`: the generation's candidates (G = 0: the start points, uniform
 ///   and OWL; later: mutations of the parent).
-/// - `evolve:G:S:C`: candidate C's fitness at selection stage S, the KL divergence of its
-///   next-token distribution from the dense model's on the stage's token sample: the tasks
-///   the workers run in parallel.
+/// - `evolve:G:S:C:K`: candidate C's fitness at selection stage S on shard K of the
+///   stage's token sample (`tokens_per_task` tokens of whole windows), the KL divergence
+///   of its next-token distribution from the dense model's: the tasks the workers run in
+///   parallel.
 /// - `evolve:G:S:survivors`: the stage's best candidates; the last stage's single
 ///   survivor (the parent competing too) is the next parent, the last generation's the
 ///   levels the layers are pruned at.
@@ -62,21 +63,36 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
     func survivorCount(_ g: Int, _ s: Int) -> Int { g == 0 ? 1 : spec.survivors[s] }
     func tokens(_ g: Int, _ s: Int) -> Int { g == 0 ? spec.tokens.last! : spec.tokens[s] }
 
+    /// The token sample of stage s of generation g (every candidate's), in shards of whole
+    /// windows, one fitness task each.
+    func shards(_ g: Int, _ s: Int) -> [[(window: Int, tokens: Int)]] {
+        let sample = EvolutionarySearch.sample(available: calibration.windows.count, length: calibration.tokens, tokens: tokens(g, s),
+                                               seed: spec.seed, generation: g, stage: s)
+        let per = max(1, spec.tokensPerTask / calibration.tokens)
+        return stride(from: 0, to: sample.count, by: per).map { Array(sample[$0..<min($0 + per, sample.count)]) }
+    }
+
+    func shardCount(_ g: Int, _ s: Int) -> Int {
+        let windows = min(calibration.windows.count, (tokens(g, s) + calibration.tokens - 1) / calibration.tokens)
+        let per = max(1, spec.tokensPerTask / calibration.tokens)
+        return (windows + per - 1) / per
+    }
+
     static func offspringID(_ g: Int) -> TaskID { TaskID(name, "\(g):offspring") }
-    static func fitnessID(_ g: Int, _ s: Int, _ c: Int) -> TaskID { TaskID(name, "\(g):\(s):\(c)") }
+    static func fitnessID(_ g: Int, _ s: Int, _ c: Int, _ k: Int) -> TaskID { TaskID(name, "\(g):\(s):\(c):\(k)") }
     static func survivorsID(_ g: Int, _ s: Int) -> TaskID { TaskID(name, "\(g):\(s):survivors") }
     func lastSurvivors(_ g: Int) -> TaskID { EvolutionPhase.survivorsID(g, stages(g) - 1) }
 
-    private enum Kind { case offspring(Int), fitness(Int, Int, Int), survivors(Int, Int) }
+    private enum Kind { case offspring(Int), fitness(Int, Int, Int, Int), survivors(Int, Int) }
 
     private func kind(of task: TaskID) -> Kind? {
         let parts = task.key.split(separator: ":").map(String.init)
         guard task.phase == EvolutionPhase.name, let g = Int(parts[0]), g >= 0, g <= spec.generations else { return nil }
         if parts.count == 2, parts[1] == "offspring" { return .offspring(g) }
-        guard parts.count == 3, let s = Int(parts[1]), s >= 0, s < stages(g) else { return nil }
-        if parts[2] == "survivors" { return .survivors(g, s) }
-        guard let c = Int(parts[2]), c >= 0, c < candidateCount(g, s) else { return nil }
-        return .fitness(g, s, c)
+        guard parts.count >= 3, let s = Int(parts[1]), s >= 0, s < stages(g) else { return nil }
+        if parts.count == 3, parts[2] == "survivors" { return .survivors(g, s) }
+        guard parts.count == 4, let c = Int(parts[2]), c >= 0, c < candidateCount(g, s), let k = Int(parts[3]), k >= 0, k < shardCount(g, s) else { return nil }
+        return .fitness(g, s, c, k)
     }
 
     public var tasks: [PhaseTask] {
@@ -88,7 +104,7 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
             for s in 0..<stages(g) {
                 var inputs = [s == 0 ? EvolutionPhase.offspringID(g) : EvolutionPhase.survivorsID(g, s - 1)]
                 if g > 0 && s == stages(g) - 1 { inputs.append(lastSurvivors(g - 1)) }
-                let scored = (0..<candidateCount(g, s)).map { EvolutionPhase.fitnessID(g, s, $0) }
+                let scored = (0..<candidateCount(g, s)).flatMap { c in (0..<shardCount(g, s)).map { EvolutionPhase.fitnessID(g, s, c, $0) } }
                 out += scored.map { PhaseTask($0, after: inputs + databases) }
                 out.append(PhaseTask(EvolutionPhase.survivorsID(g, s), after: scored + inputs))
             }
@@ -156,7 +172,7 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
                 b.max = spec.max
             }
             return .breed(b)
-        case .fitness(let g, let s, let c):
+        case .fitness(let g, let s, let c, let k):
             let candidate = try candidates(g, s, outputs: outputs)[c]
             var f = Prune_V1_FitnessTask()
             f.configJson = Data(calibration.configJSON)
@@ -168,17 +184,19 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
                 layer.position = UInt32(candidate[i] - grid.lowest[i])
                 return layer
             }
-            let sample = EvolutionarySearch.sample(available: calibration.windows.count, length: calibration.tokens, tokens: tokens(g, s),
-                                                   seed: spec.seed, generation: g, stage: s)
-            f.tokenIds = sample.flatMap { calibration.windows[$0.window].prefix($0.tokens) }
-            f.lengths = sample.map { UInt32($0.tokens) }
+            let shard = shards(g, s)[k]
+            f.tokenIds = shard.flatMap { calibration.windows[$0.window].prefix($0.tokens) }
+            f.lengths = shard.map { UInt32($0.tokens) }
             return .fitness(f)
         case .survivors(let g, let s):
             var w = Prune_V1_SelectTask()
             w.layers = UInt32(grid.layers)
             w.candidates = try candidates(g, s, outputs: outputs).flatMap { $0.map(Int32.init) }
-            w.fitness = try (0..<candidateCount(g, s)).map { try outputs.ref(EvolutionPhase.fitness, of: EvolutionPhase.fitnessID(g, s, $0)) }
+            w.fitness = try (0..<candidateCount(g, s)).flatMap { c in
+                try (0..<shardCount(g, s)).map { try outputs.ref(EvolutionPhase.fitness, of: EvolutionPhase.fitnessID(g, s, c, $0)) }
+            }
             w.survivors = UInt32(survivorCount(g, s))
+            w.shards = UInt32(shardCount(g, s))
             return .select(w)
         case nil:
             throw PruningError("no evolve task \(task)")
@@ -202,9 +220,8 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
                   list.allSatisfy(grid.isValid) else {
                 return "result of \(task) is not \(count) candidates of \(grid.layers) levels within the grid, summing to zero"
             }
-        case .fitness(let g, let s, _):
-            let expected = EvolutionarySearch.sample(available: calibration.windows.count, length: calibration.tokens, tokens: tokens(g, s),
-                                                     seed: spec.seed, generation: g, stage: s).reduce(0) { $0 + max($1.tokens - 1, 0) }
+        case .fitness(let g, let s, _, let k):
+            let expected = shards(g, s)[k].reduce(0) { $0 + max($1.tokens - 1, 0) }
             guard outputs.count == 1, let v = try? FloatPayload.doubles(outputs[0], what: "fitness"), v.count == 2, v[1] == Double(expected),
                   v[0] >= -1e-6 * max(v[1], 1), v[0] <= CandidateFitness.largestMeanKL * max(v[1], 1) else {
                 return "result of \(task) is not a finite KL divergence ≥ 0 summed over \(expected) tokens"
@@ -285,15 +302,22 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
     }
 
     private static func select(_ w: Prune_V1_SelectTask, inputs: TaskInputs) throws -> TaskOutputs {
-        let n = Int(w.layers)
-        guard n > 0, w.candidates.count == n * w.fitness.count, w.survivors >= 1, Int(w.survivors) <= w.fitness.count,
-              w.candidates.allSatisfy({ Int16(exactly: $0) != nil }) else {
-            throw PruningError("select task: \(w.candidates.count) levels for \(w.fitness.count) candidates of \(n) layers, \(w.survivors) survivors")
+        let n = Int(w.layers), shards = Int(w.shards)
+        guard n > 0, shards > 0, w.fitness.count % shards == 0, w.candidates.count == n * (w.fitness.count / shards), w.survivors >= 1,
+              Int(w.survivors) <= w.fitness.count / shards, w.candidates.allSatisfy({ Int16(exactly: $0) != nil }) else {
+            throw PruningError("select task: \(w.candidates.count) levels and \(w.fitness.count) fitness shards for candidates of \(n) layers, \(w.survivors) survivors")
         }
-        let means = try w.fitness.map { ref -> Double in
-            let v = try FloatPayload.doubles(try inputs.artifact(ref), what: "fitness")
-            guard v.count == 2, v[1] > 0 else { throw PruningError("select task: a fitness is not a sum and a positive count") }
-            return v[0] / v[1]
+        // Each candidate's KL and token count summed over its shards in order.
+        let means = try stride(from: 0, to: w.fitness.count, by: shards).map { first -> Double in
+            var sum = 0.0, count = 0.0
+            for ref in w.fitness[first..<(first + shards)] {
+                let v = try FloatPayload.doubles(try inputs.artifact(ref), what: "fitness")
+                guard v.count == 2, v[1] >= 0 else { throw PruningError("select task: a fitness is not a sum and a count") }
+                sum += v[0]
+                count += v[1]
+            }
+            guard count > 0 else { throw PruningError("select task: a candidate was scored on no token") }
+            return sum / count
         }
         let chosen = EvolutionarySearch.select(means, survivors: Int(w.survivors))
         let list = chosen.map { c in w.candidates[(c * n)..<((c + 1) * n)].map(Int.init) }
