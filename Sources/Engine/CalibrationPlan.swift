@@ -77,7 +77,7 @@ public struct CalibrationPlan: Sendable {
         // block b, so the longest prune must not start last while the other workers idle.
         pruneOrder = groups.map { blockGroups in
             let forward = Array(blockGroups.joined())
-            let cost = forward.map { shapes[$0].map { Self.pruneCost(method: method, rows: $0.rows, cols: $0.cols) } ?? 0 }
+            let cost = forward.map { shapes[$0].map { Self.pruneCost(method: method, refits: spec.reconstruct != nil, rows: $0.rows, cols: $0.cols) } ?? 0 }
             return forward.indices.sorted { (cost[$0], -$0) > (cost[$1], -$1) }.map { forward[$0] }
         }
     }
@@ -85,8 +85,10 @@ public struct CalibrationPlan: Sendable {
     /// Relative work of a `prune` task, for ordering only. SparseGPT: the Cholesky factor
     /// of the columns × columns Hessian and the sweep's updates, ~cols²·(rows + cols);
     /// Wanda and the rest: one pass over the weights.
-    static func pruneCost(method: JobSpec.Method, rows: Int, cols: Int) -> Double {
-        method == .sparsegpt ? Double(cols) * Double(cols) * Double(rows + cols) : Double(rows) * Double(cols)
+    /// A layer-wise re-fit: a Cholesky of up to (cols/2)² per row, ~rows·cols³ (it dominates).
+    static func pruneCost(method: JobSpec.Method, refits: Bool = false, rows: Int, cols: Int) -> Double {
+        if refits { return Double(rows) * Double(cols) * Double(cols) * Double(cols) }
+        return method == .sparsegpt ? Double(cols) * Double(cols) * Double(rows + cols) : Double(rows) * Double(cols)
     }
 
     /// The same windows and groups run through the dense model for `method`'s statistics

@@ -99,6 +99,11 @@ public struct JobSpec: Sendable {
     public var allocation = Allocation()
     /// Mask refinement (`refine:`); nil when off.
     public var refine: Refine?
+    /// Recovery with the masks fixed (`reconstruct:`); nil when off.
+    public var reconstruct: Reconstruct?
+    /// Whether the prune tasks change the kept weights (SparseGPT's update, a re-fit), so
+    /// the outputs and the next block's calibration take their weights, not the checkpoint's.
+    public var updatesKeptWeights: Bool { method == .sparsegpt || reconstruct != nil }
     /// sha256 of the spec file's bytes.
     public var digest: String
     /// The spec file's bytes, copied into the job directory.
@@ -139,7 +144,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -393,6 +398,9 @@ public struct JobSpec: Sendable {
         }
         if let node = values["refine"] {
             spec.refine = try Refine.parse(node, method: method, pattern: pattern, file: file)
+        }
+        if let node = values["reconstruct"] {
+            spec.reconstruct = try Reconstruct.parse(node, method: method, pattern: pattern, calibration: calibration, file: file)
         }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {

@@ -459,6 +459,14 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .select(newValue)}
   }
 
+  public var blockRefit: Prune_V1_BlockRefitTask {
+    get {
+      if case .blockRefit(let v)? = _storage._work {return v}
+      return Prune_V1_BlockRefitTask()
+    }
+    set {_uniqueStorage()._work = .blockRefit(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -476,6 +484,7 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     case breed(Prune_V1_BreedTask)
     case fitness(Prune_V1_FitnessTask)
     case select(Prune_V1_SelectTask)
+    case blockRefit(Prune_V1_BlockRefitTask)
 
   }
 
@@ -975,6 +984,50 @@ public nonisolated struct Prune_V1_CalibrateTask: Sendable {
   fileprivate var _hidden: Prune_V1_ArtifactRef? = nil
 }
 
+/// Block-wise reconstruction of one half of a decoder block (`reconstruct: {scope: block}`,
+/// task `refit:BLOCK:PART`, PART attention or mlp): the dense block's input on every
+/// calibration shard (token ids for block 0, else the dense pass's hidden states), the dense
+/// half as teacher, and its Linear layers as pruned (mask, start weights) as the student,
+/// re-fit by `epochs` passes of Adam steps, one per shard in shard order, masks fixed.
+/// Result payloads: "weights:<linear>" (F32, the re-fit weights, zero where pruned) per
+/// Linear of the half, in `SubBlock` order, and "loss" (two F64: Σ (y − teacher)² over
+/// every shard before and after).
+public nonisolated struct Prune_V1_BlockRefitTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var block: UInt32 = 0
+
+  public var part: String = String()
+
+  public var configJson: Data = Data()
+
+  public var tokens: UInt32 = 0
+
+  /// Samples per shard, in shard order.
+  public var shardSamples: [UInt32] = []
+
+  /// Block 0: every shard's windows, shard after shard.
+  public var tokenIds: [Int32] = []
+
+  /// Later blocks: the block's input per shard.
+  public var hidden: [Prune_V1_ArtifactRef] = []
+
+  /// The embedding (block 0) and the block's tensors.
+  public var weights: [Prune_V1_TensorRef] = []
+
+  public var pruned: [Prune_V1_PrunedLinear] = []
+
+  public var epochs: UInt32 = 0
+
+  public var learningRate: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Prune_V1_LinearGroup: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1021,6 +1074,10 @@ public nonisolated struct Prune_V1_LayerPruneTask: Sendable {
   public var grams: [Prune_V1_ArtifactRef] = []
 
   public var refineSwaps: UInt32 = 0
+
+  /// reconstruct: {scope: layer}: re-fit the kept weights (LayerReconstruction) with this
+  /// dampening; 0 = off. Needs `grams` (for SparseGPT, its statistics are the Hessians).
+  public var reconstructDamp: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1824,7 +1881,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
@@ -2045,6 +2102,19 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
             _storage._work = .select(v)
           }
         }()
+        case 24: try {
+          var v: Prune_V1_BlockRefitTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .blockRefit(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .blockRefit(v)
+          }
+        }()
         default: break
         }
       }
@@ -2119,6 +2189,10 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case .select?: try {
         guard case .select(let v)? = _storage._work else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .blockRefit?: try {
+        guard case .blockRefit(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
       }()
       case nil: break
       }
@@ -2969,6 +3043,86 @@ nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtob
   }
 }
 
+nonisolated extension Prune_V1_BlockRefitTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BlockRefitTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}part\0\u{3}config_json\0\u{1}tokens\0\u{3}shard_samples\0\u{3}token_ids\0\u{1}hidden\0\u{1}weights\0\u{1}pruned\0\u{1}epochs\0\u{3}learning_rate\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.block) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.part) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.configJson) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.tokens) }()
+      case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.shardSamples) }()
+      case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.tokenIds) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.hidden) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.weights) }()
+      case 9: try { try decoder.decodeRepeatedMessageField(value: &self.pruned) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.epochs) }()
+      case 11: try { try decoder.decodeSingularDoubleField(value: &self.learningRate) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.block != 0 {
+      try visitor.visitSingularUInt32Field(value: self.block, fieldNumber: 1)
+    }
+    if !self.part.isEmpty {
+      try visitor.visitSingularStringField(value: self.part, fieldNumber: 2)
+    }
+    if !self.configJson.isEmpty {
+      try visitor.visitSingularBytesField(value: self.configJson, fieldNumber: 3)
+    }
+    if self.tokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tokens, fieldNumber: 4)
+    }
+    if !self.shardSamples.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.shardSamples, fieldNumber: 5)
+    }
+    if !self.tokenIds.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.tokenIds, fieldNumber: 6)
+    }
+    if !self.hidden.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.hidden, fieldNumber: 7)
+    }
+    if !self.weights.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.weights, fieldNumber: 8)
+    }
+    if !self.pruned.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.pruned, fieldNumber: 9)
+    }
+    if self.epochs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.epochs, fieldNumber: 10)
+    }
+    if self.learningRate.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.learningRate, fieldNumber: 11)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_BlockRefitTask, rhs: Prune_V1_BlockRefitTask) -> Bool {
+    if lhs.block != rhs.block {return false}
+    if lhs.part != rhs.part {return false}
+    if lhs.configJson != rhs.configJson {return false}
+    if lhs.tokens != rhs.tokens {return false}
+    if lhs.shardSamples != rhs.shardSamples {return false}
+    if lhs.tokenIds != rhs.tokenIds {return false}
+    if lhs.hidden != rhs.hidden {return false}
+    if lhs.weights != rhs.weights {return false}
+    if lhs.pruned != rhs.pruned {return false}
+    if lhs.epochs != rhs.epochs {return false}
+    if lhs.learningRate != rhs.learningRate {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Prune_V1_LinearGroup: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LinearGroup"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}names\0")
@@ -3001,7 +3155,7 @@ nonisolated extension Prune_V1_LinearGroup: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LayerPruneTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}method\0\u{1}pattern\0\u{1}sparsity\0\u{3}block_size\0\u{1}damp\0\u{1}statistics\0\u{1}grams\0\u{3}refine_swaps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}method\0\u{1}pattern\0\u{1}sparsity\0\u{3}block_size\0\u{1}damp\0\u{1}statistics\0\u{1}grams\0\u{3}refine_swaps\0\u{3}reconstruct_damp\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3018,6 +3172,7 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
       case 8: try { try decoder.decodeRepeatedMessageField(value: &self.grams) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.refineSwaps) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self.reconstructDamp) }()
       default: break
       }
     }
@@ -3055,6 +3210,9 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
     if self.refineSwaps != 0 {
       try visitor.visitSingularUInt32Field(value: self.refineSwaps, fieldNumber: 9)
     }
+    if self.reconstructDamp.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.reconstructDamp, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3068,6 +3226,7 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
     if lhs.statistics != rhs.statistics {return false}
     if lhs.grams != rhs.grams {return false}
     if lhs.refineSwaps != rhs.refineSwaps {return false}
+    if lhs.reconstructDamp != rhs.reconstructDamp {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -14,6 +14,7 @@ public protocol LinalgScalar: BinaryFloatingPoint {
     static func lapackPotrf(_ uplo: CChar, _ n: Int32, _ a: UnsafeMutablePointer<Self>) -> Int32
     static func lapackPotri(_ uplo: CChar, _ n: Int32, _ a: UnsafeMutablePointer<Self>) -> Int32
     static func lapackTrtri(_ uplo: CChar, _ n: Int32, _ a: UnsafeMutablePointer<Self>) -> Int32
+    static func lapackPotrs(_ uplo: CChar, _ n: Int32, _ nrhs: Int32, _ a: UnsafePointer<Self>, _ b: UnsafeMutablePointer<Self>, _ ldb: Int32) -> Int32
 }
 
 extension Float: LinalgScalar {
@@ -39,6 +40,9 @@ extension Float: LinalgScalar {
     public static func lapackTrtri(_ uplo: CChar, _ n: Int32, _ a: UnsafeMutablePointer<Float>) -> Int32 {
         LAPACKE_strtri(LAPACK_COL_MAJOR, uplo, CChar(UInt8(ascii: "N")), n, a, n)
     }
+    public static func lapackPotrs(_ uplo: CChar, _ n: Int32, _ nrhs: Int32, _ a: UnsafePointer<Float>, _ b: UnsafeMutablePointer<Float>, _ ldb: Int32) -> Int32 {
+        LAPACKE_spotrs(LAPACK_COL_MAJOR, uplo, n, nrhs, a, n, b, ldb)
+    }
 }
 
 extension Double: LinalgScalar {
@@ -63,6 +67,9 @@ extension Double: LinalgScalar {
     }
     public static func lapackTrtri(_ uplo: CChar, _ n: Int32, _ a: UnsafeMutablePointer<Double>) -> Int32 {
         LAPACKE_dtrtri(LAPACK_COL_MAJOR, uplo, CChar(UInt8(ascii: "N")), n, a, n)
+    }
+    public static func lapackPotrs(_ uplo: CChar, _ n: Int32, _ nrhs: Int32, _ a: UnsafePointer<Double>, _ b: UnsafeMutablePointer<Double>, _ ldb: Int32) -> Int32 {
+        LAPACKE_dpotrs(LAPACK_COL_MAJOR, uplo, n, nrhs, a, n, b, ldb)
     }
 }
 
@@ -105,6 +112,12 @@ public enum Linalg {
     /// Reads A's lower triangle; writes L there and leaves the strictly upper triangle as it was.
     public static func cholesky<T: LinalgScalar>(_ a: UnsafeMutablePointer<T>, n: Int, layer: String) throws {
         try check(T.lapackPotrf(upper, Int32(n), a), "Cholesky factorisation", layer)
+    }
+
+    /// In place: solves A·x = b for one right-hand side, given A's lower Cholesky factor L
+    /// from `cholesky` (LAPACK potrs); b becomes x.
+    public static func choleskySolve<T: LinalgScalar>(_ l: UnsafePointer<T>, n: Int, _ b: UnsafeMutablePointer<T>, layer: String) throws {
+        try check(T.lapackPotrs(upper, Int32(n), 1, l, b, Int32(n)), "Cholesky solve", layer)
     }
 
     /// In place: A⁻¹ from the lower Cholesky factor L of A (LAPACK potri, as

@@ -303,6 +303,73 @@ final class CalibrationClusterTests: XCTestCase {
         }
     }
 
+    /// reconstruct: each layer's kept weights re-fit to the dense outputs inside its prune
+    /// task (sequential mode: the next block calibrates on the re-fit weights), after
+    /// Wanda's masks, after swaps, and after SparseGPT's own update; the errors before and
+    /// after in the manifest, lower after, pruned weights zero in the output; the same bytes
+    /// for 0 and 2 workers.
+    func testLayerReconstructionLowersTheErrorAndGivesTheSameBytes() throws {
+        for (tag, method, pattern, extra) in [("refit-wanda", "wanda", "unstructured", "reconstruct: layer\n"),
+                                              ("refit-swap24", "wanda", "2:4", "refine: {method: swap, swaps: 8}\nreconstruct: layer\n"),
+                                              ("refit-sparsegpt", "sparsegpt", "unstructured", "reconstruct: {scope: layer, damp: 0.01}\n")] {
+            let expected = try run("\(tag)-w0", method: method, pattern: pattern, extra: extra, workers: 0)
+            XCTAssertEqual(try run("\(tag)-w2", method: method, pattern: pattern, extra: extra, workers: 2), expected, tag)
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("\(tag)-w2/out/manifest.json"))))
+            var before = 0.0, after = 0.0
+            for (name, t) in manifest.tensors where t.pruned {
+                let b = try XCTUnwrap(t.measures?["reconstruction_error_before"], name), a = try XCTUnwrap(t.reconstructionError, name)
+                XCTAssertLessThanOrEqual(a, b * (1 + 1e-12), "\(tag) \(name)")
+                XCTAssertLessThan(try XCTUnwrap(t.measures?["reconstruction_residual"], name), 1e-4, "\(tag) \(name)")
+                if extra.contains("refine") { XCTAssertNotNil(t.measures?["reconstruction_error_refined"], name) }
+                before += b
+                after += a
+            }
+            XCTAssertLessThan(after, 0.9 * before, tag)
+            let check = try Subprocess.prune(["check", "model", "\(tag)-w2"], cwd: dir.path)
+            XCTAssertEqual(check.status, 0, tag + ": " + check.stdout + check.stderr)
+        }
+        // The re-fit changed Wanda's kept weights, not its masks.
+        let plain = try run("refit-plain", method: "wanda", workers: 0)
+        XCTAssertNotEqual(plain, outputs("refit-wanda-w0"))
+        let dense = try Checkpoint(path: dir.file("refit-plain/out/dense")), refit = try Checkpoint(path: dir.file("refit-wanda-w0/out/dense"))
+        let name = try XCTUnwrap(dense.tensors.map(\.name).first { $0.hasSuffix("q_proj.weight") })
+        let a = try dense.shard(of: name)!.floats(dense.info(name)!), b = try refit.shard(of: name)!.floats(refit.info(name)!)
+        XCTAssertEqual(a.map { $0 == 0 }, b.map { $0 == 0 }, "the same weights are zero")
+        XCTAssertNotEqual(a, b)
+    }
+
+    /// reconstruct: {scope: block}: after the layer-wise re-fit, each block's attention and
+    /// MLP halves trained by Adam to the dense halves' outputs (dense mode): the halves'
+    /// losses fall, the masks stay the prune tasks', pruned weights stay zero, the weights
+    /// differ from the layer-wise re-fit's, and the bytes are the same for 0 and 2 workers.
+    func testBlockReconstructionLowersTheHalvesLossAndGivesTheSameBytes() throws {
+        let block = "reconstruct: {scope: block, epochs: 3, learning_rate: 0.001}\n"
+        let expected = try run("block-w0", method: "wanda", mode: "dense", extra: block, workers: 0)
+        XCTAssertEqual(try run("block-w2", method: "wanda", mode: "dense", extra: block, workers: 2), expected)
+        let layer = try run("block-layer", method: "wanda", mode: "dense", extra: "reconstruct: layer\n", workers: 0)
+        XCTAssertNotEqual(layer, expected, "the block re-fit changed the weights")
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("block-w2/out/manifest.json"))))
+        var halves = 0
+        for (name, t) in manifest.tensors where t.pruned {
+            let before = try XCTUnwrap(t.measures?["block_loss_before"], name), after = try XCTUnwrap(t.measures?["block_loss"], name)
+            XCTAssertLessThan(after, before, name)
+            XCTAssertNotNil(t.measures?["layer_reconstruction_error"], name)
+            halves += 1
+        }
+        XCTAssertGreaterThan(halves, 0)
+        let blocks = Set(manifest.tensors.keys.compactMap { $0.split(separator: ".").dropFirst(2).first.flatMap { Int($0) } })
+        XCTAssertGreaterThan(blocks.count, 1)
+        XCTAssertEqual(doneTasks("block-w2").filter { $0.phase == "refit" }.count, 2 * blocks.count, "two halves in each block")
+        // Same masks as the layer-wise job (zeros in the same places).
+        let a = try Checkpoint(path: dir.file("block-layer/out/dense")), b = try Checkpoint(path: dir.file("block-w0/out/dense"))
+        for name in manifest.tensors.filter({ $0.value.pruned }).keys.sorted() {
+            let x = try a.shard(of: name)!.floats(a.info(name)!), y = try b.shard(of: name)!.floats(b.info(name)!)
+            XCTAssertEqual(x.map { $0 == 0 }, y.map { $0 == 0 }, name)
+        }
+        let check = try Subprocess.prune(["check", "model", "block-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
     /// evolutionary: a level database per layer (one byte per weight), the start points
     /// (uniform, OWL) scored, then generations of offspring selected in two stages by their
     /// KL divergence from the dense model, the fitness tasks spread over the workers; the

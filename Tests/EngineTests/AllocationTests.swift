@@ -215,4 +215,43 @@ final class AllocationTests: XCTestCase {
             }
         }
     }
+
+    private func reconstructSpec(_ reconstruct: String, method: String = "wanda", pattern: String = "", extra: String = "",
+                                 mode: String = "sequential") throws -> JobSpec {
+        let calibration = method == "magnitude" ? "" : "calibration: {data: ids.npy, mode: \(mode)}\n"
+        return try JobSpec.parse(yaml: "model: m\noutput: o\nmethod: \(method)\nsparsity: 0.5\n\(pattern)\(calibration)\(extra)reconstruct: \(reconstruct)\n",
+                                 file: "job.yaml", baseDirectory: dir.path)
+    }
+
+    func testReconstructTakesAScopeOrAMappingAndRefusesWhatItCannotServe() throws {
+        XCTAssertEqual(try reconstructSpec("layer").reconstruct, Reconstruct())
+        XCTAssertEqual(try reconstructSpec("true").reconstruct, Reconstruct())
+        XCTAssertNil(try reconstructSpec("false").reconstruct)
+        XCTAssertEqual(try reconstructSpec("{scope: layer, damp: 0.1}").reconstruct?.damp, 0.1)
+        XCTAssertTrue(try reconstructSpec("layer", method: "sparsegpt").updatesKeptWeights)
+        XCTAssertTrue(try reconstructSpec("layer", extra: "refine: swap\n").updatesKeptWeights)
+        XCTAssertFalse(try reconstructSpec("false").updatesKeptWeights)
+        let block = try XCTUnwrap(try reconstructSpec("{scope: block, epochs: 2, learning_rate: 0.001}", mode: "dense").reconstruct)
+        XCTAssertEqual([block.scope.rawValue, "\(block.epochs)", "\(block.learningRate)"], ["block", "2", "0.001"])
+        XCTAssertEqual(try reconstructSpec("block", mode: "dense").reconstruct?.epochs, Reconstruct().epochs)
+        for (reconstruct, method, pattern, text) in [
+            ("blocks", "wanda", "", "reconstruct: unknown scope 'blocks' (known: layer, block)"),
+            ("{scope: model}", "wanda", "", "reconstruct.scope: 'model' is not one of layer, block"),
+            ("block", "wanda", "", "reconstruct: scope block needs calibration mode dense"),
+            ("{scope: layer, epochs: 2}", "wanda", "", "reconstruct: epochs and learning_rate are for scope block"),
+            ("{scope: block, epochs: 0}", "wanda", "", "reconstruct.epochs: must be an integer ≥ 1"),
+            ("{scope: block, epochs: 1001}", "wanda", "", "reconstruct.epochs"),
+            ("{scope: block, learning_rate: 0}", "wanda", "", "reconstruct.learning_rate: must be a finite number in (0, 1]"),
+            ("{scope: block, learning_rate: .inf}", "wanda", "", "reconstruct.learning_rate: must be a finite number in (0, 1]"),
+            ("{damp: 0}", "wanda", "", "reconstruct.damp: must be a number in (0, 1]"),
+            ("{damp: .nan}", "wanda", "", "reconstruct.damp: must be a number in (0, 1]"),
+            ("{scope: layer, rounds: 2}", "wanda", "", "unknown key 'reconstruct.rounds'"),
+            ("layer", "magnitude", "", "reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (magnitude has no calibration)"),
+            ("layer", "wanda", "pattern: rows_l2\n", "reconstruct: pattern rows_l2 keeps whole rows unchanged"),
+        ] {
+            XCTAssertThrowsError(try reconstructSpec(reconstruct, method: method, pattern: pattern)) { error in
+                XCTAssertTrue("\(error)".contains(text) && "\(error)".hasPrefix("job.yaml:"), "'\(error)' should contain '\(text)'")
+            }
+        }
+    }
 }

@@ -51,12 +51,15 @@ public class CalibratePhase: Phase, RoundedPhase {
     public static let hidden = OutputName("hidden")
     /// The statistic of the group whose first Linear layer is `group`.
     public static func statistics(_ group: String) -> OutputName { OutputName("stats:\(group)") }
-    /// The Hessian of the group's input, for `refine:` (the job's own pass only).
+    /// The Hessian of the group's input, for `refine:` and `reconstruct:` with Wanda (the
+    /// job's own pass only; SparseGPT's statistic is that Hessian already).
     public static func gram(_ group: String) -> OutputName { OutputName("gram:\(group)") }
 
     /// Whether this pass also gathers each group's Hessian: the job's own pass of a job
-    /// that refines its masks (the profile pass never does).
-    var gathersGrams: Bool { job.spec.refine != nil && type(of: self) == CalibratePhase.self }
+    /// that refines its masks or re-fits Wanda's weights (the profile pass never does).
+    var gathersGrams: Bool {
+        (job.spec.refine != nil || (job.spec.reconstruct != nil && job.spec.method != .sparsegpt)) && type(of: self) == CalibratePhase.self
+    }
 
     public var tasks: [PhaseTask] {
         (0..<calibration.blocks).flatMap { b in
@@ -98,7 +101,7 @@ public class CalibratePhase: Phase, RoundedPhase {
                     var p = Prune_V1_PrunedLinear()
                     p.name = name
                     p.mask = try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
-                    if job.spec.method == .sparsegpt { p.weights = try outputs.ref(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: name)) }
+                    if job.spec.updatesKeptWeights { p.weights = try outputs.ref(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: name)) }
                     return p
                 }
             }

@@ -35,6 +35,9 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Man
     public static let error = OutputName("error")
     /// `refine:`: ‖WX − ŴX‖² before and after the swaps (two F64).
     public static let refined = OutputName("refined")
+    /// `reconstruct:`: ‖WX − ŴX‖² before and after the re-fit, and the re-fit's relative
+    /// residual (three F64; `LayerReconstruction.Result`).
+    public static let reconstructed = OutputName("reconstructed")
 
     /// Per block, its layers longest first (`CalibrationPlan`'s order): block b+1's
     /// calibration waits for every prune of block b, so the longest must not start last.
@@ -62,31 +65,48 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Man
         p.statistics = try (0..<calibration.shardCount).map {
             try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
         }
-        if let refine = job.spec.refine {
-            p.grams = try (0..<calibration.shardCount).map { try outputs.ref(CalibratePhase.gram(group), of: CalibratePhase.id(block: b, shard: $0)) }
-            p.refineSwaps = UInt32(refine.swaps)
+        if job.spec.refine != nil || job.spec.reconstruct != nil {
+            // SparseGPT's statistic is the Hessian; Wanda's calibration gathered it besides.
+            p.grams = job.spec.method == .sparsegpt ? p.statistics
+                : try (0..<calibration.shardCount).map { try outputs.ref(CalibratePhase.gram(group), of: CalibratePhase.id(block: b, shard: $0)) }
         }
+        if let refine = job.spec.refine { p.refineSwaps = UInt32(refine.swaps) }
+        if let reconstruct = job.spec.reconstruct { p.reconstructDamp = reconstruct.damp }
         return .layerPrune(p)
     }
 
-    private var updatesWeights: Bool { job.spec.method == .sparsegpt }
+    private var updatesWeights: Bool { job.spec.updatesKeptWeights }
 
+    /// The mask; the updated weights when the task changes them; SparseGPT's own error
+    /// unless a re-fit follows; the errors of the swaps and of the re-fit when asked.
     public func outputNames(of task: TaskID) -> [OutputName] {
-        updatesWeights ? [.mask, LayerPrunePhase.weights, LayerPrunePhase.error] : job.spec.refine != nil ? [.mask, LayerPrunePhase.refined] : [.mask]
+        [.mask] + (updatesWeights ? [LayerPrunePhase.weights] : [])
+            + (job.spec.method == .sparsegpt && job.spec.reconstruct == nil ? [LayerPrunePhase.error] : [])
+            + (job.spec.refine != nil ? [LayerPrunePhase.refined] : [])
+            + (job.spec.reconstruct != nil ? [LayerPrunePhase.reconstructed] : [])
     }
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
         guard let info = job.checkpoint.info(task.key) else { return "no prune task \(task)" }
         let names = outputNames(of: task)
         guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
-        guard (try? Mask(rows: info.rows, cols: info.cols, bits: outputs[0])) != nil else { return "mask of \(task) has the wrong size" }
-        if updatesWeights {
-            guard outputs[1].count == info.elementCount * 4 else { return "weights of \(task) have the wrong size" }
-            guard outputs[2].count == 8 else { return "error of \(task) is not one F64" }
+        guard let mask = try? Mask(rows: info.rows, cols: info.cols, bits: outputs[0]) else { return "mask of \(task) has the wrong size" }
+        let payload = { (name: OutputName) in names.firstIndex(of: name).map { outputs[$0] } }
+        if let weights = payload(LayerPrunePhase.weights) {
+            guard let values = try? FloatPayload.floats(weights, what: "weights"), values.count == info.elementCount else { return "weights of \(task) have the wrong size" }
+            // Pruned weights are exactly zero, and nothing written is NaN or infinite.
+            for (i, v) in values.enumerated() where !v.isFinite || (v != 0 && !mask[i / info.cols, i % info.cols]) {
+                return v.isFinite ? "weights of \(task) are not zero where the mask prunes" : "weights of \(task) are not finite"
+            }
         }
-        if job.spec.refine != nil {
-            guard let errors = try? FloatPayload.doubles(outputs[1], what: "refined"), errors.count == 2,
-                  errors.allSatisfy({ $0.isFinite && $0 >= 0 }) else { return "refined errors of \(task) are not two finite F64 ≥ 0" }
+        if let error = payload(LayerPrunePhase.error) {
+            guard error.count == 8 else { return "error of \(task) is not one F64" }
+        }
+        for (name, count) in [(LayerPrunePhase.refined, 2), (LayerPrunePhase.reconstructed, 3)] {
+            guard let bytes = payload(name) else { continue }
+            guard let values = try? FloatPayload.doubles(bytes, what: name.rawValue), values.count == count,
+                  values.allSatisfy({ $0.isFinite && $0 >= 0 }) else { return "\(name.rawValue) errors of \(task) are not \(count) finite F64 ≥ 0" }
+            guard values[1] <= values[0] * (1 + 1e-9) else { return "\(name.rawValue) error of \(task) rose from \(values[0]) to \(values[1])" }
         }
         return nil
     }
@@ -104,19 +124,32 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Man
         let pruned = try CalibrationWork.prune(step, weights: weights, statisticsCount: p.statistics.count) {
             try inputs.artifact(p.statistics[$0])
         }
-        var more: [(name: String, bytes: [UInt8])] = []
-        if let updated = pruned.updated, let error = pruned.error {
-            more = [(LayerPrunePhase.weights.rawValue, FloatPayload.encode(updated)), (LayerPrunePhase.error.rawValue, FloatPayload.encode(error))]
-        }
-        if p.refineSwaps > 0 {
+        var mask = pruned.mask
+        var refinedErrors: [UInt8]? = nil
+        let refits = p.reconstructDamp > 0
+        guard p.refineSwaps == 0 && !refits || !p.grams.isEmpty else { throw PruningError("prune task: \(name): no Hessians to refine or re-fit with") }
+        let hessian = p.grams.isEmpty ? nil : try SparseGPT.merged(count: p.grams.count, layer: name) { try inputs.artifact(p.grams[$0]) }
+        if p.refineSwaps > 0, let hessian {
             guard pruned.updated == nil else { throw PruningError("prune task: \(name): refinement keeps the weights; \(method.rawValue) updates them") }
-            let hessian = try SparseGPT.merged(count: p.grams.count, layer: name) { try inputs.artifact(p.grams[$0]) }
-            let swapped = try SwapRefinement.refine(weights: weights, mask: pruned.mask, hessian: hessian, maxSwaps: Int(p.refineSwaps),
+            let swapped = try SwapRefinement.refine(weights: weights, mask: mask, hessian: hessian, maxSwaps: Int(p.refineSwaps),
                                                     pattern: step.pattern, layer: name)
-            return TaskOutputs.withMask(swapped.mask, pattern: p.pattern,
-                                        more: [(refined.rawValue, FloatPayload.encode(swapped.errorBefore) + FloatPayload.encode(swapped.errorAfter))])
+            mask = swapped.mask
+            refinedErrors = FloatPayload.encode(swapped.errorBefore) + FloatPayload.encode(swapped.errorAfter)
         }
-        return TaskOutputs.withMask(pruned.mask, pattern: p.pattern, more: more)
+        // In `outputNames` order: weights, SparseGPT's error, refined, reconstructed.
+        var more: [(name: String, bytes: [UInt8])] = []
+        if refits, let hessian {
+            let fit = try LayerReconstruction.refit(dense: weights, start: pruned.updated, mask: mask, hessian: hessian, damp: p.reconstructDamp, layer: name)
+            more.append((LayerPrunePhase.weights.rawValue, FloatPayload.encode(fit.weights)))
+            if let refinedErrors { more.append((refined.rawValue, refinedErrors)) }
+            more.append((reconstructed.rawValue, [fit.errorBefore, fit.errorAfter, fit.residual].flatMap(FloatPayload.encode)))
+        } else {
+            if let updated = pruned.updated, let error = pruned.error {
+                more = [(LayerPrunePhase.weights.rawValue, FloatPayload.encode(updated)), (LayerPrunePhase.error.rawValue, FloatPayload.encode(error))]
+            }
+            if let refinedErrors { more.append((refined.rawValue, refinedErrors)) }
+        }
+        return TaskOutputs.withMask(mask, pattern: p.pattern, more: more)
     }
 
     // MARK: PrunedTensorSource
@@ -143,22 +176,37 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Man
     }
 
     public func reconstructionError(of tensor: String, outputs: OutputStore) throws -> Double? {
-        if job.spec.refine != nil { return try refinedErrors(of: tensor, outputs: outputs)[1] }
+        if job.spec.reconstruct != nil { return try errors(LayerPrunePhase.reconstructed, count: 3, of: tensor, outputs: outputs)[1] }
+        if job.spec.refine != nil { return try errors(LayerPrunePhase.refined, count: 2, of: tensor, outputs: outputs)[1] }
         guard updatesWeights else { return nil }
         return try FloatPayload.double(try outputs.bytes(LayerPrunePhase.error, of: LayerPrunePhase.id(tensor: tensor)), what: "error of \(tensor)")
     }
 
-    private func refinedErrors(of tensor: String, outputs: OutputStore) throws -> [Double] {
-        let errors = try FloatPayload.doubles(try outputs.bytes(LayerPrunePhase.refined, of: LayerPrunePhase.id(tensor: tensor)), what: "refined errors of \(tensor)")
-        guard errors.count == 2 else { throw PruningError("refined errors of \(tensor) are not two values") }
+    private func errors(_ output: OutputName, count: Int, of tensor: String, outputs: OutputStore) throws -> [Double] {
+        let errors = try FloatPayload.doubles(try outputs.bytes(output, of: LayerPrunePhase.id(tensor: tensor)), what: "\(output.rawValue) errors of \(tensor)")
+        guard errors.count == count else { throw PruningError("\(output.rawValue) errors of \(tensor) are not \(count) values") }
         return errors
     }
 
-    /// `refine:`: each layer's ‖WX − ŴX‖² before the swaps (`reconstruction_error` is after).
+    /// Each layer's ‖WX − ŴX‖² before the swaps and the re-fit (`reconstruction_error` is
+    /// after both); with both, the error after the swaps (`reconstruction_error_refined`);
+    /// with a re-fit, its relative residual (`reconstruction_residual`).
     public func measures(outputs: OutputStore) throws -> [String: [String: Double]] {
-        guard job.spec.refine != nil else { return [:] }
+        guard job.spec.refine != nil || job.spec.reconstruct != nil else { return [:] }
         var out: [String: [String: Double]] = [:]
-        for name in blockOf.keys.sorted() { out[name] = ["reconstruction_error_before": try refinedErrors(of: name, outputs: outputs)[0]] }
+        for name in blockOf.keys.sorted() {
+            var m: [String: Double] = [:]
+            let refit = job.spec.reconstruct != nil ? try errors(LayerPrunePhase.reconstructed, count: 3, of: name, outputs: outputs) : nil
+            if job.spec.refine != nil {
+                let swaps = try errors(LayerPrunePhase.refined, count: 2, of: name, outputs: outputs)
+                m["reconstruction_error_before"] = swaps[0]
+                if refit != nil { m["reconstruction_error_refined"] = swaps[1] }
+            } else if let refit {
+                m["reconstruction_error_before"] = refit[0]
+            }
+            if let refit { m["reconstruction_residual"] = refit[2] }
+            out[name] = m
+        }
         return out
     }
 }

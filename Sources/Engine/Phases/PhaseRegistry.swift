@@ -18,6 +18,7 @@ public enum PhaseRegistry {
         EvolutionPhase.self,
         MaskPhase.self,
         LayerPrunePhase.self,
+        BlockRefitPhase.self,
         WeightNormPhase.self,
         NoopPhase.self,
     ]
@@ -125,7 +126,9 @@ public final class JobDAG {
 
     /// The source that decides `tensor`.
     public func source(of tensor: String) throws -> any PrunedTensorSource {
-        guard let source = prunedTensorSources.first(where: { $0.prunedTensors.contains(tensor) }) else {
+        // The last phase that decides it: a later phase refines an earlier one's decision
+        // (block-wise reconstruction re-fits the prune tasks' weights).
+        guard let source = prunedTensorSources.last(where: { $0.prunedTensors.contains(tensor) }) else {
             throw PruningError("no phase of this job decides '\(tensor)'")
         }
         return source

@@ -15,7 +15,7 @@ public final class WeightNormPhase: Phase, RoundedPhase, ManifestContributor {
     private let tensors: [String]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.weightNorms, let source = earlier.compactMap({ $0 as? PrunedTensorSource }).first else { return nil }
+        guard job.spec.weightNorms, let source = earlier.compactMap({ $0 as? PrunedTensorSource }).last else { return nil }
         self.job = job
         self.source = source
         tensors = job.plan.targets.map(\.name)

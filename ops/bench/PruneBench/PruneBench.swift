@@ -97,7 +97,8 @@ struct PruneBench {
 
     /// `PruneBench sparsegpt DIR ROWS COLS TOKENS BATCHES`: writes W.f32 and X{i}.f32 (seeded
     /// normals) into DIR for the numpy port to read, then times our addBatch over all
-    /// batches and prune at 50% unstructured; prints JSON.
+    /// batches and prune at 50% unstructured, then the layer-wise re-fit under that mask;
+    /// prints JSON.
     /// ns per weight to encode and decode a 1536 × 2304 mask (a 2:4 one, and a 90%
     /// unstructured one) with each wire coding, next to the sha256 of its packed bits that
     /// the coordinator computes for every mask however it travels. Best of 5.
@@ -161,6 +162,10 @@ struct PruneBench {
         var weights = w
         let (mask, _) = try sgpt.prune(weights: &weights, sparsity: 0.5, n: 0, m: 0, blockSize: 128, percDamp: 0.01, layer: "bench")
         let end = DispatchTime.now().uptimeNanoseconds
-        print("{\"add_batch_seconds\": \(Double(mid - start) / 1e9), \"prune_seconds\": \(Double(end - mid) / 1e9), \"kept\": \(mask.keptCount)}")
+        // The layer-wise re-fit (`reconstruct: layer`) of the same layer under SparseGPT's mask.
+        let fit = try LayerReconstruction.refit(dense: w, start: weights, mask: mask, hessian: sgpt, damp: 0.01, layer: "bench")
+        let refitEnd = DispatchTime.now().uptimeNanoseconds
+        print("{\"add_batch_seconds\": \(Double(mid - start) / 1e9), \"prune_seconds\": \(Double(end - mid) / 1e9), \"kept\": \(mask.keptCount), "
+              + "\"refit_seconds\": \(Double(refitEnd - end) / 1e9), \"sparsegpt_error\": \(fit.errorBefore), \"refit_error\": \(fit.errorAfter)}")
     }
 }

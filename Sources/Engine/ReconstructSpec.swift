@@ -1,0 +1,72 @@
+import Foundation
+import Pruning
+import Yams
+
+/// Recovery with the masks fixed (`reconstruct:` in the spec): `reconstruct: layer`,
+/// `reconstruct: block` or a mapping `{scope: block, damp: 0.01, epochs: 4, learning_rate: 1e-4}`.
+/// Layer scope re-fits each pruned layer's kept weights to the dense layer's outputs on its
+/// calibration inputs (`LayerReconstruction`), inside the layer's prune task, after the mask
+/// (and any `refine:` swaps); in sequential mode the next block calibrates on the re-fit
+/// weights. Block scope starts from that re-fit and then trains each decoder block's
+/// attention and MLP halves to the dense halves' outputs with Adam (`BlockRefitPhase`).
+public struct Reconstruct: Sendable, Equatable {
+    public enum Scope: String, Sendable, CaseIterable { case layer, block }
+
+    public var scope: Scope = .layer
+    /// λ = damp × mean diag H: the pull towards the dense weights (SparseGPT's `percdamp`).
+    public var damp = 0.01
+    /// Block scope: passes over the calibration shards (one Adam step per shard).
+    public var epochs = 4
+    public static let maxEpochs = 1000
+    /// Block scope: Adam's step size.
+    public var learningRate = 1e-4
+
+    static func parse(_ node: Node, method: JobSpec.Method, pattern: SparsityPattern, calibration: JobSpec.Calibration?,
+                      file: String) throws -> Reconstruct? {
+        var r = Reconstruct()
+        if let scalar = node.scalar {
+            if let b = Bool.construct(from: scalar) {
+                guard b else { return nil }
+            } else {
+                guard let s = Scope(rawValue: scalar.string) else {
+                    throw SpecError("\(where_(file, node)): reconstruct: unknown scope '\(scalar.string)' (known: \(Scope.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                r.scope = s
+            }
+        } else {
+            let fields = try JobSpec.mapping(node, key: "reconstruct", known: ["scope", "damp", "epochs", "learning_rate"], file: file)
+            if let n = fields["scope"] {
+                guard let s = n.scalar.flatMap({ Scope(rawValue: $0.string) }) else {
+                    throw SpecError("\(where_(file, n)): reconstruct.scope: '\(n.scalar?.string ?? "?")' is not one of \(Scope.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                r.scope = s
+            }
+            if let n = fields["damp"] {
+                guard let d = n.scalar.flatMap({ Double($0.string) }), d.isFinite, d > 0, d <= 1 else {
+                    throw SpecError("\(where_(file, n)): reconstruct.damp: must be a number in (0, 1] (a fraction of the Hessian's mean diagonal)")
+                }
+                r.damp = d
+            }
+            if let v = try JobSpec.positiveInt(fields["epochs"], "reconstruct.epochs", file: file, minimum: 1, maximum: maxEpochs) { r.epochs = v }
+            if let n = fields["learning_rate"] {
+                guard let v = n.scalar.flatMap({ Double($0.string) }), v.isFinite, v > 0, v <= 1 else {
+                    throw SpecError("\(where_(file, n)): reconstruct.learning_rate: must be a finite number in (0, 1]")
+                }
+                r.learningRate = v
+            }
+            if r.scope == .layer, let n = fields["epochs"] ?? fields["learning_rate"] {
+                throw SpecError("\(where_(file, n)): reconstruct: epochs and learning_rate are for scope block (layer scope solves exactly)")
+            }
+        }
+        guard method == .wanda || method == .sparsegpt else {
+            throw SpecError("\(where_(file, node)): reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (\(method.rawValue) has no calibration)")
+        }
+        if case .rows = pattern {
+            throw SpecError("\(where_(file, node)): reconstruct: pattern \(pattern) keeps whole rows unchanged; there is nothing to re-fit")
+        }
+        if r.scope == .block, let calibration, calibration.mode != .dense {
+            throw SpecError("\(where_(file, node)): reconstruct: scope block needs calibration mode dense (every block re-fit to the dense model's activations); sequential is not built yet")
+        }
+        return r
+    }
+}
