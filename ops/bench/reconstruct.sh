@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recovery with the masks fixed on a real model: SmolLM2-135M-Instruct, calibration 64 × 256
-# KJV Genesis–Malachi tokens (sequential), perplexity on 32 × 256 held-out KJV
+# KJV Genesis–Malachi tokens (sequential unless MODE says), perplexity on 32 × 256 held-out KJV
 # Matthew–Revelation tokens. For each pruning (default: Wanda at 50%, 70% and 2:4, and
 # SparseGPT at the same) and reconstruction (default none and layer): perplexity, the gap
 # closed, (ppl_pruned − ppl_recovered) / (ppl_pruned − ppl_dense), wall time (prune +
@@ -9,6 +9,8 @@
 #   ops/bench/reconstruct.sh [WORKDIR]
 #   PRUNINGS="wanda 0.5 unstructured;sparsegpt 0.7 unstructured" RECONSTRUCTS="none;layer" WORKERS="1 2"
 #   EXTRA="allocation: owl" (added to every spec)
+#   MODE=dense (calibration mode; `reconstruct: {scope: block}` needs it), e.g.
+#   MODE=dense PRUNINGS="wanda 0.7 unstructured" RECONSTRUCTS="none;layer;{scope: block, epochs: 2}"
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-reconstruct-bench}")"
 cd "$(dirname "$0")/../.."
@@ -24,7 +26,7 @@ for pruning in "${prunings[@]}"; do
   for r in "${reconstructs[@]}"; do
     first=""
     for w in ${WORKERS:-2}; do
-      name="$method-$level-${pattern/:/-}-$(printf '%s' "$r" | tr -d '{} ' | tr ':,' '=_')-w$w"
+      name="$method-$level-${MODE:-sequential}-${pattern/:/-}-$(printf '%s' "$r" | tr -d '{} ' | tr ':,' '=_')-w$w"
       rm -rf "${work:?}/$name"
       {
         echo "model: $work/model"
@@ -34,7 +36,7 @@ for pruning in "${prunings[@]}"; do
         echo "pattern: \"$pattern\""
         [ "$r" = none ] || echo "reconstruct: $r"
         [ -z "${EXTRA:-}" ] || echo "$EXTRA"
-        echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0, mode: sequential}"
+        echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0, mode: ${MODE:-sequential}}"
         echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
       } > "$work/$name.yaml"
       start=$EPOCHREALTIME
