@@ -3,7 +3,7 @@ import Pruning
 import Yams
 
 /// Recovery with the masks fixed (`reconstruct:` in the spec): `reconstruct: layer`,
-/// `reconstruct: block` or a mapping `{scope: block, damp: 0.01, epochs: 4, learning_rate: 1e-4}`.
+/// `reconstruct: block` or a mapping `{scope: block, damp: 0.01, epochs: 2, learning_rate: 3e-3}`.
 /// Layer scope re-fits each pruned layer's kept weights to the dense layer's outputs on its
 /// calibration inputs (`LayerReconstruction`), inside the layer's prune task, after the mask
 /// (and any `refine:` swaps); in sequential mode the next block calibrates on the re-fit
@@ -15,11 +15,13 @@ public struct Reconstruct: Sendable, Equatable {
     public var scope: Scope = .layer
     /// λ = damp × mean diag H: the pull towards the dense weights (SparseGPT's `percdamp`).
     public var damp = 0.01
-    /// Block scope: passes over the calibration shards (one Adam step per shard).
-    public var epochs = 4
+    /// Block scope: passes over the calibration shards (one Adam step per shard). The
+    /// defaults are the best measured on SmolLM2 at 70% (README): 1e-4 barely moved the
+    /// perplexity, 1e-3 and 3e-3 took it from 57.6 (layer re-fit) to 46.3 and 40.8.
+    public var epochs = 2
     public static let maxEpochs = 1000
     /// Block scope: Adam's step size.
-    public var learningRate = 1e-4
+    public var learningRate = 3e-3
 
     static func parse(_ node: Node, method: JobSpec.Method, pattern: SparsityPattern, calibration: JobSpec.Calibration?,
                       file: String) throws -> Reconstruct? {
