@@ -22,10 +22,14 @@ public struct CoordinatorCore: Sendable {
         public let dependencies: [String]
         /// Run on two worker identities (or checked by the coordinator) before it is done.
         public let verify: Bool
-        public init(id: String, dependencies: [String] = [], verify: Bool = false) {
+        /// Tasks with the same key are best run by one worker (it keeps state they share);
+        /// the scheduler prefers that worker but never leaves a worker idle for it.
+        public let affinity: String?
+        public init(id: String, dependencies: [String] = [], verify: Bool = false, affinity: String? = nil) {
             self.id = id
             self.dependencies = dependencies
             self.verify = verify
+            self.affinity = affinity
         }
     }
 
@@ -103,6 +107,8 @@ public struct CoordinatorCore: Sendable {
         /// Every attempt ever leased to this connection: a result for one of these that is
         /// no longer leased is stale (its lease was revoked), not forged.
         var history: Set<String> = []
+        /// The affinity keys of the tasks leased to this connection.
+        var affinities: Set<String> = []
     }
 
     /// What the shell must do.
@@ -612,41 +618,63 @@ public struct CoordinatorCore: Sendable {
     /// Gives idle workers ready tasks in queue order. A task goes to an identity that has
     /// not failed it when one is connected; the second run of a verified task only to an
     /// identity other than the first run's, or to the coordinator when none is connected.
+    /// A task with an affinity key goes to an idle worker that ran one of its key before;
+    /// when a busy worker did, it waits until the other ready tasks are handed out, and
+    /// only then goes to whichever worker is still idle.
     private mutating func schedule(now: Int64) -> [Directive] {
         guard outcome == nil else { return [] }
         var out: [Directive] = []
         var idle = workers.keys.filter { workers[$0]!.running.isEmpty }.sorted()
         guard !idle.isEmpty || waitingForSecondRun > 0 else { return [] }
         let connected = Set(workers.values.map(\.principal))
+        var deferred: [Int] = []
         while lowestPending < order.count && status[lowestPending] != .pending { lowestPending += 1 }
         for p in lowestPending..<order.count {
             guard !idle.isEmpty || waitingForSecondRun > 0 else { break }
             guard isReady(p) else { continue }
             let id = order[p]
             let t = tasks[id]!
-            let firstRun = t.candidate?.principal
-            if let firstRun, connected.subtracting([firstRun]).isEmpty {
-                setState(id, .arbitrating)
-                waitingForSecondRun -= 1
-                out.append(.recompute(task: id))
+            if let key = t.definition.affinity, t.candidate == nil, workers.values.contains(where: { $0.affinities.contains(key) }),
+               !idle.contains(where: { workers[$0]!.affinities.contains(key) }) {
+                deferred.append(p)
                 continue
             }
-            guard !idle.isEmpty else { continue }
-            let failedIt = Set(t.failures)
-            let fresh = !connected.subtracting(failedIt).subtracting([firstRun].compactMap { $0 }).isEmpty
-            guard let i = idle.firstIndex(where: { worker in
-                let p = workers[worker]!.principal
-                return p != firstRun && !(fresh && failedIt.contains(p))
-            }) else { continue }
-            let worker = idle.remove(at: i)
-            let attempt = t.attempts + 1
-            tasks[id]!.attempts = attempt
-            setState(id, .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs)))
-            workers[worker]!.running.insert(id)
-            workers[worker]!.history.insert(Self.key(id, attempt))
-            workers[worker]!.lastSent = now
-            out.append(.assign(worker: worker, task: id, attempt: attempt))
+            out += assign(id, idle: &idle, connected: connected, now: now)
+        }
+        for p in deferred where !idle.isEmpty && status[p] == .pending {
+            out += assign(order[p], idle: &idle, connected: connected, now: now)
         }
         return out
+    }
+
+    /// Leases a ready task to one of the `idle` workers allowed to run it (one that ran
+    /// its affinity key first), or to the coordinator when it is the second run of a
+    /// verified task and no other identity is connected.
+    private mutating func assign(_ id: String, idle: inout [String], connected: Set<String>, now: Int64) -> [Directive] {
+        let t = tasks[id]!
+        let firstRun = t.candidate?.principal
+        if let firstRun, connected.subtracting([firstRun]).isEmpty {
+            setState(id, .arbitrating)
+            waitingForSecondRun -= 1
+            return [.recompute(task: id)]
+        }
+        guard !idle.isEmpty else { return [] }
+        let failedIt = Set(t.failures)
+        let fresh = !connected.subtracting(failedIt).subtracting([firstRun].compactMap { $0 }).isEmpty
+        let allowed = idle.indices.filter { i in
+            let p = workers[idle[i]]!.principal
+            return p != firstRun && !(fresh && failedIt.contains(p))
+        }
+        let key = t.definition.affinity
+        guard let i = allowed.first(where: { key != nil && workers[idle[$0]]!.affinities.contains(key!) }) ?? allowed.first else { return [] }
+        let worker = idle.remove(at: i)
+        if let key { workers[worker]!.affinities.insert(key) }
+        let attempt = t.attempts + 1
+        tasks[id]!.attempts = attempt
+        setState(id, .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs)))
+        workers[worker]!.running.insert(id)
+        workers[worker]!.history.insert(Self.key(id, attempt))
+        workers[worker]!.lastSent = now
+        return [.assign(worker: worker, task: id, attempt: attempt)]
     }
 }

@@ -64,7 +64,8 @@ public final class CoordinatorShell {
         settings = workload.settings
         self.logger = logger
         core = CoordinatorCore(tasks: workload.taskIDs.map {
-                                   CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0), verify: workload.verifies(task: $0))
+                                   CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0), verify: workload.verifies(task: $0),
+                                                                   affinity: workload.affinity(of: $0))
                                },
                                done: workload.doneTasks,
                                attempts: Dictionary(try workload.ledger.tasks().map { ($0.id, $0.attempts) }, uniquingKeysWith: max),

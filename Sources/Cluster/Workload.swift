@@ -22,6 +22,8 @@ public protocol ClusterWorkload: AnyObject {
     func dependencies(of task: String) -> [String]
     /// Whether a task's result is checked by a second run before it is accepted.
     func verifies(task: String) -> Bool
+    /// Tasks with the same key are best run by the same worker (nil: any worker).
+    func affinity(of task: String) -> String?
     /// Whether verified results come from BLAS, whose last bits depend on the CPU kernel.
     var verifiesBLASResults: Bool { get }
     /// Where workers that see the coordinator's disk find artifacts ("" when none).
@@ -75,6 +77,7 @@ extension ClusterWorkload {
     public var doneTaskIDs: Set<String> { Set(doneTasks.keys) }
     public func dependencies(of task: String) -> [String] { [] }
     public func verifies(task: String) -> Bool { false }
+    public func affinity(of task: String) -> String? { nil }
     public var verifiesBLASResults: Bool { false }
     public func reopen(task: String, reason: String) throws {}
     public func recomputation(of task: String) throws -> @Sendable () throws -> [ResultPayload] {
@@ -105,6 +108,10 @@ extension ClusterJob: ClusterWorkload {
     public func dependencies(of task: String) -> [String] {
         guard let id = TaskID(task), let t = dag.task(id) else { return [] }
         return t.dependencies.map(\.description)
+    }
+
+    public func affinity(of task: String) -> String? {
+        TaskID(task).flatMap { dag.task($0)?.affinity }
     }
 
     public var verifiesBLASResults: Bool { verifyFraction > 0 && spec.method.needsCalibration }

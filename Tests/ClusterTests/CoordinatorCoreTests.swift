@@ -39,6 +39,25 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(c.outcome, .completed)
     }
 
+    /// The evolutionary search's queue (candidate-major, two shards): a worker keeps the
+    /// shard it started, even when it finishes out of turn, and an idle worker is never
+    /// kept waiting for a busy one's shard.
+    func testTasksGoToTheWorkerThatHoldsTheirAffinityKey() {
+        let ids = ["c0k0", "c0k1", "c1k0", "c1k1", "c2k0", "c2k1", "d0k0", "d1k0"]
+        var c = Core(tasks: ids.map { Core.TaskDefinition(id: $0, affinity: $0.hasPrefix("c") ? "k" + $0.suffix(1) : "d") }, settings: settings)
+        XCTAssertEqual(assigns(c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)), ["c0k0"])
+        XCTAssertEqual(assigns(c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 0)), ["c0k1"])
+        // w2 finishes first: the next task in the queue (c1k0) is w1's shard, so w2 takes its own.
+        XCTAssertEqual(assigns(c.completed(task: "c0k1", by: "w2", attempt: 1, now: 1)), ["c1k1"])
+        XCTAssertEqual(assigns(c.completed(task: "c0k0", by: "w1", attempt: 1, now: 2)), ["c1k0"])
+        XCTAssertEqual(assigns(c.completed(task: "c1k0", by: "w1", attempt: 1, now: 3)), ["c2k0"])
+        // Nothing of its own is left for w2: it takes the first task nobody holds.
+        XCTAssertEqual(assigns(c.completed(task: "c1k1", by: "w2", attempt: 1, now: 4)), ["c2k1"])
+        XCTAssertEqual(assigns(c.completed(task: "c2k1", by: "w2", attempt: 1, now: 5)), ["d0k0"])
+        // w2 holds "d" and is busy; w1 is idle and d1k0 is the only ready task: w1 runs it.
+        XCTAssertEqual(assigns(c.completed(task: "c2k0", by: "w1", attempt: 1, now: 6)), ["d1k0"])
+    }
+
     func testProtocolMismatchIsRejectedWithBothVersions() {
         var c = core(["a"])
         let d = c.hello(worker: "old", name: "old", protocolVersion: 99, now: 0)

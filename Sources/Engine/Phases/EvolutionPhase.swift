@@ -105,7 +105,11 @@ public final class EvolutionPhase: Phase, LevelSource, SearchHistorySource, Alwa
                 var inputs = [s == 0 ? EvolutionPhase.offspringID(g) : EvolutionPhase.survivorsID(g, s - 1)]
                 if g > 0 && s == stages(g) - 1 { inputs.append(lastSurvivors(g - 1)) }
                 let scored = (0..<candidateCount(g, s)).flatMap { c in (0..<shardCount(g, s)).map { EvolutionPhase.fitnessID(g, s, c, $0) } }
-                out += scored.map { PhaseTask($0, after: inputs + databases) }
+                // A shard's candidates to one worker where possible: it computes the dense
+                // reference of the shard's windows once (ReferenceCache), not every worker.
+                out += (0..<candidateCount(g, s)).flatMap { c in
+                    (0..<shardCount(g, s)).map { PhaseTask(EvolutionPhase.fitnessID(g, s, c, $0), after: inputs + databases, affinity: "\(EvolutionPhase.name):\(g):\(s):shard\($0)") }
+                }
                 out.append(PhaseTask(EvolutionPhase.survivorsID(g, s), after: scored + inputs))
             }
         }

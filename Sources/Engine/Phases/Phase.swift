@@ -35,9 +35,14 @@ public struct OutputName: Hashable, Sendable, CustomStringConvertible {
 public struct PhaseTask: Sendable, Equatable {
     public let id: TaskID
     public let dependencies: [TaskID]
-    public init(_ id: TaskID, after dependencies: [TaskID] = []) {
+    /// Tasks with the same key share costly state a worker keeps between tasks (the dense
+    /// model's outputs on one token sample): the scheduler prefers to give them to the
+    /// worker that ran one before. Scheduling only: results never depend on it.
+    public let affinity: String?
+    public init(_ id: TaskID, after dependencies: [TaskID] = [], affinity: String? = nil) {
         self.id = id
         self.dependencies = dependencies
+        self.affinity = affinity
     }
 }
 
