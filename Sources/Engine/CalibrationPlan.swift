@@ -27,6 +27,9 @@ public struct CalibrationPlan: Sendable {
     public let groups: [[[String]]]
     /// Per block, its targets in the order their prune tasks are queued: longest first.
     public let pruneOrder: [[String]]
+    /// Every block's calibration tasks emit the block's input, the last one's too: in
+    /// sequential mode, the block-wise re-fit reads them.
+    public let emitsEveryInput: Bool
 
     public var shardCount: Int { (windows.count + samplesPerTask - 1) / samplesPerTask }
     public var blocks: Int { config.layers }
@@ -59,6 +62,7 @@ public struct CalibrationPlan: Sendable {
         mode = calibration.mode
         tokens = calibration.tokens
         samplesPerTask = calibration.samplesPerTask
+        emitsEveryInput = calibration.mode == .sequential && spec.reconstruct?.scope == .block
         pattern = plan.pattern
         sparsity = plan.sparsity
         sparseGPT = spec.sparseGPT
@@ -124,7 +128,7 @@ public struct CalibrationPlan: Sendable {
     /// What a `calibrate` task of block `b` needs to run, wherever it runs.
     public func step(block b: Int, shard s: Int) -> CalibrationWork.Step {
         CalibrationWork.Step(config: config, method: method, mode: mode, block: b, tokens: tokens,
-                             samples: windows(shard: s).count, groups: groups[b], emitHidden: b + 1 < blocks)
+                             samples: windows(shard: s).count, groups: groups[b], emitHidden: b + 1 < blocks || emitsEveryInput)
     }
 
     /// The tensors a `calibrate` task of block `b` reads from the checkpoint: the

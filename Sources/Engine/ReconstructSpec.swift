@@ -3,7 +3,8 @@ import Pruning
 import Yams
 
 /// Recovery with the masks fixed (`reconstruct:` in the spec): `reconstruct: layer`,
-/// `reconstruct: block` or a mapping `{scope: block, damp: 0.01, epochs: 2, learning_rate: 3e-3}`.
+/// `reconstruct: block` or a mapping `{scope: block, damp: 0.01, epochs: 2, learning_rate: 3e-3,
+/// tasks_per_step: 2}`.
 /// Layer scope re-fits each pruned layer's kept weights to the dense layer's outputs on its
 /// calibration inputs (`LayerReconstruction`), inside the layer's prune task, after the mask
 /// (and any `refine:` swaps); in sequential mode the next block calibrates on the re-fit
@@ -22,6 +23,11 @@ public struct Reconstruct: Sendable, Equatable {
     public static let maxEpochs = 1000
     /// Block scope: Adam's step size.
     public var learningRate = 3e-3
+    /// Block scope in sequential mode: each Adam step's gradient (one calibration shard)
+    /// is the sum of this many tasks' (slices of the shard's windows), which the workers
+    /// compute in parallel. Part of the job's identity (it fixes the summation order), not
+    /// of the cluster's: the bytes do not depend on the worker count.
+    public var tasksPerStep = 2
 
     static func parse(_ node: Node, method: JobSpec.Method, pattern: SparsityPattern, calibration: JobSpec.Calibration?,
                       file: String) throws -> Reconstruct? {
@@ -36,7 +42,7 @@ public struct Reconstruct: Sendable, Equatable {
                 r.scope = s
             }
         } else {
-            let fields = try JobSpec.mapping(node, key: "reconstruct", known: ["scope", "damp", "epochs", "learning_rate"], file: file)
+            let fields = try JobSpec.mapping(node, key: "reconstruct", known: ["scope", "damp", "epochs", "learning_rate", "tasks_per_step"], file: file)
             if let n = fields["scope"] {
                 guard let s = n.scalar.flatMap({ Scope(rawValue: $0.string) }) else {
                     throw SpecError("\(where_(file, n)): reconstruct.scope: '\(n.scalar?.string ?? "?")' is not one of \(Scope.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -56,8 +62,13 @@ public struct Reconstruct: Sendable, Equatable {
                 }
                 r.learningRate = v
             }
-            if r.scope == .layer, let n = fields["epochs"] ?? fields["learning_rate"] {
-                throw SpecError("\(where_(file, n)): reconstruct: epochs and learning_rate are for scope block (layer scope solves exactly)")
+            if let v = try JobSpec.positiveInt(fields["tasks_per_step"], "reconstruct.tasks_per_step", file: file, minimum: 1,
+                                               maximum: calibration?.samplesPerTask ?? 1) { r.tasksPerStep = v }
+            if r.scope == .layer, let n = fields["epochs"] ?? fields["learning_rate"] ?? fields["tasks_per_step"] {
+                throw SpecError("\(where_(file, n)): reconstruct: epochs, learning_rate and tasks_per_step are for scope block (layer scope solves exactly)")
+            }
+            if let n = fields["tasks_per_step"], calibration?.mode != .sequential {
+                throw SpecError("\(where_(file, n)): reconstruct.tasks_per_step: for calibration mode sequential (in dense mode each half is one task)")
             }
         }
         guard method == .wanda || method == .sparsegpt else {
@@ -65,9 +76,6 @@ public struct Reconstruct: Sendable, Equatable {
         }
         if case .rows = pattern {
             throw SpecError("\(where_(file, node)): reconstruct: pattern \(pattern) keeps whole rows unchanged; there is nothing to re-fit")
-        }
-        if r.scope == .block, let calibration, calibration.mode != .dense {
-            throw SpecError("\(where_(file, node)): reconstruct: scope block needs calibration mode dense (every block re-fit to the dense model's activations); sequential is not built yet")
         }
         return r
     }

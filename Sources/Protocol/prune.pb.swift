@@ -467,6 +467,14 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .blockRefit(newValue)}
   }
 
+  public var blockStep: Prune_V1_BlockStepTask {
+    get {
+      if case .blockStep(let v)? = _storage._work {return v}
+      return Prune_V1_BlockStepTask()
+    }
+    set {_uniqueStorage()._work = .blockStep(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -485,6 +493,7 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     case fitness(Prune_V1_FitnessTask)
     case select(Prune_V1_SelectTask)
     case blockRefit(Prune_V1_BlockRefitTask)
+    case blockStep(Prune_V1_BlockStepTask)
 
   }
 
@@ -1026,6 +1035,131 @@ public nonisolated struct Prune_V1_BlockRefitTask: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+/// Block-wise reconstruction in sequential calibration mode: one piece of one half's Adam
+/// run (tasks `refit:BLOCK:PART:...`), on the inputs the pruned and re-fit blocks before it
+/// give (the block's calibration task's hidden states), the dense half as teacher on those
+/// same inputs. A step's batch is one calibration shard, its gradient summed over
+/// `samples`-window slices computed by separate tasks, in slice order.
+/// - action "loss": Σ (y − teacher)² over the slice at the weights of `state` (or the start
+///   weights of `pruned` when absent). Result: "shard_loss" (one F64).
+/// - action "gradient": that loss and its gradient. Results: "gradient" (F32, the pruned
+///   Linears' gradients in `pruned` order, concatenated), "shard_loss".
+/// - action "step": `gradients` summed in order, one Adam step from `state` (or from the
+///   start). Result: "state" (per pruned Linear, in order: its weights and its Adam state).
+/// - action "finish": the start and the last state; the losses before (`losses_before`, at
+///   the start) and after (`losses_after`) summed in order; the weights of whichever is
+///   lower. Results: "weights:<linear>" per pruned Linear, "loss" (two F64: before, after).
+public nonisolated struct Prune_V1_BlockStepTask: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var block: UInt32 {
+    get {_storage._block}
+    set {_uniqueStorage()._block = newValue}
+  }
+
+  public var part: String {
+    get {_storage._part}
+    set {_uniqueStorage()._part = newValue}
+  }
+
+  public var action: String {
+    get {_storage._action}
+    set {_uniqueStorage()._action = newValue}
+  }
+
+  public var configJson: Data {
+    get {_storage._configJson}
+    set {_uniqueStorage()._configJson = newValue}
+  }
+
+  public var tokens: UInt32 {
+    get {_storage._tokens}
+    set {_uniqueStorage()._tokens = newValue}
+  }
+
+  /// The slice: windows [first_sample, first_sample + samples) of the shard.
+  public var samples: UInt32 {
+    get {_storage._samples}
+    set {_uniqueStorage()._samples = newValue}
+  }
+
+  public var firstSample: UInt32 {
+    get {_storage._firstSample}
+    set {_uniqueStorage()._firstSample = newValue}
+  }
+
+  /// The shard's input (every window of the shard): its calibration task's hidden states.
+  public var hidden: Prune_V1_ArtifactRef {
+    get {_storage._hidden ?? Prune_V1_ArtifactRef()}
+    set {_uniqueStorage()._hidden = newValue}
+  }
+  /// Returns true if `hidden` has been explicitly set.
+  public var hasHidden: Bool {_storage._hidden != nil}
+  /// Clears the value of `hidden`. Subsequent reads from it will return its default value.
+  public mutating func clearHidden() {_uniqueStorage()._hidden = nil}
+
+  public var shardSamples: UInt32 {
+    get {_storage._shardSamples}
+    set {_uniqueStorage()._shardSamples = newValue}
+  }
+
+  /// The block's tensors.
+  public var weights: [Prune_V1_TensorRef] {
+    get {_storage._weights}
+    set {_uniqueStorage()._weights = newValue}
+  }
+
+  /// The half's pruned Linears: mask and start weights (the layer-wise re-fit).
+  public var pruned: [Prune_V1_PrunedLinear] {
+    get {_storage._pruned}
+    set {_uniqueStorage()._pruned = newValue}
+  }
+
+  /// The state so far ("state" of the step before); absent at the start.
+  public var state: Prune_V1_ArtifactRef {
+    get {_storage._state ?? Prune_V1_ArtifactRef()}
+    set {_uniqueStorage()._state = newValue}
+  }
+  /// Returns true if `state` has been explicitly set.
+  public var hasState: Bool {_storage._state != nil}
+  /// Clears the value of `state`. Subsequent reads from it will return its default value.
+  public mutating func clearState() {_uniqueStorage()._state = nil}
+
+  /// MLP half: the attention half's pruned Linears as re-fit, which give the MLP its input.
+  public var context: [Prune_V1_PrunedLinear] {
+    get {_storage._context}
+    set {_uniqueStorage()._context = newValue}
+  }
+
+  public var gradients: [Prune_V1_ArtifactRef] {
+    get {_storage._gradients}
+    set {_uniqueStorage()._gradients = newValue}
+  }
+
+  public var learningRate: Double {
+    get {_storage._learningRate}
+    set {_uniqueStorage()._learningRate = newValue}
+  }
+
+  public var lossesBefore: [Prune_V1_ArtifactRef] {
+    get {_storage._lossesBefore}
+    set {_uniqueStorage()._lossesBefore = newValue}
+  }
+
+  public var lossesAfter: [Prune_V1_ArtifactRef] {
+    get {_storage._lossesAfter}
+    set {_uniqueStorage()._lossesAfter = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Prune_V1_LinearGroup: Sendable {
@@ -1881,7 +2015,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
@@ -2115,6 +2249,19 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
             _storage._work = .blockRefit(v)
           }
         }()
+        case 25: try {
+          var v: Prune_V1_BlockStepTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .blockStep(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .blockStep(v)
+          }
+        }()
         default: break
         }
       }
@@ -2193,6 +2340,10 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case .blockRefit?: try {
         guard case .blockRefit(let v)? = _storage._work else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .blockStep?: try {
+        guard case .blockStep(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
       }()
       case nil: break
       }
@@ -3118,6 +3269,188 @@ nonisolated extension Prune_V1_BlockRefitTask: SwiftProtobuf.Message, SwiftProto
     if lhs.pruned != rhs.pruned {return false}
     if lhs.epochs != rhs.epochs {return false}
     if lhs.learningRate != rhs.learningRate {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_BlockStepTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BlockStepTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}part\0\u{1}action\0\u{3}config_json\0\u{1}tokens\0\u{1}samples\0\u{3}first_sample\0\u{1}hidden\0\u{3}shard_samples\0\u{1}weights\0\u{1}pruned\0\u{1}state\0\u{1}context\0\u{1}gradients\0\u{3}learning_rate\0\u{3}losses_before\0\u{3}losses_after\0")
+
+  fileprivate class _StorageClass {
+    var _block: UInt32 = 0
+    var _part: String = String()
+    var _action: String = String()
+    var _configJson: Data = Data()
+    var _tokens: UInt32 = 0
+    var _samples: UInt32 = 0
+    var _firstSample: UInt32 = 0
+    var _hidden: Prune_V1_ArtifactRef? = nil
+    var _shardSamples: UInt32 = 0
+    var _weights: [Prune_V1_TensorRef] = []
+    var _pruned: [Prune_V1_PrunedLinear] = []
+    var _state: Prune_V1_ArtifactRef? = nil
+    var _context: [Prune_V1_PrunedLinear] = []
+    var _gradients: [Prune_V1_ArtifactRef] = []
+    var _learningRate: Double = 0
+    var _lossesBefore: [Prune_V1_ArtifactRef] = []
+    var _lossesAfter: [Prune_V1_ArtifactRef] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _block = source._block
+      _part = source._part
+      _action = source._action
+      _configJson = source._configJson
+      _tokens = source._tokens
+      _samples = source._samples
+      _firstSample = source._firstSample
+      _hidden = source._hidden
+      _shardSamples = source._shardSamples
+      _weights = source._weights
+      _pruned = source._pruned
+      _state = source._state
+      _context = source._context
+      _gradients = source._gradients
+      _learningRate = source._learningRate
+      _lossesBefore = source._lossesBefore
+      _lossesAfter = source._lossesAfter
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._block) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._part) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._action) }()
+        case 4: try { try decoder.decodeSingularBytesField(value: &_storage._configJson) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._tokens) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._samples) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._firstSample) }()
+        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._hidden) }()
+        case 9: try { try decoder.decodeSingularUInt32Field(value: &_storage._shardSamples) }()
+        case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._weights) }()
+        case 11: try { try decoder.decodeRepeatedMessageField(value: &_storage._pruned) }()
+        case 12: try { try decoder.decodeSingularMessageField(value: &_storage._state) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._context) }()
+        case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._gradients) }()
+        case 15: try { try decoder.decodeSingularDoubleField(value: &_storage._learningRate) }()
+        case 16: try { try decoder.decodeRepeatedMessageField(value: &_storage._lossesBefore) }()
+        case 17: try { try decoder.decodeRepeatedMessageField(value: &_storage._lossesAfter) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._block != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._block, fieldNumber: 1)
+      }
+      if !_storage._part.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._part, fieldNumber: 2)
+      }
+      if !_storage._action.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._action, fieldNumber: 3)
+      }
+      if !_storage._configJson.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._configJson, fieldNumber: 4)
+      }
+      if _storage._tokens != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._tokens, fieldNumber: 5)
+      }
+      if _storage._samples != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._samples, fieldNumber: 6)
+      }
+      if _storage._firstSample != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._firstSample, fieldNumber: 7)
+      }
+      try { if let v = _storage._hidden {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+      } }()
+      if _storage._shardSamples != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._shardSamples, fieldNumber: 9)
+      }
+      if !_storage._weights.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._weights, fieldNumber: 10)
+      }
+      if !_storage._pruned.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._pruned, fieldNumber: 11)
+      }
+      try { if let v = _storage._state {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      } }()
+      if !_storage._context.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._context, fieldNumber: 13)
+      }
+      if !_storage._gradients.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._gradients, fieldNumber: 14)
+      }
+      if _storage._learningRate.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._learningRate, fieldNumber: 15)
+      }
+      if !_storage._lossesBefore.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._lossesBefore, fieldNumber: 16)
+      }
+      if !_storage._lossesAfter.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._lossesAfter, fieldNumber: 17)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_BlockStepTask, rhs: Prune_V1_BlockStepTask) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._block != rhs_storage._block {return false}
+        if _storage._part != rhs_storage._part {return false}
+        if _storage._action != rhs_storage._action {return false}
+        if _storage._configJson != rhs_storage._configJson {return false}
+        if _storage._tokens != rhs_storage._tokens {return false}
+        if _storage._samples != rhs_storage._samples {return false}
+        if _storage._firstSample != rhs_storage._firstSample {return false}
+        if _storage._hidden != rhs_storage._hidden {return false}
+        if _storage._shardSamples != rhs_storage._shardSamples {return false}
+        if _storage._weights != rhs_storage._weights {return false}
+        if _storage._pruned != rhs_storage._pruned {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._context != rhs_storage._context {return false}
+        if _storage._gradients != rhs_storage._gradients {return false}
+        if _storage._learningRate != rhs_storage._learningRate {return false}
+        if _storage._lossesBefore != rhs_storage._lossesBefore {return false}
+        if _storage._lossesAfter != rhs_storage._lossesAfter {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

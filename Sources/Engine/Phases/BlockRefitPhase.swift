@@ -4,14 +4,23 @@ import Protocol
 import Pruning
 import Tensors
 
-/// Block-wise reconstruction (`reconstruct: {scope: block}`, calibration mode dense): task
-/// `refit:B:PART` re-fits the pruned Linear layers of one half of decoder block B (PART
-/// `attention` or `mlp`) so the half reproduces the dense half's output on the dense
-/// model's activations, by Adam steps on the kept weights (`SubBlockGradient`,
-/// `MaskedAdam`): masks fixed, pruned weights exactly zero. It starts from the layer-wise
-/// re-fit of the prune tasks and runs `epochs` passes over the calibration shards, one step
-/// per shard in shard order, so its bytes do not depend on the worker count; the halves of
-/// every block are independent tasks.
+/// Block-wise reconstruction (`reconstruct: {scope: block}`): the pruned Linear layers of
+/// each half of decoder block B (PART `attention` or `mlp`) are re-fit so the half
+/// reproduces the dense half's output, by Adam steps on the kept weights
+/// (`SubBlockGradient`, `MaskedAdam`): masks fixed, pruned weights exactly zero. The fit
+/// starts from the layer-wise re-fit of the prune tasks and runs `epochs` passes over the
+/// calibration shards, one step per shard in shard order.
+/// - Dense calibration mode: on the dense model's activations, every half independent:
+///   one task `refit:B:PART` per half.
+/// - Sequential mode: on the inputs the pruned and re-fit blocks before it give (block B's
+///   calibration tasks' hidden states; the MLP half after the re-fit attention half), with
+///   the dense half as teacher on those inputs. Each step's gradient is the sum, in slice
+///   order, of `tasks_per_step` tasks on slices of the shard (`refit:B:PART:grad:E:S:J`,
+///   run in parallel); `refit:B:PART:step:E:S` takes the Adam step and keeps the weights
+///   and optimizer state as an artifact, so a killed job resumes at the first unfinished
+///   step; `refit:B:PART:before:S`/`after:S` measure the loss; `refit:B:PART` keeps the
+///   better of start and end. Block B+1 calibrates on the re-fit block B.
+/// Either way the bytes do not depend on the worker count.
 ///
 /// It decides the weights of the tensors it re-fits (assembly reads them here); the masks
 /// stay the prune tasks'.
@@ -28,7 +37,6 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard let reconstruct = job.spec.reconstruct, reconstruct.scope == .block, let calibration = job.calibration,
               let prune = earlier.compactMap({ $0 as? LayerPrunePhase }).first else { return nil }
-        guard calibration.mode == .dense else { throw PruningError("reconstruct: scope block needs calibration mode dense") }
         self.job = job
         self.calibration = calibration
         self.prune = prune
@@ -50,34 +58,143 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
 
     public static func id(block: Int, part: SubBlock) -> TaskID { TaskID(name, "\(block):\(part.rawValue)") }
 
+    /// The half a pruned Linear of a decoder block belongs to.
+    static func part(of linear: String) -> SubBlock? {
+        SubBlock.allCases.first { part in part.linears.contains { linear.hasSuffix(".\($0).weight") } }
+    }
+
+    /// Sequential mode: the re-fit halves of block b, whose weights block b+1's
+    /// calibration runs on.
+    func finished(block b: Int) -> [TaskID] {
+        SubBlock.allCases.map { BlockRefitPhase.id(block: b, part: $0) }.filter { layers[$0] != nil }
+    }
+
+    /// Sequential mode: where block b+1's calibration reads a pruned Linear of block b (its
+    /// half's re-fit weights).
+    static func refitWeights(of linear: String, block b: Int, outputs: OutputStore) throws -> Prune_V1_ArtifactRef {
+        guard let part = part(of: linear) else { throw PruningError("\(linear) is in no half of block \(b)") }
+        return try outputs.ref(weights(linear), of: id(block: b, part: part))
+    }
+
     /// `weights:<linear>`: a re-fit layer's F32 weights.
     static func weights(_ layer: String) -> OutputName { OutputName("weights:\(layer)") }
     /// The half's Σ (y − teacher)² over every shard, before and after (two F64).
     static let loss = OutputName("loss")
+    /// Sequential mode: a slice's gradient (F32, the pruned Linears' in order).
+    static let gradient = OutputName("gradient")
+    /// Sequential mode: the pruned Linears' weights and Adam state after a step.
+    static let state = OutputName("state")
+    /// Sequential mode: Σ (y − teacher)² over a slice (one F64).
+    static let shardLoss = OutputName("shard_loss")
 
-    private func blockAndPart(_ task: TaskID) -> (Int, SubBlock)? {
-        let parts = task.key.split(separator: ":")
-        guard task.phase == Self.name, parts.count == 2, let b = Int(parts[0]), let part = SubBlock(rawValue: String(parts[1])) else { return nil }
-        return (b, part)
+    public func isTransient(_ name: OutputName) -> Bool {
+        name == BlockRefitPhase.gradient || name == BlockRefitPhase.state || name == BlockRefitPhase.shardLoss
     }
 
-    /// After the prune tasks of the half's layers and the dense pass's tasks whose hidden
-    /// states are the block's input.
+    // MARK: Sequential mode's pieces
+
+    private enum Piece: Equatable {
+        case whole
+        case loss(after: Bool, shard: Int)
+        case gradient(epoch: Int, shard: Int, slice: Int)
+        case step(epoch: Int, shard: Int)
+    }
+
+    private var sequential: Bool { calibration.mode == .sequential }
+
+    private func id(_ b: Int, _ part: SubBlock, _ piece: Piece) -> TaskID {
+        let base = "\(b):\(part.rawValue)"
+        switch piece {
+        case .whole: return TaskID(Self.name, base)
+        case .loss(let after, let s): return TaskID(Self.name, "\(base):\(after ? "after" : "before"):\(s)")
+        case .gradient(let e, let s, let j): return TaskID(Self.name, "\(base):grad:\(e):\(s):\(j)")
+        case .step(let e, let s): return TaskID(Self.name, "\(base):step:\(e):\(s)")
+        }
+    }
+
+    /// Windows [first, first + count) of shard s that gradient slice j covers.
+    private func slice(_ j: Int, shard s: Int) -> (first: Int, count: Int) {
+        let n = calibration.windows(shard: s).count, k = slices(shard: s)
+        let first = j * n / k
+        return (first, (j + 1) * n / k - first)
+    }
+
+    private func slices(shard s: Int) -> Int { min(reconstruct.tasksPerStep, calibration.windows(shard: s).count) }
+
+    /// The steps in order: epoch by epoch, shard by shard.
+    private var steps: [(epoch: Int, shard: Int)] {
+        (0..<reconstruct.epochs).flatMap { e in (0..<calibration.shardCount).map { (e, $0) } }
+    }
+
+    /// The step before (e, s); nil for the first.
+    private func previous(_ e: Int, _ s: Int) -> (epoch: Int, shard: Int)? {
+        if s > 0 { return (e, s - 1) }
+        return e > 0 ? (e - 1, calibration.shardCount - 1) : nil
+    }
+
+    private func blockAndPiece(_ task: TaskID) -> (Int, SubBlock, Piece)? {
+        let parts = task.key.split(separator: ":").map(String.init)
+        guard task.phase == Self.name, parts.count >= 2, let b = Int(parts[0]), let part = SubBlock(rawValue: parts[1]),
+              layers[BlockRefitPhase.id(block: b, part: part)] != nil else { return nil }
+        let n = parts.dropFirst(2).compactMap { Int($0) }
+        let piece: Piece
+        switch (parts.count, parts.count > 2 ? parts[2] : "") {
+        case (2, _): piece = .whole
+        case (4, "before"), (4, "after"):
+            guard n.count == 1, n[0] >= 0, n[0] < calibration.shardCount else { return nil }
+            piece = .loss(after: parts[2] == "after", shard: n[0])
+        case (6, "grad"):
+            guard n.count == 3, n[0] >= 0, n[0] < reconstruct.epochs, n[1] >= 0, n[1] < calibration.shardCount, n[2] >= 0, n[2] < slices(shard: n[1]) else { return nil }
+            piece = .gradient(epoch: n[0], shard: n[1], slice: n[2])
+        case (5, "step"):
+            guard n.count == 2, n[0] >= 0, n[0] < reconstruct.epochs, n[1] >= 0, n[1] < calibration.shardCount else { return nil }
+            piece = .step(epoch: n[0], shard: n[1])
+        default: return nil
+        }
+        guard piece == .whole || sequential else { return nil }
+        return (b, part, piece)
+    }
+
+    /// The sequential tasks of one half, in the order they run.
+    private func sequentialTasks(_ b: Int, _ part: SubBlock, start: [TaskID]) -> [PhaseTask] {
+        let inputs = { (s: Int) in [CalibratePhase.id(block: b, shard: s)] }
+        let context = part == .mlp && layers[BlockRefitPhase.id(block: b, part: .attention)] != nil ? [BlockRefitPhase.id(block: b, part: .attention)] : []
+        let state = { (step: (epoch: Int, shard: Int)?) in step.map { [self.id(b, part, .step(epoch: $0.epoch, shard: $0.shard))] } ?? start }
+        var out = (0..<calibration.shardCount).map { PhaseTask(id(b, part, .loss(after: false, shard: $0)), after: start + inputs($0) + context) }
+        for (e, s) in steps {
+            let before = state(previous(e, s))
+            let grads = (0..<slices(shard: s)).map { id(b, part, .gradient(epoch: e, shard: s, slice: $0)) }
+            out += grads.map { PhaseTask($0, after: before + inputs(s) + context) }
+            out.append(PhaseTask(id(b, part, .step(epoch: e, shard: s)), after: before + grads))
+        }
+        let last = state(steps.last)
+        let after = (0..<calibration.shardCount).map { id(b, part, .loss(after: true, shard: $0)) }
+        out += after.enumerated().map { PhaseTask($1, after: last + inputs($0) + context) }
+        let before = (0..<calibration.shardCount).map { id(b, part, .loss(after: false, shard: $0)) }
+        out.append(PhaseTask(id(b, part, .whole), after: start + last + before + after))
+        return out
+    }
+
+    /// After the prune tasks of the half's layers and the calibration tasks whose hidden
+    /// states are the block's input (dense mode: block b−1's output; sequential: block b's).
     public var tasks: [PhaseTask] {
         (0..<calibration.blocks).flatMap { b in
-            SubBlock.allCases.compactMap { part -> PhaseTask? in
+            SubBlock.allCases.flatMap { part -> [PhaseTask] in
                 let id = BlockRefitPhase.id(block: b, part: part)
-                guard let names = layers[id] else { return nil }
+                guard let names = layers[id] else { return [] }
+                let start = names.map(LayerPrunePhase.id(tensor:))
+                if sequential { return sequentialTasks(b, part, start: start) }
                 let inputs = b == 0 ? [] : (0..<calibration.shardCount).map { CalibratePhase.id(block: b - 1, shard: $0) }
-                return PhaseTask(id, after: names.map(LayerPrunePhase.id(tensor:)) + inputs)
+                return [PhaseTask(id, after: start + inputs)]
             }
         }
     }
 
-    public func round(of task: TaskID) -> Int { blockAndPart(task)?.0 ?? 0 }
+    public func round(of task: TaskID) -> Int { blockAndPiece(task)?.0 ?? 0 }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
-        guard let (b, part) = blockAndPart(task), let names = layers[task] else { throw PruningError("no refit task \(task)") }
+        guard let (b, part, piece) = blockAndPiece(task), let names = layers[BlockRefitPhase.id(block: b, part: part)] else { throw PruningError("no refit task \(task)") }
+        if sequential { return .blockStep(try stepWork(b, part, piece, names: names, outputs: outputs)) }
         var r = Prune_V1_BlockRefitTask()
         r.block = UInt32(b)
         r.part = part.rawValue
@@ -92,7 +209,15 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
             r.hidden = try (0..<calibration.shardCount).map { try outputs.ref(CalibratePhase.hidden, of: CalibratePhase.id(block: b - 1, shard: $0)) }
         }
         r.weights = read.map { job.tensorRef(job.checkpoint.info($0)!) }
-        r.pruned = try names.map { name in
+        r.pruned = try startLinears(names, outputs: outputs)
+        r.epochs = UInt32(reconstruct.epochs)
+        r.learningRate = reconstruct.learningRate
+        return .blockRefit(r)
+    }
+
+    /// The half's pruned Linears as the prune tasks left them: mask and start weights.
+    private func startLinears(_ names: [String], outputs: OutputStore) throws -> [Prune_V1_PrunedLinear] {
+        try names.map { name in
             var p = Prune_V1_PrunedLinear()
             p.name = name
             let parts = try prune.maskParts(of: name, outputs: outputs)
@@ -101,17 +226,97 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
             if let updated = parts.updated { p.weights = updated }
             return p
         }
-        r.epochs = UInt32(reconstruct.epochs)
+    }
+
+    private func stepWork(_ b: Int, _ part: SubBlock, _ piece: Piece, names: [String], outputs: OutputStore) throws -> Prune_V1_BlockStepTask {
+        var r = Prune_V1_BlockStepTask()
+        r.block = UInt32(b)
+        r.part = part.rawValue
+        r.configJson = Data(calibration.configJSON)
+        r.tokens = UInt32(calibration.tokens)
+        r.weights = calibration.config.blockTensorNames(block: b).map { job.tensorRef(job.checkpoint.info($0)!) }
+        r.pruned = try startLinears(names, outputs: outputs)
         r.learningRate = reconstruct.learningRate
-        return .blockRefit(r)
+        let stateOf = { (step: (epoch: Int, shard: Int)) in try outputs.ref(BlockRefitPhase.state, of: self.id(b, part, .step(epoch: step.epoch, shard: step.shard))) }
+        func onSlice(_ s: Int, _ first: Int, _ count: Int) throws {
+            r.hidden = try outputs.ref(CalibratePhase.hidden, of: CalibratePhase.id(block: b, shard: s))
+            r.shardSamples = UInt32(calibration.windows(shard: s).count)
+            r.firstSample = UInt32(first)
+            r.samples = UInt32(count)
+            if part == .mlp, let attention = layers[BlockRefitPhase.id(block: b, part: .attention)] {
+                r.context = try attention.map { name in
+                    var p = Prune_V1_PrunedLinear()
+                    p.name = name
+                    p.mask = try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
+                    p.weights = try outputs.ref(BlockRefitPhase.weights(name), of: BlockRefitPhase.id(block: b, part: .attention))
+                    return p
+                }
+            }
+        }
+        switch piece {
+        case .whole:
+            r.action = BlockRefitStep.finish
+            r.state = try stateOf(steps.last!)
+            r.lossesBefore = try (0..<calibration.shardCount).map { try outputs.ref(BlockRefitPhase.shardLoss, of: id(b, part, .loss(after: false, shard: $0))) }
+            r.lossesAfter = try (0..<calibration.shardCount).map { try outputs.ref(BlockRefitPhase.shardLoss, of: id(b, part, .loss(after: true, shard: $0))) }
+        case .loss(let after, let s):
+            r.action = BlockRefitStep.loss
+            if after { r.state = try stateOf(steps.last!) }
+            try onSlice(s, 0, calibration.windows(shard: s).count)
+        case .gradient(let e, let s, let j):
+            r.action = BlockRefitStep.gradient
+            if let p = previous(e, s) { r.state = try stateOf(p) }
+            let (first, count) = slice(j, shard: s)
+            try onSlice(s, first, count)
+        case .step(let e, let s):
+            r.action = BlockRefitStep.step
+            if let p = previous(e, s) { r.state = try stateOf(p) }
+            r.gradients = try (0..<slices(shard: s)).map { try outputs.ref(BlockRefitPhase.gradient, of: id(b, part, .gradient(epoch: e, shard: s, slice: $0))) }
+        }
+        return r
     }
 
     public func outputNames(of task: TaskID) -> [OutputName] {
-        (layers[task] ?? []).map(BlockRefitPhase.weights) + [BlockRefitPhase.loss]
+        guard let (b, part, piece) = blockAndPiece(task) else { return [] }
+        switch piece {
+        case .whole: return (layers[BlockRefitPhase.id(block: b, part: part)] ?? []).map(BlockRefitPhase.weights) + [BlockRefitPhase.loss]
+        case .loss: return [BlockRefitPhase.shardLoss]
+        case .gradient: return [BlockRefitPhase.gradient, BlockRefitPhase.shardLoss]
+        case .step: return [BlockRefitPhase.state]
+        }
     }
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
-        guard let names = layers[task], outputs.count == names.count + 1 else { return "result of \(task) has \(outputs.count) payloads" }
+        guard let (b, part, piece) = blockAndPiece(task) else { return "no refit task \(task)" }
+        let half = BlockRefitPhase.id(block: b, part: part)
+        let elements = (layers[half] ?? []).map { job.checkpoint.info($0)?.elementCount ?? 0 }
+        let names = outputNames(of: task)
+        guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
+        switch piece {
+        case .whole: break
+        case .loss, .gradient:
+            guard let v = try? FloatPayload.doubles(outputs.last!, what: "loss"), v.count == 1, v[0].isFinite, v[0] >= 0 else { return "loss of \(task) is not one finite F64 ≥ 0" }
+            if names.count == 2 {
+                guard let g = try? FloatPayload.floats(outputs[0], what: "gradient"), g.count == elements.reduce(0, +) else { return "gradient of \(task) has the wrong size" }
+                if let bad = g.firstIndex(where: { !$0.isFinite }) { return "gradient of \(task) is not finite at \(bad)" }
+            }
+            return nil
+        case .step:
+            // Per Linear of n weights: n F32 weights, a 24-byte Adam header, 2n F32 moments.
+            let state = outputs[0]
+            guard state.count == elements.reduce(0, { $0 + 12 * $1 + 24 }) else { return "state of \(task) has \(state.count) bytes" }
+            var at = 0
+            for n in elements {
+                for range in [at..<(at + 4 * n), (at + 4 * n + 24)..<(at + 12 * n + 24)] {
+                    guard let values = try? FloatPayload.floats(Array(state[range]), what: "state"), values.allSatisfy(\.isFinite) else {
+                        return "state of \(task) is not finite"
+                    }
+                }
+                at += 12 * n + 24
+            }
+            return nil
+        }
+        guard let names = layers[half], outputs.count == names.count + 1 else { return "result of \(task) has \(outputs.count) payloads" }
         for (name, bytes) in zip(names, outputs) {
             guard let info = job.checkpoint.info(name), let values = try? FloatPayload.floats(bytes, what: name), values.count == info.elementCount else {
                 return "weights of \(name) from \(task) have the wrong size"
@@ -124,6 +329,7 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
     }
 
     public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        if case .blockStep(let r) = work { return try BlockRefitStep.run(r, inputs: inputs) }
         guard case .blockRefit(let r) = work else { return nil }
         guard let part = SubBlock(rawValue: r.part) else { throw PruningError("refit task: unknown part \(r.part)") }
         let config = try LlamaConfig.parse(bytes: [UInt8](r.configJson), file: "refit task config")

@@ -67,12 +67,22 @@ public class CalibratePhase: Phase, RoundedPhase {
         }
     }
 
-    /// Block b−1 of the same shard; in sequential mode also every prune of block b−1.
+    /// Block b−1 of the same shard; in sequential mode also every prune of block b−1, and
+    /// with block-wise reconstruction block b−1's re-fit halves.
     private func dependencies(block b: Int, shard s: Int) -> [TaskID] {
         guard b > 0 else { return [] }
         let previous = id(block: b - 1, shard: s)
         guard calibration.mode == .sequential else { return [previous] }
-        return [previous] + calibration.targets(block: b - 1).map(LayerPrunePhase.id(tensor:))
+        let refit = runsOnRefitBlocks ? SubBlock.allCases.filter { part in
+            calibration.targets(block: b - 1).contains { BlockRefitPhase.part(of: $0) == part }
+        }.map { BlockRefitPhase.id(block: b - 1, part: $0) } : []
+        return [previous] + calibration.targets(block: b - 1).map(LayerPrunePhase.id(tensor:)) + refit
+    }
+
+    /// Sequential mode with block-wise reconstruction: block b runs on block b−1 as re-fit
+    /// (the job's own pass only).
+    var runsOnRefitBlocks: Bool {
+        calibration.mode == .sequential && job.spec.reconstruct?.scope == .block && type(of: self) == CalibratePhase.self
     }
 
     public func round(of task: TaskID) -> Int { blockAndShard(task)?.block ?? 0 }
@@ -101,7 +111,11 @@ public class CalibratePhase: Phase, RoundedPhase {
                     var p = Prune_V1_PrunedLinear()
                     p.name = name
                     p.mask = try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
-                    if job.spec.updatesKeptWeights { p.weights = try outputs.ref(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: name)) }
+                    if runsOnRefitBlocks {
+                        p.weights = try BlockRefitPhase.refitWeights(of: name, block: b - 1, outputs: outputs)
+                    } else if job.spec.updatesKeptWeights {
+                        p.weights = try outputs.ref(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: name))
+                    }
                     return p
                 }
             }
@@ -148,13 +162,7 @@ public class CalibratePhase: Phase, RoundedPhase {
         }
         let store = WeightStore(reader: TaskTensorReader(c.weights, inputs: inputs))
         // Block b−1 as pruned (sequential mode): its masks, or SparseGPT's new weights.
-        for p in c.pruned {
-            guard let shape = store.reader.shape(of: p.name), shape.count == 2 else { throw PruningError("pruned layer \(p.name) is not in the task") }
-            let mask = try Mask(rows: shape[0], cols: shape[1], bits: try inputs.artifact(p.mask))
-            let updated = p.hasWeights ? try FloatPayload.floats(try inputs.artifact(p.weights), what: "weights of \(p.name)") : nil
-            let dense = updated == nil ? try store.load(p.name, shape: shape) : []
-            store.override(p.name, with: PrunedLayer(mask: mask, updated: updated, error: nil).values(dense: dense))
-        }
+        try store.override(pruned: c.pruned, inputs: inputs)
         let tokens = Int(c.tokens), samples = Int(c.samples)
         let input: CalibrationWork.Input
         if c.block == 0 {
@@ -175,6 +183,20 @@ public class CalibratePhase: Phase, RoundedPhase {
         outputs.payloads += out.statistics.map { (statistics($0.key).rawValue, $0.bytes) }
         outputs.payloads += out.grams.map { (gram($0.key).rawValue, $0.bytes) }
         return outputs
+    }
+}
+
+extension WeightStore {
+    /// Replaces the layers of `pruned` by their pruned weights: the dense weights masked,
+    /// or the updated weights a task gave (zero where pruned).
+    func override(pruned: [Prune_V1_PrunedLinear], inputs: TaskInputs) throws {
+        for p in pruned {
+            guard let shape = reader.shape(of: p.name), shape.count == 2 else { throw PruningError("pruned layer \(p.name) is not in the task") }
+            let mask = try Mask(rows: shape[0], cols: shape[1], bits: try inputs.artifact(p.mask))
+            let updated = p.hasWeights ? try FloatPayload.floats(try inputs.artifact(p.weights), what: "weights of \(p.name)") : nil
+            let dense = updated == nil ? try load(p.name, shape: shape) : []
+            override(p.name, with: PrunedLayer(mask: mask, updated: updated, error: nil).values(dense: dense))
+        }
     }
 }
 
