@@ -57,6 +57,28 @@ final class CalibrationClusterTests: XCTestCase {
         return outputs(name)
     }
 
+    /// Runs `name` on 2 workers, SIGKILLs the coordinator once `crashAfter` is done and
+    /// checks the job was not finished (`unfinished` not done), resumes it, and checks it
+    /// ends with `expected` bytes without redoing any task done before the crash.
+    private func killAndResume(_ name: String, extra: String, delayMs: Int, crashAfter: String, unfinished: String,
+                               expected: [String: Data]) throws {
+        let job = try writeSpec(name, method: "wanda", extra: extra)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
+                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "\(delayMs)"])
+        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks(name).contains { $0.id == crashAfter } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = doneTasks(name)
+        XCTAssertFalse(before.contains { $0.id == unfinished }, "the crash came before \(unfinished)")
+        let resume = try Subprocess.prune(["resume", "-q", name], cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs(name), expected)
+        let events = try Ledger(path: dir.file("\(name)/ledger.sqlite"), create: false, readOnly: true).events()
+        for task in before {
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        }
+    }
+
     private func doneTasks(_ job: String) -> [Ledger.TaskRow] {
         guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
               let rows = try? ledger.tasks() else { return [] }
@@ -406,21 +428,8 @@ final class CalibrationClusterTests: XCTestCase {
     func testAKilledSequentialBlockReconstructionResumesToTheSameBytes() throws {
         let block = "reconstruct: {scope: block, epochs: 2, learning_rate: 0.001}\n"
         let expected = try run("seqblock-reference", method: "wanda", mode: "sequential", extra: block, workers: 0)
-        let job = try writeSpec("seqblock-crash", method: "wanda", mode: "sequential", extra: block)
-        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
-                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "50"])
-        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("seqblock-crash").contains { $0.id == "refit:1:attention:step:0:2" } })
-        run.kill(SIGKILL)
-        XCTAssertNotNil(run.wait(seconds: 10))
-        let before = doneTasks("seqblock-crash")
-        XCTAssertFalse(before.contains { $0.id == "refit:1:attention" }, "the crash came in the middle of block 1's attention re-fit")
-        let resume = try Subprocess.prune(["resume", "-q", "seqblock-crash"], cwd: dir.path)
-        XCTAssertEqual(resume.status, 0, resume.stderr)
-        XCTAssertEqual(outputs("seqblock-crash"), expected)
-        let events = try Ledger(path: dir.file("seqblock-crash/ledger.sqlite"), create: false, readOnly: true).events()
-        for task in before {
-            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
-        }
+        try killAndResume("seqblock-crash", extra: block, delayMs: 50, crashAfter: "refit:1:attention:step:0:2", unfinished: "refit:1:attention",
+                          expected: expected)
     }
 
     /// evolutionary: a level database per layer (one byte per weight), the start points
@@ -478,25 +487,12 @@ final class CalibrationClusterTests: XCTestCase {
     func testAKilledEvolutionarySearchResumesToTheSameBytes() throws {
         let search = "allocation: {method: evolutionary, generations: 4, offspring: 4, survivors: [2, 1], tokens: [16, 48]}\n"
         let expected = try run("evo-reference", method: "wanda", extra: search, workers: 0)
-        let job = try writeSpec("evo-crash", method: "wanda", extra: search)
-        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
-                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "100"])
-        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("evo-crash").contains { $0.id == "evolve:1:1:survivors" } })
-        run.kill(SIGKILL)
-        XCTAssertNotNil(run.wait(seconds: 10))
-        let before = doneTasks("evo-crash")
-        XCTAssertFalse(before.contains { $0.id == "evolve:4:1:survivors" }, "the crash came before the end of the search")
-        let resume = try Subprocess.prune(["resume", "-q", "evo-crash"], cwd: dir.path)
-        XCTAssertEqual(resume.status, 0, resume.stderr)
-        XCTAssertEqual(outputs("evo-crash"), expected)
+        try killAndResume("evo-crash", extra: search, delayMs: 100, crashAfter: "evolve:1:1:survivors", unfinished: "evolve:4:1:survivors",
+                          expected: expected)
         let reference = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("evo-reference/out/manifest.json"))))
         let resumed = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("evo-crash/out/manifest.json"))))
         XCTAssertEqual(resumed.search, reference.search)
         XCTAssertEqual(resumed.tensors.mapValues(\.targetSparsity), reference.tensors.mapValues(\.targetSparsity))
-        let events = try Ledger(path: dir.file("evo-crash/ledger.sqlite"), create: false, readOnly: true).events()
-        for task in before {
-            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
-        }
     }
 
     /// A worker that flatters candidates (halves their KL divergence, a plausible number)
