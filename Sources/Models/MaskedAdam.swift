@@ -50,11 +50,16 @@ public struct MaskedAdam: Sendable, Equatable {
 
     /// The moments and step (not the hyper-parameters or the mask, which the job's spec and
     /// masks give): magic, step (u64), count (u64), first, second (F32 little-endian).
+    /// Copied in bulk: checkpoints of a large layer's moments are tens of MB per step.
     public func serializedState() -> [UInt8] {
         var out = MaskedAdam.magic
+        out.reserveCapacity(24 + 8 * keep.count)
         withUnsafeBytes(of: UInt64(step).littleEndian) { out += $0 }
         withUnsafeBytes(of: UInt64(keep.count).littleEndian) { out += $0 }
-        for v in first + second { withUnsafeBytes(of: v.bitPattern.littleEndian) { out += $0 } }
+        for moments in [first, second] {
+            // Swift's Float is IEEE-754 binary32 in host order; every host this runs on is little-endian.
+            moments.withUnsafeBytes { out += $0 }
+        }
         return out
     }
 
@@ -65,10 +70,13 @@ public struct MaskedAdam: Sendable, Equatable {
         guard bytes.count == 24 + 8 * n, Array(bytes[0..<8]) == MaskedAdam.magic else {
             throw ModelError("optimizer state: \(bytes.count) bytes, expected \(24 + 8 * n) for \(n) weights")
         }
-        func u64(_ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[at + $1]) << (8 * $1) } }
-        func f32(_ at: Int) -> Float { Float(bitPattern: (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[at + $1]) << (8 * $1) }) }
+        func u64(_ at: Int) -> UInt64 { bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) } }
         guard u64(16) == UInt64(n), u64(8) <= UInt64(Int32.max) else { throw ModelError("optimizer state: wrong count or step") }
-        let m = (0..<n).map { f32(24 + 4 * $0) }, v = (0..<n).map { f32(24 + 4 * (n + $0)) }
+        var m = [Float](repeating: 0, count: n), v = m
+        bytes.withUnsafeBytes { raw in
+            m.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[24..<(24 + 4 * n)])) }
+            v.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[(24 + 4 * n)...])) }
+        }
         for i in 0..<n where !m[i].isFinite || !v[i].isFinite || v[i] < 0 || (!keep[i] && (m[i] != 0 || v[i] != 0)) {
             throw ModelError("optimizer state: moment \(i) is \(m[i]), \(v[i]) (not finite, negative, or nonzero where pruned)")
         }
