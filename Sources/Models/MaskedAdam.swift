@@ -49,38 +49,20 @@ public struct MaskedAdam: Sendable, Equatable {
     static let magic: [UInt8] = Array("MADAM001".utf8)
 
     /// The moments and step (not the hyper-parameters or the mask, which the job's spec and
-    /// masks give): magic, step (u64), count (u64), first, second (F32 little-endian).
-    /// Copied in bulk: checkpoints of a large layer's moments are tens of MB per step.
+    /// masks give): `OptimizerState` with the first and second moments.
     public func serializedState() -> [UInt8] {
-        var out = MaskedAdam.magic
-        out.reserveCapacity(24 + 8 * keep.count)
-        withUnsafeBytes(of: UInt64(step).littleEndian) { out += $0 }
-        withUnsafeBytes(of: UInt64(keep.count).littleEndian) { out += $0 }
-        for moments in [first, second] {
-            // Swift's Float is IEEE-754 binary32 in host order; every host this runs on is little-endian.
-            moments.withUnsafeBytes { out += $0 }
-        }
-        return out
+        OptimizerState.encode(magic: MaskedAdam.magic, step: step, buffers: [first, second])
     }
 
     /// Restores the state `serializedState` wrote; refuses bytes of another size or with
-    /// non-finite or nonzero-where-pruned moments.
+    /// non-finite, negative (second) or nonzero-where-pruned moments.
     public mutating func restore(_ bytes: [UInt8]) throws {
-        let n = keep.count
-        guard bytes.count == 24 + 8 * n, Array(bytes[0..<8]) == MaskedAdam.magic else {
-            throw ModelError("optimizer state: \(bytes.count) bytes, expected \(24 + 8 * n) for \(n) weights")
+        let (step, buffers) = try OptimizerState.decode(bytes, magic: MaskedAdam.magic, count: keep.count, buffers: 2)
+        let m = buffers[0], v = buffers[1]
+        for i in 0..<keep.count where v[i] < 0 || (!keep[i] && (m[i] != 0 || v[i] != 0)) {
+            throw ModelError("optimizer state: moment \(i) is \(m[i]), \(v[i]) (negative, or nonzero where pruned)")
         }
-        func u64(_ at: Int) -> UInt64 { bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: UInt64.self)) } }
-        guard u64(16) == UInt64(n), u64(8) <= UInt64(Int32.max) else { throw ModelError("optimizer state: wrong count or step") }
-        var m = [Float](repeating: 0, count: n), v = m
-        bytes.withUnsafeBytes { raw in
-            m.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[24..<(24 + 4 * n)])) }
-            v.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[(24 + 4 * n)...])) }
-        }
-        for i in 0..<n where !m[i].isFinite || !v[i].isFinite || v[i] < 0 || (!keep[i] && (m[i] != 0 || v[i] != 0)) {
-            throw ModelError("optimizer state: moment \(i) is \(m[i]), \(v[i]) (not finite, negative, or nonzero where pruned)")
-        }
-        step = Int(u64(8))
+        self.step = step
         first = m
         second = v
     }
