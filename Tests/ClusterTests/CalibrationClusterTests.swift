@@ -422,6 +422,25 @@ final class CalibrationClusterTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
 
+    /// A step size far too large (1, the spec's limit): the halves' losses rise, so each
+    /// half keeps its start (the layer-wise re-fit); nothing non-finite reaches out/.
+    func testAnOvershootingBlockReconstructionKeepsEachHalfsStart() throws {
+        let wild = try run("seqblock-wild", method: "wanda", mode: "sequential", extra: "reconstruct: {scope: block, epochs: 2, learning_rate: 1}\n", workers: 2)
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("seqblock-wild/out/manifest.json"))))
+        var kept = 0
+        for (name, t) in manifest.tensors where t.pruned {
+            let before = try XCTUnwrap(t.measures?["block_loss_before"], name), after = try XCTUnwrap(t.measures?["block_loss"], name)
+            XCTAssertLessThanOrEqual(after, before, name)
+            if after == before { kept += 1 }
+        }
+        XCTAssertGreaterThan(kept, 0, "some half overshot and kept its start")
+        XCTAssertFalse(wild.isEmpty)
+        let out = try Checkpoint(path: dir.file("seqblock-wild/out/dense"))
+        for name in manifest.tensors.keys {
+            XCTAssertTrue(try out.shard(of: name)!.floats(out.info(name)!).allSatisfy(\.isFinite), name)
+        }
+    }
+
     /// A coordinator SIGKILL in the middle of a half's Adam steps: `prune resume` goes on
     /// from the last step's checkpointed weights and optimizer state, redoes nothing done,
     /// and gives the bytes of an unbroken run.
