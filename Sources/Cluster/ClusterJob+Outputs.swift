@@ -14,6 +14,8 @@ public enum ResultDigests {
     }
 
     public static func parse(_ text: String) -> [(name: String, digest: String)] {
+        // A task with no outputs (the last block's calibration when it prunes nothing) records "".
+        guard !text.isEmpty else { return [] }
         guard text.contains("=") else { return [(OutputName.mask.rawValue, text)] }
         return text.split(separator: ",").compactMap { part -> (name: String, digest: String)? in
             let pieces = part.split(separator: "=")
@@ -80,7 +82,8 @@ extension ClusterJob {
                     kept.insert(output.digest)
                 }
             }
-            for output in transient where !kept.contains(output.digest) {
+            // Only a well-formed digest names a file: never the store's directory itself.
+            for output in transient where !kept.contains(output.digest) && SHA256Stream.isHexDigest(output.digest) {
                 try? FileManager.default.removeItem(atPath: artifacts.path(for: output.digest))
             }
         }

@@ -103,6 +103,19 @@ final class CalibrationClusterTests: XCTestCase {
         }
     }
 
+    /// When the last block prunes nothing its calibration tasks have no outputs (an empty
+    /// result): collecting their transient outputs once removed the whole artifact store,
+    /// so every activation was recomputed and assembly found no masks.
+    func testALastBlockThatPrunesNothingLeavesTheArtifactsAlone() throws {
+        let firstTwo = "targets: ['re:model\\.layers\\.[01]\\..*']\n"
+        let expected = try run("first-two-w0", method: "wanda", mode: "dense", extra: firstTwo, workers: 0)
+        XCTAssertEqual(try run("first-two-w2", method: "wanda", mode: "dense", extra: firstTwo, workers: 2), expected)
+        let ledger = try Ledger(path: dir.file("first-two-w2/ledger.sqlite"), create: false, readOnly: true)
+        XCTAssertEqual(try ledger.events().filter { $0.kind == "reopen" }.map(\.task), [], "nothing was recomputed")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir.file("first-two-w2/artifacts")))
+        XCTAssertTrue(try ledger.tasks().contains { $0.id == "calibrate:2:0" && $0.state == "done" })
+    }
+
     func testKilledWorkerAndCoordinatorResumeCalibrationToTheSameBytes() throws {
         let expected = try run("reference", method: "sparsegpt", workers: 0)
         let job = try writeSpec("crash", method: "sparsegpt")

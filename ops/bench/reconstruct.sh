@@ -9,7 +9,7 @@
 #   ops/bench/reconstruct.sh [WORKDIR]
 #   PRUNINGS="wanda 0.5 unstructured;sparsegpt 0.7 unstructured" RECONSTRUCTS="none;layer" WORKERS="1 2"
 #   EXTRA="allocation: owl" (added to every spec)
-#   MODE=dense (calibration mode; `reconstruct: {scope: block}` needs it), e.g.
+#   MODE=dense (calibration mode; default sequential), e.g.
 #   MODE=dense PRUNINGS="wanda 0.7 unstructured" RECONSTRUCTS="none;layer;{scope: block, epochs: 2}"
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-reconstruct-bench}")"
