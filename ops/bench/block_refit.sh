@@ -48,7 +48,7 @@ first="" base=""
 for w in ${WORKERS:-1 2}; do
   block_s=$(run "refit-$mode-block-w$w" "{scope: block}" "$w")
   if [ "$mode" = dense ]; then
-    layer_s=$(run "refit-$mode-layer-w$w" layer "$w")
+    layer_s=$(printf '%.1f' "$(run "refit-$mode-layer-w$w" layer "$w")")
     per=$(python3 -c "import sys; b, l, n, e = map(float, sys.argv[1:]); print((b - l) / n / e)" "$block_s" "$layer_s" "$blocks" "$epochs")
   else
     layer_s="–"
