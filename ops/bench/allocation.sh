@@ -47,7 +47,7 @@ ppl = ev["pruned"]
 levels = sorted({round(t["target_sparsity"], 4) for t in json.load(open(f"{job}/out/manifest.json"))["tensors"].values() if t.get("pruned")})
 print(f"{s:<8} {a:<24} {w:<8} {ppl:10.3f} {float(end) - float(start):9.1f} {levels[0]}–{levels[-1]} ({len(levels)} levels; dense {ev['dense']:.3f})")
 PY
-      digest=$(cd "$work/$name/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
+      digest=$(out_digest "$work/$name")
       echo "  out/ $digest"
       if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts ($digest vs $first)"; exit 1; fi
     done

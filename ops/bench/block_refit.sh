@@ -41,8 +41,6 @@ EOF
   python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$EPOCHREALTIME"
 }
 
-digest() { (cd "$work/$1/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16); }
-
 printf "%-8s %-10s %12s %12s %24s %s\n" workers mode "layer job s" "block job s" "s per block per epoch" "out/ digest"
 first="" base=""
 for w in ${WORKERS:-1 2}; do
@@ -65,7 +63,7 @@ print(sum(end - start for start, end in spans.values()) / blocks / epochs)
 PY
 )
   fi
-  d=$(digest "refit-$mode-block-w$w")
+  d=$(out_digest "$work/refit-$mode-block-w$w")
   printf "%-8s %-10s %12s %12.1f %24.2f %s\n" "$w" "$mode" "$layer_s" "$block_s" "$per" "$d"
   [ -n "$base" ] || base=$per
   if [ -z "$first" ]; then first=$d; elif [ "$d" != "$first" ]; then echo "bytes differ across worker counts ($d vs $first)"; exit 1; fi

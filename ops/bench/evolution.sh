@@ -30,7 +30,7 @@ EOF
   start=$EPOCHREALTIME
   "$prune" run -q --workers "$w" "$work/$name.yaml" > "$work/$name.log"
   end=$EPOCHREALTIME
-  digest=$(cd "$work/$name/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
+  digest=$(out_digest "$work/$name")
   python3 - "$work/$name" "$w" "$start" "$end" "$digest" <<'PY'
 import sqlite3, sys
 job, w, start, end, digest = sys.argv[1:]

@@ -42,7 +42,7 @@ for pruning in "${prunings[@]}"; do
       start=$EPOCHREALTIME
       "$prune" run -q --workers "$w" "$work/$name.yaml" > "$work/$name.log"
       end=$EPOCHREALTIME
-      digest=$(cd "$work/$name/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
+      digest=$(out_digest "$work/$name")
       ppl=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['evaluation']['pruned'])" "$work/$name/report.json")
       dense=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['evaluation']['dense'])" "$work/$name/report.json")
       [ "$r" = none ] && [ -z "$plain" ] && plain=$ppl

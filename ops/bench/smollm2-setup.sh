@@ -31,3 +31,9 @@ smollm2_work() {
   kjv_text "$work/calib.txt" 'gen1:1-mal4:6'
   kjv_text "$work/eval.txt" 'mat1:1-rev22:21'
 }
+
+# out_digest JOBDIR: the first 16 hex digits of a digest over every file of JOBDIR/out's
+# dense/ and sparse/ (the bytes every worker count must reproduce).
+out_digest() {
+  (cd "$1/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
+}

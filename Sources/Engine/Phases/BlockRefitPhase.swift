@@ -63,12 +63,6 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
         SubBlock.allCases.first { part in part.linears.contains { linear.hasSuffix(".\($0).weight") } }
     }
 
-    /// Sequential mode: the re-fit halves of block b, whose weights block b+1's
-    /// calibration runs on.
-    func finished(block b: Int) -> [TaskID] {
-        SubBlock.allCases.map { BlockRefitPhase.id(block: b, part: $0) }.filter { layers[$0] != nil }
-    }
-
     /// Sequential mode: where block b+1's calibration reads a pruned Linear of block b (its
     /// half's re-fit weights).
     static func refitWeights(of linear: String, block b: Int, outputs: OutputStore) throws -> Prune_V1_ArtifactRef {
@@ -248,7 +242,7 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
                     var p = Prune_V1_PrunedLinear()
                     p.name = name
                     p.mask = try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
-                    p.weights = try outputs.ref(BlockRefitPhase.weights(name), of: BlockRefitPhase.id(block: b, part: .attention))
+                    p.weights = try BlockRefitPhase.refitWeights(of: name, block: b, outputs: outputs)
                     return p
                 }
             }

@@ -66,7 +66,8 @@ enum BlockRefitStep {
         guard b < config.layers, t > 0, r.learningRate.isFinite, r.learningRate > 0, !r.pruned.isEmpty else { throw PruningError("\(where_): bad task parameters") }
         let store = WeightStore(reader: TaskTensorReader(r.weights, inputs: inputs))
         let names = part.linears.map { "model.layers.\(b).\($0).weight" }
-        let student = try self.student(r.pruned, names: names, store: store, inputs: inputs, where: where_)
+        // A saved state holds the current weights: the start is read only where it is used.
+        let student = try self.student(r.pruned, names: names, store: store, inputs: inputs, loadStart: !r.hasState || r.action == finish, where: where_)
         var state = State(student: student, learningRate: Float(r.learningRate))
         if r.hasState { try state.restore(try inputs.artifact(r.state), what: "\(where_): state") }
 
@@ -128,15 +129,18 @@ enum BlockRefitStep {
         }
     }
 
-    /// The pruned Linears of the task, in `SubBlock.linears` order.
-    private static func student(_ pruned: [Prune_V1_PrunedLinear], names: [String], store: WeightStore, inputs: TaskInputs, where where_: String) throws -> Student {
+    /// The pruned Linears of the task, in `SubBlock.linears` order; without `loadStart`
+    /// their start weights are left zero (a restored state replaces them).
+    private static func student(_ pruned: [Prune_V1_PrunedLinear], names: [String], store: WeightStore, inputs: TaskInputs, loadStart: Bool,
+                                where where_: String) throws -> Student {
         var s = Student()
         for p in pruned {
             guard let i = names.firstIndex(of: p.name), i > (s.index.last ?? -1), let shape = store.reader.shape(of: p.name), shape.count == 2 else {
                 throw PruningError("\(where_): \(p.name) is not a Linear of this half (or out of order)")
             }
             let mask = try Mask(rows: shape[0], cols: shape[1], bits: try inputs.artifact(p.mask))
-            var start = p.hasWeights ? try FloatPayload.floats(try inputs.artifact(p.weights), what: "weights of \(p.name)") : try store.load(p.name, shape: shape)
+            var start = !loadStart ? [Float](repeating: 0, count: shape[0] * shape[1])
+                : p.hasWeights ? try FloatPayload.floats(try inputs.artifact(p.weights), what: "weights of \(p.name)") : try store.load(p.name, shape: shape)
             guard start.count == shape[0] * shape[1] else { throw PruningError("\(where_): start weights of \(p.name) have the wrong size") }
             let keep = (0..<start.count).map { mask[$0 / shape[1], $0 % shape[1]] }
             for j in 0..<keep.count where !keep[j] { start[j] = 0 }
