@@ -27,6 +27,8 @@ public struct Assembler {
     public var levels: [String: Double] = [:]
     /// A searched allocation's progress, for the manifest.
     public var search: () throws -> Manifest.Search? = { nil }
+    /// Masked training's curve, for the manifest.
+    public var training: () throws -> Manifest.Training? = { nil }
 
     public init(checkpoint: Checkpoint, plan: Plan, masks: [String: Mask], spec: JobSpec) {
         self.init(checkpoint: checkpoint, plan: plan, pruned: Set(masks.keys), spec: spec) { name in
@@ -133,7 +135,8 @@ public struct Assembler {
                             throw PruningError("'\(t.name)': the zeros written to dense/ disagree with the elements stored in sparse/")
                         }
                     } else {
-                        try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in
+                        // Not pruned: as it is, or with the values a phase gave it (training).
+                        try forEachInputBlock(t, shard: shard, values: try updatedValues(of: t)) { _, bytes in
                             try denseWriter.write(bytes)
                             digest.update(bytes)
                             w.zeros += AssemblyKernels.zeroCount(bytes, elementSize: t.dtype.size)
@@ -216,6 +219,7 @@ public struct Assembler {
                           prunedSparseToDenseRatio: Double(prunedSparseBytes) / Double(max(prunedDenseBytes, 1)),
                           parameters: checkpoint.parameterCount, prunedParameters: prunedParameters, zeros: zerosTotal))
         manifest.search = try search()
+        manifest.training = try training()
         try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
         return manifest
     }
@@ -237,8 +241,7 @@ public struct Assembler {
         for t in shard.tensors {
             if stop.isSet { throw PruningError("sparse/ abandoned: dense/ failed") }
             guard pruned.contains(t.name) else {
-                try shard.forEachRowBlock(t, maxBytes: blockBytes) { _, bytes in try sparseWriter.write(bytes) }
-                shard.release(t)
+                try forEachInputBlock(t, shard: shard, values: try updatedValues(of: t)) { _, bytes in try sparseWriter.write(bytes) }
                 continue
             }
             guard compressed(t.name) else {
@@ -343,7 +346,7 @@ public struct Assembler {
         return mask
     }
 
-    /// The updated values of a pruned tensor (SparseGPT), from memory or loaded, or nil.
+    /// The updated values of a tensor (SparseGPT's, a re-fit's, training's), from memory or loaded, or nil.
     private func updatedValues(of t: TensorInfo) throws -> [Float]? {
         var values = updated[t.name]
         if values == nil, let elsewhere = updatedElsewhere, elsewhere.names.contains(t.name) {

@@ -101,6 +101,10 @@ public struct JobSpec: Sendable {
     public var refine: Refine?
     /// Recovery with the masks fixed (`reconstruct:`); nil when off.
     public var reconstruct: Reconstruct?
+    /// Data-parallel masked training of an MLP classifier (`train:`); nil when off.
+    public var train: TrainSpec?
+    /// How sparsity arrives during training (`schedule:`, with `train:`); nil: the masks are fixed from the start.
+    public var schedule: ScheduleSpec?
     /// Whether the prune tasks change the kept weights (SparseGPT's update, a re-fit), so
     /// the outputs and the next block's calibration take their weights, not the checkpoint's.
     public var updatesKeptWeights: Bool { method == .sparsegpt || reconstruct != nil }
@@ -144,7 +148,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -401,6 +405,16 @@ public struct JobSpec: Sendable {
         }
         if let node = values["reconstruct"] {
             spec.reconstruct = try Reconstruct.parse(node, method: method, pattern: pattern, calibration: calibration, file: file)
+        }
+        if let node = values["train"] {
+            guard method == .magnitude || method == .random else {
+                throw SpecError("\(where_(file, node)): train: fine-tunes masks chosen without calibration; use method magnitude or random (sparsity 0 trains the dense model)")
+            }
+            spec.train = try TrainSpec.parse(node, seed: seed, model: model, resolve: resolve, file: file)
+        }
+        if let node = values["schedule"] {
+            spec.schedule = try ScheduleSpec.parse(node, sparsity: sparsity, hasTrain: spec.train != nil, file: file)
+            if case .nm = pattern { throw SpecError("\(where_(file, node)): schedule: rounds prune by magnitude within rows; pattern \(pattern) is not supported with a schedule") }
         }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {

@@ -26,15 +26,16 @@ public struct LabelledData: Sendable {
         self.source = source
     }
 
-    /// Reads the examples at `path`; with `limit`, only the first `limit` of them.
-    public static func load(_ path: String, limit: Int? = nil) throws -> LabelledData {
+    /// Reads the examples at `path`; with `limit`, only the first `limit` of them. A
+    /// directory gives its `split` (`t10k`, the test split, or `train`).
+    public static func load(_ path: String, limit: Int? = nil, split: String = "t10k") throws -> LabelledData {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw SpecError("\(path): no such file or directory")
         }
         if isDir.boolValue {
-            guard let images = existing((path as NSString).appendingPathComponent("t10k-images-idx3-ubyte")) else {
-                throw SpecError("\(path): no t10k-images-idx3-ubyte[.gz] (the MNIST-style test split) in this directory")
+            guard let images = existing((path as NSString).appendingPathComponent("\(split)-images-idx3-ubyte")) else {
+                throw SpecError("\(path): no \(split)-images-idx3-ubyte[.gz] (the MNIST-style \(split == "train" ? "training" : "test") split) in this directory")
             }
             return try idx(images: images, limit: limit)
         }

@@ -129,6 +129,38 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// A searched allocation's progress (`allocation: evolutionary`); absent otherwise.
     public var search: Search?
 
+    /// Masked training (`train:`); absent otherwise.
+    public var training: Training?
+
+    /// What training did, epoch by epoch.
+    public struct Training: Codable, Sendable, Equatable {
+        public struct Epoch: Codable, Sendable, Equatable {
+            public var epoch: Int
+            /// Mean cross-entropy and accuracy over the epoch's batches, as the weights moved.
+            public var trainLoss: Double
+            public var trainAccuracy: Double
+            /// Top-1 accuracy of the weights at the epoch's end on the evaluation data.
+            public var testAccuracy: Double?
+            /// A schedule's level in this epoch (its round's).
+            public var sparsity: Double?
+            enum CodingKeys: String, CodingKey {
+                case epoch, sparsity
+                case trainLoss = "train_loss", trainAccuracy = "train_accuracy", testAccuracy = "test_accuracy"
+            }
+        }
+        public var optimizer: String
+        public var learningRate: Double
+        public var batch: Int
+        public var shards: Int
+        public var examples: Int
+        public var stepsPerEpoch: Int
+        public var epochs: [Epoch]
+        enum CodingKeys: String, CodingKey {
+            case optimizer, batch, shards, examples, epochs
+            case learningRate = "learning_rate", stepsPerEpoch = "steps_per_epoch"
+        }
+    }
+
     /// The parent's fitness after each generation of an evolutionary search: the mean KL
     /// divergence of its next-token distribution from the dense model's, on that
     /// generation's last (largest) token sample.
@@ -154,7 +186,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case format, version, method, pattern, sparsity, tensors, totals, search
+        case format, version, method, pattern, sparsity, tensors, totals, search, training
         case specSHA256 = "spec_sha256"
         case modelFiles = "model_files"
     }

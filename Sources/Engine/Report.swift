@@ -100,10 +100,12 @@ public struct JobReport: Codable, Sendable {
     public var warnings: [String] = []
     /// `allocation: evolutionary`: the parent's fitness per generation.
     public var search: Manifest.Search?
+    /// `train:`: the loss and accuracy per epoch.
+    public var training: Manifest.Training?
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers, warnings
-        case search
+        case search, training
     }
 
     /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
@@ -134,6 +136,7 @@ public struct JobReport: Codable, Sendable {
         }
         self.phases = phases
         search = manifest.search
+        training = manifest.training
         layers = manifest.tensors.filter(\.value.pruned).sorted { LayerOrder.less($0.key, $1.key) }.map {
             Layer(name: $0.key, block: LayerName.block($0.key), kind: LayerName.kind($0.key), targetSparsity: $0.value.targetSparsity ?? 0,
                   achievedSparsity: $0.value.achievedSparsity, reconstructionError: $0.value.reconstructionError,
@@ -170,7 +173,7 @@ public struct JobReport: Codable, Sendable {
     public func write(to directory: String) throws {
         try AtomicFileWriter.write([UInt8](try JobReport.encoder().encode(self)) + [0x0A], to: (directory as NSString).appendingPathComponent("report.json"))
         try AtomicFileWriter.write(Array(markdown().utf8), to: (directory as NSString).appendingPathComponent("report.md"))
-        try AtomicFileWriter.write(Array(ReportChart(layers: layers, target: sparsity, search: search).svg().utf8),
+        try AtomicFileWriter.write(Array(ReportChart(layers: layers, target: sparsity, search: search, training: training).svg().utf8),
                                    to: (directory as NSString).appendingPathComponent("report.svg"))
     }
 
@@ -207,6 +210,16 @@ public struct JobReport: Codable, Sendable {
             s += "levels in steps of \(Int(search.stepWeights.rounded())) weights (at most \(search.levels) each way). The parent's KL divergence "
             s += "from the dense model (each generation on its own sample of \(last.tokens) calibration tokens): "
             s += "\(String(format: "%.4f", first.fitness)) at the start, \(String(format: "%.4f", last.fitness)) at the end (report.svg draws every generation).\n\n"
+        }
+        if let training {
+            s += "Training: \(training.optimizer) at learning rate \(training.learningRate), batches of \(training.batch) in \(training.shards) gradient tasks, "
+            s += "\(training.stepsPerEpoch) steps an epoch over \(training.examples) examples (report.svg draws the curve).\n\n"
+            s += "| epoch | sparsity | train loss | train accuracy | test accuracy |\n|---:|---:|---:|---:|---:|\n"
+            for e in training.epochs {
+                s += "| \(e.epoch) | \(e.sparsity.map { String(format: "%.3f", $0) } ?? "–") | \(String(format: "%.4f", e.trainLoss)) | "
+                s += "\(String(format: "%.4f", e.trainAccuracy)) | \(e.testAccuracy.map { String(format: "%.4f", $0) } ?? "–") |\n"
+            }
+            s += "\n"
         }
         s += "![sparsity and reconstruction error by layer](report.svg)\n\n"
         let curves = layers.contains { $0.errorCurve != nil }

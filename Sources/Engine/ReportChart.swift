@@ -6,11 +6,13 @@ import Foundation
 /// Layers run left to right in model order; block numbers label the x axis. With
 /// `allocation: error_budget`, a last panel draws every layer's error curve (relative
 /// error against sparsity, log axis) with a dot at the level it got; with `allocation:
-/// evolutionary`, one with the parent's fitness per generation.
+/// evolutionary`, one with the parent's fitness per generation; with `train:`, one with the
+/// accuracy per epoch.
 struct ReportChart {
     let layers: [JobReport.Layer]
     let target: Double
     var search: Manifest.Search? = nil
+    var training: Manifest.Training? = nil
 
     /// tab10, the matplotlib default: distinguishable, and readable when printed grey.
     static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -42,7 +44,8 @@ struct ReportChart {
     var hasErrors: Bool { layers.contains { $0.reconstructionError.map { $0 > 0 && $0.isFinite } ?? false } }
     var hasCurves: Bool { layers.contains { $0.errorCurve.map { $0.contains { $0.error > 0 && $0.error.isFinite } } ?? false } }
     var hasSearch: Bool { (search?.generations.filter { $0.fitness.isFinite }.count ?? 0) > 0 }
-    private var panels: Int { 1 + (hasErrors ? 1 : 0) + (hasCurves ? 1 : 0) + (hasSearch ? 1 : 0) }
+    var hasTraining: Bool { !(training?.epochs.isEmpty ?? true) }
+    private var panels: Int { 1 + (hasErrors ? 1 : 0) + (hasCurves ? 1 : 0) + (hasSearch ? 1 : 0) + (hasTraining ? 1 : 0) }
     var height: Int { top + panels * (panelHeight + 44) + (panels - 1) * panelGap + 36 }
 
     func svg() -> String {
@@ -61,7 +64,11 @@ struct ReportChart {
             s += curvePanel(y0: y0)
             y0 += panelHeight + 44 + panelGap
         }
-        if hasSearch { s += searchPanel(y0: y0) }
+        if hasSearch {
+            s += searchPanel(y0: y0)
+            y0 += panelHeight + 44 + panelGap
+        }
+        if hasTraining { s += trainingPanel(y0: y0) }
         return s + "</svg>\n"
     }
 
@@ -196,30 +203,51 @@ struct ReportChart {
 
     /// The parent's fitness (KL divergence from the dense model) after each generation.
     private func searchPanel(y0: Int) -> String {
-        let x1 = width - right, y1 = y0 + panelHeight
         let points = (search?.generations ?? []).filter { $0.fitness.isFinite }
-        var s = axes(y0: y0, title: "Evolutionary search: the parent's KL divergence from the dense model per generation",
-                     yLabel: "KL (nats/token)", xLabel: "generation")
-        let values = points.map(\.fitness)
+        return linePanel(y0: y0, title: "Evolutionary search: the parent's KL divergence from the dense model per generation",
+                         yLabel: "KL (nats/token)", xLabel: "generation",
+                         series: [("fitness", points.map { ($0.generation, $0.fitness, "generation \($0.generation): \(String(format: "%.5f", $0.fitness)) on \($0.tokens) tokens") })])
+    }
+
+    /// Training's accuracy per epoch: over the epoch's batches, and on the evaluation data.
+    private func trainingPanel(y0: Int) -> String {
+        let epochs = training?.epochs ?? []
+        var series = [("train accuracy", epochs.map { ($0.epoch, $0.trainAccuracy, "epoch \($0.epoch): train accuracy \(String(format: "%.4f", $0.trainAccuracy)), loss \(String(format: "%.4f", $0.trainLoss))") })]
+        let test = epochs.compactMap { e in e.testAccuracy.map { (e.epoch, $0, "epoch \(e.epoch): test accuracy \(String(format: "%.4f", $0))") } }
+        if !test.isEmpty { series.append(("test accuracy", test)) }
+        return linePanel(y0: y0, title: "Training: accuracy per epoch (train: over the epoch's batches; test: the epoch's end weights)",
+                         yLabel: "accuracy", xLabel: "epoch", series: series)
+    }
+
+    /// A panel of lines over integer x (generations, epochs), one color per series, each
+    /// point with a tooltip.
+    private func linePanel(y0: Int, title: String, yLabel: String, xLabel: String, series: [(name: String, points: [(x: Int, y: Double, tip: String)])]) -> String {
+        let x1 = width - right, y1 = y0 + panelHeight
+        var s = axes(y0: y0, title: title, yLabel: yLabel, xLabel: xLabel)
+        let values = series.flatMap { $0.points.map(\.y) }
         let lo = min(values.min()!, values.max()! - 1e-9), hi = values.max()!
         let pad = (hi - lo) * 0.08
-        let last = max(points.last!.generation, 1)
-        func x(_ g: Int) -> Double { Double(left) + Double(g) / Double(last) * Double(x1 - left - 8) + 4 }
+        let first = series.flatMap { $0.points.map(\.x) }.min()!, last = max(series.flatMap { $0.points.map(\.x) }.max()!, first + 1)
+        func x(_ g: Int) -> Double { Double(left) + Double(g - first) / Double(last - first) * Double(x1 - left - 8) + 4 }
         func y(_ v: Double) -> Double { Double(y1) - (v - lo + pad) / (hi - lo + 2 * pad) * Double(panelHeight) }
         for k in 0...4 {
             let v = lo - pad + Double(k) / 4 * (hi - lo + 2 * pad), yv = Int(y(v))
             s += "<line x1=\"\(left)\" y1=\"\(yv)\" x2=\"\(x1)\" y2=\"\(yv)\" stroke=\"#dddddd\"/>"
             s += "<text x=\"\(left - 6)\" y=\"\(yv + 4)\" text-anchor=\"end\">\(String(format: "%.3g", v))</text>\n"
         }
-        let every = max(1, last / 10)
-        for g in stride(from: 0, through: last, by: every) {
+        let every = max(1, (last - first) / 10)
+        for g in stride(from: first, through: last, by: every) {
             s += "<text x=\"\(Int(x(g)))\" y=\"\(y1 + 17)\" text-anchor=\"middle\">\(g)</text>\n"
         }
-        let line = points.map { String(format: "%.1f,%.1f", x($0.generation), y($0.fitness)) }.joined(separator: " ")
-        s += "<polyline points=\"\(line)\" fill=\"none\" stroke=\"\(ReportChart.palette[0])\" stroke-width=\"1.5\"/>\n"
-        for p in points {
-            s += "<circle cx=\"\(String(format: "%.1f", x(p.generation)))\" cy=\"\(String(format: "%.1f", y(p.fitness)))\" r=\"2.5\" fill=\"\(ReportChart.palette[0])\">"
-            s += "<title>generation \(p.generation): \(String(format: "%.5f", p.fitness)) on \(p.tokens) tokens</title></circle>\n"
+        for (k, line) in series.enumerated() {
+            let color = ReportChart.palette[k % ReportChart.palette.count]
+            s += "<polyline points=\"\(line.points.map { String(format: "%.1f,%.1f", x($0.x), y($0.y)) }.joined(separator: " "))\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\"/>\n"
+            for p in line.points {
+                s += "<circle cx=\"\(String(format: "%.1f", x(p.x)))\" cy=\"\(String(format: "%.1f", y(p.y)))\" r=\"2.5\" fill=\"\(color)\"><title>\(escape(p.tip))</title></circle>\n"
+            }
+            if series.count > 1 {
+                s += "<text x=\"\(x1 - 4)\" y=\"\(y0 + 14 + 15 * k)\" text-anchor=\"end\" fill=\"\(color)\">\(escape(line.name))</text>\n"
+            }
         }
         return s
     }

@@ -211,7 +211,11 @@ public final class MLPModel: @unchecked Sendable {
     }
 
     private static func shape(of name: String, key: String, store: WeightStore) throws -> ([Int], String) {
-        guard let checkpoint = store.checkpoint else { throw ModelError("\(key): MLP weights must come from a checkpoint") }
+        guard let checkpoint = store.checkpoint else {
+            // A task's tensors (a worker): the reader knows the shapes; it refuses non-float dtypes.
+            guard let shape = store.reader.shape(of: name) else { throw ModelError("\(key): no tensor named '\(name)' in \(store.reader.location)") }
+            return (shape, store.reader.location)
+        }
         guard let info = checkpoint.info(name), let shard = checkpoint.shard(of: name) else {
             throw ModelError("\(key): no tensor named '\(name)' in \(checkpoint.directory)")
         }

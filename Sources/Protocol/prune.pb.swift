@@ -475,6 +475,14 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .blockStep(newValue)}
   }
 
+  public var train: Prune_V1_TrainTask {
+    get {
+      if case .train(let v)? = _storage._work {return v}
+      return Prune_V1_TrainTask()
+    }
+    set {_uniqueStorage()._work = .train(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -494,6 +502,7 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     case select(Prune_V1_SelectTask)
     case blockRefit(Prune_V1_BlockRefitTask)
     case blockStep(Prune_V1_BlockStepTask)
+    case train(Prune_V1_TrainTask)
 
   }
 
@@ -1445,6 +1454,192 @@ public nonisolated struct Prune_V1_Goodbye: Sendable {
   public init() {}
 }
 
+/// Data-parallel masked training of an MLP classifier (`train:`). Every task first rebuilds
+/// the training state at its step: from `base` (a checkpoint task's "state"; at step 0 the
+/// start `parameters` with `masks`) and, for each step since, the step's shard gradients
+/// summed in shard order; `lineage` names each state (sha256 chained over the gradients'
+/// digests), so a worker that kept the state of an earlier step of the same run continues
+/// from it instead. Action "gradient": the summed softmax cross-entropy gradient of
+/// `inputs`/`labels` at that state; payloads "gradient" (F32, flat parameter order) and
+/// "shard_loss" (two F64: loss sum, correct count). Action "checkpoint": payloads "state"
+/// (parameters and optimizer state), "lineage" (32 bytes), "sums" (three F64: the epoch's
+/// loss sum, correct count and examples so far) and, at an epoch's end, "weights" (F32,
+/// flat parameter order).
+public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var action: String {
+    get {_storage._action}
+    set {_uniqueStorage()._action = newValue}
+  }
+
+  public var mlpJson: Data {
+    get {_storage._mlpJson}
+    set {_uniqueStorage()._mlpJson = newValue}
+  }
+
+  /// Start weights and biases, layer by layer (weight, then bias).
+  public var parameters: [Prune_V1_TensorRef] {
+    get {_storage._parameters}
+    set {_uniqueStorage()._parameters = newValue}
+  }
+
+  /// Per layer: the weight's mask in row blocks (none: trained whole).
+  public var masks: [Prune_V1_TrainMask] {
+    get {_storage._masks}
+    set {_uniqueStorage()._masks = newValue}
+  }
+
+  public var optimizer: Prune_V1_TrainOptimizer {
+    get {_storage._optimizer ?? Prune_V1_TrainOptimizer()}
+    set {_uniqueStorage()._optimizer = newValue}
+  }
+  /// Returns true if `optimizer` has been explicitly set.
+  public var hasOptimizer: Bool {_storage._optimizer != nil}
+  /// Clears the value of `optimizer`. Subsequent reads from it will return its default value.
+  public mutating func clearOptimizer() {_uniqueStorage()._optimizer = nil}
+
+  public var startLineage: Data {
+    get {_storage._startLineage}
+    set {_uniqueStorage()._startLineage = newValue}
+  }
+
+  public var baseStep: UInt32 {
+    get {_storage._baseStep}
+    set {_uniqueStorage()._baseStep = newValue}
+  }
+
+  public var base: Prune_V1_ArtifactRef {
+    get {_storage._base ?? Prune_V1_ArtifactRef()}
+    set {_uniqueStorage()._base = newValue}
+  }
+  /// Returns true if `base` has been explicitly set.
+  public var hasBase: Bool {_storage._base != nil}
+  /// Clears the value of `base`. Subsequent reads from it will return its default value.
+  public mutating func clearBase() {_uniqueStorage()._base = nil}
+
+  public var baseLineage: Data {
+    get {_storage._baseLineage}
+    set {_uniqueStorage()._baseLineage = newValue}
+  }
+
+  /// Steps base_step, base_step + 1, …: the step this task runs at comes after them.
+  public var steps: [Prune_V1_TrainStep] {
+    get {_storage._steps}
+    set {_uniqueStorage()._steps = newValue}
+  }
+
+  /// Action gradient: examples × width F32, and one label per example.
+  public var inputs: Data {
+    get {_storage._inputs}
+    set {_uniqueStorage()._inputs = newValue}
+  }
+
+  public var labels: [UInt32] {
+    get {_storage._labels}
+    set {_uniqueStorage()._labels = newValue}
+  }
+
+  /// Action checkpoint: the shard losses of the steps in `steps`, in order; whether the
+  /// base's running sums are dropped (it is an epoch's start).
+  public var losses: [Prune_V1_ArtifactRef] {
+    get {_storage._losses}
+    set {_uniqueStorage()._losses = newValue}
+  }
+
+  public var resetSums: Bool {
+    get {_storage._resetSums}
+    set {_uniqueStorage()._resetSums = newValue}
+  }
+
+  public var epochEnd: Bool {
+    get {_storage._epochEnd}
+    set {_uniqueStorage()._epochEnd = newValue}
+  }
+
+  public var baseSums: Prune_V1_ArtifactRef {
+    get {_storage._baseSums ?? Prune_V1_ArtifactRef()}
+    set {_uniqueStorage()._baseSums = newValue}
+  }
+  /// Returns true if `baseSums` has been explicitly set.
+  public var hasBaseSums: Bool {_storage._baseSums != nil}
+  /// Clears the value of `baseSums`. Subsequent reads from it will return its default value.
+  public mutating func clearBaseSums() {_uniqueStorage()._baseSums = nil}
+
+  /// Action "prune" (a schedule's round): the state at the base, pruned by magnitude to
+  /// `sparsity` (`pattern`) in the layers marked in `prune_layers`, with a fresh optimizer
+  /// state; payloads "mask:<weight>" per pruned layer, "state" and "lineage".
+  public var sparsity: Double {
+    get {_storage._sparsity}
+    set {_uniqueStorage()._sparsity = newValue}
+  }
+
+  public var pattern: String {
+    get {_storage._pattern}
+    set {_uniqueStorage()._pattern = newValue}
+  }
+
+  public var pruneLayers: [Bool] {
+    get {_storage._pruneLayers}
+    set {_uniqueStorage()._pruneLayers = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Prune_V1_TrainMask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var parts: [Prune_V1_ArtifactRef] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Prune_V1_TrainStep: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var shards: [Prune_V1_ArtifactRef] = []
+
+  public var batch: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Prune_V1_TrainOptimizer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var learningRate: Float = 0
+
+  public var momentum: Float = 0
+
+  public var weightDecay: Float = 0
+
+  /// An L1 penalty's strength on the weights (a `penalty` schedule's first round).
+  public var l1: Float = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "prune.v1"
@@ -2015,7 +2210,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
@@ -2262,6 +2457,19 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
             _storage._work = .blockStep(v)
           }
         }()
+        case 26: try {
+          var v: Prune_V1_TrainTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .train(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .train(v)
+          }
+        }()
         default: break
         }
       }
@@ -2344,6 +2552,10 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case .blockStep?: try {
         guard case .blockStep(let v)? = _storage._work else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .train?: try {
+        guard case .train(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
       }()
       case nil: break
       }
@@ -4039,6 +4251,317 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
   public static func ==(lhs: Prune_V1_Goodbye, rhs: Prune_V1_Goodbye) -> Bool {
     if lhs.reason != rhs.reason {return false}
     if lhs.taskIds != rhs.taskIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TrainTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0")
+
+  fileprivate class _StorageClass {
+    var _action: String = String()
+    var _mlpJson: Data = Data()
+    var _parameters: [Prune_V1_TensorRef] = []
+    var _masks: [Prune_V1_TrainMask] = []
+    var _optimizer: Prune_V1_TrainOptimizer? = nil
+    var _startLineage: Data = Data()
+    var _baseStep: UInt32 = 0
+    var _base: Prune_V1_ArtifactRef? = nil
+    var _baseLineage: Data = Data()
+    var _steps: [Prune_V1_TrainStep] = []
+    var _inputs: Data = Data()
+    var _labels: [UInt32] = []
+    var _losses: [Prune_V1_ArtifactRef] = []
+    var _resetSums: Bool = false
+    var _epochEnd: Bool = false
+    var _baseSums: Prune_V1_ArtifactRef? = nil
+    var _sparsity: Double = 0
+    var _pattern: String = String()
+    var _pruneLayers: [Bool] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _action = source._action
+      _mlpJson = source._mlpJson
+      _parameters = source._parameters
+      _masks = source._masks
+      _optimizer = source._optimizer
+      _startLineage = source._startLineage
+      _baseStep = source._baseStep
+      _base = source._base
+      _baseLineage = source._baseLineage
+      _steps = source._steps
+      _inputs = source._inputs
+      _labels = source._labels
+      _losses = source._losses
+      _resetSums = source._resetSums
+      _epochEnd = source._epochEnd
+      _baseSums = source._baseSums
+      _sparsity = source._sparsity
+      _pattern = source._pattern
+      _pruneLayers = source._pruneLayers
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._action) }()
+        case 2: try { try decoder.decodeSingularBytesField(value: &_storage._mlpJson) }()
+        case 3: try { try decoder.decodeRepeatedMessageField(value: &_storage._parameters) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._masks) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._optimizer) }()
+        case 6: try { try decoder.decodeSingularBytesField(value: &_storage._startLineage) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._baseStep) }()
+        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._base) }()
+        case 9: try { try decoder.decodeSingularBytesField(value: &_storage._baseLineage) }()
+        case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._steps) }()
+        case 11: try { try decoder.decodeSingularBytesField(value: &_storage._inputs) }()
+        case 12: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._labels) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._losses) }()
+        case 14: try { try decoder.decodeSingularBoolField(value: &_storage._resetSums) }()
+        case 15: try { try decoder.decodeSingularBoolField(value: &_storage._epochEnd) }()
+        case 16: try { try decoder.decodeSingularMessageField(value: &_storage._baseSums) }()
+        case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._sparsity) }()
+        case 18: try { try decoder.decodeSingularStringField(value: &_storage._pattern) }()
+        case 19: try { try decoder.decodeRepeatedBoolField(value: &_storage._pruneLayers) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._action.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._action, fieldNumber: 1)
+      }
+      if !_storage._mlpJson.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._mlpJson, fieldNumber: 2)
+      }
+      if !_storage._parameters.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._parameters, fieldNumber: 3)
+      }
+      if !_storage._masks.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._masks, fieldNumber: 4)
+      }
+      try { if let v = _storage._optimizer {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
+      if !_storage._startLineage.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._startLineage, fieldNumber: 6)
+      }
+      if _storage._baseStep != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._baseStep, fieldNumber: 7)
+      }
+      try { if let v = _storage._base {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+      } }()
+      if !_storage._baseLineage.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._baseLineage, fieldNumber: 9)
+      }
+      if !_storage._steps.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._steps, fieldNumber: 10)
+      }
+      if !_storage._inputs.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._inputs, fieldNumber: 11)
+      }
+      if !_storage._labels.isEmpty {
+        try visitor.visitPackedUInt32Field(value: _storage._labels, fieldNumber: 12)
+      }
+      if !_storage._losses.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._losses, fieldNumber: 13)
+      }
+      if _storage._resetSums != false {
+        try visitor.visitSingularBoolField(value: _storage._resetSums, fieldNumber: 14)
+      }
+      if _storage._epochEnd != false {
+        try visitor.visitSingularBoolField(value: _storage._epochEnd, fieldNumber: 15)
+      }
+      try { if let v = _storage._baseSums {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      } }()
+      if _storage._sparsity.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._sparsity, fieldNumber: 17)
+      }
+      if !_storage._pattern.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._pattern, fieldNumber: 18)
+      }
+      if !_storage._pruneLayers.isEmpty {
+        try visitor.visitPackedBoolField(value: _storage._pruneLayers, fieldNumber: 19)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_TrainTask, rhs: Prune_V1_TrainTask) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._action != rhs_storage._action {return false}
+        if _storage._mlpJson != rhs_storage._mlpJson {return false}
+        if _storage._parameters != rhs_storage._parameters {return false}
+        if _storage._masks != rhs_storage._masks {return false}
+        if _storage._optimizer != rhs_storage._optimizer {return false}
+        if _storage._startLineage != rhs_storage._startLineage {return false}
+        if _storage._baseStep != rhs_storage._baseStep {return false}
+        if _storage._base != rhs_storage._base {return false}
+        if _storage._baseLineage != rhs_storage._baseLineage {return false}
+        if _storage._steps != rhs_storage._steps {return false}
+        if _storage._inputs != rhs_storage._inputs {return false}
+        if _storage._labels != rhs_storage._labels {return false}
+        if _storage._losses != rhs_storage._losses {return false}
+        if _storage._resetSums != rhs_storage._resetSums {return false}
+        if _storage._epochEnd != rhs_storage._epochEnd {return false}
+        if _storage._baseSums != rhs_storage._baseSums {return false}
+        if _storage._sparsity != rhs_storage._sparsity {return false}
+        if _storage._pattern != rhs_storage._pattern {return false}
+        if _storage._pruneLayers != rhs_storage._pruneLayers {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_TrainMask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TrainMask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}parts\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.parts) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.parts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.parts, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_TrainMask, rhs: Prune_V1_TrainMask) -> Bool {
+    if lhs.parts != rhs.parts {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_TrainStep: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TrainStep"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{1}batch\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.batch) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.shards.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.shards, fieldNumber: 1)
+    }
+    if self.batch != 0 {
+      try visitor.visitSingularUInt32Field(value: self.batch, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_TrainStep, rhs: Prune_V1_TrainStep) -> Bool {
+    if lhs.shards != rhs.shards {return false}
+    if lhs.batch != rhs.batch {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_TrainOptimizer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TrainOptimizer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}learning_rate\0\u{1}momentum\0\u{3}weight_decay\0\u{1}l1\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularFloatField(value: &self.learningRate) }()
+      case 3: try { try decoder.decodeSingularFloatField(value: &self.momentum) }()
+      case 4: try { try decoder.decodeSingularFloatField(value: &self.weightDecay) }()
+      case 5: try { try decoder.decodeSingularFloatField(value: &self.l1) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.learningRate.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.learningRate, fieldNumber: 2)
+    }
+    if self.momentum.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.momentum, fieldNumber: 3)
+    }
+    if self.weightDecay.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.weightDecay, fieldNumber: 4)
+    }
+    if self.l1.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.l1, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_TrainOptimizer, rhs: Prune_V1_TrainOptimizer) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.learningRate != rhs.learningRate {return false}
+    if lhs.momentum != rhs.momentum {return false}
+    if lhs.weightDecay != rhs.weightDecay {return false}
+    if lhs.l1 != rhs.l1 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -49,3 +49,43 @@ struct ImportGGUF: ParsableCommand {
                      Date().timeIntervalSince(start)))
     }
 }
+
+/// `prune init-mlp`: a seeded, freshly initialised MLP classifier for `train:` to start from.
+struct InitMLP: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init-mlp",
+        abstract: "Write a freshly initialised MLP classifier (model.safetensors + mlp.json) for a job's train: to start from.")
+
+    @Argument(help: "Output directory (new, or without a model).")
+    var output: String
+
+    @Option(help: "Features per example (784 for 28×28 images).")
+    var input = 784
+
+    @Option(help: "Hidden widths, comma-separated.")
+    var hidden = "256,128"
+
+    @Option(help: "Classes (the last layer's width).")
+    var classes = 10
+
+    @Option(help: "Activation after each hidden layer: relu or gelu.")
+    var activation = "relu"
+
+    @Option(help: "Class names, comma-separated (optional).")
+    var labels: String?
+
+    @Option(help: "Seed of the initial weights.")
+    var seed: UInt64 = 0
+
+    func run() throws {
+        let widths = hidden.isEmpty ? [] : hidden.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard widths.allSatisfy({ $0 != nil }) else { throw ValidationError("--hidden must be comma-separated integers, e.g. 256,128") }
+        guard let act = MLPConfig.Activation(rawValue: activation), act != .none else { throw ValidationError("--activation must be relu or gelu") }
+        var o = MLPInit.Options(input: input, hidden: widths.map { $0! }, classes: classes)
+        o.activation = act
+        o.seed = seed
+        o.labels = labels.map { $0.split(separator: ",").map(String.init) }
+        try MLPInit.write(o, to: output)
+        print("wrote \(output): MLP \(([input] + o.hidden + [classes]).map(String.init).joined(separator: " → ")), seed \(seed)")
+    }
+}

@@ -124,3 +124,36 @@ final class MLPGradientTests: XCTestCase {
         return stride(from: start, to: data.count, by: width).map { i in (0..<width).reduce(UInt64(0)) { $0 | UInt64(data[i + $1]) << (8 * $1) } }
     }
 }
+
+/// MLPTraining: a step is the optimizer's on the mean gradient, pruned weights stay zero,
+/// an L1 penalty pulls weights towards 0, the state restores to the same bits.
+final class MLPTrainingTests: XCTestCase {
+    private let start = MLPGradient.Parameters(weights: [[0.5, -0.25, 1, 2], [1, -1]], biases: [[0.1, 0.2], nil])
+
+    func testAStepIsSGDOnTheMeanGradientWithMasksHeld() throws {
+        var t = MLPTraining(parameters: start, masks: [[true, true, false, true], nil], optimizer: .sgd(learningRate: 0.5, momentum: 0, weightDecay: 0))
+        XCTAssertEqual(t.parameters.weights[0][2], 0, "a pruned weight is zeroed at the start")
+        XCTAssertEqual(t.parameterCount, 8)
+        // Summed over a batch of 4: the mean is a quarter.
+        t.apply(summedGradient: [4, 8, 4, -4, 0, 4, 2, -2], batch: 4)
+        XCTAssertEqual(t.parameters.weights[0], [0.5 - 0.5, -0.25 - 1, 0, 2 + 0.5])
+        XCTAssertEqual(t.parameters.biases[0]!, [0.1, 0.2 - 0.5])
+        XCTAssertEqual(t.parameters.weights[1], [1 - 0.25, -1 + 0.25])
+        XCTAssertEqual(t.step, 1)
+        var copy = MLPTraining(parameters: start, masks: [[true, true, false, true], nil], optimizer: .sgd(learningRate: 0.5, momentum: 0, weightDecay: 0))
+        try copy.restore(t.serialized())
+        XCTAssertEqual(copy, t)
+        var bad = t.serialized()
+        // Weight 2 of layer 0 (pruned) made nonzero: refused.
+        bad[24 + 8] = 0; bad[24 + 9] = 0; bad[24 + 10] = 0x80; bad[24 + 11] = 0x3f
+        XCTAssertThrowsError(try copy.restore(bad))
+        XCTAssertThrowsError(try copy.restore(Array(t.serialized().dropLast())))
+    }
+
+    func testAnL1PenaltyPullsWeightsTowardsZero() {
+        var t = MLPTraining(parameters: start, masks: [nil, nil], optimizer: .sgd(learningRate: 0.1, momentum: 0, weightDecay: 0), l1: 0.5)
+        t.apply(summedGradient: [Float](repeating: 0, count: 8), batch: 1)
+        XCTAssertEqual(t.parameters.weights[0], [0.5 - 0.05, -0.25 + 0.05, 1 - 0.05, 2 - 0.05])
+        XCTAssertEqual(t.parameters.biases[0]!, [0.1, 0.2], "biases carry no penalty")
+    }
+}

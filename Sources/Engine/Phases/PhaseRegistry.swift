@@ -19,6 +19,7 @@ public enum PhaseRegistry {
         MaskPhase.self,
         LayerPrunePhase.self,
         BlockRefitPhase.self,
+        TrainPhase.self,
         WeightNormPhase.self,
         NoopPhase.self,
     ]
@@ -146,8 +147,15 @@ public final class JobDAG {
             if let error = try source.reconstructionError(of: name, outputs: outputs) { assembler.errors[name] = error }
             if source.updatesValues(of: name) { updated.insert(name) }
         }
+        // Tensors a phase changes without pruning them (training's biases).
+        var unprunedUpdates: [String: any UpdatedTensorSource] = [:]
+        for source in phases.compactMap({ $0 as? UpdatedTensorSource }) {
+            for name in source.updatedTensors.subtracting(pruned) { unprunedUpdates[name] = source }
+        }
+        updated.formUnion(unprunedUpdates.keys)
         if !updated.isEmpty {
             assembler.updatedElsewhere = (updated, { name in
+                if let source = unprunedUpdates[name] { return try source.updatedValues(ofUnpruned: name, outputs: outputs) }
                 guard let values = try self.source(of: name).updatedValues(of: name, outputs: outputs) else {
                     throw PruningError("no updated weights of '\(name)'")
                 }
@@ -158,6 +166,7 @@ public final class JobDAG {
             for name in pruned.sorted() { assembler.levels[name] = try source.level(of: name, outputs: outputs) }
         }
         assembler.search = { try self.phases.compactMap { $0 as? SearchHistorySource }.first?.history(outputs: outputs) }
+        assembler.training = { try self.phases.compactMap { $0 as? TrainPhase }.first?.history(outputs: outputs) }
         assembler.measures = { try self.phases.compactMap { $0 as? ManifestContributor }.reduce(into: [:]) { all, contributor in
             for (tensor, values) in try contributor.measures(outputs: outputs) { all[tensor, default: [:]].merge(values) { a, _ in a } }
         } }

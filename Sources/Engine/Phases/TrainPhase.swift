@@ -1,0 +1,418 @@
+import Foundation
+import Models
+import Protocol
+import Pruning
+import Tensors
+
+/// Data-parallel masked training of an MLP classifier (`train:`, `TrainSpec`), after the
+/// masks: every step's gradient is the sum, in shard order, of `shards` tasks
+/// `train:grad:T:J` on slices of step T's batch, which the workers compute in parallel;
+/// no task applies the steps alone: each task rebuilds the state at its step from the
+/// last checkpoint and the gradients since (`TrainStep`; a worker keeps its last state,
+/// so it usually applies one step). `train:ckpt:K` keeps the weights and optimizer state
+/// after step K as an artifact every `checkpoint_every` steps and at every epoch's end,
+/// so the gradients before it can go and a killed job resumes from it; at an epoch's end
+/// it also keeps the weights (the report's accuracy curve, and assembly's values).
+/// The bytes depend on the spec and the data only, never on the worker count.
+public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
+    public static let name = "train"
+    let job: JobContext
+    let spec: TrainSpec
+    let data: LabelledData
+    let config: MLPConfig
+    /// mlp.json's bytes, which every task carries.
+    let configBytes: [UInt8]
+    /// Tensors in the flat parameter order (weight, then bias, layer by layer), with sizes.
+    let parameterNames: [String]
+    let parameterSizes: [Int]
+    /// Each layer's in_features (its weight's columns).
+    let inFeatures: [Int]
+    /// Where each layer's weight mask comes from (nil: trained whole).
+    private let masks: [(source: any PrunedTensorSource, name: String)?]
+    let stepsPerEpoch: Int
+    /// With a `schedule:`, the rounds (each prunes, then trains); nil: one round of
+    /// `train.epochs` with the job's masks.
+    let rounds: [ScheduleSpec.Round]?
+    /// The first step of each round (one round without a schedule).
+    let roundStarts: [Int]
+    let totalSteps: Int
+    /// Steps after which a checkpoint task keeps the state, ascending (the last is the end).
+    let checkpoints: [Int]
+    private var orders: [Int: [Int]] = [:]
+
+    public init?(job: JobContext, earlier: [any Phase]) throws {
+        guard let spec = job.spec.train else { return nil }
+        self.job = job
+        self.spec = spec
+        let directory = job.checkpoint.directory
+        config = try MLPConfig.load(directory)
+        configBytes = [UInt8](try SmallFile.read((directory as NSString).appendingPathComponent(MLPConfig.fileName), limit: 1 << 20))
+        let model = try MLPModel(directory: directory)
+        data = try LabelledData.load(spec.data, limit: spec.examples, split: "train")
+        guard data.width == config.input else {
+            throw SpecError("train.data: \(data.source): examples have \(data.width) features, the model's input is \(config.input)")
+        }
+        if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
+            throw SpecError("train.data: \(data.source): label \(data.labels[bad]) of example \(bad) is outside the model's \(model.classes) classes")
+        }
+        guard spec.batch <= data.count else {
+            throw SpecError("train.batch: \(spec.batch) is more than the \(data.count) examples of \(data.source)")
+        }
+        let slice = (spec.batch + spec.shards - 1) / spec.shards
+        guard slice * data.width <= TrainSpec.maxTaskValues else {
+            throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskValues) values; raise train.shards")
+        }
+        var names: [String] = [], sizes: [Int] = []
+        var masks: [(source: any PrunedTensorSource, name: String)?] = []
+        let sources = earlier.compactMap { $0 as? PrunedTensorSource }
+        for (l, layer) in config.layers.enumerated() {
+            names.append(layer.weight)
+            sizes.append(model.layers[l].inFeatures * model.layers[l].outFeatures)
+            if let b = layer.bias {
+                names.append(b)
+                sizes.append(model.layers[l].outFeatures)
+            }
+            masks.append(sources.last { $0.prunedTensors.contains(layer.weight) }.map { ($0, layer.weight) })
+        }
+        parameterNames = names
+        parameterSizes = sizes
+        inFeatures = model.layers.map(\.inFeatures)
+        self.masks = masks
+        let perEpoch = data.count / spec.batch, every = spec.checkpointEvery
+        stepsPerEpoch = perEpoch
+        let rounds = job.spec.schedule?.rounds(final: job.plan.sparsity, fineTune: spec.epochs)
+        self.rounds = rounds
+        var starts = [0]
+        for r in (rounds ?? []).dropLast() { starts.append(starts.last! + r.epochs * perEpoch) }
+        roundStarts = starts
+        let total = rounds.map { $0.reduce(0) { $0 + $1.epochs } * perEpoch } ?? perEpoch * spec.epochs
+        totalSteps = total
+        guard total > 0 else { throw SpecError("train: no steps to take (an epoch of \(perEpoch) batches, \(total / max(perEpoch, 1)) epochs)") }
+        // Every epoch's end (so every round's start) is a checkpoint.
+        checkpoints = (1...total).filter { $0 % every == 0 || $0 % perEpoch == 0 }
+    }
+
+    static func gradID(step: Int, shard: Int) -> TaskID { TaskID(name, "grad:\(step):\(shard)") }
+    static func checkpointID(step: Int) -> TaskID { TaskID(name, "ckpt:\(step)") }
+    static func pruneID(round: Int) -> TaskID { TaskID(name, "prune:\(round)") }
+    /// A round's mask of a layer (packed bits, rows × ⌈cols/8⌉).
+    static func mask(_ layer: String) -> OutputName { OutputName("mask:\(layer)") }
+
+    static let gradient = OutputName("gradient")
+    static let shardLoss = OutputName("shard_loss")
+    static let state = OutputName("state")
+    static let lineage = OutputName("lineage")
+    static let sums = OutputName("sums")
+    static let weights = OutputName("weights")
+
+    public func isTransient(_ name: OutputName) -> Bool {
+        name == TrainPhase.gradient || name == TrainPhase.shardLoss || name == TrainPhase.state
+    }
+
+    /// The round step `t` belongs to.
+    func round(ofStep t: Int) -> Int {
+        var r = 0
+        while r + 1 < roundStarts.count, roundStarts[r + 1] <= t { r += 1 }
+        return r
+    }
+
+    /// The last checkpoint strictly before step `t` (0: the start).
+    func lastCheckpoint(before t: Int) -> Int {
+        var lo = 0, hi = checkpoints.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if checkpoints[mid] < t { lo = mid + 1 } else { hi = mid }
+        }
+        return lo == 0 ? 0 : checkpoints[lo - 1]
+    }
+
+    /// Where the state at step `t` is rebuilt from: a checkpoint task, a round's prune
+    /// task (its masked start, at the round's first step), or nil for the job's start.
+    /// `round` is the round of the step before `t` (a checkpoint at a round's end
+    /// belongs to the round it ends).
+    func base(before t: Int, round r: Int) -> (step: Int, task: TaskID?) {
+        let k = lastCheckpoint(before: t), start = roundStarts[r]
+        if rounds != nil, k <= start { return (start, TrainPhase.pruneID(round: r)) }
+        return (k, k > 0 ? TrainPhase.checkpointID(step: k) : nil)
+    }
+
+    /// The tasks that decide a round's masks.
+    private func maskTasks(round r: Int) -> [TaskID] {
+        rounds == nil ? masks.compactMap { $0 }.flatMap { $0.source.producers(of: $0.name) } : [TrainPhase.pruneID(round: r)]
+    }
+
+    /// What a task at step `t` rebuilds its state from: its round's masks, the base and
+    /// every shard gradient since.
+    private func stateInputs(step t: Int, round r: Int) -> [TaskID] {
+        let b = base(before: t, round: r)
+        return maskTasks(round: r) + (b.task.map { [$0] } ?? [])
+            + (b.step..<t).flatMap { s in (0..<spec.shards).map { TrainPhase.gradID(step: s, shard: $0) } }
+    }
+
+    public var tasks: [PhaseTask] {
+        var out: [PhaseTask] = []
+        var next = 0
+        for t in 0..<totalSteps {
+            if rounds != nil, let r = roundStarts.firstIndex(of: t) {
+                // A round prunes the weights the last one reached (the start's, for the first).
+                out.append(PhaseTask(TrainPhase.pruneID(round: r), after: r == 0 ? [] : [TrainPhase.checkpointID(step: t)] + maskTasks(round: r - 1)))
+            }
+            let r = round(ofStep: t)
+            let inputs = stateInputs(step: t, round: r)
+            out += (0..<spec.shards).map { PhaseTask(TrainPhase.gradID(step: t, shard: $0), after: inputs) }
+            if next < checkpoints.count, checkpoints[next] == t + 1 {
+                // A checkpoint at a round's end belongs to that round (the next one prunes it).
+                out.append(PhaseTask(TrainPhase.checkpointID(step: t + 1), after: stateInputs(step: t + 1, round: r)))
+                next += 1
+            }
+        }
+        return out
+    }
+
+    private enum Piece { case gradient(step: Int, shard: Int), checkpoint(step: Int), prune(round: Int) }
+
+    private func piece(_ task: TaskID) -> Piece? {
+        let parts = task.key.split(separator: ":")
+        guard task.phase == Self.name else { return nil }
+        if parts.count == 3, parts[0] == "grad", let t = Int(parts[1]), let j = Int(parts[2]), t >= 0, t < totalSteps, j >= 0, j < spec.shards {
+            return .gradient(step: t, shard: j)
+        }
+        if parts.count == 2, parts[0] == "ckpt", let k = Int(parts[1]), checkpoints.contains(k) { return .checkpoint(step: k) }
+        if parts.count == 2, parts[0] == "prune", let r = Int(parts[1]), let rounds, r >= 0, r < rounds.count { return .prune(round: r) }
+        return nil
+    }
+
+    /// The examples of epoch e in the order it visits them (a seeded Fisher–Yates shuffle).
+    func order(epoch e: Int) -> [Int] {
+        if let o = orders[e] { return o }
+        var order = Array(0..<data.count)
+        var random = SeededRandom(seed: spec.seed, stream: "train-order", UInt64(e))
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, random.below(i + 1)) }
+        if orders.count > 4 { orders.removeAll() }
+        orders[e] = order
+        return order
+    }
+
+    /// Examples [first, first + count) of step t's batch that shard j computes.
+    func slice(step t: Int, shard j: Int) -> Range<Int> {
+        let first = j * spec.batch / spec.shards, end = (j + 1) * spec.batch / spec.shards
+        return first..<end
+    }
+
+    /// The work's parts every task of round `r` shares: architecture, start, the round's
+    /// masks, optimizer. Round −1 (what a schedule's first prune starts from): no masks.
+    private func setup(round r: Int, outputs: OutputStore) throws -> Prune_V1_TrainTask {
+        var t = Prune_V1_TrainTask()
+        t.mlpJson = Data(configBytes)
+        t.parameters = parameterNames.map { job.tensorRef(job.checkpoint.info($0)!) }
+        t.masks = try masks.map { m in
+            var tm = Prune_V1_TrainMask()
+            if let m {
+                if rounds == nil {
+                    tm.parts = try m.source.maskParts(of: m.name, outputs: outputs).masks
+                } else if r >= 0 {
+                    tm.parts = [try outputs.ref(TrainPhase.mask(m.name), of: TrainPhase.pruneID(round: r))]
+                }
+            }
+            return tm
+        }
+        var o = Prune_V1_TrainOptimizer()
+        o.name = spec.optimizer.rawValue
+        o.learningRate = Float(spec.learningRate)
+        o.momentum = Float(spec.momentum)
+        o.weightDecay = Float(spec.weightDecay)
+        if let rounds, r >= 0 { o.l1 = Float(rounds[r].l1) }
+        t.optimizer = o
+        t.startLineage = Data(TrainStep.startLineage(t).utf8)
+        return t
+    }
+
+    /// The base and the gradients since, for the state before step `t` of round `r`.
+    private func fillState(_ w: inout Prune_V1_TrainTask, step t: Int, round r: Int, outputs: OutputStore) throws {
+        let b = base(before: t, round: r)
+        w.baseStep = UInt32(b.step)
+        if let task = b.task {
+            w.base = try outputs.ref(TrainPhase.state, of: task)
+            w.baseLineage = Data(try outputs.bytes(TrainPhase.lineage, of: task))
+        } else {
+            w.baseLineage = w.startLineage
+        }
+        w.steps = try (b.step..<t).map { s in
+            var step = Prune_V1_TrainStep()
+            step.shards = try (0..<spec.shards).map { try outputs.ref(TrainPhase.gradient, of: TrainPhase.gradID(step: s, shard: $0)) }
+            step.batch = UInt32(spec.batch)
+            return step
+        }
+    }
+
+    public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
+        guard let piece = piece(task) else { throw PruningError("no train task \(task)") }
+        var w: Prune_V1_TrainTask
+        switch piece {
+        case .gradient(let t, let j):
+            let r = round(ofStep: t)
+            w = try setup(round: r, outputs: outputs)
+            w.action = TrainStep.gradient
+            try fillState(&w, step: t, round: r, outputs: outputs)
+            let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
+            let rows = slice(step: t, shard: j).map { order[first + $0] }
+            var x = [Float](); x.reserveCapacity(rows.count * data.width)
+            for i in rows { x += data.inputs[(i * data.width)..<((i + 1) * data.width)] }
+            w.inputs = Data(FloatPayload.encode(x))
+            w.labels = rows.map { UInt32(data.labels[$0]) }
+        case .checkpoint(let k):
+            let r = round(ofStep: k - 1)
+            w = try setup(round: r, outputs: outputs)
+            w.action = TrainStep.checkpoint
+            try fillState(&w, step: k, round: r, outputs: outputs)
+            let b = Int(w.baseStep)
+            w.losses = try (b..<k).flatMap { s in try (0..<spec.shards).map { try outputs.ref(TrainPhase.shardLoss, of: TrainPhase.gradID(step: s, shard: $0)) } }
+            w.resetSums = b % stepsPerEpoch == 0
+            if !w.resetSums { w.baseSums = try outputs.ref(TrainPhase.sums, of: TrainPhase.checkpointID(step: b)) }
+            w.epochEnd = k % stepsPerEpoch == 0
+        case .prune(let r):
+            // The state the last round reached (the start, for the first), pruned further.
+            w = try setup(round: r - 1, outputs: outputs)
+            w.action = TrainStep.prune
+            let start = roundStarts[r]
+            w.baseStep = UInt32(start)
+            if start > 0 {
+                w.base = try outputs.ref(TrainPhase.state, of: TrainPhase.checkpointID(step: start))
+                w.baseLineage = Data(try outputs.bytes(TrainPhase.lineage, of: TrainPhase.checkpointID(step: start)))
+            } else {
+                w.baseLineage = w.startLineage
+            }
+            w.sparsity = rounds![r].sparsity
+            w.pattern = job.plan.pattern.description
+            w.pruneLayers = masks.map { $0 != nil }
+        }
+        return .train(w)
+    }
+
+    public func outputNames(of task: TaskID) -> [OutputName] {
+        switch piece(task) {
+        case .gradient?: return [TrainPhase.gradient, TrainPhase.shardLoss]
+        case .checkpoint(let k)?: return [TrainPhase.state, TrainPhase.lineage, TrainPhase.sums] + (k % stepsPerEpoch == 0 ? [TrainPhase.weights] : [])
+        case .prune?: return masks.compactMap { $0.map { TrainPhase.mask($0.name) } } + [TrainPhase.state, TrainPhase.lineage]
+        case nil: return []
+        }
+    }
+
+    private var parameterCount: Int { parameterSizes.reduce(0, +) }
+
+    public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
+        switch piece(task) {
+        case .gradient(let t, let j)?:
+            guard outputs.count == 2, outputs[0].count == 4 * parameterCount, outputs[1].count == 24 else { return "result of \(task) has the wrong sizes" }
+            let rows = Double(slice(step: t, shard: j).count)
+            guard let loss = try? FloatPayload.doubles(outputs[1], what: "loss"), loss[0].isFinite, loss[0] >= 0,
+                  loss[1] >= 0, loss[1] <= rows, loss[1] == loss[1].rounded(), loss[2] == rows else { return "result of \(task): bad loss or count" }
+            return nil
+        case .checkpoint(let k)?:
+            guard outputs.count == outputNames(of: task).count, outputs[1].count == 64, outputs[2].count == 24 else { return "result of \(task) has the wrong sizes" }
+            if k % stepsPerEpoch == 0 {
+                guard outputs[3].count == 4 * parameterCount, (try? FloatPayload.floats(outputs[3], what: "weights"))?.allSatisfy(\.isFinite) == true else {
+                    return "result of \(task): weights of the wrong size or not finite"
+                }
+            }
+            return nil
+        case .prune?:
+            let layers = masks.enumerated().compactMap { l, m in m.map { (l, $0.name) } }
+            guard outputs.count == layers.count + 2, outputs.last!.count == 64 else { return "result of \(task) has the wrong sizes" }
+            for (k, (l, _)) in layers.enumerated() {
+                let rows = parameterSizes[parameterNames.firstIndex(of: config.layers[l].weight)!] / inFeatures[l]
+                guard (try? Mask(rows: rows, cols: inFeatures[l], bits: outputs[k])) != nil else { return "result of \(task): mask \(k) has the wrong size" }
+            }
+            return nil
+        case nil:
+            return "no train task \(task)"
+        }
+    }
+
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        guard case .train(let r) = work else { return nil }
+        return try TrainStep.run(r, inputs: inputs)
+    }
+
+    // MARK: Outputs
+
+    /// The trained parameters (flat order), from the last checkpoint.
+    func finalParameters(outputs: OutputStore) throws -> [Float] {
+        try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: TrainPhase.checkpointID(step: totalSteps)), what: "trained weights")
+    }
+
+    private func values(_ name: String, outputs: OutputStore) throws -> [Float] {
+        guard let i = parameterNames.firstIndex(of: name) else { throw PruningError("\(name) is not trained") }
+        let flat = try finalParameters(outputs: outputs)
+        let at = parameterSizes[..<i].reduce(0, +)
+        guard flat.count == parameterCount else { throw PruningError("trained weights: \(flat.count) values, expected \(parameterCount)") }
+        return Array(flat[at..<(at + parameterSizes[i])])
+    }
+
+    /// Per epoch: the training loss and accuracy over the epoch's batches (as the
+    /// weights moved), and the weights at its end (flat order).
+    public func epochs(outputs: OutputStore) throws -> [(loss: Double, accuracy: Double, parameters: [Float])] {
+        try (1...(totalSteps / stepsPerEpoch)).map { e in
+            let id = TrainPhase.checkpointID(step: e * stepsPerEpoch)
+            let s = try FloatPayload.doubles(try outputs.bytes(TrainPhase.sums, of: id), what: "epoch sums")
+            let w = try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: id), what: "epoch weights")
+            return (s[0] / max(s[2], 1), s[1] / max(s[2], 1), w)
+        }
+    }
+
+    /// The curve for the manifest and report: each epoch's training loss and accuracy, and
+    /// the accuracy of its end weights on the evaluation data (when the spec has some).
+    func history(outputs: OutputStore) throws -> Manifest.Training {
+        let model = try MLPModel(directory: job.checkpoint.directory)
+        let test = try job.spec.evaluation.map { try LabelledData.load($0.data, limit: $0.samples) }
+        let epochs = try self.epochs(outputs: outputs).enumerated().map { e, epoch -> Manifest.Training.Epoch in
+            var accuracy: Double?
+            if let test, test.width == config.input, test.count > 0, let training = MLPTraining.unflatten(epoch.parameters, like: model.parameters) {
+                let correct = MLPGradient.evaluate(model, parameters: training, x: test.inputs, labels: test.labels.map { Int32(clamping: $0) },
+                                                   rows: test.count, gradients: false).correct
+                accuracy = Double(correct) / Double(test.count)
+            }
+            return .init(epoch: e + 1, trainLoss: epoch.loss, trainAccuracy: epoch.accuracy, testAccuracy: accuracy,
+                         sparsity: rounds?[round(ofStep: (e + 1) * stepsPerEpoch - 1)].sparsity)
+        }
+        return Manifest.Training(optimizer: spec.optimizer.rawValue, learningRate: spec.learningRate, batch: spec.batch, shards: spec.shards,
+                                 examples: data.count, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
+    }
+
+    // MARK: PrunedTensorSource, UpdatedTensorSource
+
+    public var prunedTensors: Set<String> { Set(masks.compactMap { $0?.name }) }
+
+    public func producers(of tensor: String) -> [TaskID] { [TrainPhase.checkpointID(step: totalSteps)] }
+
+    /// A schedule's masks are its last round's; otherwise the job's.
+    public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
+        guard let m = masks.compactMap({ $0 }).first(where: { $0.name == tensor }) else { throw PruningError("\(tensor) is not pruned by this job") }
+        if let rounds { return ([try outputs.ref(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: rounds.count - 1))], nil) }
+        return (try m.source.maskParts(of: tensor, outputs: outputs).masks, nil)
+    }
+
+    public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
+        guard let m = masks.compactMap({ $0 }).first(where: { $0.name == tensor }) else { throw PruningError("\(tensor) is not pruned by this job") }
+        if let rounds, let l = config.layers.firstIndex(where: { $0.weight == tensor }) {
+            let bits = try outputs.bytes(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: rounds.count - 1))
+            return try Mask(rows: parameterSizes[parameterNames.firstIndex(of: tensor)!] / inFeatures[l], cols: inFeatures[l], bits: bits)
+        }
+        return try m.source.mask(of: tensor, outputs: outputs)
+    }
+
+    public func updatesValues(of tensor: String) -> Bool { true }
+
+    public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? { try values(tensor, outputs: outputs) }
+
+    public var updatedTensors: Set<String> { Set(parameterNames) }
+
+    public func updatedValues(ofUnpruned tensor: String, outputs: OutputStore) throws -> [Float] { try values(tensor, outputs: outputs) }
+}
+
+/// A phase that gives new values to tensors, pruned or not (training updates biases and
+/// layers it does not prune): assembly writes them in place of the checkpoint's.
+public protocol UpdatedTensorSource {
+    var updatedTensors: Set<String> { get }
+    func updatedValues(ofUnpruned tensor: String, outputs: OutputStore) throws -> [Float]
+}

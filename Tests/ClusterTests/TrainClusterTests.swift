@@ -1,0 +1,257 @@
+import Foundation
+import Engine
+import Tensors
+import TestSupport
+import XCTest
+@testable import Cluster
+
+/// Data-parallel masked training of an MLP classifier (`train:`) on real worker processes
+/// and real data (Fashion-MNIST from Debian's dataset-fashion-mnist): the same bytes for
+/// any worker count, a learning curve, masks held, SIGKILL + resume, torch's SGD.
+final class TrainClusterTests: XCTestCase {
+    static let fashionMNIST = "/usr/share/datasets/fashion-mnist"
+    private var dir: TempDir!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
+            throw XCTSkip("build the prune binary first (swift build)")
+        }
+        guard FileManager.default.fileExists(atPath: Self.fashionMNIST + "/train-images-idx3-ubyte.gz") else {
+            if Subprocess.pythonRequired { XCTFail("Fashion-MNIST (Debian package dataset-fashion-mnist) is required (PRUNE_REQUIRE_PYTHON=1)") }
+            throw XCTSkip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
+        }
+        dir = TempDir("prune-train-cluster")
+        let made = try Subprocess.prune(["init-mlp", "model", "--hidden", "32", "--seed", "3"], cwd: dir.path)
+        XCTAssertEqual(made.status, 0, made.stderr)
+    }
+
+    override func tearDown() { dir?.cleanup() }
+
+    private func writeSpec(_ name: String, sparsity: Double = 0, train: String) throws -> String {
+        let yaml = """
+        model: model
+        output: \(name)
+        method: magnitude
+        sparsity: \(sparsity)
+        train: {data: \(Self.fashionMNIST), \(train)}
+        evaluation: {data: \(Self.fashionMNIST), samples: 2000}
+        """
+        let path = dir.file("\(name).yaml")
+        try yaml.write(toFile: path, atomically: false, encoding: .utf8)
+        return path
+    }
+
+    private func outputs(_ job: String) -> [String: Data] {
+        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+    }
+
+    private func run(_ name: String, sparsity: Double = 0, train: String, workers: Int) throws -> [String: Data] {
+        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try writeSpec(name, sparsity: sparsity, train: train)], cwd: dir.path)
+        XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
+        return outputs(name)
+    }
+
+    private func report(_ job: String) throws -> [String: Any] {
+        try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/report.json")))) as? [String: Any])
+    }
+
+    private func doneTasks(_ job: String) -> [Ledger.TaskRow] {
+        guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
+              let rows = try? ledger.tasks() else { return [] }
+        return rows.filter { $0.state == "done" }
+    }
+
+    private let small = "examples: 1200, epochs: 3, batch: 100, shards: 2, learning_rate: 0.1, checkpoint_every: 5"
+
+    /// Dense training from a fresh init: 0 and 2 workers give the same bytes; the epochs'
+    /// training loss falls, the test accuracy rises far above chance, `prune check` passes.
+    func testTrainingGivesTheSameBytesForAnyWorkerCountAndLearns() throws {
+        let expected = try run("dense-w0", train: small, workers: 0)
+        XCTAssertEqual(try run("dense-w2", train: small, workers: 2), expected)
+        let tasks = doneTasks("dense-w2").filter { $0.phase == "train" }
+        // 12 steps an epoch × 3 epochs × 2 shards, and checkpoints at 5, 10, 12, 15, 20, 24, 25, 30, 35, 36.
+        XCTAssertEqual(tasks.filter { $0.id.hasPrefix("train:grad:") }.count, 72)
+        XCTAssertEqual(Set(tasks.filter { $0.id.hasPrefix("train:ckpt:") }.map(\.id)), Set([5, 10, 12, 15, 20, 24, 25, 30, 35, 36].map { "train:ckpt:\($0)" }))
+        let report = try self.report("dense-w2")
+        let evaluation = try XCTUnwrap(report["evaluation"] as? [String: Any])
+        let before = try XCTUnwrap(evaluation["dense"] as? Double), after = try XCTUnwrap(evaluation["pruned"] as? Double)
+        XCTAssertLessThan(before, 0.2, "an untrained model is near chance")
+        XCTAssertGreaterThan(after, 0.6, "three epochs on 1200 examples learn")
+        let epochs = try XCTUnwrap((report["training"] as? [String: Any])?["epochs"] as? [[String: Any]])
+        XCTAssertEqual(epochs.count, 3)
+        let losses = epochs.compactMap { $0["train_loss"] as? Double }
+        XCTAssertEqual(losses.count, 3)
+        XCTAssertLessThan(losses[2], losses[0])
+        XCTAssertEqual(try XCTUnwrap(epochs.last?["test_accuracy"] as? Double), after, accuracy: 1e-12)
+        let check = try Subprocess.prune(["check", "model", "dense-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// Magnitude 80% then masked fine-tuning: every weight the mask pruned stays exactly 0,
+    /// the kept ones and the biases move, and the accuracy beats the pruned start.
+    func testMaskedFineTuningKeepsThePrunedWeightsZero() throws {
+        _ = try run("dense", train: small, workers: 0)
+        let spec = """
+        model: dense/out/dense
+        output: ft
+        method: magnitude
+        sparsity: 0.8
+        train: {data: \(Self.fashionMNIST), \(small)}
+        evaluation: {data: \(Self.fashionMNIST), samples: 2000}
+        """
+        try spec.write(toFile: dir.file("ft.yaml"), atomically: false, encoding: .utf8)
+        let r = try Subprocess.prune(["run", "-q", "--workers", "2", "ft.yaml"], cwd: dir.path)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let start = try Checkpoint(path: dir.file("dense/out/dense")), out = try Checkpoint(path: dir.file("ft/out/dense"))
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("ft/out/manifest.json"))))
+        for name in ["fc1.weight", "fc2.weight"] {
+            let a = try start.shard(of: name)!.floats(start.info(name)!), b = try out.shard(of: name)!.floats(out.info(name)!)
+            // The magnitude mask at 80% of each row: the 80% smallest |w| of the start.
+            let m = try XCTUnwrap(manifest.tensors[name])
+            XCTAssertTrue(m.pruned && m.valuesUpdated, name)
+            XCTAssertGreaterThanOrEqual(m.zeros, m.masked)
+            XCTAssertEqual(Double(m.masked) / Double(a.count), 0.8, accuracy: 0.01, name)
+            let threshold = a.map(abs).sorted()[Int(0.8 * Double(a.count)) - 1]
+            var moved = 0
+            for i in a.indices {
+                if abs(a[i]) < threshold * 0.999 { XCTAssertEqual(b[i], 0, "\(name)[\(i)] pruned but \(b[i])") }
+                if b[i] != 0 && b[i] != a[i] { moved += 1 }
+            }
+            XCTAssertGreaterThan(moved, a.count / 10, "\(name): the kept weights were trained")
+        }
+        let bias = try out.shard(of: "fc1.bias")!.floats(out.info("fc1.bias")!), startBias = try start.shard(of: "fc1.bias")!.floats(start.info("fc1.bias")!)
+        XCTAssertNotEqual(bias, startBias, "biases are trained too")
+        let check = try Subprocess.prune(["check", "dense/out/dense", "ft"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// `schedule: gradual`: each round prunes by magnitude to its level on the cubic curve
+    /// and trains; the bytes are the same for 0 and 2 workers, the final mask prunes the
+    /// final sparsity and contains every earlier round's (pruned weights stay pruned).
+    func testGradualScheduleRaisesSparsityRoundByRoundAndGivesTheSameBytes() throws {
+        let schedule = "schedule: {method: gradual, initial: 0.3, rounds: 3, epochs_per_round: 1}\n"
+        let train = "examples: 1200, epochs: 1, batch: 100, learning_rate: 0.1, checkpoint_every: 5"
+        var outs: [[String: Data]] = []
+        for w in [0, 2] {
+            let path = try writeSpec("gradual-w\(w)", sparsity: 0.8, train: train)
+            try (try String(contentsOfFile: path, encoding: .utf8) + "\n" + schedule).write(toFile: path, atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "\(w)", path], cwd: dir.path)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outs.append(outputs("gradual-w\(w)"))
+        }
+        XCTAssertEqual(outs[0], outs[1])
+        XCTAssertTrue(doneTasks("gradual-w2").contains { $0.id == "train:prune:2" })
+        let epochs = try XCTUnwrap((try report("gradual-w2")["training"] as? [String: Any])?["epochs"] as? [[String: Any]])
+        let levels = epochs.compactMap { $0["sparsity"] as? Double }
+        XCTAssertEqual(levels.count, 4)
+        for (got, want) in zip(levels, [0.3, 0.8 - 0.5 * 0.125, 0.8, 0.8]) { XCTAssertEqual(got, want, accuracy: 1e-12) }
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("gradual-w2/out/manifest.json"))))
+        for name in ["fc1.weight", "fc2.weight"] {
+            let m = try XCTUnwrap(manifest.tensors[name])
+            XCTAssertEqual(Double(m.masked) / Double(m.elements), 0.8, accuracy: 0.01, name)
+        }
+        let check = try Subprocess.prune(["check", "model", "gradual-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// A coordinator SIGKILL in the middle of training: `prune resume` goes on from the
+    /// last checkpoint and the gradients since, redoes nothing done, and gives the bytes
+    /// of an unbroken run.
+    func testAKilledTrainingResumesToTheSameBytes() throws {
+        let expected = try run("reference", train: small, workers: 0)
+        let job = try writeSpec("crash", train: small)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
+                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "30"])
+        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("crash").contains { $0.id == "train:grad:17:0" } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = doneTasks("crash")
+        XCTAssertFalse(before.contains { $0.id == "train:ckpt:36" }, "the crash came before the end")
+        let resume = try Subprocess.prune(["resume", "-q", "crash"], cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs("crash"), expected)
+        let events = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).events()
+        for task in before {
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        }
+    }
+
+    /// Bad training input: one line naming the cause, exit 2, no job directory.
+    func testBadTrainingInputIsRefusedBeforeAnythingIsWritten() throws {
+        // A labels file with a label out of range and an images file of 10 × 10 images.
+        try idx(dir.file("bad/train-images-idx3-ubyte"), shape: [4, 28, 28], fill: 7)
+        try idx(dir.file("bad/train-labels-idx1-ubyte"), shape: [4], values: [0, 1, 12, 3])
+        try idx(dir.file("small/train-images-idx3-ubyte"), shape: [4, 10, 10], fill: 7)
+        try idx(dir.file("small/train-labels-idx1-ubyte"), shape: [4], values: [0, 1, 2, 3])
+        try idx(dir.file("cut/train-images-idx3-ubyte"), shape: [4, 28, 28], fill: 7, drop: 100)
+        try idx(dir.file("cut/train-labels-idx1-ubyte"), shape: [4], values: [0, 1, 2, 3])
+        try FileManager.default.createDirectory(atPath: dir.file("empty"), withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: dir.file("empty/train-images-idx3-ubyte")))
+        try idx(dir.file("empty/train-labels-idx1-ubyte"), shape: [4], values: [0, 1, 2, 3])
+        let cases: [(train: String, expect: String)] = [
+            ("data: bad, batch: 2", "label 12 of example 2"),
+            ("data: small, batch: 2", "100 features"),
+            ("data: cut, batch: 2", "holds"),
+            ("data: empty, batch: 2", "empty"),
+            ("data: \(Self.fashionMNIST), learning_rate: 0", "train.learning_rate"),
+            ("data: \(Self.fashionMNIST), learning_rate: .nan", "train.learning_rate"),
+            ("data: \(Self.fashionMNIST), examples: 50, batch: 64", "more than the 50 examples"),
+            ("data: \(Self.fashionMNIST), epochs: 0", "train.epochs"),
+            ("data: \(Self.fashionMNIST), optimizer: lbfgs", "train.optimizer"),
+            ("data: nowhere", "no such file"),
+        ]
+        let schedules: [(spec: String, expect: String)] = [
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: gradual, initial: 0.7}", "above the final sparsity"),
+            ("sparsity: 0.5\nschedule: {method: gradual}", "needs train:"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: sudden}", "schedule.method"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: gradual, rounds: 1}", "schedule.rounds"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: penalty, l1: -1}", "schedule.l1"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: penalty, rounds: 3}", "not a key of schedule penalty"),
+        ]
+        for (i, c) in schedules.enumerated() { try expectRefused("badschedule\(i)", "\(c.spec)\n", c.expect) }
+        for (i, c) in cases.enumerated() { try expectRefused("bad\(i)", "sparsity: 0\ntrain: {\(c.train)}\n", c.expect) }
+    }
+
+    /// A job (model, output and method given) refused: one `prune: error:` line naming `expect`, exit 2, no directory.
+    private func expectRefused(_ name: String, _ rest: String, _ expect: String) throws {
+        try "model: model\noutput: \(name)\nmethod: magnitude\n\(rest)".write(toFile: dir.file("\(name).yaml"), atomically: false, encoding: .utf8)
+        let r = try Subprocess.prune(["run", "-q", "--workers", "0", "\(name).yaml"], cwd: dir.path)
+        XCTAssertEqual(r.status, 2, "\(rest): \(r.stderr)")
+        XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains(expect), "\(rest): \(r.stderr)")
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file(name)), "\(rest): nothing written")
+    }
+
+    /// A step size that blows the weights up (inputs of 1e18, learning rate 10): the
+    /// task fails naming the step and the cause, the job exits 2, out/ is not written and
+    /// the checkpoints before the step stay in the job directory.
+    func testADivergingTrainingStopsWithTheStepAndTheCause() throws {
+        let n = 400, width = 784
+        var state: UInt64 = 11
+        let x: [Float] = (0..<(n * width)).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(state >> 40) / Float(1 << 24) * 1e18
+        }
+        let writer = try SafeTensorsWriter(path: dir.file("loud.safetensors"), tensors: [TensorSpec(name: "inputs", dtype: .f32, shape: [n, width]),
+                                                                                         TensorSpec(name: "labels", dtype: .i64, shape: [n])], metadata: nil)
+        try x.withUnsafeBytes { try writer.write($0) }
+        try (0..<n).map { Int64($0 % 10) }.withUnsafeBytes { try writer.write($0) }
+        try writer.finish()
+        let spec = "model: model\noutput: wild\nmethod: magnitude\nsparsity: 0\ntrain: {data: loud.safetensors, epochs: 3, batch: 50, learning_rate: 10, checkpoint_every: 1}\n"
+        try spec.write(toFile: dir.file("wild.yaml"), atomically: false, encoding: .utf8)
+        let r = try Subprocess.prune(["run", "-q", "--workers", "2", "wild.yaml"], cwd: dir.path)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("train step") && r.stderr.contains("non-finite") && r.stderr.contains("train.learning_rate"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("wild/out")))
+        XCTAssertTrue(doneTasks("wild").contains { $0.id == "train:ckpt:1" }, "the checkpoints before the failure are kept")
+    }
+
+    /// An unsigned-byte IDX file of `shape`: `values`, or `fill` everywhere; `drop` bytes cut off the end.
+    private func idx(_ path: String, shape: [Int], fill: UInt8 = 0, values: [UInt8]? = nil, drop: Int = 0) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        var bytes: [UInt8] = [0, 0, 8, UInt8(shape.count)]
+        for d in shape { bytes += [UInt8(d >> 24 & 0xff), UInt8(d >> 16 & 0xff), UInt8(d >> 8 & 0xff), UInt8(d & 0xff)] }
+        bytes += values ?? [UInt8](repeating: fill, count: shape.reduce(1, *))
+        try Data(bytes.dropLast(drop)).write(to: URL(fileURLWithPath: path))
+    }
+}
