@@ -67,7 +67,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors", "Protocol"], path: "ops/bench/PruneBench"),
+        .executableTarget(name: "PruneBench", dependencies: ["Pruning", "Tensors", "Protocol", "Models", "Engine"], path: "ops/bench/PruneBench"),
         // Builders of small real checkpoints and helpers to run Python and the `prune` binary.
         .target(name: "TestSupport", dependencies: ["Tensors", .product(name: "Subprocess", package: "swift-subprocess"),
                                                   .product(name: "SystemPackage", package: "swift-system")], path: "Tests/TestSupport"),

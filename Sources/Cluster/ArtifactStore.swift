@@ -43,16 +43,18 @@ public struct ArtifactStore: Sendable {
         return String(decoding: data, as: UTF8.self) == token
     }
 
-    /// Stores bytes durably and returns their sha256. `sha256`, when given, is the bytes'
+    /// Stores bytes durably (unless `durable` is false: a task output that a crash of the
+    /// machine may lose, since resuming verifies every artifact and reruns the tasks whose
+    /// outputs are gone) and returns their sha256. `sha256`, when given, is the bytes'
     /// digest already verified by the caller (a received payload), so it is not recomputed.
     @discardableResult
-    public func put(_ bytes: [UInt8], sha256: String? = nil) throws -> String {
+    public func put(_ bytes: [UInt8], sha256: String? = nil, durable: Bool = true) throws -> String {
         let digest = sha256 ?? bytes.withUnsafeBytes { SHA256Stream.hex($0) }
         let target = path(for: digest)
         if FileManager.default.fileExists(atPath: target) { return digest }
         let dir = (target as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try AtomicFileWriter.write(bytes, to: target)
+        try AtomicFileWriter.write(bytes, to: target, durable: durable)
         return digest
     }
 

@@ -69,22 +69,22 @@ extension ClusterJob {
     func collectFinished(after task: TaskID) throws {
         guard let finished = dag.task(task) else { return }
         for candidate in finished.dependencies + [task] where !collected.contains(candidate.description) && done[candidate.description] != nil {
-            guard let phase = dag.phase(of: candidate), dag.dependents(of: candidate).allSatisfy({ done[$0.description] != nil }) else { continue }
+            // Cheap tests first: whether it has transient outputs at all, then its readers,
+            // latest first (the ones most likely still running).
+            guard let phase = dag.phase(of: candidate), phase.outputNames(of: candidate).contains(where: phase.isTransient),
+                  dag.dependents(of: candidate).reversed().allSatisfy({ done[$0.description] != nil }) else { continue }
             let transient = ResultDigests.parse(done[candidate.description]!).filter { phase.isTransient(OutputName($0.name)) }
             guard !transient.isEmpty else { continue }
             collected.insert(candidate.description)
             try ledger.setCollected(candidate.description, true)
-            // A digest another task still holds (the same bytes) is spared.
-            var kept = Set<String>()
-            for (id, recorded) in done where id != candidate.description {
-                let owner = TaskID(id).flatMap { dag.phase(of: $0) }
-                for output in ResultDigests.parse(recorded) where !(collected.contains(id) && owner?.isTransient(OutputName(output.name)) == true) {
-                    kept.insert(output.digest)
+            // A digest another output still holds (the same bytes) is spared.
+            for output in transient {
+                holders[output.digest, default: 1] -= 1
+                // Only a well-formed digest names a file: never the store's directory itself.
+                if holders[output.digest]! <= 0, SHA256Stream.isHexDigest(output.digest) {
+                    holders[output.digest] = nil
+                    try? FileManager.default.removeItem(atPath: artifacts.path(for: output.digest))
                 }
-            }
-            // Only a well-formed digest names a file: never the store's directory itself.
-            for output in transient where !kept.contains(output.digest) && SHA256Stream.isHexDigest(output.digest) {
-                try? FileManager.default.removeItem(atPath: artifacts.path(for: output.digest))
             }
         }
     }

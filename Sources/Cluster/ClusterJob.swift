@@ -25,6 +25,11 @@ public final class ClusterJob {
     /// Done tasks whose transient outputs (activations, statistics) were deleted once
     /// every task reading them was done.
     var collected: Set<String> = []
+    /// How many outputs of done tasks name each digest (a collected task's transient
+    /// outputs no longer count): a collected output's file goes only when no other output
+    /// holds the same bytes. Kept as counts, so a collection costs its own outputs, not a
+    /// pass over every done task (a training job has thousands).
+    var holders: [String: Int] = [:]
     /// The worker identity (principal) whose result each done task holds, where known.
     public private(set) var producers: [String: String] = [:]
     /// The fraction of tasks run twice and compared before they are accepted (the spec's
@@ -199,11 +204,27 @@ public final class ClusterJob {
             }
             done[row.id] = digest
         }
+        holders = [:]
+        for (id, digest) in done { hold(id, digest, by: 1) }
     }
 
-    func recordDone(_ task: String, digest: String) { done[task] = digest }
+    /// Counts (or uncounts) the outputs of a done task in `holders`.
+    func hold(_ task: String, _ digest: String, by delta: Int) {
+        let owner = TaskID(task).flatMap { dag.phase(of: $0) }
+        let wasCollected = collected.contains(task)
+        for output in ResultDigests.parse(digest) where !(wasCollected && owner?.isTransient(OutputName(output.name)) == true) {
+            holders[output.digest, default: 0] += delta
+        }
+    }
+
+    func recordDone(_ task: String, digest: String) {
+        if let old = done[task] { hold(task, old, by: -1) }
+        done[task] = digest
+        hold(task, digest, by: 1)
+    }
 
     func forgetDone(_ task: String) throws {
+        if let old = done[task] { hold(task, old, by: -1) }
         done[task] = nil
         producers[task] = nil
         if collected.remove(task) != nil { try ledger.setCollected(task, false) }

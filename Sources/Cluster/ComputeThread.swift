@@ -158,8 +158,11 @@ final class ComputeThread: @unchecked Sendable {
             result.kept = outputs.kept
             let payloads = outputs.payloads
             // Stored in place: durable (fsync, rename) before the Result leaves, as the
-            // coordinator's own writes are before it acknowledges.
-            let stored = try resultStore.map { store in try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes), size: p.bytes.count) } }
+            // coordinator's own writes are before it acknowledges; volatile outputs only
+            // complete (a resume verifies them and reruns their task if they are gone).
+            let stored = try resultStore.map { store in
+                try payloads.map { p in (name: p.name, sha256: try store.put(p.bytes, durable: !outputs.volatile.contains(p.name)), size: p.bytes.count) }
+            }
             result.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             if let stored, !stored.isEmpty { return try WireMessage.frames(.with(.result(result)), stored: stored) }
             let outgoing = payloads.map { p -> WireMessage.Outgoing in

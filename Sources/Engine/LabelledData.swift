@@ -15,8 +15,13 @@ public struct LabelledData: Sendable {
     public let width: Int
     /// The file the examples came from (the images file for IDX).
     public let source: String
+    /// IDX images: the bytes `inputs` are value / 255 of (a quarter of their size on the wire).
+    public private(set) var bytes: [UInt8]?
 
     public var count: Int { labels.count }
+
+    /// An IDX byte as an input value: value / 255, in [0, 1].
+    public static func pixel(_ byte: UInt8) -> Float { Float(byte) / 255 }
 
     public init(inputs: [Float], labels: [Int], width: Int, source: String) {
         precondition(inputs.count == labels.count * width, "inputs must hold labels.count × width values")
@@ -80,11 +85,13 @@ public struct LabelledData: Sendable {
         var inputs = [Float](repeating: 0, count: n * width)
         image.bytes.withUnsafeBufferPointer { src in
             inputs.withUnsafeMutableBufferPointer { dst in
-                for i in 0..<(n * width) { dst[i] = Float(src[image.dataStart + i]) / 255 }
+                for i in 0..<(n * width) { dst[i] = LabelledData.pixel(src[image.dataStart + i]) }
             }
         }
         let labels = (0..<n).map { Int(label.bytes[label.dataStart + $0]) }
-        return LabelledData(inputs: inputs, labels: labels, width: width, source: images)
+        var data = LabelledData(inputs: inputs, labels: labels, width: width, source: images)
+        data.bytes = Array(image.bytes[image.dataStart..<(image.dataStart + n * width)])
+        return data
     }
 
     // MARK: safetensors

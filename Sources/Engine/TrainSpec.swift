@@ -44,8 +44,9 @@ public struct TrainSpec: Sendable, Equatable {
 
     public static let maxEpochs = 1000
     public static let maxBatch = 65_536
-    /// One gradient task's examples travel in its Assign (at most 1 MiB): slice × width F32.
-    public static let maxTaskValues = 192 * 1024
+    /// One gradient task's examples travel in its Assign (at most 1 MiB): slice × width
+    /// values, 4 bytes each (1 for IDX images).
+    public static let maxTaskBytes = 768 * 1024
 
     static let keys = ["data", "examples", "epochs", "batch", "shards", "optimizer", "learning_rate", "momentum", "weight_decay",
                        "checkpoint_every", "seed"]

@@ -94,8 +94,16 @@ public enum MLPGradient {
                     }
                 }
             }
-            if dB[l] != nil {
-                for r in 0..<rows { for o in 0..<out { dB[l]![o] += delta[r * out + o] } }
+            if var bias = dB[l] {
+                delta.withUnsafeBufferPointer { d in
+                    bias.withUnsafeMutableBufferPointer { b in
+                        for r in 0..<rows {
+                            let row = d.baseAddress! + r * out
+                            for o in 0..<out { b[o] += row[o] }
+                        }
+                    }
+                }
+                dB[l] = bias
             }
             guard l > 0 else { break }
             var previous = [Float](repeating: 0, count: rows * inF)
@@ -118,7 +126,11 @@ public enum MLPGradient {
         case .none:
             return
         case .relu:
-            for i in delta.indices where z[i] <= 0 { delta[i] = 0 }
+            z.withUnsafeBufferPointer { z in
+                delta.withUnsafeMutableBufferPointer { d in
+                    for i in 0..<d.count where z[i] <= 0 { d[i] = 0 }
+                }
+            }
         case .gelu:
             let invSqrt2 = Float(1 / 2.0.squareRoot()), invSqrt2Pi = Float(1 / (2 * Double.pi).squareRoot())
             for i in delta.indices {

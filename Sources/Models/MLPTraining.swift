@@ -17,10 +17,17 @@ public struct MLPTraining: Sendable, Equatable {
         case sgd(MaskedSGD)
         case adam(MaskedAdam)
 
-        mutating func update(_ values: inout [Float], gradient: [Float]) {
+        /// A step with the gradient `summed · scale` (+ `l1`·sign(w) where w ≠ 0).
+        mutating func update(_ values: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float) {
             switch self {
-            case .sgd(var o): o.update(&values, gradient: gradient); self = .sgd(o)
-            case .adam(var o): o.update(&values, gradient: gradient); self = .adam(o)
+            case .sgd(var o):
+                o.update(&values, summed: summed, scale: scale, l1: l1)
+                self = .sgd(o)
+            case .adam(var o):
+                var g = summed.map { $0 * scale }
+                if l1 > 0 { for i in g.indices where values[i] != 0 { g[i] += values[i] > 0 ? l1 : -l1 } }
+                o.update(&values, gradient: g)
+                self = .adam(o)
             }
         }
 
@@ -111,20 +118,17 @@ public struct MLPTraining: Sendable, Equatable {
         precondition(summed.count == parameterCount && batch > 0, "a gradient of every parameter, over a nonempty batch")
         let scale = 1 / Float(batch)
         var at = 0, k = 0
-        for l in parameters.weights.indices {
-            let n = parameters.weights[l].count
-            var g = summed[at..<(at + n)].map { $0 * scale }
-            if l1 > 0 {
-                let w = parameters.weights[l]
-                for i in 0..<n where w[i] != 0 { g[i] += w[i] > 0 ? l1 : -l1 }
-            }
-            optimizers[k].update(&parameters.weights[l], gradient: g)
-            at += n
-            k += 1
-            if let b = parameters.biases[l] {
-                optimizers[k].update(&parameters.biases[l]!, gradient: summed[at..<(at + b.count)].map { $0 * scale })
-                at += b.count
+        summed.withUnsafeBufferPointer { s in
+            for l in parameters.weights.indices {
+                let n = parameters.weights[l].count
+                optimizers[k].update(&parameters.weights[l], summed: UnsafeBufferPointer(rebasing: s[at..<(at + n)]), scale: scale, l1: l1)
+                at += n
                 k += 1
+                if let b = parameters.biases[l]?.count {
+                    optimizers[k].update(&parameters.biases[l]!, summed: UnsafeBufferPointer(rebasing: s[at..<(at + b)]), scale: scale, l1: 0)
+                    at += b
+                    k += 1
+                }
             }
         }
         step += 1

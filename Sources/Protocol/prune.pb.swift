@@ -1586,6 +1586,13 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._pruneLayers = newValue}
   }
 
+  /// Action gradient, for IDX images: examples × width bytes, each value byte / 255 (what
+  /// `inputs` would hold, at a quarter of the size); `inputs` is then empty.
+  public var inputBytes: Data {
+    get {_storage._inputBytes}
+    set {_uniqueStorage()._inputBytes = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4258,7 +4265,7 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0")
 
   fileprivate class _StorageClass {
     var _action: String = String()
@@ -4280,6 +4287,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _sparsity: Double = 0
     var _pattern: String = String()
     var _pruneLayers: [Bool] = []
+    var _inputBytes: Data = Data()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4309,6 +4317,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _sparsity = source._sparsity
       _pattern = source._pattern
       _pruneLayers = source._pruneLayers
+      _inputBytes = source._inputBytes
     }
   }
 
@@ -4346,6 +4355,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._sparsity) }()
         case 18: try { try decoder.decodeSingularStringField(value: &_storage._pattern) }()
         case 19: try { try decoder.decodeRepeatedBoolField(value: &_storage._pruneLayers) }()
+        case 20: try { try decoder.decodeSingularBytesField(value: &_storage._inputBytes) }()
         default: break
         }
       }
@@ -4415,6 +4425,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._pruneLayers.isEmpty {
         try visitor.visitPackedBoolField(value: _storage._pruneLayers, fieldNumber: 19)
       }
+      if !_storage._inputBytes.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._inputBytes, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4443,6 +4456,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._sparsity != rhs_storage._sparsity {return false}
         if _storage._pattern != rhs_storage._pattern {return false}
         if _storage._pruneLayers != rhs_storage._pruneLayers {return false}
+        if _storage._inputBytes != rhs_storage._inputBytes {return false}
         return true
       }
       if !storagesAreEqual {return false}

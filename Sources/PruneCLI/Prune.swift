@@ -65,6 +65,7 @@ struct Prune: ParsableCommand {
     /// `ErrorLine`) and exit 2, except a failed check (1: its lines are on stdout) and a
     /// stop by SIGTERM (143). `--help` prints the help and exits 0.
     static func main() {
+        BLASThreads.pinKernels()
         BLASThreads.useDefault()
         var command: ParsableCommand
         do {

@@ -173,6 +173,33 @@ public enum BLASThreads {
         if ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] == nil { openblas_set_num_threads(1) }
     }
 
+    // The OpenBLAS kernel family a prune process asks for, unless `OPENBLAS_CORETYPE`
+    // says otherwise (`pinnedCore`). OpenBLAS 0.3.21 (Debian 12) does not recognise CPUs a
+    // hypervisor names "Intel Xeon Processor" and falls back to its Prescott (SSE3)
+    // kernels: a training step of the Fashion-MNIST MLP took 2.8× as long. Pinning by ISA
+    // also makes hosts of one class agree to the bit (a mixed cluster sets
+    // OPENBLAS_CORETYPE=Haswell everywhere, docs/cluster.md).
+    /// The kernel family for this CPU from /proc/cpuinfo's flags: SkylakeX with AVX-512
+    /// (F, CD, BW, DQ, VL), Haswell with AVX2 and FMA, else nil (OpenBLAS's own choice).
+    public static var pinnedCore: String? {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let flags = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
+        let set = Set(flags.split(separator: " ").map(String.init))
+        if ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(set.contains) { return "SkylakeX" }
+        return set.contains("avx2") && set.contains("fma") ? "Haswell" : nil
+    }
+
+    /// OpenBLAS reads `OPENBLAS_CORETYPE` when it is loaded, before `main`: unless the
+    /// environment chose a kernel, a process on a CPU with a `pinnedCore` sets it and runs
+    /// itself again, once (processes it starts inherit it). Call first thing in `main`.
+    public static func pinKernels() {
+        guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil, let core = pinnedCore else { return }
+        setenv("OPENBLAS_CORETYPE", core, 1)
+        guard coreName != core else { return }
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        // Not re-executed (no /proc): carry on with the kernels OpenBLAS picked.
+    }
+
     /// The kernel OpenBLAS chose for this CPU (e.g. "Haswell"; `OPENBLAS_CORETYPE` picks
     /// another). Hosts with different kernels may differ in the last bits of a GEMM.
     public static var coreName: String {

@@ -60,17 +60,19 @@ public final class AtomicFileWriter {
         try write(Array(string.utf8))
     }
 
-    /// Makes the file durable and visible at `path`.
-    public func commit() throws {
+    /// Makes the file visible at `path`, complete; and `durable` (fsync'd, the rename too)
+    /// unless told otherwise: a file that a crash of the machine may lose or garble (one
+    /// its reader verifies and can recompute) skips the two fsyncs.
+    public func commit(durable: Bool = true) throws {
         try flush()
-        guard fsync(fd) == 0 else { throw CheckpointError(file: path, "fsync failed: \(String(cString: strerror(errno)))") }
+        guard !durable || fsync(fd) == 0 else { throw CheckpointError(file: path, "fsync failed: \(String(cString: strerror(errno)))") }
         close(fd)
         fd = -1
         guard rename(tempPath, path) == 0 else {
             throw CheckpointError(file: path, "rename failed: \(String(cString: strerror(errno)))")
         }
         committed = true
-        AtomicFileWriter.syncDirectory(containing: path)
+        if durable { AtomicFileWriter.syncDirectory(containing: path) }
     }
 
     private func flush() throws {
@@ -103,9 +105,9 @@ public final class AtomicFileWriter {
     }
 
     /// Writes a whole small file atomically.
-    public static func write(_ bytes: [UInt8], to path: String) throws {
+    public static func write(_ bytes: [UInt8], to path: String, durable: Bool = true) throws {
         let w = try AtomicFileWriter(path: path)
         try w.write(bytes)
-        try w.commit()
+        try w.commit(durable: durable)
     }
 }

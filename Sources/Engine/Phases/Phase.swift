@@ -92,6 +92,9 @@ public struct TaskOutputs: Sendable {
     public var kept: UInt64 = 0
     /// The "mask" payload's shape and N:M pattern.
     public var maskShape: MaskShape?
+    /// Payloads that need not survive a crash of the machine (stored without fsync):
+    /// transient outputs whose task reruns to the same bytes if a resume finds them gone.
+    public var volatile: Set<String> = []
 
     public init(payloads: [(name: String, bytes: [UInt8])] = [], kept: UInt64 = 0, maskShape: MaskShape? = nil) {
         self.payloads = payloads

@@ -59,8 +59,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             throw SpecError("train.batch: \(spec.batch) is more than the \(data.count) examples of \(data.source)")
         }
         let slice = (spec.batch + spec.shards - 1) / spec.shards
-        guard slice * data.width <= TrainSpec.maxTaskValues else {
-            throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskValues) values; raise train.shards")
+        let bytesPerValue = data.bytes == nil ? 4 : 1
+        guard slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
+            throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskBytes / bytesPerValue) values; raise train.shards")
         }
         var names: [String] = [], sizes: [Int] = []
         var masks: [(source: any PrunedTensorSource, name: String)?] = []
@@ -256,9 +257,15 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             try fillState(&w, step: t, round: r, outputs: outputs)
             let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
             let rows = slice(step: t, shard: j).map { order[first + $0] }
-            var x = [Float](); x.reserveCapacity(rows.count * data.width)
-            for i in rows { x += data.inputs[(i * data.width)..<((i + 1) * data.width)] }
-            w.inputs = Data(FloatPayload.encode(x))
+            if let bytes = data.bytes {
+                var x = [UInt8](); x.reserveCapacity(rows.count * data.width)
+                for i in rows { x += bytes[(i * data.width)..<((i + 1) * data.width)] }
+                w.inputBytes = Data(x)
+            } else {
+                var x = [Float](); x.reserveCapacity(rows.count * data.width)
+                for i in rows { x += data.inputs[(i * data.width)..<((i + 1) * data.width)] }
+                w.inputs = Data(FloatPayload.encode(x))
+            }
             w.labels = rows.map { UInt32(data.labels[$0]) }
         case .checkpoint(let k):
             let r = round(ofStep: k - 1)

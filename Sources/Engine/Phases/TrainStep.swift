@@ -38,10 +38,13 @@ enum TrainStep {
         return h.finalizeHex()
     }
 
-    /// A worker's last state (one training at a time: a worker runs one task at a time).
+    /// A worker's last state (one training at a time: a worker runs one task at a time):
+    /// the base it started from and the steps it applied since (their gradients' digests),
+    /// which a task's base and steps must begin with for it to continue from here.
     private final class Kept: @unchecked Sendable {
         let lock = NSLock()
-        var lineage = ""
+        var baseLineage = ""
+        var applied: [Prune_V1_TrainStep] = []
         var training: MLPTraining?
         var modelLineage = ""
         var model: MLPModel?
@@ -65,17 +68,19 @@ enum TrainStep {
         let start = startLineage(r)
         guard String(decoding: r.startLineage, as: UTF8.self) == start else { throw PruningError("\(where_): the start's lineage does not match its setup") }
         guard r.hasBase || (r.baseStep == 0 && r.baseLineage == r.startLineage) else { throw PruningError("\(where_): a start without a base state must be step 0 with the start's lineage") }
-        var lineages = [String(decoding: r.baseLineage, as: UTF8.self)]
-        for s in r.steps { lineages.append(next(lineages.last!, s)) }
+        let baseLineage = String(decoding: r.baseLineage, as: UTF8.self)
 
         kept.lock.lock()
         defer { kept.lock.unlock() }
         let model = try self.model(r, lineage: start, inputs: inputs, where: where_)
         var training: MLPTraining
         var from: Int
-        if let t = kept.training, let m = lineages.firstIndex(of: kept.lineage) {
+        // Comparing digests, not hashing a lineage per step: the same base and the same
+        // gradients in the same order are the same state.
+        if let t = kept.training, kept.baseLineage == baseLineage, kept.applied.count <= r.steps.count,
+           zip(kept.applied, r.steps).allSatisfy({ $0.batch == $1.batch && $0.shards.map(\.sha256) == $1.shards.map(\.sha256) }) {
             training = t
-            from = m
+            from = kept.applied.count
         } else {
             training = MLPTraining(parameters: model.parameters, masks: try masks(r, model: model, inputs: inputs, where: where_), optimizer: optimizer, l1: o.l1)
             if r.hasBase {
@@ -92,22 +97,29 @@ enum TrainStep {
             for ref in s.shards {
                 let g = try FloatPayload.floats(try inputs.artifact(ref), what: "\(where_): gradient")
                 guard g.count == count else { throw PruningError("\(where_): a gradient has \(g.count) values, expected \(count)") }
-                for i in 0..<count { sum[i] += g[i] }
+                sum.withUnsafeMutableBufferPointer { out in g.withUnsafeBufferPointer { for i in 0..<count { out[i] += $0[i] } } }
             }
             training.apply(summedGradient: sum, batch: Int(s.batch))
-            guard MLPTraining.flatten(training.parameters).allSatisfy(\.isFinite) else {
+            guard training.parameters.weights.allSatisfy({ $0.allSatisfy(\.isFinite) }),
+                  training.parameters.biases.allSatisfy({ $0?.allSatisfy(\.isFinite) ?? true }) else {
                 kept.training = nil
                 throw PruningError("train step \(Int(r.baseStep) + k): the weights became non-finite; lower train.learning_rate (the last checkpoint is kept)")
             }
         }
         kept.training = training
-        kept.lineage = lineages.last!
+        kept.baseLineage = baseLineage
+        kept.applied = r.steps
+        // The lineage only where a state is handed on (a checkpoint, a round's prune).
+        var lineage: String {
+            r.steps.reduce(baseLineage) { next($0, $1) }
+        }
 
-        if r.action == prune { return try pruned(training, r, model: model, optimizer: optimizer, lineage: lineages.last!, where: where_) }
+        if r.action == prune { return try pruned(training, r, model: model, optimizer: optimizer, lineage: lineage, where: where_) }
 
         if r.action == gradient {
             let width = model.config.input, rows = r.labels.count
-            let x = try FloatPayload.floats([UInt8](r.inputs), what: "\(where_): inputs")
+            let x = r.inputBytes.isEmpty ? try FloatPayload.floats([UInt8](r.inputs), what: "\(where_): inputs")
+                : r.inputBytes.withUnsafeBytes { b in b.map(LabelledData.pixel) }
             guard rows > 0, x.count == rows * width else { throw PruningError("\(where_): \(x.count) input values for \(rows) examples of \(width)") }
             guard r.labels.allSatisfy({ Int($0) < model.classes }) else { throw PruningError("\(where_): a label is outside the model's \(model.classes) classes") }
             let result = MLPGradient.evaluate(model, parameters: training.parameters, x: x, labels: r.labels.map { Int32($0) }, rows: rows)
@@ -115,8 +127,12 @@ enum TrainStep {
             guard result.loss.isFinite, g.allSatisfy(\.isFinite) else {
                 throw PruningError("train step \(Int(r.baseStep) + r.steps.count): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
             }
-            return TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, FloatPayload.encode(g)),
-                                          (TrainPhase.shardLoss.rawValue, [result.loss, Double(result.correct), Double(rows)].flatMap(FloatPayload.encode))])
+            var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, FloatPayload.encode(g)),
+                                                 (TrainPhase.shardLoss.rawValue, [result.loss, Double(result.correct), Double(rows)].flatMap(FloatPayload.encode))])
+            // Read only until the next checkpoint, and recomputed from it if a crash of the
+            // machine loses them: not worth two fsyncs a step.
+            outputs.volatile = [TrainPhase.gradient.rawValue, TrainPhase.shardLoss.rawValue]
+            return outputs
         }
 
         // Checkpoint: the state, its lineage, and the epoch's running loss and accuracy.
@@ -132,7 +148,7 @@ enum TrainStep {
         }
         var payloads: [(name: String, bytes: [UInt8])] = [
             (TrainPhase.state.rawValue, training.serialized()),
-            (TrainPhase.lineage.rawValue, Array(lineages.last!.utf8)),
+            (TrainPhase.lineage.rawValue, Array(lineage.utf8)),
             (TrainPhase.sums.rawValue, sums.flatMap(FloatPayload.encode)),
         ]
         if r.epochEnd { payloads.append((TrainPhase.weights.rawValue, FloatPayload.encode(MLPTraining.flatten(training.parameters)))) }

@@ -4,7 +4,9 @@
 // to packed mask (scores + selection + packing) for magnitude unstructured, per-row and
 // 2:4, next to a plain copy of the same bytes. Best of --repeat runs. Prints JSON.
 // `PruneBench mask-coding`: the wire's mask coders (ops/bench/wire.sh runs it).
+import Engine
 import Foundation
+import Models
 import Protocol
 import Pruning
 import Tensors
@@ -12,9 +14,15 @@ import Tensors
 @main
 struct PruneBench {
     static func main() throws {
+        // The OpenBLAS kernels a prune process pins, so the figures are prune's.
+        BLASThreads.pinKernels()
 
         if CommandLine.arguments.dropFirst().first == "mask-coding" {
             maskCodingBench()
+            return
+        }
+        if CommandLine.arguments.dropFirst().first == "train-step" {
+            try trainStepBench(Array(CommandLine.arguments.dropFirst(2)))
             return
         }
         if CommandLine.arguments.dropFirst().first == "sparsegpt" {
@@ -128,6 +136,34 @@ struct PruneBench {
         for key in report.keys.sorted() {
             print(key.hasSuffix("bits per weight") ? String(format: "%-32@ %.3f", key, report[key]!) : String(format: "%-32@ %.2f ns per weight", key, report[key]!))
         }
+    }
+
+    /// `PruneBench train-step DIR BATCH STEPS`: one training step of the Fashion-MNIST MLP
+    /// (784-256-128-10, ReLU; forward, backward, momentum SGD) on seeded inputs, as a
+    /// train task computes it, timed over STEPS steps after 5 warm-up steps. Writes the
+    /// start model to DIR (for the torch twin, ops/bench/train_step_torch.py). Prints JSON:
+    /// median and best seconds per step.
+    static func trainStepBench(_ a: [String]) throws {
+        let dir = a[0], batch = Int(a[1])!, steps = Int(a[2])!
+        try? FileManager.default.removeItem(atPath: dir)
+        try MLPInit.write(MLPInit.Options(input: 784, hidden: [256, 128], classes: 10), to: dir)
+        let model = try MLPModel(directory: dir)
+        var state: UInt64 = 7
+        let x: [Float] = (0..<(batch * 784)).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(state >> 40) / Float(1 << 24)
+        }
+        let labels = (0..<batch).map { Int32($0 % 10) }
+        var training = MLPTraining(parameters: model.parameters, masks: [nil, nil, nil], optimizer: .sgd(learningRate: 0.05, momentum: 0.9, weightDecay: 0))
+        var times: [Double] = []
+        for i in 0..<(steps + 5) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            let r = MLPGradient.evaluate(model, parameters: training.parameters, x: x, labels: labels, rows: batch)
+            training.apply(summedGradient: MLPTraining.flatten(r.gradients), batch: batch)
+            if i >= 5 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }
+        }
+        times.sort()
+        print("{\"median_step_seconds\": \(times[times.count / 2]), \"best_step_seconds\": \(times[0]), \"blas_core\": \"\(BLASThreads.coreName)\"}")
     }
 
     static func sparseGPTBench(_ a: [String]) throws {
