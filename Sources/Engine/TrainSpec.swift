@@ -36,6 +36,9 @@ public struct TrainSpec: Sendable, Equatable {
     public var momentum = 0.9
     /// SGD: L2 term added to the gradient; AdamW: decoupled decay.
     public var weightDecay = 0.0
+    /// `lr_schedule: cosine`: the learning rate falls from `learning_rate` towards 0 over
+    /// the job's steps (half a cosine); `constant` (the default) keeps it.
+    public var cosine = false
     /// Weights and optimizer state are kept (an artifact) every this many steps and at
     /// every epoch's end; a killed job resumes from the last one.
     public var checkpointEvery = 50
@@ -49,7 +52,7 @@ public struct TrainSpec: Sendable, Equatable {
     public static let maxTaskBytes = 768 * 1024
 
     static let keys = ["data", "examples", "epochs", "batch", "shards", "optimizer", "learning_rate", "momentum", "weight_decay",
-                       "checkpoint_every", "seed"]
+                       "checkpoint_every", "seed", "lr_schedule"]
 
     static func parse(_ node: Node, seed: UInt64, model: String, resolve: (String) -> String, file: String) throws -> TrainSpec {
         let f = try JobSpec.mapping(node, key: "train", known: keys, file: file)
@@ -97,6 +100,12 @@ public struct TrainSpec: Sendable, Equatable {
             spec.weightDecay = v
         }
         if let v = try JobSpec.positiveInt(f["checkpoint_every"], "train.checkpoint_every", file: file, minimum: 1, maximum: 100_000) { spec.checkpointEvery = v }
+        if let n = f["lr_schedule"] {
+            guard let v = n.scalar?.string, v == "cosine" || v == "constant" else {
+                throw SpecError("\(where_(file, n)): train.lr_schedule: must be constant or cosine")
+            }
+            spec.cosine = v == "cosine"
+        }
         if let n = f["seed"] {
             guard let v = n.scalar.flatMap({ UInt64($0.string) }) else { throw SpecError("\(where_(file, n)): train.seed: must be a non-negative integer") }
             spec.seed = v

@@ -18,15 +18,15 @@ public struct MLPTraining: Sendable, Equatable {
         case adam(MaskedAdam)
 
         /// A step with the gradient `summed · scale` (+ `l1`·sign(w) where w ≠ 0).
-        mutating func update(_ values: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float) {
+        mutating func update(_ values: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float, learningRate: Float?) {
             switch self {
             case .sgd(var o):
-                o.update(&values, summed: summed, scale: scale, l1: l1)
+                o.update(&values, summed: summed, scale: scale, l1: l1, learningRate: learningRate)
                 self = .sgd(o)
             case .adam(var o):
                 var g = summed.map { $0 * scale }
                 if l1 > 0 { for i in g.indices where values[i] != 0 { g[i] += values[i] > 0 ? l1 : -l1 } }
-                o.update(&values, gradient: g)
+                o.update(&values, gradient: g, learningRate: learningRate)
                 self = .adam(o)
             }
         }
@@ -113,19 +113,20 @@ public struct MLPTraining: Sendable, Equatable {
     }
 
     /// One optimizer step with the gradient of the summed loss over `batch` examples
-    /// (flat order): the mean gradient is `summed / batch`.
-    public mutating func apply(summedGradient summed: [Float], batch: Int) {
+    /// (flat order): the mean gradient is `summed / batch`. `learningRate`, when given,
+    /// replaces the optimizer's for this step (a learning-rate schedule's).
+    public mutating func apply(summedGradient summed: [Float], batch: Int, learningRate: Float? = nil) {
         precondition(summed.count == parameterCount && batch > 0, "a gradient of every parameter, over a nonempty batch")
         let scale = 1 / Float(batch)
         var at = 0, k = 0
         summed.withUnsafeBufferPointer { s in
             for l in parameters.weights.indices {
                 let n = parameters.weights[l].count
-                optimizers[k].update(&parameters.weights[l], summed: UnsafeBufferPointer(rebasing: s[at..<(at + n)]), scale: scale, l1: l1)
+                optimizers[k].update(&parameters.weights[l], summed: UnsafeBufferPointer(rebasing: s[at..<(at + n)]), scale: scale, l1: l1, learningRate: learningRate)
                 at += n
                 k += 1
                 if let b = parameters.biases[l]?.count {
-                    optimizers[k].update(&parameters.biases[l]!, summed: UnsafeBufferPointer(rebasing: s[at..<(at + b)]), scale: scale, l1: 0)
+                    optimizers[k].update(&parameters.biases[l]!, summed: UnsafeBufferPointer(rebasing: s[at..<(at + b)]), scale: scale, l1: 0, learningRate: learningRate)
                     at += b
                     k += 1
                 }

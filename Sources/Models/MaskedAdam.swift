@@ -32,8 +32,10 @@ public struct MaskedAdam: Sendable, Equatable {
     }
 
     /// One step on `weights` with `gradient` (the same shape). Pruned entries are set to 0.
-    public mutating func update(_ weights: inout [Float], gradient: [Float]) {
+    /// `learningRate`, when given, replaces the optimizer's for this step (a schedule's).
+    public mutating func update(_ weights: inout [Float], gradient: [Float], learningRate stepSize: Float? = nil) {
         precondition(weights.count == keep.count && gradient.count == keep.count, "weights, gradient and mask differ in size")
+        let learningRate = stepSize ?? self.learningRate
         step += 1
         let c1 = 1 - powf(beta1, Float(step)), c2 = 1 - powf(beta2, Float(step))
         for i in 0..<keep.count {

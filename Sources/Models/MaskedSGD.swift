@@ -38,10 +38,11 @@ public struct MaskedSGD: Sendable, Equatable {
     /// Without a penalty, eight entries at a time (the loop is the step's largest cost
     /// outside the GEMMs), the mask applied as bits (kept: all ones, pruned: +0.0 exactly);
     /// each entry gets the same arithmetic, in the same order, as one at a time.
-    public mutating func update(_ weights: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float) {
+    /// `learningRate`, when given, replaces the optimizer's for this step (a schedule's).
+    public mutating func update(_ weights: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float, learningRate stepSize: Float? = nil) {
         precondition(weights.count == keep.count && summed.count == keep.count, "weights, gradient and mask differ in size")
         step += 1
-        let lr = learningRate, mu = momentum, decay = weightDecay, n = keep.count
+        let lr = stepSize ?? learningRate, mu = momentum, decay = weightDecay, n = keep.count
         keepBits.withUnsafeBufferPointer { k in
             velocity.withUnsafeMutableBufferPointer { v in
                 weights.withUnsafeMutableBufferPointer { w in

@@ -1621,6 +1621,9 @@ public nonisolated struct Prune_V1_TrainStep: Sendable {
 
   public var batch: UInt32 = 0
 
+  /// The step's learning rate under a schedule (cosine); 0: the optimizer's.
+  public var learningRate: Float = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4498,7 +4501,7 @@ nonisolated extension Prune_V1_TrainMask: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_TrainStep: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainStep"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{1}batch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}shards\0\u{1}batch\0\u{3}learning_rate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4508,6 +4511,7 @@ nonisolated extension Prune_V1_TrainStep: SwiftProtobuf.Message, SwiftProtobuf._
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.batch) }()
+      case 3: try { try decoder.decodeSingularFloatField(value: &self.learningRate) }()
       default: break
       }
     }
@@ -4520,12 +4524,16 @@ nonisolated extension Prune_V1_TrainStep: SwiftProtobuf.Message, SwiftProtobuf._
     if self.batch != 0 {
       try visitor.visitSingularUInt32Field(value: self.batch, fieldNumber: 2)
     }
+    if self.learningRate.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.learningRate, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prune_V1_TrainStep, rhs: Prune_V1_TrainStep) -> Bool {
     if lhs.shards != rhs.shards {return false}
     if lhs.batch != rhs.batch {return false}
+    if lhs.learningRate != rhs.learningRate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -87,6 +87,15 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
 
+    /// `lr_schedule: cosine`: every step's size comes from the coordinator, so 0 and 2
+    /// workers give the same bytes; and the steps are not the constant schedule's.
+    func testACosineLearningRateGivesTheSameBytesForAnyWorkerCount() throws {
+        let cosine = small + ", lr_schedule: cosine"
+        let expected = try run("cosine-w0", train: cosine, workers: 0)
+        XCTAssertEqual(try run("cosine-w2", train: cosine, workers: 2), expected)
+        XCTAssertNotEqual(try run("constant-w0", train: small, workers: 0)["dense/model.safetensors"], expected["dense/model.safetensors"])
+    }
+
     /// Magnitude 80% then masked fine-tuning: every weight the mask pruned stays exactly 0,
     /// the kept ones and the biases move, and the accuracy beats the pruned start.
     func testMaskedFineTuningKeepsThePrunedWeightsZero() throws {
@@ -198,6 +207,7 @@ final class TrainClusterTests: XCTestCase {
             ("data: \(Self.fashionMNIST), examples: 50, batch: 64", "more than the 50 examples"),
             ("data: \(Self.fashionMNIST), epochs: 0", "train.epochs"),
             ("data: \(Self.fashionMNIST), optimizer: lbfgs", "train.optimizer"),
+            ("data: \(Self.fashionMNIST), lr_schedule: linear", "train.lr_schedule"),
             ("data: nowhere", "no such file"),
         ]
         let schedules: [(spec: String, expect: String)] = [

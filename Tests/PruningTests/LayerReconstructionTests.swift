@@ -119,7 +119,9 @@ final class LayerReconstructionTests: XCTestCase {
         var updated = weights
         let mask = try hessian.prune(weights: &updated, sparsity: 0.6, layer: "w").mask
         let fit = try LayerReconstruction.refit(dense: weights, start: updated, mask: mask, hessian: hessian, damp: 0.01, layer: "w")
-        XCTAssertEqual(fit.errorBefore, error(weights, updated, inputs), accuracy: 1e-6 * fit.errorBefore)
+        // The Hessian is an F32 GEMM, whose rounding depends on the OpenBLAS kernel (3e-6
+        // relative with SkylakeX's); the direct error is F64 throughout.
+        XCTAssertEqual(fit.errorBefore, error(weights, updated, inputs), accuracy: 1e-5 * fit.errorBefore)
         XCTAssertLessThanOrEqual(fit.errorAfter, fit.errorBefore)
         let fromDense = try LayerReconstruction.refit(dense: weights, mask: mask, hessian: hessian, damp: 0.01, layer: "w")
         XCTAssertEqual(fit.weights, fromDense.weights)

@@ -3,7 +3,8 @@
 # `schedule:`): a fresh 784-256-128-10 ReLU MLP (`prune init-mlp`, seed 0) trained dense,
 # then pruned to SPARSITY (default 0.9) one-shot by magnitude (no fine-tuning), one-shot +
 # fine-tuning, gradual (Zhu & Gupta cubic, 8 rounds of 1 epoch + fine-tuning), and penalty
-# (L1 then prune then fine-tune). Test accuracy on the 10k test split for each, wall time on
+# (L1 then prune then fine-tune); every training with a cosine learning rate (LR_SCHEDULE).
+# Test accuracy on the 10k test split for each, wall time on
 # WORKERS (default 0: in process) and, with more than one value, the bytes compared.
 #   ops/bench/train_fmnist.sh [WORKDIR]
 #   WORKERS="1 2" EPOCHS=10 FT_EPOCHS=4 SPARSITY=0.9 VARIANTS="oneshot finetune gradual penalty"
@@ -52,7 +53,7 @@ PY
   done
 }
 
-trainkeys="batch: 128, learning_rate: $lr, momentum: 0.9"
+trainkeys="batch: 128, learning_rate: $lr, momentum: 0.9, lr_schedule: ${LR_SCHEDULE:-cosine}"
 [ -f "$dir/dense-w${WORKERS%% *}/out/dense/mlp.json" ] && [ -z "${RETRAIN:-}" ] || run dense "$dir/init" 0 "epochs: ${EPOCHS:-10}, $trainkeys"
 dense="$dir/dense-w${WORKERS%% *}/out/dense"
 for v in ${VARIANTS:-oneshot finetune gradual penalty}; do

@@ -183,6 +183,13 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return nil
     }
 
+    /// `train.lr_schedule: cosine`: the step size of step s, from `learning_rate` at the
+    /// first step down towards 0 at the last, over the whole job (computed here, once, so
+    /// every worker applies the same F32 value).
+    func learningRate(step s: Int) -> Float {
+        Float(spec.learningRate * 0.5 * (1 + cos(Double.pi * Double(s) / Double(totalSteps))))
+    }
+
     /// The examples of epoch e in the order it visits them (a seeded Fisher–Yates shuffle).
     func order(epoch e: Int) -> [Int] {
         if let o = orders[e] { return o }
@@ -242,6 +249,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             var step = Prune_V1_TrainStep()
             step.shards = try (0..<spec.shards).map { try outputs.ref(TrainPhase.gradient, of: TrainPhase.gradID(step: s, shard: $0)) }
             step.batch = UInt32(spec.batch)
+            if spec.cosine { step.learningRate = learningRate(step: s) }
             return step
         }
     }

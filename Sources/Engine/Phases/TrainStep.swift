@@ -34,7 +34,7 @@ enum TrainStep {
     /// The lineage after one more step with these shard gradients.
     static func next(_ lineage: String, _ step: Prune_V1_TrainStep) -> String {
         var h = SHA256Stream()
-        h.update(Array("\(lineage)\n\(step.batch):\(step.shards.map(\.sha256).joined(separator: ","))".utf8))
+        h.update(Array("\(lineage)\n\(step.batch) \(step.learningRate.bitPattern):\(step.shards.map(\.sha256).joined(separator: ","))".utf8))
         return h.finalizeHex()
     }
 
@@ -78,7 +78,7 @@ enum TrainStep {
         // Comparing digests, not hashing a lineage per step: the same base and the same
         // gradients in the same order are the same state.
         if let t = kept.training, kept.baseLineage == baseLineage, kept.applied.count <= r.steps.count,
-           zip(kept.applied, r.steps).allSatisfy({ $0.batch == $1.batch && $0.shards.map(\.sha256) == $1.shards.map(\.sha256) }) {
+           zip(kept.applied, r.steps).allSatisfy({ $0.batch == $1.batch && $0.learningRate == $1.learningRate && $0.shards.map(\.sha256) == $1.shards.map(\.sha256) }) {
             training = t
             from = kept.applied.count
         } else {
@@ -99,7 +99,8 @@ enum TrainStep {
                 guard g.count == count else { throw PruningError("\(where_): a gradient has \(g.count) values, expected \(count)") }
                 sum.withUnsafeMutableBufferPointer { out in g.withUnsafeBufferPointer { for i in 0..<count { out[i] += $0[i] } } }
             }
-            training.apply(summedGradient: sum, batch: Int(s.batch))
+            guard s.learningRate.isFinite, s.learningRate >= 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has a bad learning rate") }
+            training.apply(summedGradient: sum, batch: Int(s.batch), learningRate: s.learningRate > 0 ? s.learningRate : nil)
             guard training.parameters.weights.allSatisfy({ $0.allSatisfy(\.isFinite) }),
                   training.parameters.biases.allSatisfy({ $0?.allSatisfy(\.isFinite) ?? true }) else {
                 kept.training = nil
