@@ -116,6 +116,7 @@ public final class ClusterJob {
                 try ledger.setJobValue("spec_base", (spec.baseDirectory as NSString).standardizingPath)
                 try ledger.setJobValue("model_files", try modelFilesJSON(modelFiles))
                 if let calibrationData { try ledger.setJobValue("calibration_data_sha256", calibrationData) }
+                if let train = job.trainingData { try ledger.setJobValue("train_data_sha256", train.dataDigest) }
                 try ledger.setJobValue("state", "running")
                 try ledger.setJobValue("spec_sha256", spec.digest)
             }
@@ -178,6 +179,9 @@ public final class ClusterJob {
         if let data = try calibrationDataDigest(), try ledger.jobValue("calibration_data_sha256") != data {
             throw SpecError("\(spec.calibration!.data): the calibration data changed since the job started; start a new job instead")
         }
+        if let train = trainingData, try ledger.jobValue("train_data_sha256") != train.dataDigest {
+            throw SpecError("\(spec.train?.data ?? "train.data"): the training data changed since the job started; start a new job instead")
+        }
         let recorded = try ledger.tasks().map(\.id)
         guard recorded == taskIDs else {
             throw LedgerError("\(ledgerPath): the recorded tasks differ from this build's plan")
@@ -229,6 +233,9 @@ public final class ClusterJob {
         producers[task] = nil
         if collected.remove(task) != nil { try ledger.setCollected(task, false) }
     }
+
+    /// The job's training phase, whose examples a resume must find unchanged.
+    var trainingData: TrainPhase? { dag.phases.compactMap { $0 as? TrainPhase }.first }
 
     /// sha256 of the calibration data file (nil for data-free methods).
     func calibrationDataDigest() throws -> String? {

@@ -185,6 +185,24 @@ final class TrainClusterTests: XCTestCase {
         }
     }
 
+    /// Training data edited while a job is stopped: `prune resume` refuses in one line.
+    func testAResumeRefusesChangedTrainingData() throws {
+        try idx(dir.file("mine/train-images-idx3-ubyte"), shape: [200, 28, 28], fill: 40)
+        try idx(dir.file("mine/train-labels-idx1-ubyte"), shape: [200], values: (0..<200).map { UInt8($0 % 10) })
+        let spec = "model: model\noutput: edited\nmethod: magnitude\nsparsity: 0\ntrain: {data: mine, epochs: 3, batch: 20, checkpoint_every: 2}\n"
+        try spec.write(toFile: dir.file("edited.yaml"), atomically: false, encoding: .utf8)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "1", "edited.yaml"], cwd: dir.path,
+                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "40"])
+        XCTAssertTrue(Background.waitUntil(seconds: 120) { self.doneTasks("edited").contains { $0.id == "train:grad:3:0" } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        try idx(dir.file("mine/train-images-idx3-ubyte"), shape: [200, 28, 28], fill: 41)
+        let resume = try Subprocess.prune(["resume", "-q", "edited"], cwd: dir.path)
+        XCTAssertEqual(resume.status, 2, resume.stderr)
+        XCTAssertTrue(resume.stderr.contains("the training data changed since the job started"), resume.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("edited/out")))
+    }
+
     /// Bad training input: one line naming the cause, exit 2, no job directory.
     func testBadTrainingInputIsRefusedBeforeAnythingIsWritten() throws {
         // A labels file with a label out of range and an images file of 10 × 10 images.

@@ -110,6 +110,15 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         name == TrainPhase.gradient || name == TrainPhase.shardLoss || name == TrainPhase.state
     }
 
+    /// sha256 of the training examples as loaded (inputs, then labels as UInt32): a job
+    /// records it, and a resume refuses data that changed since.
+    public lazy var dataDigest: String = {
+        var h = SHA256Stream()
+        if let bytes = data.bytes { h.update(bytes) } else { data.inputs.withUnsafeBytes { h.update($0) } }
+        data.labels.map { UInt32(truncatingIfNeeded: $0) }.withUnsafeBytes { h.update($0) }
+        return h.finalizeHex()
+    }()
+
     /// The round step `t` belongs to.
     func round(ofStep t: Int) -> Int {
         var r = 0
