@@ -17,6 +17,14 @@ public struct MLPTraining: Sendable, Equatable {
         case sgd(MaskedSGD)
         case adam(MaskedAdam)
 
+        /// The entries it trains (false: pruned).
+        var keep: [Bool] {
+            switch self {
+            case .sgd(let o): return o.keep
+            case .adam(let o): return o.keep
+            }
+        }
+
         /// A step with the gradient `summed · scale` (+ `l1`·sign(w) where w ≠ 0).
         mutating func update(_ values: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float, learningRate: Float?) {
             switch self {
@@ -175,10 +183,8 @@ public struct MLPTraining: Sendable, Equatable {
         guard at == bytes.count else { throw ModelError("training state: \(bytes.count - at) bytes after the last optimizer state") }
         guard let p = unflatten(flat) else { throw ModelError("training state: wrong parameter count") }
         for (l, w) in p.weights.enumerated() {
-            if case .sgd(let o) = restored[optimizerIndex(weightOf: l)], let i = o.keep.indices.first(where: { !o.keep[$0] && w[$0] != 0 }) {
-                throw ModelError("training state: weight \(i) of layer \(l) is pruned but \(w[i])")
-            }
-            if case .adam(let o) = restored[optimizerIndex(weightOf: l)], let i = o.keep.indices.first(where: { !o.keep[$0] && w[$0] != 0 }) {
+            let keep = restored[optimizerIndex(weightOf: l)].keep
+            if let i = keep.indices.first(where: { !keep[$0] && w[$0] != 0 }) {
                 throw ModelError("training state: weight \(i) of layer \(l) is pruned but \(w[i])")
             }
         }

@@ -79,11 +79,7 @@ final class CalibrationClusterTests: XCTestCase {
         }
     }
 
-    private func doneTasks(_ job: String) -> [Ledger.TaskRow] {
-        guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
-              let rows = try? ledger.tasks() else { return [] }
-        return rows.filter { $0.state == "done" }
-    }
+    private func doneTasks(_ job: String) -> [Ledger.TaskRow] { Ledger.doneRows(at: dir.file("\(job)/ledger.sqlite")) }
 
     func testCalibratedJobsGiveTheSameBytesForAnyNumberOfWorkers() throws {
         for (method, pattern, mode) in [("wanda", "unstructured", "sequential"), ("sparsegpt", "2:4", "sequential"), ("sparsegpt", "unstructured", "dense")] {

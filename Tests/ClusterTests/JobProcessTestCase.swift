@@ -93,3 +93,12 @@ class JobProcessTestCase: XCTestCase {
         return (c, endpoint)
     }
 }
+
+extension Ledger {
+    /// The done tasks of the ledger at `path`, read-only while a job may still write it
+    /// (none when it cannot be opened yet).
+    static func doneRows(at path: String) -> [TaskRow] {
+        guard let ledger = try? Ledger(path: path, create: false, readOnly: true), let rows = try? ledger.tasks() else { return [] }
+        return rows.filter { $0.state == "done" }
+    }
+}

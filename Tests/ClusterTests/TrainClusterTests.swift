@@ -55,11 +55,7 @@ final class TrainClusterTests: XCTestCase {
         try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/report.json")))) as? [String: Any])
     }
 
-    private func doneTasks(_ job: String) -> [Ledger.TaskRow] {
-        guard let ledger = try? Ledger(path: dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true),
-              let rows = try? ledger.tasks() else { return [] }
-        return rows.filter { $0.state == "done" }
-    }
+    private func doneTasks(_ job: String) -> [Ledger.TaskRow] { Ledger.doneRows(at: dir.file("\(job)/ledger.sqlite")) }
 
     private let small = "examples: 1200, epochs: 3, batch: 100, shards: 2, learning_rate: 0.1, checkpoint_every: 5"
 

@@ -49,7 +49,7 @@ PY
     if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts"; exit 1; fi
   done
 done
-params=$(python3 -c "print(784*256+256 + 256*128+128 + 128*10+10)")
+params=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['totals']['parameters'])" "$(ls -d "$dir"/b*-w*/ | head -1)out/manifest.json")
 echo "gradient exchange: each gradient task writes ${params} F32 ($((params * 4)) bytes) and each task reads every shard gradient of the step before"
 for b in ${STEP_BATCHES:-128 512}; do
   # PruneBench pins the kernels prune would (BLASThreads.pinnedCore) by running itself again.

@@ -360,10 +360,17 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     // MARK: Outputs
 
-    /// The trained parameters (flat order), from the last checkpoint.
+    /// The trained parameters (flat order), from the last checkpoint: read once for all
+    /// the tensors assembly asks for (each of them several times), keyed by the digest.
     func finalParameters(outputs: OutputStore) throws -> [Float] {
-        try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: TrainPhase.checkpointID(step: totalSteps)), what: "trained weights")
+        let id = TrainPhase.checkpointID(step: totalSteps)
+        let digest = try outputs.ref(TrainPhase.weights, of: id).sha256
+        if let cached = finalCache, cached.digest == digest { return cached.values }
+        let values = try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: id), what: "trained weights")
+        finalCache = (digest, values)
+        return values
     }
+    private var finalCache: (digest: String, values: [Float])?
 
     private func values(_ name: String, outputs: OutputStore) throws -> [Float] {
         guard let i = parameterNames.firstIndex(of: name) else { throw PruningError("\(name) is not trained") }

@@ -11,8 +11,9 @@ import Tensors
 /// tensors, the masks and the optimizer) chained, step by step, with the digests of the
 /// step's shard gradients. Every worker applies the same gradients in the same order with
 /// the same F32 code, so the same lineage means the same bits; a worker keeps the state it
-/// reached last and continues from it when the task's lineage passes through it (one step
-/// per task in steady state), else starts again from the task's base checkpoint.
+/// reached last and continues from it when the task has the same base and its steps begin
+/// with the ones applied (one step per task in steady state), else starts again from the
+/// task's base. Lineages are computed only where a state is handed on (checkpoints).
 enum TrainStep {
     static let gradient = "gradient"
     static let checkpoint = "checkpoint"
