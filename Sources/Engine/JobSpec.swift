@@ -15,16 +15,23 @@ public struct SpecError: Error, CustomStringConvertible, Sendable {
 public struct JobSpec: Sendable {
     public enum Method: String, Sendable, CaseIterable {
         case magnitude, random, wanda, sparsegpt
+        /// Gradient-based importance (`GradientPhase`): first-order Taylor |w · Σ ∂L/∂w| and
+        /// the diagonal Fisher saliency w² · Σ (∂L/∂w)², the next-token cross-entropy's
+        /// gradients over the calibration windows on the dense model.
+        case taylor, fisher
 
-        /// Methods that need calibration activations.
-        public var needsCalibration: Bool { statistic != nil }
+        /// Methods that need calibration data (activations, or gradients).
+        public var needsCalibration: Bool { statistic != nil || usesGradients }
 
-        /// What the method gathers from calibration activations (nil: data-free).
+        /// Methods scored from whole-model gradients rather than per-layer statistics.
+        public var usesGradients: Bool { self == .taylor || self == .fisher }
+
+        /// What the method gathers from calibration activations (nil: data-free, or gradients).
         public var statistic: (any CalibrationStatistic.Type)? {
             switch self {
             case .wanda: return WandaStatistics.self
             case .sparsegpt: return SparseGPT.self
-            case .magnitude, .random: return nil
+            case .magnitude, .random, .taylor, .fisher: return nil
             }
         }
 
@@ -530,7 +537,7 @@ public struct JobSpec: Sendable {
         switch m {
         case .magnitude: return MagnitudeCriterion()
         case .random: return RandomCriterion(seed: seed)
-        case .wanda, .sparsegpt: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
+        case .wanda, .sparsegpt, .taylor, .fisher: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
         }
     }
 }

@@ -155,9 +155,43 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var examples: Int
         public var stepsPerEpoch: Int
         public var epochs: [Epoch]
+        /// An adaptive schedule's rounds and the level it settled on.
+        public var adaptive: Adaptive?
         enum CodingKeys: String, CodingKey {
-            case optimizer, batch, shards, examples, epochs
+            case optimizer, batch, shards, examples, epochs, adaptive
             case learningRate = "learning_rate", stepsPerEpoch = "steps_per_epoch"
+        }
+
+        /// `schedule: {method: adaptive}`: each round's level and validation accuracy, and
+        /// the highest level whose accuracy stayed within the budget of the start's.
+        public struct Adaptive: Codable, Sendable, Equatable {
+            public struct Round: Codable, Sendable, Equatable {
+                public var round: Int
+                public var sparsity: Double
+                /// The round whose end state it pruned (−1: the start).
+                public var baseRound: Int
+                public var validationAccuracy: Double?
+                public var met: Bool?
+                enum CodingKeys: String, CodingKey {
+                    case round, sparsity, met
+                    case baseRound = "base_round", validationAccuracy = "validation_accuracy"
+                }
+            }
+            /// The accuracy a round may lose against the reference (0.01: one point).
+            public var budget: Double
+            public var validationExamples: Int
+            /// The start's accuracy on the validation examples.
+            public var referenceAccuracy: Double
+            public var rounds: [Round]
+            /// The round whose weights and masks the job wrote (nil: none met the budget,
+            /// the last round's were written).
+            public var chosenRound: Int?
+            /// The level of the weights written.
+            public var sparsity: Double
+            enum CodingKeys: String, CodingKey {
+                case budget, rounds, sparsity
+                case validationExamples = "validation_examples", referenceAccuracy = "reference_accuracy", chosenRound = "chosen_round"
+            }
         }
     }
 

@@ -220,6 +220,7 @@ public struct JobReport: Codable, Sendable {
                 s += "\(String(format: "%.4f", e.trainAccuracy)) | \(e.testAccuracy.map { String(format: "%.4f", $0) } ?? "–") |\n"
             }
             s += "\n"
+            if let a = training.adaptive { s += adaptiveSection(a) }
         }
         s += "![sparsity and reconstruction error by layer](report.svg)\n\n"
         let curves = layers.contains { $0.errorCurve != nil }
@@ -281,5 +282,24 @@ enum LayerOrder {
             return x < y
         }
         return pa.count < pb.count
+    }
+}
+
+extension JobReport {
+    /// An adaptive schedule's rounds: level, validation accuracy, and the level it chose.
+    func adaptiveSection(_ a: Manifest.Training.Adaptive) -> String {
+        var s = "Adaptive schedule: a round meets the budget when its accuracy on the \(a.validationExamples) held-out training examples "
+        s += "is at least the start's \(String(format: "%.4f", a.referenceAccuracy)) − \(String(format: "%.4f", a.budget)). "
+        if let r = a.chosenRound {
+            s += "**Highest sparsity within the budget: \(String(format: "%.3f", a.sparsity))** (round \(r)'s weights and masks were written).\n\n"
+        } else {
+            s += "**No round met the budget**; the last round's weights (sparsity \(String(format: "%.3f", a.sparsity))) were written.\n\n"
+        }
+        s += "| round | sparsity | pruned from | validation accuracy | within budget |\n|---:|---:|---|---:|---|\n"
+        for r in a.rounds {
+            s += "| \(r.round) | \(String(format: "%.3f", r.sparsity)) | \(r.baseRound < 0 ? "start" : "round \(r.baseRound)") | "
+            s += "\(r.validationAccuracy.map { String(format: "%.4f", $0) } ?? "–") | \(r.met.map { $0 ? "yes" : "no" } ?? "–") |\n"
+        }
+        return s + "\n"
     }
 }

@@ -51,6 +51,14 @@ public struct TrainSpec: Sendable, Equatable {
     /// values, 4 bytes each (1 for IDX images).
     public static let maxTaskBytes = 768 * 1024
 
+    /// A finite number at `node` that `valid` accepts, or nil when the key is absent;
+    /// refused with `rule` (what the key takes) otherwise.
+    static func number(_ node: Node?, _ key: String, file: String, rule: String, _ valid: (Double) -> Bool) throws -> Double? {
+        guard let node else { return nil }
+        guard let v = node.scalar.flatMap({ Double($0.string) }), v.isFinite, valid(v) else { throw SpecError("\(where_(file, node)): \(key): must be \(rule)") }
+        return v
+    }
+
     static let keys = ["data", "examples", "epochs", "batch", "shards", "optimizer", "learning_rate", "momentum", "weight_decay",
                        "checkpoint_every", "seed", "lr_schedule"]
 
@@ -80,25 +88,14 @@ public struct TrainSpec: Sendable, Equatable {
             spec.optimizer = o
             if o == .adamw { spec.learningRate = 1e-3 }
         }
-        if let n = f["learning_rate"] {
-            guard let v = n.scalar.flatMap({ Double($0.string) }), v.isFinite, v > 0, v <= 10 else {
-                throw SpecError("\(where_(file, n)): train.learning_rate: must be a finite number in (0, 10]")
-            }
+        if let v = try number(f["learning_rate"], "train.learning_rate", file: file, rule: "a finite number in (0, 10]", { $0 > 0 && $0 <= 10 }) {
             spec.learningRate = v
         }
         if let n = f["momentum"] {
             guard spec.optimizer == .sgd else { throw SpecError("\(where_(file, n)): train.momentum: for optimizer sgd (AdamW has its own moments)") }
-            guard let v = n.scalar.flatMap({ Double($0.string) }), v.isFinite, v >= 0, v < 1 else {
-                throw SpecError("\(where_(file, n)): train.momentum: must be a number in [0, 1)")
-            }
-            spec.momentum = v
+            spec.momentum = try number(n, "train.momentum", file: file, rule: "a number in [0, 1)", { $0 >= 0 && $0 < 1 })!
         }
-        if let n = f["weight_decay"] {
-            guard let v = n.scalar.flatMap({ Double($0.string) }), v.isFinite, v >= 0, v < 1 else {
-                throw SpecError("\(where_(file, n)): train.weight_decay: must be a number in [0, 1)")
-            }
-            spec.weightDecay = v
-        }
+        if let v = try number(f["weight_decay"], "train.weight_decay", file: file, rule: "a number in [0, 1)", { $0 >= 0 && $0 < 1 }) { spec.weightDecay = v }
         if let v = try JobSpec.positiveInt(f["checkpoint_every"], "train.checkpoint_every", file: file, minimum: 1, maximum: 100_000) { spec.checkpointEvery = v }
         if let n = f["lr_schedule"] {
             guard let v = n.scalar?.string, v == "cosine" || v == "constant" else {
@@ -115,28 +112,42 @@ public struct TrainSpec: Sendable, Equatable {
 }
 
 /// How sparsity arrives during training (`schedule:`; needs `train:`). The job's
-/// `sparsity` is the final level; each round prunes by magnitude (the job's pattern) from
-/// the weights training reached, then trains with that mask fixed.
+/// `sparsity` is the final level (`adaptive`: the highest it may reach); each round prunes
+/// by magnitude (the job's pattern) from the weights training reached, then trains with
+/// that mask fixed.
 /// - `gradual` (Zhu & Gupta 2017): `rounds` levels on the cubic curve
 ///   s_r = s_f + (s_i − s_f)(1 − r/(rounds − 1))³ from `initial` to the final sparsity,
 ///   `epochs_per_round` epochs of training after each, and `train.epochs` more after the last.
 /// - `penalty`: `epochs` epochs of dense training with an L1 penalty `l1`·Σ|w| on the
 ///   weights (driving the unimportant ones towards 0), then one prune to the final
 ///   sparsity and `train.epochs` epochs of fine-tuning without it.
+/// - `adaptive`: each round's level is decided from the rounds before it
+///   (`AdaptiveLevels`): up by `step` from `initial` while the accuracy on `validation`
+///   held-out training examples stays within `budget` of the start's, halfway back
+///   towards the last level that met it when it does not; the last round fine-tunes the
+///   highest level that met the budget for `epochs_per_round` + `train.epochs` epochs.
 public struct ScheduleSpec: Sendable, Equatable {
-    public enum Method: String, Sendable, CaseIterable { case gradual, penalty }
+    public enum Method: String, Sendable, CaseIterable { case gradual, penalty, adaptive }
     public var method: Method
-    /// gradual: the first round's level.
+    /// gradual: the first round's level; adaptive: the first level tried.
     public var initial = 0.0
     public var rounds = 8
     public var epochsPerRound = 1
     /// penalty: its strength and the epochs trained with it.
     public var l1 = 1e-4
     public var penaltyEpochs = 5
+    /// adaptive: how far a level is raised after a round that met the budget.
+    public var step = 0.1
+    /// adaptive: the accuracy (a fraction: 0.01 is one point) a round may lose against
+    /// the start's on the validation examples.
+    public var budget = 0.01
+    /// adaptive: training examples held out to validate each round on (nil: a tenth).
+    public var validation: Int?
 
-    /// One round: prune to `sparsity`, then train `epochs` with `l1`.
+    /// One round: prune to `sparsity` (nil: decided as the job runs, `adaptive`), then
+    /// train `epochs` with `l1`.
     public struct Round: Sendable, Equatable {
-        public var sparsity: Double
+        public var sparsity: Double?
         public var epochs: Int
         public var l1: Double
     }
@@ -152,37 +163,46 @@ public struct ScheduleSpec: Sendable, Equatable {
             }
         case .penalty:
             return [Round(sparsity: 0, epochs: penaltyEpochs, l1: l1), Round(sparsity: final, epochs: fineTune, l1: 0)]
+        case .adaptive:
+            return (0..<rounds).map { r in Round(sparsity: nil, epochs: epochsPerRound + (r == rounds - 1 ? fineTune : 0), l1: 0) }
         }
     }
 
     static func parse(_ node: Node, sparsity: Double, hasTrain: Bool, file: String) throws -> ScheduleSpec {
-        let f = try JobSpec.mapping(node, key: "schedule", known: ["method", "initial", "rounds", "epochs_per_round", "l1", "epochs"], file: file)
+        let f = try JobSpec.mapping(node, key: "schedule", known: ["method", "initial", "rounds", "epochs_per_round", "l1", "epochs", "step", "budget", "validation"],
+                                    file: file)
         guard hasTrain else { throw SpecError("\(where_(file, node)): schedule: needs train: (the data and optimizer the rounds train with)") }
         guard let m = f["method"], let method = m.scalar.flatMap({ Method(rawValue: $0.string) }) else {
             throw SpecError("\(where_(file, f["method"] ?? node)): schedule.method: must be one of \(Method.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var s = ScheduleSpec(method: method)
-        let gradualKeys = ["initial", "rounds", "epochs_per_round"], penaltyKeys = ["l1", "epochs"]
-        if let k = (method == .gradual ? penaltyKeys : gradualKeys).first(where: { f[$0] != nil }) {
+        let keys: [Method: [String]] = [.gradual: ["initial", "rounds", "epochs_per_round"], .penalty: ["l1", "epochs"],
+                                        .adaptive: ["initial", "rounds", "epochs_per_round", "step", "budget", "validation"]]
+        if let k = f.keys.sorted().first(where: { $0 != "method" && !keys[method]!.contains($0) }) {
             throw SpecError("\(where_(file, f[k])): schedule.\(k): not a key of schedule \(method.rawValue)")
         }
-        if let n = f["initial"] {
-            guard let v = n.scalar.flatMap({ Double($0.string) }), v.isFinite, v >= 0, v < 1 else {
-                throw SpecError("\(where_(file, n)): schedule.initial: must be a sparsity in [0, 1)")
-            }
+        if method == .adaptive {
+            s.initial = min(0.5, sparsity)
+            s.rounds = 6
+        }
+        if let n = f["initial"], let v = try TrainSpec.number(n, "schedule.initial", file: file, rule: "a sparsity in [0, 1)", { $0 >= 0 && $0 < 1 }) {
             guard v <= sparsity else {
-                throw SpecError("\(where_(file, n)): schedule.initial: \(v) is above the final sparsity \(sparsity); a gradual schedule only adds sparsity")
+                throw SpecError("\(where_(file, n)): schedule.initial: \(v) is above the final sparsity \(sparsity); a \(method.rawValue) schedule only adds sparsity")
             }
             s.initial = v
+        }
+        if method == .adaptive, s.initial <= 0 {
+            throw SpecError("\(where_(file, f["initial"] ?? node)): schedule.initial: an adaptive schedule needs a first level above 0 (sparsity \(sparsity))")
         }
         if let v = try JobSpec.positiveInt(f["rounds"], "schedule.rounds", file: file, minimum: 2, maximum: 100) { s.rounds = v }
         if let v = try JobSpec.positiveInt(f["epochs_per_round"], "schedule.epochs_per_round", file: file, minimum: 1, maximum: 100) { s.epochsPerRound = v }
         if let v = try JobSpec.positiveInt(f["epochs"], "schedule.epochs", file: file, minimum: 1, maximum: TrainSpec.maxEpochs) { s.penaltyEpochs = v }
-        if let n = f["l1"] {
-            guard let v = n.scalar.flatMap({ Double($0.string) }), v.isFinite, v > 0, v < 1 else {
-                throw SpecError("\(where_(file, n)): schedule.l1: must be a number in (0, 1) (the penalty's strength)")
-            }
-            s.l1 = v
+        if let v = try JobSpec.positiveInt(f["validation"], "schedule.validation", file: file, minimum: 1, maximum: 10_000_000) { s.validation = v }
+        if let v = try TrainSpec.number(f["l1"], "schedule.l1", file: file, rule: "a number in (0, 1) (the penalty's strength)", { $0 > 0 && $0 < 1 }) { s.l1 = v }
+        if let v = try TrainSpec.number(f["step"], "schedule.step", file: file, rule: "a number in [\(AdaptiveLevels.resolution), 1) (how far a round raises the level)",
+                                        { $0 >= AdaptiveLevels.resolution && $0 < 1 }) { s.step = v }
+        if let v = try TrainSpec.number(f["budget"], "schedule.budget", file: file, rule: "an accuracy loss in [0, 1) (0.01 is one point)", { $0 >= 0 && $0 < 1 }) {
+            s.budget = v
         }
         return s
     }

@@ -223,7 +223,7 @@ public final class LlamaModel: @unchecked Sendable {
         self.init(config: config, store: WeightStore(checkpoint: checkpoint))
     }
 
-    private func embeddings() throws -> [Float] {
+    func embeddings() throws -> [Float] {
         if let embedding { return embedding }
         let e = try store.load("model.embed_tokens.weight", shape: [config.vocabSize, config.hiddenSize])
         embedding = e
@@ -246,18 +246,19 @@ public final class LlamaModel: @unchecked Sendable {
         try LlamaBlock(index: index, config: config, store: store)
     }
 
+    /// The final norm's weight and the LM head (vocab × hidden; the embeddings when tied).
+    func head() throws -> (norm: [Float], head: [Float]) {
+        let c = config
+        let norm = try store.load("model.norm.weight", shape: [c.hiddenSize])
+        if store.has("lm_head.weight") { return (norm, try store.load("lm_head.weight", shape: [c.vocabSize, c.hiddenSize])) }
+        guard c.tieWordEmbeddings else { throw ModelError("lm_head.weight is missing and tie_word_embeddings is false") }
+        return (norm, try embeddings())
+    }
+
     /// Final norm and LM head: hidden (tokens × hidden) → logits (tokens × vocab).
     public func logits(_ x: [Float], tokens t: Int) throws -> [Float] {
         let c = config, h = c.hiddenSize
-        let norm = try store.load("model.norm.weight", shape: [h])
-        let head: [Float]
-        if store.has("lm_head.weight") {
-            head = try store.load("lm_head.weight", shape: [c.vocabSize, h])
-        } else if c.tieWordEmbeddings {
-            head = try embeddings()
-        } else {
-            throw ModelError("lm_head.weight is missing and tie_word_embeddings is false")
-        }
+        let (norm, head) = try self.head()
         var normed = [Float](repeating: 0, count: t * h)
         x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: t, width: h, weight: norm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
         var out = [Float](repeating: 0, count: t * c.vocabSize)

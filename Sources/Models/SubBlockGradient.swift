@@ -18,7 +18,8 @@ public enum SubBlock: String, Sendable, CaseIterable {
 
 /// The squared error of a sub-block's output against a target and its gradient with
 /// respect to the sub-block's Linear weights (the backward pass of block-wise
-/// reconstruction). The input is data, not trained, so nothing flows back into it, and the
+/// reconstruction; `backward` also gives the gradient at its input, for a whole-model
+/// backward pass, `LlamaGradient`). `evaluate` treats the input as data, and the
 /// norms and biases stay fixed: only the weights the masks apply to are re-fit.
 ///
 /// Loss = Σ (y − target)² over every sample, token and feature (a sum, so the gradients of
@@ -26,12 +27,23 @@ public enum SubBlock: String, Sendable, CaseIterable {
 /// OpenBLAS like the forward pass; the loss is summed in F64.
 public enum SubBlockGradient {
     public struct Result: Sendable {
-        /// Σ (y − target)².
+        /// Σ (y − target)² (0 when the output's gradient was given).
         public let loss: Double
         /// ∂loss/∂W per Linear, in `SubBlock.linears` order, each shaped like its weight.
         public let gradients: [[Float]]
         /// The sub-block's output y (samples · tokens × hidden).
         public let output: [Float]
+        /// ∂loss/∂x (samples · tokens × hidden): through the residual and through the norm
+        /// and the Linear layers (`backward` only; empty otherwise).
+        public var inputGradient: [Float] = []
+    }
+
+    /// Where the gradient at the sub-block's output comes from.
+    enum Upstream {
+        /// loss = Σ (y − target)²: ∂loss/∂y = 2(y − target).
+        case target([Float])
+        /// ∂loss/∂y given (the blocks and head after this one: a whole-model backward).
+        case gradient([Float])
     }
 
     /// Loss and gradients of `part` of `block` with its Linear weights replaced by
@@ -43,8 +55,22 @@ public enum SubBlockGradient {
         precondition(input.count == rows * c.hiddenSize && target.count == input.count, "sub-block input and target are samples × tokens × hidden")
         precondition(weights.count == part.linears.count, "one weight per Linear of the sub-block")
         switch part {
-        case .attention: return attention(block, weights, input, target, samples: samples, tokens: t, rope: rope, gradients: gradients)
-        case .mlp: return mlp(block, weights, input, target, rows: rows, gradients: gradients)
+        case .attention: return attention(block, weights, input, .target(target), samples: samples, tokens: t, rope: rope, gradients: gradients)
+        case .mlp: return mlp(block, weights, input, .target(target), rows: rows, gradients: gradients)
+        }
+    }
+
+    /// The backward pass of `part` of `block` (its own weights) on `input` for a given
+    /// ∂loss/∂y at its output: the weight gradients and ∂loss/∂x (`Result.inputGradient`).
+    public static func backward(_ part: SubBlock, block: LlamaBlock, input: [Float], outputGradient: [Float],
+                                samples: Int, tokens t: Int, rope: RotaryTable) -> Result {
+        let c = block.config, rows = samples * t
+        precondition(input.count == rows * c.hiddenSize && outputGradient.count == input.count, "sub-block input and output gradient are samples × tokens × hidden")
+        switch part {
+        case .attention:
+            return attention(block, [block.q, block.k, block.v, block.o], input, .gradient(outputGradient), samples: samples, tokens: t, rope: rope, gradients: true)
+        case .mlp:
+            return mlp(block, [block.gate, block.up, block.down], input, .gradient(outputGradient), rows: rows, gradients: true)
         }
     }
 
@@ -54,16 +80,49 @@ public enum SubBlockGradient {
         return evaluate(part, block: block, weights: weights, input: input, target: input, samples: samples, tokens: t, rope: rope, gradients: false).output
     }
 
-    /// y = x + z; loss = Σ (y − target)²; returns (loss, y, dL/dz = 2(y − target)).
-    private static func residual(_ x: [Float], _ z: [Float], _ target: [Float]) -> (Double, [Float], [Float]) {
-        var y = x, dy = [Float](repeating: 0, count: x.count), loss = 0.0
-        for i in 0..<x.count {
-            y[i] += z[i]
-            let d = y[i] - target[i]
-            loss += Double(d) * Double(d)
-            dy[i] = 2 * d
+    /// y = x + z; with a target, loss = Σ (y − target)²; returns (loss, y, dL/dz), which is
+    /// dL/dy: 2(y − target), or the given gradient.
+    private static func residual(_ x: [Float], _ z: [Float], _ upstream: Upstream) -> (Double, [Float], [Float]) {
+        var y = x
+        for i in 0..<x.count { y[i] += z[i] }
+        switch upstream {
+        case .gradient(let dy):
+            return (0, y, dy)
+        case .target(let target):
+            var dy = [Float](repeating: 0, count: x.count), loss = 0.0
+            for i in 0..<x.count {
+                let d = y[i] - target[i]
+                loss += Double(d) * Double(d)
+                dy[i] = 2 * d
+            }
+            return (loss, y, dy)
         }
-        return (loss, y, dy)
+    }
+
+    /// dL/dx of n = RMSNorm(x)·w given dL/dn, added to `into` (the residual's share):
+    /// with r = (mean(x²) + ε)^(−½), dx_i = r·w_i·dn_i − x_i·r³·(Σ_j w_j·dn_j·x_j)/H.
+    static func rmsNormBackward(_ x: [Float], weight: [Float], _ dn: [Float], rows: Int, width: Int, eps: Float, into dx: inout [Float]) {
+        for r in 0..<rows {
+            let at = r * width
+            var sum: Float = 0, dot: Float = 0
+            for i in 0..<width {
+                sum += x[at + i] * x[at + i]
+                dot += weight[i] * dn[at + i] * x[at + i]
+            }
+            let scale = 1 / (sum / Float(width) + eps).squareRoot()
+            let k = scale * scale * scale * dot / Float(width)
+            for i in 0..<width { dx[at + i] += scale * weight[i] * dn[at + i] - x[at + i] * k }
+        }
+    }
+
+    /// dn = Σ dY_l · W_l over Linear layers sharing an input (their input gradients summed).
+    private static func sharedInputGradient(_ parts: [(dy: [Float], weight: [Float], out: Int)], rows: Int, in inFeatures: Int) -> [Float] {
+        var dn = [Float](repeating: 0, count: rows * inFeatures)
+        for (l, p) in parts.enumerated() {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(inFeatures), Int32(p.out), 1, p.dy, Int32(p.out),
+                        p.weight, Int32(inFeatures), l == 0 ? 0 : 1, &dn, Int32(inFeatures))
+        }
+        return dn
     }
 
     /// C (m×n) = Aᵀ·B with A (k×m, row stride lda) and B (k×n, row stride ldb): a weight
@@ -107,7 +166,7 @@ public enum SubBlockGradient {
         return n
     }
 
-    private static func mlp(_ block: LlamaBlock, _ w: [[Float]], _ x: [Float], _ target: [Float], rows: Int, gradients: Bool) -> Result {
+    private static func mlp(_ block: LlamaBlock, _ w: [[Float]], _ x: [Float], _ upstream: Upstream, rows: Int, gradients: Bool) -> Result {
         let c = block.config, h = c.hiddenSize, inter = c.intermediateSize
         let n = normed(x, weight: block.postNorm, rows: rows, width: h, eps: c.rmsNormEps)
         let g = project(n, w[0], bias: nil, rows: rows, out: inter, in: h)
@@ -118,7 +177,7 @@ public enum SubBlockGradient {
             act[i] = g[i] * sig[i] * u[i]
         }
         let z = project(act, w[2], bias: nil, rows: rows, out: h, in: inter)
-        let (loss, y, dz) = residual(x, z, target)
+        let (loss, y, dz) = residual(x, z, upstream)
         guard gradients else { return Result(loss: loss, gradients: [], output: y) }
         let dDown = weightGradient(dz, act, rows: rows, out: h, in: inter)
         let dAct = inputGradient(dz, weight: w[2], rows: rows, out: h, in: inter)
@@ -128,11 +187,18 @@ public enum SubBlockGradient {
             du[i] = dAct[i] * g[i] * sig[i]
             dg[i] = dAct[i] * u[i] * sig[i] * (1 + g[i] * (1 - sig[i]))
         }
-        return Result(loss: loss, gradients: [weightGradient(dg, n, rows: rows, out: inter, in: h),
-                                              weightGradient(du, n, rows: rows, out: inter, in: h), dDown], output: y)
+        var result = Result(loss: loss, gradients: [weightGradient(dg, n, rows: rows, out: inter, in: h),
+                                                    weightGradient(du, n, rows: rows, out: inter, in: h), dDown], output: y)
+        if case .gradient(let dy) = upstream {
+            let dn = sharedInputGradient([(dg, w[0], inter), (du, w[1], inter)], rows: rows, in: h)
+            var dx = dy
+            rmsNormBackward(x, weight: block.postNorm, dn, rows: rows, width: h, eps: c.rmsNormEps, into: &dx)
+            result.inputGradient = dx
+        }
+        return result
     }
 
-    private static func attention(_ block: LlamaBlock, _ w: [[Float]], _ x: [Float], _ target: [Float],
+    private static func attention(_ block: LlamaBlock, _ w: [[Float]], _ x: [Float], _ upstream: Upstream,
                                   samples: Int, tokens t: Int, rope: RotaryTable, gradients: Bool) -> Result {
         let c = block.config, h = c.hiddenSize, hd = c.headDim, rows = samples * t
         let qOut = c.heads * hd, kvOut = c.kvHeads * hd, group = c.heads / c.kvHeads
@@ -167,7 +233,7 @@ public enum SubBlockGradient {
             } }
         } } }
         let z = project(attn, w[3], bias: nil, rows: rows, out: h, in: qOut)
-        let (loss, y, dz) = residual(x, z, target)
+        let (loss, y, dz) = residual(x, z, upstream)
         guard gradients else { return Result(loss: loss, gradients: [], output: y) }
         let dO = weightGradient(dz, attn, rows: rows, out: h, in: qOut)
         let dAttn = inputGradient(dz, weight: w[3], rows: rows, out: h, in: qOut)
@@ -212,7 +278,14 @@ public enum SubBlockGradient {
                 rope.apply(kb.baseAddress! + s * t * kvOut, tokens: t, heads: c.kvHeads, headDim: hd, inverse: true)
             }
         } }
-        return Result(loss: loss, gradients: [weightGradient(dq, n, rows: rows, out: qOut, in: h), weightGradient(dk, n, rows: rows, out: kvOut, in: h),
-                                              weightGradient(dv, n, rows: rows, out: kvOut, in: h), dO], output: y)
+        var result = Result(loss: loss, gradients: [weightGradient(dq, n, rows: rows, out: qOut, in: h), weightGradient(dk, n, rows: rows, out: kvOut, in: h),
+                                                    weightGradient(dv, n, rows: rows, out: kvOut, in: h), dO], output: y)
+        if case .gradient(let dy) = upstream {
+            let dn = sharedInputGradient([(dq, w[0], qOut), (dk, w[1], kvOut), (dv, w[2], kvOut)], rows: rows, in: h)
+            var dx = dy
+            rmsNormBackward(x, weight: block.inputNorm, dn, rows: rows, width: h, eps: c.rmsNormEps, into: &dx)
+            result.inputGradient = dx
+        }
+        return result
     }
 }

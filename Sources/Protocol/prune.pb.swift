@@ -483,6 +483,22 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .train(newValue)}
   }
 
+  public var gradient: Prune_V1_GradientTask {
+    get {
+      if case .gradient(let v)? = _storage._work {return v}
+      return Prune_V1_GradientTask()
+    }
+    set {_uniqueStorage()._work = .gradient(newValue)}
+  }
+
+  public var gradientScore: Prune_V1_GradientScoreTask {
+    get {
+      if case .gradientScore(let v)? = _storage._work {return v}
+      return Prune_V1_GradientScoreTask()
+    }
+    set {_uniqueStorage()._work = .gradientScore(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -503,6 +519,8 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     case blockRefit(Prune_V1_BlockRefitTask)
     case blockStep(Prune_V1_BlockStepTask)
     case train(Prune_V1_TrainTask)
+    case gradient(Prune_V1_GradientTask)
+    case gradientScore(Prune_V1_GradientScoreTask)
 
   }
 
@@ -1586,6 +1604,14 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._pruneLayers = newValue}
   }
 
+  /// The step the pruned state starts at (the round's first step): the base's step for a
+  /// round that prunes the state the last one reached, later when an adaptive schedule
+  /// goes back to an earlier round's state.
+  public var roundStep: UInt32 {
+    get {_storage._roundStep}
+    set {_uniqueStorage()._roundStep = newValue}
+  }
+
   /// Action gradient, for IDX images: examples × width bytes, each value byte / 255 (what
   /// `inputs` would hold, at a quarter of the size); `inputs` is then empty.
   public var inputBytes: Data {
@@ -1648,6 +1674,68 @@ public nonisolated struct Prune_V1_TrainOptimizer: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+/// Gradient-based importance (`method: taylor | fisher`), one shard of the calibration
+/// windows: each window's summed next-token cross-entropy through the dense model and its
+/// gradient with respect to the target weights, accumulated over the shard's windows in
+/// order: Σ g (taylor) or Σ g² (fisher). Result payloads: "grad:<target>" per target (F32,
+/// shaped like the weight), and "loss" (two F64: the summed loss and the tokens scored).
+public nonisolated struct Prune_V1_GradientTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var configJson: Data = Data()
+
+  /// Every tensor the forward pass reads.
+  public var weights: [Prune_V1_TensorRef] = []
+
+  /// The windows, `tokens` ids each, one after another.
+  public var tokenIds: [Int32] = []
+
+  public var tokens: UInt32 = 0
+
+  public var targets: [String] = []
+
+  /// Fisher: accumulate the squares of each window's gradient.
+  public var square: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The mask of one tensor from its gradient shards (summed in shard order): scores
+/// |w · Σ g| (taylor) or w² · Σ g² (fisher), selected under `pattern` at `sparsity`.
+/// Result payload: "mask".
+public nonisolated struct Prune_V1_GradientScoreTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  public var shards: [Prune_V1_ArtifactRef] = []
+
+  public var square: Bool = false
+
+  public var pattern: String = String()
+
+  public var sparsity: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -2220,7 +2308,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
@@ -2480,6 +2568,32 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
             _storage._work = .train(v)
           }
         }()
+        case 27: try {
+          var v: Prune_V1_GradientTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .gradient(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .gradient(v)
+          }
+        }()
+        case 28: try {
+          var v: Prune_V1_GradientScoreTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .gradientScore(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .gradientScore(v)
+          }
+        }()
         default: break
         }
       }
@@ -2566,6 +2680,14 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case .train?: try {
         guard case .train(let v)? = _storage._work else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .gradient?: try {
+        guard case .gradient(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+      }()
+      case .gradientScore?: try {
+        guard case .gradientScore(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
       }()
       case nil: break
       }
@@ -4268,7 +4390,7 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0\u{3}round_step\0")
 
   fileprivate class _StorageClass {
     var _action: String = String()
@@ -4290,6 +4412,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _sparsity: Double = 0
     var _pattern: String = String()
     var _pruneLayers: [Bool] = []
+    var _roundStep: UInt32 = 0
     var _inputBytes: Data = Data()
 
       // This property is used as the initial default value for new instances of the type.
@@ -4320,6 +4443,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _sparsity = source._sparsity
       _pattern = source._pattern
       _pruneLayers = source._pruneLayers
+      _roundStep = source._roundStep
       _inputBytes = source._inputBytes
     }
   }
@@ -4359,6 +4483,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 18: try { try decoder.decodeSingularStringField(value: &_storage._pattern) }()
         case 19: try { try decoder.decodeRepeatedBoolField(value: &_storage._pruneLayers) }()
         case 20: try { try decoder.decodeSingularBytesField(value: &_storage._inputBytes) }()
+        case 21: try { try decoder.decodeSingularUInt32Field(value: &_storage._roundStep) }()
         default: break
         }
       }
@@ -4431,6 +4556,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._inputBytes.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._inputBytes, fieldNumber: 20)
       }
+      if _storage._roundStep != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._roundStep, fieldNumber: 21)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4459,6 +4587,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._sparsity != rhs_storage._sparsity {return false}
         if _storage._pattern != rhs_storage._pattern {return false}
         if _storage._pruneLayers != rhs_storage._pruneLayers {return false}
+        if _storage._roundStep != rhs_storage._roundStep {return false}
         if _storage._inputBytes != rhs_storage._inputBytes {return false}
         return true
       }
@@ -4584,6 +4713,115 @@ nonisolated extension Prune_V1_TrainOptimizer: SwiftProtobuf.Message, SwiftProto
     if lhs.momentum != rhs.momentum {return false}
     if lhs.weightDecay != rhs.weightDecay {return false}
     if lhs.l1 != rhs.l1 {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_GradientTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GradientTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}config_json\0\u{1}weights\0\u{3}token_ids\0\u{1}tokens\0\u{1}targets\0\u{1}square\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.configJson) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.weights) }()
+      case 3: try { try decoder.decodeRepeatedInt32Field(value: &self.tokenIds) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.tokens) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.targets) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.square) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.configJson.isEmpty {
+      try visitor.visitSingularBytesField(value: self.configJson, fieldNumber: 1)
+    }
+    if !self.weights.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.weights, fieldNumber: 2)
+    }
+    if !self.tokenIds.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.tokenIds, fieldNumber: 3)
+    }
+    if self.tokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tokens, fieldNumber: 4)
+    }
+    if !self.targets.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.targets, fieldNumber: 5)
+    }
+    if self.square != false {
+      try visitor.visitSingularBoolField(value: self.square, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_GradientTask, rhs: Prune_V1_GradientTask) -> Bool {
+    if lhs.configJson != rhs.configJson {return false}
+    if lhs.weights != rhs.weights {return false}
+    if lhs.tokenIds != rhs.tokenIds {return false}
+    if lhs.tokens != rhs.tokens {return false}
+    if lhs.targets != rhs.targets {return false}
+    if lhs.square != rhs.square {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_GradientScoreTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GradientScoreTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}shards\0\u{1}square\0\u{1}pattern\0\u{1}sparsity\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.shards) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.square) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.pattern) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.sparsity) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.shards.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.shards, fieldNumber: 2)
+    }
+    if self.square != false {
+      try visitor.visitSingularBoolField(value: self.square, fieldNumber: 3)
+    }
+    if !self.pattern.isEmpty {
+      try visitor.visitSingularStringField(value: self.pattern, fieldNumber: 4)
+    }
+    if self.sparsity.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.sparsity, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_GradientScoreTask, rhs: Prune_V1_GradientScoreTask) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.shards != rhs.shards {return false}
+    if lhs.square != rhs.square {return false}
+    if lhs.pattern != rhs.pattern {return false}
+    if lhs.sparsity != rhs.sparsity {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

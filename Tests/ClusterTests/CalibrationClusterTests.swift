@@ -15,16 +15,8 @@ final class CalibrationClusterTests: XCTestCase {
             throw XCTSkip("build the prune binary first (swift build)")
         }
         dir = TempDir("prune-calibration-cluster")
-        // A BF16 Llama in two shards: 3 blocks, GQA (4 heads, 2 KV heads), untied head.
-        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
-        try JobProcessTestCase.llamaConfig.write(toFile: dir.file("model/config.json"), atomically: false, encoding: .utf8)
-        // Token ids as an int32 .npy [20, 16].
-        var state: UInt64 = 3
-        let ids: [Int32] = (0..<(20 * 16)).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Int32(state >> 33) % 48
-        }
-        try Data(Npy.int32(ids, shape: [20, 16])).write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+        // A BF16 Llama in two shards (3 blocks, GQA, untied head) and token ids [20, 16].
+        try JobProcessTestCase.writeCalibratedLlama(in: dir, seed: 3)
     }
 
     override func tearDown() { dir?.cleanup() }

@@ -25,6 +25,19 @@ class JobProcessTestCase: XCTestCase {
          "tie_word_embeddings": false}
         """
 
+    /// `model/` (the synthetic BF16 Llama with `llamaConfig`) and `ids.npy` (20 windows of
+    /// 16 seeded token ids, int32) in `dir`: what a calibrated job on real processes runs on.
+    static func writeCalibratedLlama(in dir: TempDir, seed: UInt64) throws {
+        try SyntheticModel.write(to: dir.file("model"), dtype: .bf16, shards: 2, layers: 3, hidden: 64, intermediate: 128)
+        try llamaConfig.write(toFile: dir.file("model/config.json"), atomically: false, encoding: .utf8)
+        var state = seed
+        let ids: [Int32] = (0..<(20 * 16)).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32(state >> 33) % 48
+        }
+        try Data(Npy.int32(ids, shape: [20, 16])).write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+    }
+
     override func setUpWithError() throws {
         guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else {
             throw XCTSkip("build the prune binary first (swift build)")

@@ -27,9 +27,9 @@ final class TrainClusterTests: XCTestCase {
 
     override func tearDown() { dir?.cleanup() }
 
-    private func writeSpec(_ name: String, sparsity: Double = 0, train: String) throws -> String {
+    private func writeSpec(_ name: String, model: String = "model", sparsity: Double = 0, train: String) throws -> String {
         let yaml = """
-        model: model
+        model: \(model)
         output: \(name)
         method: magnitude
         sparsity: \(sparsity)
@@ -159,6 +159,54 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
 
+    /// `schedule: adaptive` from a trained dense model: every round's level follows from the
+    /// validation accuracies before it (the report's decisions equal `AdaptiveLevels` on
+    /// the report's accuracies), some level meets the budget and some does not (0.99 cannot),
+    /// the written masks are the chosen round's level, the bytes are the same for 0 and 2
+    /// workers, and `prune check` passes.
+    func testAdaptiveScheduleKeepsTheHighestLevelWithinTheBudget() throws {
+        _ = try run("dense", train: "examples: 1500, epochs: 4, batch: 100, learning_rate: 0.1, checkpoint_every: 50", workers: 0)
+        let schedule = "schedule: {method: adaptive, initial: 0.5, step: 0.3, rounds: 5, budget: 0.02, validation: 300}\n"
+        let train = "examples: 1500, epochs: 1, batch: 100, learning_rate: 0.05, checkpoint_every: 50"
+        var outs: [[String: Data]] = []
+        for w in [0, 2] {
+            let path = try writeSpec("adaptive-w\(w)", model: "dense/out/dense", sparsity: 0.99, train: train)
+            try (try String(contentsOfFile: path, encoding: .utf8) + "\n" + schedule).write(toFile: path, atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "\(w)", path], cwd: dir.path)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outs.append(outputs("adaptive-w\(w)"))
+        }
+        XCTAssertEqual(outs[0], outs[1])
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("adaptive-w2/out/manifest.json"))))
+        let a = try XCTUnwrap(manifest.training?.adaptive)
+        XCTAssertEqual(a.validationExamples, 300)
+        XCTAssertEqual(manifest.training?.examples, 1200)
+        XCTAssertEqual(a.rounds.count, 5)
+        let accuracies = try a.rounds.map { try XCTUnwrap($0.validationAccuracy) }
+        let again = AdaptiveLevels(initial: 0.5, step: 0.3, maximum: 0.99, budget: 0.02, count: 5, reference: a.referenceAccuracy, accuracies: accuracies)
+        XCTAssertEqual(a.rounds.map(\.sparsity), again.rounds.map(\.sparsity))
+        XCTAssertEqual(a.rounds.map(\.baseRound), again.rounds.map(\.base))
+        XCTAssertEqual(a.rounds.map(\.met), again.rounds.map(\.met))
+        XCTAssertEqual(a.chosenRound, again.chosen)
+        XCTAssertTrue(a.rounds.contains { $0.met == false }, "\(a.rounds)")
+        let chosen = try XCTUnwrap(a.chosenRound, "a 50% level of a trained MLP stays within 2 points: \(a.rounds)")
+        XCTAssertGreaterThanOrEqual(a.rounds[chosen].sparsity, 0.5)
+        XCTAssertEqual(a.sparsity, a.rounds[chosen].sparsity)
+        XCTAssertEqual(a.rounds.last?.sparsity, a.sparsity, "the last round fine-tunes the level found")
+        for name in ["fc1.weight", "fc2.weight"] {
+            let m = try XCTUnwrap(manifest.tensors[name])
+            XCTAssertEqual(m.targetSparsity, a.sparsity)
+            XCTAssertEqual(Double(m.masked) / Double(m.elements), a.sparsity, accuracy: 0.02, name)
+        }
+        let epochs = try XCTUnwrap(manifest.training?.epochs)
+        XCTAssertEqual(epochs.count, 6)
+        XCTAssertEqual(epochs.compactMap(\.sparsity), a.rounds.map(\.sparsity) + [a.rounds.last!.sparsity])
+        let markdown = try String(contentsOfFile: dir.file("adaptive-w2/report.md"), encoding: .utf8)
+        XCTAssertTrue(markdown.contains("Highest sparsity within the budget: \(String(format: "%.3f", a.sparsity))"), markdown)
+        let check = try Subprocess.prune(["check", "dense/out/dense", "adaptive-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
     /// A coordinator SIGKILL in the middle of training: `prune resume` goes on from the
     /// last checkpoint and the gradients since, redoes nothing done, and gives the bytes
     /// of an unbroken run.
@@ -218,7 +266,7 @@ final class TrainClusterTests: XCTestCase {
             ("data: empty, batch: 2", "empty"),
             ("data: \(Self.fashionMNIST), learning_rate: 0", "train.learning_rate"),
             ("data: \(Self.fashionMNIST), learning_rate: .nan", "train.learning_rate"),
-            ("data: \(Self.fashionMNIST), examples: 50, batch: 64", "more than the 50 examples"),
+            ("data: \(Self.fashionMNIST), examples: 50, batch: 64", "more than the 50 training examples"),
             ("data: \(Self.fashionMNIST), epochs: 0", "train.epochs"),
             ("data: \(Self.fashionMNIST), optimizer: lbfgs", "train.optimizer"),
             ("data: \(Self.fashionMNIST), lr_schedule: linear", "train.lr_schedule"),
@@ -231,6 +279,12 @@ final class TrainClusterTests: XCTestCase {
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: gradual, rounds: 1}", "schedule.rounds"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: penalty, l1: -1}", "schedule.l1"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: penalty, rounds: 3}", "not a key of schedule penalty"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, budget: 2}", "schedule.budget"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, step: 0}", "schedule.step"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, initial: 0}", "first level above 0"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, l1: 0.1}", "not a key of schedule adaptive"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST), examples: 100}\nschedule: {method: adaptive, validation: 100}", "leave none"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST), examples: 100, batch: 95}\nschedule: {method: adaptive}", "held out for validation"),
         ]
         for (i, c) in schedules.enumerated() { try expectRefused("badschedule\(i)", "\(c.spec)\n", c.expect) }
         for (i, c) in cases.enumerated() { try expectRefused("bad\(i)", "sparsity: 0\ntrain: {\(c.train)}\n", c.expect) }

@@ -87,6 +87,79 @@ final class SubBlockGradientTests: XCTestCase {
         }
     }
 
+    // MARK: The whole model (LlamaGradient)
+
+    private let sequence: [Int32] = (0..<11).map { Int32(($0 * 37 + 5) % 64) }
+
+    private func wholeModel(_ model: LlamaModel) throws -> (loss: Double, count: Int, gradients: [String: [Float]]) {
+        let blocks = try (0..<model.config.layers).map { try model.block($0) }
+        var gradients: [String: [Float]] = [:]
+        let r = try LlamaGradient.evaluate(model, blocks: blocks, tokens: sequence) { gradients[$0] = $1 }
+        return (r.loss, r.count, gradients)
+    }
+
+    /// The next-token cross-entropy of the whole model equals the forward pass's, and its
+    /// gradient matches central finite differences of that loss (through every block,
+    /// the final norm and the tied head).
+    func testWholeModelGradientMatchesFiniteDifferences() throws {
+        guard Subprocess.pythonHasSafetensors else { throw XCTSkip("python3 with numpy and safetensors not installed") }
+        let dir = TempDir("llama-grad-fd"); defer { dir.cleanup() }
+        let made = try XCTUnwrap(try Subprocess.python("llama_ref.py", ["make", dir.file("m"), "--tied"]))
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let model = try LlamaModel(directory: dir.file("m"))
+        let (loss, count, gradients) = try wholeModel(model)
+        XCTAssertEqual(count, sequence.count - 1)
+        let reference = LlamaModel.nextTokenNLL(logits: try model.forward(sequence), tokens: sequence, vocab: model.config.vocabSize).sum
+        XCTAssertEqual(loss, reference, accuracy: 1e-4 * reference)
+        XCTAssertEqual(gradients.count, 7 * model.config.layers)
+        for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.v_proj.weight",
+                     "model.layers.1.mlp.gate_proj.weight"] {
+            let g = try XCTUnwrap(gradients[name])
+            let original = try model.store.load(name, shape: try XCTUnwrap(model.store.reader.shape(of: name)))
+            let scale = Double(g.map(abs).max()!)
+            XCTAssertGreaterThan(scale, 0, name)
+            for index in stride(from: 3, to: g.count, by: max(1, g.count / 6)) {
+                func lossWith(_ delta: Float) throws -> Double {
+                    var w = original
+                    w[index] += delta
+                    model.store.override(name, with: w)
+                    defer { model.store.clearOverrides() }
+                    return LlamaModel.nextTokenNLL(logits: try model.forward(sequence), tokens: sequence, vocab: model.config.vocabSize).sum
+                }
+                let eps: Float = 1e-2
+                let numeric = (try lossWith(eps) - (try lossWith(-eps))) / Double(2 * eps)
+                XCTAssertEqual(Double(g[index]), numeric, accuracy: 2e-2 * scale + 2e-3 * abs(numeric), "\(name)[\(index)]")
+            }
+        }
+    }
+
+    /// Against torch autograd (float64) on the same checkpoint and tokens: every decoder
+    /// Linear weight's gradient, tied and separate heads, with and without q/k/v biases.
+    func testWholeModelGradientMatchesTorchAutograd() throws {
+        guard Subprocess.pythonHasSafetensors, Subprocess.pythonHas("torch") else {
+            if Subprocess.pythonRequired { XCTFail("python3 with numpy, safetensors and torch is required (PRUNE_REQUIRE_PYTHON=1)") }
+            throw XCTSkip("python3 with torch not installed")
+        }
+        for flags in [["--tied"], ["--bias", "--seed", "4"]] {
+            let dir = TempDir("llama-grad-torch"); defer { dir.cleanup() }
+            let made = try XCTUnwrap(try Subprocess.python("llama_ref.py", ["make", dir.file("m")] + flags))
+            XCTAssertEqual(made.status, 0, made.stderr)
+            let model = try LlamaModel(directory: dir.file("m"))
+            let ours = try wholeModel(model)
+            let r = try XCTUnwrap(try Subprocess.python("llama_grad_ref.py", [dir.file("m"), sequence.map(String.init).joined(separator: ","), dir.file("ref")]))
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let loss = try readNpy64(dir.file("ref.loss.npy"))[0]
+            XCTAssertEqual(ours.loss, loss, accuracy: 1e-5 * loss, "\(flags) loss")
+            for (name, gradient) in ours.gradients {
+                let expected = try readNpy(dir.file("ref.\(name).npy"))
+                XCTAssertEqual(expected.count, gradient.count, name)
+                let scale = expected.map(abs).max()!
+                let worst = zip(gradient, expected).map { abs($0 - $1) }.max()! / scale
+                XCTAssertLessThan(worst, 1e-4, "\(flags) \(name): max relative difference \(worst)")
+            }
+        }
+    }
+
     private func writeNpy(_ values: [Float], to path: String) throws {
         var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(values.count),), }"
         while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }

@@ -30,36 +30,44 @@ def rms(x, w, eps):
     return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
 
 
+def attention_half(x, W, p, P, cfg):
+    """x + attention(x) for block prefix p; P(name) gives the Linear weight to differentiate."""
+    S, T, h = x.shape
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, eps, theta = h // heads, cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    n = rms(x, W[p + "input_layernorm.weight"], eps)
+    q = n @ P("self_attn.q_proj").T + W.get(p + "self_attn.q_proj.bias", 0)
+    k = n @ P("self_attn.k_proj").T + W.get(p + "self_attn.k_proj.bias", 0)
+    v = n @ P("self_attn.v_proj").T + W.get(p + "self_attn.v_proj.bias", 0)
+    q = rope(q.reshape(S, T, heads, hd), theta)
+    k = rope(k.reshape(S, T, kv, hd), theta)
+    v = v.reshape(S, T, kv, hd)
+    rep = heads // kv
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    s = torch.einsum("bthd,bshd->bhts", q, k) / hd ** 0.5
+    s = s + torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), 1)
+    a = torch.einsum("bhts,bshd->bthd", torch.softmax(s, -1), v).reshape(S, T, heads * hd)
+    return x + a @ P("self_attn.o_proj").T
+
+
+def mlp_half(x, W, p, P, cfg):
+    """x + mlp(x) for block prefix p (SwiGLU)."""
+    n = rms(x, W[p + "post_attention_layernorm.weight"], cfg["rms_norm_eps"])
+    return x + (torch.nn.functional.silu(n @ P("mlp.gate_proj").T) * (n @ P("mlp.up_proj").T)) @ P("mlp.down_proj").T
+
+
 def main():
     d, block, part, S, T, xp, tp, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:9]
     cfg = json.load(open(os.path.join(d, "config.json")))
     W = {k: torch.tensor(v.astype(np.float64)) for k, v in load_file(os.path.join(d, "model.safetensors")).items()}
-    h, heads, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd, eps, theta = h // heads, cfg["rms_norm_eps"], cfg["rope_theta"]
+    h = cfg["hidden_size"]
     x = torch.tensor(np.load(xp).astype(np.float64)).reshape(S, T, h)
     target = torch.tensor(np.load(tp).astype(np.float64)).reshape(S, T, h)
     p = f"model.layers.{block}."
     names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"] if part == "attention" \
         else ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     params = {n: W[p + n + ".weight"].clone().requires_grad_(True) for n in names}
-    if part == "attention":
-        n = rms(x, W[p + "input_layernorm.weight"], eps)
-        q = n @ params["self_attn.q_proj"].T + W.get(p + "self_attn.q_proj.bias", 0)
-        k = n @ params["self_attn.k_proj"].T + W.get(p + "self_attn.k_proj.bias", 0)
-        v = n @ params["self_attn.v_proj"].T + W.get(p + "self_attn.v_proj.bias", 0)
-        q = rope(q.reshape(S, T, heads, hd), theta)
-        k = rope(k.reshape(S, T, kv, hd), theta)
-        v = v.reshape(S, T, kv, hd)
-        rep = heads // kv
-        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-        s = torch.einsum("bthd,bshd->bhts", q, k) / hd ** 0.5
-        s = s + torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), 1)
-        a = torch.einsum("bhts,bshd->bthd", torch.softmax(s, -1), v).reshape(S, T, heads * hd)
-        y = x + a @ params["self_attn.o_proj"].T
-    else:
-        n = rms(x, W[p + "post_attention_layernorm.weight"], eps)
-        g, u = n @ params["mlp.gate_proj"].T, n @ params["mlp.up_proj"].T
-        y = x + (torch.nn.functional.silu(g) * u) @ params["mlp.down_proj"].T
+    y = attention_half(x, W, p, lambda n: params[n], cfg) if part == "attention" else mlp_half(x, W, p, lambda n: params[n], cfg)
     loss = ((y - target) ** 2).sum()
     loss.backward()
     np.save(out + ".loss.npy", np.array([loss.item()], dtype=np.float64))

@@ -3,11 +3,14 @@
 # `schedule:`): a fresh 784-256-128-10 ReLU MLP (`prune init-mlp`, seed 0) trained dense,
 # then pruned to SPARSITY (default 0.9) one-shot by magnitude (no fine-tuning), one-shot +
 # fine-tuning, gradual (Zhu & Gupta cubic, 8 rounds of 1 epoch + fine-tuning), and penalty
-# (L1 then prune then fine-tune); every training with a cosine learning rate (LR_SCHEDULE).
+# (L1 then prune then fine-tune), and adaptive (levels raised from 0.5 by 0.1 while the accuracy
+# on VALIDATION held-out training examples stays within 1 point of the dense model's, up to
+# ADAPTIVE_MAX; its dense model is trained without those examples); every training with a
+# cosine learning rate (LR_SCHEDULE).
 # Test accuracy on the 10k test split for each, wall time on
 # WORKERS (default 0: in process) and, with more than one value, the bytes compared.
 #   ops/bench/train_fmnist.sh [WORKDIR]
-#   WORKERS="1 2" EPOCHS=10 FT_EPOCHS=4 SPARSITY=0.9 VARIANTS="oneshot finetune gradual penalty"
+#   WORKERS="1 2" EPOCHS=10 FT_EPOCHS=4 SPARSITY=0.9 VARIANTS="oneshot finetune gradual penalty adaptive"
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-train-bench}")"
 cd "$(dirname "$0")/../.."
@@ -46,6 +49,11 @@ e = r["evaluation"]
 t = r.get("training")
 steps = sum(1 for _ in t["epochs"]) * t["steps_per_epoch"] if t else 0
 print(f"{name:<10} workers {w}  accuracy {e['dense']:.4f} -> {e['pruned']:.4f}  zeros {100 * r['sizes']['zeros'] / max(r['sizes']['pruned_parameters'], 1):.1f}%  {float(end) - float(start):7.1f} s  ({steps} steps)")
+a = t.get("adaptive") if t else None
+if a:
+    print(f"  adaptive: validation reference {a['reference_accuracy']:.4f}, budget {a['budget']}, chosen sparsity {a['sparsity']:.3f} (round {a.get('chosen_round')})")
+    for x in a["rounds"]:
+        print(f"    round {x['round']}: sparsity {x['sparsity']:.3f} from {'start' if x['base_round'] < 0 else 'round %d' % x['base_round']}: validation {x.get('validation_accuracy', float('nan')):.4f} {'met' if x.get('met') else 'missed'}")
 PY
     digest=$(cd "$job/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
     echo "  out/ $digest"
@@ -62,5 +70,15 @@ for v in ${VARIANTS:-oneshot finetune gradual penalty}; do
     finetune) run finetune "$dense" "$s" "epochs: $ft, $trainkeys" ;;
     gradual) run gradual "$dense" "$s" "epochs: $ft, $trainkeys" "{method: gradual, initial: 0, rounds: ${ROUNDS:-8}, epochs_per_round: 1}" ;;
     penalty) run penalty "$dense" "$s" "epochs: $ft, $trainkeys" "{method: penalty, l1: ${L1:-1e-4}, epochs: ${PENALTY_EPOCHS:-4}}" ;;
+    adaptive)
+      # The validation examples are the training split's last VALIDATION: a dense model
+      # trained without them, so neither side of the comparison has seen them.
+      held=${VALIDATION:-6000}
+      [ -f "$dir/dense-heldout-w${WORKERS%% *}/out/dense/mlp.json" ] || run dense-heldout "$dir/init" 0 "examples: $((60000 - held)), epochs: ${EPOCHS:-10}, $trainkeys"
+      # A cosine per round (an adaptive schedule restarts it in each): every round's
+      # accuracy is measured annealed, as the dense model's was.
+      run adaptive "$dir/dense-heldout-w${WORKERS%% *}/out/dense" "${ADAPTIVE_MAX:-0.98}" \
+        "epochs: $ft, batch: 128, learning_rate: $lr, momentum: 0.9, lr_schedule: ${ADAPTIVE_LR_SCHEDULE:-cosine}" \
+        "{method: adaptive, initial: 0.5, step: 0.1, rounds: ${ROUNDS:-8}, epochs_per_round: 1, budget: 0.01, validation: $held}" ;;
   esac
 done

@@ -15,7 +15,7 @@ public class CalibratePhase: Phase, RoundedPhase {
     let calibration: CalibrationPlan
 
     public required init?(job: JobContext, earlier: [any Phase]) throws {
-        guard let calibration = job.calibration else { return nil }
+        guard let calibration = job.calibration, calibration.method.statistic != nil else { return nil }
         self.job = job
         self.calibration = calibration
     }

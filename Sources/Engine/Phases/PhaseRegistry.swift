@@ -16,6 +16,7 @@ public enum PhaseRegistry {
         AllocationPhase.self,
         LevelDatabasePhase.self,
         EvolutionPhase.self,
+        GradientPhase.self,
         MaskPhase.self,
         LayerPrunePhase.self,
         BlockRefitPhase.self,
@@ -164,6 +165,10 @@ public final class JobDAG {
         }
         for source in phases.compactMap({ $0 as? LevelSource }) {
             for name in pruned.sorted() { assembler.levels[name] = try source.level(of: name, outputs: outputs) }
+        }
+        // An adaptive schedule's level, decided as the job ran.
+        if let train = phases.compactMap({ $0 as? TrainPhase }).first, let level = try train.chosenLevel(outputs: outputs) {
+            for name in train.prunedTensors { assembler.levels[name] = level }
         }
         assembler.search = { try self.phases.compactMap { $0 as? SearchHistorySource }.first?.history(outputs: outputs) }
         assembler.training = { try self.phases.compactMap { $0 as? TrainPhase }.first?.history(outputs: outputs) }

@@ -30,9 +30,14 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// Where each layer's weight mask comes from (nil: trained whole).
     private let masks: [(source: any PrunedTensorSource, name: String)?]
     let stepsPerEpoch: Int
+    /// Examples 0..<trainCount are trained on; the rest (an adaptive schedule's
+    /// validation examples) are held out.
+    let trainCount: Int
     /// With a `schedule:`, the rounds (each prunes, then trains); nil: one round of
     /// `train.epochs` with the job's masks.
     let rounds: [ScheduleSpec.Round]?
+    /// An adaptive schedule (its rounds' levels are decided as the job runs).
+    let adaptive: ScheduleSpec?
     /// The first step of each round (one round without a schedule).
     let roundStarts: [Int]
     let totalSteps: Int
@@ -55,8 +60,20 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
             throw SpecError("train.data: \(data.source): label \(data.labels[bad]) of example \(bad) is outside the model's \(model.classes) classes")
         }
-        guard spec.batch <= data.count else {
-            throw SpecError("train.batch: \(spec.batch) is more than the \(data.count) examples of \(data.source)")
+        let adaptive = job.spec.schedule.flatMap { $0.method == .adaptive ? $0 : nil }
+        self.adaptive = adaptive
+        let count = data.count
+        let held = adaptive.map { $0.validation ?? count / 10 } ?? 0
+        guard adaptive == nil || held > 0 else {
+            throw SpecError("schedule.validation: \(count) examples of \(data.source) leave none to hold out for an adaptive schedule; set schedule.validation")
+        }
+        guard held < count else {
+            throw SpecError("schedule.validation: \(held) held-out examples leave none of the \(count) examples of \(data.source) to train on")
+        }
+        trainCount = count - held
+        guard spec.batch <= trainCount else {
+            let heldOut = held > 0 ? " (\(held) are held out for validation)" : ""
+            throw SpecError("train.batch: \(spec.batch) is more than the \(trainCount) training examples of \(data.source)\(heldOut)")
         }
         let slice = (spec.batch + spec.shards - 1) / spec.shards
         let bytesPerValue = data.bytes == nil ? 4 : 1
@@ -79,7 +96,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         parameterSizes = sizes
         inFeatures = model.layers.map(\.inFeatures)
         self.masks = masks
-        let perEpoch = data.count / spec.batch, every = spec.checkpointEvery
+        let perEpoch = trainCount / spec.batch, every = spec.checkpointEvery
         stepsPerEpoch = perEpoch
         let rounds = job.spec.schedule?.rounds(final: job.plan.sparsity, fineTune: spec.epochs)
         self.rounds = rounds
@@ -146,6 +163,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return (k, k > 0 ? TrainPhase.checkpointID(step: k) : nil)
     }
 
+    /// The step at which round `r` ends (a checkpoint with the weights: an epoch's end).
+    func roundEnd(_ r: Int) -> Int { r + 1 < roundStarts.count ? roundStarts[r + 1] : totalSteps }
+
     /// The tasks that decide a round's masks.
     private func maskTasks(round r: Int) -> [TaskID] {
         rounds == nil ? masks.compactMap { $0 }.flatMap { $0.source.producers(of: $0.name) } : [TrainPhase.pruneID(round: r)]
@@ -164,8 +184,10 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         var next = 0
         for t in 0..<totalSteps {
             if rounds != nil, let r = roundStarts.firstIndex(of: t) {
-                // A round prunes the weights the last one reached (the start's, for the first).
-                out.append(PhaseTask(TrainPhase.pruneID(round: r), after: r == 0 ? [] : [TrainPhase.checkpointID(step: t)] + maskTasks(round: r - 1)))
+                // A round prunes the weights the last one reached (the start's, for the first);
+                // an adaptive round those of any round before it, and reads all their weights.
+                let earlier = adaptive == nil ? Array((0..<r).suffix(1)) : Array(0..<r)
+                out.append(PhaseTask(TrainPhase.pruneID(round: r), after: earlier.flatMap { [TrainPhase.checkpointID(step: roundEnd($0)), TrainPhase.pruneID(round: $0)] }))
             }
             let r = round(ofStep: t)
             let inputs = stateInputs(step: t, round: r)
@@ -194,15 +216,23 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     /// `train.lr_schedule: cosine`: the step size of step s, from `learning_rate` at the
     /// first step down towards 0 at the last, over the whole job (computed here, once, so
-    /// every worker applies the same F32 value).
+    /// every worker applies the same F32 value). With an adaptive schedule the cosine
+    /// restarts in each round: a round's accuracy, which decides the next level, is
+    /// measured at the end of its own annealing, as the start's was.
     func learningRate(step s: Int) -> Float {
-        Float(spec.learningRate * 0.5 * (1 + cos(Double.pi * Double(s) / Double(totalSteps))))
+        var first = 0, count = totalSteps
+        if adaptive != nil {
+            let r = round(ofStep: s)
+            first = roundStarts[r]
+            count = roundEnd(r) - first
+        }
+        return Float(spec.learningRate * 0.5 * (1 + cos(Double.pi * Double(s - first) / Double(count))))
     }
 
     /// The examples of epoch e in the order it visits them (a seeded Fisher–Yates shuffle).
     func order(epoch e: Int) -> [Int] {
         if let o = orders[e] { return o }
-        var order = Array(0..<data.count)
+        var order = Array(0..<trainCount)
         var random = SeededRandom(seed: spec.seed, stream: "train-order", UInt64(e))
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, random.below(i + 1)) }
         if orders.count > 4 { orders.removeAll() }
@@ -295,18 +325,27 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             if !w.resetSums { w.baseSums = try outputs.ref(TrainPhase.sums, of: TrainPhase.checkpointID(step: b)) }
             w.epochEnd = k % stepsPerEpoch == 0
         case .prune(let r):
-            // The state the last round reached (the start, for the first), pruned further.
-            w = try setup(round: r - 1, outputs: outputs)
+            // The state the last round reached (the start, for the first), pruned further;
+            // an adaptive round's base and level come from the rounds before it.
+            var base = r - 1, level = rounds![r].sparsity
+            if adaptive != nil {
+                let decided = try adaptiveLevels(outputs: outputs, done: r).rounds[r]
+                base = decided.base
+                level = decided.sparsity
+            }
+            w = try setup(round: base, outputs: outputs)
             w.action = TrainStep.prune
-            let start = roundStarts[r]
-            w.baseStep = UInt32(start)
-            if start > 0 {
-                w.base = try outputs.ref(TrainPhase.state, of: TrainPhase.checkpointID(step: start))
-                w.baseLineage = Data(try outputs.bytes(TrainPhase.lineage, of: TrainPhase.checkpointID(step: start)))
+            if base >= 0 {
+                let end = roundEnd(base)
+                w.baseStep = UInt32(end)
+                w.base = try outputs.ref(TrainPhase.state, of: TrainPhase.checkpointID(step: end))
+                w.baseLineage = Data(try outputs.bytes(TrainPhase.lineage, of: TrainPhase.checkpointID(step: end)))
             } else {
                 w.baseLineage = w.startLineage
             }
-            w.sparsity = rounds![r].sparsity
+            w.roundStep = UInt32(roundStarts[r])
+            guard let level else { throw PruningError("\(task): no level") }
+            w.sparsity = level
             w.pattern = job.plan.pattern.description
             w.pruneLayers = masks.map { $0 != nil }
         }
@@ -363,7 +402,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// The trained parameters (flat order), from the last checkpoint: read once for all
     /// the tensors assembly asks for (each of them several times), keyed by the digest.
     func finalParameters(outputs: OutputStore) throws -> [Float] {
-        let id = TrainPhase.checkpointID(step: totalSteps)
+        let id = TrainPhase.checkpointID(step: try finalRound(outputs: outputs).map(roundEnd) ?? totalSteps)
         let digest = try outputs.ref(TrainPhase.weights, of: id).sha256
         if let cached = finalCache, cached.digest == digest { return cached.values }
         let values = try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: id), what: "trained weights")
@@ -371,6 +410,70 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return values
     }
     private var finalCache: (digest: String, values: [Float])?
+
+    // MARK: Adaptive schedule
+
+    /// The round whose end state and masks are the job's result: an adaptive schedule's
+    /// chosen round (its last, when none met the budget), another schedule's last; nil
+    /// without a schedule.
+    func finalRound(outputs: OutputStore) throws -> Int? {
+        guard let rounds else { return nil }
+        guard adaptive != nil else { return rounds.count - 1 }
+        return try adaptiveLevels(outputs: outputs, done: rounds.count).chosen ?? rounds.count - 1
+    }
+
+    /// An adaptive schedule's decisions once rounds 0..<done are finished: the levels and
+    /// bases of rounds 0...done, from each finished round's validation accuracy.
+    func adaptiveLevels(outputs: OutputStore, done: Int) throws -> AdaptiveLevels {
+        guard let adaptive, let rounds else { throw PruningError("not an adaptive schedule") }
+        let accuracies = try (0..<done).map { g -> Double in
+            let id = TrainPhase.checkpointID(step: roundEnd(g))
+            let digest = try outputs.ref(TrainPhase.weights, of: id).sha256
+            if let a = validated[digest] { return a }
+            let flat = try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: id), what: "round \(g)'s weights")
+            guard let p = MLPTraining.unflatten(flat, like: try startModel().parameters) else { throw PruningError("round \(g)'s weights: \(flat.count) values") }
+            let a = try validationAccuracy(p)
+            validated[digest] = a
+            return a
+        }
+        return AdaptiveLevels(initial: adaptive.initial, step: adaptive.step, maximum: job.plan.sparsity, budget: adaptive.budget,
+                              count: rounds.count, reference: try referenceAccuracy(), accuracies: accuracies)
+    }
+    /// Validation accuracy by the digest of the weights it was measured on.
+    private var validated: [String: Double] = [:]
+    private var reference: Double?
+    private var start: MLPModel?
+
+    private func startModel() throws -> MLPModel {
+        if let start { return start }
+        let m = try MLPModel(directory: job.checkpoint.directory)
+        start = m
+        return m
+    }
+
+    /// The start's accuracy on the held-out examples: what the budget is measured from.
+    func referenceAccuracy() throws -> Double {
+        if let reference { return reference }
+        let a = try validationAccuracy(try startModel().parameters)
+        reference = a
+        return a
+    }
+
+    /// Top-1 accuracy on the held-out examples (trainCount..<count).
+    private func validationAccuracy(_ parameters: MLPGradient.Parameters) throws -> Double {
+        let rows = data.count - trainCount, width = data.width
+        guard rows > 0 else { throw PruningError("no validation examples") }
+        let x = Array(data.inputs[(trainCount * width)..<(data.count * width)])
+        let labels = data.labels[trainCount...].map { Int32(clamping: $0) }
+        let correct = MLPGradient.evaluate(try startModel(), parameters: parameters, x: x, labels: labels, rows: rows, gradients: false).correct
+        return Double(correct) / Double(rows)
+    }
+
+    /// The level the job's result was pruned to, where a schedule decided it (adaptive).
+    func chosenLevel(outputs: OutputStore) throws -> Double? {
+        guard adaptive != nil, let r = try finalRound(outputs: outputs) else { return nil }
+        return try adaptiveLevels(outputs: outputs, done: rounds!.count).rounds[r].sparsity
+    }
 
     private func values(_ name: String, outputs: OutputStore) throws -> [Float] {
         guard let i = parameterNames.firstIndex(of: name) else { throw PruningError("\(name) is not trained") }
@@ -396,6 +499,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     func history(outputs: OutputStore) throws -> Manifest.Training {
         let model = try MLPModel(directory: job.checkpoint.directory)
         let test = try job.spec.evaluation.map { try LabelledData.load($0.data, limit: $0.samples) }
+        let levels = try adaptive.map { _ in try adaptiveLevels(outputs: outputs, done: rounds!.count) }
         let epochs = try self.epochs(outputs: outputs).enumerated().map { e, epoch -> Manifest.Training.Epoch in
             var accuracy: Double?
             if let test, test.width == config.input, test.count > 0, let training = MLPTraining.unflatten(epoch.parameters, like: model.parameters) {
@@ -403,11 +507,21 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
                                                    rows: test.count, gradients: false).correct
                 accuracy = Double(correct) / Double(test.count)
             }
+            let r = round(ofStep: (e + 1) * stepsPerEpoch - 1)
             return .init(epoch: e + 1, trainLoss: epoch.loss, trainAccuracy: epoch.accuracy, testAccuracy: accuracy,
-                         sparsity: rounds?[round(ofStep: (e + 1) * stepsPerEpoch - 1)].sparsity)
+                         sparsity: levels.map { $0.rounds[r].sparsity } ?? rounds?[r].sparsity)
         }
-        return Manifest.Training(optimizer: spec.optimizer.rawValue, learningRate: spec.learningRate, batch: spec.batch, shards: spec.shards,
-                                 examples: data.count, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
+        var history = Manifest.Training(optimizer: spec.optimizer.rawValue, learningRate: spec.learningRate, batch: spec.batch, shards: spec.shards,
+                                        examples: trainCount, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
+        if let adaptive, let levels {
+            history.adaptive = .init(budget: adaptive.budget, validationExamples: data.count - trainCount, referenceAccuracy: try referenceAccuracy(),
+                                     rounds: levels.rounds.enumerated().map { r, round in
+                                         .init(round: r, sparsity: round.sparsity, baseRound: round.base, validationAccuracy: round.accuracy,
+                                               met: round.met)
+                                     },
+                                     chosenRound: levels.chosen, sparsity: try chosenLevel(outputs: outputs) ?? 0)
+        }
+        return history
     }
 
     // MARK: PrunedTensorSource, UpdatedTensorSource
@@ -416,17 +530,17 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     public func producers(of tensor: String) -> [TaskID] { [TrainPhase.checkpointID(step: totalSteps)] }
 
-    /// A schedule's masks are its last round's; otherwise the job's.
+    /// A schedule's masks are its final round's; otherwise the job's.
     public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
         guard let m = masks.compactMap({ $0 }).first(where: { $0.name == tensor }) else { throw PruningError("\(tensor) is not pruned by this job") }
-        if let rounds { return ([try outputs.ref(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: rounds.count - 1))], nil) }
+        if let r = try finalRound(outputs: outputs) { return ([try outputs.ref(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: r))], nil) }
         return (try m.source.maskParts(of: tensor, outputs: outputs).masks, nil)
     }
 
     public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
         guard let m = masks.compactMap({ $0 }).first(where: { $0.name == tensor }) else { throw PruningError("\(tensor) is not pruned by this job") }
-        if let rounds, let l = config.layers.firstIndex(where: { $0.weight == tensor }) {
-            let bits = try outputs.bytes(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: rounds.count - 1))
+        if let r = try finalRound(outputs: outputs), let l = config.layers.firstIndex(where: { $0.weight == tensor }) {
+            let bits = try outputs.bytes(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: r))
             return try Mask(rows: parameterSizes[parameterNames.firstIndex(of: tensor)!] / inFeatures[l], cols: inFeatures[l], bits: bits)
         }
         return try m.source.mask(of: tensor, outputs: outputs)

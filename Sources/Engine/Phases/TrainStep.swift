@@ -158,13 +158,14 @@ enum TrainStep {
     }
 
     /// A schedule's round: magnitude masks at the round's level (within the job's pattern)
-    /// on the weights reached, and the state the round trains from: those weights masked,
-    /// a fresh optimizer state, the same step.
+    /// on the base's weights, and the state the round trains from: those weights masked,
+    /// a fresh optimizer state, at the round's first step.
     private static func pruned(_ training: MLPTraining, _ r: Prune_V1_TrainTask, model: MLPModel, optimizer: MLPTraining.Optimizer,
                                lineage: String, where where_: String) throws -> TaskOutputs {
         guard r.sparsity.isFinite, r.sparsity >= 0, r.sparsity < 1, r.pruneLayers.count == model.layers.count else {
             throw PruningError("\(where_): bad sparsity or layer list")
         }
+        guard Int(r.roundStep) >= training.step else { throw PruningError("\(where_): a round starting at step \(r.roundStep), before its base's \(training.step)") }
         let pattern = try SparsityPattern(parsing: r.pattern)
         var payloads: [(name: String, bytes: [UInt8])] = []
         var masks: [[Bool]?] = []
@@ -178,9 +179,10 @@ enum TrainStep {
             payloads.append((TrainPhase.mask(layer.name).rawValue, mask.bits))
             masks.append((0..<(layer.outFeatures * layer.inFeatures)).map { mask[$0 / layer.inFeatures, $0 % layer.inFeatures] })
         }
-        let next = MLPTraining(parameters: training.parameters, masks: masks, optimizer: optimizer, step: training.step)
+        let next = MLPTraining(parameters: training.parameters, masks: masks, optimizer: optimizer, step: Int(r.roundStep))
         var h = SHA256Stream()
-        h.update(Array("\(lineage)\nprune \(r.sparsity.bitPattern) \(r.pattern) \(r.pruneLayers)".utf8))
+        // The round's step too: an adaptive schedule may prune one base to one level twice.
+        h.update(Array("\(lineage)\nprune \(r.sparsity.bitPattern) \(r.pattern) \(r.pruneLayers) at \(r.roundStep)".utf8))
         payloads.append((TrainPhase.state.rawValue, next.serialized()))
         payloads.append((TrainPhase.lineage.rawValue, Array(h.finalizeHex().utf8)))
         return TaskOutputs(payloads: payloads)
