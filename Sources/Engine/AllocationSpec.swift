@@ -175,8 +175,8 @@ public struct Allocation: Sendable, Equatable {
         if case .rows = pattern {
             throw SpecError("\(where_(file, node)): allocation: \(chosen.rawValue) is not built for pattern \(pattern); use unstructured or per_row")
         }
-        if method.usesGradients {
-            throw SpecError("\(where_(file, node)): allocation: \(chosen.rawValue) is not built for method \(method.rawValue) (gradient scores); use allocation uniform")
+        if method.usesGradients && chosen != .global {
+            throw SpecError("\(where_(file, node)): allocation: \(chosen.rawValue) is not built for method \(method.rawValue) (gradient scores); use allocation uniform or global")
         }
         if chosen == .owl && !method.needsCalibration {
             throw SpecError("\(where_(file, node)): allocation: owl scores blocks with Wanda's calibration statistics; use method wanda or sparsegpt with a calibration section")

@@ -40,8 +40,8 @@ final class GradientClusterTests: XCTestCase {
         filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
     }
 
-    private func run(_ name: String, method: String, pattern: String, workers: Int) throws -> [String: Data] {
-        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try spec(name, method: method, pattern: pattern)], cwd: dir.path)
+    private func run(_ name: String, method: String, pattern: String, extra: String = "", workers: Int) throws -> [String: Data] {
+        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try spec(name, method: method, pattern: pattern, extra: extra)], cwd: dir.path)
         XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
         return outputs(name)
     }
@@ -62,7 +62,7 @@ final class GradientClusterTests: XCTestCase {
             XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
             let tasks = try Ledger(path: dir.file("\(tag)-w2/ledger.sqlite"), create: false, readOnly: true).tasks()
             XCTAssertEqual(tasks.filter { $0.id.hasPrefix("gradient:grad:") }.count, 3, tag)
-            XCTAssertEqual(tasks.filter { $0.id.hasPrefix("gradient:score:") }.count, 3 * 7, tag)
+            XCTAssertEqual(tasks.filter { $0.phase == "gradient-score" }.count, 3 * 7, tag)
             XCTAssertFalse(tasks.contains { $0.phase == "calibrate" }, tag)
             let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("\(tag)-w2/out/manifest.json"))))
             XCTAssertEqual(manifest.method, method)
@@ -72,6 +72,22 @@ final class GradientClusterTests: XCTestCase {
         }
         XCTAssertNotEqual(masks["taylor-u"], masks["magnitude-u"])
         XCTAssertNotEqual(masks["taylor-u"], masks["fisher-u"])
+    }
+
+    /// `allocation: global` on Fisher saliencies: one threshold over the model from the
+    /// gradient shards' histograms; the layers get different levels whose weighted mean is
+    /// the target, the same bytes for 0 and 2 workers.
+    func testFisherWithAGlobalThreshold() throws {
+        let expected = try run("global-w0", method: "fisher", pattern: "unstructured", extra: "allocation: global", workers: 0)
+        XCTAssertEqual(try run("global-w2", method: "fisher", pattern: "unstructured", extra: "allocation: global", workers: 2), expected)
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("global-w2/out/manifest.json"))))
+        let pruned = manifest.tensors.values.filter(\.pruned)
+        let levels = Set(pruned.compactMap(\.targetSparsity))
+        XCTAssertGreaterThan(levels.count, 3, "\(levels)")
+        let masked = pruned.reduce(0) { $0 + $1.masked }, elements = pruned.reduce(0) { $0 + $1.elements }
+        XCTAssertEqual(Double(masked) / Double(elements), 0.5, accuracy: 0.005)
+        let check = try Subprocess.prune(["check", "model", "global-w2"], cwd: dir.path)
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
 
     /// Gradient methods refuse what they cannot serve: no calibration, an allocation.

@@ -8,6 +8,7 @@
 # of SAMPLES_PER_TASK windows (default 16: 4 gradient tasks of 424 MB of gradients each).
 #   ops/bench/gradient.sh [WORKDIR]
 #   PATTERNS="per_row 2:4" METHODS="wanda taylor fisher" WORKERS="1 2" SPARSITY=0.5
+#   ALLOCATION=global (one Fisher/Taylor/Wanda threshold over the model; unstructured or per_row)
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-gradient-bench}")"
 cd "$(dirname "$0")/../.."
@@ -19,7 +20,7 @@ for pattern in ${PATTERNS:-per_row 2:4}; do
   for method in ${METHODS:-wanda taylor fisher}; do
     first=""
     for w in ${WORKERS:-2}; do
-      name="$method-$(echo "$pattern" | tr -d ':')-w$w"
+      name="$method-$(echo "$pattern" | tr -d ':')${ALLOCATION:+-$ALLOCATION}-w$w"
       rm -rf "${work:?}/$name"
       {
         echo "model: $work/model"
@@ -27,6 +28,7 @@ for pattern in ${PATTERNS:-per_row 2:4}; do
         echo "method: $method"
         echo "sparsity: ${SPARSITY:-0.5}"
         echo "pattern: '$pattern'"
+        [ -z "${ALLOCATION:-}" ] || echo "allocation: $ALLOCATION"
         echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0, samples_per_task: ${SAMPLES_PER_TASK:-16}}"
         echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
       } > "$work/$name.yaml"

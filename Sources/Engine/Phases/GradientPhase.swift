@@ -4,21 +4,19 @@ import Protocol
 import Pruning
 import Tensors
 
-/// Gradient-based importance (`method: taylor` or `fisher`) of a Llama-family model:
-/// `gradient:S` runs shard S of the calibration windows through the dense model one
-/// window at a time and accumulates each window's gradient of its summed next-token
-/// cross-entropy with respect to every target weight (`LlamaGradient`): Σ g for Taylor,
-/// Σ g² for Fisher (the empirical diagonal Fisher needs each window's square, so windows
-/// are never batched). `score:NAME` sums a tensor's shards in shard order, scores its
-/// weights, |w · Σ g| (first-order Taylor, LLM-Pruner's element-wise form) or w² · Σ g²
-/// (the Fisher saliency, ½ F_ii w_i² without the constant), and selects its mask under
-/// the job's pattern. The bytes depend on the windows and the shard size, never on the
-/// worker count.
-public final class GradientPhase: Phase, PrunedTensorSource {
+/// Gradient-based importance (`method: taylor` or `fisher`) of a Llama-family model,
+/// first half: `gradient:grad:S` runs shard S of the calibration windows through the
+/// dense model one window at a time and accumulates each window's gradient of its summed
+/// next-token cross-entropy with respect to every target weight (`LlamaGradient`): Σ g
+/// for Taylor, Σ g² for Fisher (the empirical diagonal Fisher needs each window's square,
+/// so windows are never batched). `GradientScorePhase` turns them into masks, and
+/// `allocation: global` into one threshold over the model (`HistogramPhase`). The bytes
+/// depend on the windows and the shard size, never on the worker count.
+public final class GradientPhase: Phase {
     public static let name = "gradient"
     private let job: JobContext
     private let calibration: CalibrationPlan
-    private let targets: [PlannedTensor]
+    let targets: [PlannedTensor]
     private let forwardTensors: [String]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
@@ -40,40 +38,33 @@ public final class GradientPhase: Phase, PrunedTensorSource {
     static let maxResultBytes = (1 << 30) - (16 << 20)
 
     static func gradientID(shard s: Int) -> TaskID { TaskID(name, "grad:\(s)") }
-    static func scoreID(_ tensor: String) -> TaskID { TaskID(name, "score:\(tensor)") }
     static func gradient(_ tensor: String) -> OutputName { OutputName("grad:\(tensor)") }
     static let loss = OutputName("loss")
 
     private var shards: Range<Int> { 0..<calibration.shardCount }
 
-    public var tasks: [PhaseTask] {
-        let gradients = shards.map { GradientPhase.gradientID(shard: $0) }
-        return gradients.map { PhaseTask($0) } + targets.map { PhaseTask(GradientPhase.scoreID($0.name), after: gradients) }
+    /// Every gradient task: what a score of any tensor waits for.
+    var gradientTasks: [TaskID] { shards.map { GradientPhase.gradientID(shard: $0) } }
+
+    public var tasks: [PhaseTask] { gradientTasks.map { PhaseTask($0) } }
+
+    /// A tensor's accumulated gradient in every shard, in shard order.
+    func gradientRefs(of tensor: String, outputs: OutputStore) throws -> [Prune_V1_ArtifactRef] {
+        try gradientTasks.map { try outputs.ref(GradientPhase.gradient(tensor), of: $0) }
     }
 
     public func isTransient(_ name: OutputName) -> Bool { name.rawValue.hasPrefix("grad:") }
 
-    private var square: Bool { job.spec.method == .fisher }
-
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
-        if let s = shard(of: task) {
-            var g = Prune_V1_GradientTask()
-            g.configJson = Data(calibration.configJSON)
-            g.weights = forwardTensors.map { job.tensorRef(job.checkpoint.info($0)!) }
-            g.tokenIds = calibration.windows(shard: s).flatMap { $0 }
-            g.tokens = UInt32(calibration.tokens)
-            g.targets = targets.map(\.name)
-            g.square = square
-            return .gradient(g)
-        }
-        guard let target = target(of: task) else { throw PruningError("no gradient task \(task)") }
-        var g = Prune_V1_GradientScoreTask()
-        g.tensor = job.tensorRef(job.checkpoint.info(target.name)!)
-        g.shards = try shards.map { try outputs.ref(GradientPhase.gradient(target.name), of: GradientPhase.gradientID(shard: $0)) }
-        g.square = square
-        g.pattern = job.plan.pattern.description
-        g.sparsity = job.plan.sparsity
-        return .gradientScore(g)
+        guard let s = shard(of: task) else { throw PruningError("no gradient task \(task)") }
+        var g = Prune_V1_GradientTask()
+        g.configJson = Data(calibration.configJSON)
+        g.weights = forwardTensors.map { job.tensorRef(job.checkpoint.info($0)!) }
+        g.tokenIds = calibration.windows(shard: s).flatMap { $0 }
+        g.tokens = UInt32(calibration.tokens)
+        g.targets = targets.map(\.name)
+        g.square = job.spec.method == .fisher
+        return .gradient(g)
     }
 
     private func shard(of task: TaskID) -> Int? {
@@ -81,41 +72,23 @@ public final class GradientPhase: Phase, PrunedTensorSource {
         return s
     }
 
-    private func target(of task: TaskID) -> PlannedTensor? {
-        guard task.phase == Self.name, task.key.hasPrefix("score:") else { return nil }
-        let name = String(task.key.dropFirst(6))
-        return targets.first { $0.name == name }
-    }
-
-    public func outputNames(of task: TaskID) -> [OutputName] {
-        if shard(of: task) != nil { return targets.map { GradientPhase.gradient($0.name) } + [GradientPhase.loss] }
-        return [.mask]
-    }
+    public func outputNames(of task: TaskID) -> [OutputName] { targets.map { GradientPhase.gradient($0.name) } + [GradientPhase.loss] }
 
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
-        if let s = shard(of: task) {
-            guard outputs.count == targets.count + 1 else { return "result of \(task): \(outputs.count) payloads" }
-            for (t, bytes) in zip(targets, outputs) where bytes.count != t.rows * t.cols * 4 {
-                return "result of \(task): the gradient of \(t.name) has \(bytes.count) bytes"
-            }
-            let windows = calibration.windows(shard: s).count
-            guard let loss = try? FloatPayload.doubles(outputs.last!, what: "loss"), loss.count == 2, loss[0].isFinite, loss[0] >= 0,
-                  loss[1] == Double(windows * (calibration.tokens - 1)) else { return "result of \(task): bad loss" }
-            return nil
+        guard let s = shard(of: task) else { return "no gradient task \(task)" }
+        guard outputs.count == targets.count + 1 else { return "result of \(task): \(outputs.count) payloads" }
+        for (t, bytes) in zip(targets, outputs) where bytes.count != t.rows * t.cols * 4 {
+            return "result of \(task): the gradient of \(t.name) has \(bytes.count) bytes"
         }
-        guard let t = target(of: task) else { return "no gradient task \(task)" }
-        guard outputs.count == 1, (try? Mask(rows: t.rows, cols: t.cols, bits: outputs[0])) != nil else {
-            return "result of \(task) is not a \(t.rows)×\(t.cols) mask"
-        }
+        let windows = calibration.windows(shard: s).count
+        guard let loss = try? FloatPayload.doubles(outputs.last!, what: "loss"), loss.count == 2, loss[0].isFinite, loss[0] >= 0,
+              loss[1] == Double(windows * (calibration.tokens - 1)) else { return "result of \(task): bad loss" }
         return nil
     }
 
     public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
-        switch work {
-        case .gradient(let g): return try gradients(g, inputs: inputs)
-        case .gradientScore(let g): return try score(g, inputs: inputs)
-        default: return nil
-        }
+        guard case .gradient(let g) = work else { return nil }
+        return try gradients(g, inputs: inputs)
     }
 
     /// One shard: each window's gradient, accumulated in window order.
@@ -162,6 +135,62 @@ public final class GradientPhase: Phase, PrunedTensorSource {
         outputs.volatile = Set(g.targets.map { GradientPhase.gradient($0).rawValue })
         return outputs
     }
+}
+
+/// Gradient-based importance, second half: `gradient-score:NAME` sums a tensor's shards
+/// in shard order, scores its weights (`GradientScores`) and selects its mask under the
+/// job's pattern at its level (the job's sparsity, or an allocation's).
+public final class GradientScorePhase: Phase, PrunedTensorSource {
+    public static let name = "gradient-score"
+    private let job: JobContext
+    private let gradients: GradientPhase
+    private let levels: (any LevelSource)?
+
+    public init?(job: JobContext, earlier: [any Phase]) throws {
+        guard let gradients = earlier.compactMap({ $0 as? GradientPhase }).first else { return nil }
+        self.job = job
+        self.gradients = gradients
+        levels = earlier.compactMap { $0 as? LevelSource }.first
+    }
+
+    static func scoreID(_ tensor: String) -> TaskID { TaskID(name, tensor) }
+
+    private var targets: [PlannedTensor] { gradients.targets }
+
+    public var tasks: [PhaseTask] {
+        targets.map { PhaseTask(GradientScorePhase.scoreID($0.name), after: gradients.gradientTasks + (levels.map { [$0.levelsTask] } ?? [])) }
+    }
+
+    private func target(of task: TaskID) -> PlannedTensor? {
+        guard task.phase == Self.name else { return nil }
+        return targets.first { $0.name == task.key }
+    }
+
+    public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
+        guard let target = target(of: task) else { throw PruningError("no gradient score task \(task)") }
+        var g = Prune_V1_GradientScoreTask()
+        g.tensor = job.tensorRef(job.checkpoint.info(target.name)!)
+        g.shards = try gradients.gradientRefs(of: target.name, outputs: outputs)
+        g.square = job.spec.method == .fisher
+        g.pattern = job.plan.pattern.description
+        g.sparsity = try levels?.level(of: target.name, outputs: outputs) ?? job.plan.sparsity
+        return .gradientScore(g)
+    }
+
+    public func outputNames(of task: TaskID) -> [OutputName] { [.mask] }
+
+    public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
+        guard let t = target(of: task) else { return "no gradient score task \(task)" }
+        guard outputs.count == 1, (try? Mask(rows: t.rows, cols: t.cols, bits: outputs[0])) != nil else {
+            return "result of \(task) is not a \(t.rows)×\(t.cols) mask"
+        }
+        return nil
+    }
+
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        guard case .gradientScore(let g) = work else { return nil }
+        return try score(g, inputs: inputs)
+    }
 
     /// One tensor's scores from its shards and its mask.
     private static func score(_ g: Prune_V1_GradientScoreTask, inputs: TaskInputs) throws -> TaskOutputs {
@@ -170,17 +199,7 @@ public final class GradientPhase: Phase, PrunedTensorSource {
         guard let shape = reader.shape(of: name), shape.count == 2 else { throw PruningError("gradient score task: \(name) is not a matrix") }
         let rows = shape[0], cols = shape[1]
         let weights = try reader.floats(name)
-        guard !g.shards.isEmpty else { throw PruningError("gradient score task: \(name) has no gradient shards") }
-        var sum = [Float](repeating: 0, count: weights.count)
-        for ref in g.shards {
-            let part = try FloatPayload.floats(try inputs.artifact(ref), what: "gradient of \(name)")
-            guard part.count == sum.count else { throw PruningError("gradient score task: a gradient of \(name) has \(part.count) values, expected \(sum.count)") }
-            for k in 0..<sum.count { sum[k] += part[k] }
-        }
-        var scores = [Float](repeating: 0, count: weights.count)
-        for k in 0..<scores.count {
-            scores[k] = g.square ? weights[k] * weights[k] * sum[k] : abs(weights[k] * sum[k])
-        }
+        let scores = try GradientScores.scores(weights: weights, shards: g.shards, square: g.square, name: name, inputs: inputs)
         let mask = try scores.withUnsafeBufferPointer {
             try MaskSelection.mask(scores: $0, rows: rows, cols: cols, pattern: try SparsityPattern(parsing: g.pattern), sparsity: g.sparsity)
         }
@@ -191,14 +210,35 @@ public final class GradientPhase: Phase, PrunedTensorSource {
 
     public var prunedTensors: Set<String> { Set(targets.map(\.name)) }
 
-    public func producers(of tensor: String) -> [TaskID] { [GradientPhase.scoreID(tensor)] }
+    public func producers(of tensor: String) -> [TaskID] { [GradientScorePhase.scoreID(tensor)] }
 
     public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
-        ([try outputs.ref(.mask, of: GradientPhase.scoreID(tensor))], nil)
+        ([try outputs.ref(.mask, of: GradientScorePhase.scoreID(tensor))], nil)
     }
 
     public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
         guard let t = targets.first(where: { $0.name == tensor }) else { throw PruningError("\(tensor) is not pruned by this job") }
-        return try Mask(rows: t.rows, cols: t.cols, bits: try outputs.bytes(.mask, of: GradientPhase.scoreID(tensor)))
+        return try Mask(rows: t.rows, cols: t.cols, bits: try outputs.bytes(.mask, of: GradientScorePhase.scoreID(tensor)))
+    }
+}
+
+/// The scores of gradient-based importance, from a tensor's weights and its gradient
+/// shards summed in shard order: |w · Σ g| (first-order Taylor, LLM-Pruner's element-wise
+/// form) or w² · Σ g² (the Fisher saliency ½ F_ii w_i², the loss a weight's removal costs
+/// to second order with the empirical Fisher for the Hessian, without the constant: it
+/// compares across layers, which `allocation: global` uses).
+enum GradientScores {
+    static func scores(weights: [Float], shards: [Prune_V1_ArtifactRef], square: Bool, name: String, inputs: TaskInputs) throws -> [Float] {
+        guard !shards.isEmpty else { throw PruningError("gradient scores: \(name) has no gradient shards") }
+        var sum = [Float](repeating: 0, count: weights.count)
+        for ref in shards {
+            try Cancellation.checkpoint()
+            let part = try FloatPayload.floats(try inputs.artifact(ref), what: "gradient of \(name)")
+            guard part.count == sum.count else { throw PruningError("gradient scores: a gradient of \(name) has \(part.count) values, expected \(sum.count)") }
+            for k in 0..<sum.count { sum[k] += part[k] }
+        }
+        var scores = [Float](repeating: 0, count: weights.count)
+        for k in 0..<scores.count { scores[k] = square ? weights[k] * weights[k] * sum[k] : abs(weights[k] * sum[k]) }
+        return scores
     }
 }

@@ -9,16 +9,19 @@ import Tensors
 /// - `histogram:cut`: the coarse bucket holding the k-th smallest score of all tensors;
 /// - `histogram:2:NAME`: the tensor's count below that bucket and its fine histogram in it.
 /// The allocation task reads the round-2 results and gives each tensor the level the exact
-/// threshold implies. Scores: magnitude |W|, or Wanda's with dense statistics (the profile
-/// pass's, or the job's own in dense Wanda jobs). The histograms are transient.
+/// threshold implies. Scores: magnitude |W|, Wanda's with dense statistics (the profile
+/// pass's, or the job's own in dense Wanda jobs), or Taylor's or Fisher's from the
+/// gradient shards (`GradientScores`). The histograms are transient.
 public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
     public static let name = "histogram"
     public static let histogram = OutputName("histogram")
     /// The coarse bucket (u64).
     public static let cut = OutputName("cut")
     private let job: JobContext
-    /// Where Wanda's statistics come from; nil for magnitude scores.
+    /// Where Wanda's statistics come from; nil for magnitude and gradient scores.
     private let statistics: CalibratePhase?
+    /// Where Taylor's and Fisher's gradients come from.
+    private let gradients: GradientPhase?
     /// The targets in order, with their decoder blocks (0 without calibration).
     private let targets: [(block: Int, name: String)]
     private let blockOf: [String: Int]
@@ -26,13 +29,15 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard job.spec.allocation.method == .global else { return nil }
         self.job = job
-        if job.spec.method.needsCalibration {
+        gradients = earlier.compactMap { $0 as? GradientPhase }.first
+        if job.spec.method.needsCalibration && gradients == nil {
             let statistics = try ProfilePhase.denseStatistics(in: earlier, allocation: .global)
             self.statistics = statistics
             targets = statistics.calibration.targetsWithBlocks
         } else {
             statistics = nil
-            targets = job.plan.targets.map { (0, $0.name) }
+            targets = gradients.map { g in job.calibration!.targetsWithBlocks.filter { t in g.targets.contains { $0.name == t.name } } }
+                ?? job.plan.targets.map { (0, $0.name) }
         }
         blockOf = Dictionary(targets.map { ($0.name, $0.block) }, uniquingKeysWith: { a, _ in a })
     }
@@ -49,7 +54,7 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
     }
 
     private func statisticsTasks(_ tensor: String) -> [TaskID] {
-        statistics.map { $0.tasks(block: blockOf[tensor] ?? 0) } ?? []
+        statistics.map { $0.tasks(block: blockOf[tensor] ?? 0) } ?? gradients?.gradientTasks ?? []
     }
 
     private var total: UInt64 { targets.reduce(0) { $0 + UInt64(job.checkpoint.info($1.name)?.elementCount ?? 0) } }
@@ -82,6 +87,7 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
             let b = blockOf[tensor] ?? 0
             h.statistics = try statistics.statistics(of: statistics.calibration.statisticsKey(for: tensor, block: b), block: b, outputs: outputs)
         }
+        if let gradients { h.statistics = try gradients.gradientRefs(of: tensor, outputs: outputs) }
         if round == 2 { h.cut = try outputs.ref(HistogramPhase.cut, of: HistogramPhase.cutID) }
         return .histogram(h)
     }
@@ -140,6 +146,8 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
         let weights = try reader.floats(name)
         let criterion: any ImportanceCriterion
         switch JobSpec.Method(rawValue: h.criterion) {
+        case let method? where method.usesGradients:
+            return try GradientScores.scores(weights: weights, shards: h.statistics, square: method == .fisher, name: name, inputs: inputs)
         case .magnitude: criterion = MagnitudeCriterion()
         case .wanda:
             let norms = try WandaStatistics.merged(count: h.statistics.count, layer: name) { try inputs.artifact(h.statistics[$0]) }

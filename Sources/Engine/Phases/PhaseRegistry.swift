@@ -8,6 +8,7 @@ import Tensors
 /// in `Prune_V1_Assign.work`. Executors and workers find phases only through this list.
 public enum PhaseRegistry {
     public static let all: [any Phase.Type] = [
+        GradientPhase.self,
         CalibratePhase.self,
         ProfilePhase.self,
         OutlierPhase.self,
@@ -16,7 +17,7 @@ public enum PhaseRegistry {
         AllocationPhase.self,
         LevelDatabasePhase.self,
         EvolutionPhase.self,
-        GradientPhase.self,
+        GradientScorePhase.self,
         MaskPhase.self,
         LayerPrunePhase.self,
         BlockRefitPhase.self,
