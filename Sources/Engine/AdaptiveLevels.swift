@@ -4,21 +4,26 @@ import Foundation
 /// sparsity and the state it starts from, decided from the validation accuracy of the
 /// rounds before it. A round meets the budget when its accuracy is at least the start's
 /// minus `budget`. The search keeps the highest level that met it (`lo`, the start's 0
-/// before any) and the lowest that did not (`hi`):
+/// before any) and the lowest above it that did not (`hi`):
 /// - the first round tries `initial`;
-/// - after a round that met the budget, the next tries `lo + step` (at most `maximum`);
-///   after one that did not, halfway between `lo` and `hi` (bisection);
-/// - when `lo` is the maximum or the interval is narrower than twice `resolution`, the
-///   search is over and the rounds go on fine-tuning `lo` (each from the latest state
-///   at `lo` that met the budget);
+/// - while no level has missed, the next round tries `lo + step` (at most `maximum`);
+///   once one has, halfway between `lo` and `hi` (bisection);
+/// - when `lo` is the maximum or `hi` is one grid step above it, the search is over and
+///   the rounds go on fine-tuning `lo` (each from the latest state at `lo` that met the
+///   budget);
 /// - the last round always fine-tunes `lo` (it trains longest: `train.epochs` more).
 /// Every round starts from the state that reached `lo` (pruning further by magnitude),
 /// never from a round that failed. The answer, `chosen`, is the last round at `lo` that
-/// met the budget. Pure and deterministic: the coordinator recomputes it from the
-/// rounds' weights whenever it needs it (a resumed job decides the same).
+/// met the budget (nil when no level met it: then `lo` stays 0 and the last round
+/// fine-tunes the dense start). Levels live on a grid of `resolution` (integers inside,
+/// so comparisons are exact) and never exceed `maximum`. Pure and deterministic: the
+/// coordinator recomputes it from the rounds' weights whenever it needs it (a resumed job
+/// decides the same).
 public struct AdaptiveLevels: Sendable, Equatable {
-    /// Levels are multiples of this (a bisection stops below twice it).
+    /// Levels are multiples of this.
     public static let resolution = 0.005
+    /// Grid steps per unit of sparsity.
+    static let steps = 200
 
     public struct Round: Sendable, Equatable {
         /// The level the round prunes to.
@@ -39,21 +44,24 @@ public struct AdaptiveLevels: Sendable, Equatable {
     ///   - accuracies: the validation accuracy of rounds 0, 1, … as far as they are done.
     ///   - reference: the start's validation accuracy.
     public init(initial: Double, step: Double, maximum: Double, budget: Double, count: Int, reference: Double, accuracies: [Double]) {
-        var lo = 0.0, loRound = -1
-        var hi: Double?
+        // Grid indices: the maximum rounded down (a level never passes it), the rest to nearest.
+        let top = Int((maximum * Double(Self.steps)).rounded(.down))
+        let first = min(Self.index(initial), top), stride = max(Self.index(step), 1)
+        var lo = 0, loRound = -1
+        var hi: Int?
         for r in 0..<count {
-            let over = lo >= maximum || hi.map { $0 - lo < 2 * Self.resolution } ?? false
-            let level: Double
+            let over = lo >= top || hi.map { $0 - lo < 2 } ?? false
+            let level: Int
             if r == count - 1 || over {
                 level = lo
             } else if r == 0 {
-                level = Self.quantized(min(initial, maximum))
+                level = first
             } else if let hi {
-                level = Self.quantized((lo + hi) / 2)
+                level = (lo + hi) / 2
             } else {
-                level = Self.quantized(min(lo + step, maximum))
+                level = min(lo + stride, top)
             }
-            var round = Round(sparsity: level, base: loRound)
+            var round = Round(sparsity: Double(level) / Double(Self.steps), base: loRound)
             guard r < accuracies.count else {
                 rounds.append(round)
                 break
@@ -74,9 +82,6 @@ public struct AdaptiveLevels: Sendable, Equatable {
         }
     }
 
-    /// A level on the grid of `resolution` (so decisions print and compare exactly:
-    /// k / 200 is the double the decimal k·0.005 parses to).
-    static func quantized(_ level: Double) -> Double {
-        (level * 200).rounded() / 200
-    }
+    /// The nearest grid index of a level.
+    static func index(_ level: Double) -> Int { Int((level * Double(steps)).rounded()) }
 }

@@ -187,12 +187,12 @@ public struct ScheduleSpec: Sendable, Equatable {
         }
         if let n = f["initial"], let v = try TrainSpec.number(n, "schedule.initial", file: file, rule: "a sparsity in [0, 1)", { $0 >= 0 && $0 < 1 }) {
             guard v <= sparsity else {
-                throw SpecError("\(where_(file, n)): schedule.initial: \(v) is above the final sparsity \(sparsity); a \(method.rawValue) schedule only adds sparsity")
+                throw SpecError("\(where_(file, n)): schedule.initial: \(v) is above the final sparsity \(sparsity); the \(method.rawValue) schedule only adds sparsity")
             }
             s.initial = v
         }
-        if method == .adaptive, s.initial <= 0 {
-            throw SpecError("\(where_(file, f["initial"] ?? node)): schedule.initial: an adaptive schedule needs a first level above 0 (sparsity \(sparsity))")
+        if method == .adaptive, s.initial < AdaptiveLevels.resolution {
+            throw SpecError("\(where_(file, f["initial"] ?? node)): schedule.initial: an adaptive schedule needs a first level of at least \(AdaptiveLevels.resolution) (sparsity \(sparsity))")
         }
         if let v = try JobSpec.positiveInt(f["rounds"], "schedule.rounds", file: file, minimum: 2, maximum: 100) { s.rounds = v }
         if let v = try JobSpec.positiveInt(f["epochs_per_round"], "schedule.epochs_per_round", file: file, minimum: 1, maximum: 100) { s.epochsPerRound = v }

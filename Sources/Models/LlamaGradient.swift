@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 import Tensors
@@ -62,12 +63,11 @@ public enum LlamaGradient {
                 }
                 var top = -Float.infinity
                 for v in 0..<vocab { top = max(top, row[v]) }
+                for v in 0..<vocab { row[v] -= top }
+                // CKernels' exp: the same bytes on every CPU (libm's varies by its code path).
+                pc_exp(row, row, vocab)
                 var sum = 0.0
-                for v in 0..<vocab {
-                    let e = expf(row[v] - top)
-                    row[v] = e
-                    sum += Double(e)
-                }
+                for v in 0..<vocab { sum += Double(row[v]) }
                 let next = Int(tokens[p + 1])
                 loss += log(sum) - Double(logf(max(row[next], .leastNonzeroMagnitude)))
                 let inverse = Float(1 / sum)

@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 
@@ -172,8 +173,11 @@ public enum SubBlockGradient {
         let g = project(n, w[0], bias: nil, rows: rows, out: inter, in: h)
         let u = project(n, w[1], bias: nil, rows: rows, out: inter, in: h)
         var act = [Float](repeating: 0, count: rows * inter), sig = act
+        // e^(−g) by CKernels' exp: the same bytes on every CPU (libm's varies by its code path).
+        for i in 0..<sig.count { sig[i] = -g[i] }
+        sig.withUnsafeMutableBufferPointer { pc_exp($0.baseAddress!, $0.baseAddress!, $0.count) }
         for i in 0..<act.count {
-            sig[i] = 1 / (1 + expf(-g[i]))
+            sig[i] = 1 / (1 + sig[i])
             act[i] = g[i] * sig[i] * u[i]
         }
         let z = project(act, w[2], bias: nil, rows: rows, out: h, in: inter)

@@ -281,7 +281,7 @@ final class TrainClusterTests: XCTestCase {
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: penalty, rounds: 3}", "not a key of schedule penalty"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, budget: 2}", "schedule.budget"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, step: 0}", "schedule.step"),
-            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, initial: 0}", "first level above 0"),
+            ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, initial: 0}", "first level of at least"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST)}\nschedule: {method: adaptive, l1: 0.1}", "not a key of schedule adaptive"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST), examples: 100}\nschedule: {method: adaptive, validation: 100}", "leave none"),
             ("sparsity: 0.5\ntrain: {data: \(Self.fashionMNIST), examples: 100, batch: 95}\nschedule: {method: adaptive}", "held out for validation"),

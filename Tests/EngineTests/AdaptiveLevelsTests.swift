@@ -55,10 +55,17 @@ final class AdaptiveLevelsTests: XCTestCase {
         XCTAssertNil(a.chosen)
     }
 
-    /// A bisection narrower than twice the resolution stops and fine-tunes the level that met.
+    /// A maximum off the grid: levels round down to it, never past it.
+    func testNeverPassesAMaximumOffTheGrid() {
+        let a = levels([0.9, 0.9, 0.9], initial: 0.333, step: 0.1, maximum: 0.333, count: 3)
+        XCTAssertEqual(a.rounds.map(\.sparsity), [0.33, 0.33, 0.33])
+        XCTAssertTrue(a.rounds.allSatisfy { $0.sparsity <= 0.333 })
+    }
+
+    /// A bisection down to adjacent grid levels stops and fine-tunes the level that met.
     func testANarrowIntervalEndsTheSearch() {
         let a = levels([0.9, 0.5, 0.5], initial: 0.5, step: 0.008, count: 4)
-        // 0.5 met, 0.508 → quantized 0.51 missed, (0.5 + 0.51)/2 = 0.505 missed; 0.005 apart: over.
+        // 0.5 met, 0.508 → on the grid 0.51 missed, (0.5 + 0.51)/2 = 0.505 missed; adjacent: over.
         XCTAssertEqual(a.rounds.map(\.sparsity), [0.5, 0.51, 0.505, 0.5])
         XCTAssertEqual(a.chosen, 0)
     }

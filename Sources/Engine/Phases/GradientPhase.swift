@@ -25,8 +25,12 @@ public final class GradientPhase: Phase {
         self.calibration = calibration
         targets = job.plan.targets
         let config = calibration.config
-        forwardTensors = [CalibrationWork.embeddingName] + (0..<config.layers).flatMap { config.blockTensorNames(block: $0) }
+        let forward = [CalibrationWork.embeddingName] + (0..<config.layers).flatMap { config.blockTensorNames(block: $0) }
             + ["model.norm.weight"] + (job.checkpoint.info("lm_head.weight") != nil ? ["lm_head.weight"] : [])
+        if let missing = forward.first(where: { job.checkpoint.info($0) == nil }) {
+            throw SpecError("method \(job.spec.method.rawValue): \(job.checkpoint.directory) has no tensor '\(missing)', which the gradient's forward pass reads")
+        }
+        forwardTensors = forward
         // A shard's gradients travel in one Result: bounded before anything runs.
         let bytes = targets.reduce(0) { $0 + $1.rows * $1.cols } * 4
         guard bytes < GradientPhase.maxResultBytes else {
@@ -77,8 +81,15 @@ public final class GradientPhase: Phase {
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
         guard let s = shard(of: task) else { return "no gradient task \(task)" }
         guard outputs.count == targets.count + 1 else { return "result of \(task): \(outputs.count) payloads" }
-        for (t, bytes) in zip(targets, outputs) where bytes.count != t.rows * t.cols * 4 {
-            return "result of \(task): the gradient of \(t.name) has \(bytes.count) bytes"
+        let square = job.spec.method == .fisher
+        for (t, bytes) in zip(targets, outputs) {
+            guard bytes.count == t.rows * t.cols * 4 else { return "result of \(task): the gradient of \(t.name) has \(bytes.count) bytes" }
+            // Scores are selected on their bits: a NaN, an infinity or a negative sum of
+            // squares would keep weights for nothing.
+            let bad = bytes.withUnsafeBytes { raw in
+                raw.bindMemory(to: Float.self).contains { !$0.isFinite || (square && $0 < 0) }
+            }
+            if bad { return "result of \(task): the gradient of \(t.name) has values that are not finite\(square ? " or are negative" : "")" }
         }
         let windows = calibration.windows(shard: s).count
         guard let loss = try? FloatPayload.doubles(outputs.last!, what: "loss"), loss.count == 2, loss[0].isFinite, loss[0] >= 0,
@@ -239,6 +250,9 @@ enum GradientScores {
         }
         var scores = [Float](repeating: 0, count: weights.count)
         for k in 0..<scores.count { scores[k] = square ? weights[k] * weights[k] * sum[k] : abs(weights[k] * sum[k]) }
+        if let bad = scores.firstIndex(where: { !$0.isFinite || $0 < 0 }) {
+            throw PruningError("gradient scores: \(name)[\(bad)] scores \(scores[bad]) (weight \(weights[bad]), gradient sum \(sum[bad]))")
+        }
         return scores
     }
 }
