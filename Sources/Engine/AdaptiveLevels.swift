@@ -40,6 +40,10 @@ public struct AdaptiveLevels: Sendable, Equatable {
     /// The last round at the highest level that met the budget (nil: none did).
     public private(set) var chosen: Int?
 
+    /// The round whose weights and masks a finished job writes: the chosen one, or the
+    /// last when none met the budget.
+    public var written: Int { chosen ?? rounds.count - 1 }
+
     /// - Parameters:
     ///   - accuracies: the validation accuracy of rounds 0, 1, … as far as they are done.
     ///   - reference: the start's validation accuracy.

@@ -223,7 +223,7 @@ public final class LlamaModel: @unchecked Sendable {
         self.init(config: config, store: WeightStore(checkpoint: checkpoint))
     }
 
-    func embeddings() throws -> [Float] {
+    private func embeddings() throws -> [Float] {
         if let embedding { return embedding }
         let e = try store.load("model.embed_tokens.weight", shape: [config.vocabSize, config.hiddenSize])
         embedding = e

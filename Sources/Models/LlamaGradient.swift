@@ -15,11 +15,6 @@ import Tensors
 /// its own forward (`SubBlockGradient.backward`), so memory holds one block's
 /// activations at a time. F32 on OpenBLAS, the loss summed in F64.
 public enum LlamaGradient {
-    /// The Linear weights of block `b` a gradient is given for, in visiting order.
-    public static func weightNames(block b: Int) -> [String] {
-        (SubBlock.allCases.reversed()).flatMap { part in part.linears.map { "model.layers.\(b).\($0).weight" } }
-    }
-
     /// The loss of `tokens` and ∂loss/∂W for every block's Linear weights: `body` gets each
     /// weight's name and gradient (shaped like the weight) once, from the last block to the
     /// first, so a caller can accumulate without holding them all. `blocks` are the

@@ -240,7 +240,7 @@ final class ClusterProcessTests: JobProcessTestCase {
         XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr)
         let ledger = try Ledger(path: dir.file("\(name)/ledger.sqlite"), create: false, readOnly: true)
         return (Int(try ledger.jobValue("wire_bytes_in") ?? "") ?? -1,
-                filesUnder(dir.file("\(name)/out")).filter { !$0.key.hasSuffix("manifest.json") }, w.stderr)
+                jobOutputs(dir.file(name)), w.stderr)
     }
 
     func testLocalWorkersStoreResultsInPlaceSoTheWireCarriesOnlyDigests() throws {

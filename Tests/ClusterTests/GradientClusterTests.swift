@@ -37,7 +37,7 @@ final class GradientClusterTests: XCTestCase {
     }
 
     private func outputs(_ job: String) -> [String: Data] {
-        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+        jobOutputs(dir.file(job))
     }
 
     private func run(_ name: String, method: String, pattern: String, extra: String = "", workers: Int) throws -> [String: Data] {

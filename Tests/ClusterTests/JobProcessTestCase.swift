@@ -74,7 +74,7 @@ class JobProcessTestCase: XCTestCase {
 
     /// dense/ and sparse/ bytes of a job's output.
     func outputs(_ job: String) -> [String: Data] {
-        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+        jobOutputs(dir.file(job))
     }
 
     /// The output of the class's spec run in one process: what every other run must equal.

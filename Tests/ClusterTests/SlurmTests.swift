@@ -178,7 +178,7 @@ final class SlurmTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
         let local = try Subprocess.prune(["run", "-q", "--workers", "1", "local.yaml"], cwd: dir.path)
         XCTAssertEqual(local.status, 0, local.stderr)
-        let outputs = { (job: String) in filesUnder(self.dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") } }
+        let outputs = { (job: String) in jobOutputs(self.dir.file(job)) }
         XCTAssertGreaterThan(outputs("slurm").count, 2)
         XCTAssertEqual(outputs("slurm"), outputs("local"), "the same bytes as a local run of the same spec")
     }

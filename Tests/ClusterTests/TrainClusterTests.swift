@@ -42,7 +42,7 @@ final class TrainClusterTests: XCTestCase {
     }
 
     private func outputs(_ job: String) -> [String: Data] {
-        filesUnder(dir.file("\(job)/out")).filter { !$0.key.hasSuffix("manifest.json") }
+        jobOutputs(dir.file(job))
     }
 
     private func run(_ name: String, sparsity: Double = 0, train: String, workers: Int) throws -> [String: Data] {

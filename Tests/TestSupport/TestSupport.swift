@@ -238,6 +238,12 @@ public final class Background: Sendable {
     }
 }
 
+/// A job's output bytes: every file of its out/ but the manifest (which records times).
+/// What runs with different worker counts, or a resumed run, must reproduce.
+public func jobOutputs(_ jobDirectory: String) -> [String: Data] {
+    filesUnder(jobDirectory + "/out").filter { !$0.key.hasSuffix("manifest.json") }
+}
+
 /// All regular files under a directory, by relative path.
 public func filesUnder(_ dir: String) -> [String: Data] {
     var out: [String: Data] = [:]

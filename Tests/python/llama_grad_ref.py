@@ -17,7 +17,7 @@ import torch
 from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from subblock_grad_ref import attention_half, mlp_half, rms  # noqa: E402
+from subblock_grad_ref import attention_half, backward_and_save, mlp_half, rms  # noqa: E402
 
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -41,11 +41,7 @@ def main():
         x = mlp_half(attention_half(x, W, p, P, cfg), W, p, P, cfg)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
     logits = rms(x, W["model.norm.weight"], eps) @ head.T
-    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:], reduction="sum")
-    loss.backward()
-    np.save(out + ".loss.npy", np.array([loss.item()], dtype=np.float64))
-    for name, t in params.items():
-        np.save(f"{out}.{name}.npy", t.grad.numpy().astype(np.float32))
+    backward_and_save(torch.nn.functional.cross_entropy(logits[0, :-1], ids[1:], reduction="sum"), params, out)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,14 @@ def mlp_half(x, W, p, P, cfg):
     return x + (torch.nn.functional.silu(n @ P("mlp.gate_proj").T) * (n @ P("mlp.up_proj").T)) @ P("mlp.down_proj").T
 
 
+def backward_and_save(loss, params, out):
+    """Runs loss.backward() and writes OUT.loss.npy (float64) and OUT.<name>.npy per parameter (float32)."""
+    loss.backward()
+    np.save(out + ".loss.npy", np.array([loss.item()], dtype=np.float64))
+    for name, t in params.items():
+        np.save(f"{out}.{name}.npy", t.grad.numpy().astype(np.float32))
+
+
 def main():
     d, block, part, S, T, xp, tp, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:9]
     cfg = json.load(open(os.path.join(d, "config.json")))
@@ -68,11 +76,7 @@ def main():
         else ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     params = {n: W[p + n + ".weight"].clone().requires_grad_(True) for n in names}
     y = attention_half(x, W, p, lambda n: params[n], cfg) if part == "attention" else mlp_half(x, W, p, lambda n: params[n], cfg)
-    loss = ((y - target) ** 2).sum()
-    loss.backward()
-    np.save(out + ".loss.npy", np.array([loss.item()], dtype=np.float64))
-    for name, t in params.items():
-        np.save(f"{out}.{name}.npy", t.grad.numpy().astype(np.float32))
+    backward_and_save(((y - target) ** 2).sum(), params, out)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ print(f"{s:<8} {a:<24} {w:<8} {ppl:10.3f} {float(end) - float(start):9.1f} {leve
 PY
       digest=$(out_digest "$work/$name")
       echo "  out/ $digest"
-      if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts ($digest vs $first)"; exit 1; fi
+      same_bytes "$digest"
     done
    done
   done

@@ -66,6 +66,6 @@ PY
   d=$(out_digest "$work/refit-$mode-block-w$w")
   printf "%-8s %-10s %12s %12.1f %24.2f %s\n" "$w" "$mode" "$layer_s" "$block_s" "$per" "$d"
   [ -n "$base" ] || base=$per
-  if [ -z "$first" ]; then first=$d; elif [ "$d" != "$first" ]; then echo "bytes differ across worker counts ($d vs $first)"; exit 1; fi
+  same_bytes "$d"
 done
 [ "$base" = "$per" ] || python3 -c "import sys; print(f'speedup {float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$base" "$per"

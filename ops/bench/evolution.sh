@@ -42,7 +42,7 @@ finish = max(f for _, _, f in rows)
 print(f"{w:<8} {len(fitness) / (finish - begin):12.3f} {finish - begin:10.1f} {float(end) - float(start):10.1f} {digest}"
       f"  ({len(fitness)} evaluations)")
 PY
-  if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "bytes differ across worker counts ($digest vs $first)"; exit 1; fi
+  same_bytes "$digest"
 done
 
 # The level database: one byte per weight of every pruned layer (artifacts of leveldb:

@@ -43,7 +43,7 @@ print(f"{pattern:<8} {method:<8} {w:<8} {ev['pruned']:10.3f} {float(end) - float
 PY
       digest=$(out_digest "$work/$name")
       echo "  out/ $digest"
-      if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts ($digest vs $first)"; exit 1; fi
+      same_bytes "$digest"
     done
   done
 done

@@ -38,3 +38,10 @@ smollm2_work() {
 out_digest() {
   (cd "$1/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
 }
+
+# same_bytes DIGEST: the first run of a group (the caller sets first="" before it)
+# remembers its out/ digest; every later run (another worker count) must match it, else
+# the benchmark stops.
+same_bytes() {
+  if [ -z "$first" ]; then first=$1; elif [ "$1" != "$first" ]; then echo "  bytes differ across worker counts ($1 vs $first)"; exit 1; fi
+}

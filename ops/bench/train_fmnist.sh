@@ -55,9 +55,9 @@ if a:
     for x in a["rounds"]:
         print(f"    round {x['round']}: sparsity {x['sparsity']:.3f} from {'start' if x['base_round'] < 0 else 'round %d' % x['base_round']}: validation {x.get('validation_accuracy', float('nan')):.4f} {'met' if x.get('met') else 'missed'}")
 PY
-    digest=$(cd "$job/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
+    digest=$(out_digest "$job")
     echo "  out/ $digest"
-    if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts"; exit 1; fi
+    same_bytes "$digest"
   done
 }
 

@@ -115,8 +115,9 @@ public final class GradientPhase: Phase {
         let model = LlamaModel(config: config, store: store)
         let blocks = try (0..<config.layers).map { try model.block($0) }
         var index: [String: Int] = [:]
+        let linears = Set((0..<config.layers).flatMap(config.linearNames))
         for (i, name) in g.targets.enumerated() {
-            guard index[name] == nil, (0..<config.layers).contains(where: { LlamaGradient.weightNames(block: $0).contains(name) }) else {
+            guard index[name] == nil, linears.contains(name) else {
                 throw PruningError("gradient task: target \(name) is not a decoder Linear weight (or is named twice)")
             }
             index[name] = i

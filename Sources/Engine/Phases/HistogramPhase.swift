@@ -30,14 +30,16 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
         guard job.spec.allocation.method == .global else { return nil }
         self.job = job
         gradients = earlier.compactMap { $0 as? GradientPhase }.first
-        if job.spec.method.needsCalibration && gradients == nil {
+        if gradients != nil, let calibration = job.calibration {
+            statistics = nil
+            targets = calibration.targetsWithBlocks
+        } else if job.spec.method.needsCalibration {
             let statistics = try ProfilePhase.denseStatistics(in: earlier, allocation: .global)
             self.statistics = statistics
             targets = statistics.calibration.targetsWithBlocks
         } else {
             statistics = nil
-            targets = gradients.map { g in job.calibration!.targetsWithBlocks.filter { t in g.targets.contains { $0.name == t.name } } }
-                ?? job.plan.targets.map { (0, $0.name) }
+            targets = job.plan.targets.map { (0, $0.name) }
         }
         blockOf = Dictionary(targets.map { ($0.name, $0.block) }, uniquingKeysWith: { a, _ in a })
     }

@@ -419,7 +419,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     func finalRound(outputs: OutputStore) throws -> Int? {
         guard let rounds else { return nil }
         guard adaptive != nil else { return rounds.count - 1 }
-        return try adaptiveLevels(outputs: outputs, done: rounds.count).chosen ?? rounds.count - 1
+        return try adaptiveLevels(outputs: outputs, done: rounds.count).written
     }
 
     /// An adaptive schedule's decisions once rounds 0..<done are finished: the levels and
@@ -459,20 +459,23 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return a
     }
 
-    /// Top-1 accuracy on the held-out examples (trainCount..<count).
+    /// The held-out examples (trainCount..<count), copied out once.
+    private lazy var validation: (x: [Float], labels: [Int32]) = (Array(data.inputs[(trainCount * data.width)...]),
+                                                                  data.labels[trainCount...].map { Int32(clamping: $0) })
+
+    /// Top-1 accuracy on the held-out examples.
     private func validationAccuracy(_ parameters: MLPGradient.Parameters) throws -> Double {
-        let rows = data.count - trainCount, width = data.width
-        guard rows > 0 else { throw PruningError("no validation examples") }
-        let x = Array(data.inputs[(trainCount * width)..<(data.count * width)])
-        let labels = data.labels[trainCount...].map { Int32(clamping: $0) }
-        let correct = MLPGradient.evaluate(try startModel(), parameters: parameters, x: x, labels: labels, rows: rows, gradients: false).correct
-        return Double(correct) / Double(rows)
+        let (x, labels) = validation
+        guard !labels.isEmpty else { throw PruningError("no validation examples") }
+        let correct = MLPGradient.evaluate(try startModel(), parameters: parameters, x: x, labels: labels, rows: labels.count, gradients: false).correct
+        return Double(correct) / Double(labels.count)
     }
 
     /// The level the job's result was pruned to, where a schedule decided it (adaptive).
     func chosenLevel(outputs: OutputStore) throws -> Double? {
-        guard adaptive != nil, let r = try finalRound(outputs: outputs) else { return nil }
-        return try adaptiveLevels(outputs: outputs, done: rounds!.count).rounds[r].sparsity
+        guard adaptive != nil, let rounds else { return nil }
+        let levels = try adaptiveLevels(outputs: outputs, done: rounds.count)
+        return levels.rounds[levels.written].sparsity
     }
 
     private func values(_ name: String, outputs: OutputStore) throws -> [Float] {
@@ -497,7 +500,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// The curve for the manifest and report: each epoch's training loss and accuracy, and
     /// the accuracy of its end weights on the evaluation data (when the spec has some).
     func history(outputs: OutputStore) throws -> Manifest.Training {
-        let model = try MLPModel(directory: job.checkpoint.directory)
+        let model = try startModel()
         let test = try job.spec.evaluation.map { try LabelledData.load($0.data, limit: $0.samples) }
         let levels = try adaptive.map { _ in try adaptiveLevels(outputs: outputs, done: rounds!.count) }
         let epochs = try self.epochs(outputs: outputs).enumerated().map { e, epoch -> Manifest.Training.Epoch in
@@ -519,7 +522,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
                                          .init(round: r, sparsity: round.sparsity, baseRound: round.base, validationAccuracy: round.accuracy,
                                                met: round.met)
                                      },
-                                     chosenRound: levels.chosen, sparsity: try chosenLevel(outputs: outputs) ?? 0)
+                                     chosenRound: levels.chosen, sparsity: levels.rounds[levels.written].sparsity)
         }
         return history
     }
