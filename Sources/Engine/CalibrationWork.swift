@@ -9,6 +9,18 @@ import Tensors
 public enum CalibrationWork {
     public static let embeddingName = "model.embed_tokens.weight"
 
+    /// Every tensor a whole-model forward pass reads (embeddings, each block's, the final
+    /// norm, an untied head), less `excluding`; refused, naming `who`, when the checkpoint
+    /// lacks one.
+    static func forwardTensors(_ config: LlamaConfig, checkpoint: Checkpoint, excluding: Set<String> = [], who: String) throws -> [String] {
+        let names = [embeddingName] + (0..<config.layers).flatMap { config.blockTensorNames(block: $0) }.filter { !excluding.contains($0) }
+            + ["model.norm.weight"] + (checkpoint.info("lm_head.weight") != nil ? ["lm_head.weight"] : [])
+        if let missing = names.first(where: { checkpoint.info($0) == nil }) {
+            throw SpecError("\(who): \(checkpoint.directory) has no tensor '\(missing)', which the forward pass reads")
+        }
+        return names
+    }
+
     /// A `calibrate` task: which block, on how many samples, gathering which statistics.
     public struct Step: Sendable {
         public var config: LlamaConfig

@@ -149,8 +149,12 @@ public enum Evaluator {
     }
 
     public static func perplexity(modelDirectory: String, windows: [[Int32]], label: String, quiet: Bool) throws -> Result {
+        try perplexity(model: try LlamaModel(directory: modelDirectory), windows: windows, label: label, quiet: quiet)
+    }
+
+    /// Perplexity of a model (its store may override tensors: weights a job trained).
+    public static func perplexity(model: LlamaModel, windows: [[Int32]], label: String, quiet: Bool) throws -> Result {
         let start = Date()
-        let model = try LlamaModel(directory: modelDirectory)
         let c = model.config
         guard let t = windows.first?.count, t > 1 else { throw SpecError("evaluation needs windows of at least 2 tokens") }
         try c.checkSequenceLength(t, what: "evaluation tokens")

@@ -414,13 +414,23 @@ public struct JobSpec: Sendable {
             spec.reconstruct = try Reconstruct.parse(node, method: method, pattern: pattern, calibration: calibration, file: file)
         }
         if let node = values["train"] {
-            guard method == .magnitude || method == .random else {
-                throw SpecError("\(where_(file, node)): train: fine-tunes masks chosen without calibration; use method magnitude or random (sparsity 0 trains the dense model)")
+            let train = try TrainSpec.parse(node, seed: seed, model: model, resolve: resolve, file: file)
+            if train.tokens == nil {
+                guard method == .magnitude || method == .random else {
+                    throw SpecError("\(where_(file, node)): train: an MLP classifier's masks are chosen without calibration; use method magnitude or random (sparsity 0 trains the dense model)")
+                }
+            } else {
+                // Fine-tuning starts from the checkpoint's weights under the masks: a method
+                // that also changes the kept weights would have its changes dropped.
+                guard method != .sparsegpt, spec.reconstruct == nil else {
+                    throw SpecError("\(where_(file, node)): train: fine-tunes the checkpoint's kept weights; \(spec.reconstruct == nil ? "method sparsegpt" : "reconstruct") also changes them (use magnitude, wanda, taylor or fisher masks)")
+                }
             }
-            spec.train = try TrainSpec.parse(node, seed: seed, model: model, resolve: resolve, file: file)
+            spec.train = train
         }
         if let node = values["schedule"] {
             spec.schedule = try ScheduleSpec.parse(node, sparsity: sparsity, hasTrain: spec.train != nil, file: file)
+            if spec.train?.tokens != nil { throw SpecError("\(where_(file, node)): schedule: prune-and-train rounds are built for the MLP classifier; a Llama model fine-tunes the job's masks (drop schedule:)") }
             if case .nm = pattern { throw SpecError("\(where_(file, node)): schedule: rounds prune by magnitude within rows; pattern \(pattern) is not supported with a schedule") }
         }
         if let node = values["weight_norms"] {

@@ -136,16 +136,19 @@ public struct Manifest: Codable, Sendable, Equatable {
     public struct Training: Codable, Sendable, Equatable {
         public struct Epoch: Codable, Sendable, Equatable {
             public var epoch: Int
-            /// Mean cross-entropy and accuracy over the epoch's batches, as the weights moved.
+            /// Mean cross-entropy (per example, or per scored token for a language model)
+            /// and accuracy (a classifier's) over the epoch's batches, as the weights moved.
             public var trainLoss: Double
-            public var trainAccuracy: Double
-            /// Top-1 accuracy of the weights at the epoch's end on the evaluation data.
+            public var trainAccuracy: Double?
+            /// Top-1 accuracy of the weights at the epoch's end on the evaluation data (classifier).
             public var testAccuracy: Double?
+            /// Perplexity of the weights at the epoch's end on the evaluation windows (language model).
+            public var testPerplexity: Double?
             /// A schedule's level in this epoch (its round's).
             public var sparsity: Double?
             enum CodingKeys: String, CodingKey {
                 case epoch, sparsity
-                case trainLoss = "train_loss", trainAccuracy = "train_accuracy", testAccuracy = "test_accuracy"
+                case trainLoss = "train_loss", trainAccuracy = "train_accuracy", testAccuracy = "test_accuracy", testPerplexity = "test_perplexity"
             }
         }
         public var optimizer: String
@@ -157,9 +160,12 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var epochs: [Epoch]
         /// An adaptive schedule's rounds and the level it settled on.
         public var adaptive: Adaptive?
+        /// A language model's perplexity on the evaluation windows where fine-tuning
+        /// started: the checkpoint's weights under the masks.
+        public var startPerplexity: Double?
         enum CodingKeys: String, CodingKey {
             case optimizer, batch, shards, examples, epochs, adaptive
-            case learningRate = "learning_rate", stepsPerEpoch = "steps_per_epoch"
+            case learningRate = "learning_rate", stepsPerEpoch = "steps_per_epoch", startPerplexity = "start_perplexity"
         }
 
         /// `schedule: {method: adaptive}`: each round's level and validation accuracy, and

@@ -214,10 +214,19 @@ public struct JobReport: Codable, Sendable {
         if let training {
             s += "Training: \(training.optimizer) at learning rate \(training.learningRate), batches of \(training.batch) in \(training.shards) gradient tasks, "
             s += "\(training.stepsPerEpoch) steps an epoch over \(training.examples) examples (report.svg draws the curve).\n\n"
-            s += "| epoch | sparsity | train loss | train accuracy | test accuracy |\n|---:|---:|---:|---:|---:|\n"
-            for e in training.epochs {
-                s += "| \(e.epoch) | \(e.sparsity.map { String(format: "%.3f", $0) } ?? "–") | \(String(format: "%.4f", e.trainLoss)) | "
-                s += "\(String(format: "%.4f", e.trainAccuracy)) | \(e.testAccuracy.map { String(format: "%.4f", $0) } ?? "–") |\n"
+            func cell(_ v: Double?, _ format: String = "%.4f") -> String { v.map { String(format: format, $0) } ?? "–" }
+            if training.epochs.contains(where: { $0.testPerplexity != nil }) || training.startPerplexity != nil {
+                // A language model: loss per scored token, perplexity on the evaluation windows.
+                s += "| epoch | train loss | train perplexity | evaluation perplexity |\n|---:|---:|---:|---:|\n"
+                if let p = training.startPerplexity { s += "| start (masked) | – | – | \(cell(p, "%.3f")) |\n" }
+                for e in training.epochs {
+                    s += "| \(e.epoch) | \(cell(e.trainLoss)) | \(cell(exp(e.trainLoss), "%.3f")) | \(cell(e.testPerplexity, "%.3f")) |\n"
+                }
+            } else {
+                s += "| epoch | sparsity | train loss | train accuracy | test accuracy |\n|---:|---:|---:|---:|---:|\n"
+                for e in training.epochs {
+                    s += "| \(e.epoch) | \(cell(e.sparsity, "%.3f")) | \(cell(e.trainLoss)) | \(cell(e.trainAccuracy)) | \(cell(e.testAccuracy)) |\n"
+                }
             }
             s += "\n"
             if let a = training.adaptive { s += adaptiveSection(a) }

@@ -212,7 +212,16 @@ struct ReportChart {
     /// Training's accuracy per epoch: over the epoch's batches, and on the evaluation data.
     private func trainingPanel(y0: Int) -> String {
         let epochs = training?.epochs ?? []
-        var series = [("train accuracy", epochs.map { ($0.epoch, $0.trainAccuracy, "epoch \($0.epoch): train accuracy \(String(format: "%.4f", $0.trainAccuracy)), loss \(String(format: "%.4f", $0.trainLoss))") })]
+        if epochs.contains(where: { $0.trainAccuracy == nil }) {
+            // A language model: perplexities (train: over the epoch's batches).
+            var series = [("train perplexity", epochs.map { ($0.epoch, exp($0.trainLoss), "epoch \($0.epoch): train perplexity \(String(format: "%.3f", exp($0.trainLoss)))") })]
+            var test = epochs.compactMap { e in e.testPerplexity.map { (e.epoch, $0, "epoch \(e.epoch): evaluation perplexity \(String(format: "%.3f", $0))") } }
+            if let p = training?.startPerplexity, !test.isEmpty { test.insert((0, p, "start (masked): evaluation perplexity \(String(format: "%.3f", p))"), at: 0) }
+            if !test.isEmpty { series.append(("evaluation perplexity", test)) }
+            return linePanel(y0: y0, title: "Fine-tuning: perplexity per epoch (train: over the epoch's batches; evaluation: the epoch's end weights)",
+                             yLabel: "perplexity", xLabel: "epoch", series: series)
+        }
+        var series = [("train accuracy", epochs.map { ($0.epoch, $0.trainAccuracy ?? 0, "epoch \($0.epoch): train accuracy \(String(format: "%.4f", $0.trainAccuracy ?? 0)), loss \(String(format: "%.4f", $0.trainLoss))") })]
         let test = epochs.compactMap { e in e.testAccuracy.map { (e.epoch, $0, "epoch \(e.epoch): test accuracy \(String(format: "%.4f", $0))") } }
         if !test.isEmpty { series.append(("test accuracy", test)) }
         return linePanel(y0: y0, title: "Training: accuracy per epoch (train: over the epoch's batches; test: the epoch's end weights)",

@@ -3,14 +3,19 @@ import Models
 import Pruning
 import Yams
 
-/// Data-parallel training of an MLP classifier with the job's masks fixed (`train:` in the
-/// spec; `TrainPhase`): `epochs` passes over labelled examples in seeded shuffled batches
-/// of `batch`, each batch's gradient the sum, in shard order, of `shards` tasks on slices
-/// of it (the workers compute them in parallel), one optimizer step per batch. With
-/// `sparsity: 0` it trains the dense model; otherwise it fine-tunes the pruned one.
+/// Data-parallel training with the job's masks fixed (`train:` in the spec;
+/// `TrainPhase`): `epochs` passes over the examples in seeded shuffled batches of `batch`,
+/// each batch's gradient the sum, in shard order, of `shards` tasks on slices of it (the
+/// workers compute them in parallel), one optimizer step per batch. With `sparsity: 0` it
+/// trains the dense model; otherwise it fine-tunes the pruned one.
+/// - An MLP classifier (mlp.json): labelled examples, softmax cross-entropy.
+/// - A Llama-family model (config.json): a text's consecutive windows of `tokens` tokens,
+///   next-token cross-entropy (the mean over the batch's scored tokens); the decoder's
+///   Linear weights train, embeddings, norms and head stay fixed. AdamW at 2e-5 by default.
 ///
 ///     train: {data: /usr/share/datasets/fashion-mnist, epochs: 10, batch: 128,
 ///             optimizer: sgd, learning_rate: 0.05, momentum: 0.9}
+///     train: {data: kjv.txt, tokens: 128, examples: 600, batch: 4, epochs: 1}
 public struct TrainSpec: Sendable, Equatable {
     public enum Optimizer: String, Sendable, CaseIterable {
         /// SGD with momentum (torch.optim.SGD's form, weight decay as an L2 term).
@@ -21,9 +26,12 @@ public struct TrainSpec: Sendable, Equatable {
 
     /// Labelled examples: an IDX images file, a directory holding the MNIST-style
     /// training split (`train-images-idx3-ubyte[.gz]`), or `.safetensors` with inputs/labels.
+    /// For a Llama model: a text (or token ids) that calibration data could be.
     public var data: String
-    /// Only the first this many examples (nil: all).
+    /// Only the first this many examples (nil: all); for a Llama model, windows.
     public var examples: Int?
+    /// A Llama model's window length in tokens (nil: an MLP classifier).
+    public var tokens: Int?
     public var epochs = 10
     /// Examples per optimizer step (the last partial batch of an epoch is dropped).
     public var batch = 128
@@ -60,17 +68,30 @@ public struct TrainSpec: Sendable, Equatable {
     }
 
     static let keys = ["data", "examples", "epochs", "batch", "shards", "optimizer", "learning_rate", "momentum", "weight_decay",
-                       "checkpoint_every", "seed", "lr_schedule"]
+                       "checkpoint_every", "seed", "lr_schedule", "tokens"]
 
     static func parse(_ node: Node, seed: UInt64, model: String, resolve: (String) -> String, file: String) throws -> TrainSpec {
         let f = try JobSpec.mapping(node, key: "train", known: keys, file: file)
         guard let dataNode = f["data"], let data = dataNode.scalar?.string, !data.isEmpty else {
             throw SpecError("\(where_(file, node)): train: missing 'data' (labelled examples: an IDX images file, a directory with train-images-idx3-ubyte[.gz], or .safetensors)")
         }
-        guard MLPConfig.exists(in: model) else {
-            throw SpecError("\(where_(file, node)): train: training needs an MLP classifier (mlp.json beside the checkpoint); \(model) has none")
+        let llama = !MLPConfig.exists(in: model)
+        if llama, (try? LlamaConfig.load(model)) == nil {
+            throw SpecError("\(where_(file, node)): train: training needs an MLP classifier (mlp.json) or a Llama-family model (config.json) beside the checkpoint; \(model) has neither")
         }
         var spec = TrainSpec(data: resolve(data), learningRate: 0.05, seed: seed)
+        if llama {
+            spec.tokens = 128
+            spec.optimizer = .adamw
+            spec.learningRate = 2e-5
+            spec.batch = 4
+            spec.epochs = 1
+            spec.checkpointEvery = 10
+        }
+        if let n = f["tokens"] {
+            guard llama else { throw SpecError("\(where_(file, n)): train.tokens: the window length of a Llama model's text; an MLP classifier takes labelled examples") }
+            spec.tokens = try JobSpec.positiveInt(n, "train.tokens", file: file, minimum: 2, maximum: 8192)
+        }
         guard FileManager.default.fileExists(atPath: spec.data) else {
             throw SpecError("\(where_(file, dataNode)): train.data: \(spec.data): no such file or directory")
         }
@@ -86,7 +107,7 @@ public struct TrainSpec: Sendable, Equatable {
                 throw SpecError("\(where_(file, n)): train.optimizer: '\(n.scalar?.string ?? "?")' is not one of \(Optimizer.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             spec.optimizer = o
-            if o == .adamw { spec.learningRate = 1e-3 }
+            if !llama { spec.learningRate = o == .adamw ? 1e-3 : 0.05 }
         }
         if let v = try number(f["learning_rate"], "train.learning_rate", file: file, rule: "a finite number in (0, 10]", { $0 > 0 && $0 <= 10 }) {
             spec.learningRate = v

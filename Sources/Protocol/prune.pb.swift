@@ -1619,6 +1619,42 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._inputBytes = newValue}
   }
 
+  /// A Llama-family model (its config.json; mlp_json is then empty): `parameters` are the
+  /// decoder Linear weights trained, `forward` the fixed tensors the forward pass also
+  /// reads (embeddings, norms, head), and action gradient's examples are windows of
+  /// `tokens` token ids in `token_ids`.
+  public var llamaConfig: Data {
+    get {_storage._llamaConfig}
+    set {_uniqueStorage()._llamaConfig = newValue}
+  }
+
+  public var forward: [Prune_V1_TensorRef] {
+    get {_storage._forward}
+    set {_uniqueStorage()._forward = newValue}
+  }
+
+  public var tokenIds: [Int32] {
+    get {_storage._tokenIds}
+    set {_uniqueStorage()._tokenIds = newValue}
+  }
+
+  public var tokens: UInt32 {
+    get {_storage._tokens}
+    set {_uniqueStorage()._tokens = newValue}
+  }
+
+  /// The base state's further chunks after `base`, in order (a large model's state is
+  /// kept in `state_chunks` payloads, each under the frame limit).
+  public var baseMore: [Prune_V1_ArtifactRef] {
+    get {_storage._baseMore}
+    set {_uniqueStorage()._baseMore = newValue}
+  }
+
+  public var stateChunks: UInt32 {
+    get {_storage._stateChunks}
+    set {_uniqueStorage()._stateChunks = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4390,7 +4426,7 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0\u{3}round_step\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0\u{3}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0")
 
   fileprivate class _StorageClass {
     var _action: String = String()
@@ -4414,6 +4450,12 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _pruneLayers: [Bool] = []
     var _roundStep: UInt32 = 0
     var _inputBytes: Data = Data()
+    var _llamaConfig: Data = Data()
+    var _forward: [Prune_V1_TensorRef] = []
+    var _tokenIds: [Int32] = []
+    var _tokens: UInt32 = 0
+    var _baseMore: [Prune_V1_ArtifactRef] = []
+    var _stateChunks: UInt32 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4445,6 +4487,12 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _pruneLayers = source._pruneLayers
       _roundStep = source._roundStep
       _inputBytes = source._inputBytes
+      _llamaConfig = source._llamaConfig
+      _forward = source._forward
+      _tokenIds = source._tokenIds
+      _tokens = source._tokens
+      _baseMore = source._baseMore
+      _stateChunks = source._stateChunks
     }
   }
 
@@ -4484,6 +4532,12 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 19: try { try decoder.decodeRepeatedBoolField(value: &_storage._pruneLayers) }()
         case 20: try { try decoder.decodeSingularBytesField(value: &_storage._inputBytes) }()
         case 21: try { try decoder.decodeSingularUInt32Field(value: &_storage._roundStep) }()
+        case 22: try { try decoder.decodeSingularBytesField(value: &_storage._llamaConfig) }()
+        case 23: try { try decoder.decodeRepeatedMessageField(value: &_storage._forward) }()
+        case 24: try { try decoder.decodeRepeatedInt32Field(value: &_storage._tokenIds) }()
+        case 25: try { try decoder.decodeSingularUInt32Field(value: &_storage._tokens) }()
+        case 26: try { try decoder.decodeRepeatedMessageField(value: &_storage._baseMore) }()
+        case 27: try { try decoder.decodeSingularUInt32Field(value: &_storage._stateChunks) }()
         default: break
         }
       }
@@ -4559,6 +4613,24 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._roundStep != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._roundStep, fieldNumber: 21)
       }
+      if !_storage._llamaConfig.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._llamaConfig, fieldNumber: 22)
+      }
+      if !_storage._forward.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._forward, fieldNumber: 23)
+      }
+      if !_storage._tokenIds.isEmpty {
+        try visitor.visitPackedInt32Field(value: _storage._tokenIds, fieldNumber: 24)
+      }
+      if _storage._tokens != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._tokens, fieldNumber: 25)
+      }
+      if !_storage._baseMore.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._baseMore, fieldNumber: 26)
+      }
+      if _storage._stateChunks != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._stateChunks, fieldNumber: 27)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4589,6 +4661,12 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._pruneLayers != rhs_storage._pruneLayers {return false}
         if _storage._roundStep != rhs_storage._roundStep {return false}
         if _storage._inputBytes != rhs_storage._inputBytes {return false}
+        if _storage._llamaConfig != rhs_storage._llamaConfig {return false}
+        if _storage._forward != rhs_storage._forward {return false}
+        if _storage._tokenIds != rhs_storage._tokenIds {return false}
+        if _storage._tokens != rhs_storage._tokens {return false}
+        if _storage._baseMore != rhs_storage._baseMore {return false}
+        if _storage._stateChunks != rhs_storage._stateChunks {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -24,13 +24,7 @@ public final class GradientPhase: Phase {
         self.job = job
         self.calibration = calibration
         targets = job.plan.targets
-        let config = calibration.config
-        let forward = [CalibrationWork.embeddingName] + (0..<config.layers).flatMap { config.blockTensorNames(block: $0) }
-            + ["model.norm.weight"] + (job.checkpoint.info("lm_head.weight") != nil ? ["lm_head.weight"] : [])
-        if let missing = forward.first(where: { job.checkpoint.info($0) == nil }) {
-            throw SpecError("method \(job.spec.method.rawValue): \(job.checkpoint.directory) has no tensor '\(missing)', which the gradient's forward pass reads")
-        }
-        forwardTensors = forward
+        forwardTensors = try CalibrationWork.forwardTensors(calibration.config, checkpoint: job.checkpoint, who: "method \(job.spec.method.rawValue)")
         // A shard's gradients travel in one Result: bounded before anything runs.
         let bytes = targets.reduce(0) { $0 + $1.rows * $1.cols } * 4
         guard bytes < GradientPhase.maxResultBytes else {

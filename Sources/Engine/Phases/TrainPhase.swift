@@ -4,8 +4,8 @@ import Protocol
 import Pruning
 import Tensors
 
-/// Data-parallel masked training of an MLP classifier (`train:`, `TrainSpec`), after the
-/// masks: every step's gradient is the sum, in shard order, of `shards` tasks
+/// Data-parallel masked training (`train:`, `TrainSpec`) of an MLP classifier or a
+/// Llama-family model (`TrainedModel` holds what differs), after the masks: every step's gradient is the sum, in shard order, of `shards` tasks
 /// `train:grad:T:J` on slices of step T's batch, which the workers compute in parallel;
 /// no task applies the steps alone: each task rebuilds the state at its step from the
 /// last checkpoint and the gradients since (`TrainStep`; a worker keeps its last state,
@@ -18,15 +18,13 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     public static let name = "train"
     let job: JobContext
     let spec: TrainSpec
-    let data: LabelledData
-    let config: MLPConfig
-    /// mlp.json's bytes, which every task carries.
-    let configBytes: [UInt8]
+    /// What trains and on what: the model-specific half.
+    let trainee: any TrainedModel
     /// Tensors in the flat parameter order (weight, then bias, layer by layer), with sizes.
     let parameterNames: [String]
     let parameterSizes: [Int]
-    /// Each layer's in_features (its weight's columns).
-    let inFeatures: [Int]
+    /// How many payloads a checkpoint's state is cut into (each under the frame limit).
+    let stateChunks: Int
     /// Where each layer's weight mask comes from (nil: trained whole).
     private let masks: [(source: any PrunedTensorSource, name: String)?]
     let stepsPerEpoch: Int
@@ -49,53 +47,30 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         guard let spec = job.spec.train else { return nil }
         self.job = job
         self.spec = spec
-        let directory = job.checkpoint.directory
-        config = try MLPConfig.load(directory)
-        configBytes = [UInt8](try SmallFile.read((directory as NSString).appendingPathComponent(MLPConfig.fileName), limit: 1 << 20))
-        let model = try MLPModel(directory: directory)
-        data = try LabelledData.load(spec.data, limit: spec.examples, split: "train")
-        guard data.width == config.input else {
-            throw SpecError("train.data: \(data.source): examples have \(data.width) features, the model's input is \(config.input)")
-        }
-        if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
-            throw SpecError("train.data: \(data.source): label \(data.labels[bad]) of example \(bad) is outside the model's \(model.classes) classes")
-        }
+        let trainee: any TrainedModel = try spec.tokens.map { try LlamaTrainee(job: job, spec: spec, tokens: $0) } ?? MLPTrainee(job: job, spec: spec)
+        self.trainee = trainee
         let adaptive = job.spec.schedule.flatMap { $0.method == .adaptive ? $0 : nil }
         self.adaptive = adaptive
-        let count = data.count
+        let count = trainee.exampleCount
         let held = adaptive.map { $0.validation ?? count / 10 } ?? 0
         guard adaptive == nil || held > 0 else {
-            throw SpecError("schedule.validation: \(count) examples of \(data.source) leave none to hold out for an adaptive schedule; set schedule.validation")
+            throw SpecError("schedule.validation: \(count) examples of \(trainee.source) leave none to hold out for an adaptive schedule; set schedule.validation")
         }
         guard held < count else {
-            throw SpecError("schedule.validation: \(held) held-out examples leave none of the \(count) examples of \(data.source) to train on")
+            throw SpecError("schedule.validation: \(held) held-out examples leave none of the \(count) examples of \(trainee.source) to train on")
         }
         trainCount = count - held
         guard spec.batch <= trainCount else {
             let heldOut = held > 0 ? " (\(held) are held out for validation)" : ""
-            throw SpecError("train.batch: \(spec.batch) is more than the \(trainCount) training examples of \(data.source)\(heldOut)")
+            throw SpecError("train.batch: \(spec.batch) is more than the \(trainCount) training examples of \(trainee.source)\(heldOut)")
         }
-        let slice = (spec.batch + spec.shards - 1) / spec.shards
-        let bytesPerValue = data.bytes == nil ? 4 : 1
-        guard slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
-            throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskBytes / bytesPerValue) values; raise train.shards")
-        }
-        var names: [String] = [], sizes: [Int] = []
-        var masks: [(source: any PrunedTensorSource, name: String)?] = []
         let sources = earlier.compactMap { $0 as? PrunedTensorSource }
-        for (l, layer) in config.layers.enumerated() {
-            names.append(layer.weight)
-            sizes.append(model.layers[l].inFeatures * model.layers[l].outFeatures)
-            if let b = layer.bias {
-                names.append(b)
-                sizes.append(model.layers[l].outFeatures)
-            }
-            masks.append(sources.last { $0.prunedTensors.contains(layer.weight) }.map { ($0, layer.weight) })
-        }
-        parameterNames = names
-        parameterSizes = sizes
-        inFeatures = model.layers.map(\.inFeatures)
-        self.masks = masks
+        masks = trainee.layers.map { layer in sources.last { $0.prunedTensors.contains(layer.weight) }.map { ($0, layer.weight) } }
+        parameterNames = trainee.parameterNames
+        parameterSizes = trainee.parameterSizes
+        // Parameters, and at most two moments each (AdamW), with room for the headers.
+        let stateBytes = 12 * parameterSizes.reduce(0, +) + 64 * (parameterSizes.count + 1)
+        stateChunks = max(1, (stateBytes + TrainPhase.stateChunkBytes - 1) / TrainPhase.stateChunkBytes)
         let perEpoch = trainCount / spec.batch, every = spec.checkpointEvery
         stepsPerEpoch = perEpoch
         let rounds = job.spec.schedule?.rounds(final: job.plan.sparsity, fineTune: spec.epochs)
@@ -122,19 +97,19 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     static let lineage = OutputName("lineage")
     static let sums = OutputName("sums")
     static let weights = OutputName("weights")
+    /// A state's chunk k ≥ 1 (chunk 0 is `state`).
+    static func stateChunk(_ k: Int) -> OutputName { k == 0 ? state : OutputName("state:\(k)") }
+    /// What one state payload holds at most: half the frame limit.
+    static let stateChunkBytes = 1 << 29
+    private var stateOutputs: [OutputName] { (0..<stateChunks).map(TrainPhase.stateChunk) }
 
     public func isTransient(_ name: OutputName) -> Bool {
-        name == TrainPhase.gradient || name == TrainPhase.shardLoss || name == TrainPhase.state
+        name == TrainPhase.gradient || name == TrainPhase.shardLoss || name.rawValue.hasPrefix("state")
     }
 
     /// sha256 of the training examples as loaded (inputs, then labels as UInt32): a job
     /// records it, and a resume refuses data that changed since.
-    public lazy var dataDigest: String = {
-        var h = SHA256Stream()
-        if let bytes = data.bytes { h.update(bytes) } else { data.inputs.withUnsafeBytes { h.update($0) } }
-        data.labels.map { UInt32(truncatingIfNeeded: $0) }.withUnsafeBytes { h.update($0) }
-        return h.finalizeHex()
-    }()
+    public var dataDigest: String { trainee.dataDigest }
 
     /// The round step `t` belongs to.
     func round(ofStep t: Int) -> Int {
@@ -250,8 +225,8 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// masks, optimizer. Round −1 (what a schedule's first prune starts from): no masks.
     private func setup(round r: Int, outputs: OutputStore) throws -> Prune_V1_TrainTask {
         var t = Prune_V1_TrainTask()
-        t.mlpJson = Data(configBytes)
-        t.parameters = parameterNames.map { job.tensorRef(job.checkpoint.info($0)!) }
+        trainee.describe(&t, job: job)
+        t.stateChunks = UInt32(stateChunks)
         t.masks = try masks.map { m in
             var tm = Prune_V1_TrainMask()
             if let m {
@@ -279,7 +254,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         let b = base(before: t, round: r)
         w.baseStep = UInt32(b.step)
         if let task = b.task {
-            w.base = try outputs.ref(TrainPhase.state, of: task)
+            try setBase(&w, of: task, outputs: outputs)
             w.baseLineage = Data(try outputs.bytes(TrainPhase.lineage, of: task))
         } else {
             w.baseLineage = w.startLineage
@@ -287,7 +262,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         w.steps = try (b.step..<t).map { s in
             var step = Prune_V1_TrainStep()
             step.shards = try (0..<spec.shards).map { try outputs.ref(TrainPhase.gradient, of: TrainPhase.gradID(step: s, shard: $0)) }
-            step.batch = UInt32(spec.batch)
+            step.batch = UInt32(trainee.scored(examples: spec.batch))
             if spec.cosine { step.learningRate = learningRate(step: s) }
             return step
         }
@@ -303,17 +278,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             w.action = TrainStep.gradient
             try fillState(&w, step: t, round: r, outputs: outputs)
             let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
-            let rows = slice(step: t, shard: j).map { order[first + $0] }
-            if let bytes = data.bytes {
-                var x = [UInt8](); x.reserveCapacity(rows.count * data.width)
-                for i in rows { x += bytes[(i * data.width)..<((i + 1) * data.width)] }
-                w.inputBytes = Data(x)
-            } else {
-                var x = [Float](); x.reserveCapacity(rows.count * data.width)
-                for i in rows { x += data.inputs[(i * data.width)..<((i + 1) * data.width)] }
-                w.inputs = Data(FloatPayload.encode(x))
-            }
-            w.labels = rows.map { UInt32(data.labels[$0]) }
+            trainee.fill(&w, examples: slice(step: t, shard: j).map { order[first + $0] })
         case .checkpoint(let k):
             let r = round(ofStep: k - 1)
             w = try setup(round: r, outputs: outputs)
@@ -338,7 +303,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             if base >= 0 {
                 let end = roundEnd(base)
                 w.baseStep = UInt32(end)
-                w.base = try outputs.ref(TrainPhase.state, of: TrainPhase.checkpointID(step: end))
+                try setBase(&w, of: TrainPhase.checkpointID(step: end), outputs: outputs)
                 w.baseLineage = Data(try outputs.bytes(TrainPhase.lineage, of: TrainPhase.checkpointID(step: end)))
             } else {
                 w.baseLineage = w.startLineage
@@ -352,11 +317,17 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return .train(w)
     }
 
+    /// A task's base state: its chunks in order.
+    private func setBase(_ w: inout Prune_V1_TrainTask, of task: TaskID, outputs: OutputStore) throws {
+        w.base = try outputs.ref(TrainPhase.state, of: task)
+        w.baseMore = try (1..<stateChunks).map { try outputs.ref(TrainPhase.stateChunk($0), of: task) }
+    }
+
     public func outputNames(of task: TaskID) -> [OutputName] {
         switch piece(task) {
         case .gradient?: return [TrainPhase.gradient, TrainPhase.shardLoss]
-        case .checkpoint(let k)?: return [TrainPhase.state, TrainPhase.lineage, TrainPhase.sums] + (k % stepsPerEpoch == 0 ? [TrainPhase.weights] : [])
-        case .prune?: return masks.compactMap { $0.map { TrainPhase.mask($0.name) } } + [TrainPhase.state, TrainPhase.lineage]
+        case .checkpoint(let k)?: return stateOutputs + [TrainPhase.lineage, TrainPhase.sums] + (k % stepsPerEpoch == 0 ? [TrainPhase.weights] : [])
+        case .prune?: return masks.compactMap { $0.map { TrainPhase.mask($0.name) } } + stateOutputs + [TrainPhase.lineage]
         case nil: return []
         }
     }
@@ -367,24 +338,25 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         switch piece(task) {
         case .gradient(let t, let j)?:
             guard outputs.count == 2, outputs[0].count == 4 * parameterCount, outputs[1].count == 24 else { return "result of \(task) has the wrong sizes" }
-            let rows = Double(slice(step: t, shard: j).count)
+            let rows = Double(trainee.scored(examples: slice(step: t, shard: j).count))
             guard let loss = try? FloatPayload.doubles(outputs[1], what: "loss"), loss[0].isFinite, loss[0] >= 0,
                   loss[1] >= 0, loss[1] <= rows, loss[1] == loss[1].rounded(), loss[2] == rows else { return "result of \(task): bad loss or count" }
             return nil
         case .checkpoint(let k)?:
-            guard outputs.count == outputNames(of: task).count, outputs[1].count == 64, outputs[2].count == 24 else { return "result of \(task) has the wrong sizes" }
+            let c = stateChunks
+            guard outputs.count == outputNames(of: task).count, outputs[c].count == 64, outputs[c + 1].count == 24 else { return "result of \(task) has the wrong sizes" }
             if k % stepsPerEpoch == 0 {
-                guard outputs[3].count == 4 * parameterCount, (try? FloatPayload.floats(outputs[3], what: "weights"))?.allSatisfy(\.isFinite) == true else {
+                let weights = outputs[c + 2]
+                guard weights.count == 4 * parameterCount, weights.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) }) else {
                     return "result of \(task): weights of the wrong size or not finite"
                 }
             }
             return nil
         case .prune?:
-            let layers = masks.enumerated().compactMap { l, m in m.map { (l, $0.name) } }
-            guard outputs.count == layers.count + 2, outputs.last!.count == 64 else { return "result of \(task) has the wrong sizes" }
-            for (k, (l, _)) in layers.enumerated() {
-                let rows = parameterSizes[parameterNames.firstIndex(of: config.layers[l].weight)!] / inFeatures[l]
-                guard (try? Mask(rows: rows, cols: inFeatures[l], bits: outputs[k])) != nil else { return "result of \(task): mask \(k) has the wrong size" }
+            let layers = masks.enumerated().compactMap { l, m in m.map { _ in trainee.layers[l] } }
+            guard outputs.count == layers.count + stateChunks + 1, outputs.last!.count == 64 else { return "result of \(task) has the wrong sizes" }
+            for (k, layer) in layers.enumerated() {
+                guard (try? Mask(rows: layer.rows, cols: layer.cols, bits: outputs[k])) != nil else { return "result of \(task): mask \(k) has the wrong size" }
             }
             return nil
         case nil:
@@ -431,8 +403,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             let digest = try outputs.ref(TrainPhase.weights, of: id).sha256
             if let a = validated[digest] { return a }
             let flat = try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: id), what: "round \(g)'s weights")
-            guard let p = MLPTraining.unflatten(flat, like: try startModel().parameters) else { throw PruningError("round \(g)'s weights: \(flat.count) values") }
-            let a = try validationAccuracy(p)
+            let a = try validationAccuracy(flat)
             validated[digest] = a
             return a
         }
@@ -442,33 +413,34 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// Validation accuracy by the digest of the weights it was measured on.
     private var validated: [String: Double] = [:]
     private var reference: Double?
-    private var start: MLPModel?
 
-    private func startModel() throws -> MLPModel {
-        if let start { return start }
-        let m = try MLPModel(directory: job.checkpoint.directory)
-        start = m
-        return m
+    /// The classifier an adaptive schedule validates (the spec allows one only for it).
+    private var classifier: MLPTrainee {
+        get throws {
+            guard let m = trainee as? MLPTrainee else { throw PruningError("an adaptive schedule validates an MLP classifier") }
+            return m
+        }
     }
 
     /// The start's accuracy on the held-out examples: what the budget is measured from.
     func referenceAccuracy() throws -> Double {
         if let reference { return reference }
-        let a = try validationAccuracy(try startModel().parameters)
+        let a = try validationAccuracy(MLPTraining.flatten(try classifier.model.parameters))
         reference = a
         return a
     }
 
     /// The held-out examples (trainCount..<count), copied out once.
-    private lazy var validation: (x: [Float], labels: [Int32]) = (Array(data.inputs[(trainCount * data.width)...]),
-                                                                  data.labels[trainCount...].map { Int32(clamping: $0) })
+    private lazy var validation: (x: [Float], labels: [Int32])? = (try? classifier).map { m in
+        (Array(m.data.inputs[(trainCount * m.data.width)...]), m.data.labels[trainCount...].map { Int32(clamping: $0) })
+    }
 
-    /// Top-1 accuracy on the held-out examples.
-    private func validationAccuracy(_ parameters: MLPGradient.Parameters) throws -> Double {
-        let (x, labels) = validation
-        guard !labels.isEmpty else { throw PruningError("no validation examples") }
-        let correct = MLPGradient.evaluate(try startModel(), parameters: parameters, x: x, labels: labels, rows: labels.count, gradients: false).correct
-        return Double(correct) / Double(labels.count)
+    /// Top-1 accuracy of flat parameters on the held-out examples.
+    private func validationAccuracy(_ flat: [Float]) throws -> Double {
+        let m = try classifier
+        guard let (x, labels) = validation, !labels.isEmpty else { throw PruningError("no validation examples") }
+        guard let p = MLPTraining.unflatten(flat, like: m.model.parameters) else { throw PruningError("weights of \(flat.count) values") }
+        return m.accuracy(p, x: x, labels: labels)
     }
 
     /// The level the job's result was pruned to, where a schedule decided it (adaptive).
@@ -500,24 +472,22 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// The curve for the manifest and report: each epoch's training loss and accuracy, and
     /// the accuracy of its end weights on the evaluation data (when the spec has some).
     func history(outputs: OutputStore) throws -> Manifest.Training {
-        let model = try startModel()
-        let test = try job.spec.evaluation.map { try LabelledData.load($0.data, limit: $0.samples) }
         let levels = try adaptive.map { _ in try adaptiveLevels(outputs: outputs, done: rounds!.count) }
+        let language = trainee is LlamaTrainee
         let epochs = try self.epochs(outputs: outputs).enumerated().map { e, epoch -> Manifest.Training.Epoch in
-            var accuracy: Double?
-            if let test, test.width == config.input, test.count > 0, let training = MLPTraining.unflatten(epoch.parameters, like: model.parameters) {
-                let correct = MLPGradient.evaluate(model, parameters: training, x: test.inputs, labels: test.labels.map { Int32(clamping: $0) },
-                                                   rows: test.count, gradients: false).correct
-                accuracy = Double(correct) / Double(test.count)
-            }
+            let measured = try trainee.evaluate(epoch.parameters, job: job)
             let r = round(ofStep: (e + 1) * stepsPerEpoch - 1)
-            return .init(epoch: e + 1, trainLoss: epoch.loss, trainAccuracy: epoch.accuracy, testAccuracy: accuracy,
-                         sparsity: levels.map { $0.rounds[r].sparsity } ?? rounds?[r].sparsity)
+            return .init(epoch: e + 1, trainLoss: epoch.loss, trainAccuracy: language ? nil : epoch.accuracy, testAccuracy: measured.accuracy,
+                         testPerplexity: measured.perplexity, sparsity: levels.map { $0.rounds[r].sparsity } ?? rounds?[r].sparsity)
         }
         var history = Manifest.Training(optimizer: spec.optimizer.rawValue, learningRate: spec.learningRate, batch: spec.batch, shards: spec.shards,
                                         examples: trainCount, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
+        if language, rounds == nil {
+            // Where fine-tuning started: the checkpoint's weights under the masks.
+            history.startPerplexity = try trainee.evaluate(try maskedStart(outputs: outputs), job: job).perplexity
+        }
         if let adaptive, let levels {
-            history.adaptive = .init(budget: adaptive.budget, validationExamples: data.count - trainCount, referenceAccuracy: try referenceAccuracy(),
+            history.adaptive = .init(budget: adaptive.budget, validationExamples: trainee.exampleCount - trainCount, referenceAccuracy: try referenceAccuracy(),
                                      rounds: levels.rounds.enumerated().map { r, round in
                                          .init(round: r, sparsity: round.sparsity, baseRound: round.base, validationAccuracy: round.accuracy,
                                                met: round.met)
@@ -525,6 +495,23 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
                                      chosenRound: levels.chosen, sparsity: levels.rounds[levels.written].sparsity)
         }
         return history
+    }
+
+    /// The start's trained tensors (flat order) with the job's masks applied.
+    private func maskedStart(outputs: OutputStore) throws -> [Float] {
+        var flat: [Float] = []
+        flat.reserveCapacity(parameterCount)
+        let reader = WeightStore(checkpoint: job.checkpoint)
+        for (l, layer) in trainee.layers.enumerated() {
+            var w = try reader.load(layer.weight, shape: [layer.rows, layer.cols])
+            if let m = masks[l] {
+                let mask = try m.source.mask(of: m.name, outputs: outputs)
+                for r in 0..<layer.rows { for c in 0..<layer.cols where !mask[r, c] { w[r * layer.cols + c] = 0 } }
+            }
+            flat += w
+            if let b = layer.bias { flat += try reader.load(b, shape: [layer.rows]) }
+        }
+        return flat
     }
 
     // MARK: PrunedTensorSource, UpdatedTensorSource
@@ -542,9 +529,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
         guard let m = masks.compactMap({ $0 }).first(where: { $0.name == tensor }) else { throw PruningError("\(tensor) is not pruned by this job") }
-        if let r = try finalRound(outputs: outputs), let l = config.layers.firstIndex(where: { $0.weight == tensor }) {
+        if let r = try finalRound(outputs: outputs), let layer = trainee.layers.first(where: { $0.weight == tensor }) {
             let bits = try outputs.bytes(TrainPhase.mask(tensor), of: TrainPhase.pruneID(round: r))
-            return try Mask(rows: parameterSizes[parameterNames.firstIndex(of: tensor)!] / inFeatures[l], cols: inFeatures[l], bits: bits)
+            return try Mask(rows: layer.rows, cols: layer.cols, bits: bits)
         }
         return try m.source.mask(of: tensor, outputs: outputs)
     }

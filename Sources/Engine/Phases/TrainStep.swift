@@ -25,6 +25,12 @@ enum TrainStep {
         var h = SHA256Stream()
         h.update([UInt8]("mlp-train-v1\n".utf8))
         h.update([UInt8](r.mlpJson))
+        if !r.llamaConfig.isEmpty {
+            // A language model's setup: its config, fixed tensors and window length.
+            h.update([UInt8]("\nllama \(r.tokens)\n".utf8))
+            h.update([UInt8](r.llamaConfig))
+            for p in r.forward { h.update([UInt8]("\nfixed \(p.name) \(p.dtype) \(p.shape) \(p.fileSha256) \(p.offset) \(p.byteCount)".utf8)) }
+        }
         for p in r.parameters { h.update([UInt8]("\n\(p.name) \(p.dtype) \(p.shape) \(p.fileSha256) \(p.offset) \(p.byteCount)".utf8)) }
         for m in r.masks { h.update([UInt8]("\nmask \(m.parts.map(\.sha256).joined(separator: ","))".utf8)) }
         let o = r.optimizer
@@ -48,7 +54,7 @@ enum TrainStep {
         var applied: [Prune_V1_TrainStep] = []
         var training: MLPTraining?
         var modelLineage = ""
-        var model: MLPModel?
+        var model: TrainTaskModel?
     }
     private static let kept = Kept()
 
@@ -85,7 +91,9 @@ enum TrainStep {
         } else {
             training = MLPTraining(parameters: model.parameters, masks: try masks(r, model: model, inputs: inputs, where: where_), optimizer: optimizer, l1: o.l1)
             if r.hasBase {
-                try training.restore(try inputs.artifact(r.base))
+                var state = try inputs.artifact(r.base)
+                for more in r.baseMore { state += try inputs.artifact(more) }
+                try training.restore(state)
                 guard training.step == Int(r.baseStep) else { throw PruningError("\(where_): the base state is at step \(training.step), not \(r.baseStep)") }
             }
             from = 0
@@ -118,7 +126,19 @@ enum TrainStep {
 
         if r.action == prune { return try pruned(training, r, model: model, optimizer: optimizer, lineage: lineage, where: where_) }
 
-        if r.action == gradient {
+        if r.action == gradient, case .llama(let llama) = model {
+            let step = Int(r.baseStep) + r.steps.count
+            let result = try llama.gradient(training.parameters.weights, r, where: where_)
+            guard result.loss.isFinite, result.gradient.allSatisfy(\.isFinite) else {
+                throw PruningError("train step \(step): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+            }
+            var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, FloatPayload.encode(result.gradient)),
+                                                 (TrainPhase.shardLoss.rawValue, [result.loss, 0, Double(result.count)].flatMap(FloatPayload.encode))])
+            outputs.volatile = [TrainPhase.gradient.rawValue, TrainPhase.shardLoss.rawValue]
+            return outputs
+        }
+
+        if r.action == gradient, case .mlp(let model) = model {
             let width = model.config.input, rows = r.labels.count
             let x = r.inputBytes.isEmpty ? try FloatPayload.floats([UInt8](r.inputs), what: "\(where_): inputs")
                 : r.inputBytes.withUnsafeBytes { b in b.map(LabelledData.pixel) }
@@ -148,11 +168,9 @@ enum TrainStep {
             guard l.count == 3 else { throw PruningError("\(where_): a shard loss of \(l.count) values") }
             for i in 0..<3 { sums[i] += l[i] }
         }
-        var payloads: [(name: String, bytes: [UInt8])] = [
-            (TrainPhase.state.rawValue, training.serialized()),
-            (TrainPhase.lineage.rawValue, Array(lineage.utf8)),
-            (TrainPhase.sums.rawValue, sums.flatMap(FloatPayload.encode)),
-        ]
+        var payloads = chunks(training.serialized(), r)
+        payloads.append((TrainPhase.lineage.rawValue, Array(lineage.utf8)))
+        payloads.append((TrainPhase.sums.rawValue, sums.flatMap(FloatPayload.encode)))
         if r.epochEnd { payloads.append((TrainPhase.weights.rawValue, FloatPayload.encode(MLPTraining.flatten(training.parameters)))) }
         return TaskOutputs(payloads: payloads)
     }
@@ -160,8 +178,17 @@ enum TrainStep {
     /// A schedule's round: magnitude masks at the round's level (within the job's pattern)
     /// on the base's weights, and the state the round trains from: those weights masked,
     /// a fresh optimizer state, at the round's first step.
-    private static func pruned(_ training: MLPTraining, _ r: Prune_V1_TrainTask, model: MLPModel, optimizer: MLPTraining.Optimizer,
+    /// A state's bytes cut into the task's `state_chunks` payloads (`state`, `state:1`, …).
+    private static func chunks(_ state: [UInt8], _ r: Prune_V1_TrainTask) -> [(name: String, bytes: [UInt8])] {
+        let count = max(1, Int(r.stateChunks)), size = (state.count + count - 1) / count
+        return (0..<count).map { k in
+            (TrainPhase.stateChunk(k).rawValue, Array(state[min(k * size, state.count)..<min((k + 1) * size, state.count)]))
+        }
+    }
+
+    private static func pruned(_ training: MLPTraining, _ r: Prune_V1_TrainTask, model taskModel: TrainTaskModel, optimizer: MLPTraining.Optimizer,
                                lineage: String, where where_: String) throws -> TaskOutputs {
+        guard case .mlp(let model) = taskModel else { throw PruningError("\(where_): a schedule's rounds prune an MLP classifier") }
         guard r.sparsity.isFinite, r.sparsity >= 0, r.sparsity < 1, r.pruneLayers.count == model.layers.count else {
             throw PruningError("\(where_): bad sparsity or layer list")
         }
@@ -183,19 +210,24 @@ enum TrainStep {
         var h = SHA256Stream()
         // The round's step too: an adaptive schedule may prune one base to one level twice.
         h.update(Array("\(lineage)\nprune \(r.sparsity.bitPattern) \(r.pattern) \(r.pruneLayers) at \(r.roundStep)".utf8))
-        payloads.append((TrainPhase.state.rawValue, next.serialized()))
+        payloads += chunks(next.serialized(), r)
         payloads.append((TrainPhase.lineage.rawValue, Array(h.finalizeHex().utf8)))
         return TaskOutputs(payloads: payloads)
     }
 
     /// The architecture and start weights, kept while the start's lineage stays the same.
-    private static func model(_ r: Prune_V1_TrainTask, lineage: String, inputs: TaskInputs, where where_: String) throws -> MLPModel {
+    private static func model(_ r: Prune_V1_TrainTask, lineage: String, inputs: TaskInputs, where where_: String) throws -> TrainTaskModel {
         if let m = kept.model, kept.modelLineage == lineage { return m }
-        guard r.mlpJson.count <= 1 << 20, let object = try? JSONSerialization.jsonObject(with: r.mlpJson), let json = object as? [String: Any] else {
-            throw PruningError("\(where_): mlp.json is not a JSON object")
+        let model: TrainTaskModel
+        if !r.llamaConfig.isEmpty {
+            model = .llama(try LlamaTrainTask(r, inputs: inputs, where: where_))
+        } else {
+            guard r.mlpJson.count <= 1 << 20, let object = try? JSONSerialization.jsonObject(with: r.mlpJson), let json = object as? [String: Any] else {
+                throw PruningError("\(where_): mlp.json is not a JSON object")
+            }
+            let config = try MLPConfig.parse(json, file: "\(where_): mlp.json")
+            model = .mlp(try MLPModel(config: config, store: WeightStore(reader: TaskTensorReader(r.parameters, inputs: inputs))))
         }
-        let config = try MLPConfig.parse(json, file: "\(where_): mlp.json")
-        let model = try MLPModel(config: config, store: WeightStore(reader: TaskTensorReader(r.parameters, inputs: inputs)))
         guard r.masks.count == model.layers.count else { throw PruningError("\(where_): \(r.masks.count) masks for \(model.layers.count) layers") }
         kept.model = model
         kept.modelLineage = lineage
@@ -204,15 +236,96 @@ enum TrainStep {
     }
 
     /// Each layer's weight mask as kept flags, from its row-block parts in row order.
-    private static func masks(_ r: Prune_V1_TrainTask, model: MLPModel, inputs: TaskInputs, where where_: String) throws -> [[Bool]?] {
+    private static func masks(_ r: Prune_V1_TrainTask, model: TrainTaskModel, inputs: TaskInputs, where where_: String) throws -> [[Bool]?] {
         try zip(r.masks, model.layers).map { m, layer in
             guard !m.parts.isEmpty else { return nil }
             var bits: [UInt8] = []
             for p in m.parts { bits += try inputs.artifact(p) }
-            let mask = try Mask(rows: layer.outFeatures, cols: layer.inFeatures, bits: bits)
-            var keep = [Bool](repeating: false, count: layer.outFeatures * layer.inFeatures)
-            for r in 0..<layer.outFeatures { for c in 0..<layer.inFeatures where mask[r, c] { keep[r * layer.inFeatures + c] = true } }
+            let mask = try Mask(rows: layer.rows, cols: layer.cols, bits: bits)
+            var keep = [Bool](repeating: false, count: layer.rows * layer.cols)
+            for r in 0..<layer.rows { for c in 0..<layer.cols where mask[r, c] { keep[r * layer.cols + c] = true } }
             return keep
         }
+    }
+}
+
+/// The model a train task trains, as the worker builds it from the task's setup.
+enum TrainTaskModel {
+    case mlp(MLPModel)
+    case llama(LlamaTrainTask)
+
+    /// Each weight's shape, in the flat order.
+    var layers: [(rows: Int, cols: Int)] {
+        switch self {
+        case .mlp(let m): return m.layers.map { ($0.outFeatures, $0.inFeatures) }
+        case .llama(let l): return l.shapes
+        }
+    }
+
+    /// The start parameters (a language model's trained weights have no biases).
+    var parameters: MLPGradient.Parameters {
+        switch self {
+        case .mlp(let m): return m.parameters
+        case .llama(let l): return MLPGradient.Parameters(weights: l.start, biases: Array(repeating: nil, count: l.start.count))
+        }
+    }
+}
+
+/// A Llama-family model on a worker: the fixed tensors behind a store, the decoder Linear
+/// weights at the start, and the gradient of a shard's windows at given weights.
+final class LlamaTrainTask {
+    let model: LlamaModel
+    let store: WeightStore
+    let names: [String]
+    let shapes: [(rows: Int, cols: Int)]
+    let start: [[Float]]
+
+    init(_ r: Prune_V1_TrainTask, inputs: TaskInputs, where where_: String) throws {
+        let config = try LlamaConfig.parse(bytes: [UInt8](r.llamaConfig), file: "\(where_): config.json")
+        let expected = (0..<config.layers).flatMap(config.linearNames)
+        guard r.parameters.map(\.name) == expected else {
+            throw PruningError("\(where_): the trained tensors are not the model's decoder Linear weights in order")
+        }
+        store = WeightStore(reader: TaskTensorReader(r.parameters + r.forward, inputs: inputs))
+        model = LlamaModel(config: config, store: store)
+        names = expected
+        let h = config.hiddenSize, q = config.heads * config.headDim, kv = config.kvHeads * config.headDim, i = config.intermediateSize
+        let perBlock = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
+        let shapes = (0..<config.layers).flatMap { _ in perBlock }
+        self.shapes = shapes
+        let store = self.store
+        start = try zip(expected, shapes).map { try store.load($0, shape: [$1.0, $1.1]) }
+    }
+
+    /// The summed next-token cross-entropy of the task's windows and its gradient with
+    /// respect to every trained weight (flat order), at `weights`; windows in order.
+    func gradient(_ weights: [[Float]], _ r: Prune_V1_TrainTask, where where_: String) throws -> (gradient: [Float], loss: Double, count: Int) {
+        let c = model.config, t = Int(r.tokens)
+        try c.checkSequenceLength(t, what: "\(where_): windows")
+        guard t >= 2, !r.tokenIds.isEmpty, r.tokenIds.count % t == 0, r.tokenIds.count / t <= TrainSpec.maxBatch else {
+            throw PruningError("\(where_): \(r.tokenIds.count) token ids in windows of \(t)")
+        }
+        guard r.tokenIds.allSatisfy({ $0 >= 0 && Int($0) < c.vocabSize }) else { throw PruningError("\(where_): a token id is outside the vocabulary") }
+        guard weights.count == names.count else { throw PruningError("\(where_): \(weights.count) weights for \(names.count) layers") }
+        for (name, w) in zip(names, weights) { store.override(name, with: w) }
+        let blocks = try (0..<c.layers).map { try model.block($0) }
+        store.clearOverrides()
+        var offsets: [String: Int] = [:], at = 0
+        for (name, s) in zip(names, shapes) {
+            offsets[name] = at
+            at += s.rows * s.cols
+        }
+        var sum = [Float](repeating: 0, count: at)
+        var loss = 0.0, count = 0
+        for w in 0..<(r.tokenIds.count / t) {
+            let window = Array(r.tokenIds[(w * t)..<((w + 1) * t)])
+            let result = try LlamaGradient.evaluate(model, blocks: blocks, tokens: window) { name, g in
+                guard let o = offsets[name] else { return }
+                sum.withUnsafeMutableBufferPointer { s in g.withUnsafeBufferPointer { d in for k in 0..<d.count { s[o + k] += d[k] } } }
+            }
+            loss += result.loss
+            count += result.count
+        }
+        return (sum, loss, count)
     }
 }
