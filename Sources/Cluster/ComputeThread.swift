@@ -285,6 +285,17 @@ struct WorkerInputs: TaskInputs {
         return try bytes.withUnsafeBytes { try body($0) }
     }
 
+    func withArtifact<R>(_ ref: Prune_V1_ArtifactRef, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        if !thread.artifactRoot.isEmpty {
+            let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
+            if let file = try? MappedFile(path: path), file.size == Int(clamping: ref.size), file.size > 0 {
+                let bytes = file.bytes(0..<file.size)
+                if SHA256Stream.hex(bytes) == ref.sha256 { return try body(bytes) }
+            }
+        }
+        return try artifact(ref).withUnsafeBytes(body)
+    }
+
     func artifact(_ ref: Prune_V1_ArtifactRef) throws -> [UInt8] {
         if !thread.artifactRoot.isEmpty {
             let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")

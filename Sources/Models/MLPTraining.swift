@@ -32,9 +32,7 @@ public struct MLPTraining: Sendable, Equatable {
                 o.update(&values, summed: summed, scale: scale, l1: l1, learningRate: learningRate)
                 self = .sgd(o)
             case .adam(var o):
-                var g = summed.map { $0 * scale }
-                if l1 > 0 { for i in g.indices where values[i] != 0 { g[i] += values[i] > 0 ? l1 : -l1 } }
-                o.update(&values, gradient: g, learningRate: learningRate)
+                o.update(&values, summed: summed, scale: scale, l1: l1, learningRate: learningRate)
                 self = .adam(o)
             }
         }
@@ -149,9 +147,15 @@ public struct MLPTraining: Sendable, Equatable {
     /// count (u64), the F32 parameters, then per tensor a u64 length and its optimizer state.
     public func serialized() -> [UInt8] {
         var out = MLPTraining.magic
+        // Room for the parameters and two moments each (AdamW) up front: a large model's
+        // state would otherwise be copied as the array grows.
+        out.reserveCapacity(24 + 12 * parameterCount + 64 * optimizers.count)
         withUnsafeBytes(of: UInt64(step).littleEndian) { out += $0 }
         withUnsafeBytes(of: UInt64(parameterCount).littleEndian) { out += $0 }
-        MLPTraining.flatten(parameters).withUnsafeBytes { out += $0 }
+        for (w, b) in zip(parameters.weights, parameters.biases) {
+            w.withUnsafeBytes { out += $0 }
+            b?.withUnsafeBytes { out += $0 }
+        }
         for o in optimizers {
             let s = o.serializedState()
             withUnsafeBytes(of: UInt64(s.count).littleEndian) { out += $0 }

@@ -34,17 +34,33 @@ public struct MaskedAdam: Sendable, Equatable {
     /// One step on `weights` with `gradient` (the same shape). Pruned entries are set to 0.
     /// `learningRate`, when given, replaces the optimizer's for this step (a schedule's).
     public mutating func update(_ weights: inout [Float], gradient: [Float], learningRate stepSize: Float? = nil) {
-        precondition(weights.count == keep.count && gradient.count == keep.count, "weights, gradient and mask differ in size")
+        gradient.withUnsafeBufferPointer { update(&weights, summed: $0, scale: 1, l1: 0, learningRate: stepSize) }
+    }
+
+    /// One step on the gradient `summed[i] · scale` (+ `l1`·sign(w) where w ≠ 0), read in
+    /// place: a training step's summed gradient is never copied to be scaled.
+    public mutating func update(_ weights: inout [Float], summed: UnsafeBufferPointer<Float>, scale: Float, l1: Float, learningRate stepSize: Float? = nil) {
+        precondition(weights.count == keep.count && summed.count == keep.count, "weights, gradient and mask differ in size")
         let learningRate = stepSize ?? self.learningRate
         step += 1
         let c1 = 1 - powf(beta1, Float(step)), c2 = 1 - powf(beta2, Float(step))
-        for i in 0..<keep.count {
-            guard keep[i] else { weights[i] = 0; continue }
-            let g = gradient[i]
-            first[i] = beta1 * first[i] + (1 - beta1) * g
-            second[i] = beta2 * second[i] + (1 - beta2) * g * g
-            let mHat = first[i] / c1, vHat = second[i] / c2
-            weights[i] -= learningRate * (mHat / (vHat.squareRoot() + epsilon) + weightDecay * weights[i])
+        let (beta1, beta2, epsilon, weightDecay) = (self.beta1, self.beta2, self.epsilon, self.weightDecay)
+        keep.withUnsafeBufferPointer { keep in
+            first.withUnsafeMutableBufferPointer { first in
+                second.withUnsafeMutableBufferPointer { second in
+                    weights.withUnsafeMutableBufferPointer { weights in
+                        for i in 0..<keep.count {
+                            guard keep[i] else { weights[i] = 0; continue }
+                            var g = summed[i] * scale
+                            if l1 > 0, weights[i] != 0 { g += weights[i] > 0 ? l1 : -l1 }
+                            first[i] = beta1 * first[i] + (1 - beta1) * g
+                            second[i] = beta2 * second[i] + (1 - beta2) * g * g
+                            let mHat = first[i] / c1, vHat = second[i] / c2
+                            weights[i] -= learningRate * (mHat / (vHat.squareRoot() + epsilon) + weightDecay * weights[i])
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -75,9 +75,18 @@ public protocol TaskInputs {
     func withTensorBytes<R>(_ ref: Prune_V1_TensorRef, _ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R
     /// An artifact's bytes, verified against its digest.
     func artifact(_ ref: Prune_V1_ArtifactRef) throws -> [UInt8]
+    /// Calls `body` with an artifact's bytes, verified against its digest, without a copy
+    /// where the store allows (a worker maps a local artifact file): what a task that
+    /// only reads a large artifact once (a training step's gradients) uses.
+    func withArtifact<R>(_ ref: Prune_V1_ArtifactRef, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R
 }
 
 extension TaskInputs {
+    /// Held in memory, or read whole: the copy `artifact` makes.
+    public func withArtifact<R>(_ ref: Prune_V1_ArtifactRef, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try artifact(ref).withUnsafeBytes(body)
+    }
+
     /// A copy of bytes `range` of a tensor.
     func tensorBytes(_ ref: Prune_V1_TensorRef, _ range: Range<Int>) throws -> [UInt8] {
         try Cancellation.checkpoint()

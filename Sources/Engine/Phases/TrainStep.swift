@@ -55,6 +55,24 @@ enum TrainStep {
         var training: MLPTraining?
         var modelLineage = ""
         var model: TrainTaskModel?
+        /// The summed gradient of a step, reused: a large model's would be a fresh
+        /// allocation (zeroed pages) every step otherwise.
+        var summed: [Float] = []
+
+        /// Whether the kept state continues into a task from `base` with `steps`: the same
+        /// base with a prefix of the steps applied (how many), or a state whose lineage is
+        /// the task's base (a checkpoint of what this worker reached: none applied since).
+        func continues(base: String, step: Int, steps: [Prune_V1_TrainStep]) -> Int? {
+            guard let training else { return nil }
+            // Comparing digests, not hashing a lineage per step: the same base and the same
+            // gradients in the same order are the same state.
+            if baseLineage == base, applied.count <= steps.count,
+               zip(applied, steps).allSatisfy({ $0.batch == $1.batch && $0.learningRate == $1.learningRate && $0.shards.map(\.sha256) == $1.shards.map(\.sha256) }) {
+                return applied.count
+            }
+            if training.step == step, applied.reduce(baseLineage, TrainStep.next) == base { return 0 }
+            return nil
+        }
     }
     private static let kept = Kept()
 
@@ -82,13 +100,13 @@ enum TrainStep {
         let model = try self.model(r, lineage: start, inputs: inputs, where: where_)
         var training: MLPTraining
         var from: Int
-        // Comparing digests, not hashing a lineage per step: the same base and the same
-        // gradients in the same order are the same state.
-        if let t = kept.training, kept.baseLineage == baseLineage, kept.applied.count <= r.steps.count,
-           zip(kept.applied, r.steps).allSatisfy({ $0.batch == $1.batch && $0.learningRate == $1.learningRate && $0.shards.map(\.sha256) == $1.shards.map(\.sha256) }) {
-            training = t
-            from = kept.applied.count
+        if let applied = kept.continues(base: baseLineage, step: Int(r.baseStep), steps: r.steps) {
+            // Moved out, so the steps below update the only copy in place.
+            training = kept.training!
+            kept.training = nil
+            from = applied
         } else {
+            kept.training = nil
             training = MLPTraining(parameters: model.parameters, masks: try masks(r, model: model, inputs: inputs, where: where_), optimizer: optimizer, l1: o.l1)
             if r.hasBase {
                 var state = try inputs.artifact(r.base)
@@ -102,14 +120,16 @@ enum TrainStep {
         for k in from..<r.steps.count {
             let s = r.steps[k]
             guard !s.shards.isEmpty, s.batch > 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has no gradients") }
-            var sum = [Float](repeating: 0, count: count)
+            if kept.summed.count == count { kept.summed.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { kept.summed = [Float](repeating: 0, count: count) }
             for ref in s.shards {
-                let g = try FloatPayload.floats(try inputs.artifact(ref), what: "\(where_): gradient")
-                guard g.count == count else { throw PruningError("\(where_): a gradient has \(g.count) values, expected \(count)") }
-                sum.withUnsafeMutableBufferPointer { out in g.withUnsafeBufferPointer { for i in 0..<count { out[i] += $0[i] } } }
+                try inputs.withArtifact(ref) { raw in
+                    guard raw.count == 4 * count else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(count)") }
+                    let g = raw.bindMemory(to: Float.self)
+                    kept.summed.withUnsafeMutableBufferPointer { out in for i in 0..<count { out[i] += g[i] } }
+                }
             }
             guard s.learningRate.isFinite, s.learningRate >= 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has a bad learning rate") }
-            training.apply(summedGradient: sum, batch: Int(s.batch), learningRate: s.learningRate > 0 ? s.learningRate : nil)
+            training.apply(summedGradient: kept.summed, batch: Int(s.batch), learningRate: s.learningRate > 0 ? s.learningRate : nil)
             guard training.parameters.weights.allSatisfy({ $0.allSatisfy(\.isFinite) }),
                   training.parameters.biases.allSatisfy({ $0?.allSatisfy(\.isFinite) ?? true }) else {
                 kept.training = nil
@@ -129,10 +149,10 @@ enum TrainStep {
         if r.action == gradient, case .llama(let llama) = model {
             let step = Int(r.baseStep) + r.steps.count
             let result = try llama.gradient(training.parameters.weights, r, where: where_)
-            guard result.loss.isFinite, result.gradient.allSatisfy(\.isFinite) else {
+            guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) }) else {
                 throw PruningError("train step \(step): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
             }
-            var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, FloatPayload.encode(result.gradient)),
+            var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, result.gradient),
                                                  (TrainPhase.shardLoss.rawValue, [result.loss, 0, Double(result.count)].flatMap(FloatPayload.encode))])
             outputs.volatile = [TrainPhase.gradient.rawValue, TrainPhase.shardLoss.rawValue]
             return outputs
@@ -298,8 +318,9 @@ final class LlamaTrainTask {
     }
 
     /// The summed next-token cross-entropy of the task's windows and its gradient with
-    /// respect to every trained weight (flat order), at `weights`; windows in order.
-    func gradient(_ weights: [[Float]], _ r: Prune_V1_TrainTask, where where_: String) throws -> (gradient: [Float], loss: Double, count: Int) {
+    /// respect to every trained weight (flat order, F32 bytes: the payload itself), at
+    /// `weights`; windows in order.
+    func gradient(_ weights: [[Float]], _ r: Prune_V1_TrainTask, where where_: String) throws -> (gradient: [UInt8], loss: Double, count: Int) {
         let c = model.config, t = Int(r.tokens)
         try c.checkSequenceLength(t, what: "\(where_): windows")
         guard t >= 2, !r.tokenIds.isEmpty, r.tokenIds.count % t == 0, r.tokenIds.count / t <= TrainSpec.maxBatch else {
@@ -315,13 +336,16 @@ final class LlamaTrainTask {
             offsets[name] = at
             at += s.rows * s.cols
         }
-        var sum = [Float](repeating: 0, count: at)
+        var sum = [UInt8](repeating: 0, count: 4 * at)
         var loss = 0.0, count = 0
         for w in 0..<(r.tokenIds.count / t) {
             let window = Array(r.tokenIds[(w * t)..<((w + 1) * t)])
             let result = try LlamaGradient.evaluate(model, blocks: blocks, tokens: window) { name, g in
                 guard let o = offsets[name] else { return }
-                sum.withUnsafeMutableBufferPointer { s in g.withUnsafeBufferPointer { d in for k in 0..<d.count { s[o + k] += d[k] } } }
+                sum.withUnsafeMutableBytes { raw in
+                    let s = raw.bindMemory(to: Float.self)
+                    g.withUnsafeBufferPointer { d in for k in 0..<d.count { s[o + k] += d[k] } }
+                }
             }
             loss += result.loss
             count += result.count
