@@ -59,10 +59,13 @@ public struct ArtifactStore: Sendable {
     }
 
     /// The bytes stored under `digest`, verified; nil when missing or corrupt.
-    public func get(_ digest: String) -> [UInt8]? {
-        guard let data = FileManager.default.contents(atPath: path(for: digest)) else { return nil }
-        let bytes = [UInt8](data)
-        return bytes.withUnsafeBytes { SHA256Stream.hex($0) } == digest ? bytes : nil
+    /// Mapped and hashed in place, then copied once: a large model's gradients and
+    /// training state are hundreds of MB, read on the coordinator's loop.
+    public func get(_ digest: String, size: UInt64? = nil) -> [UInt8]? {
+        guard let file = try? MappedFile(path: path(for: digest)) else { return nil }
+        if let size, UInt64(file.size) != size { return nil }
+        let bytes = file.bytes(0..<file.size)
+        return SHA256Stream.hex(bytes) == digest ? [UInt8](bytes) : nil
     }
 
     /// Whether the artifact is present and intact.

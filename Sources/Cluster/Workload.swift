@@ -101,7 +101,7 @@ extension ClusterJob: ClusterWorkload {
     public var artifactToken: String { artifacts.token }
 
     public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? {
-        guard SHA256Stream.isHexDigest(sha256), let bytes = artifacts.get(sha256), UInt64(bytes.count) == size else { return nil }
+        guard SHA256Stream.isHexDigest(sha256), let bytes = artifacts.get(sha256, size: size) else { return nil }
         return bytes
     }
 

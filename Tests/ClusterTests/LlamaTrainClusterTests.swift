@@ -84,4 +84,58 @@ final class LlamaTrainClusterTests: XCTestCase {
         let report = try String(contentsOfFile: dir.file("ft-w2/report.md"), encoding: .utf8)
         XCTAssertTrue(report.contains("evaluation perplexity"), report)
     }
+
+    /// Bad fine-tuning input on a Llama: one `prune: error:` line naming the key or the
+    /// data, exit 2, nothing written.
+    func testBadFineTuningInputIsRefusedBeforeAnythingIsWritten() throws {
+        try Data(Npy.int32([1, 2, 3, 70_000, 5, 6, 7, 8], shape: [1, 8])).write(to: URL(fileURLWithPath: dir.file("oov.npy")))
+        let calibration = "calibration: {data: ids.npy, samples: 10, tokens: 16}"
+        let cases: [(spec: String, expect: String)] = [
+            ("method: wanda\n\(calibration)\ntrain: {data: ids.npy, tokens: 100000}", "train.tokens"),
+            ("method: wanda\n\(calibration)\ntrain: {data: ids.npy, tokens: 64}", "not one window of train.tokens"),
+            ("method: wanda\n\(calibration)\ntrain: {data: ids.npy, tokens: 8, batch: 100}", "more than the 40 training examples"),
+            ("method: wanda\n\(calibration)\ntrain: {data: ids.npy, tokens: 8, learning_rate: -1}", "train.learning_rate"),
+            ("method: wanda\n\(calibration)\ntrain: {data: oov.npy, tokens: 8}", "outside the model's vocabulary"),
+            ("method: sparsegpt\n\(calibration)\ntrain: {data: ids.npy, tokens: 8}", "method sparsegpt also changes them"),
+            ("method: magnitude\ntrain: {data: ids.npy, tokens: 8}\nschedule: {method: gradual}", "a Llama model fine-tunes the job's masks"),
+        ]
+        for (i, c) in cases.enumerated() {
+            let name = "bad\(i)"
+            try "model: model\noutput: \(name)\nsparsity: 0.5\n\(c.spec)\n".write(toFile: dir.file("\(name).yaml"), atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "0", "\(name).yaml"], cwd: dir.path)
+            XCTAssertEqual(r.status, 2, "\(c.spec): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains(c.expect), "\(c.spec): \(r.stderr)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file(name)), "\(c.spec): nothing written")
+        }
+    }
+
+    /// A coordinator SIGKILLed mid-way through a fine-tune whose state is cut into
+    /// several payloads (PRUNE_TEST_STATE_CHUNK_BYTES), then `prune resume`: the same bytes
+    /// as an unbroken run, and no finished task is done again.
+    func testAKilledFineTuneResumesToTheSameBytes() throws {
+        let train = "data: ids.npy, tokens: 8, batch: 4, shards: 2, epochs: 2, learning_rate: 0.003, checkpoint_every: 3"
+        let chunks = ["PRUNE_TEST_STATE_CHUNK_BYTES": "262144"]
+        let expected = try run("reference", train: train, workers: 0)
+        let job = try spec("crash", train: train)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
+                                 environment: chunks.merging(["PRUNE_TEST_TASK_DELAY_MS": "30"]) { a, _ in a })
+        func done() -> [Ledger.TaskRow] { Ledger.doneRows(at: dir.file("crash/ledger.sqlite")) }
+        XCTAssertTrue(Background.waitUntil(seconds: 180) { done().contains { $0.id == "train:grad:11:0" } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = done()
+        XCTAssertFalse(before.contains { $0.id == "train:ckpt:20" }, "the crash came before the end")
+        XCTAssertTrue(before.contains { $0.id.hasPrefix("train:ckpt:") }, "a checkpoint was kept before the crash")
+        // The state (parameters and two AdamW moments, about 1.3 MB) in payloads of at most 256 KiB.
+        let checkpoint = try XCTUnwrap(before.first { $0.id.hasPrefix("train:ckpt:") }?.resultSHA256)
+        XCTAssertGreaterThan(ResultDigests.parse(checkpoint).filter { $0.name.hasPrefix("state") }.count, 4)
+        let resume = try Subprocess.run(Subprocess.pruneBinary, ["resume", "-q", "crash"], cwd: dir.path, environment: chunks)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(jobOutputs(dir.file("crash")), expected)
+        let events = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).events()
+        for task in before {
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        }
+    }
 }

@@ -99,8 +99,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     static let weights = OutputName("weights")
     /// A state's chunk k ≥ 1 (chunk 0 is `state`).
     static func stateChunk(_ k: Int) -> OutputName { k == 0 ? state : OutputName("state:\(k)") }
-    /// What one state payload holds at most: half the frame limit.
-    static let stateChunkBytes = 1 << 29
+    /// What one state payload holds at most: half the frame limit (tests set less with
+    /// PRUNE_TEST_STATE_CHUNK_BYTES, to cut a small model's state into several).
+    static let stateChunkBytes = ProcessInfo.processInfo.environment["PRUNE_TEST_STATE_CHUNK_BYTES"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil } ?? 1 << 29
     private var stateOutputs: [OutputName] { (0..<stateChunks).map(TrainPhase.stateChunk) }
 
     public func isTransient(_ name: OutputName) -> Bool {
