@@ -197,6 +197,9 @@ public struct MLPTraining: Sendable, Equatable {
         step = Int(u64(8))
     }
 
+    /// Each layer's weight mask (true: kept), as its optimizer holds it.
+    public var weightKeeps: [[Bool]] { parameters.weights.indices.map { optimizers[optimizerIndex(weightOf: $0)].keep } }
+
     private func optimizerIndex(weightOf layer: Int) -> Int {
         parameters.biases[..<layer].reduce(layer) { $0 + ($1 == nil ? 0 : 1) }
     }

@@ -2,8 +2,8 @@
 # Masked fine-tuning of pruned SmolLM2-135M-Instruct on KJV text (`train:` with `tokens:`):
 # Wanda masks (SPARSITY, default 0.5, PATTERN default per_row; calibration 64 × 256
 # Genesis–Malachi tokens), then AdamW (LR, default 1e-4) on EXAMPLES (default 600)
-# consecutive 128-token windows of Genesis–Malachi in batches of 4 (2 gradient tasks a
-# step, each 2 windows), one epoch; perplexity on 32 × 256 held-out Matthew–Revelation
+# consecutive 128-token windows of Genesis–Malachi in batches of BATCH (default 8; 2 gradient tasks a
+# step), one epoch; perplexity on 32 × 256 held-out Matthew–Revelation
 # tokens at the masked start (before) and after, wall time per worker count (WORKERS,
 # default 2; several counts must give the same bytes).
 #   ops/bench/finetune_smollm2.sh [WORKDIR]
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 smollm2_work "$dir"
 
 examples=${EXAMPLES:-600}
-printf "%-8s %8s %6s %12s %12s %12s %9s %9s\n" workers examples steps dense before after "s/step" seconds
+printf "%-8s %8s %6s %12s %12s %12s %9s %9s %9s\n" workers examples steps dense before after "s/step" "train s" "job s"
 first=""
 for w in ${WORKERS:-2}; do
   name="ft-$(echo "${PATTERN:-per_row}" | tr -d ':')-${SPARSITY:-0.5}-$examples-w$w"
@@ -28,21 +28,24 @@ sparsity: ${SPARSITY:-0.5}
 pattern: '${PATTERN:-per_row}'
 calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}
 evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}
-train: {data: $work/calib.txt, tokens: 128, examples: $examples, batch: 4, shards: 2, epochs: 1, optimizer: adamw, learning_rate: ${LR:-1e-4}, lr_schedule: cosine, checkpoint_every: 10}
+train: {data: $work/calib.txt, tokens: 128, examples: $examples, batch: ${BATCH:-8}, shards: 2, epochs: 1, optimizer: adamw, learning_rate: ${LR:-1e-4}, lr_schedule: cosine, checkpoint_every: 10}
 YAML
   start=$EPOCHREALTIME
   "$prune" run -q --workers "$w" "$work/$name.yaml" > "$work/$name.log"
   end=$EPOCHREALTIME
   python3 - "$work/$name" "$w" "$examples" "$start" "$end" <<'PY'
-import json, sys
+import json, sqlite3, sys
 job, w, examples, start, end = sys.argv[1:]
 m = json.load(open(f"{job}/out/manifest.json"))
 r = json.load(open(f"{job}/report.json"))
 t = m["training"]
 steps = t["steps_per_epoch"] * len(t["epochs"])
 ev = r["evaluation"]
-train_s = sum(p["seconds"] for p in r["phases"] if "workers" in p["name"])
-print(f"{w:<8} {examples:>8} {steps:>6} {ev['dense']:12.3f} {t['start_perplexity']:12.3f} {ev['pruned']:12.3f} {train_s / steps:9.2f} {float(end) - float(start):9.1f}")
+# Training's wall time: from the first train task's start to the last one's end.
+db = sqlite3.connect(f"file:{job}/ledger.sqlite?mode=ro", uri=True)
+first, last = db.execute("select min(finished_at - seconds), max(finished_at) from tasks where phase = 'train'").fetchone()
+train_s = last - first
+print(f"{w:<8} {examples:>8} {steps:>6} {ev['dense']:12.3f} {t['start_perplexity']:12.3f} {ev['pruned']:12.3f} {train_s / steps:9.2f} {train_s:9.1f} {float(end) - float(start):9.1f}")
 print("  epochs:", [(e["epoch"], round(e["train_loss"], 4), round(e.get("test_perplexity") or 0, 3)) for e in t["epochs"]])
 PY
   digest=$(out_digest "$work/$name")

@@ -280,6 +280,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             try fillState(&w, step: t, round: r, outputs: outputs)
             let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
             trainee.fill(&w, examples: slice(step: t, shard: j).map { order[first + $0] })
+            if trainee is LlamaTrainee { _ = try keptWeights(outputs: outputs) }
         case .checkpoint(let k):
             let r = round(ofStep: k - 1)
             w = try setup(round: r, outputs: outputs)
@@ -335,10 +336,29 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     private var parameterCount: Int { parameterSizes.reduce(0, +) }
 
+    /// How many values a gradient holds: a language model's hold the kept weights'
+    /// entries only (`LlamaTrainTask.gradient`), counted from the masks once (nil until a
+    /// gradient task was built); a classifier's every parameter.
+    private func gradientValues() -> Int? { trainee is LlamaTrainee ? keptCache : parameterCount }
+    private var keptCache: Int?
+
+    private func keptWeights(outputs: OutputStore) throws -> Int {
+        if let keptCache { return keptCache }
+        var n = 0
+        for (l, layer) in trainee.layers.enumerated() {
+            n += try masks[l].map { try $0.source.mask(of: $0.name, outputs: outputs).keptCount } ?? layer.rows * layer.cols
+            if layer.bias != nil { n += layer.rows }
+        }
+        keptCache = n
+        return n
+    }
+
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
         switch piece(task) {
         case .gradient(let t, let j)?:
-            guard outputs.count == 2, outputs[0].count == 4 * parameterCount, outputs[1].count == 24 else { return "result of \(task) has the wrong sizes" }
+            let size = outputs.first?.count ?? 0
+            let sized = gradientValues().map { size == 4 * $0 } ?? (size % 4 == 0 && size <= 4 * parameterCount)
+            guard outputs.count == 2, sized, outputs[1].count == 24 else { return "result of \(task) has the wrong sizes" }
             let rows = Double(trainee.scored(examples: slice(step: t, shard: j).count))
             guard let loss = try? FloatPayload.doubles(outputs[1], what: "loss"), loss[0].isFinite, loss[0] >= 0,
                   loss[1] >= 0, loss[1] <= rows, loss[1] == loss[1].rounded(), loss[2] == rows else { return "result of \(task): bad loss or count" }

@@ -58,6 +58,8 @@ enum TrainStep {
         /// The summed gradient of a step, reused: a large model's would be a fresh
         /// allocation (zeroed pages) every step otherwise.
         var summed: [Float] = []
+        /// A language model's weight masks (kept flags), for its kept-only gradients.
+        var keeps: [[Bool]] = []
 
         /// Whether the kept state continues into a task from `base` with `steps`: the same
         /// base with a prefix of the steps applied (how many), or a state whose lineage is
@@ -107,6 +109,7 @@ enum TrainStep {
             from = applied
         } else {
             kept.training = nil
+            kept.keeps = []
             training = MLPTraining(parameters: model.parameters, masks: try masks(r, model: model, inputs: inputs, where: where_), optimizer: optimizer, l1: o.l1)
             if r.hasBase {
                 var state = try inputs.artifact(r.base)
@@ -121,11 +124,23 @@ enum TrainStep {
             let s = r.steps[k]
             guard !s.shards.isEmpty, s.batch > 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has no gradients") }
             if kept.summed.count == count { kept.summed.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { kept.summed = [Float](repeating: 0, count: count) }
+            // A language model's gradients hold only the kept weights' entries (what the
+            // masked optimizer reads); the pruned entries of the sum stay 0.
+            let compact = model.isLanguageModel
+            if compact, kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
+            let expected = compact ? kept.keeps.reduce(0) { $0 + $1.count { $0 } } : count
             for ref in s.shards {
                 try inputs.withArtifact(ref) { raw in
-                    guard raw.count == 4 * count else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(count)") }
+                    guard raw.count == 4 * expected else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(expected)") }
                     let g = raw.bindMemory(to: Float.self)
-                    kept.summed.withUnsafeMutableBufferPointer { out in for i in 0..<count { out[i] += g[i] } }
+                    kept.summed.withUnsafeMutableBufferPointer { out in
+                        guard compact else { for i in 0..<count { out[i] += g[i] }; return }
+                        var at = 0, j = 0
+                        for keep in kept.keeps {
+                            keep.withUnsafeBufferPointer { k in for i in 0..<k.count where k[i] { out[at + i] += g[j]; j += 1 } }
+                            at += keep.count
+                        }
+                    }
                 }
             }
             guard s.learningRate.isFinite, s.learningRate >= 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has a bad learning rate") }
@@ -148,7 +163,8 @@ enum TrainStep {
 
         if r.action == gradient, case .llama(let llama) = model {
             let step = Int(r.baseStep) + r.steps.count
-            let result = try llama.gradient(training.parameters.weights, r, where: where_)
+            if kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
+            let result = try llama.gradient(training.parameters.weights, keeps: kept.keeps, r, where: where_)
             guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) }) else {
                 throw PruningError("train step \(step): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
             }
@@ -282,6 +298,12 @@ enum TrainTaskModel {
         }
     }
 
+    /// Whether gradients travel kept entries only (a language model's).
+    var isLanguageModel: Bool {
+        if case .llama = self { return true }
+        return false
+    }
+
     /// The start parameters (a language model's trained weights have no biases).
     var parameters: MLPGradient.Parameters {
         switch self {
@@ -299,6 +321,8 @@ final class LlamaTrainTask {
     let names: [String]
     let shapes: [(rows: Int, cols: Int)]
     let start: [[Float]]
+    /// A task's summed gradient (all entries), reused from task to task.
+    private var accumulator: [Float] = []
 
     init(_ r: Prune_V1_TrainTask, inputs: TaskInputs, where where_: String) throws {
         let config = try LlamaConfig.parse(bytes: [UInt8](r.llamaConfig), file: "\(where_): config.json")
@@ -318,9 +342,10 @@ final class LlamaTrainTask {
     }
 
     /// The summed next-token cross-entropy of the task's windows and its gradient with
-    /// respect to every trained weight (flat order, F32 bytes: the payload itself), at
-    /// `weights`; windows in order.
-    func gradient(_ weights: [[Float]], _ r: Prune_V1_TrainTask, where where_: String) throws -> (gradient: [UInt8], loss: Double, count: Int) {
+    /// respect to every trained weight at `weights`, windows in order: F32 bytes (the
+    /// payload itself) of the entries `keeps` marks kept only, weight after weight: the
+    /// masked optimizer never reads the others, and the exchange shrinks with the sparsity.
+    func gradient(_ weights: [[Float]], keeps: [[Bool]], _ r: Prune_V1_TrainTask, where where_: String) throws -> (gradient: [UInt8], loss: Double, count: Int) {
         let c = model.config, t = Int(r.tokens)
         try c.checkSequenceLength(t, what: "\(where_): windows")
         guard t >= 2, !r.tokenIds.isEmpty, r.tokenIds.count % t == 0, r.tokenIds.count / t <= TrainSpec.maxBatch else {
@@ -336,20 +361,31 @@ final class LlamaTrainTask {
             offsets[name] = at
             at += s.rows * s.cols
         }
-        var sum = [UInt8](repeating: 0, count: 4 * at)
+        guard keeps.map(\.count) == shapes.map({ $0.rows * $0.cols }) else { throw PruningError("\(where_): masks of other sizes than the weights") }
+        // The windows' sum in a buffer kept from task to task (zeroing it reuses its pages).
+        if accumulator.count == at { accumulator.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { accumulator = [Float](repeating: 0, count: at) }
         var loss = 0.0, count = 0
         for w in 0..<(r.tokenIds.count / t) {
             let window = Array(r.tokenIds[(w * t)..<((w + 1) * t)])
             let result = try LlamaGradient.evaluate(model, blocks: blocks, tokens: window) { name, g in
                 guard let o = offsets[name] else { return }
-                sum.withUnsafeMutableBytes { raw in
-                    let s = raw.bindMemory(to: Float.self)
-                    g.withUnsafeBufferPointer { d in for k in 0..<d.count { s[o + k] += d[k] } }
-                }
+                accumulator.withUnsafeMutableBufferPointer { s in g.withUnsafeBufferPointer { d in for k in 0..<d.count { s[o + k] += d[k] } } }
             }
             loss += result.loss
             count += result.count
         }
-        return (sum, loss, count)
+        let kept = keeps.reduce(0) { $0 + $1.count { $0 } }
+        var payload = [UInt8](repeating: 0, count: 4 * kept)
+        payload.withUnsafeMutableBytes { raw in
+            let out = raw.bindMemory(to: Float.self)
+            accumulator.withUnsafeBufferPointer { s in
+                var at = 0, j = 0
+                for keep in keeps {
+                    keep.withUnsafeBufferPointer { k in for i in 0..<k.count where k[i] { out[j] = s[at + i]; j += 1 } }
+                    at += keep.count
+                }
+            }
+        }
+        return (payload, loss, count)
     }
 }
