@@ -166,12 +166,9 @@ final class TrainClusterTests: XCTestCase {
     /// workers, and `prune check` passes.
     func testAdaptiveScheduleKeepsTheHighestLevelWithinTheBudget() throws {
         _ = try run("dense", train: "examples: 1500, epochs: 4, batch: 100, learning_rate: 0.1, checkpoint_every: 50", workers: 0)
-        let schedule = "schedule: {method: adaptive, initial: 0.5, step: 0.3, rounds: 5, budget: 0.02, validation: 300}\n"
-        let train = "examples: 1500, epochs: 1, batch: 100, learning_rate: 0.05, checkpoint_every: 50"
         var outs: [[String: Data]] = []
         for w in [0, 2] {
-            let path = try writeSpec("adaptive-w\(w)", model: "dense/out/dense", sparsity: 0.99, train: train)
-            try (try String(contentsOfFile: path, encoding: .utf8) + "\n" + schedule).write(toFile: path, atomically: false, encoding: .utf8)
+            let path = try adaptiveSpec("adaptive-w\(w)")
             let r = try Subprocess.prune(["run", "-q", "--workers", "\(w)", path], cwd: dir.path)
             XCTAssertEqual(r.status, 0, r.stderr)
             outs.append(outputs("adaptive-w\(w)"))
@@ -205,6 +202,44 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertTrue(markdown.contains("Highest sparsity within the budget: \(String(format: "%.3f", a.sparsity))"), markdown)
         let check = try Subprocess.prune(["check", "dense/out/dense", "adaptive-w2"], cwd: dir.path)
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// An adaptive schedule (5 rounds from 0.5 by 0.3 towards 0.99, a 2-point budget on 300
+    /// held-out examples) from the trained dense model in dense/.
+    private func adaptiveSpec(_ name: String, rounds: Int = 5) throws -> String {
+        let train = "examples: 1500, epochs: 1, batch: 100, learning_rate: 0.05, checkpoint_every: 50"
+        let path = try writeSpec(name, model: "dense/out/dense", sparsity: 0.99, train: train)
+        let schedule = "schedule: {method: adaptive, initial: 0.5, step: 0.3, rounds: \(rounds), budget: 0.02, validation: 300}\n"
+        try (try String(contentsOfFile: path, encoding: .utf8) + "\n" + schedule).write(toFile: path, atomically: false, encoding: .utf8)
+        return path
+    }
+
+    /// An adaptive search SIGKILLed after its third round's level was decided: `prune
+    /// resume` decides the same levels from the same artifacts, redoes nothing done, and
+    /// writes the bytes of an unbroken run.
+    func testAKilledAdaptiveSearchResumesToTheSameBytes() throws {
+        _ = try run("dense", train: "examples: 1500, epochs: 4, batch: 100, learning_rate: 0.1, checkpoint_every: 50", workers: 0)
+        let reference = try Subprocess.prune(["run", "-q", "--workers", "0", try adaptiveSpec("unbroken", rounds: 4)], cwd: dir.path)
+        XCTAssertEqual(reference.status, 0, reference.stderr)
+        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", try adaptiveSpec("crash", rounds: 4)], cwd: dir.path,
+                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "30"])
+        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("crash").contains { $0.id == "train:prune:2" } })
+        run.kill(SIGKILL)
+        XCTAssertNotNil(run.wait(seconds: 10))
+        let before = doneTasks("crash")
+        XCTAssertFalse(before.contains { $0.id == "train:prune:3" }, "the crash came before the last round")
+        let resume = try Subprocess.prune(["resume", "-q", "crash"], cwd: dir.path)
+        XCTAssertEqual(resume.status, 0, resume.stderr)
+        XCTAssertEqual(outputs("crash"), outputs("unbroken"))
+        let events = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).events()
+        for task in before {
+            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        }
+        let decided = { (job: String) throws -> [Double] in
+            try XCTUnwrap(try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: self.dir.file("\(job)/out/manifest.json")))).training?.adaptive)
+                .rounds.map(\.sparsity)
+        }
+        XCTAssertEqual(try decided("crash"), try decided("unbroken"))
     }
 
     /// A coordinator SIGKILL in the middle of training: `prune resume` goes on from the
