@@ -64,8 +64,10 @@ public struct ArtifactStore: Sendable {
     public func get(_ digest: String, size: UInt64? = nil) -> [UInt8]? {
         guard let file = try? MappedFile(path: path(for: digest)) else { return nil }
         if let size, UInt64(file.size) != size { return nil }
-        let bytes = file.bytes(0..<file.size)
-        return SHA256Stream.hex(bytes) == digest ? [UInt8](bytes) : nil
+        return withExtendedLifetime(file) {
+            let bytes = file.bytes(0..<file.size)
+            return SHA256Stream.hex(bytes) == digest ? [UInt8](bytes) : nil
+        }
     }
 
     /// Whether the artifact is present and intact.

@@ -289,8 +289,12 @@ struct WorkerInputs: TaskInputs {
         if !thread.artifactRoot.isEmpty {
             let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
             if let file = try? MappedFile(path: path), file.size == Int(clamping: ref.size), file.size > 0 {
-                let bytes = file.bytes(0..<file.size)
-                if SHA256Stream.hex(bytes) == ref.sha256 { return try body(bytes) }
+                // The mapping lives until body returns.
+                let result: R? = try withExtendedLifetime(file) {
+                    let bytes = file.bytes(0..<file.size)
+                    return SHA256Stream.hex(bytes) == ref.sha256 ? try body(bytes) : nil
+                }
+                if let result { return result }
             }
         }
         return try artifact(ref).withUnsafeBytes(body)

@@ -271,6 +271,8 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
         guard let piece = piece(task) else { throw PruningError("no train task \(task)") }
+        // What a language model's gradient results are checked against, from the masks.
+        if trainee is LlamaTrainee { _ = try keptWeights(outputs: outputs) }
         var w: Prune_V1_TrainTask
         switch piece {
         case .gradient(let t, let j):
@@ -280,7 +282,6 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             try fillState(&w, step: t, round: r, outputs: outputs)
             let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
             trainee.fill(&w, examples: slice(step: t, shard: j).map { order[first + $0] })
-            if trainee is LlamaTrainee { _ = try keptWeights(outputs: outputs) }
         case .checkpoint(let k):
             let r = round(ofStep: k - 1)
             w = try setup(round: r, outputs: outputs)
@@ -337,8 +338,8 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     private var parameterCount: Int { parameterSizes.reduce(0, +) }
 
     /// How many values a gradient holds: a language model's hold the kept weights'
-    /// entries only (`LlamaTrainTask.gradient`), counted from the masks once (nil until a
-    /// gradient task was built); a classifier's every parameter.
+    /// entries only (`LlamaTrainTask.gradient`), counted from the masks once (nil until this
+    /// process built a train task's work); a classifier's every parameter.
     private func gradientValues() -> Int? { trainee is LlamaTrainee ? keptCache : parameterCount }
     private var keptCache: Int?
 
@@ -357,7 +358,8 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         switch piece(task) {
         case .gradient(let t, let j)?:
             let size = outputs.first?.count ?? 0
-            let sized = gradientValues().map { size == 4 * $0 } ?? (size % 4 == 0 && size <= 4 * parameterCount)
+            guard let values = gradientValues() else { return "result of \(task) arrived before its masks were read" }
+            let sized = size == 4 * values
             guard outputs.count == 2, sized, outputs[1].count == 24 else { return "result of \(task) has the wrong sizes" }
             let rows = Double(trainee.scored(examples: slice(step: t, shard: j).count))
             guard let loss = try? FloatPayload.doubles(outputs[1], what: "loss"), loss[0].isFinite, loss[0] >= 0,

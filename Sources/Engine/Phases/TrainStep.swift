@@ -96,6 +96,10 @@ enum TrainStep {
         guard String(decoding: r.startLineage, as: UTF8.self) == start else { throw PruningError("\(where_): the start's lineage does not match its setup") }
         guard r.hasBase || (r.baseStep == 0 && r.baseLineage == r.startLineage) else { throw PruningError("\(where_): a start without a base state must be step 0 with the start's lineage") }
         let baseLineage = String(decoding: r.baseLineage, as: UTF8.self)
+        // Bounded before anything is cut: a state of at most 4096 payloads (2 TiB at 512 MiB).
+        guard r.stateChunks <= 4096, !r.hasBase || r.baseMore.count + 1 == max(1, Int(r.stateChunks)) else {
+            throw PruningError("\(where_): a state of \(r.stateChunks) payloads (base: \(r.baseMore.count + 1))")
+        }
 
         kept.lock.lock()
         defer { kept.lock.unlock() }
@@ -132,15 +136,14 @@ enum TrainStep {
             for ref in s.shards {
                 try inputs.withArtifact(ref) { raw in
                     guard raw.count == 4 * expected else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(expected)") }
-                    let g = raw.bindMemory(to: Float.self)
-                    kept.summed.withUnsafeMutableBufferPointer { out in
+                    raw.withMemoryRebound(to: Float.self) { g in kept.summed.withUnsafeMutableBufferPointer { out in
                         guard compact else { for i in 0..<count { out[i] += g[i] }; return }
                         var at = 0, j = 0
                         for keep in kept.keeps {
                             keep.withUnsafeBufferPointer { k in for i in 0..<k.count where k[i] { out[at + i] += g[j]; j += 1 } }
                             at += keep.count
                         }
-                    }
+                    } }
                 }
             }
             guard s.learningRate.isFinite, s.learningRate >= 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has a bad learning rate") }
@@ -164,8 +167,8 @@ enum TrainStep {
         if r.action == gradient, case .llama(let llama) = model {
             let step = Int(r.baseStep) + r.steps.count
             if kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
-            let result = try llama.gradient(training.parameters.weights, keeps: kept.keeps, r, where: where_)
-            guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) }) else {
+            let result = try llama.gradient(training.parameters.weights, keeps: kept.keeps, r, inputs: inputs, where: where_)
+            guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { $0.allSatisfy(\.isFinite) } }) else {
                 throw PruningError("train step \(step): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
             }
             var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, result.gradient),
@@ -316,8 +319,7 @@ enum TrainTaskModel {
 /// A Llama-family model on a worker: the fixed tensors behind a store, the decoder Linear
 /// weights at the start, and the gradient of a shard's windows at given weights.
 final class LlamaTrainTask {
-    let model: LlamaModel
-    let store: WeightStore
+    let config: LlamaConfig
     let names: [String]
     let shapes: [(rows: Int, cols: Int)]
     let start: [[Float]]
@@ -330,14 +332,13 @@ final class LlamaTrainTask {
         guard r.parameters.map(\.name) == expected else {
             throw PruningError("\(where_): the trained tensors are not the model's decoder Linear weights in order")
         }
-        store = WeightStore(reader: TaskTensorReader(r.parameters + r.forward, inputs: inputs))
-        model = LlamaModel(config: config, store: store)
+        self.config = config
+        let store = WeightStore(reader: TaskTensorReader(r.parameters + r.forward, inputs: inputs))
         names = expected
         let h = config.hiddenSize, q = config.heads * config.headDim, kv = config.kvHeads * config.headDim, i = config.intermediateSize
         let perBlock = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
         let shapes = (0..<config.layers).flatMap { _ in perBlock }
         self.shapes = shapes
-        let store = self.store
         start = try zip(expected, shapes).map { try store.load($0, shape: [$1.0, $1.1]) }
     }
 
@@ -345,8 +346,11 @@ final class LlamaTrainTask {
     /// respect to every trained weight at `weights`, windows in order: F32 bytes (the
     /// payload itself) of the entries `keeps` marks kept only, weight after weight: the
     /// masked optimizer never reads the others, and the exchange shrinks with the sparsity.
-    func gradient(_ weights: [[Float]], keeps: [[Bool]], _ r: Prune_V1_TrainTask, where where_: String) throws -> (gradient: [UInt8], loss: Double, count: Int) {
-        let c = model.config, t = Int(r.tokens)
+    func gradient(_ weights: [[Float]], keeps: [[Bool]], _ r: Prune_V1_TrainTask, inputs: TaskInputs, where where_: String) throws -> (gradient: [UInt8], loss: Double, count: Int) {
+        let c = config, t = Int(r.tokens)
+        // The fixed tensors through this task's inputs (an earlier task's may be gone).
+        let store = WeightStore(reader: TaskTensorReader(r.parameters + r.forward, inputs: inputs))
+        let model = LlamaModel(config: c, store: store)
         try c.checkSequenceLength(t, what: "\(where_): windows")
         guard t >= 2, !r.tokenIds.isEmpty, r.tokenIds.count % t == 0, r.tokenIds.count / t <= TrainSpec.maxBatch else {
             throw PruningError("\(where_): \(r.tokenIds.count) token ids in windows of \(t)")
@@ -355,6 +359,7 @@ final class LlamaTrainTask {
         guard weights.count == names.count else { throw PruningError("\(where_): \(weights.count) weights for \(names.count) layers") }
         for (name, w) in zip(names, weights) { store.override(name, with: w) }
         let blocks = try (0..<c.layers).map { try model.block($0) }
+        // The store no longer shares the training's arrays (its next step updates them in place).
         store.clearOverrides()
         var offsets: [String: Int] = [:], at = 0
         for (name, s) in zip(names, shapes) {
@@ -376,8 +381,7 @@ final class LlamaTrainTask {
         }
         let kept = keeps.reduce(0) { $0 + $1.count { $0 } }
         var payload = [UInt8](repeating: 0, count: 4 * kept)
-        payload.withUnsafeMutableBytes { raw in
-            let out = raw.bindMemory(to: Float.self)
+        payload.withUnsafeMutableBytes { raw in raw.withMemoryRebound(to: Float.self) { out in
             accumulator.withUnsafeBufferPointer { s in
                 var at = 0, j = 0
                 for keep in keeps {
@@ -385,7 +389,7 @@ final class LlamaTrainTask {
                     at += keep.count
                 }
             }
-        }
+        } }
         return (payload, loss, count)
     }
 }
