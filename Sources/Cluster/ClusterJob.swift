@@ -42,6 +42,8 @@ public final class ClusterJob {
         verifyFraction = spec.verify ?? JobSpec.defaultVerify(remoteWorkers: remoteWorkers)
     }
     public let settings: Settings
+    /// The heartbeat of a Llama fine-tune's cluster, unless another was set.
+    public static let fineTuneHeartbeatMs = 3000
     /// Whether this run created the job directory (removed again if the run fails on bad input).
     public let createdDirectory: Bool
     /// When this coordinator opened the job (for the report's phase times).
@@ -58,6 +60,11 @@ public final class ClusterJob {
         self.plan = plan
         self.directory = directory
         self.ledger = ledger
+        var settings = settings
+        // A Llama fine-tune's coordinator reads and verifies every training state (12 bytes a
+        // trained weight: 1.27 GB for SmolLM2) and shard gradient on its event loop; at the
+        // default 1 s heartbeat (three missed: lost) that stall drops its workers now and then.
+        if spec.train?.tokens != nil, settings.heartbeatMs == Settings().heartbeatMs { settings.heartbeatMs = ClusterJob.fineTuneHeartbeatMs }
         self.settings = settings
         createdDirectory = created
         dag = try JobDAG(job: JobContext(spec: spec, plan: plan, checkpoint: checkpoint, maxWeightsPerTask: settings.maxWeightsPerTask,

@@ -31,9 +31,7 @@ evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}
 train: {data: $work/calib.txt, tokens: 128, examples: $examples, batch: ${BATCH:-8}, shards: 2, epochs: 1, optimizer: adamw, learning_rate: ${LR:-1e-4}, lr_schedule: cosine, checkpoint_every: 10}
 YAML
   start=$EPOCHREALTIME
-  # The coordinator reads and verifies each 1.27 GB training state on its event loop; at
-  # the default 1 s heartbeat (3 missed: lost) that stall drops the workers now and then.
-  "$prune" run -q --workers "$w" --heartbeat-ms "${HEARTBEAT_MS:-3000}" "$work/$name.yaml" > "$work/$name.log"
+  "$prune" run -q --workers "$w" "$work/$name.yaml" > "$work/$name.log"
   end=$EPOCHREALTIME
   python3 - "$work/$name" "$w" "$examples" "$start" "$end" <<'PY'
 import json, sqlite3, sys
