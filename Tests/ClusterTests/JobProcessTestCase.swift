@@ -115,3 +115,25 @@ extension Ledger {
         return rows.filter { $0.state == "done" }
     }
 }
+
+/// A coordinator SIGKILLed mid-job, then resumed: `prune run -q --workers 2 SPEC` (tasks
+/// slowed by 30 ms) until `after` is done, SIGKILL, `check` on the tasks done before the
+/// crash, `prune resume -q JOB`; asserts the resume succeeds and redoes no task done before
+/// the crash, and returns those tasks. `environment` goes to both runs.
+func crashAndResume(in dir: TempDir, job: String, spec: String, after task: String, environment: [String: String] = [:],
+                    check: ([Ledger.TaskRow]) throws -> Void, file: StaticString = #filePath, line: UInt = #line) throws {
+    let ledger = dir.file("\(job)/ledger.sqlite")
+    let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", spec], cwd: dir.path,
+                             environment: environment.merging(["PRUNE_TEST_TASK_DELAY_MS": "30"]) { a, _ in a })
+    XCTAssertTrue(Background.waitUntil(seconds: 180) { Ledger.doneRows(at: ledger).contains { $0.id == task } }, file: file, line: line)
+    run.kill(SIGKILL)
+    XCTAssertNotNil(run.wait(seconds: 10), file: file, line: line)
+    let before = Ledger.doneRows(at: ledger)
+    try check(before)
+    let resume = try Subprocess.run(Subprocess.pruneBinary, ["resume", "-q", job], cwd: dir.path, environment: environment)
+    XCTAssertEqual(resume.status, 0, resume.stderr, file: file, line: line)
+    let events = try Ledger(path: ledger, create: false, readOnly: true).events()
+    for t in before {
+        XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == t.id }.count, 1, "\(t.id) was not redone", file: file, line: line)
+    }
+}

@@ -117,25 +117,12 @@ final class LlamaTrainClusterTests: XCTestCase {
         let train = "data: ids.npy, tokens: 8, batch: 4, shards: 2, epochs: 2, learning_rate: 0.003, checkpoint_every: 3"
         let chunks = ["PRUNE_TEST_STATE_CHUNK_BYTES": "262144"]
         let expected = try run("reference", train: train, workers: 0)
-        let job = try spec("crash", train: train)
-        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
-                                 environment: chunks.merging(["PRUNE_TEST_TASK_DELAY_MS": "30"]) { a, _ in a })
-        func done() -> [Ledger.TaskRow] { Ledger.doneRows(at: dir.file("crash/ledger.sqlite")) }
-        XCTAssertTrue(Background.waitUntil(seconds: 180) { done().contains { $0.id == "train:grad:11:0" } })
-        run.kill(SIGKILL)
-        XCTAssertNotNil(run.wait(seconds: 10))
-        let before = done()
-        XCTAssertFalse(before.contains { $0.id == "train:ckpt:20" }, "the crash came before the end")
-        XCTAssertTrue(before.contains { $0.id.hasPrefix("train:ckpt:") }, "a checkpoint was kept before the crash")
-        // The state (parameters and two AdamW moments, about 1.3 MB) in payloads of at most 256 KiB.
-        let checkpoint = try XCTUnwrap(before.first { $0.id.hasPrefix("train:ckpt:") }?.resultSHA256)
-        XCTAssertGreaterThan(ResultDigests.parse(checkpoint).filter { $0.name.hasPrefix("state") }.count, 4)
-        let resume = try Subprocess.run(Subprocess.pruneBinary, ["resume", "-q", "crash"], cwd: dir.path, environment: chunks)
-        XCTAssertEqual(resume.status, 0, resume.stderr)
-        XCTAssertEqual(jobOutputs(dir.file("crash")), expected)
-        let events = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).events()
-        for task in before {
-            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        try crashAndResume(in: dir, job: "crash", spec: try spec("crash", train: train), after: "train:grad:11:0", environment: chunks) { before in
+            XCTAssertFalse(before.contains { $0.id == "train:ckpt:20" }, "the crash came before the end")
+            // The state (parameters and two AdamW moments, about 1.3 MB) in payloads of at most 256 KiB.
+            let checkpoint = try XCTUnwrap(before.first { $0.id.hasPrefix("train:ckpt:") }?.resultSHA256, "a checkpoint was kept before the crash")
+            XCTAssertGreaterThan(ResultDigests.parse(checkpoint).filter { $0.name.hasPrefix("state") }.count, 4)
         }
+        XCTAssertEqual(jobOutputs(dir.file("crash")), expected)
     }
 }

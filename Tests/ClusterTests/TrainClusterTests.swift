@@ -221,20 +221,10 @@ final class TrainClusterTests: XCTestCase {
         _ = try run("dense", train: "examples: 1500, epochs: 4, batch: 100, learning_rate: 0.1, checkpoint_every: 50", workers: 0)
         let reference = try Subprocess.prune(["run", "-q", "--workers", "0", try adaptiveSpec("unbroken", rounds: 4)], cwd: dir.path)
         XCTAssertEqual(reference.status, 0, reference.stderr)
-        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", try adaptiveSpec("crash", rounds: 4)], cwd: dir.path,
-                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "30"])
-        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("crash").contains { $0.id == "train:prune:2" } })
-        run.kill(SIGKILL)
-        XCTAssertNotNil(run.wait(seconds: 10))
-        let before = doneTasks("crash")
-        XCTAssertFalse(before.contains { $0.id == "train:prune:3" }, "the crash came before the last round")
-        let resume = try Subprocess.prune(["resume", "-q", "crash"], cwd: dir.path)
-        XCTAssertEqual(resume.status, 0, resume.stderr)
-        XCTAssertEqual(outputs("crash"), outputs("unbroken"))
-        let events = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).events()
-        for task in before {
-            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        try crashAndResume(in: dir, job: "crash", spec: try adaptiveSpec("crash", rounds: 4), after: "train:prune:2") { before in
+            XCTAssertFalse(before.contains { $0.id == "train:prune:3" }, "the crash came before the last round")
         }
+        XCTAssertEqual(outputs("crash"), outputs("unbroken"))
         let decided = { (job: String) throws -> [Double] in
             try XCTUnwrap(try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: self.dir.file("\(job)/out/manifest.json")))).training?.adaptive)
                 .rounds.map(\.sparsity)
@@ -247,21 +237,10 @@ final class TrainClusterTests: XCTestCase {
     /// of an unbroken run.
     func testAKilledTrainingResumesToTheSameBytes() throws {
         let expected = try run("reference", train: small, workers: 0)
-        let job = try writeSpec("crash", train: small)
-        let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
-                                 environment: ["PRUNE_TEST_TASK_DELAY_MS": "30"])
-        XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks("crash").contains { $0.id == "train:grad:17:0" } })
-        run.kill(SIGKILL)
-        XCTAssertNotNil(run.wait(seconds: 10))
-        let before = doneTasks("crash")
-        XCTAssertFalse(before.contains { $0.id == "train:ckpt:36" }, "the crash came before the end")
-        let resume = try Subprocess.prune(["resume", "-q", "crash"], cwd: dir.path)
-        XCTAssertEqual(resume.status, 0, resume.stderr)
-        XCTAssertEqual(outputs("crash"), expected)
-        let events = try Ledger(path: dir.file("crash/ledger.sqlite"), create: false, readOnly: true).events()
-        for task in before {
-            XCTAssertEqual(events.filter { $0.kind == "done" && $0.task == task.id }.count, 1, "\(task.id) was not redone")
+        try crashAndResume(in: dir, job: "crash", spec: try writeSpec("crash", train: small), after: "train:grad:17:0") { before in
+            XCTAssertFalse(before.contains { $0.id == "train:ckpt:36" }, "the crash came before the end")
         }
+        XCTAssertEqual(outputs("crash"), expected)
     }
 
     /// Training data edited while a job is stopped: `prune resume` refuses in one line.
