@@ -258,7 +258,7 @@ public final class ClusterJob {
         let staging = try directory.makeStaging()
         do {
             let assembleStart = Date()
-            let assembler = try dag.assembler(outputs: outputs)
+            let assembler = try dag.writer(outputs: outputs)
             let manifest = try assembler
                 .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try directory.publish(staging: staging)

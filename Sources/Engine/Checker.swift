@@ -9,6 +9,8 @@ public struct CheckReport: Sendable {
     public var tensorsChecked = 0
     public var prunedTensors = 0
     public var zeros = 0
+    /// A structured job's smaller model (no sparse/; tensors rebuilt from kept units).
+    public var structured = false
     public var passed: Bool { failures.isEmpty }
 }
 
@@ -18,6 +20,12 @@ public enum Checker {
     public static func check(original: String, output: String) throws -> CheckReport {
         let outDir = outputDirectory(output)
         let manifest = try Manifest.load(path: (outDir as NSString).appendingPathComponent("manifest.json"))
+        if let structure = manifest.structure {
+            var report = try StructuredCheck.check(original: original, outDir: outDir, manifest: manifest, structure: structure)
+            report.failures = sideFileProblems(outDir: outDir, source: try Checkpoint(path: original), in: ["dense"]) + report.failures
+            report.structured = true
+            return report
+        }
         let source = try Checkpoint(path: original)
         let dense = try Checkpoint(path: (outDir as NSString).appendingPathComponent("dense"))
         let sparse = try SparseCheckpoint(path: (outDir as NSString).appendingPathComponent("sparse"))
@@ -25,13 +33,7 @@ public enum Checker {
         func fail(_ s: String) { report.failures.append(s) }
 
         for problem in sideFileProblems(outDir: outDir, source: source) { fail(problem) }
-        for (file, digest) in manifest.modelFiles.sorted(by: { $0.key < $1.key }) {
-            guard let shard = source.shards.first(where: { ($0.path as NSString).lastPathComponent == file }) else {
-                fail("manifest: model file '\(file)' is not part of \(original)")
-                continue
-            }
-            if try SHA256Stream.hex(file: shard.path) != digest { fail("manifest: \(shard.path) differs from the file the job pruned (sha256)") }
-        }
+        for problem in try modelFileProblems(manifest: manifest, source: source, original: original) { fail(problem) }
         let sourceNames = Set(source.tensors.map(\.name))
         let denseNames = Set(dense.tensors.map(\.name))
         let sparseEntries = Dictionary(sparse.denseNames().map { ($0.name, $0.sparse) }, uniquingKeysWith: { a, _ in a })
@@ -157,10 +159,23 @@ public enum Checker {
     /// there as a regular readable file (not a link, which could dangle), config.json
     /// parses and names a `model_type`, and sparse/'s config carries the sparsity config
     /// compressed-tensors reads when any tensor is stored compressed.
-    static func sideFileProblems(outDir: String, source: Checkpoint) -> [String] {
+    /// The input's files the manifest names, with the digests the job pruned.
+    static func modelFileProblems(manifest: Manifest, source: Checkpoint, original: String) throws -> [String] {
+        var problems: [String] = []
+        for (file, digest) in manifest.modelFiles.sorted(by: { $0.key < $1.key }) {
+            guard let shard = source.shards.first(where: { ($0.path as NSString).lastPathComponent == file }) else {
+                problems.append("manifest: model file '\(file)' is not part of \(original)")
+                continue
+            }
+            if try SHA256Stream.hex(file: shard.path) != digest { problems.append("manifest: \(shard.path) differs from the file the job pruned (sha256)") }
+        }
+        return problems
+    }
+
+    static func sideFileProblems(outDir: String, source: Checkpoint, in subdirectories: [String] = ["dense", "sparse"]) -> [String] {
         var problems: [String] = []
         let fm = FileManager.default
-        for sub in ["dense", "sparse"] {
+        for sub in subdirectories {
             let dir = (outDir as NSString).appendingPathComponent(sub)
             for side in source.sideFiles() {
                 let path = (dir as NSString).appendingPathComponent(side)
@@ -266,6 +281,9 @@ public enum Checker {
             let need = p.plannedPruned(rows: rows, cols: cols, sparsity: target)
             let zeros = TensorPruner.zeroCount(out, elementSize: size)
             if zeros < need { problems.append("\(zeros) zeros, planned at least \(need)") }
+        case .units:
+            // Removed units leave no zeros: `StructuredCheck` compares the smaller tensors.
+            problems.append("pattern \(p) is checked against its kept units, not by zeros")
         }
         return problems
     }

@@ -433,6 +433,16 @@ public struct JobSpec: Sendable {
             if spec.train?.tokens != nil { throw SpecError("\(where_(file, node)): schedule: prune-and-train rounds are built for the MLP classifier; a Llama model fine-tunes the job's masks (drop schedule:)") }
             if case .nm = pattern { throw SpecError("\(where_(file, node)): schedule: rounds prune by magnitude within rows; pattern \(pattern) is not supported with a schedule") }
         }
+        if case .units(let kind) = pattern {
+            // Units are scored by L2 norm or Wanda and removed from the shapes; the
+            // per-weight steps have no meaning on a model whose weights are gone.
+            guard method == .magnitude || method == .wanda else {
+                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm) or wanda (|W|·‖X‖), not \(method.rawValue)")
+            }
+            for key in ["allocation", "refine", "reconstruct", "train", "schedule"] {
+                if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind.rawValue) (every block keeps the same units count; the smaller model is written as it is)") }
+            }
+        }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {
                 throw SpecError("\(where_(file, node)): weight_norms: must be true or false")

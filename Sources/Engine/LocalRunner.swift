@@ -58,7 +58,7 @@ public struct LocalRunner {
         let pruneSeconds = Date().timeIntervalSince(start)
         let staging = try job.makeStaging()
         do {
-            var assembler = try dag.assembler(outputs: execution.outputs)
+            var assembler = try dag.writer(outputs: execution.outputs)
             assembler.blockBytes = assemblyBlockBytes
             let manifest = try assembler.write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try job.publish(staging: staging)

@@ -24,6 +24,9 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var valuesUpdated: Bool = false
         /// Figures a phase measured on the pruned tensor (e.g. `kept_norm_fraction`).
         public var measures: [String: Double]?
+        /// The input's shape, for a tensor a structured pattern made smaller (`shape`,
+        /// `elements`, `zeros` and `sha256_dense` describe the output's tensor).
+        public var sourceShape: [Int]?
 
         enum CodingKeys: String, CodingKey {
             case shape, dtype, pruned, pattern, method, elements, zeros, masked
@@ -34,6 +37,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             case reconstructionError = "reconstruction_error"
             case valuesUpdated = "values_updated"
             case measures
+            case sourceShape = "source_shape"
         }
 
         public init(shape: [Int], dtype: String, pruned: Bool, pattern: String?, method: String?, targetSparsity: Double?,
@@ -72,6 +76,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             reconstructionError = try c.decodeIfPresent(Double.self, forKey: .reconstructionError)
             valuesUpdated = try c.decodeIfPresent(Bool.self, forKey: .valuesUpdated) ?? false
             measures = try c.decodeIfPresent([String: Double].self, forKey: .measures)
+            sourceShape = try c.decodeIfPresent([Int].self, forKey: .sourceShape)
         }
 
         public func encode(to encoder: Encoder) throws {
@@ -92,6 +97,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             if let reconstructionError { try c.encode(reconstructionError, forKey: .reconstructionError) } else { try c.encodeNil(forKey: .reconstructionError) }
             try c.encodeIfPresent(measures, forKey: .measures)
             if valuesUpdated { try c.encode(true, forKey: .valuesUpdated) }
+            try c.encodeIfPresent(sourceShape, forKey: .sourceShape)
         }
     }
 
@@ -225,8 +231,33 @@ public struct Manifest: Codable, Sendable, Equatable {
         }
     }
 
+    /// What a structured pattern removed: the units every block kept.
+    public var structure: Structure?
+
+    /// A structured job's units (`pattern: channels` or `heads`).
+    public struct Structure: Codable, Sendable, Equatable {
+        /// channels | heads
+        public var kind: String
+        /// How units were scored: l2 | wanda.
+        public var score: String
+        public var unitsPerBlock: Int
+        public var keptPerBlock: Int
+        /// Rows (or columns) per unit in each tensor: 1 for a channel, head_dim for a head.
+        public var width: Int
+        /// The kept unit indices of each block, ascending, in block order.
+        public var kept: [[Int]]
+        public var parametersBefore: Int
+        public var parametersAfter: Int
+
+        enum CodingKeys: String, CodingKey {
+            case kind, score, width, kept
+            case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block"
+            case parametersBefore = "parameters_before", parametersAfter = "parameters_after"
+        }
+    }
+
     enum CodingKeys: String, CodingKey {
-        case format, version, method, pattern, sparsity, tensors, totals, search, training
+        case format, version, method, pattern, sparsity, tensors, totals, search, training, structure
         case specSHA256 = "spec_sha256"
         case modelFiles = "model_files"
     }

@@ -30,7 +30,7 @@ public struct MaskTaskPlan: Sendable, Equatable {
             let splittable: Bool
             switch plan.pattern {
             case .perRow, .nm: splittable = true
-            case .unstructured, .rows: splittable = false
+            case .unstructured, .rows, .units: splittable = false
             }
             let rowsPerTask = splittable ? max(1, maxWeightsPerTask / max(t.cols, 1)) : t.rows
             var first = 0

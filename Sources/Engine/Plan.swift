@@ -19,6 +19,8 @@ public struct Plan: Sendable {
     public let sparsity: Double
     /// What the user should know about the choice (a tied tensor pruned), for the report.
     public let warnings: [String]
+    /// The units of a structured pattern (`channels`, `heads`), nil for the others.
+    public let units: StructuredPlan?
 
     /// Model types whose Linear layers `targets: ["Linear"]` knows: every 2-D `.weight`
     /// that is not an embedding table.
@@ -76,6 +78,20 @@ public struct Plan: Sendable {
         }
         guard !chosen.isEmpty else {
             throw SpecError("targets: no prunable tensor matched (targets \(Plan.summary(spec.targets)), ignore \(Plan.summary(spec.ignore)))")
+        }
+        if case .units(let kind) = spec.pattern {
+            // A unit spans tensors and every block keeps the same width: all of them go
+            // together, whatever else the targets match.
+            let units = try StructuredPlan(spec: spec, checkpoint: checkpoint, kind: kind)
+            let sliced = units.blocks.flatMap(\.slices).map(\.tensor)
+            let picked = Set(chosen.map(\.name))
+            if let missing = sliced.first(where: { !picked.contains($0) }) {
+                throw SpecError("targets: pattern \(kind.rawValue) removes units from every block, but '\(missing)' is not targeted (check targets and ignore)")
+            }
+            chosen = sliced.map { name in chosen.first { $0.name == name }! }
+            self.units = units
+        } else {
+            units = nil
         }
         targets = chosen
         self.warnings = warnings

@@ -102,10 +102,12 @@ public struct JobReport: Codable, Sendable {
     public var search: Manifest.Search?
     /// `train:`: the loss and accuracy per epoch.
     public var training: Manifest.Training?
+    /// A structured pattern's units (the smaller model).
+    public var structure: Manifest.Structure?
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers, warnings
-        case search, training
+        case search, training, structure
     }
 
     /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
@@ -121,6 +123,7 @@ public struct JobReport: Codable, Sendable {
         calibration = spec.calibration.map {
             Calibration(data: $0.data, samples: $0.samples, tokens: $0.tokens, mode: $0.mode.rawValue, seed: $0.seed, samplesPerTask: $0.samplesPerTask)
         }
+        structure = manifest.structure
         let t = manifest.totals
         sizes = Sizes(denseBytes: t.denseBytes, sparseBytes: t.sparseBytes, sparseToDense: t.sparseToDenseRatio,
                       prunedDenseBytes: t.prunedDenseBytes, prunedSparseBytes: t.prunedSparseBytes, parameters: t.parameters,
@@ -177,6 +180,20 @@ public struct JobReport: Codable, Sendable {
                                    to: (directory as NSString).appendingPathComponent("report.svg"))
     }
 
+    /// dense/ and sparse/ sizes and the zeros, as markdown.
+    private func sizesTable() -> String {
+        var s = ""
+        s += "| output | bytes | of dense |\n|---|---:|---:|\n"
+        s += "| dense/ | \(sizes.denseBytes) | 1.000 |\n"
+        s += "| sparse/ | \(sizes.sparseBytes) | \(String(format: "%.3f", sizes.sparseToDense)) |\n"
+        let prunedRatio = Double(sizes.prunedSparseBytes) / Double(max(sizes.prunedDenseBytes, 1))
+        s += "| pruned tensors in dense/ | \(sizes.prunedDenseBytes) | |\n"
+        s += "| pruned tensors in sparse/ | \(sizes.prunedSparseBytes) | \(String(format: "%.3f", prunedRatio)) of theirs |\n\n"
+        s += "\(sizes.prunedParameters) of \(sizes.parameters) parameters pruned; "
+        s += "\(String(format: "%.2f", 100 * Double(sizes.zeros) / Double(max(sizes.prunedParameters, 1))))% of them zero.\n\n"
+        return s
+    }
+
     public func markdown() -> String {
         var s = "# Pruning report\n\n"
         let identity = [model.architecture, model.modelType].compactMap { $0 }.joined(separator: ", ")
@@ -188,14 +205,14 @@ public struct JobReport: Codable, Sendable {
             s += "Calibration: `\(c.data)`, \(c.samples) samples × \(c.tokens) tokens, \(c.mode) mode, seed \(c.seed), "
             s += "\(c.samplesPerTask) samples per task.\n\n"
         }
-        s += "| output | bytes | of dense |\n|---|---:|---:|\n"
-        s += "| dense/ | \(sizes.denseBytes) | 1.000 |\n"
-        s += "| sparse/ | \(sizes.sparseBytes) | \(String(format: "%.3f", sizes.sparseToDense)) |\n"
-        let prunedRatio = Double(sizes.prunedSparseBytes) / Double(max(sizes.prunedDenseBytes, 1))
-        s += "| pruned tensors in dense/ | \(sizes.prunedDenseBytes) | |\n"
-        s += "| pruned tensors in sparse/ | \(sizes.prunedSparseBytes) | \(String(format: "%.3f", prunedRatio)) of theirs |\n\n"
-        s += "\(sizes.prunedParameters) of \(sizes.parameters) parameters pruned; "
-        s += "\(String(format: "%.2f", 100 * Double(sizes.zeros) / Double(max(sizes.prunedParameters, 1))))% of them zero.\n\n"
+        if let u = structure {
+            let fewer = 100 * Double(u.parametersBefore - u.parametersAfter) / Double(max(u.parametersBefore, 1))
+            s += "Structured: every block keeps \(u.keptPerBlock) of its \(u.unitsPerBlock) \(u.kind) (scored by \(u.score)); "
+            s += "dense/ is the smaller model, \(u.parametersAfter) of \(u.parametersBefore) parameters (\(String(format: "%.1f", fewer))% fewer), "
+            s += "\(sizes.denseBytes) bytes; there is no sparse/.\n\n"
+        } else {
+            s += sizesTable()
+        }
         if let e = evaluation {
             let unit = e.metric == "perplexity" ? "tokens" : "examples"
             let title = e.metric == "perplexity" ? "perplexity" : "top-1 accuracy"

@@ -499,6 +499,14 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .gradientScore(newValue)}
   }
 
+  public var units: Prune_V1_UnitTask {
+    get {
+      if case .units(let v)? = _storage._work {return v}
+      return Prune_V1_UnitTask()
+    }
+    set {_uniqueStorage()._work = .units(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -521,6 +529,7 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     case train(Prune_V1_TrainTask)
     case gradient(Prune_V1_GradientTask)
     case gradientScore(Prune_V1_GradientScoreTask)
+    case units(Prune_V1_UnitTask)
 
   }
 
@@ -1239,6 +1248,65 @@ public nonisolated struct Prune_V1_LayerPruneTask: Sendable {
   /// reconstruct: {scope: layer}: re-fit the kept weights (LayerReconstruction) with this
   /// dampening; 0 = off. Needs `grams` (for SparseGPT, its statistics are the Hessians).
   public var reconstructDamp: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _tensor: Prune_V1_TensorRef? = nil
+}
+
+/// Structured pruning of one decoder block (`pattern: channels` or `heads`): scores every
+/// unit of the block from its slices' weights (and, for `wanda`, each slice's input
+/// statistics, merged in shard order) and keeps the best of every group. Result payloads:
+/// "units" (the kept unit indices, uint32 little-endian, ascending), "scores" (one F64 per
+/// unit), then one mask per slice ("mask:" + the tensor's name), in slice order.
+public nonisolated struct Prune_V1_UnitTask: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// channels | heads
+  public var kind: String = String()
+
+  /// l2 | wanda
+  public var score: String = String()
+
+  public var count: UInt32 = 0
+
+  public var width: UInt32 = 0
+
+  public var groups: UInt32 = 0
+
+  public var sparsity: Double = 0
+
+  public var slices: [Prune_V1_UnitSliceRef] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One tensor of a block's units: its rows or its columns, and (wanda) its input statistics
+/// of every calibration shard.
+public nonisolated struct Prune_V1_UnitSliceRef: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tensor: Prune_V1_TensorRef {
+    get {_tensor ?? Prune_V1_TensorRef()}
+    set {_tensor = newValue}
+  }
+  /// Returns true if `tensor` has been explicitly set.
+  public var hasTensor: Bool {self._tensor != nil}
+  /// Clears the value of `tensor`. Subsequent reads from it will return its default value.
+  public mutating func clearTensor() {self._tensor = nil}
+
+  /// rows | cols
+  public var axis: String = String()
+
+  public var statistics: [Prune_V1_ArtifactRef] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2344,7 +2412,7 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0\u{1}units\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
@@ -2630,6 +2698,19 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
             _storage._work = .gradientScore(v)
           }
         }()
+        case 29: try {
+          var v: Prune_V1_UnitTask?
+          var hadOneofValue = false
+          if let current = _storage._work {
+            hadOneofValue = true
+            if case .units(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._work = .units(v)
+          }
+        }()
         default: break
         }
       }
@@ -2724,6 +2805,10 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case .gradientScore?: try {
         guard case .gradientScore(let v)? = _storage._work else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+      }()
+      case .units?: try {
+        guard case .units(let v)? = _storage._work else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
       }()
       case nil: break
       }
@@ -3940,6 +4025,110 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
     if lhs.grams != rhs.grams {return false}
     if lhs.refineSwaps != rhs.refineSwaps {return false}
     if lhs.reconstructDamp != rhs.reconstructDamp {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UnitTask"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.score) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.count) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.groups) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.sparsity) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.slices) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.score.isEmpty {
+      try visitor.visitSingularStringField(value: self.score, fieldNumber: 2)
+    }
+    if self.count != 0 {
+      try visitor.visitSingularUInt32Field(value: self.count, fieldNumber: 3)
+    }
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 4)
+    }
+    if self.groups != 0 {
+      try visitor.visitSingularUInt32Field(value: self.groups, fieldNumber: 5)
+    }
+    if self.sparsity.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.sparsity, fieldNumber: 6)
+    }
+    if !self.slices.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.slices, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_UnitTask, rhs: Prune_V1_UnitTask) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.score != rhs.score {return false}
+    if lhs.count != rhs.count {return false}
+    if lhs.width != rhs.width {return false}
+    if lhs.groups != rhs.groups {return false}
+    if lhs.sparsity != rhs.sparsity {return false}
+    if lhs.slices != rhs.slices {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UnitSliceRef"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}axis\0\u{1}statistics\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.axis) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._tensor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.axis.isEmpty {
+      try visitor.visitSingularStringField(value: self.axis, fieldNumber: 2)
+    }
+    if !self.statistics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_UnitSliceRef, rhs: Prune_V1_UnitSliceRef) -> Bool {
+    if lhs._tensor != rhs._tensor {return false}
+    if lhs.axis != rhs.axis {return false}
+    if lhs.statistics != rhs.statistics {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

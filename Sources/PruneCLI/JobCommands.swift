@@ -50,6 +50,11 @@ func report(_ manifest: Manifest, out: String, seconds: Double) {
     var line = "wrote \(out): \(manifest.tensors.values.filter(\.pruned).count) tensors pruned, "
         + String(format: "%.2f%% of their weights zero; sparse/ is %.3f× the size of dense/ (pruned tensors alone %.3f×); %.2fs",
                  100 * Double(t.zeros) / Double(max(t.prunedParameters, 1)), t.sparseToDenseRatio, t.prunedSparseToDenseRatio, seconds)
+    if let s = manifest.structure {
+        line = "wrote \(out): \(manifest.tensors.values.filter(\.pruned).count) tensors made smaller, \(s.keptPerBlock) of \(s.unitsPerBlock) \(s.kind) kept a block; "
+            + String(format: "%d → %d parameters (%.1f%% fewer), dense/ %d bytes; %.2fs", s.parametersBefore, s.parametersAfter,
+                     100 * Double(s.parametersBefore - s.parametersAfter) / Double(max(s.parametersBefore, 1)), t.denseBytes, seconds)
+    }
     let reportPath = ((out as NSString).deletingLastPathComponent as NSString).appendingPathComponent("report.json")
     if let data = FileManager.default.contents(atPath: reportPath),
        let evaluation = (try? JobReport.decoder().decode(JobReport.self, from: data))?.evaluation {
@@ -175,7 +180,9 @@ struct Check: ParsableCommand {
                                                    data: eval, samples: evalSamples, tokens: evalTokens, quiet: quiet)
             print(comparison.summary)
         }
-        if report.passed {
+        if report.passed, report.structured {
+            print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) made smaller; every tensor rebuilt from the input and the kept units bit-exactly; config.json matches the shapes")
+        } else if report.passed {
             print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) pruned, \(report.zeros) zeros verified; sparse/ rebuilds dense/ bit-exactly")
         } else {
             print("check failed: \(report.failures.count) problem(s)")

@@ -7,7 +7,7 @@ public enum MaskSelection {
         precondition(scores.count == rows * cols, "scores do not match rows × cols")
         try pattern.validate(rows: rows, cols: cols)
         guard sparsity >= 0, sparsity < 1 else { throw PruningError("sparsity \(sparsity) is outside [0, 1)") }
-        return scores.withMemoryRebound(to: UInt32.self) { keys in
+        return try scores.withMemoryRebound(to: UInt32.self) { keys in
             switch pattern {
             case .unstructured:
                 let k = pattern.plannedPruned(rows: rows, cols: cols, sparsity: sparsity)
@@ -34,6 +34,8 @@ public enum MaskSelection {
                 return nmMask(keys, rows: rows, cols: cols, n: n, m: m)
             case .rows(let norm):
                 return rowMask(scores, rows: rows, cols: cols, norm: norm, sparsity: sparsity)
+            case .units:
+                throw PruningError("pattern \(pattern) removes units across tensors (BlockUnits), not weights of one tensor")
             }
         }
     }

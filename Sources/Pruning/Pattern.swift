@@ -14,6 +14,9 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
     case nm(n: Int, m: Int)
     /// Whole output rows with the smallest L1 or L2 norm of their scores.
     case rows(RowNorm)
+    /// Whole units of a decoder block, removed from the model's shapes (`StructuredUnits`):
+    /// MLP channels (a gate row, an up row and a down column) or query heads.
+    case units(UnitKind)
 
     /// Parses `unstructured`, `per_row`, `N:M`, `rows_l1`, `rows_l2`.
     public init(parsing text: String) throws {
@@ -22,10 +25,12 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
         case "per_row": self = .perRow
         case "rows_l1": self = .rows(.l1)
         case "rows_l2": self = .rows(.l2)
+        case "channels": self = .units(.channels)
+        case "heads": self = .units(.heads)
         default:
             let parts = text.split(separator: ":", omittingEmptySubsequences: false)
             guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]) else {
-                throw PruningError("unknown pattern '\(text)' (expected unstructured, per_row, N:M such as 2:4, rows_l1 or rows_l2)")
+                throw PruningError("unknown pattern '\(text)' (expected unstructured, per_row, N:M such as 2:4, rows_l1, rows_l2, channels or heads)")
             }
             guard n >= 0, m >= 1, n < m else {
                 throw PruningError("pattern \(text): N:M needs 0 ≤ N < M")
@@ -40,7 +45,14 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
         case .perRow: return "per_row"
         case .nm(let n, let m): return "\(n):\(m)"
         case .rows(let norm): return "rows_\(norm.rawValue)"
+        case .units(let kind): return kind.rawValue
         }
+    }
+
+    /// Whether the pattern removes whole units from the model's shapes.
+    public var isStructural: Bool {
+        if case .units = self { return true }
+        return false
     }
 
     /// The sparsity an N:M pattern implies; nil for patterns that take a sparsity.
@@ -64,6 +76,8 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
         case .perRow: return rows * SparsityPattern.count(of: cols, at: sparsity)
         case .nm(let n, let m): return rows * (cols / m) * (m - n)
         case .rows: return SparsityPattern.count(of: rows, at: sparsity) * cols
+        // A unit spans tensors (rows of one, columns of another): `StructuredUnits` counts.
+        case .units: return 0
         }
     }
 

@@ -33,7 +33,7 @@ public enum SwapRefinement {
         switch pattern {
         case .nm(_, let m): groupSize = m
         case .unstructured, .perRow: groupSize = 0
-        case .rows: throw PruningError("\(layer): refinement keeps per-row counts; pattern \(pattern) removes whole rows")
+        case .rows, .units: throw PruningError("\(layer): refinement keeps per-row counts; pattern \(pattern) removes whole rows")
         }
         // H in both triangles, F64.
         var h = hessian.hessian

@@ -76,6 +76,7 @@ public class CalibratePhase: Phase, RoundedPhase {
         let refit = runsOnRefitBlocks ? SubBlock.allCases.filter { part in
             calibration.targets(block: b - 1).contains { BlockRefitPhase.part(of: $0) == part }
         }.map { BlockRefitPhase.id(block: b - 1, part: $0) } : []
+        guard job.plan.units == nil else { return [previous, UnitPrunePhase.id(block: b - 1)] }
         return [previous] + calibration.targets(block: b - 1).map(LayerPrunePhase.id(tensor:)) + refit
     }
 
@@ -110,7 +111,8 @@ public class CalibratePhase: Phase, RoundedPhase {
                 c.pruned = try calibration.targets(block: b - 1).map { name in
                     var p = Prune_V1_PrunedLinear()
                     p.name = name
-                    p.mask = try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
+                    p.mask = job.plan.units == nil ? try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
+                        : try outputs.ref(UnitPrunePhase.mask(name), of: UnitPrunePhase.id(block: b - 1))
                     if runsOnRefitBlocks {
                         p.weights = try BlockRefitPhase.refitWeights(of: name, block: b - 1, outputs: outputs)
                     } else if job.spec.updatesKeptWeights {

@@ -18,7 +18,7 @@ public final class LayerPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Man
     private let levels: (any LevelSource)?
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard let calibration = job.calibration, calibration.method.statistic != nil else { return nil }
+        guard let calibration = job.calibration, calibration.method.statistic != nil, job.plan.units == nil else { return nil }
         self.job = job
         self.calibration = calibration
         levels = earlier.compactMap { $0 as? LevelSource }.first

@@ -16,7 +16,7 @@ public final class MaskPhase: Phase, PrunedTensorSource {
     private let levels: (any LevelSource)?
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.dataFreeCriterion != nil else { return nil }
+        guard job.spec.dataFreeCriterion != nil, job.plan.units == nil else { return nil }
         self.job = job
         blocks = MaskTaskPlan.tasks(for: job.plan, maxWeightsPerTask: job.maxWeightsPerTask)
         byID = Dictionary(uniqueKeysWithValues: blocks.map { (MaskPhase.id(of: $0), $0) })

@@ -20,6 +20,7 @@ public enum PhaseRegistry {
         GradientScorePhase.self,
         MaskPhase.self,
         LayerPrunePhase.self,
+        UnitPrunePhase.self,
         BlockRefitPhase.self,
         TrainPhase.self,
         WeightNormPhase.self,
@@ -135,6 +136,15 @@ public final class JobDAG {
             throw PruningError("no phase of this job decides '\(tensor)'")
         }
         return source
+    }
+
+    /// What writes out/: the smaller model of a structured job, the assembler otherwise.
+    public func writer(outputs: OutputStore) throws -> any OutputWriter {
+        if let units = job.plan.units, let phase = phases.compactMap({ $0 as? UnitPrunePhase }).first {
+            let kept = try units.blocks.indices.map { try phase.keptUnits(block: $0, outputs: outputs) }
+            return StructuredWriter(checkpoint: job.checkpoint, plan: job.plan, units: units, spec: job.spec, kept: kept)
+        }
+        return try assembler(outputs: outputs)
     }
 
     /// What assembly needs, read from `outputs` one tensor at a time.

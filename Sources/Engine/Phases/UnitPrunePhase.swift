@@ -1,0 +1,185 @@
+import Foundation
+import Protocol
+import Pruning
+import Tensors
+
+/// Structured pruning (`pattern: channels` or `heads`): task `units:B` scores decoder
+/// block B's units (MLP channels or query heads, `BlockUnits`) from the block's weights,
+/// with Wanda's input statistics of every calibration shard merged in shard order for
+/// `method: wanda`, and keeps the best of every group. Its outputs are the kept units, the
+/// scores and one mask per tensor that zeroes the removed units: the masks let sequential
+/// calibration run block B+1 on block B as pruned (a zeroed unit computes what a removed
+/// one does), and assembly (`StructuredWriter`) drops the removed rows and columns.
+public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
+    public static let name = "units"
+    private let job: JobContext
+    private let units: StructuredPlan
+    private let blockOf: [String: Int]
+
+    public init?(job: JobContext, earlier: [any Phase]) throws {
+        guard let units = job.plan.units else { return nil }
+        self.job = job
+        self.units = units
+        var blockOf: [String: Int] = [:]
+        for (b, block) in units.blocks.enumerated() { for s in block.slices { blockOf[s.tensor] = b } }
+        self.blockOf = blockOf
+    }
+
+    public static func id(block: Int) -> TaskID { TaskID(name, "\(block)") }
+    /// The kept unit indices (uint32, ascending).
+    public static let kept = OutputName("units")
+    /// One F64 score per unit.
+    public static let scores = OutputName("scores")
+    /// The mask of one of the block's tensors.
+    public static func mask(_ tensor: String) -> OutputName { OutputName("mask:\(tensor)") }
+
+    private func block(of task: TaskID) -> Int? {
+        guard task.phase == UnitPrunePhase.name, let b = Int(task.key), units.blocks.indices.contains(b) else { return nil }
+        return b
+    }
+
+    /// After the block's calibration (every shard) when the score needs it.
+    public var tasks: [PhaseTask] {
+        units.blocks.indices.map { b in
+            PhaseTask(UnitPrunePhase.id(block: b), after: job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? [])
+        }
+    }
+
+    public func round(of task: TaskID) -> Int { block(of: task) ?? 0 }
+
+    public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
+        guard let b = block(of: task) else { throw PruningError("no units task \(task)") }
+        let block = units.blocks[b]
+        var u = Prune_V1_UnitTask()
+        u.kind = block.kind.rawValue
+        u.score = units.score.rawValue
+        u.count = UInt32(block.count)
+        u.width = UInt32(block.width)
+        u.groups = UInt32(block.groups)
+        u.sparsity = units.sparsity
+        u.slices = try block.slices.map { slice in
+            guard let info = job.checkpoint.info(slice.tensor) else { throw PruningError("units task \(task): no tensor \(slice.tensor)") }
+            var s = Prune_V1_UnitSliceRef()
+            s.tensor = job.tensorRef(info)
+            s.axis = slice.axis.rawValue
+            if units.score == .wanda, let calibration = job.calibration {
+                let group = calibration.statisticsKey(for: slice.tensor, block: b)
+                s.statistics = try (0..<calibration.shardCount).map {
+                    try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
+                }
+            }
+            return s
+        }
+        return .units(u)
+    }
+
+    public func outputNames(of task: TaskID) -> [OutputName] {
+        guard let b = block(of: task) else { return [] }
+        return [UnitPrunePhase.kept, UnitPrunePhase.scores] + units.blocks[b].slices.map { UnitPrunePhase.mask($0.tensor) }
+    }
+
+    /// The kept units must be the right number per group, ascending and in range, the
+    /// scores finite, and every mask the one those units imply: a worker cannot hand in
+    /// masks that disagree with the units the smaller model is written from.
+    public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
+        guard let b = block(of: task) else { return "no units task \(task)" }
+        let block = units.blocks[b]
+        guard outputs.count == 2 + block.slices.count else { return "result of \(task) has \(outputs.count) payloads, expected \(2 + block.slices.count)" }
+        guard let kept = try? UnitPrunePhase.indices(outputs[0]) else { return "units of \(task) are not uint32 values" }
+        if let problem = UnitPrunePhase.problem(kept: kept, block: block, sparsity: units.sparsity) { return "units of \(task): \(problem)" }
+        guard let scores = try? FloatPayload.doubles(outputs[1], what: "scores"), scores.count == block.count, scores.allSatisfy(\.isFinite) else {
+            return "scores of \(task) are not \(block.count) finite F64"
+        }
+        for (slice, bytes) in zip(block.slices, outputs[2...]) {
+            guard let info = job.checkpoint.info(slice.tensor) else { return "no tensor \(slice.tensor)" }
+            guard bytes == block.mask(slice, rows: info.rows, cols: info.cols, kept: kept).bits else {
+                return "mask of \(slice.tensor) in \(task) is not the one its kept units imply"
+            }
+        }
+        return nil
+    }
+
+    /// Why `kept` cannot be a block's kept units at `sparsity`; nil when it can.
+    static func problem(kept: [Int], block: BlockUnits, sparsity: Double) -> String? {
+        guard kept.count == block.keptCount(at: sparsity) else { return "\(kept.count) kept, expected \(block.keptCount(at: sparsity))" }
+        guard zip(kept, kept.dropFirst()).allSatisfy({ $0 < $1 }), kept.allSatisfy({ (0..<block.count).contains($0) }) else {
+            return "not ascending indices below \(block.count)"
+        }
+        let perGroup = block.count / block.groups, keep = block.keptCount(at: sparsity) / block.groups
+        for g in 0..<block.groups where kept.filter({ $0 / perGroup == g }).count != keep {
+            return "group \(g) does not keep \(keep) units"
+        }
+        return nil
+    }
+
+    static func indices(_ bytes: [UInt8]) throws -> [Int] {
+        guard bytes.count % 4 == 0 else { throw PruningError("\(bytes.count) bytes is not a whole number of uint32") }
+        return bytes.withUnsafeBytes { raw in (0..<(bytes.count / 4)).map { Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) } }
+    }
+
+    public static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs? {
+        guard case .units(let u) = work else { return nil }
+        guard let kind = UnitKind(rawValue: u.kind), let score = UnitScore(rawValue: u.score) else {
+            throw PruningError("units task: unknown kind '\(u.kind)' or score '\(u.score)'")
+        }
+        let count = Int(u.count), width = Int(u.width), groups = Int(u.groups)
+        guard count > 0, width > 0, groups > 0, count % groups == 0, u.slices.count <= 8, u.sparsity >= 0, u.sparsity < 1 else {
+            throw PruningError("units task: \(count) units of width \(width) in \(groups) groups at sparsity \(u.sparsity) is not a block's units")
+        }
+        let slices = try u.slices.map { s -> UnitSlice in
+            guard let axis = UnitSlice.Axis(rawValue: s.axis) else { throw PruningError("units task: unknown axis '\(s.axis)'") }
+            return UnitSlice(tensor: s.tensor.name, axis: axis)
+        }
+        let block = BlockUnits(kind: kind, count: count, width: width, groups: groups, slices: slices)
+        let reader = TaskTensorReader(u.slices.map(\.tensor), inputs: inputs)
+        var weights: [String: (values: [Float], rows: Int, cols: Int)] = [:]
+        var inputNorms: [String: [Double]] = [:]
+        for s in u.slices {
+            let name = s.tensor.name
+            guard let shape = reader.shape(of: name), shape.count == 2 else { throw PruningError("units task: \(name) is not a matrix") }
+            weights[name] = (try reader.floats(name), shape[0], shape[1])
+            if score == .wanda {
+                inputNorms[name] = try WandaStatistics.merged(count: s.statistics.count, layer: name) { try inputs.artifact(s.statistics[$0]) }.norms
+            }
+        }
+        let scores = try block.scores(score, weights: weights, inputNorms: inputNorms)
+        let kept = try block.kept(scores: scores, sparsity: u.sparsity)
+        let masks = slices.map { slice in
+            let w = weights[slice.tensor]!
+            return (mask(slice.tensor).rawValue, block.mask(slice, rows: w.rows, cols: w.cols, kept: kept).bits)
+        }
+        let keptBytes = kept.flatMap { i in withUnsafeBytes(of: UInt32(i).littleEndian) { [UInt8]($0) } }
+        return TaskOutputs(payloads: [(UnitPrunePhase.kept.rawValue, keptBytes), (UnitPrunePhase.scores.rawValue, scores.flatMap(FloatPayload.encode))] + masks,
+                           kept: UInt64(kept.count))
+    }
+
+    /// The units block `b` keeps, from its task's output.
+    public func keptUnits(block b: Int, outputs: OutputStore) throws -> [Int] {
+        let kept = try UnitPrunePhase.indices(try outputs.bytes(UnitPrunePhase.kept, of: UnitPrunePhase.id(block: b)))
+        if let problem = UnitPrunePhase.problem(kept: kept, block: units.blocks[b], sparsity: units.sparsity) {
+            throw PruningError("units of block \(b): \(problem)")
+        }
+        return kept
+    }
+
+    /// Every unit's score in block `b`.
+    public func scores(block b: Int, outputs: OutputStore) throws -> [Double] {
+        try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: UnitPrunePhase.id(block: b)), what: "scores of block \(b)")
+    }
+
+    // MARK: PrunedTensorSource
+
+    public var prunedTensors: Set<String> { Set(blockOf.keys) }
+
+    public func producers(of tensor: String) -> [TaskID] { blockOf[tensor].map { [UnitPrunePhase.id(block: $0)] } ?? [] }
+
+    public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
+        guard let b = blockOf[tensor] else { throw PruningError("\(tensor) is not pruned by this job") }
+        return ([try outputs.ref(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b))], nil)
+    }
+
+    public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
+        guard let b = blockOf[tensor], let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
+        return try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b)))
+    }
+}

@@ -1,0 +1,87 @@
+import Foundation
+import Models
+import Pruning
+import Tensors
+
+/// `prune check` of a structured job's smaller model: every tensor of dense/ is rebuilt
+/// from the input and the manifest's kept units and compared byte for byte, the config
+/// is checked against the shapes (the forward pass's own validation) and the widths the
+/// units imply, and the parameter count against the manifest.
+enum StructuredCheck {
+    static func check(original: String, outDir: String, manifest: Manifest, structure: Manifest.Structure) throws -> CheckReport {
+        var report = CheckReport()
+        func fail(_ s: String) { report.failures.append(s) }
+        let source = try Checkpoint(path: original)
+        let denseDir = (outDir as NSString).appendingPathComponent("dense")
+        let dense = try Checkpoint(path: denseDir)
+        if FileManager.default.fileExists(atPath: (outDir as NSString).appendingPathComponent("sparse")) {
+            fail("sparse/: present, but a structured job writes only the smaller dense/")
+        }
+        for problem in try Checker.modelFileProblems(manifest: manifest, source: source, original: original) { fail(problem) }
+        guard let kind = UnitKind(rawValue: structure.kind), let score = UnitScore(rawValue: structure.score) else {
+            fail("manifest: structure kind '\(structure.kind)' or score '\(structure.score)' is unknown")
+            return report
+        }
+        let plan: StructuredPlan
+        do {
+            plan = try StructuredPlan(config: try LlamaConfig.load(source.directory), kind: kind, score: score, sparsity: manifest.sparsity)
+        } catch {
+            fail("the input's config does not give the job's units: \(error)")
+            return report
+        }
+        guard structure.kept.count == plan.blocks.count else {
+            fail("manifest: kept units of \(structure.kept.count) blocks, the model has \(plan.blocks.count)")
+            return report
+        }
+        for (b, kept) in structure.kept.enumerated() {
+            if let problem = UnitPrunePhase.problem(kept: kept, block: plan.blocks[b], sparsity: manifest.sparsity) { fail("manifest: block \(b): \(problem)") }
+        }
+        guard report.passed else { return report }
+        // The config the smaller model carries describes its tensors, as the forward pass reads them.
+        do {
+            let config = try LlamaConfig.load(denseDir)
+            try config.validate(against: dense, file: (denseDir as NSString).appendingPathComponent("config.json"))
+            let width = kind == .channels ? config.intermediateSize : config.heads
+            if width != plan.keptPerBlock || structure.keptPerBlock != plan.keptPerBlock {
+                fail("dense/config.json: \(kind == .channels ? "intermediate_size" : "num_attention_heads") \(width), the kept units are \(plan.keptPerBlock) a block")
+            }
+            if config.headDim != plan.config.headDim || config.kvHeads != plan.config.kvHeads || config.hiddenSize != plan.config.hiddenSize {
+                fail("dense/config.json: head_dim, num_key_value_heads or hidden_size changed")
+            }
+        } catch {
+            fail("dense/config.json: \(error)")
+        }
+        if dense.parameterCount != structure.parametersAfter { fail("dense/: \(dense.parameterCount) parameters, manifest says \(structure.parametersAfter)") }
+        if source.parameterCount != structure.parametersBefore { fail("input: \(source.parameterCount) parameters, manifest says \(structure.parametersBefore)") }
+        let sourceNames = Set(source.tensors.map(\.name)), denseNames = Set(dense.tensors.map(\.name))
+        for missing in sourceNames.subtracting(denseNames).sorted() { fail("dense/: tensor '\(missing)' is missing") }
+        for extra in denseNames.subtracting(sourceNames).sorted() { fail("dense/: tensor '\(extra)' is not in the input") }
+        let sliced = plan.slicedTensors
+        for s in source.tensors {
+            guard let d = dense.info(s.name) else { continue }
+            guard let m = manifest.tensors[s.name] else { fail("manifest: tensor '\(s.name)' is not listed"); continue }
+            report.tensorsChecked += 1
+            let out = dense.bytes(d)
+            let expected: [UInt8]
+            if let cut = sliced[s.name] {
+                report.prunedTensors += 1
+                let lines = plan.blocks[cut.block].keptLines(structure.kept[cut.block])
+                let shape = StructuredWriter.outputShape(s, slice: cut.slice, keptLines: lines.count)
+                guard d.dtype == s.dtype, d.shape == shape, m.shape == shape, m.sourceShape == s.shape else {
+                    fail("tensor '\(s.name)': dense/ has \(d.dtype.rawValue) \(d.shape), the kept units give \(s.dtype.rawValue) \(shape)")
+                    continue
+                }
+                expected = StructuredWriter.shrunk(source.bytes(s), info: s, slice: cut.slice, lines: lines)
+            } else {
+                guard d.dtype == s.dtype, d.shape == s.shape else {
+                    fail("tensor '\(s.name)': dense/ has \(d.dtype.rawValue) \(d.shape), input has \(s.dtype.rawValue) \(s.shape)")
+                    continue
+                }
+                expected = [UInt8](source.bytes(s))
+            }
+            if !expected.elementsEqual(out) { fail("tensor '\(s.name)': dense/ bytes are not the input's \(sliced[s.name] == nil ? "bytes" : "kept rows and columns")") }
+            if SHA256Stream.hex(out) != m.sha256Dense { fail("tensor '\(s.name)': sha256 of dense/ bytes differs from the manifest") }
+        }
+        return report
+    }
+}

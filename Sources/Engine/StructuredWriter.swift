@@ -1,0 +1,149 @@
+import Foundation
+import Pruning
+import Tensors
+
+/// What writes a job's `out/` (dense/, sparse/ or the smaller model, manifest.json).
+public protocol OutputWriter {
+    /// Largest block of rows held in memory at once.
+    var blockBytes: Int { get set }
+    func write(to directory: String, progress: ProgressReporter?) throws -> Manifest
+}
+
+extension Assembler: OutputWriter {}
+
+/// Writes the smaller model of a structured job (`pattern: channels` / `heads`): `dense/`
+/// holds every tensor of the checkpoint with the removed units' rows and columns dropped
+/// (same names, dtypes, shard files and metadata) and a config.json whose widths say so,
+/// so stock `AutoModelForCausalLM` loads it. There is no `sparse/`: nothing in the smaller
+/// model is sparse. manifest.json records each block's kept units, from which
+/// `prune check` rebuilds every output tensor from the input.
+public struct StructuredWriter: OutputWriter {
+    public let checkpoint: Checkpoint
+    public let plan: Plan
+    public let units: StructuredPlan
+    public let spec: JobSpec
+    /// The kept units of each block, in block order.
+    public let kept: [[Int]]
+    public var blockBytes = 8 << 20
+
+    public init(checkpoint: Checkpoint, plan: Plan, units: StructuredPlan, spec: JobSpec, kept: [[Int]]) {
+        self.checkpoint = checkpoint
+        self.plan = plan
+        self.units = units
+        self.spec = spec
+        self.kept = kept
+    }
+
+    /// The shape a tensor has in the smaller model.
+    static func outputShape(_ t: TensorInfo, slice: UnitSlice?, keptLines: Int) -> [Int] {
+        guard let slice else { return t.shape }
+        var shape = t.shape
+        switch slice.axis {
+        case .rows: shape[0] = keptLines
+        case .cols: shape[shape.count - 1] = keptLines
+        }
+        return shape
+    }
+
+    /// The bytes of a tensor in the smaller model: the kept rows (all columns), or every
+    /// row's kept columns, in order.
+    static func shrunk(_ source: UnsafeRawBufferPointer, info t: TensorInfo, slice: UnitSlice, lines: [Int]) -> [UInt8] {
+        let size = t.dtype.size
+        let rows = t.shape.count == 1 ? t.shape[0] : t.rows, cols = t.shape.count == 1 ? 1 : t.cols
+        var out = [UInt8]()
+        switch slice.axis {
+        case .rows:
+            let rowBytes = cols * size
+            out.reserveCapacity(lines.count * rowBytes)
+            for r in lines { out.append(contentsOf: source[(r * rowBytes)..<((r + 1) * rowBytes)]) }
+        case .cols:
+            out.reserveCapacity(rows * lines.count * size)
+            for r in 0..<rows {
+                let row = r * cols * size
+                for c in lines { out.append(contentsOf: source[(row + c * size)..<(row + (c + 1) * size)]) }
+            }
+        }
+        return out
+    }
+
+    public func write(to directory: String, progress: ProgressReporter? = nil) throws -> Manifest {
+        let fm = FileManager.default
+        let denseDir = (directory as NSString).appendingPathComponent("dense")
+        try fm.createDirectory(atPath: denseDir, withIntermediateDirectories: true)
+        let sliced = units.slicedTensors
+        var tensors: [String: Manifest.Tensor] = [:]
+        var weightMap: [String: String] = [:]
+        var modelFiles: [String: String] = [:]
+        var denseBytes = 0, parametersAfter = 0, zerosTotal = 0, prunedParameters = 0, prunedBytesBefore = 0, prunedBytesAfter = 0
+        for (shardName, shard) in zip(checkpoint.shardNames, checkpoint.shards) {
+            modelFiles[shardName] = try DigestCache.shared.sha256(file: shard.path)
+            let lines = shard.tensors.map { t in sliced[t.name].map { units.blocks[$0.block].keptLines(kept[$0.block]) } }
+            let shapes = zip(shard.tensors, lines).map { t, l in StructuredWriter.outputShape(t, slice: sliced[t.name]?.slice, keptLines: l?.count ?? 0) }
+            let path = (denseDir as NSString).appendingPathComponent(shardName)
+            let writer = try SafeTensorsWriter(path: path, tensors: zip(shard.tensors, shapes).map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $1) },
+                                               metadata: shard.metadata)
+            for (i, t) in shard.tensors.enumerated() {
+                weightMap[t.name] = shardName
+                let source = shard.bytes(t)
+                var digest = SHA256Stream()
+                let elements = shapes[i].reduce(1, *)
+                var zeros = 0
+                if let s = sliced[t.name], let keep = lines[i] {
+                    let bytes = StructuredWriter.shrunk(source, info: t, slice: s.slice, lines: keep)
+                    try writer.write(bytes)
+                    digest.update(bytes)
+                    zeros = bytes.withUnsafeBytes { TensorPruner.zeroCount($0, elementSize: t.dtype.size) }
+                } else {
+                    try writer.write(source)
+                    digest.update(source)
+                    zeros = TensorPruner.zeroCount(source, elementSize: t.dtype.size)
+                }
+                shard.release(t)
+                let hex = digest.finalizeHex()
+                let isPruned = sliced[t.name] != nil
+                let removed = t.elementCount - elements
+                if isPruned {
+                    zerosTotal += zeros
+                    prunedParameters += t.elementCount
+                    prunedBytesBefore += t.byteCount
+                    prunedBytesAfter += elements * t.dtype.size
+                }
+                parametersAfter += elements
+                var entry = Manifest.Tensor(
+                    shape: shapes[i], dtype: t.dtype.rawValue, pruned: isPruned,
+                    pattern: isPruned ? plan.pattern.description : nil, method: isPruned ? spec.method.rawValue : nil,
+                    targetSparsity: isPruned ? units.sparsity : nil,
+                    achievedSparsity: t.elementCount == 0 ? 0 : Double(removed) / Double(t.elementCount),
+                    masked: removed, zeros: zeros, elements: elements, sha256Dense: hex, sha256Sparse: hex, reconstructionError: nil)
+                if isPruned { entry.sourceShape = t.shape }
+                tensors[t.name] = entry
+            }
+            try writer.finish()
+            denseBytes += try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+            progress?.step(shardName)
+        }
+        if checkpoint.indexFileName != nil {
+            try AtomicFileWriter.write(SparseLayout.indexJSON(weightMap: weightMap, totalSize: denseBytes),
+                                       to: (denseDir as NSString).appendingPathComponent(Checkpoint.indexFileName))
+        }
+        for side in checkpoint.sideFiles() {
+            let source = (checkpoint.directory as NSString).appendingPathComponent(side)
+            guard let data = fm.contents(atPath: source) else { throw CheckpointError(file: source, "cannot read") }
+            let bytes = side == "config.json" ? try units.rewrittenConfig([UInt8](data), file: source) : [UInt8](data)
+            try AtomicFileWriter.write(bytes, to: (denseDir as NSString).appendingPathComponent(side))
+        }
+        var manifest = Manifest(
+            specSHA256: spec.digest, method: spec.method.rawValue, pattern: plan.pattern.description, sparsity: plan.sparsity,
+            modelFiles: modelFiles, tensors: tensors,
+            totals: .init(denseBytes: denseBytes, sparseBytes: 0, sparseToDenseRatio: 0,
+                          prunedDenseBytes: prunedBytesAfter, prunedSparseBytes: 0,
+                          prunedSparseToDenseRatio: Double(prunedBytesAfter) / Double(max(prunedBytesBefore, 1)),
+                          parameters: checkpoint.parameterCount, prunedParameters: prunedParameters, zeros: zerosTotal))
+        let first = units.blocks[0]
+        manifest.structure = Manifest.Structure(
+            kind: units.kind.rawValue, score: units.score.rawValue, unitsPerBlock: first.count, keptPerBlock: units.keptPerBlock,
+            width: first.width, kept: kept, parametersBefore: checkpoint.parameterCount, parametersAfter: parametersAfter)
+        try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
+        return manifest
+    }
+}

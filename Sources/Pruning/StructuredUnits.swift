@@ -1,0 +1,140 @@
+import Foundation
+
+/// What structured pruning removes whole from a decoder block.
+public enum UnitKind: String, Sendable, Codable, CaseIterable {
+    /// MLP channels: channel j is gate row j, up row j and down column j, removed together
+    /// (the SwiGLU product of that channel then never reaches the output).
+    case channels
+    /// Query heads: head h is q rows h·d ..< (h+1)·d and the same o columns; every
+    /// key/value group loses the same number of its query heads, so the grouped-query
+    /// ratio stays a whole number and the key/value heads stay as they are.
+    case heads
+}
+
+/// Where a block's units lie in one tensor: `width` consecutive rows (or columns) per unit.
+public struct UnitSlice: Sendable, Equatable {
+    public enum Axis: String, Sendable { case rows, cols }
+    public let tensor: String
+    public let axis: Axis
+    public init(tensor: String, axis: Axis) {
+        self.tensor = tensor
+        self.axis = axis
+    }
+}
+
+/// How a unit's importance is measured.
+public enum UnitScore: String, Sendable {
+    /// The L2 norm of every weight of the unit (all its slices).
+    case l2
+    /// Wanda's |W|·‖X‖ summed over the unit's weights, ‖X‖ the norm of each weight's input
+    /// column on the calibration data.
+    case wanda
+}
+
+/// The units of one decoder block, how they lie in its tensors, and how many go.
+public struct BlockUnits: Sendable, Equatable {
+    public let kind: UnitKind
+    /// Units in the block (intermediate channels, or query heads).
+    public let count: Int
+    /// Rows or columns per unit in each slice (1 for a channel, head_dim for a head).
+    public let width: Int
+    /// Groups that each keep the same number of units (the key/value groups for heads, one
+    /// group for channels); a group's units are consecutive.
+    public let groups: Int
+    public let slices: [UnitSlice]
+
+    public init(kind: UnitKind, count: Int, width: Int, groups: Int, slices: [UnitSlice]) {
+        self.kind = kind
+        self.count = count
+        self.width = width
+        self.groups = groups
+        self.slices = slices
+    }
+
+    /// Units each group removes at `sparsity` (the fraction of the block's units), rounded
+    /// down as every other pattern rounds its counts.
+    public func removedPerGroup(at sparsity: Double) -> Int {
+        SparsityPattern.count(of: count, at: sparsity) / groups
+    }
+
+    /// Units kept in the whole block at `sparsity`.
+    public func keptCount(at sparsity: Double) -> Int { count - groups * removedPerGroup(at: sparsity) }
+
+    /// Scores of every unit (higher: more important), summed in a fixed order in F64.
+    /// `weights[tensor]` is the tensor row-major; `inputNorms[tensor]` its input columns'
+    /// squared norms on the calibration data (Wanda's statistic), needed for `.wanda`.
+    public func scores(_ score: UnitScore, weights: [String: (values: [Float], rows: Int, cols: Int)],
+                       inputNorms: [String: [Double]] = [:]) throws -> [Double] {
+        var out = [Double](repeating: 0, count: count)
+        for slice in slices {
+            guard let w = weights[slice.tensor] else { throw PruningError("units: no weights of '\(slice.tensor)'") }
+            let along = slice.axis == .rows ? w.rows : w.cols
+            guard along == count * width, w.values.count == w.rows * w.cols else {
+                throw PruningError("units: '\(slice.tensor)' is \(w.rows)×\(w.cols); \(count) \(kind.rawValue) of \(width) \(slice.axis.rawValue) need \(count * width) \(slice.axis.rawValue)")
+            }
+            var norms: [Double] = []
+            if score == .wanda {
+                guard let squared = inputNorms[slice.tensor], squared.count == w.cols else {
+                    throw PruningError("units: no input statistic of \(w.cols) columns for '\(slice.tensor)'")
+                }
+                norms = squared.map { max($0, 0).squareRoot() }
+            }
+            w.values.withUnsafeBufferPointer { v in
+                for r in 0..<w.rows {
+                    let row = v.baseAddress! + r * w.cols
+                    switch slice.axis {
+                    case .rows:
+                        var sum = 0.0
+                        if score == .l2 {
+                            for c in 0..<w.cols { let x = Double(row[c]); sum += x * x }
+                        } else {
+                            for c in 0..<w.cols { sum += abs(Double(row[c])) * norms[c] }
+                        }
+                        out[r / width] += sum
+                    case .cols:
+                        for c in 0..<w.cols {
+                            let x = Double(row[c])
+                            out[c / width] += score == .l2 ? x * x : abs(x) * norms[c]
+                        }
+                    }
+                }
+            }
+        }
+        return score == .l2 ? out.map { $0.squareRoot() } : out
+    }
+
+    /// The units kept at `sparsity`, ascending: in every group the highest scores, a tie
+    /// going to the lower index (so the choice depends on the scores only).
+    public func kept(scores: [Double], sparsity: Double) throws -> [Int] {
+        guard scores.count == count else { throw PruningError("units: \(scores.count) scores for \(count) \(kind.rawValue)") }
+        guard scores.allSatisfy(\.isFinite) else { throw PruningError("units: a \(kind.rawValue) score is not finite") }
+        let perGroup = count / groups, keep = perGroup - removedPerGroup(at: sparsity)
+        var kept: [Int] = []
+        for g in 0..<groups {
+            let members = Array(g * perGroup ..< (g + 1) * perGroup)
+            let best = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 < $1 }.prefix(keep)
+            kept += best.sorted()
+        }
+        return kept
+    }
+
+    /// The rows (or columns) of a slice that kept units cover, ascending.
+    public func keptLines(_ units: [Int]) -> [Int] {
+        units.flatMap { u in u * width ..< (u + 1) * width }
+    }
+
+    /// The mask of one slice's tensor (rows × cols) that zeroes every removed unit.
+    public func mask(_ slice: UnitSlice, rows: Int, cols: Int, kept units: [Int]) -> Mask {
+        var keep = [Bool](repeating: false, count: count * width)
+        for line in keptLines(units) { keep[line] = true }
+        let full = Mask(rows: 1, cols: cols).bits
+        var columns = [UInt8](repeating: 0, count: (cols + 7) / 8)
+        if slice.axis == .cols { for c in 0..<cols where keep[c] { columns[c >> 3] |= 1 << UInt8(c & 7) } }
+        return Mask(rows: rows, cols: cols) { r, row in
+            switch slice.axis {
+            case .rows: if keep[r] { for i in row.indices { row[i] = full[i] } }
+            case .cols: for i in row.indices { row[i] = columns[i] }
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import Models
+import Pruning
+import Tensors
+import TestSupport
+import XCTest
+@testable import Engine
+
+/// Structured pruning (`pattern: channels`, `pattern: heads`): the smaller model computes
+/// exactly what the model with the removed units zeroed computes, `prune check` rebuilds
+/// it from the input, the bytes do not depend on the workers, stock transformers loads it
+/// with our logits, and what it cannot express is refused.
+final class StructuredTests: XCTestCase {
+    private var dir: TempDir!
+    private let tokens: [Int32] = [1, 5, 9, 33, 2, 60, 7, 7, 12, 40, 41, 3]
+
+    override func setUpWithError() throws {
+        guard Subprocess.pythonHasSafetensors else {
+            if Subprocess.pythonRequired { XCTFail("python3 with numpy and safetensors is required") }
+            throw XCTSkip("python3 with numpy and safetensors not installed")
+        }
+        guard FileManager.default.isExecutableFile(atPath: Subprocess.pruneBinary) else { throw XCTSkip("build the prune binary first (swift build)") }
+        dir = TempDir("prune-structured")
+        for (name, flags) in [("llama", ["--seed", "3"]), ("qwen2", ["--seed", "4", "--bias"])] {
+            let made = try XCTUnwrap(try Subprocess.python("llama_ref.py", ["make", dir.file(name)] + flags))
+            XCTAssertEqual(made.status, 0, made.stderr)
+        }
+        // Calibration token ids, an int32 .npy [16, 24].
+        var state: UInt64 = 7
+        let ids: [Int32] = (0..<(16 * 24)).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32(state >> 33) % 64
+        }
+        try writeIds(ids, rows: 16)
+    }
+
+    override func tearDown() { dir?.cleanup() }
+
+    private func writeIds(_ values: [Int32], rows: Int) throws {
+        var header = "{'descr': '<i4', 'fortran_order': False, 'shape': (\(rows), \(values.count / rows)), }"
+        while (10 + header.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count & 0xFF), UInt8(header.count >> 8)] + Array(header.utf8)
+        for v in values { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+        try Data(bytes).write(to: URL(fileURLWithPath: dir.file("ids.npy")))
+    }
+
+    @discardableResult
+    private func run(_ job: String, model: String, _ body: String, workers: Int = 0) throws -> Subprocess.Result {
+        try "model: \(model)\noutput: \(job)\n\(body)".write(toFile: dir.file("\(job).yaml"), atomically: false, encoding: .utf8)
+        return try Subprocess.prune(["run", "-q", "--workers", String(workers), dir.file("\(job).yaml")], cwd: dir.path)
+    }
+
+    private func manifest(_ job: String) throws -> Manifest {
+        try Manifest.load(path: dir.file("\(job)/out/manifest.json"))
+    }
+
+    /// The source model with every removed unit zeroed, written beside the job.
+    private func zeroedCopy(of model: String, job: String) throws -> String {
+        let m = try manifest(job)
+        let s = try XCTUnwrap(m.structure)
+        let source = try Checkpoint(path: dir.file(model))
+        let plan = try StructuredPlan(config: try LlamaConfig.load(source.directory), kind: try XCTUnwrap(UnitKind(rawValue: s.kind)),
+                                      score: .l2, sparsity: m.sparsity)
+        let sliced = plan.slicedTensors
+        var tensors: [(TensorSpec, [UInt8])] = []
+        for t in source.tensors {
+            var values = [Float](repeating: 0, count: t.elementCount)
+            let bytes = source.bytes(t)
+            values.withUnsafeMutableBytes { $0.copyMemory(from: bytes) }
+            if let cut = sliced[t.name] {
+                let keep = Set(plan.blocks[cut.block].keptLines(s.kept[cut.block]))
+                let cols = t.shape.count == 1 ? 1 : t.cols
+                for i in values.indices where !keep.contains(cut.slice.axis == .rows ? i / cols : i % cols) { values[i] = 0 }
+            }
+            tensors.append((TensorSpec(name: t.name, dtype: t.dtype, shape: t.shape), values.withUnsafeBytes { [UInt8]($0) }))
+        }
+        let out = dir.file("\(job)-zeroed")
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let writer = try SafeTensorsWriter(path: out + "/model.safetensors", tensors: tensors.map(\.0), metadata: nil)
+        for (_, bytes) in tensors { try writer.write(bytes) }
+        try writer.finish()
+        try FileManager.default.copyItem(atPath: dir.file("\(model)/config.json"), toPath: out + "/config.json")
+        return out
+    }
+
+    private static func maxRelative(_ a: [Float], _ b: [Float]) -> Float {
+        let scale = b.map(abs).max() ?? 1
+        return zip(a, b).map { abs($0 - $1) / scale }.max() ?? .infinity
+    }
+
+    func testChannelsAndHeadsWriteASmallerModelThatComputesWhatTheZeroedOneDoes() throws {
+        let cases: [(job: String, model: String, spec: String, width: (String, Int), removed: Int)] = [
+            ("channels-wanda", "llama", "method: wanda\nsparsity: 0.25\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("intermediate_size", 36), 2 * 12 * 3 * 32),
+            ("channels-l2", "llama", "method: magnitude\nsparsity: 0.5\npattern: channels", ("intermediate_size", 24), 2 * 24 * 3 * 32),
+            ("heads-wanda", "llama", "method: wanda\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: dense}", ("num_attention_heads", 2), 2 * 2 * 8 * 32 * 2),
+            ("heads-qwen2", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads", ("num_attention_heads", 2), 2 * 2 * 8 * (32 * 2 + 1)),
+        ]
+        for c in cases {
+            let r = try run(c.job, model: c.model, c.spec)
+            XCTAssertEqual(r.status, 0, "\(c.job): \(r.stderr)")
+            let m = try manifest(c.job)
+            let s = try XCTUnwrap(m.structure, c.job)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("\(c.job)/out/sparse")), "a structured job writes no sparse/")
+            // The config's width, and a parameter count that drops by exactly the removed units.
+            let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(c.job)/out/dense/config.json")))) as? [String: Any])
+            XCTAssertEqual(config[c.width.0] as? Int, c.width.1, c.job)
+            let small = try Checkpoint(path: dir.file("\(c.job)/out/dense"))
+            let source = try Checkpoint(path: dir.file(c.model))
+            XCTAssertEqual(source.parameterCount - small.parameterCount, c.removed, c.job)
+            XCTAssertEqual(s.parametersAfter, small.parameterCount)
+            let check = try Subprocess.prune(["check", dir.file(c.model), dir.file(c.job)])
+            XCTAssertEqual(check.status, 0, "\(c.job): \(check.stdout)")
+            XCTAssertTrue(check.stdout.contains("rebuilt from the input and the kept units"), check.stdout)
+            // Our forward pass: the smaller model computes what the zeroed full-size one does.
+            let got = try LlamaModel(directory: dir.file("\(c.job)/out/dense")).forward(tokens)
+            let want = try LlamaModel(directory: try zeroedCopy(of: c.model, job: c.job)).forward(tokens)
+            XCTAssertEqual(got.count, want.count)
+            XCTAssertLessThan(StructuredTests.maxRelative(got, want), 1e-5, c.job)
+            // And it is not the dense model: units were really removed.
+            let dense = try LlamaModel(directory: dir.file(c.model)).forward(tokens)
+            XCTAssertGreaterThan(StructuredTests.maxRelative(got, dense), 1e-3, c.job)
+        }
+        // The kept units follow the scores: magnitude keeps the channels of largest L2 norm.
+        let m = try manifest("channels-l2")
+        let source = try Checkpoint(path: dir.file("llama"))
+        func floats(_ name: String) -> [Float] {
+            let t = source.info(name)!
+            var v = [Float](repeating: 0, count: t.elementCount)
+            v.withUnsafeMutableBytes { $0.copyMemory(from: source.bytes(t)) }
+            return v
+        }
+        let gate = floats("model.layers.1.mlp.gate_proj.weight"), up = floats("model.layers.1.mlp.up_proj.weight"), down = floats("model.layers.1.mlp.down_proj.weight")
+        let norms = (0..<48).map { j -> Double in
+            var s = 0.0
+            for c in 0..<32 { s += Double(gate[j * 32 + c] * gate[j * 32 + c]) + Double(up[j * 32 + c] * up[j * 32 + c]) }
+            for r in 0..<32 { s += Double(down[r * 48 + j] * down[r * 48 + j]) }
+            return s
+        }
+        let expected = (0..<48).sorted { norms[$0] > norms[$1] }.prefix(24).sorted()
+        XCTAssertEqual(try XCTUnwrap(m.structure).kept[1], Array(expected))
+    }
+
+    func testTheSmallerModelHasTheSameBytesOnAnyNumberOfWorkers() throws {
+        let spec = "method: wanda\nsparsity: 0.25\npattern: channels\ncalibration: {data: ids.npy, samples: 16, tokens: 24, samples_per_task: 4}"
+        var digests: [String] = []
+        for workers in [0, 1, 2] {
+            let r = try run("w\(workers)", model: "llama", spec, workers: workers)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("w\(workers)/out/dense/model.safetensors")))
+            digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+        }
+        XCTAssertEqual(Set(digests).count, 1, "\(digests)")
+    }
+
+    func testTransformersLoadsTheSmallerModelWithOurLogits() throws {
+        let modules = "torch, transformers"
+        guard Subprocess.pythonHas(modules) else {
+            if Subprocess.pythonRequired { XCTFail("python3 with \(modules) is required (PRUNE_REQUIRE_PYTHON=1)") }
+            throw XCTSkip("python3 with \(modules) not installed")
+        }
+        for (job, model, spec) in [("t-channels", "llama", "method: magnitude\nsparsity: 0.5\npattern: channels"),
+                                   ("t-heads", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads")] {
+            XCTAssertEqual(try run(job, model: model, spec).status, 0)
+            let py = try XCTUnwrap(try Subprocess.python("structured_interop.py", [dir.file(model), dir.file("\(job)/out"),
+                                                                                    tokens.map(String.init).joined(separator: ","), dir.file("\(job).npy")]))
+            XCTAssertEqual(py.status, 0, "\(job): \(py.stdout)\(py.stderr)")
+            let theirs = try Self.readNpy(dir.file("\(job).npy"))
+            let ours = try LlamaModel(directory: dir.file("\(job)/out/dense")).forward(tokens)
+            XCTAssertEqual(theirs.count, ours.count)
+            XCTAssertLessThan(StructuredTests.maxRelative(ours, theirs), 1e-4, job)
+        }
+    }
+
+    func testWhatTheSmallerModelCannotExpressIsRefused() throws {
+        let cases: [(spec: String, model: String, message: String)] = [
+            ("method: magnitude\nsparsity: 0.2\npattern: heads", "llama", "removes no head"),
+            ("method: sparsegpt\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "pattern: channels is not available with method sparsegpt"),
+            ("method: random\nsparsity: 0.5\npattern: channels", "llama", "pattern channels scores whole units with magnitude"),
+            ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nrefine: swap", "llama", "refine: not available with pattern channels"),
+            ("method: magnitude\nsparsity: 0.5\npattern: heads\ntargets: ['re:.*mlp.*']", "llama", "is not targeted"),
+        ]
+        for (i, c) in cases.enumerated() {
+            let r = try run("bad\(i)", model: c.model, c.spec)
+            XCTAssertEqual(r.status, 2, "\(c.spec): \(r.stdout)\(r.stderr)")
+            let lines = r.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, r.stderr)
+            XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains(c.message), "\(c.spec): \(r.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("bad\(i)")), "nothing created")
+        }
+        // A model that is not Llama-family (an MLP classifier).
+        let mlp = dir.file("mlp")
+        let made = try Subprocess.prune(["init-mlp", mlp, "--input", "16", "--hidden", "8", "--classes", "4"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        do {
+            let r = try run("bad-mlp", model: "mlp", "method: magnitude\nsparsity: 0.5\npattern: channels")
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.contains("Llama-family"), r.stderr)
+        }
+    }
+
+    static func readNpy(_ path: String) throws -> [Float] {
+        let data = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let headerLength = Int(data[8]) | Int(data[9]) << 8
+        return stride(from: 10 + headerLength, to: data.count, by: 4).map { i in
+            Float(bitPattern: UInt32(data[i]) | UInt32(data[i + 1]) << 8 | UInt32(data[i + 2]) << 16 | UInt32(data[i + 3]) << 24)
+        }
+    }
+}
