@@ -73,7 +73,30 @@ typedef int v8i __attribute__((vector_size(32)));
 #define EXP_BODY \
     for (long i = 0; i < count; i += 8) STORE8(EXP8(LOAD8(x + i, count - i, 0)), out + i, count - i);
 
+// CSR times a vector. A row's entries go eight at a time into eight lane sums (the
+// values' products with x gathered at their columns), summed by LANES_SUM, then the row's
+// last (count mod 8) entries one by one. GATHER8 is only loads: AVX2's gather or eight
+// scalar loads give the same lanes.
+#define CSR_BODY(GATHER8)                                                         \
+    for (long r = 0; r < rows; r++) {                                             \
+        long i = row_start[r], end = row_start[r + 1];                            \
+        v8f acc = SPLAT(0.0f);                                                    \
+        for (; i + 8 <= end; i += 8) {                                            \
+            v8f v; memcpy(&v, values + i, 32);                                    \
+            acc += v * GATHER8(cols + i);                                         \
+        }                                                                         \
+        float sum = LANES_SUM(acc);                                               \
+        for (; i < end; i++) sum += values[i] * x[cols[i]];                       \
+        y[r] = sum;                                                               \
+    }
+
+#define GATHER8_SCALAR(c) ((v8f){x[(c)[0]], x[(c)[1]], x[(c)[2]], x[(c)[3]], x[(c)[4]], x[(c)[5]], x[(c)[6]], x[(c)[7]]})
+
 #if defined(__x86_64__)
+#include <immintrin.h>
+#define GATHER8_AVX2(c) ((v8f)_mm256_i32gather_ps(x, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(c))), 4))
+__attribute__((target("avx2"))) static void csr_avx2(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                                                     const float *x, float *y) { CSR_BODY(GATHER8_AVX2) }
 __attribute__((target("avx2"))) static void softmax_avx2(float *row, long count, long total) { SOFTMAX_BODY }
 __attribute__((target("avx2"))) static void swiglu_avx2(float *g, const float *u, long count) { SWIGLU_BODY }
 __attribute__((target("avx2"))) static void exp_avx2(const float *x, float *out, long count) { EXP_BODY }
@@ -87,6 +110,16 @@ static int has_avx2(void) {
 static void softmax_base(float *row, long count, long total) { SOFTMAX_BODY }
 static void swiglu_base(float *g, const float *u, long count) { SWIGLU_BODY }
 static void exp_base(const float *x, float *out, long count) { EXP_BODY }
+static void csr_base(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                     const float *x, float *y) { CSR_BODY(GATHER8_SCALAR) }
+
+void pc_csr_matvec(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                   const float *x, float *y) {
+#if defined(__x86_64__)
+    if (has_avx2()) { csr_avx2(row_start, cols, values, rows, x, y); return; }
+#endif
+    csr_base(row_start, cols, values, rows, x, y);
+}
 
 void pc_causal_softmax(float *row, long count, long total) {
 #if defined(__x86_64__)

@@ -189,14 +189,16 @@ public struct RotaryTable: Sendable {
     /// Rotates one sequence's heads in place: x is tokens × (heads · headDim). `inverse`
     /// rotates back (the transpose: a gradient through RoPE); multiplying sin by ±1 is
     /// exact, so the forward rotation's bits do not depend on the flag's existence.
-    func apply(_ x: UnsafeMutablePointer<Float>, tokens: Int, heads: Int, headDim: Int, inverse: Bool = false) {
+    /// `from` is the first token's position (a decode step's place after the cache).
+    func apply(_ x: UnsafeMutablePointer<Float>, tokens: Int, heads: Int, headDim: Int, inverse: Bool = false, from start: Int = 0) {
         let direction: Float = inverse ? -1 : 1
         for t in 0..<tokens {
+            let p = start + t
             for h in 0..<heads {
                 let v = x + (t * heads + h) * headDim
                 for i in 0..<half {
                     let a = v[i], bb = v[i + half]
-                    let co = cos[t * half + i], si = direction * sin[t * half + i]
+                    let co = cos[p * half + i], si = direction * sin[p * half + i]
                     v[i] = a * co - bb * si
                     v[i + half] = bb * co + a * si
                 }

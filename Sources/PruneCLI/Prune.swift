@@ -45,7 +45,7 @@ struct Prune: ParsableCommand {
         discussion: "Exit codes: 0 ok, 1 a check failed, 2 bad input or usage, 130/143 stopped by SIGINT/SIGTERM (prune resume continues the job).",
         version: Prune.version,
         subcommands: [Inspect.self, Run.self, Check.self, Densify.self, Resume.self, Status.self,
-                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self, ImportGGUF.self, InitMLP.self, BenchCoordinator.self])
+                      CoordinatorCommand.self, WorkerCommand.self, Keygen.self, ImportGGUF.self, InitMLP.self, Bench.self, BenchCoordinator.self, BenchOne.self])
 
     /// `prune --version`: the release, and the versions of what it exchanges with other
     /// builds (the wire protocol, the ledger's layout).

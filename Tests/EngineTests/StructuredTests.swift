@@ -199,6 +199,35 @@ final class StructuredTests: XCTestCase {
         }
     }
 
+    /// `prune bench`: each model measured in its own process; the smaller model has fewer
+    /// parameters and weight bytes, a 90%-sparse one holds its Linear weights in CSR.
+    func testBenchMeasuresEachModelAndHoldsSparseWeightsInCSR() throws {
+        XCTAssertEqual(try run("b-small", model: "llama", "method: magnitude\nsparsity: 0.5\npattern: channels").status, 0)
+        XCTAssertEqual(try run("b-sparse", model: "llama", "method: magnitude\nsparsity: 0.9").status, 0)
+        let r = try Subprocess.prune(["bench", dir.file("llama"), dir.file("b-small/out/dense"), "--prompt", "8", "--decode", "4", "--repeats", "1", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let objects = try r.stdout.split(separator: "\n").map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
+        XCTAssertEqual(objects.count, 2)
+        let dense = objects[0], small = objects[1]
+        XCTAssertEqual(dense["parameters"] as? Int, try Checkpoint(path: dir.file("llama")).parameterCount)
+        XCTAssertLessThan(try XCTUnwrap(small["parameters"] as? Int), try XCTUnwrap(dense["parameters"] as? Int))
+        XCTAssertLessThan(try XCTUnwrap(small["weightBytes"] as? Int), try XCTUnwrap(dense["weightBytes"] as? Int))
+        for o in objects {
+            XCTAssertGreaterThan(try XCTUnwrap(o["decodeTokensPerSecond"] as? Double), 0)
+            XCTAssertGreaterThan(try XCTUnwrap(o["peakBytes"] as? Int), 0)
+            XCTAssertEqual(o["sparseWeights"] as? Int, 0)
+        }
+        let sparse = try Subprocess.prune(["bench", dir.file("b-sparse/out/dense"), "--prompt", "8", "--decode", "4", "--repeats", "1", "--json"])
+        XCTAssertEqual(sparse.status, 0, sparse.stderr)
+        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(sparse.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(s["sparseWeights"] as? Int, 14, "every Linear of both blocks is 90% zeros")
+        XCTAssertLessThan(try XCTUnwrap(s["weightBytes"] as? Int), try XCTUnwrap(dense["weightBytes"] as? Int))
+        // Not a Llama-family model: one error line, exit 2.
+        let bad = try Subprocess.prune(["bench", dir.path])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.hasPrefix("prune: error:") && bad.stderr.split(separator: "\n").count == 1, bad.stderr)
+    }
+
     static func readNpy(_ path: String) throws -> [Float] {
         let data = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         let headerLength = Int(data[8]) | Int(data[9]) << 8

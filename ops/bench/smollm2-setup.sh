@@ -34,9 +34,10 @@ smollm2_work() {
 }
 
 # out_digest JOBDIR: the first 16 hex digits of a digest over every file of JOBDIR/out's
-# dense/ and sparse/ (the bytes every worker count must reproduce).
+# dense/ and sparse/ (the bytes every worker count must reproduce; a structured job has no
+# sparse/).
 out_digest() {
-  (cd "$1/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
+  (cd "$1/out" && find dense $( [ -d sparse ] && echo sparse ) -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
 }
 
 # same_bytes DIGEST: the first run of a group (the caller sets first="" before it)

@@ -14,4 +14,12 @@ void pc_swiglu(float *g, const float *u, long count);
 /// out[i] = exp(x[i]) for testing the approximation against libm.
 void pc_exp(const float *x, float *out, long count);
 
+#include <stdint.h>
+
+/// y[r] = sum over i in [row_start[r], row_start[r+1]) of values[i] * x[cols[i]]: a sparse
+/// matrix in CSR form (16-bit column indices) times a vector, eight entries at a time in a
+/// fixed lane order, then the row's remainder: the same bytes with and without AVX2.
+void pc_csr_matvec(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                   const float *x, float *y);
+
 #endif

@@ -1,0 +1,154 @@
+import ArgumentParser
+import Cluster
+import Foundation
+import Models
+import Tensors
+
+/// What one model measured in `prune bench`, from its own process.
+struct GenerationBench: Codable {
+    var model: String
+    var parameters: Int
+    var weightBytes: Int
+    var sparseWeights: Int
+    var linearWeights: Int
+    var loadSeconds: Double
+    /// Best of the repeats.
+    var prefillTokensPerSecond: Double
+    var decodeTokensPerSecond: Double
+    /// Resident set once loaded (the weights as held), and the process's peak.
+    var residentBytes: Int
+    var peakBytes: Int
+}
+
+/// `prune bench DENSE [PRUNED]`: prefill and decode speed and memory of the project's own
+/// forward pass (`LlamaDecoder`: weights in memory, a key/value cache, one BLAS thread),
+/// each model in a process of its own so that its peak memory is its own, side by side.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generation speed and memory of a Llama-family model, and of its pruned version beside it.",
+        discussion: "Each model runs in its own process: a prompt of --prompt token ids is prefilled, then --decode tokens are generated greedily from the key/value cache; tokens/s is the best of --repeats. Weights with at least --sparse-above of their entries zero are held in CSR and multiplied by the sparse kernel (0 or less: every weight dense).")
+
+    @Argument(help: "A Llama-family checkpoint directory (config.json + safetensors): the dense model, or the only one.")
+    var dense: String
+
+    @Argument(help: "A pruned version of it (a job's out/dense, or a structured job's smaller model).")
+    var pruned: String?
+
+    @Option(help: "Prompt tokens prefilled.")
+    var prompt = 128
+
+    @Option(help: "Tokens decoded after the prompt.")
+    var decode = 64
+
+    @Option(help: "Timed runs of each model (the best is reported).")
+    var repeats = 3
+
+    @Option(help: "Fraction of zeros from which a weight is held sparse.")
+    var sparseAbove = 0.5
+
+    @Flag(help: "One JSON object per model instead of the table.")
+    var json = false
+
+    func validate() throws {
+        guard (1...8192).contains(prompt) else { throw ValidationError("--prompt must be 1 to 8192 tokens") }
+        guard (1...8192).contains(decode) else { throw ValidationError("--decode must be 1 to 8192 tokens") }
+        guard (1...100).contains(repeats) else { throw ValidationError("--repeats must be 1 to 100") }
+        guard sparseAbove.isFinite, sparseAbove <= 1 else { throw ValidationError("--sparse-above must be a fraction of at most 1") }
+    }
+
+    func run() throws {
+        var results: [GenerationBench] = []
+        for model in [dense] + (pruned.map { [$0] } ?? []) {
+            // Checked here first, so a bad model is one error line, not a child's failure.
+            _ = try LlamaConfig.load(model)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: EmbeddedCluster.currentExecutable)
+            process.arguments = ["bench-one", model, "--prompt", String(prompt), "--decode", String(decode),
+                                 "--repeats", String(repeats), "--sparse-above", String(sparseAbove)]
+            var environment = ProcessInfo.processInfo.environment
+            environment["OPENBLAS_NUM_THREADS"] = environment["OPENBLAS_NUM_THREADS"] ?? "1"
+            process.environment = environment
+            let out = Pipe()
+            process.standardOutput = out
+            try process.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { throw ExitCode(process.terminationStatus) }
+            results.append(try JSONDecoder().decode(GenerationBench.self, from: data))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            for r in results { print(String(decoding: try encoder.encode(r), as: UTF8.self)) }
+            return
+        }
+        print("prompt \(prompt) tokens, decode \(decode) tokens, best of \(repeats), OPENBLAS_NUM_THREADS=\(ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"] ?? "1")")
+        print("| model | parameters | weights MB | sparse weights | prefill tok/s | decode tok/s | resident MB | peak MB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results {
+            print(String(format: "| %@ | %d | %.1f | %d of %d | %.1f | %.2f | %.1f | %.1f |", r.model, r.parameters, Double(r.weightBytes) / 1e6,
+                         r.sparseWeights, r.linearWeights, r.prefillTokensPerSecond, r.decodeTokensPerSecond,
+                         Double(r.residentBytes) / 1e6, Double(r.peakBytes) / 1e6))
+        }
+        if results.count == 2 {
+            let d = results[0], p = results[1]
+            print(String(format: "pruned / dense: parameters %.3f×, weights %.3f×, prefill %.2f× faster, decode %.2f× faster, resident %.3f×",
+                         Double(p.parameters) / Double(d.parameters), Double(p.weightBytes) / Double(d.weightBytes),
+                         p.prefillTokensPerSecond / d.prefillTokensPerSecond, p.decodeTokensPerSecond / d.decodeTokensPerSecond,
+                         Double(p.residentBytes) / Double(d.residentBytes)))
+        }
+    }
+}
+
+/// One model of `prune bench`, in its own process: prints a `GenerationBench` as JSON.
+struct BenchOne: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench-one", abstract: "One model of prune bench.", shouldDisplay: false)
+
+    @Argument var model: String
+    @Option var prompt = 128
+    @Option var decode = 64
+    @Option var repeats = 3
+    @Option var sparseAbove = 0.5
+
+    func run() throws {
+        let started = Date()
+        let decoder = try LlamaDecoder(directory: model, maxTokens: prompt + decode, sparseAbove: sparseAbove > 0 ? sparseAbove : nil)
+        let loadSeconds = Date().timeIntervalSince(started)
+        let resident = BenchOne.residentBytes()
+        let vocab = decoder.config.vocabSize
+        // Fixed token ids spread over the vocabulary: speed does not depend on the text.
+        let ids = (0..<prompt).map { Int32(($0 * 7919 + 13) % vocab) }
+        var bestPrefill = 0.0, bestDecode = 0.0
+        for _ in 0..<repeats {
+            decoder.reset()
+            var t0 = Date()
+            var logits = try decoder.prefill(ids)
+            bestPrefill = max(bestPrefill, Double(prompt) / Date().timeIntervalSince(t0))
+            t0 = Date()
+            for _ in 0..<decode {
+                // Greedy: the most likely next token.
+                var best = 0
+                for v in 1..<vocab where logits[v] > logits[best] { best = v }
+                logits = try decoder.step(Int32(best))
+            }
+            bestDecode = max(bestDecode, Double(decode) / Date().timeIntervalSince(t0))
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let checkpoint = try Checkpoint(path: model)
+        let result = GenerationBench(model: model, parameters: checkpoint.parameterCount, weightBytes: decoder.weightBytes,
+                                     sparseWeights: decoder.sparseWeights, linearWeights: decoder.linearWeights, loadSeconds: loadSeconds,
+                                     prefillTokensPerSecond: bestPrefill, decodeTokensPerSecond: bestDecode,
+                                     residentBytes: resident, peakBytes: Int(usage.ru_maxrss) * 1024)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try encoder.encode(result), as: UTF8.self))
+    }
+
+    /// The resident set now (/proc/self/statm), in bytes.
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+    }
+}
