@@ -439,8 +439,11 @@ public struct JobSpec: Sendable {
             guard method == .magnitude || method == .wanda else {
                 throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm) or wanda (|W|·‖X‖), not \(method.rawValue)")
             }
-            for key in ["allocation", "refine", "reconstruct", "train", "schedule"] {
+            for key in ["allocation", "refine", "train", "schedule"] {
                 if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind.rawValue) (every block keeps the same units count; the smaller model is written as it is)") }
+            }
+            if let node = values["reconstruct"], spec.reconstruct?.scope != .layer {
+                throw SpecError("\(where_(file, node)): reconstruct: pattern \(kind.rawValue) re-fits the layer that reads the removed units (scope layer), not whole blocks")
             }
         }
         if let node = values["weight_norms"] {

@@ -25,6 +25,10 @@ public struct StructuredWriter: OutputWriter {
     /// The kept units of each block, in block order.
     public let kept: [[Int]]
     public var blockBytes = 8 << 20
+    /// New values of a tensor a re-fit changed (`reconstruct: layer`: down, o), full size.
+    public var updated: (String) throws -> [Float]? = { _ in nil }
+    /// A re-fit tensor's error before and after and its relative residual.
+    public var refitErrors: (String) throws -> [Double]? = { _ in nil }
 
     public init(checkpoint: Checkpoint, plan: Plan, units: StructuredPlan, spec: JobSpec, kept: [[Int]]) {
         self.checkpoint = checkpoint
@@ -88,8 +92,16 @@ public struct StructuredWriter: OutputWriter {
                 var digest = SHA256Stream()
                 let elements = shapes[i].reduce(1, *)
                 var zeros = 0
+                let values = try updated(t.name)
                 if let s = sliced[t.name], let keep = lines[i] {
-                    let bytes = StructuredWriter.shrunk(source, info: t, slice: s.slice, lines: keep)
+                    var full: [UInt8] = []
+                    if let values {
+                        guard values.count == t.elementCount else { throw PruningError("re-fit weights of \(t.name): \(values.count) values, not \(t.elementCount)") }
+                        full = [UInt8](repeating: 0, count: t.byteCount)
+                        values.withUnsafeBufferPointer { v in full.withUnsafeMutableBytes { FloatConversion.fromFloat(v, dtype: t.dtype, into: $0) } }
+                    }
+                    let bytes = values == nil ? StructuredWriter.shrunk(source, info: t, slice: s.slice, lines: keep)
+                        : full.withUnsafeBytes { StructuredWriter.shrunk($0, info: t, slice: s.slice, lines: keep) }
                     try writer.write(bytes)
                     digest.update(bytes)
                     zeros = bytes.withUnsafeBytes { TensorPruner.zeroCount($0, elementSize: t.dtype.size) }
@@ -116,6 +128,11 @@ public struct StructuredWriter: OutputWriter {
                     achievedSparsity: t.elementCount == 0 ? 0 : Double(removed) / Double(t.elementCount),
                     masked: removed, zeros: zeros, elements: elements, sha256Dense: hex, sha256Sparse: hex, reconstructionError: nil)
                 if isPruned { entry.sourceShape = t.shape }
+                if values != nil, let errors = try refitErrors(t.name) {
+                    entry.valuesUpdated = true
+                    entry.reconstructionError = errors[1]
+                    entry.measures = ["reconstruction_error_before": errors[0], "reconstruction_residual": errors[2]]
+                }
                 tensors[t.name] = entry
             }
             try writer.finish()

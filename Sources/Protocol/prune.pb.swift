@@ -1282,6 +1282,12 @@ public nonisolated struct Prune_V1_UnitTask: Sendable {
 
   public var slices: [Prune_V1_UnitSliceRef] = []
 
+  /// reconstruct: layer (> 0: the dampening): re-fit each `cols` slice's kept columns by
+  /// least squares on its input's Hessian (`grams`); the Result adds "weights:" + tensor (F32,
+  /// the whole tensor, zero in the removed columns) and "reconstructed:" + tensor (three
+  /// F64: the error before and after, the relative residual) per such slice.
+  public var reconstructDamp: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1307,6 +1313,8 @@ public nonisolated struct Prune_V1_UnitSliceRef: Sendable {
   public var axis: String = String()
 
   public var statistics: [Prune_V1_ArtifactRef] = []
+
+  public var grams: [Prune_V1_ArtifactRef] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4032,7 +4040,7 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnitTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0\u{3}reconstruct_damp\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4047,6 +4055,7 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.groups) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.sparsity) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.slices) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.reconstructDamp) }()
       default: break
       }
     }
@@ -4074,6 +4083,9 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.slices.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.slices, fieldNumber: 7)
     }
+    if self.reconstructDamp.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.reconstructDamp, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4085,6 +4097,7 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.groups != rhs.groups {return false}
     if lhs.sparsity != rhs.sparsity {return false}
     if lhs.slices != rhs.slices {return false}
+    if lhs.reconstructDamp != rhs.reconstructDamp {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4092,7 +4105,7 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnitSliceRef"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}axis\0\u{1}statistics\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}axis\0\u{1}statistics\0\u{1}grams\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4103,6 +4116,7 @@ nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobu
       case 1: try { try decoder.decodeSingularMessageField(value: &self._tensor) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.axis) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.grams) }()
       default: break
       }
     }
@@ -4122,6 +4136,9 @@ nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobu
     if !self.statistics.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.statistics, fieldNumber: 3)
     }
+    if !self.grams.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.grams, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4129,6 +4146,7 @@ nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobu
     if lhs._tensor != rhs._tensor {return false}
     if lhs.axis != rhs.axis {return false}
     if lhs.statistics != rhs.statistics {return false}
+    if lhs.grams != rhs.grams {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

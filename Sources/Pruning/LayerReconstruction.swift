@@ -61,7 +61,7 @@ public enum LayerReconstruction {
         let b = product(w64, rows: rows, cols: cols, h: hl)
         var inverse: [Double]? = nil
         var refit = [Float](repeating: 0, count: rows * cols)
-        var system = [Double](), rhs = [Double]()
+        var factored = Factored(), rhs = [Double]()
         for r in 0..<rows {
             let base = r * cols
             var kept: [Int] = [], pruned: [Int] = []
@@ -69,7 +69,7 @@ public enum LayerReconstruction {
             if pruned.isEmpty { for c in 0..<cols { refit[base + c] = dense[base + c] }; continue }
             if kept.isEmpty { continue }
             if kept.count <= pruned.count {
-                try solve(hl, cols: cols, on: kept, rhs: kept.map { b[base + $0] }, system: &system, solution: &rhs, layer: layer)
+                try solve(hl, source: 0, cols: cols, on: kept, rhs: kept.map { b[base + $0] }, factored: &factored, solution: &rhs, layer: layer)
                 for (i, c) in kept.enumerated() { refit[base + c] = Float(rhs[i]) }
             } else {
                 if inverse == nil {
@@ -81,7 +81,7 @@ public enum LayerReconstruction {
                     inverse = g
                 }
                 let g = inverse!
-                try solve(g, cols: cols, on: pruned, rhs: pruned.map { w64[base + $0] }, system: &system, solution: &rhs, layer: layer)
+                try solve(g, source: 1, cols: cols, on: pruned, rhs: pruned.map { w64[base + $0] }, factored: &factored, solution: &rhs, layer: layer)
                 for c in kept {
                     var update = 0.0
                     for (i, p) in pruned.enumerated() { update += g[c * cols + p] * rhs[i] }
@@ -110,18 +110,31 @@ public enum LayerReconstruction {
     }
 
     /// Solves M[S, S]·x = rhs by Cholesky (M symmetric positive definite, cols × cols).
-    private static func solve(_ m: [Double], cols: Int, on set: [Int], rhs: [Double], system: inout [Double],
+    /// The Cholesky factor of m restricted to `set`, kept while consecutive rows share the
+    /// set (a structured pattern's rows all do): the same factor the row would compute.
+    struct Factored {
+        var source = -1
+        var set: [Int] = []
+        var system: [Double] = []
+    }
+
+    /// Solves m[set, set]·x = rhs; `source` names m (the kept or the pruned form).
+    private static func solve(_ m: [Double], source: Int, cols: Int, on set: [Int], rhs: [Double], factored: inout Factored,
                               solution: inout [Double], layer: String) throws {
         let k = set.count
-        if system.count < k * k { system = [Double](repeating: 0, count: k * k) }
-        for (i, a) in set.enumerated() {
-            let from = a * cols
-            for (j, c) in set.enumerated() { system[i * k + j] = m[from + c] }
+        if factored.source != source || factored.set != set {
+            if factored.system.count < k * k { factored.system = [Double](repeating: 0, count: k * k) }
+            for (i, a) in set.enumerated() {
+                let from = a * cols
+                for (j, c) in set.enumerated() { factored.system[i * k + j] = m[from + c] }
+            }
+            try factored.system.withUnsafeMutableBufferPointer { try Linalg.cholesky($0.baseAddress!, n: k, layer: layer) }
+            factored.source = source
+            factored.set = set
         }
         solution = rhs
-        try system.withUnsafeMutableBufferPointer { s in
+        try factored.system.withUnsafeMutableBufferPointer { s in
             try solution.withUnsafeMutableBufferPointer { x in
-                try Linalg.cholesky(s.baseAddress!, n: k, layer: layer)
                 try Linalg.choleskySolve(s.baseAddress!, n: k, x.baseAddress!, layer: layer)
             }
         }

@@ -179,6 +179,8 @@ final class StructuredTests: XCTestCase {
             ("method: random\nsparsity: 0.5\npattern: channels", "llama", "pattern channels scores whole units with magnitude"),
             ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nrefine: swap", "llama", "refine: not available with pattern channels"),
             ("method: magnitude\nsparsity: 0.5\npattern: heads\ntargets: ['re:.*mlp.*']", "llama", "is not targeted"),
+            ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: block", "llama", "(scope layer)"),
+            ("method: magnitude\nsparsity: 0.5\npattern: channels\nreconstruct: layer", "llama", "reconstruct:"),
         ]
         for (i, c) in cases.enumerated() {
             let r = try run("bad\(i)", model: c.model, c.spec)
@@ -196,6 +198,36 @@ final class StructuredTests: XCTestCase {
             let r = try run("bad-mlp", model: "mlp", "method: magnitude\nsparsity: 0.5\npattern: channels")
             XCTAssertEqual(r.status, 2, r.stderr)
             XCTAssertTrue(r.stderr.contains("Llama-family"), r.stderr)
+        }
+    }
+
+    /// `reconstruct: layer` re-fits the layer that reads the removed units (down_proj for
+    /// channels, o_proj for heads) on its input's Hessian: its error falls, nothing else
+    /// changes, `prune check` passes, and the bytes do not depend on the workers.
+    func testReconstructRefitsTheLayerThatReadsTheRemovedUnits() throws {
+        for (pattern, refit) in [("channels", "mlp.down_proj"), ("heads", "self_attn.o_proj")] {
+            var digests: [String] = []
+            for workers in [0, 2] {
+                let job = "refit-\(pattern)-\(workers)"
+                let r = try run(job, model: "llama", "method: wanda\nsparsity: 0.5\npattern: \(pattern)\nreconstruct: layer\ncalibration: {data: ids.npy, samples: 16, tokens: 24}", workers: workers)
+                XCTAssertEqual(r.status, 0, r.stderr)
+                let m = try manifest(job)
+                for (name, t) in m.tensors where t.pruned {
+                    if name.hasSuffix(refit + ".weight") {
+                        XCTAssertTrue(t.valuesUpdated, name)
+                        let before = try XCTUnwrap(t.measures?["reconstruction_error_before"]), after = try XCTUnwrap(t.reconstructionError)
+                        XCTAssertLessThan(after, before * 0.99, "\(name): the re-fit lowers ‖(W − Ŵ)X‖²")
+                        XCTAssertLessThan(try XCTUnwrap(t.measures?["reconstruction_residual"]), 1e-5)
+                    } else {
+                        XCTAssertFalse(t.valuesUpdated, name)
+                    }
+                }
+                let check = try Subprocess.prune(["check", dir.file("llama"), dir.file(job)])
+                XCTAssertEqual(check.status, 0, check.stdout)
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/model.safetensors")))
+                digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+            }
+            XCTAssertEqual(digests[0], digests[1], pattern)
         }
     }
 

@@ -113,7 +113,12 @@ public class CalibratePhase: Phase, RoundedPhase {
                     p.name = name
                     p.mask = job.plan.units == nil ? try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
                         : try outputs.ref(UnitPrunePhase.mask(name), of: UnitPrunePhase.id(block: b - 1))
-                    if runsOnRefitBlocks {
+                    if let units = job.plan.units {
+                        // A re-fit reads the removed units' columns (down, o): those change.
+                        if job.spec.reconstruct != nil, units.slicedTensors[name]?.slice.axis == .cols {
+                            p.weights = try UnitPrunePhase.refitWeights(of: name, block: b - 1, outputs: outputs)
+                        }
+                    } else if runsOnRefitBlocks {
                         p.weights = try BlockRefitPhase.refitWeights(of: name, block: b - 1, outputs: outputs)
                     } else if job.spec.updatesKeptWeights {
                         p.weights = try outputs.ref(LayerPrunePhase.weights, of: LayerPrunePhase.id(tensor: name))

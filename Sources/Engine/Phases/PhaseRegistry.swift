@@ -142,7 +142,10 @@ public final class JobDAG {
     public func writer(outputs: OutputStore) throws -> any OutputWriter {
         if let units = job.plan.units, let phase = phases.compactMap({ $0 as? UnitPrunePhase }).first {
             let kept = try units.blocks.indices.map { try phase.keptUnits(block: $0, outputs: outputs) }
-            return StructuredWriter(checkpoint: job.checkpoint, plan: job.plan, units: units, spec: job.spec, kept: kept)
+            var writer = StructuredWriter(checkpoint: job.checkpoint, plan: job.plan, units: units, spec: job.spec, kept: kept)
+            writer.updated = { try phase.updatedValues(of: $0, outputs: outputs) }
+            writer.refitErrors = { try phase.refitErrors(of: $0, outputs: outputs) }
+            return writer
         }
         return try assembler(outputs: outputs)
     }

@@ -32,6 +32,18 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public static let scores = OutputName("scores")
     /// The mask of one of the block's tensors.
     public static func mask(_ tensor: String) -> OutputName { OutputName("mask:\(tensor)") }
+    /// `reconstruct: layer`: a column slice's re-fit weights (F32, the whole tensor).
+    public static func weights(_ tensor: String) -> OutputName { OutputName("weights:\(tensor)") }
+    /// `reconstruct: layer`: its error before and after the re-fit and the relative residual.
+    public static func reconstructed(_ tensor: String) -> OutputName { OutputName("reconstructed:\(tensor)") }
+
+    /// Whether the job re-fits the layers that read the removed units.
+    private var refits: Bool { job.spec.reconstruct != nil }
+
+    /// The slices a re-fit changes: those whose columns read the units (down, o).
+    private func refitSlices(_ block: BlockUnits) -> [UnitSlice] {
+        refits ? block.slices.filter { $0.axis == .cols } : []
+    }
 
     private func block(of task: TaskID) -> Int? {
         guard task.phase == UnitPrunePhase.name, let b = Int(task.key), units.blocks.indices.contains(b) else { return nil }
@@ -67,15 +79,23 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
                 s.statistics = try (0..<calibration.shardCount).map {
                     try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
                 }
+                if refits, slice.axis == .cols {
+                    s.grams = try (0..<calibration.shardCount).map {
+                        try outputs.ref(CalibratePhase.gram(group), of: CalibratePhase.id(block: b, shard: $0))
+                    }
+                }
             }
             return s
         }
+        if let reconstruct = job.spec.reconstruct { u.reconstructDamp = reconstruct.damp }
         return .units(u)
     }
 
     public func outputNames(of task: TaskID) -> [OutputName] {
         guard let b = block(of: task) else { return [] }
-        return [UnitPrunePhase.kept, UnitPrunePhase.scores] + units.blocks[b].slices.map { UnitPrunePhase.mask($0.tensor) }
+        let block = units.blocks[b]
+        return [UnitPrunePhase.kept, UnitPrunePhase.scores] + block.slices.map { UnitPrunePhase.mask($0.tensor) }
+            + refitSlices(block).flatMap { [UnitPrunePhase.weights($0.tensor), UnitPrunePhase.reconstructed($0.tensor)] }
     }
 
     /// The kept units must be the right number per group, ascending and in range, the
@@ -84,7 +104,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
         guard let b = block(of: task) else { return "no units task \(task)" }
         let block = units.blocks[b]
-        guard outputs.count == 2 + block.slices.count else { return "result of \(task) has \(outputs.count) payloads, expected \(2 + block.slices.count)" }
+        let names = outputNames(of: task)
+        guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
         guard let kept = try? UnitPrunePhase.indices(outputs[0]) else { return "units of \(task) are not uint32 values" }
         if let problem = UnitPrunePhase.problem(kept: kept, block: block, sparsity: units.sparsity) { return "units of \(task): \(problem)" }
         guard let scores = try? FloatPayload.doubles(outputs[1], what: "scores"), scores.count == block.count, scores.allSatisfy(\.isFinite) else {
@@ -94,6 +115,21 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             guard let info = job.checkpoint.info(slice.tensor) else { return "no tensor \(slice.tensor)" }
             guard bytes == block.mask(slice, rows: info.rows, cols: info.cols, kept: kept).bits else {
                 return "mask of \(slice.tensor) in \(task) is not the one its kept units imply"
+            }
+        }
+        let payload = { (name: OutputName) in outputs[names.firstIndex(of: name)!] }
+        for slice in refitSlices(block) {
+            guard let info = job.checkpoint.info(slice.tensor) else { return "no tensor \(slice.tensor)" }
+            let keep = Set(block.keptLines(kept))
+            guard let values = try? FloatPayload.floats(payload(UnitPrunePhase.weights(slice.tensor)), what: "weights"), values.count == info.elementCount else {
+                return "re-fit weights of \(slice.tensor) in \(task) have the wrong size"
+            }
+            for (i, v) in values.enumerated() where !v.isFinite || (v != 0 && !keep.contains(i % info.cols)) {
+                return v.isFinite ? "re-fit weights of \(slice.tensor) in \(task) are not zero in the removed columns" : "re-fit weights of \(slice.tensor) in \(task) are not finite"
+            }
+            guard let errors = try? FloatPayload.doubles(payload(UnitPrunePhase.reconstructed(slice.tensor)), what: "errors"), errors.count == 3,
+                  errors.allSatisfy({ $0.isFinite && $0 >= 0 }), errors[1] <= errors[0] * (1 + 1e-9) else {
+                return "re-fit errors of \(slice.tensor) in \(task) are not three finite F64 ≥ 0 with the error not rising"
             }
         }
         return nil
@@ -148,8 +184,19 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             let w = weights[slice.tensor]!
             return (mask(slice.tensor).rawValue, block.mask(slice, rows: w.rows, cols: w.cols, kept: kept).bits)
         }
+        // In `outputNames` order: each re-fit slice's weights, then its errors.
+        var refits: [(name: String, bytes: [UInt8])] = []
+        for (s, slice) in zip(u.slices, slices) where u.reconstructDamp > 0 && slice.axis == .cols {
+            guard !s.grams.isEmpty else { throw PruningError("units task: \(slice.tensor): no Hessians to re-fit with") }
+            let w = weights[slice.tensor]!
+            let hessian = try SparseGPT.merged(count: s.grams.count, layer: slice.tensor) { try inputs.artifact(s.grams[$0]) }
+            let fit = try LayerReconstruction.refit(dense: w.values, mask: block.mask(slice, rows: w.rows, cols: w.cols, kept: kept),
+                                                    hessian: hessian, damp: u.reconstructDamp, layer: slice.tensor)
+            refits.append((UnitPrunePhase.weights(slice.tensor).rawValue, FloatPayload.encode(fit.weights)))
+            refits.append((UnitPrunePhase.reconstructed(slice.tensor).rawValue, [fit.errorBefore, fit.errorAfter, fit.residual].flatMap(FloatPayload.encode)))
+        }
         let keptBytes = kept.flatMap { i in withUnsafeBytes(of: UInt32(i).littleEndian) { [UInt8]($0) } }
-        return TaskOutputs(payloads: [(UnitPrunePhase.kept.rawValue, keptBytes), (UnitPrunePhase.scores.rawValue, scores.flatMap(FloatPayload.encode))] + masks,
+        return TaskOutputs(payloads: [(UnitPrunePhase.kept.rawValue, keptBytes), (UnitPrunePhase.scores.rawValue, scores.flatMap(FloatPayload.encode))] + masks + refits,
                            kept: UInt64(kept.count))
     }
 
@@ -176,6 +223,29 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
         guard let b = blockOf[tensor] else { throw PruningError("\(tensor) is not pruned by this job") }
         return ([try outputs.ref(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b))], nil)
+    }
+
+    public func updatesValues(of tensor: String) -> Bool {
+        refits && blockOf[tensor].map { b in refitSlices(units.blocks[b]).contains { $0.tensor == tensor } } == true
+    }
+
+    public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? {
+        guard updatesValues(of: tensor), let b = blockOf[tensor] else { return nil }
+        return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit weights of \(tensor)")
+    }
+
+    /// The re-fit's error before and after (and residual) of a column slice.
+    public func refitErrors(of tensor: String, outputs: OutputStore) throws -> [Double]? {
+        guard updatesValues(of: tensor), let b = blockOf[tensor] else { return nil }
+        let errors = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.reconstructed(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit errors of \(tensor)")
+        guard errors.count == 3 else { throw PruningError("re-fit errors of \(tensor) are not 3 values") }
+        return errors
+    }
+
+    /// A re-fit tensor's weights as an artifact reference (sequential calibration runs the
+    /// next block on them).
+    public static func refitWeights(of tensor: String, block: Int, outputs: OutputStore) throws -> Prune_V1_ArtifactRef {
+        try outputs.ref(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: block))
     }
 
     public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
