@@ -5,7 +5,8 @@
 # the decoder's share removed, dense/ bytes, wall time (prune + evaluation) on WORKERS
 # (default 2) local workers, and the out/ digest, the same for every worker count.
 #   ops/bench/structured.sh [WORKDIR]
-#   PRUNINGS="magnitude channels 0.267;wanda channels 0.4" WORKERS="1 2"
+#   PRUNINGS="magnitude channels 0.267;wanda channels 0.4 layer" WORKERS="1 2"
+#   (a fourth word `layer` adds reconstruct: layer, the re-fit of down_proj / o_proj)
 # SmolLM2's decoder is 30 blocks of 3.54 M weights, 2.65 M of them in the MLP: channels at
 # 0.267 remove 20.0% of the decoder's weights, at 0.4 30.0%; heads at 0.34 remove 3 of 9
 # query heads a block (6.2%).
@@ -15,13 +16,13 @@ cd "$(dirname "$0")/../.."
 . ops/bench/smollm2-setup.sh
 smollm2_work "$dir"
 
-printf "%-10s %-9s %-6s %-8s %10s %12s %12s %9s %9s %s\n" method pattern level workers perplexity params "decoder −" "dense MB" seconds "out/ digest"
+printf "%-10s %-15s %-6s %-8s %10s %12s %12s %9s %9s %s\n" method pattern level workers perplexity params "decoder −" "dense MB" seconds "out/ digest"
 IFS=';' read -ra prunings <<< "${PRUNINGS:-magnitude channels 0.267;wanda channels 0.267;magnitude channels 0.4;wanda channels 0.4;wanda heads 0.34}"
 for pruning in "${prunings[@]}"; do
-  read -r method pattern level <<< "$pruning"
+  read -r method pattern level refit <<< "$pruning"
   first=""
   for w in ${WORKERS:-2}; do
-    name="structured-$method-$pattern-$level-w$w"
+    name="structured-$method-$pattern-$level${refit:+-$refit}-w$w"
     rm -rf "${work:?}/$name"
     {
       echo "model: $work/model"
@@ -29,6 +30,7 @@ for pruning in "${prunings[@]}"; do
       echo "method: $method"
       echo "sparsity: $level"
       echo "pattern: $pattern"
+      [ -z "$refit" ] || echo "reconstruct: $refit"
       [ "$method" = magnitude ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}"
       echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
     } > "$work/$name.yaml"
@@ -37,7 +39,7 @@ for pruning in "${prunings[@]}"; do
     end=$EPOCHREALTIME
     "$prune" check -q "$work/model" "$work/$name" > /dev/null
     digest=$(out_digest "$work/$name")
-    python3 - "$work/$name" "$method" "$pattern" "$level" "$w" "$start" "$end" "$digest" <<'PY'
+    python3 - "$work/$name" "$method" "$pattern${refit:++$refit}" "$level" "$w" "$start" "$end" "$digest" <<'PY'
 import json, math, os, sys
 job, method, pattern, level, w, start, end, digest = sys.argv[1:]
 r = json.load(open(os.path.join(job, "report.json")))
@@ -45,7 +47,7 @@ m = json.load(open(os.path.join(job, "out", "manifest.json")))
 s = m["structure"]
 dec_before = sum(math.prod(t.get("source_shape", t["shape"])) for n, t in m["tensors"].items() if n.startswith("model.layers."))
 dec_after = sum(t["elements"] for n, t in m["tensors"].items() if n.startswith("model.layers."))
-print(f"{method:<10} {pattern:<9} {level:<6} {w:<8} {r['evaluation']['pruned']:10.3f} {s['parameters_after']:12d} "
+print(f"{method:<10} {pattern:<15} {level:<6} {w:<8} {r['evaluation']['pruned']:10.3f} {s['parameters_after']:12d} "
       f"{100 * (dec_before - dec_after) / dec_before:11.1f}% {m['totals']['dense_bytes'] / 1e6:9.1f} "
       f"{float(end) - float(start):9.1f} {digest}")
 PY
