@@ -436,8 +436,8 @@ public struct JobSpec: Sendable {
         if case .units(let kind) = pattern {
             // Units are scored by L2 norm or Wanda and removed from the shapes; the
             // per-weight steps have no meaning on a model whose weights are gone.
-            guard method == .magnitude || method == .wanda else {
-                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm) or wanda (|W|·‖X‖), not \(method.rawValue)")
+            guard [.magnitude, .wanda, .taylor, .fisher].contains(method) else {
+                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor or fisher, not \(method.rawValue)")
             }
             for key in ["allocation", "refine", "train", "schedule"] {
                 if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind.rawValue) (every block keeps the same units count; the smaller model is written as it is)") }

@@ -44,8 +44,10 @@ public struct StructuredPlan: Sendable {
         switch spec.method {
         case .magnitude: score = .l2
         case .wanda: score = .wanda
+        case .taylor: score = .taylor
+        case .fisher: score = .fisher
         default:
-            throw SpecError("pattern: \(kind.rawValue) scores units with method magnitude (L2 norm) or wanda (|W|·‖X‖), not \(spec.method.rawValue)")
+            throw SpecError("pattern: \(kind.rawValue) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor or fisher, not \(spec.method.rawValue)")
         }
         try self.init(config: config, kind: kind, score: score, sparsity: spec.sparsity)
     }

@@ -1269,7 +1269,7 @@ public nonisolated struct Prune_V1_UnitTask: Sendable {
   /// channels | heads
   public var kind: String = String()
 
-  /// l2 | wanda
+  /// l2 | wanda | taylor | fisher
   public var score: String = String()
 
   public var count: UInt32 = 0
@@ -1315,6 +1315,10 @@ public nonisolated struct Prune_V1_UnitSliceRef: Sendable {
   public var statistics: [Prune_V1_ArtifactRef] = []
 
   public var grams: [Prune_V1_ArtifactRef] = []
+
+  /// taylor / fisher: the tensor's accumulated gradient (Σ g or Σ g², F32) per calibration
+  /// shard, summed in this order.
+  public var gradients: [Prune_V1_ArtifactRef] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4105,7 +4109,7 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnitSliceRef"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}axis\0\u{1}statistics\0\u{1}grams\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}axis\0\u{1}statistics\0\u{1}grams\0\u{1}gradients\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4117,6 +4121,7 @@ nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobu
       case 2: try { try decoder.decodeSingularStringField(value: &self.axis) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.statistics) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.grams) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.gradients) }()
       default: break
       }
     }
@@ -4139,6 +4144,9 @@ nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobu
     if !self.grams.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.grams, fieldNumber: 4)
     }
+    if !self.gradients.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.gradients, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4147,6 +4155,7 @@ nonisolated extension Prune_V1_UnitSliceRef: SwiftProtobuf.Message, SwiftProtobu
     if lhs.axis != rhs.axis {return false}
     if lhs.statistics != rhs.statistics {return false}
     if lhs.grams != rhs.grams {return false}
+    if lhs.gradients != rhs.gradients {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

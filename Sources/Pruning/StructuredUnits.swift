@@ -29,6 +29,15 @@ public enum UnitScore: String, Sendable {
     /// Wanda's |W|·‖X‖ summed over the unit's weights, ‖X‖ the norm of each weight's input
     /// column on the calibration data.
     case wanda
+    /// First-order Taylor of removing the whole unit: |Σ w·G| over its weights, G the
+    /// calibration windows' summed gradient (LLM-Pruner's vector-wise importance).
+    case taylor
+    /// The diagonal Fisher saliency summed over the unit: Σ w²·Σ g² (each window's
+    /// gradient squared, then summed).
+    case fisher
+
+    /// Whether the score reads gradients (`gradients` of `BlockUnits.scores`).
+    public var usesGradients: Bool { self == .taylor || self == .fisher }
 }
 
 /// The units of one decoder block, how they lie in its tensors, and how many go.
@@ -63,14 +72,29 @@ public struct BlockUnits: Sendable, Equatable {
     /// Scores of every unit (higher: more important), summed in a fixed order in F64.
     /// `weights[tensor]` is the tensor row-major; `inputNorms[tensor]` its input columns'
     /// squared norms on the calibration data (Wanda's statistic), needed for `.wanda`.
+    /// `gradients[tensor]` is its summed gradient (Σ g, or Σ g² for `.fisher`), for those.
     public func scores(_ score: UnitScore, weights: [String: (values: [Float], rows: Int, cols: Int)],
-                       inputNorms: [String: [Double]] = [:]) throws -> [Double] {
+                       inputNorms: [String: [Double]] = [:], gradients: [String: [Float]] = [:]) throws -> [Double] {
         var out = [Double](repeating: 0, count: count)
         for slice in slices {
             guard let w = weights[slice.tensor] else { throw PruningError("units: no weights of '\(slice.tensor)'") }
             let along = slice.axis == .rows ? w.rows : w.cols
             guard along == count * width, w.values.count == w.rows * w.cols else {
                 throw PruningError("units: '\(slice.tensor)' is \(w.rows)×\(w.cols); \(count) \(kind.rawValue) of \(width) \(slice.axis.rawValue) need \(count * width) \(slice.axis.rawValue)")
+            }
+            if score.usesGradients {
+                guard let g = gradients[slice.tensor], g.count == w.values.count else {
+                    throw PruningError("units: no gradient of \(w.values.count) values for '\(slice.tensor)'")
+                }
+                // Per weight w·G (Taylor, signed: the unit's terms add before the absolute
+                // value) or w²·Σg² (Fisher), into the unit of its row or column.
+                for r in 0..<w.rows {
+                    for c in 0..<w.cols {
+                        let k = r * w.cols + c, x = Double(w.values[k])
+                        out[(slice.axis == .rows ? r : c) / width] += score == .taylor ? x * Double(g[k]) : x * x * Double(g[k])
+                    }
+                }
+                continue
             }
             var norms: [Double] = []
             if score == .wanda {
@@ -100,7 +124,11 @@ public struct BlockUnits: Sendable, Equatable {
                 }
             }
         }
-        return score == .l2 ? out.map { $0.squareRoot() } : out
+        switch score {
+        case .l2: return out.map { $0.squareRoot() }
+        case .taylor: return out.map(abs)
+        case .wanda, .fisher: return out
+        }
     }
 
     /// The units kept at `sparsity`, ascending: in every group the highest scores, a tie

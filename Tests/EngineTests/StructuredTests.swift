@@ -95,6 +95,8 @@ final class StructuredTests: XCTestCase {
             ("channels-l2", "llama", "method: magnitude\nsparsity: 0.5\npattern: channels", ("intermediate_size", 24), 2 * 24 * 3 * 32),
             ("heads-wanda", "llama", "method: wanda\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: dense}", ("num_attention_heads", 2), 2 * 2 * 8 * 32 * 2),
             ("heads-qwen2", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads", ("num_attention_heads", 2), 2 * 2 * 8 * (32 * 2 + 1)),
+            ("channels-fisher", "llama", "method: fisher\nsparsity: 0.25\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("intermediate_size", 36), 2 * 12 * 3 * 32),
+            ("heads-taylor", "llama", "method: taylor\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("num_attention_heads", 2), 2 * 2 * 8 * 32 * 2),
         ]
         for c in cases {
             let r = try run(c.job, model: c.model, c.spec)
@@ -177,6 +179,7 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.2\npattern: heads", "llama", "removes no head"),
             ("method: sparsegpt\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "pattern: channels is not available with method sparsegpt"),
             ("method: random\nsparsity: 0.5\npattern: channels", "llama", "pattern channels scores whole units with magnitude"),
+            ("method: taylor\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: layer", "llama", "reconstruct:"),
             ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nrefine: swap", "llama", "refine: not available with pattern channels"),
             ("method: magnitude\nsparsity: 0.5\npattern: heads\ntargets: ['re:.*mlp.*']", "llama", "is not targeted"),
             ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: block", "llama", "(scope layer)"),

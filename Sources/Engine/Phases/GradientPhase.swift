@@ -153,7 +153,7 @@ public final class GradientScorePhase: Phase, PrunedTensorSource {
     private let levels: (any LevelSource)?
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard let gradients = earlier.compactMap({ $0 as? GradientPhase }).first else { return nil }
+        guard let gradients = earlier.compactMap({ $0 as? GradientPhase }).first, job.plan.units == nil else { return nil }
         self.job = job
         self.gradients = gradients
         levels = earlier.compactMap { $0 as? LevelSource }.first

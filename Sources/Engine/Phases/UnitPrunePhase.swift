@@ -15,11 +15,14 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     private let job: JobContext
     private let units: StructuredPlan
     private let blockOf: [String: Int]
+    /// Taylor and Fisher scores: the gradient phase that accumulates them.
+    private let gradients: GradientPhase?
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard let units = job.plan.units else { return nil }
         self.job = job
         self.units = units
+        gradients = earlier.compactMap { $0 as? GradientPhase }.first
         var blockOf: [String: Int] = [:]
         for (b, block) in units.blocks.enumerated() { for s in block.slices { blockOf[s.tensor] = b } }
         self.blockOf = blockOf
@@ -53,7 +56,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// After the block's calibration (every shard) when the score needs it.
     public var tasks: [PhaseTask] {
         units.blocks.indices.map { b in
-            PhaseTask(UnitPrunePhase.id(block: b), after: job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? [])
+            PhaseTask(UnitPrunePhase.id(block: b), after: gradients?.gradientTasks
+                      ?? job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? [])
         }
     }
 
@@ -74,6 +78,9 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             var s = Prune_V1_UnitSliceRef()
             s.tensor = job.tensorRef(info)
             s.axis = slice.axis.rawValue
+            if let gradients {
+                s.gradients = try gradients.gradientRefs(of: slice.tensor, outputs: outputs)
+            }
             if units.score == .wanda, let calibration = job.calibration {
                 let group = calibration.statisticsKey(for: slice.tensor, block: b)
                 s.statistics = try (0..<calibration.shardCount).map {
@@ -170,6 +177,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         let reader = TaskTensorReader(u.slices.map(\.tensor), inputs: inputs)
         var weights: [String: (values: [Float], rows: Int, cols: Int)] = [:]
         var inputNorms: [String: [Double]] = [:]
+        var gradientSums: [String: [Float]] = [:]
         for s in u.slices {
             let name = s.tensor.name
             guard let shape = reader.shape(of: name), shape.count == 2 else { throw PruningError("units task: \(name) is not a matrix") }
@@ -177,8 +185,19 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             if score == .wanda {
                 inputNorms[name] = try WandaStatistics.merged(count: s.statistics.count, layer: name) { try inputs.artifact(s.statistics[$0]) }.norms
             }
+            if score.usesGradients {
+                guard !s.gradients.isEmpty else { throw PruningError("units task: \(name) has no gradient shards") }
+                var sum = [Float](repeating: 0, count: shape[0] * shape[1])
+                // Summed in shard order: the same bytes for any worker count.
+                for ref in s.gradients {
+                    let part = try FloatPayload.floats(try inputs.artifact(ref), what: "gradient of \(name)")
+                    guard part.count == sum.count else { throw PruningError("units task: a gradient of \(name) has \(part.count) values, expected \(sum.count)") }
+                    for k in 0..<sum.count { sum[k] += part[k] }
+                }
+                gradientSums[name] = sum
+            }
         }
-        let scores = try block.scores(score, weights: weights, inputNorms: inputNorms)
+        let scores = try block.scores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums)
         let kept = try block.kept(scores: scores, sparsity: u.sparsity)
         let masks = slices.map { slice in
             let w = weights[slice.tensor]!
