@@ -439,7 +439,7 @@ public struct JobSpec: Sendable {
             guard [.magnitude, .wanda, .taylor, .fisher].contains(method) else {
                 throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor or fisher, not \(method.rawValue)")
             }
-            for key in ["allocation", "refine", "train", "schedule"] {
+            for key in ["allocation", "refine", "train", "schedule", "weight_norms"] {
                 if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind.rawValue) (every block keeps the same units count; the smaller model is written as it is)") }
             }
             if let node = values["reconstruct"], spec.reconstruct?.scope != .layer {

@@ -23,8 +23,10 @@ enum StructuredCheck {
             return report
         }
         let plan: StructuredPlan
+        let isMLP = MLPConfig.exists(in: source.directory)
         do {
-            plan = try StructuredPlan(config: try LlamaConfig.load(source.directory), kind: kind, score: score, sparsity: manifest.sparsity)
+            plan = isMLP ? try StructuredPlan(mlp: source, sparsity: manifest.sparsity)
+                : try StructuredPlan(config: try LlamaConfig.load(source.directory), kind: kind, score: score, sparsity: manifest.sparsity)
         } catch {
             fail("the input's config does not give the job's units: \(error)")
             return report
@@ -38,18 +40,10 @@ enum StructuredCheck {
         }
         guard report.passed else { return report }
         // The config the smaller model carries describes its tensors, as the forward pass reads them.
-        do {
-            let config = try LlamaConfig.load(denseDir)
-            try config.validate(against: dense, file: (denseDir as NSString).appendingPathComponent("config.json"))
-            let width = kind == .channels ? config.intermediateSize : config.heads
-            if width != plan.keptPerBlock || structure.keptPerBlock != plan.keptPerBlock {
-                fail("dense/config.json: \(kind == .channels ? "intermediate_size" : "num_attention_heads") \(width), the kept units are \(plan.keptPerBlock) a block")
-            }
-            if config.headDim != plan.config.headDim || config.kvHeads != plan.config.kvHeads || config.hiddenSize != plan.config.hiddenSize {
-                fail("dense/config.json: head_dim, num_key_value_heads or hidden_size changed")
-            }
-        } catch {
-            fail("dense/config.json: \(error)")
+        if isMLP {
+            do { _ = try MLPModel(directory: denseDir) } catch { fail("dense/: \(error)") }
+        } else if let sourceConfig = plan.config {
+            checkLlamaConfig(denseDir: denseDir, dense: dense, plan: plan, source: sourceConfig, structure: structure, kind: kind, fail: fail)
         }
         if dense.parameterCount != structure.parametersAfter { fail("dense/: \(dense.parameterCount) parameters, manifest says \(structure.parametersAfter)") }
         if source.parameterCount != structure.parametersBefore { fail("input: \(source.parameterCount) parameters, manifest says \(structure.parametersBefore)") }
@@ -63,10 +57,10 @@ enum StructuredCheck {
             report.tensorsChecked += 1
             let out = dense.bytes(d)
             let expected: [UInt8]
-            if let cut = sliced[s.name] {
+            if let cuts = sliced[s.name] {
                 report.prunedTensors += 1
-                let lines = plan.blocks[cut.block].keptLines(structure.kept[cut.block])
-                let shape = StructuredWriter.outputShape(s, slice: cut.slice, keptLines: lines.count)
+                let lines = plan.keptLines(cuts, kept: structure.kept)
+                let shape = StructuredWriter.outputShape(s, rows: lines.rows, cols: lines.cols)
                 guard d.dtype == s.dtype, d.shape == shape, m.shape == shape, m.sourceShape == s.shape else {
                     fail("tensor '\(s.name)': dense/ has \(d.dtype.rawValue) \(d.shape), the kept units give \(s.dtype.rawValue) \(shape)")
                     continue
@@ -76,7 +70,7 @@ enum StructuredCheck {
                     if SHA256Stream.hex(out) != m.sha256Dense { fail("tensor '\(s.name)': sha256 of dense/ bytes differs from the manifest") }
                     continue
                 }
-                expected = StructuredWriter.shrunk(source.bytes(s), info: s, slice: cut.slice, lines: lines)
+                expected = StructuredWriter.shrunk(source.bytes(s), info: s, rows: lines.rows, cols: lines.cols)
             } else {
                 guard d.dtype == s.dtype, d.shape == s.shape else {
                     fail("tensor '\(s.name)': dense/ has \(d.dtype.rawValue) \(d.shape), input has \(s.dtype.rawValue) \(s.shape)")
@@ -88,5 +82,23 @@ enum StructuredCheck {
             if SHA256Stream.hex(out) != m.sha256Dense { fail("tensor '\(s.name)': sha256 of dense/ bytes differs from the manifest") }
         }
         return report
+    }
+
+    /// dense/config.json against the smaller shapes and the units' widths.
+    private static func checkLlamaConfig(denseDir: String, dense: Checkpoint, plan: StructuredPlan, source: LlamaConfig,
+                                         structure: Manifest.Structure, kind: UnitKind, fail: (String) -> Void) {
+        do {
+            let config = try LlamaConfig.load(denseDir)
+            try config.validate(against: dense, file: (denseDir as NSString).appendingPathComponent("config.json"))
+            let width = kind == .channels ? config.intermediateSize : config.heads
+            if width != plan.keptPerBlock || structure.keptPerBlock != plan.keptPerBlock {
+                fail("dense/config.json: \(kind == .channels ? "intermediate_size" : "num_attention_heads") \(width), the kept units are \(plan.keptPerBlock) a block")
+            }
+            if config.headDim != source.headDim || config.kvHeads != source.kvHeads || config.hiddenSize != source.hiddenSize {
+                fail("dense/config.json: head_dim, num_key_value_heads or hidden_size changed")
+            }
+        } catch {
+            fail("dense/config.json: \(error)")
+        }
     }
 }

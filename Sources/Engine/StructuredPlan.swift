@@ -10,9 +10,12 @@ import Tensors
 public struct StructuredPlan: Sendable {
     public let kind: UnitKind
     public let score: UnitScore
-    public let config: LlamaConfig
-    /// The units of each decoder block, in block order.
+    /// The Llama-family config; nil for an MLP classifier (whose widths are its tensors').
+    public let config: LlamaConfig?
+    /// The units of each decoder block (an MLP's hidden layers), in order.
     public let blocks: [BlockUnits]
+    /// 1-D tensors that lose the rows of their layer's removed units (an MLP's biases).
+    private var slicedBiases: [(tensor: String, block: Int)] = []
     /// The fraction of each block's units removed (the spec's sparsity).
     public let sparsity: Double
 
@@ -32,6 +35,14 @@ public struct StructuredPlan: Sendable {
     /// express, naming the key: a model that is not Llama-family, a method without a unit
     /// score, a sparsity that removes no unit or every unit of a group.
     public init(spec: JobSpec, checkpoint: Checkpoint, kind: UnitKind) throws {
+        if MLPConfig.exists(in: checkpoint.directory) {
+            guard kind == .channels else { throw SpecError("pattern: heads: an MLP classifier has no attention heads (pattern channels removes hidden neurons)") }
+            guard spec.method == .magnitude else {
+                throw SpecError("pattern: channels on an MLP classifier scores neurons by the L2 norm of their weights (method magnitude), not \(spec.method.rawValue)")
+            }
+            try self.init(mlp: checkpoint, sparsity: spec.sparsity)
+            return
+        }
         let file = (checkpoint.directory as NSString).appendingPathComponent("config.json")
         let config: LlamaConfig
         do {
@@ -78,23 +89,68 @@ public struct StructuredPlan: Sendable {
         }
     }
 
+    /// An MLP classifier's hidden neurons (`mlp.json`): neuron j of hidden layer i is row j
+    /// of layer i's weight and bias and column j of layer i+1's weight. Every hidden layer
+    /// removes ⌊width·s⌋ of its own; nothing in mlp.json names a width, so it stays as it is.
+    public init(mlp checkpoint: Checkpoint, sparsity: Double) throws {
+        let file = (checkpoint.directory as NSString).appendingPathComponent(MLPConfig.fileName)
+        let mlp: MLPConfig
+        do {
+            mlp = try MLPConfig.load(file)
+            _ = try MLPModel(config: mlp, store: WeightStore(checkpoint: checkpoint), file: file)
+        } catch let e as ModelError {
+            throw SpecError("pattern: channels: \(e.description)")
+        }
+        guard mlp.layers.count >= 2 else { throw SpecError("pattern: channels: \(file) has no hidden layer to remove neurons from") }
+        config = nil
+        kind = .channels
+        score = .l2
+        self.sparsity = sparsity
+        var blocks: [BlockUnits] = []
+        for i in 0..<(mlp.layers.count - 1) {
+            let width = checkpoint.info(mlp.layers[i].weight)!.rows
+            blocks.append(BlockUnits(kind: .channels, count: width, width: 1, groups: 1,
+                                     slices: [UnitSlice(tensor: mlp.layers[i].weight, axis: .rows), UnitSlice(tensor: mlp.layers[i + 1].weight, axis: .cols)]))
+            if let bias = mlp.layers[i].bias { slicedBiases.append((bias, i)) }
+            let removed = blocks[i].removedPerGroup(at: sparsity)
+            guard removed > 0, removed < width else {
+                throw SpecError("sparsity: \(sparsity) removes \(removed) of the \(width) neurons of '\(mlp.layers[i].weight)': at least one, and not all")
+            }
+        }
+        self.blocks = blocks
+    }
+
     /// Units each block keeps.
     public var keptPerBlock: Int { blocks[0].keptCount(at: sparsity) }
 
-    /// Every tensor whose shape the units change, with the block's units and the slice.
-    public var slicedTensors: [String: (block: Int, slice: UnitSlice)] {
-        var out: [String: (block: Int, slice: UnitSlice)] = [:]
-        for (b, units) in blocks.enumerated() { for s in units.slices { out[s.tensor] = (b, s) } }
+    /// Every tensor whose shape the units change, with each cut: the block whose units it
+    /// loses and along which axis (an MLP's middle weight loses rows to one hidden layer and
+    /// columns to the one before).
+    public var slicedTensors: [String: [(block: Int, slice: UnitSlice)]] {
+        var out: [String: [(block: Int, slice: UnitSlice)]] = [:]
+        for (b, units) in blocks.enumerated() { for s in units.slices { out[s.tensor, default: []].append((b, s)) } }
+        for (bias, b) in slicedBiases { out[bias, default: []].append((b, UnitSlice(tensor: bias, axis: .rows))) }
         // Qwen2's query bias loses the rows its weight loses.
-        if kind == .heads, config.attentionBias {
-            for b in blocks.indices { out["model.layers.\(b).self_attn.q_proj.bias"] = (b, UnitSlice(tensor: "model.layers.\(b).self_attn.q_proj.bias", axis: .rows)) }
+        if kind == .heads, let config, config.attentionBias {
+            for b in blocks.indices { out["model.layers.\(b).self_attn.q_proj.bias", default: []].append((b, UnitSlice(tensor: "model.layers.\(b).self_attn.q_proj.bias", axis: .rows))) }
         }
         return out
+    }
+
+    /// The rows and the columns a sliced tensor keeps (nil: all of them), from every block's kept units.
+    public func keptLines(_ cuts: [(block: Int, slice: UnitSlice)], kept: [[Int]]) -> (rows: [Int]?, cols: [Int]?) {
+        var rows: [Int]?, cols: [Int]?
+        for cut in cuts {
+            let lines = blocks[cut.block].keptLines(kept[cut.block])
+            if cut.slice.axis == .rows { rows = lines } else { cols = lines }
+        }
+        return (rows, cols)
     }
 
     /// config.json of the smaller model: the source config with the new width, and
     /// `head_dim` written out (hidden_size / num_attention_heads no longer gives it).
     public func rewrittenConfig(_ bytes: [UInt8], file: String) throws -> [UInt8] {
+        guard let config else { return bytes }
         guard var json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw CheckpointError(file: file, "cannot read a JSON config")
         }

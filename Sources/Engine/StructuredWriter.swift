@@ -39,32 +39,27 @@ public struct StructuredWriter: OutputWriter {
     }
 
     /// The shape a tensor has in the smaller model.
-    static func outputShape(_ t: TensorInfo, slice: UnitSlice?, keptLines: Int) -> [Int] {
-        guard let slice else { return t.shape }
+    static func outputShape(_ t: TensorInfo, rows: [Int]?, cols: [Int]?) -> [Int] {
         var shape = t.shape
-        switch slice.axis {
-        case .rows: shape[0] = keptLines
-        case .cols: shape[shape.count - 1] = keptLines
-        }
+        if let rows { shape[0] = rows.count }
+        if let cols { shape[shape.count - 1] = cols.count }
         return shape
     }
 
-    /// The bytes of a tensor in the smaller model: the kept rows (all columns), or every
-    /// row's kept columns, in order.
-    static func shrunk(_ source: UnsafeRawBufferPointer, info t: TensorInfo, slice: UnitSlice, lines: [Int]) -> [UInt8] {
+    /// The bytes of a tensor in the smaller model: its kept rows' kept columns, in order
+    /// (nil: every row, or every column). A 1-D tensor has rows of one element.
+    static func shrunk(_ source: UnsafeRawBufferPointer, info t: TensorInfo, rows keptRows: [Int]?, cols keptCols: [Int]?) -> [UInt8] {
         let size = t.dtype.size
         let rows = t.shape.count == 1 ? t.shape[0] : t.rows, cols = t.shape.count == 1 ? 1 : t.cols
+        let rowList = keptRows ?? Array(0..<rows)
         var out = [UInt8]()
-        switch slice.axis {
-        case .rows:
-            let rowBytes = cols * size
-            out.reserveCapacity(lines.count * rowBytes)
-            for r in lines { out.append(contentsOf: source[(r * rowBytes)..<((r + 1) * rowBytes)]) }
-        case .cols:
-            out.reserveCapacity(rows * lines.count * size)
-            for r in 0..<rows {
-                let row = r * cols * size
-                for c in lines { out.append(contentsOf: source[(row + c * size)..<(row + (c + 1) * size)]) }
+        out.reserveCapacity(rowList.count * (keptCols?.count ?? cols) * size)
+        for r in rowList {
+            let row = r * cols * size
+            if let keptCols {
+                for c in keptCols { out.append(contentsOf: source[(row + c * size)..<(row + (c + 1) * size)]) }
+            } else {
+                out.append(contentsOf: source[row..<(row + cols * size)])
             }
         }
         return out
@@ -81,8 +76,8 @@ public struct StructuredWriter: OutputWriter {
         var denseBytes = 0, parametersAfter = 0, zerosTotal = 0, prunedParameters = 0, prunedBytesBefore = 0, prunedBytesAfter = 0
         for (shardName, shard) in zip(checkpoint.shardNames, checkpoint.shards) {
             modelFiles[shardName] = try DigestCache.shared.sha256(file: shard.path)
-            let lines = shard.tensors.map { t in sliced[t.name].map { units.blocks[$0.block].keptLines(kept[$0.block]) } }
-            let shapes = zip(shard.tensors, lines).map { t, l in StructuredWriter.outputShape(t, slice: sliced[t.name]?.slice, keptLines: l?.count ?? 0) }
+            let lines = shard.tensors.map { t in sliced[t.name].map { units.keptLines($0, kept: kept) } }
+            let shapes = zip(shard.tensors, lines).map { t, l in StructuredWriter.outputShape(t, rows: l?.rows, cols: l?.cols) }
             let path = (denseDir as NSString).appendingPathComponent(shardName)
             let writer = try SafeTensorsWriter(path: path, tensors: zip(shard.tensors, shapes).map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $1) },
                                                metadata: shard.metadata)
@@ -93,15 +88,15 @@ public struct StructuredWriter: OutputWriter {
                 let elements = shapes[i].reduce(1, *)
                 var zeros = 0
                 let values = try updated(t.name)
-                if let s = sliced[t.name], let keep = lines[i] {
+                if let keep = lines[i] {
                     var full: [UInt8] = []
                     if let values {
                         guard values.count == t.elementCount else { throw PruningError("re-fit weights of \(t.name): \(values.count) values, not \(t.elementCount)") }
                         full = [UInt8](repeating: 0, count: t.byteCount)
                         values.withUnsafeBufferPointer { v in full.withUnsafeMutableBytes { FloatConversion.fromFloat(v, dtype: t.dtype, into: $0) } }
                     }
-                    let bytes = values == nil ? StructuredWriter.shrunk(source, info: t, slice: s.slice, lines: keep)
-                        : full.withUnsafeBytes { StructuredWriter.shrunk($0, info: t, slice: s.slice, lines: keep) }
+                    let bytes = values == nil ? StructuredWriter.shrunk(source, info: t, rows: keep.rows, cols: keep.cols)
+                        : full.withUnsafeBytes { StructuredWriter.shrunk($0, info: t, rows: keep.rows, cols: keep.cols) }
                     try writer.write(bytes)
                     digest.update(bytes)
                     zeros = bytes.withUnsafeBytes { TensorPruner.zeroCount($0, elementSize: t.dtype.size) }

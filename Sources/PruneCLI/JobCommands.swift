@@ -181,7 +181,7 @@ struct Check: ParsableCommand {
             print(comparison.summary)
         }
         if report.passed, report.structured {
-            print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) made smaller; every tensor rebuilt from the input and the kept units bit-exactly; config.json matches the shapes")
+            print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) made smaller; every tensor rebuilt from the input and the kept units bit-exactly; the config loads with the smaller shapes")
         } else if report.passed {
             print("check passed: \(report.tensorsChecked) tensors, \(report.prunedTensors) pruned, \(report.zeros) zeros verified; sparse/ rebuilds dense/ bit-exactly")
         } else {

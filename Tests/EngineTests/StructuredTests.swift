@@ -68,7 +68,7 @@ final class StructuredTests: XCTestCase {
             var values = [Float](repeating: 0, count: t.elementCount)
             let bytes = source.bytes(t)
             values.withUnsafeMutableBytes { $0.copyMemory(from: bytes) }
-            if let cut = sliced[t.name] {
+            for cut in sliced[t.name] ?? [] {
                 let keep = Set(plan.blocks[cut.block].keptLines(s.kept[cut.block]))
                 let cols = t.shape.count == 1 ? 1 : t.cols
                 for i in values.indices where !keep.contains(cut.slice.axis == .rows ? i / cols : i % cols) { values[i] = 0 }
@@ -193,15 +193,14 @@ final class StructuredTests: XCTestCase {
             XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains(c.message), "\(c.spec): \(r.stderr)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("bad\(i)")), "nothing created")
         }
-        // A model that is not Llama-family (an MLP classifier).
-        let mlp = dir.file("mlp")
-        let made = try Subprocess.prune(["init-mlp", mlp, "--input", "16", "--hidden", "8", "--classes", "4"])
-        XCTAssertEqual(made.status, 0, made.stderr)
-        do {
-            let r = try run("bad-mlp", model: "mlp", "method: magnitude\nsparsity: 0.5\npattern: channels")
-            XCTAssertEqual(r.status, 2, r.stderr)
-            XCTAssertTrue(r.stderr.contains("Llama-family"), r.stderr)
-        }
+        // An architecture the tool cannot rewrite (the Llama tensors under another name).
+        try FileManager.default.copyItem(atPath: dir.file("llama"), toPath: dir.file("gpt"))
+        let config = try String(contentsOfFile: dir.file("gpt/config.json"), encoding: .utf8)
+        try config.replacingOccurrences(of: "LlamaForCausalLM", with: "GPTNeoXForCausalLM").write(toFile: dir.file("gpt/config.json"), atomically: false, encoding: .utf8)
+        let r = try run("bad-gpt", model: "gpt", "method: magnitude\nsparsity: 0.5\npattern: channels")
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("Llama-family") && r.stderr.split(separator: "\n").count == 1, r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("bad-gpt")))
     }
 
     /// `reconstruct: layer` re-fits the layer that reads the removed units (down_proj for
@@ -232,6 +231,59 @@ final class StructuredTests: XCTestCase {
             }
             XCTAssertEqual(digests[0], digests[1], pattern)
         }
+    }
+
+    /// An MLP classifier's hidden neurons: a neuron is its row (and bias) in one layer and
+    /// its column in the next, so a middle weight loses rows and columns; the smaller model
+    /// gives the zeroed model's logits, on any number of workers.
+    func testMLPNeuronsAreRemovedFromBothLayersTheyJoin() throws {
+        let made = try Subprocess.prune(["init-mlp", dir.file("mlp"), "--input", "20", "--hidden", "16,8", "--classes", "4", "--activation", "gelu"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        var digests: [String] = []
+        for workers in [0, 2] {
+            let job = "mlp-\(workers)"
+            XCTAssertEqual(try run(job, model: "mlp", "method: magnitude\nsparsity: 0.5\npattern: channels", workers: workers).status, 0)
+            let check = try Subprocess.prune(["check", dir.file("mlp"), dir.file(job)])
+            XCTAssertEqual(check.status, 0, check.stdout)
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/model.safetensors")))
+            digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+        }
+        XCTAssertEqual(digests[0], digests[1])
+        let small = try Checkpoint(path: dir.file("mlp-0/out/dense"))
+        XCTAssertEqual(small.info("fc1.weight")?.shape, [8, 20])
+        XCTAssertEqual(small.info("fc2.weight")?.shape, [4, 8], "rows to its own layer, columns to the one before")
+        XCTAssertEqual(small.info("fc3.weight")?.shape, [4, 4])
+        XCTAssertEqual(small.info("fc1.bias")?.shape, [8])
+        // The smaller network computes what the full one with the removed neurons zeroed does.
+        let kept = try XCTUnwrap(try manifest("mlp-0").structure).kept
+        let full = try Checkpoint(path: dir.file("mlp"))
+        var zeroed: [(TensorSpec, [UInt8])] = []
+        for t in full.tensors {
+            var v = [Float](repeating: 0, count: t.elementCount)
+            v.withUnsafeMutableBytes { $0.copyMemory(from: full.bytes(t)) }
+            let layer = Int(t.name.dropFirst(2).prefix(1))! - 1
+            let cols = t.shape.count == 2 ? t.cols : 1
+            for i in v.indices {
+                let row = i / cols, col = i % cols
+                if layer < 2, !kept[layer].contains(row) { v[i] = 0 }
+                if t.shape.count == 2, layer > 0, !kept[layer - 1].contains(col) { v[i] = 0 }
+            }
+            zeroed.append((TensorSpec(name: t.name, dtype: t.dtype, shape: t.shape), v.withUnsafeBytes { [UInt8]($0) }))
+        }
+        let zdir = dir.file("mlp-zeroed")
+        try FileManager.default.createDirectory(atPath: zdir, withIntermediateDirectories: true)
+        let writer = try SafeTensorsWriter(path: zdir + "/model.safetensors", tensors: zeroed.map(\.0), metadata: nil)
+        for (_, b) in zeroed { try writer.write(b) }
+        try writer.finish()
+        try FileManager.default.copyItem(atPath: dir.file("mlp/mlp.json"), toPath: zdir + "/mlp.json")
+        var rng = SeededValues(seed: 4)
+        let x = rng.values(5 * 20)
+        let got = try MLPModel(directory: dir.file("mlp-0/out/dense")).forward(x, rows: 5)
+        let want = try MLPModel(directory: zdir).forward(x, rows: 5)
+        XCTAssertLessThan(StructuredTests.maxRelative(got, want), 1e-5)
+        let r = try run("mlp-heads", model: "mlp", "method: magnitude\nsparsity: 0.5\npattern: heads")
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("no attention heads"), r.stderr)
     }
 
     /// `prune bench`: each model measured in its own process; the smaller model has fewer

@@ -115,7 +115,7 @@ public class CalibratePhase: Phase, RoundedPhase {
                         : try outputs.ref(UnitPrunePhase.mask(name), of: UnitPrunePhase.id(block: b - 1))
                     if let units = job.plan.units {
                         // A re-fit reads the removed units' columns (down, o): those change.
-                        if job.spec.reconstruct != nil, units.slicedTensors[name]?.slice.axis == .cols {
+                        if job.spec.reconstruct != nil, units.slicedTensors[name]?.contains(where: { $0.slice.axis == .cols }) == true {
                             p.weights = try UnitPrunePhase.refitWeights(of: name, block: b - 1, outputs: outputs)
                         }
                     } else if runsOnRefitBlocks {

@@ -14,7 +14,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public static let name = "units"
     private let job: JobContext
     private let units: StructuredPlan
-    private let blockOf: [String: Int]
+    /// The blocks whose units each tensor loses rows or columns to (two for an MLP's middle weight).
+    private let blocksOf: [String: [Int]]
     /// Taylor and Fisher scores: the gradient phase that accumulates them.
     private let gradients: GradientPhase?
 
@@ -23,9 +24,9 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         self.job = job
         self.units = units
         gradients = earlier.compactMap { $0 as? GradientPhase }.first
-        var blockOf: [String: Int] = [:]
-        for (b, block) in units.blocks.enumerated() { for s in block.slices { blockOf[s.tensor] = b } }
-        self.blockOf = blockOf
+        var blocksOf: [String: [Int]] = [:]
+        for (b, block) in units.blocks.enumerated() { for s in block.slices { blocksOf[s.tensor, default: []].append(b) } }
+        self.blocksOf = blocksOf
     }
 
     public static func id(block: Int) -> TaskID { TaskID(name, "\(block)") }
@@ -235,27 +236,33 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
 
     // MARK: PrunedTensorSource
 
-    public var prunedTensors: Set<String> { Set(blockOf.keys) }
+    public var prunedTensors: Set<String> { Set(blocksOf.keys) }
 
-    public func producers(of tensor: String) -> [TaskID] { blockOf[tensor].map { [UnitPrunePhase.id(block: $0)] } ?? [] }
+    public func producers(of tensor: String) -> [TaskID] { (blocksOf[tensor] ?? []).map { UnitPrunePhase.id(block: $0) } }
+
+    /// The one block a tensor's units belong to (every Llama tensor; not an MLP's middle weight).
+    private func onlyBlock(of tensor: String) -> Int? {
+        guard let blocks = blocksOf[tensor], blocks.count == 1 else { return nil }
+        return blocks[0]
+    }
 
     public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
-        guard let b = blockOf[tensor] else { throw PruningError("\(tensor) is not pruned by this job") }
+        guard let b = onlyBlock(of: tensor) else { throw PruningError("\(tensor) has no single mask in this job") }
         return ([try outputs.ref(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b))], nil)
     }
 
     public func updatesValues(of tensor: String) -> Bool {
-        refits && blockOf[tensor].map { b in refitSlices(units.blocks[b]).contains { $0.tensor == tensor } } == true
+        refits && onlyBlock(of: tensor).map { b in refitSlices(units.blocks[b]).contains { $0.tensor == tensor } } == true
     }
 
     public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? {
-        guard updatesValues(of: tensor), let b = blockOf[tensor] else { return nil }
+        guard updatesValues(of: tensor), let b = onlyBlock(of: tensor) else { return nil }
         return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit weights of \(tensor)")
     }
 
     /// The re-fit's error before and after (and residual) of a column slice.
     public func refitErrors(of tensor: String, outputs: OutputStore) throws -> [Double]? {
-        guard updatesValues(of: tensor), let b = blockOf[tensor] else { return nil }
+        guard updatesValues(of: tensor), let b = onlyBlock(of: tensor) else { return nil }
         let errors = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.reconstructed(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit errors of \(tensor)")
         guard errors.count == 3 else { throw PruningError("re-fit errors of \(tensor) are not 3 values") }
         return errors
@@ -267,8 +274,17 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         try outputs.ref(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: block))
     }
 
+    /// The tensor's mask: every block's cut of it, joined (an MLP's middle weight loses
+    /// rows to one hidden layer and columns to the one before).
     public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
-        guard let b = blockOf[tensor], let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
-        return try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b)))
+        guard let blocks = blocksOf[tensor], let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
+        var joined: Mask?
+        for b in blocks {
+            let m = try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b)))
+            joined = joined.map { j in Mask(rows: info.rows, cols: info.cols) { r, row in
+                for i in row.indices { row[i] = j.bits[r * j.bytesPerRow + i] & m.bits[r * m.bytesPerRow + i] }
+            } } ?? m
+        }
+        return joined!
     }
 }
