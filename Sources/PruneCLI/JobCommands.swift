@@ -44,6 +44,12 @@ struct Run: ParsableCommand {
     }
 }
 
+/// The part of report.json the summary line reads (the rest, with its own key spellings,
+/// need not decode for it: a training or structured job's report once hid its evaluation).
+private struct EvaluationOnly: Decodable {
+    let evaluation: JobReport.Evaluation?
+}
+
 /// One summary line after a job, ending with the evaluation when the job evaluated.
 func report(_ manifest: Manifest, out: String, seconds: Double) {
     let t = manifest.totals
@@ -57,7 +63,7 @@ func report(_ manifest: Manifest, out: String, seconds: Double) {
     }
     let reportPath = ((out as NSString).deletingLastPathComponent as NSString).appendingPathComponent("report.json")
     if let data = FileManager.default.contents(atPath: reportPath),
-       let evaluation = (try? JobReport.decoder().decode(JobReport.self, from: data))?.evaluation {
+       let evaluation = (try? JobReport.decoder().decode(EvaluationOnly.self, from: data))?.evaluation {
         if evaluation.metric == "perplexity" {
             line += String(format: "; perplexity %.3f → %.3f (%.2f× dense)", evaluation.dense, evaluation.pruned, evaluation.pruned / evaluation.dense)
         } else {

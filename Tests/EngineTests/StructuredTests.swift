@@ -211,8 +211,9 @@ final class StructuredTests: XCTestCase {
             var digests: [String] = []
             for workers in [0, 2] {
                 let job = "refit-\(pattern)-\(workers)"
-                let r = try run(job, model: "llama", "method: wanda\nsparsity: 0.5\npattern: \(pattern)\nreconstruct: layer\ncalibration: {data: ids.npy, samples: 16, tokens: 24}", workers: workers)
+                let r = try run(job, model: "llama", "method: wanda\nsparsity: 0.5\npattern: \(pattern)\nreconstruct: layer\ncalibration: {data: ids.npy, samples: 16, tokens: 24}\nevaluation: {data: ids.npy, samples: 4, tokens: 24}", workers: workers)
                 XCTAssertEqual(r.status, 0, r.stderr)
+                XCTAssertTrue(r.stdout.contains("made smaller") && r.stdout.contains("; perplexity "), "the summary line ends with the evaluation: \(r.stdout)")
                 let m = try manifest(job)
                 for (name, t) in m.tensors where t.pruned {
                     if name.hasSuffix(refit + ".weight") {
