@@ -90,6 +90,18 @@ typedef int v8i __attribute__((vector_size(32)));
         y[r] = sum;                                                               \
     }
 
+#define CSR_MM_BODY                                                               \
+    for (long r = 0; r < rows; r++) {                                             \
+        float *out = yt + r * tokens;                                             \
+        memset(out, 0, (size_t)tokens * 4);                                       \
+        for (long i = row_start[r]; i < row_start[r + 1]; i++) {                  \
+            v8f v = SPLAT(values[i]);                                             \
+            const float *xr = xt + (long)cols[i] * tokens;                        \
+            for (long t = 0; t < tokens; t += 8)                                  \
+                STORE8(LOAD8(out + t, tokens - t, 0) + v * LOAD8(xr + t, tokens - t, 0), out + t, tokens - t); \
+        }                                                                         \
+    }
+
 #define GATHER8_SCALAR(c) ((v8f){x[(c)[0]], x[(c)[1]], x[(c)[2]], x[(c)[3]], x[(c)[4]], x[(c)[5]], x[(c)[6]], x[(c)[7]]})
 
 #if defined(__x86_64__)
@@ -97,6 +109,8 @@ typedef int v8i __attribute__((vector_size(32)));
 #define GATHER8_AVX2(c) ((v8f)_mm256_i32gather_ps(x, _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(c))), 4))
 __attribute__((target("avx2"))) static void csr_avx2(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
                                                      const float *x, float *y) { CSR_BODY(GATHER8_AVX2) }
+__attribute__((target("avx2"))) static void csr_mm_avx2(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                                                        const float *xt, long tokens, float *yt) { CSR_MM_BODY }
 __attribute__((target("avx2"))) static void softmax_avx2(float *row, long count, long total) { SOFTMAX_BODY }
 __attribute__((target("avx2"))) static void swiglu_avx2(float *g, const float *u, long count) { SWIGLU_BODY }
 __attribute__((target("avx2"))) static void exp_avx2(const float *x, float *out, long count) { EXP_BODY }
@@ -112,6 +126,17 @@ static void swiglu_base(float *g, const float *u, long count) { SWIGLU_BODY }
 static void exp_base(const float *x, float *out, long count) { EXP_BODY }
 static void csr_base(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
                      const float *x, float *y) { CSR_BODY(GATHER8_SCALAR) }
+
+static void csr_mm_base(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                        const float *xt, long tokens, float *yt) { CSR_MM_BODY }
+
+void pc_csr_matmat(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                   const float *xt, long tokens, float *yt) {
+#if defined(__x86_64__)
+    if (has_avx2()) { csr_mm_avx2(row_start, cols, values, rows, xt, tokens, yt); return; }
+#endif
+    csr_mm_base(row_start, cols, values, rows, xt, tokens, yt);
+}
 
 void pc_csr_matvec(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
                    const float *x, float *y) {

@@ -41,6 +41,20 @@ public struct CSRMatrix: Sendable {
     /// Bytes the matrix occupies.
     public var bytes: Int { rowStart.count * 4 + columns.count * 2 + values.count * 4 }
 
+    /// y (tokens × rows) = x (tokens × cols) · Wᵀ: one pass over W for every token (x is
+    /// transposed so that each entry of W multiplies a contiguous run of tokens).
+    public func multiply(_ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>) {
+        guard tokens > 1 else { return multiply(x, into: y) }
+        var xt = [Float](repeating: 0, count: cols * tokens), yt = [Float](repeating: 0, count: rows * tokens)
+        for t in 0..<tokens { for c in 0..<cols { xt[c * tokens + t] = x[t * cols + c] } }
+        rowStart.withUnsafeBufferPointer { s in columns.withUnsafeBufferPointer { c in values.withUnsafeBufferPointer { v in
+            xt.withUnsafeBufferPointer { xb in yt.withUnsafeMutableBufferPointer { yb in
+                pc_csr_matmat(s.baseAddress!, c.baseAddress!, v.baseAddress!, rows, xb.baseAddress!, tokens, yb.baseAddress!)
+            } }
+        } } }
+        for r in 0..<rows { for t in 0..<tokens { y[t * rows + r] = yt[r * tokens + t] } }
+    }
+
     /// y = W·x.
     public func multiply(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>) {
         rowStart.withUnsafeBufferPointer { s in columns.withUnsafeBufferPointer { c in values.withUnsafeBufferPointer { v in
@@ -80,7 +94,7 @@ enum DecoderWeight: Sendable {
                 }
             }
         case .sparse(let m):
-            for t in 0..<tokens { m.multiply(x + t * m.cols, into: y + t * m.rows) }
+            m.multiply(x, tokens: tokens, into: y)
         }
     }
 }

@@ -70,6 +70,18 @@ final class LlamaDecoderTests: XCTestCase {
                 for c in 0..<cols { want += Double(dense[r * cols + c]) * Double(x[c]) }
                 XCTAssertEqual(Double(y[r]), want, accuracy: 1e-4 * max(1, abs(want)), "row \(r) at \(sparsity)")
             }
+            // Several tokens at once (a prompt): each token's product as one alone gives it.
+            let tokens = 11
+            let xs = rng.values(tokens * cols)
+            var ys = [Float](repeating: .nan, count: tokens * rows)
+            ys.withUnsafeMutableBufferPointer { out in xs.withUnsafeBufferPointer { m.multiply($0.baseAddress!, tokens: tokens, into: out.baseAddress!) } }
+            for t in 0..<tokens {
+                for r in 0..<rows {
+                    var want = 0.0
+                    for c in 0..<cols { want += Double(dense[r * cols + c]) * Double(xs[t * cols + c]) }
+                    XCTAssertEqual(Double(ys[t * rows + r]), want, accuracy: 1e-4 * max(1, abs(want)), "token \(t) row \(r) at \(sparsity)")
+                }
+            }
         }
     }
 }

@@ -22,4 +22,10 @@ void pc_exp(const float *x, float *out, long count);
 void pc_csr_matvec(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
                    const float *x, float *y);
 
+/// yt (rows × tokens) = W · xt for xt (cols × tokens), W in CSR as above: each output
+/// element sums its row's entries in order (the same bytes with and without AVX2); a
+/// prompt's tokens share every read of W.
+void pc_csr_matmat(const int32_t *row_start, const uint16_t *cols, const float *values, long rows,
+                   const float *xt, long tokens, float *yt);
+
 #endif
