@@ -97,8 +97,12 @@ typedef int v8i __attribute__((vector_size(32)));
         for (long i = row_start[r]; i < row_start[r + 1]; i++) {                  \
             v8f v = SPLAT(values[i]);                                             \
             const float *xr = xt + (long)cols[i] * tokens;                        \
-            for (long t = 0; t < tokens; t += 8)                                  \
-                STORE8(LOAD8(out + t, tokens - t, 0) + v * LOAD8(xr + t, tokens - t, 0), out + t, tokens - t); \
+            long t = 0;                                                           \
+            for (; t + 8 <= tokens; t += 8) {                                     \
+                v8f o, x; memcpy(&o, out + t, 32); memcpy(&x, xr + t, 32);        \
+                o += v * x; memcpy(out + t, &o, 32);                              \
+            }                                                                     \
+            for (; t < tokens; t++) out[t] += values[i] * xr[t];                  \
         }                                                                         \
     }
 
