@@ -88,7 +88,8 @@ public struct Plan: Sendable {
             if let missing = sliced.first(where: { !picked.contains($0) }) {
                 throw SpecError("targets: pattern \(kind.rawValue) removes units from every block, but '\(missing)' is not targeted (check targets and ignore)")
             }
-            chosen = sliced.map { name in chosen.first { $0.name == name }! }
+            let byName = Dictionary(uniqueKeysWithValues: chosen.map { ($0.name, $0) })
+            chosen = sliced.map { byName[$0]! }
             self.units = units
         } else {
             units = nil

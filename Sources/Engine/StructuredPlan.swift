@@ -14,8 +14,10 @@ public struct StructuredPlan: Sendable {
     public let config: LlamaConfig?
     /// The units of each decoder block (an MLP's hidden layers), in order.
     public let blocks: [BlockUnits]
-    /// 1-D tensors that lose the rows of their layer's removed units (an MLP's biases).
-    private var slicedBiases: [(tensor: String, block: Int)] = []
+    /// Every tensor whose shape the units change, with each cut: the block whose units it
+    /// loses and along which axis (an MLP's middle weight loses rows to one hidden layer and
+    /// columns to the one before; a bias loses its weight's rows).
+    public let slicedTensors: [String: [(block: Int, slice: UnitSlice)]]
     /// The fraction of each block's units removed (the spec's sparsity).
     public let sparsity: Double
 
@@ -77,6 +79,9 @@ public struct StructuredPlan: Sendable {
                 return BlockUnits(kind: kind, count: config.heads, width: config.headDim, groups: config.kvHeads, slices: StructuredPlan.slices(kind, block: b))
             }
         }
+        // Qwen2's query bias loses the rows its weight loses.
+        slicedTensors = StructuredPlan.cuts(blocks, biases: kind == .heads && config.attentionBias
+                                            ? blocks.indices.map { ("model.layers.\($0).self_attn.q_proj.bias", $0) } : [])
         guard let first = blocks.first else { throw SpecError("pattern: \(kind.rawValue): the model has no decoder block") }
         let removed = first.removedPerGroup(at: sparsity)
         let perGroup = first.count / first.groups
@@ -107,33 +112,30 @@ public struct StructuredPlan: Sendable {
         score = .l2
         self.sparsity = sparsity
         var blocks: [BlockUnits] = []
+        var biases: [(tensor: String, block: Int)] = []
         for i in 0..<(mlp.layers.count - 1) {
             let width = checkpoint.info(mlp.layers[i].weight)!.rows
             blocks.append(BlockUnits(kind: .channels, count: width, width: 1, groups: 1,
                                      slices: [UnitSlice(tensor: mlp.layers[i].weight, axis: .rows), UnitSlice(tensor: mlp.layers[i + 1].weight, axis: .cols)]))
-            if let bias = mlp.layers[i].bias { slicedBiases.append((bias, i)) }
+            if let bias = mlp.layers[i].bias { biases.append((bias, i)) }
             let removed = blocks[i].removedPerGroup(at: sparsity)
             guard removed > 0, removed < width else {
                 throw SpecError("sparsity: \(sparsity) removes \(removed) of the \(width) neurons of '\(mlp.layers[i].weight)': at least one, and not all")
             }
         }
         self.blocks = blocks
+        slicedTensors = StructuredPlan.cuts(blocks, biases: biases)
     }
 
     /// Units each block keeps.
     public var keptPerBlock: Int { blocks[0].keptCount(at: sparsity) }
 
-    /// Every tensor whose shape the units change, with each cut: the block whose units it
-    /// loses and along which axis (an MLP's middle weight loses rows to one hidden layer and
-    /// columns to the one before).
-    public var slicedTensors: [String: [(block: Int, slice: UnitSlice)]] {
+    /// The cuts of every block's slices, and of `biases` (1-D tensors that lose the rows of
+    /// block b's removed units).
+    private static func cuts(_ blocks: [BlockUnits], biases: [(tensor: String, block: Int)]) -> [String: [(block: Int, slice: UnitSlice)]] {
         var out: [String: [(block: Int, slice: UnitSlice)]] = [:]
         for (b, units) in blocks.enumerated() { for s in units.slices { out[s.tensor, default: []].append((b, s)) } }
-        for (bias, b) in slicedBiases { out[bias, default: []].append((b, UnitSlice(tensor: bias, axis: .rows))) }
-        // Qwen2's query bias loses the rows its weight loses.
-        if kind == .heads, let config, config.attentionBias {
-            for b in blocks.indices { out["model.layers.\(b).self_attn.q_proj.bias", default: []].append((b, UnitSlice(tensor: "model.layers.\(b).self_attn.q_proj.bias", axis: .rows))) }
-        }
+        for (bias, b) in biases { out[bias, default: []].append((b, UnitSlice(tensor: bias, axis: .rows))) }
         return out
     }
 

@@ -121,6 +121,8 @@ public final class LlamaDecoder {
     public let maxTokens: Int
     /// Linear weights held sparse, of all of them.
     public private(set) var sparseWeights = 0, linearWeights = 0
+    /// Parameters of the checkpoint (every tensor's elements).
+    public let parameters: Int
     /// Bytes of every weight as held (CSR for the sparse ones).
     public private(set) var weightBytes = 0
     /// Cached keys and values per layer: maxTokens × (kv heads · head_dim) each.
@@ -134,6 +136,7 @@ public final class LlamaDecoder {
         try config.checkSequenceLength(maxTokens, what: "tokens")
         self.config = config
         self.maxTokens = maxTokens
+        parameters = checkpoint.parameterCount
         let store = WeightStore(checkpoint: checkpoint)
         var sparse = 0, total = 0, bytes = 0
         func weight(_ name: String, rows: Int, cols: Int) throws -> DecoderWeight {

@@ -2,7 +2,6 @@ import ArgumentParser
 import Cluster
 import Foundation
 import Models
-import Tensors
 
 /// What one model measured in `prune bench`, from its own process.
 struct GenerationBench: Codable {
@@ -135,8 +134,7 @@ struct BenchOne: ParsableCommand {
         }
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        let checkpoint = try Checkpoint(path: model)
-        let result = GenerationBench(model: model, parameters: checkpoint.parameterCount, weightBytes: decoder.weightBytes,
+        let result = GenerationBench(model: model, parameters: decoder.parameters, weightBytes: decoder.weightBytes,
                                      sparseWeights: decoder.sparseWeights, linearWeights: decoder.linearWeights, loadSeconds: loadSeconds,
                                      prefillTokensPerSecond: bestPrefill, decodeTokensPerSecond: bestDecode,
                                      residentBytes: resident, peakBytes: Int(usage.ru_maxrss) * 1024)

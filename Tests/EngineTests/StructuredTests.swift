@@ -75,13 +75,29 @@ final class StructuredTests: XCTestCase {
             }
             tensors.append((TensorSpec(name: t.name, dtype: t.dtype, shape: t.shape), values.withUnsafeBytes { [UInt8]($0) }))
         }
-        let out = dir.file("\(job)-zeroed")
+        return try writeModel(tensors, config: dir.file("\(model)/config.json"), to: dir.file("\(job)-zeroed"))
+    }
+
+    /// A model directory of `tensors` (one safetensors file) and a copy of `config`.
+    private func writeModel(_ tensors: [(TensorSpec, [UInt8])], config: String, to out: String) throws -> String {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let writer = try SafeTensorsWriter(path: out + "/model.safetensors", tensors: tensors.map(\.0), metadata: nil)
         for (_, bytes) in tensors { try writer.write(bytes) }
         try writer.finish()
-        try FileManager.default.copyItem(atPath: dir.file("\(model)/config.json"), toPath: out + "/config.json")
+        try FileManager.default.copyItem(atPath: config, toPath: (out as NSString).appendingPathComponent((config as NSString).lastPathComponent))
         return out
+    }
+
+    /// Stock transformers loads `job`'s smaller model and gives our forward pass's logits
+    /// (to 1e-4 of the largest); it also computes what `source` with the units zeroed does.
+    private func assertTransformersAgree(source: String, job: String, tokens: [Int32]) throws {
+        let py = try XCTUnwrap(try Subprocess.python("structured_interop.py", [dir.file(source), dir.file("\(job)/out"),
+                                                                                tokens.map(String.init).joined(separator: ","), dir.file("\(job).npy")]))
+        XCTAssertEqual(py.status, 0, "\(job): \(py.stdout)\(py.stderr)")
+        let theirs = try Self.readNpy(dir.file("\(job).npy"))
+        let ours = try LlamaModel(directory: dir.file("\(job)/out/dense")).forward(tokens)
+        XCTAssertEqual(theirs.count, ours.count)
+        XCTAssertLessThan(StructuredTests.maxRelative(ours, theirs), 1e-4, job)
     }
 
     private static func maxRelative(_ a: [Float], _ b: [Float]) -> Float {
@@ -164,13 +180,7 @@ final class StructuredTests: XCTestCase {
         for (job, model, spec) in [("t-channels", "llama", "method: magnitude\nsparsity: 0.5\npattern: channels"),
                                    ("t-heads", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads")] {
             XCTAssertEqual(try run(job, model: model, spec).status, 0)
-            let py = try XCTUnwrap(try Subprocess.python("structured_interop.py", [dir.file(model), dir.file("\(job)/out"),
-                                                                                    tokens.map(String.init).joined(separator: ","), dir.file("\(job).npy")]))
-            XCTAssertEqual(py.status, 0, "\(job): \(py.stdout)\(py.stderr)")
-            let theirs = try Self.readNpy(dir.file("\(job).npy"))
-            let ours = try LlamaModel(directory: dir.file("\(job)/out/dense")).forward(tokens)
-            XCTAssertEqual(theirs.count, ours.count)
-            XCTAssertLessThan(StructuredTests.maxRelative(ours, theirs), 1e-4, job)
+            try assertTransformersAgree(source: model, job: job, tokens: tokens)
         }
     }
 
@@ -271,12 +281,7 @@ final class StructuredTests: XCTestCase {
             }
             zeroed.append((TensorSpec(name: t.name, dtype: t.dtype, shape: t.shape), v.withUnsafeBytes { [UInt8]($0) }))
         }
-        let zdir = dir.file("mlp-zeroed")
-        try FileManager.default.createDirectory(atPath: zdir, withIntermediateDirectories: true)
-        let writer = try SafeTensorsWriter(path: zdir + "/model.safetensors", tensors: zeroed.map(\.0), metadata: nil)
-        for (_, b) in zeroed { try writer.write(b) }
-        try writer.finish()
-        try FileManager.default.copyItem(atPath: dir.file("mlp/mlp.json"), toPath: zdir + "/mlp.json")
+        let zdir = try writeModel(zeroed, config: dir.file("mlp/mlp.json"), to: dir.file("mlp-zeroed"))
         var rng = SeededValues(seed: 4)
         let x = rng.values(5 * 20)
         let got = try MLPModel(directory: dir.file("mlp-0/out/dense")).forward(x, rows: 5)
@@ -309,13 +314,7 @@ final class StructuredTests: XCTestCase {
             let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/config.json")))) as? [String: Any])
             XCTAssertEqual(config[width.0] as? Int, width.1)
             XCTAssertEqual(try Subprocess.prune(["check", dir.file("smollm2"), dir.file(job)]).status, 0)
-            let py = try XCTUnwrap(try Subprocess.python("structured_interop.py", [dir.file("smollm2"), dir.file("\(job)/out"),
-                                                                                    tokens.map(String.init).joined(separator: ","), dir.file("\(job).npy")]))
-            XCTAssertEqual(py.status, 0, "\(job): \(py.stdout)\(py.stderr)")
-            let theirs = try Self.readNpy(dir.file("\(job).npy"))
-            let ours = try LlamaModel(directory: dir.file("\(job)/out/dense")).forward(tokens)
-            XCTAssertEqual(theirs.count, ours.count)
-            XCTAssertLessThan(StructuredTests.maxRelative(ours, theirs), 1e-4, job)
+            try assertTransformersAgree(source: "smollm2", job: job, tokens: tokens)
         }
     }
 
