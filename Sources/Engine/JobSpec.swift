@@ -19,6 +19,10 @@ public struct JobSpec: Sendable {
         /// the diagonal Fisher saliency w² · Σ (∂L/∂w)², the next-token cross-entropy's
         /// gradients over the calibration windows on the dense model.
         case taylor, fisher
+        /// FLAP (An et al. 2024) for `pattern: channels` / `heads`: units scored by the
+        /// fluctuation of the input the down/o projection reads from them, and replaced by
+        /// their mean output as a bias (written with `mlp_bias` / `attention_bias`).
+        case flap
 
         /// Methods that need calibration data (activations, or gradients).
         public var needsCalibration: Bool { statistic != nil || usesGradients }
@@ -31,6 +35,7 @@ public struct JobSpec: Sendable {
             switch self {
             case .wanda: return WandaStatistics.self
             case .sparsegpt: return SparseGPT.self
+            case .flap: return FluctuationStatistics.self
             case .magnitude, .random, .taylor, .fisher: return nil
             }
         }
@@ -356,7 +361,18 @@ public struct JobSpec: Sendable {
             }
             allow = b
         }
-        let calibration = try values["calibration"].map { try parseCalibration($0, file: file, resolve: resolve) }
+        var calibration = try values["calibration"].map { try parseCalibration($0, file: file, resolve: resolve) }
+        if method == .flap {
+            guard case .units = pattern else {
+                throw SpecError("\(where_(file, values["method"])): method: flap removes whole units (pattern channels or heads), not \(pattern)")
+            }
+            // FLAP's statistics and biases are the dense model's (each block's compensation
+            // is its removed units' mean output on dense inputs): dense calibration.
+            if let node = values["calibration"], let mode = node["mode"], mode.scalar?.string == "sequential" {
+                throw SpecError("\(where_(file, mode)): calibration.mode: method flap measures every block on the dense model's activations, as FLAP does (mode dense, its default)")
+            }
+            calibration?.mode = .dense
+        }
         if method == .sparsegpt {
             switch pattern {
             case .unstructured, .nm: break
@@ -436,8 +452,8 @@ public struct JobSpec: Sendable {
         if case .units(let kind) = pattern {
             // Units are scored by L2 norm or Wanda and removed from the shapes; the
             // per-weight steps have no meaning on a model whose weights are gone.
-            guard [.magnitude, .wanda, .taylor, .fisher].contains(method) else {
-                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor or fisher, not \(method.rawValue)")
+            guard [.magnitude, .wanda, .taylor, .fisher, .flap].contains(method) else {
+                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap (input fluctuation, with bias compensation), not \(method.rawValue)")
             }
             for key in ["allocation", "refine", "train", "schedule", "weight_norms"] {
                 if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind.rawValue) (every block keeps the same units count; the smaller model is written as it is)") }
@@ -560,7 +576,7 @@ public struct JobSpec: Sendable {
         switch m {
         case .magnitude: return MagnitudeCriterion()
         case .random: return RandomCriterion(seed: seed)
-        case .wanda, .sparsegpt, .taylor, .fisher: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
+        case .wanda, .sparsegpt, .taylor, .fisher, .flap: throw SpecError("method \(method) needs calibration data; it runs in the calibrator")
         }
     }
 }

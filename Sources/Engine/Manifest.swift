@@ -27,6 +27,9 @@ public struct Manifest: Codable, Sendable, Equatable {
         /// The input's shape, for a tensor a structured pattern made smaller (`shape`,
         /// `elements`, `zeros` and `sha256_dense` describe the output's tensor).
         public var sourceShape: [Int]?
+        /// A tensor the job added, not in the input (FLAP's compensation bias, or a zero
+        /// bias its config flag requires).
+        public var added: Bool = false
 
         enum CodingKeys: String, CodingKey {
             case shape, dtype, pruned, pattern, method, elements, zeros, masked
@@ -38,6 +41,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             case valuesUpdated = "values_updated"
             case measures
             case sourceShape = "source_shape"
+            case added
         }
 
         public init(shape: [Int], dtype: String, pruned: Bool, pattern: String?, method: String?, targetSparsity: Double?,
@@ -77,6 +81,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             valuesUpdated = try c.decodeIfPresent(Bool.self, forKey: .valuesUpdated) ?? false
             measures = try c.decodeIfPresent([String: Double].self, forKey: .measures)
             sourceShape = try c.decodeIfPresent([Int].self, forKey: .sourceShape)
+            added = try c.decodeIfPresent(Bool.self, forKey: .added) ?? false
         }
 
         public func encode(to encoder: Encoder) throws {
@@ -98,6 +103,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             try c.encodeIfPresent(measures, forKey: .measures)
             if valuesUpdated { try c.encode(true, forKey: .valuesUpdated) }
             try c.encodeIfPresent(sourceShape, forKey: .sourceShape)
+            if added { try c.encode(true, forKey: .added) }
         }
     }
 

@@ -49,7 +49,21 @@ enum StructuredCheck {
         if source.parameterCount != structure.parametersBefore { fail("input: \(source.parameterCount) parameters, manifest says \(structure.parametersBefore)") }
         let sourceNames = Set(source.tensors.map(\.name)), denseNames = Set(dense.tensors.map(\.name))
         for missing in sourceNames.subtracting(denseNames).sorted() { fail("dense/: tensor '\(missing)' is missing") }
-        for extra in denseNames.subtracting(sourceNames).sorted() { fail("dense/: tensor '\(extra)' is not in the input") }
+        // FLAP's biases are new: each has its weight's dtype, its length, zeros unless it
+        // carries the compensation (new values by design: its digest is checked).
+        let added = Dictionary(uniqueKeysWithValues: plan.addedBiases.map { ($0.name, $0) })
+        for extra in denseNames.subtracting(sourceNames).sorted() {
+            guard let bias = added[extra], let d = dense.info(extra), let weight = source.info(bias.weight) else { fail("dense/: tensor '\(extra)' is not in the input"); continue }
+            report.tensorsChecked += 1
+            let out = dense.bytes(d)
+            guard d.dtype == weight.dtype, d.shape == [bias.length], let m = manifest.tensors[extra], m.added, m.shape == d.shape else {
+                fail("tensor '\(extra)': dense/ has \(d.dtype.rawValue) \(d.shape), an added bias of \(bias.weight) is \(weight.dtype.rawValue) [\(bias.length)] listed as added")
+                continue
+            }
+            if SHA256Stream.hex(out) != m.sha256Dense { fail("tensor '\(extra)': sha256 of dense/ bytes differs from the manifest") }
+            if !bias.compensates && out.contains(where: { $0 != 0 }) { fail("tensor '\(extra)': a zero bias has nonzero bytes") }
+        }
+        for name in added.keys.sorted() where !denseNames.contains(name) { fail("dense/: added bias '\(name)' is missing") }
         let sliced = plan.slicedTensors
         for s in source.tensors {
             guard let d = dense.info(s.name) else { continue }

@@ -20,6 +20,22 @@ public struct StructuredPlan: Sendable {
     public let slicedTensors: [String: [(block: Int, slice: UnitSlice)]]
     /// The fraction of each block's units removed (the spec's sparsity).
     public let sparsity: Double
+    /// Tensors the smaller model gains (`method: flap`): the bias of the layer that reads
+    /// the units, carrying the removed units' mean output, and the zero biases its config
+    /// flag brings along (Llama's `mlp_bias` gives gate, up and down biases; its
+    /// `attention_bias` gives q, k, v and o biases).
+    public private(set) var addedBiases: [AddedBias] = []
+
+    /// A bias tensor the smaller model gains.
+    public struct AddedBias: Sendable, Equatable {
+        /// Its name (`…down_proj.bias`).
+        public let name: String
+        /// The weight it belongs to: the bias goes in its shard, with its dtype.
+        public let weight: String
+        public let length: Int
+        /// FLAP's compensation (the removed units' mean output) rather than zeros.
+        public let compensates: Bool
+    }
 
     /// The tensors a unit kind removes rows or columns from, in block `b`.
     public static func slices(_ kind: UnitKind, block b: Int) -> [UnitSlice] {
@@ -59,8 +75,9 @@ public struct StructuredPlan: Sendable {
         case .wanda: score = .wanda
         case .taylor: score = .taylor
         case .fisher: score = .fisher
+        case .flap: score = .flap
         default:
-            throw SpecError("pattern: \(kind.rawValue) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor or fisher, not \(spec.method.rawValue)")
+            throw SpecError("pattern: \(kind.rawValue) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap, not \(spec.method.rawValue)")
         }
         try self.init(config: config, kind: kind, score: score, sparsity: spec.sparsity)
     }
@@ -91,6 +108,31 @@ public struct StructuredPlan: Sendable {
         }
         guard removed < perGroup else {
             throw SpecError("sparsity: \(sparsity) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")
+        }
+        if score == .flap { addedBiases = try StructuredPlan.compensationBiases(config: config, kind: kind, kept: first.keptCount(at: sparsity)) }
+    }
+
+    /// FLAP's biases for every block: only Llama's config switches them on (Mistral's and
+    /// Qwen2's modelling code has no o_proj or MLP biases), and only where the model has
+    /// none yet (the compensation is the whole bias).
+    private static func compensationBiases(config: LlamaConfig, kind: UnitKind, kept: Int) throws -> [AddedBias] {
+        guard config.architecture == "LlamaForCausalLM" else {
+            throw SpecError("method: flap writes its compensation as biases, which only LlamaForCausalLM's config can switch on (mlp_bias, attention_bias), not \(config.architecture)")
+        }
+        switch kind {
+        case .channels:
+            guard !config.mlpBias else { throw SpecError("method: flap adds MLP biases, but the model already has them (mlp_bias true)") }
+        case .heads:
+            guard !config.attentionBias else { throw SpecError("method: flap adds attention biases, but the model already has them (attention_bias true)") }
+        }
+        let h = config.hiddenSize, d = config.headDim
+        return (0..<config.layers).flatMap { b -> [AddedBias] in
+            let p = "model.layers.\(b)."
+            let parts: [(String, Int, Bool)] = kind == .channels
+                ? [("mlp.gate_proj", kept, false), ("mlp.up_proj", kept, false), ("mlp.down_proj", h, true)]
+                : [("self_attn.q_proj", kept * d, false), ("self_attn.k_proj", config.kvHeads * d, false),
+                   ("self_attn.v_proj", config.kvHeads * d, false), ("self_attn.o_proj", h, true)]
+            return parts.map { AddedBias(name: p + $0.0 + ".bias", weight: p + $0.0 + ".weight", length: $0.1, compensates: $0.2) }
         }
     }
 
@@ -162,6 +204,7 @@ public struct StructuredPlan: Sendable {
             json["num_attention_heads"] = keptPerBlock
             json["head_dim"] = config.headDim
         }
+        if !addedBiases.isEmpty { json[kind == .channels ? "mlp_bias" : "attention_bias"] = true }
         return [UInt8](try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])) + [0x0A]
     }
 }

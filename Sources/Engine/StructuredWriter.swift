@@ -29,6 +29,8 @@ public struct StructuredWriter: OutputWriter {
     public var updated: (String) throws -> [Float]? = { _ in nil }
     /// A re-fit tensor's error before and after and its relative residual.
     public var refitErrors: (String) throws -> [Double]? = { _ in nil }
+    /// FLAP's compensation bias of a weight that reads the units (down, o), by weight name.
+    public var compensation: (String) throws -> [Float]? = { _ in nil }
 
     public init(checkpoint: Checkpoint, plan: Plan, units: StructuredPlan, spec: JobSpec, kept: [[Int]]) {
         self.checkpoint = checkpoint
@@ -79,7 +81,11 @@ public struct StructuredWriter: OutputWriter {
             let lines = shard.tensors.map { t in sliced[t.name].map { units.keptLines($0, kept: kept) } }
             let shapes = zip(shard.tensors, lines).map { t, l in StructuredWriter.outputShape(t, rows: l?.rows, cols: l?.cols) }
             let path = (denseDir as NSString).appendingPathComponent(shardName)
-            let writer = try SafeTensorsWriter(path: path, tensors: zip(shard.tensors, shapes).map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $1) },
+            // Added biases go in their weight's shard, after the shard's own tensors.
+            let inShard = Set(shard.tensors.map(\.name))
+            let added = units.addedBiases.filter { inShard.contains($0.weight) }
+            let addedSpecs = added.map { TensorSpec(name: $0.name, dtype: checkpoint.info($0.weight)!.dtype, shape: [$0.length]) }
+            let writer = try SafeTensorsWriter(path: path, tensors: zip(shard.tensors, shapes).map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $1) } + addedSpecs,
                                                metadata: shard.metadata)
             for (i, t) in shard.tensors.enumerated() {
                 weightMap[t.name] = shardName
@@ -129,6 +135,27 @@ public struct StructuredWriter: OutputWriter {
                     entry.measures = ["reconstruction_error_before": errors[0], "reconstruction_residual": errors[2]]
                 }
                 tensors[t.name] = entry
+            }
+            for (bias, tensorSpec) in zip(added, addedSpecs) {
+                var values = [Float](repeating: 0, count: bias.length)
+                if bias.compensates {
+                    guard let c = try compensation(bias.weight), c.count == bias.length, c.allSatisfy(\.isFinite) else {
+                        throw PruningError("\(bias.name): no compensation of \(bias.length) finite values")
+                    }
+                    values = c
+                }
+                var bytes = [UInt8](repeating: 0, count: bias.length * tensorSpec.dtype.size)
+                values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { FloatConversion.fromFloat(v, dtype: tensorSpec.dtype, into: $0) } }
+                try writer.write(bytes)
+                weightMap[bias.name] = shardName
+                parametersAfter += bias.length
+                let hex = bytes.withUnsafeBytes { SHA256Stream.hex($0) }
+                var entry = Manifest.Tensor(shape: tensorSpec.shape, dtype: tensorSpec.dtype.rawValue, pruned: false, pattern: nil, method: bias.compensates ? spec.method.rawValue : nil,
+                                            targetSparsity: nil, achievedSparsity: 0, masked: 0,
+                                            zeros: bytes.withUnsafeBytes { TensorPruner.zeroCount($0, elementSize: tensorSpec.dtype.size) },
+                                            elements: bias.length, sha256Dense: hex, sha256Sparse: hex, reconstructionError: nil, valuesUpdated: bias.compensates)
+                entry.added = true
+                tensors[bias.name] = entry
             }
             try writer.finish()
             denseBytes += try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0

@@ -14,6 +14,9 @@ public struct LlamaBlock: Sendable {
     let inputNorm: [Float], postNorm: [Float]
     let q: [Float], k: [Float], v: [Float], o: [Float]
     let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
+    /// Llama's o_proj bias (`attention_bias`) and MLP biases (`mlp_bias`): FLAP's
+    /// compensation for removed units.
+    let oBias: [Float]?, gateBias: [Float]?, upBias: [Float]?, downBias: [Float]?
     let gate: [Float], up: [Float], down: [Float]
 
     /// Loads block `index`'s weights (about 12·hidden² floats: one block, never the model).
@@ -35,6 +38,10 @@ public struct LlamaBlock: Sendable {
         } else {
             qBias = nil; kBias = nil; vBias = nil
         }
+        oBias = c.outputBias ? try store.load(p + "self_attn.o_proj.bias", shape: [h]) : nil
+        gateBias = c.mlpBias ? try store.load(p + "mlp.gate_proj.bias", shape: [c.intermediateSize]) : nil
+        upBias = c.mlpBias ? try store.load(p + "mlp.up_proj.bias", shape: [c.intermediateSize]) : nil
+        downBias = c.mlpBias ? try store.load(p + "mlp.down_proj.bias", shape: [h]) : nil
         gate = try store.load(p + "mlp.gate_proj.weight", shape: [c.intermediateSize, h])
         up = try store.load(p + "mlp.up_proj.weight", shape: [c.intermediateSize, h])
         down = try store.load(p + "mlp.down_proj.weight", shape: [h, c.intermediateSize])
@@ -137,7 +144,7 @@ public struct LlamaBlock: Sendable {
         x.withUnsafeMutableBufferPointer { xb in
             attn.withUnsafeBufferPointer { a in
                 show(["self_attn.o_proj"], a, width: qOut)
-                projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: rows, weight: o, bias: nil, inFeatures: qOut, outFeatures: h, into: $0.baseAddress!) }
+                projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: rows, weight: o, bias: oBias, inFeatures: qOut, outFeatures: h, into: $0.baseAddress!) }
             }
             projected.withUnsafeBufferPointer { VectorMath.add($0.baseAddress!, into: xb.baseAddress!, count: rows * h) }
         }
@@ -148,15 +155,15 @@ public struct LlamaBlock: Sendable {
         var u = VectorMath.scratch(rows * inter)
         normed.withUnsafeBufferPointer { n in
             show(["mlp.gate_proj", "mlp.up_proj"], n, width: h)
-            g.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: gate, bias: nil, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
-            u.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: up, bias: nil, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
+            g.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: gate, bias: gateBias, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
+            u.withUnsafeMutableBufferPointer { linear(n.baseAddress!, tokens: rows, weight: up, bias: upBias, inFeatures: h, outFeatures: inter, into: $0.baseAddress!) }
         }
         g.withUnsafeMutableBufferPointer { gb in u.withUnsafeBufferPointer { VectorMath.swiGLU(gb.baseAddress!, $0.baseAddress!, count: rows * inter) } }
         g.withUnsafeBufferPointer { a in show(["mlp.down_proj"], a, width: inter) }
         if statisticsOnly { return }
         x.withUnsafeMutableBufferPointer { xb in
             g.withUnsafeBufferPointer { a in
-                projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: rows, weight: down, bias: nil, inFeatures: inter, outFeatures: h, into: $0.baseAddress!) }
+                projected.withUnsafeMutableBufferPointer { linear(a.baseAddress!, tokens: rows, weight: down, bias: downBias, inFeatures: inter, outFeatures: h, into: $0.baseAddress!) }
             }
             projected.withUnsafeBufferPointer { VectorMath.add($0.baseAddress!, into: xb.baseAddress!, count: rows * h) }
         }

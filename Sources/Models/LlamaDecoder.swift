@@ -109,6 +109,8 @@ public final class LlamaDecoder {
         let inputNorm: [Float], postNorm: [Float]
         let q: DecoderWeight, k: DecoderWeight, v: DecoderWeight, o: DecoderWeight
         let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
+        /// Llama's o_proj and MLP biases (FLAP's compensation for removed units).
+        var oBias: [Float]? = nil, gateBias: [Float]? = nil, upBias: [Float]? = nil, downBias: [Float]? = nil
         let gate: DecoderWeight, up: DecoderWeight, down: DecoderWeight
     }
 
@@ -156,7 +158,7 @@ public final class LlamaDecoder {
         let h = config.hiddenSize, q = config.heads * config.headDim, kv = config.kvHeads * config.headDim, ff = config.intermediateSize
         layers = try (0..<config.layers).map { b in
             let p = "model.layers.\(b)."
-            return Layer(inputNorm: try store.load(p + "input_layernorm.weight", shape: [h]),
+            var layer = Layer(inputNorm: try store.load(p + "input_layernorm.weight", shape: [h]),
                          postNorm: try store.load(p + "post_attention_layernorm.weight", shape: [h]),
                          q: try weight(p + "self_attn.q_proj.weight", rows: q, cols: h), k: try weight(p + "self_attn.k_proj.weight", rows: kv, cols: h),
                          v: try weight(p + "self_attn.v_proj.weight", rows: kv, cols: h), o: try weight(p + "self_attn.o_proj.weight", rows: h, cols: q),
@@ -165,6 +167,13 @@ public final class LlamaDecoder {
                          vBias: config.attentionBias ? try store.load(p + "self_attn.v_proj.bias", shape: [kv]) : nil,
                          gate: try weight(p + "mlp.gate_proj.weight", rows: ff, cols: h), up: try weight(p + "mlp.up_proj.weight", rows: ff, cols: h),
                          down: try weight(p + "mlp.down_proj.weight", rows: h, cols: ff))
+            if config.outputBias { layer.oBias = try store.load(p + "self_attn.o_proj.bias", shape: [h]) }
+            if config.mlpBias {
+                layer.gateBias = try store.load(p + "mlp.gate_proj.bias", shape: [ff])
+                layer.upBias = try store.load(p + "mlp.up_proj.bias", shape: [ff])
+                layer.downBias = try store.load(p + "mlp.down_proj.bias", shape: [h])
+            }
+            return layer
         }
         embedding = try store.load("model.embed_tokens.weight", shape: [config.vocabSize, h])
         finalNorm = try store.load("model.norm.weight", shape: [h])
@@ -193,7 +202,7 @@ public final class LlamaDecoder {
         try run([token])
     }
 
-    /// Adds a bias (Qwen2's q/k/v) to every row.
+    /// Adds a bias (Qwen2's q/k/v; Llama's o and MLP biases) to every row.
     private static func add(_ bias: [Float]?, to y: inout [Float], rows: Int) {
         guard let bias else { return }
         for r in 0..<rows { for j in bias.indices { y[r * bias.count + j] += bias[j] } }
@@ -248,14 +257,18 @@ public final class LlamaDecoder {
                 } } }
             } }
             attn.withUnsafeBufferPointer { a in projected.withUnsafeMutableBufferPointer { layer.o.apply(a.baseAddress!, tokens: t, into: $0.baseAddress!) } }
+            LlamaDecoder.add(layer.oBias, to: &projected, rows: t)
             for i in 0..<(t * h) { x[i] += projected[i] }
             x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: t, width: h, weight: layer.postNorm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
             normed.withUnsafeBufferPointer { n in
                 g.withUnsafeMutableBufferPointer { layer.gate.apply(n.baseAddress!, tokens: t, into: $0.baseAddress!) }
                 u.withUnsafeMutableBufferPointer { layer.up.apply(n.baseAddress!, tokens: t, into: $0.baseAddress!) }
             }
+            LlamaDecoder.add(layer.gateBias, to: &g, rows: t)
+            LlamaDecoder.add(layer.upBias, to: &u, rows: t)
             g.withUnsafeMutableBufferPointer { gb in u.withUnsafeBufferPointer { VectorMath.swiGLU(gb.baseAddress!, $0.baseAddress!, count: t * ff) } }
             g.withUnsafeBufferPointer { a in projected.withUnsafeMutableBufferPointer { layer.down.apply(a.baseAddress!, tokens: t, into: $0.baseAddress!) } }
+            LlamaDecoder.add(layer.downBias, to: &projected, rows: t)
             for i in 0..<(t * h) { x[i] += projected[i] }
         }
         position += t

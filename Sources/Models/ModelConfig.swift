@@ -25,8 +25,14 @@ public struct LlamaConfig: Sendable, Equatable {
     public var ropeTheta: Double
     public var vocabSize: Int
     public var tieWordEmbeddings: Bool
-    /// Qwen2 has biases on q/k/v projections.
+    /// Biases on the q/k/v projections (Qwen2 always; Llama with `attention_bias`).
     public var attentionBias: Bool
+    /// A bias on o_proj too: Llama's `attention_bias` covers all four projections (Qwen2's
+    /// o_proj has none). FLAP's compensation for removed heads is this bias.
+    public var outputBias = false
+    /// Biases on gate/up/down (Llama's `mlp_bias`). FLAP's compensation for removed
+    /// channels is down_proj's.
+    public var mlpBias = false
     public var architecture: String
     /// Sliding-window attention span (Mistral), nil when attention is over the whole
     /// sequence. The forward pass attends to every earlier position, which equals the
@@ -106,8 +112,11 @@ public struct LlamaConfig: Sendable, Equatable {
         if let act = try fields.optionalString("hidden_act"), !siluNames.contains(act) {
             throw ModelError("\(file): hidden_act '\(act)' is not supported: the forward pass computes SiLU (silu)")
         }
-        if try fields.optionalBool("mlp_bias") == true {
-            throw ModelError("\(file): mlp_bias: true is not supported (the forward pass has no MLP biases)")
+        // Llama's modelling code honours mlp_bias; Mistral's and Qwen2's have no MLP biases,
+        // so a true there would describe tensors the reference does not read.
+        let mlpBias = try fields.optionalBool("mlp_bias") == true
+        if mlpBias && architecture != "LlamaForCausalLM" {
+            throw ModelError("\(file): mlp_bias: true is not supported for \(architecture) (only LlamaForCausalLM has MLP biases)")
         }
         if let factor = try fields.optionalDouble("partial_rotary_factor"), factor != 1 {
             throw ModelError("\(file): partial_rotary_factor \(factor) is not supported (rotary embeddings over the whole head)")
@@ -134,6 +143,8 @@ public struct LlamaConfig: Sendable, Equatable {
                                  attentionBias: try fields.optionalBool("attention_bias") ?? (architecture == "Qwen2ForCausalLM"),
                                  architecture: architecture)
         config.slidingWindow = window
+        config.mlpBias = mlpBias
+        config.outputBias = config.attentionBias && architecture == "LlamaForCausalLM"
         return config
     }
 
@@ -198,6 +209,10 @@ public struct LlamaConfig: Sendable, Equatable {
         if attentionBias {
             shapes += [(p + "self_attn.q_proj.bias", [q]), (p + "self_attn.k_proj.bias", [kv]), (p + "self_attn.v_proj.bias", [kv])]
         }
+        if outputBias { shapes.append((p + "self_attn.o_proj.bias", [h])) }
+        if mlpBias {
+            shapes += [(p + "mlp.gate_proj.bias", [ff]), (p + "mlp.up_proj.bias", [ff]), (p + "mlp.down_proj.bias", [h])]
+        }
         return shapes
     }
 
@@ -214,6 +229,8 @@ public struct LlamaConfig: Sendable, Equatable {
         let p = "model.layers.\(b)."
         var names = [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"] + linearNames(block: b)
         if attentionBias { names += ["q_proj", "k_proj", "v_proj"].map { p + "self_attn.\($0).bias" } }
+        if outputBias { names.append(p + "self_attn.o_proj.bias") }
+        if mlpBias { names += ["gate_proj", "up_proj", "down_proj"].map { p + "mlp.\($0).bias" } }
         return names
     }
 

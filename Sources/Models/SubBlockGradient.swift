@@ -170,8 +170,8 @@ public enum SubBlockGradient {
     private static func mlp(_ block: LlamaBlock, _ w: [[Float]], _ x: [Float], _ upstream: Upstream, rows: Int, gradients: Bool) -> Result {
         let c = block.config, h = c.hiddenSize, inter = c.intermediateSize
         let n = normed(x, weight: block.postNorm, rows: rows, width: h, eps: c.rmsNormEps)
-        let g = project(n, w[0], bias: nil, rows: rows, out: inter, in: h)
-        let u = project(n, w[1], bias: nil, rows: rows, out: inter, in: h)
+        let g = project(n, w[0], bias: block.gateBias, rows: rows, out: inter, in: h)
+        let u = project(n, w[1], bias: block.upBias, rows: rows, out: inter, in: h)
         var act = [Float](repeating: 0, count: rows * inter), sig = act
         // e^(−g) by CKernels' exp: the same bytes on every CPU (libm's varies by its code path).
         for i in 0..<sig.count { sig[i] = -g[i] }
@@ -180,7 +180,7 @@ public enum SubBlockGradient {
             sig[i] = 1 / (1 + sig[i])
             act[i] = g[i] * sig[i] * u[i]
         }
-        let z = project(act, w[2], bias: nil, rows: rows, out: h, in: inter)
+        let z = project(act, w[2], bias: block.downBias, rows: rows, out: h, in: inter)
         let (loss, y, dz) = residual(x, z, upstream)
         guard gradients else { return Result(loss: loss, gradients: [], output: y) }
         let dDown = weightGradient(dz, act, rows: rows, out: h, in: inter)
@@ -236,7 +236,7 @@ public enum SubBlockGradient {
                 }
             } }
         } } }
-        let z = project(attn, w[3], bias: nil, rows: rows, out: h, in: qOut)
+        let z = project(attn, w[3], bias: block.oBias, rows: rows, out: h, in: qOut)
         let (loss, y, dz) = residual(x, z, upstream)
         guard gradients else { return Result(loss: loss, gradients: [], output: y) }
         let dO = weightGradient(dz, attn, rows: rows, out: h, in: qOut)

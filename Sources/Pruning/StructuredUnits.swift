@@ -35,6 +35,13 @@ public enum UnitScore: String, Sendable {
     /// The diagonal Fisher saliency summed over the unit: Σ w²·Σ g² (each window's
     /// gradient squared, then summed).
     case fisher
+    /// FLAP's weighted input fluctuation (WIFV; An et al. 2024): for the slice that reads
+    /// the units (down_proj's or o_proj's columns), Var(x_j)·‖W[:, j]‖² per column: how much
+    /// of the layer's output moves with column j. A channel's score is its column's; a
+    /// head's is Σ over its columns of that score squared (the reference's attention metric).
+    /// Removed units are then replaced by their mean contribution, a bias
+    /// (`BlockUnits.compensation`).
+    case flap
 
     /// Whether the score reads gradients (`gradients` of `BlockUnits.scores`).
     public var usesGradients: Bool { self == .taylor || self == .fisher }
@@ -73,10 +80,13 @@ public struct BlockUnits: Sendable, Equatable {
     /// `weights[tensor]` is the tensor row-major; `inputNorms[tensor]` its input columns'
     /// squared norms on the calibration data (Wanda's statistic), needed for `.wanda`.
     /// `gradients[tensor]` is its summed gradient (Σ g, or Σ g² for `.fisher`), for those.
+    /// `fluctuation[tensor]` is the per-column input variance of the slices that read the
+    /// units (`.flap`; the other slices do not count).
     public func scores(_ score: UnitScore, weights: [String: (values: [Float], rows: Int, cols: Int)],
-                       inputNorms: [String: [Double]] = [:], gradients: [String: [Float]] = [:]) throws -> [Double] {
+                       inputNorms: [String: [Double]] = [:], gradients: [String: [Float]] = [:],
+                       fluctuation: [String: [Double]] = [:]) throws -> [Double] {
         var out = [Double](repeating: 0, count: count)
-        for slice in slices {
+        for slice in slices where score != .flap || slice.axis == .cols {
             guard let w = weights[slice.tensor] else { throw PruningError("units: no weights of '\(slice.tensor)'") }
             let along = slice.axis == .rows ? w.rows : w.cols
             guard along == count * width, w.values.count == w.rows * w.cols else {
@@ -93,6 +103,19 @@ public struct BlockUnits: Sendable, Equatable {
                         let k = r * w.cols + c, x = Double(w.values[k])
                         out[(slice.axis == .rows ? r : c) / width] += score == .taylor ? x * Double(g[k]) : x * x * Double(g[k])
                     }
+                }
+                continue
+            }
+            if score == .flap {
+                guard let variance = fluctuation[slice.tensor], variance.count == w.cols else {
+                    throw PruningError("units: no fluctuation statistic of \(w.cols) columns for '\(slice.tensor)'")
+                }
+                // Per column Σ_r W[r, c]², in row order, then weighted by the variance.
+                var columnEnergy = [Double](repeating: 0, count: w.cols)
+                for r in 0..<w.rows { for c in 0..<w.cols { let x = Double(w.values[r * w.cols + c]); columnEnergy[c] += x * x } }
+                for c in 0..<w.cols {
+                    let metric = variance[c] * columnEnergy[c]
+                    out[c / width] += kind == .heads ? metric * metric : metric
                 }
                 continue
             }
@@ -127,7 +150,24 @@ public struct BlockUnits: Sendable, Equatable {
         switch score {
         case .l2: return out.map { $0.squareRoot() }
         case .taylor: return out.map(abs)
-        case .wanda, .fisher: return out
+        case .wanda, .fisher, .flap: return out
+        }
+    }
+
+    /// FLAP's bias compensation for a slice that reads the units (rows × cols, `.cols`):
+    /// per output row, Σ over the removed units' columns c of W[r, c]·mean[c] (in F64,
+    /// columns in order), the output those columns gave on average, which a bias adds back.
+    public func compensation(_ slice: UnitSlice, weights: [Float], rows: Int, cols: Int, mean: [Double], kept units: [Int]) throws -> [Float] {
+        guard slice.axis == .cols, cols == count * width, weights.count == rows * cols, mean.count == cols else {
+            throw PruningError("units: '\(slice.tensor)' (\(rows)×\(cols), \(mean.count) means) is not a slice reading \(count) \(kind.rawValue)")
+        }
+        var removed = [Bool](repeating: true, count: cols)
+        for line in keptLines(units) { removed[line] = false }
+        let columns = (0..<cols).filter { removed[$0] }
+        return (0..<rows).map { r in
+            var sum = 0.0
+            for c in columns { sum += Double(weights[r * cols + c]) * mean[c] }
+            return Float(sum)
         }
     }
 

@@ -194,6 +194,10 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.5\npattern: heads\ntargets: ['re:.*mlp.*']", "llama", "is not targeted"),
             ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: block", "llama", "(scope layer)"),
             ("method: magnitude\nsparsity: 0.5\npattern: channels\nreconstruct: layer", "llama", "reconstruct:"),
+            ("method: flap\nsparsity: 0.5\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "method: flap removes whole units"),
+            ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: sequential}", "llama", "calibration.mode: method flap"),
+            ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: layer", "llama", "compensates removed units with a bias"),
+            ("method: flap\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "qwen2", "only LlamaForCausalLM"),
         ]
         for (i, c) in cases.enumerated() {
             let r = try run("bad\(i)", model: c.model, c.spec)
@@ -211,6 +215,87 @@ final class StructuredTests: XCTestCase {
         XCTAssertEqual(r.status, 2, r.stderr)
         XCTAssertTrue(r.stderr.contains("Llama-family") && r.stderr.split(separator: "\n").count == 1, r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("bad-gpt")))
+    }
+
+    /// `method: flap`: every block keeps the units of the largest Var(x)·‖W[:, j]‖² of the
+    /// layer reading them (recomputed here from the dense model's down_proj / o_proj inputs
+    /// on the calibration windows), the written bias is that layer's removed columns times
+    /// their mean input, the other biases its config flag brings are zero, `prune check`
+    /// passes, the bytes do not depend on the workers, and stock transformers loads the
+    /// model with the biases and gives our logits.
+    func testFlapKeepsTheSteadiestUnitsOutAndCompensatesWithABias() throws {
+        let dense = try LlamaModel(directory: dir.file("llama"))
+        let c = dense.config
+        // Every calibration window (samples = the file's 16 rows): each Linear's inputs.
+        let ids = try Self.readNpyInt32(dir.file("ids.npy"))
+        var inputs: [String: [[Float]]] = [:]
+        for row in 0..<16 {
+            _ = try dense.forward(Array(ids[(row * 24)..<((row + 1) * 24)])) { name, x, tokens in
+                let width = x.count / tokens
+                for t in 0..<tokens { inputs[name, default: []].append(Array(x[(t * width)..<((t + 1) * width)])) }
+            }
+        }
+        let source = try Checkpoint(path: dir.file("llama"))
+        func floats(_ name: String, in checkpoint: Checkpoint) throws -> [Float] {
+            let t = try XCTUnwrap(checkpoint.info(name), name)
+            var v = [Float](repeating: 0, count: t.elementCount)
+            v.withUnsafeMutableBytes { $0.copyMemory(from: checkpoint.bytes(t)) }
+            return v
+        }
+        for (kind, layer, flag, zeroBiases, width, keep) in [
+            ("channels", "mlp.down_proj", "mlp_bias", ["mlp.gate_proj", "mlp.up_proj"], 1, 36),
+            ("heads", "self_attn.o_proj", "attention_bias", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], c.headDim, 2),
+        ] {
+            var digests: Set<String> = []
+            for workers in [0, 2] {
+                let job = "flap-\(kind)-w\(workers)"
+                let r = try run(job, model: "llama", "method: flap\nsparsity: \(kind == "channels" ? 0.25 : 0.5)\npattern: \(kind)\ncalibration: {data: ids.npy, samples: 16, tokens: 24, samples_per_task: 4}", workers: workers)
+                XCTAssertEqual(r.status, 0, "\(job): \(r.stderr)")
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/model.safetensors")))
+                digests.insert(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+            }
+            XCTAssertEqual(digests.count, 1, "\(kind): bytes differ across worker counts")
+            let job = "flap-\(kind)-w0"
+            let check = try Subprocess.prune(["check", dir.file("llama"), dir.file(job)])
+            XCTAssertEqual(check.status, 0, "\(job): \(check.stdout)")
+            let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/config.json")))) as? [String: Any])
+            XCTAssertEqual(config[flag] as? Bool, true, job)
+            let m = try manifest(job)
+            let structure = try XCTUnwrap(m.structure)
+            let small = try Checkpoint(path: dir.file("\(job)/out/dense"))
+            for b in 0..<c.layers {
+                let p = "model.layers.\(b)."
+                let x = try XCTUnwrap(inputs[p + layer + ".weight"])
+                let cols = x[0].count
+                let mean = (0..<cols).map { j in x.reduce(0.0) { $0 + Double($1[j]) } / Double(x.count) }
+                let variance = (0..<cols).map { j in x.reduce(0.0) { $0 + pow(Double($1[j]) - mean[j], 2) } / Double(x.count - 1) }
+                let w = try floats(p + layer + ".weight", in: source)
+                let rows = w.count / cols
+                let metric = (0..<cols).map { j in variance[j] * (0..<rows).reduce(0.0) { $0 + Double(w[$1 * cols + j] * w[$1 * cols + j]) } }
+                let units = cols / width
+                let score = (0..<units).map { u in (0..<width).reduce(0.0) { $0 + (width == 1 ? metric[u] : pow(metric[u * width + $1], 2)) } }
+                // Heads: each key/value group keeps its best; channels: one group.
+                let groups = kind == "heads" ? c.kvHeads : 1, perGroup = units / groups
+                let expected = (0..<groups).flatMap { g in (g * perGroup..<(g + 1) * perGroup).sorted { score[$0] > score[$1] }.prefix(keep / groups) }.sorted()
+                XCTAssertEqual(structure.kept[b], expected, "\(job) block \(b)")
+                let keptColumns = Set(expected.flatMap { u in u * width..<(u + 1) * width })
+                let want = (0..<rows).map { r in (0..<cols).filter { !keptColumns.contains($0) }.reduce(0.0) { $0 + Double(w[r * cols + $1]) * mean[$1] } }
+                let got = try floats(p + layer + ".bias", in: small)
+                XCTAssertEqual(got.count, rows)
+                let scale = want.map(abs).max() ?? 1
+                XCTAssertGreaterThan(scale, 0)
+                for (g, e) in zip(got, want) { XCTAssertEqual(Double(g), e, accuracy: 1e-4 * scale, "\(job) block \(b) bias") }
+                XCTAssertTrue(try XCTUnwrap(m.tensors[p + layer + ".bias"]).added)
+                for zero in zeroBiases { XCTAssertTrue(try floats(p + zero + ".bias", in: small).allSatisfy { $0 == 0 }, "\(job): \(zero).bias is zero") }
+            }
+            XCTAssertEqual(structure.parametersAfter, small.parameterCount)
+        }
+        let modules = "torch, transformers"
+        if Subprocess.pythonHas(modules) {
+            for kind in ["channels", "heads"] { try assertTransformersAgree(source: "llama", job: "flap-\(kind)-w0", tokens: tokens) }
+        } else if Subprocess.pythonRequired {
+            XCTFail("python3 with \(modules) is required (PRUNE_REQUIRE_PYTHON=1)")
+        }
     }
 
     /// `reconstruct: layer` re-fits the layer that reads the removed units (down_proj for
@@ -345,6 +430,16 @@ final class StructuredTests: XCTestCase {
         let bad = try Subprocess.prune(["bench", dir.path])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.hasPrefix("prune: error:") && bad.stderr.split(separator: "\n").count == 1, bad.stderr)
+    }
+
+    /// The values of an int32 .npy (the calibration ids this test writes).
+    static func readNpyInt32(_ path: String) throws -> [Int32] {
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let headerLength = Int(bytes[8]) | Int(bytes[9]) << 8
+        let body = bytes[(10 + headerLength)...]
+        return stride(from: body.startIndex, to: body.endIndex, by: 4).map { i in
+            Int32(bitPattern: UInt32(body[i]) | UInt32(body[i + 1]) << 8 | UInt32(body[i + 2]) << 16 | UInt32(body[i + 3]) << 24)
+        }
     }
 
     static func readNpy(_ path: String) throws -> [Float] {

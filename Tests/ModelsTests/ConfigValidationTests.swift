@@ -39,7 +39,12 @@ final class ConfigValidationTests: XCTestCase {
         assertRefused(["rms_norm_eps": 1e-300], "is not a small positive number")  // 0 in F32
         assertRefused(["hidden_act": "relu"], "hidden_act 'relu' is not supported: the forward pass computes SiLU")
         assertRefused(["hidden_act": "gelu_pytorch_tanh"], "hidden_act 'gelu_pytorch_tanh' is not supported")
-        assertRefused(["mlp_bias": true], "mlp_bias: true is not supported")
+        assertRefused(["architectures": ["Qwen2ForCausalLM"], "mlp_bias": true], "mlp_bias: true is not supported for Qwen2ForCausalLM")
+        // Llama's attention_bias covers o_proj too (Qwen2's o_proj has none); mlp_bias all three.
+        let llama = try parse(["attention_bias": true, "mlp_bias": true])
+        XCTAssertTrue(llama.attentionBias && llama.outputBias && llama.mlpBias)
+        let qwen = try parse(["architectures": ["Qwen2ForCausalLM"]])
+        XCTAssertTrue(qwen.attentionBias && !qwen.outputBias && !qwen.mlpBias)
         assertRefused(["tie_word_embeddings": 1], "tie_word_embeddings must be true or false, found 1")
         assertRefused(["num_key_value_heads": 3], "inconsistent attention shape")
         assertRefused(["hidden_size": 34], "inconsistent attention shape")  // 34 / 4 heads would drop columns
@@ -60,6 +65,7 @@ final class ConfigValidationTests: XCTestCase {
             (["vocab_size": 64], "tensor 'model.embed_tokens.weight' has shape [48, 32], config.json implies [64, 32]"),
             (["intermediate_size": 48], "has shape [64, 32], config.json implies [48, 32]"),
             (["attention_bias": true], "self_attn.q_proj.bias' is missing"),
+            (["mlp_bias": true], "mlp.gate_proj.bias' is missing"),
         ]
         for (changes, text) in cases {
             XCTAssertThrowsError(try parse(changes).validate(against: checkpoint, file: "config.json"), "\(changes)") {

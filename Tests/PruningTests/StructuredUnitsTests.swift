@@ -54,4 +54,61 @@ final class StructuredUnitsTests: XCTestCase {
         for r in 0..<3 { for c in 0..<8 { XCTAssertEqual(cols[r, c], (2..<6).contains(c)) } }
         XCTAssertEqual(block.keptLines([1, 2]), [2, 3, 4, 5])
     }
+
+    /// FLAP: only the slice reading the units counts; a head sums its columns'
+    /// Var·‖W[:, c]‖² squared; the compensation is the removed columns times their means.
+    func testFlapScoresTheReadingSliceAndCompensatesItsRemovedColumns() throws {
+        let variance = (0..<8).map { Double($0 % 3) + 0.5 }
+        let flap = try block.scores(.flap, weights: weights, fluctuation: ["o": variance])
+        let energy = (0..<8).map { c in (0..<3).reduce(0.0) { $0 + Double(o[$1 * 8 + c] * o[$1 * 8 + c]) } }
+        for u in 0..<4 {
+            let want = (2 * u..<2 * u + 2).reduce(0.0) { $0 + pow(variance[$1] * energy[$1], 2) }
+            XCTAssertEqual(flap[u], want, accuracy: 1e-9 * want)
+        }
+        XCTAssertThrowsError(try block.scores(.flap, weights: weights), "flap without statistics")
+        let mean = (0..<8).map { Double($0) - 3.5 }
+        let bias = try block.compensation(block.slices[1], weights: o, rows: 3, cols: 8, mean: mean, kept: [1, 2])
+        for r in 0..<3 {
+            let want = [0, 1, 6, 7].reduce(0.0) { $0 + Double(o[r * 8 + $1]) * mean[$1] }
+            XCTAssertEqual(Double(bias[r]), want, accuracy: 1e-5)
+        }
+        XCTAssertThrowsError(try block.compensation(block.slices[0], weights: q, rows: 8, cols: 3, mean: [0, 0, 0], kept: [1, 2]), "a rows slice has no compensation")
+    }
+
+    /// The fluctuation statistic: the mean and sample variance over every token, however
+    /// the tokens are split into batches and shards, to rounding; its bytes round-trip and
+    /// malformed ones are refused.
+    func testFluctuationIsTheMeanAndVarianceOverEveryToken() throws {
+        let columns = 3, tokens = 50
+        let x: [Float] = (0..<(tokens * columns)).map { i in Float((i * 37) % 101) / 7 + (i % columns == 2 ? 1000 : 0) }
+        var whole = FluctuationStatistics(columns: columns)
+        x.withUnsafeBufferPointer { whole.add($0, tokens: tokens) }
+        var shards = [FluctuationStatistics(columns: columns), FluctuationStatistics(columns: columns)]
+        for (i, range) in [0..<7, 7..<20, 20..<50].enumerated() {
+            let part = Array(x[(range.lowerBound * columns)..<(range.upperBound * columns)])
+            part.withUnsafeBufferPointer { shards[min(i, 1)].add($0, tokens: range.count) }
+        }
+        var merged = shards[0]
+        try merged.merge(with: shards[1])
+        for c in 0..<columns {
+            let values = (0..<tokens).map { Double(x[$0 * columns + c]) }
+            let mean = values.reduce(0, +) / Double(tokens)
+            let variance = values.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(tokens - 1)
+            for s in [whole, merged] {
+                XCTAssertEqual(s.mean[c], mean, accuracy: 1e-12 * abs(mean))
+                XCTAssertEqual(s.fluctuation[c], variance, accuracy: 1e-9 * variance)
+            }
+        }
+        XCTAssertEqual(merged.tokens, tokens)
+        let bytes = merged.serialized()
+        XCTAssertEqual(try FluctuationStatistics(serialized: bytes), merged)
+        XCTAssertEqual(FluctuationStatistics.columns(ofSerialized: bytes), columns)
+        XCTAssertNil(FluctuationStatistics.columns(ofSerialized: Array(bytes.dropLast())))
+        XCTAssertThrowsError(try FluctuationStatistics(serialized: Array(bytes.dropLast(8))))
+        var negative = bytes
+        negative[negative.count - 1] = 0xBF   // the last spread's sign bit: -1.x
+        XCTAssertThrowsError(try FluctuationStatistics(serialized: negative))
+        var wider = FluctuationStatistics(columns: 4)
+        XCTAssertThrowsError(try wider.merge(with: merged))
+    }
 }

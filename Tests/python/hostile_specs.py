@@ -328,7 +328,7 @@ def build():
             ("rope_theta_neg", {"rope_theta": -10000.0}, "rope_theta -10000.0 is not a positive number"),
             ("rms_eps_neg", {"rms_norm_eps": -1e-6}, "rms_norm_eps -1e-06 is not a small positive number"),
             ("hidden_act_relu", {"hidden_act": "relu"}, "hidden_act 'relu' is not supported: the forward pass computes SiLU"),
-            ("mlp_bias", {"mlp_bias": True}, "mlp_bias: true is not supported"),
+            ("mlp_bias", {"mlp_bias": True}, "mlp.gate_proj.bias' is missing"),
             ("hidden_str", {"hidden_size": "32"}, "hidden_size must be an integer, found '32'"),
             ("tie_str", {"tie_word_embeddings": "no"}, "tie_word_embeddings must be true or false, found 'no'"),
             ("vocab_mismatch", {"vocab_size": VOCAB + 1}, "tensor 'model.embed_tokens.weight' has shape [300, 32], "),

@@ -6,8 +6,9 @@
 Loads OUT/dense with AutoModelForCausalLM (float32, CPU), runs token ids IDS
 (comma-separated), writes its logits to LOGITS.npy, and compares them with the SOURCE
 model run by transformers with the removed units zeroed (from OUT/manifest.json's kept
-units): removing a unit must compute what zeroing it does, up to float rounding (the
-products have other lengths). Prints one line, `max |small - zeroed| = X (R of the largest
+units) and, for FLAP, the smaller model's compensation biases (o_proj, down_proj) added:
+removing a unit must compute what zeroing it does, up to float rounding (the products
+have other lengths). Prints one line, `max |small - zeroed| = X (R of the largest
 logit)`, and exits 1 when R > 1e-4.
 """
 import json
@@ -40,6 +41,11 @@ def main():
             for u in kept:
                 keep[u * width:(u + 1) * width] = True
             layer = full.model.layers[b]
+            # FLAP's compensation: the smaller model's bias on the layer reading the units.
+            for small_linear, full_linear in [(small.model.layers[b].mlp.down_proj, layer.mlp.down_proj),
+                                              (small.model.layers[b].self_attn.o_proj, layer.self_attn.o_proj)]:
+                if small_linear.bias is not None and full_linear.bias is None:
+                    full_linear.bias = torch.nn.Parameter(small_linear.bias.detach().clone())
             if s["kind"] == "channels":
                 layer.mlp.gate_proj.weight[~keep] = 0
                 layer.mlp.up_proj.weight[~keep] = 0

@@ -145,6 +145,7 @@ public final class JobDAG {
             var writer = StructuredWriter(checkpoint: job.checkpoint, plan: job.plan, units: units, spec: job.spec, kept: kept)
             writer.updated = { try phase.updatedValues(of: $0, outputs: outputs) }
             writer.refitErrors = { try phase.refitErrors(of: $0, outputs: outputs) }
+            writer.compensation = { try phase.compensation(of: $0, outputs: outputs) }
             return writer
         }
         return try assembler(outputs: outputs)

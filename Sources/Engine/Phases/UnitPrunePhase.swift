@@ -40,6 +40,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public static func weights(_ tensor: String) -> OutputName { OutputName("weights:\(tensor)") }
     /// `reconstruct: layer`: its error before and after the re-fit and the relative residual.
     public static func reconstructed(_ tensor: String) -> OutputName { OutputName("reconstructed:\(tensor)") }
+    /// `method: flap`: a column slice's compensation bias (F32, one per row).
+    public static func compensation(_ tensor: String) -> OutputName { OutputName("bias:\(tensor)") }
 
     /// Whether the job re-fits the layers that read the removed units.
     private var refits: Bool { job.spec.reconstruct != nil }
@@ -47,6 +49,11 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// The slices a re-fit changes: those whose columns read the units (down, o).
     private func refitSlices(_ block: BlockUnits) -> [UnitSlice] {
         refits ? block.slices.filter { $0.axis == .cols } : []
+    }
+
+    /// The slices FLAP compensates with a bias: the same column slices.
+    private func compensatedSlices(_ block: BlockUnits) -> [UnitSlice] {
+        units.score == .flap ? block.slices.filter { $0.axis == .cols } : []
     }
 
     private func block(of task: TaskID) -> Int? {
@@ -82,7 +89,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             if let gradients {
                 s.gradients = try gradients.gradientRefs(of: slice.tensor, outputs: outputs)
             }
-            if units.score == .wanda, let calibration = job.calibration {
+            // Wanda reads every slice's input norms; FLAP the inputs of the slices reading the units.
+            if units.score == .wanda || (units.score == .flap && slice.axis == .cols), let calibration = job.calibration {
                 let group = calibration.statisticsKey(for: slice.tensor, block: b)
                 s.statistics = try (0..<calibration.shardCount).map {
                     try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
@@ -104,6 +112,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         let block = units.blocks[b]
         return [UnitPrunePhase.kept, UnitPrunePhase.scores] + block.slices.map { UnitPrunePhase.mask($0.tensor) }
             + refitSlices(block).flatMap { [UnitPrunePhase.weights($0.tensor), UnitPrunePhase.reconstructed($0.tensor)] }
+            + compensatedSlices(block).map { UnitPrunePhase.compensation($0.tensor) }
     }
 
     /// The kept units must be the right number per group, ascending and in range, the
@@ -138,6 +147,13 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             guard let errors = try? FloatPayload.doubles(payload(UnitPrunePhase.reconstructed(slice.tensor)), what: "errors"), errors.count == 3,
                   errors.allSatisfy({ $0.isFinite && $0 >= 0 }), errors[1] <= errors[0] * (1 + 1e-9) else {
                 return "re-fit errors of \(slice.tensor) in \(task) are not three finite F64 ≥ 0 with the error not rising"
+            }
+        }
+        for slice in compensatedSlices(block) {
+            guard let info = job.checkpoint.info(slice.tensor) else { return "no tensor \(slice.tensor)" }
+            guard let bias = try? FloatPayload.floats(payload(UnitPrunePhase.compensation(slice.tensor)), what: "bias"), bias.count == info.rows,
+                  bias.allSatisfy(\.isFinite) else {
+                return "compensation bias of \(slice.tensor) in \(task) is not \(info.rows) finite F32"
             }
         }
         return nil
@@ -179,12 +195,18 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         var weights: [String: (values: [Float], rows: Int, cols: Int)] = [:]
         var inputNorms: [String: [Double]] = [:]
         var gradientSums: [String: [Float]] = [:]
+        var fluctuation: [String: FluctuationStatistics] = [:]
         for s in u.slices {
             let name = s.tensor.name
             guard let shape = reader.shape(of: name), shape.count == 2 else { throw PruningError("units task: \(name) is not a matrix") }
             weights[name] = (try reader.floats(name), shape[0], shape[1])
             if score == .wanda {
                 inputNorms[name] = try WandaStatistics.merged(count: s.statistics.count, layer: name) { try inputs.artifact(s.statistics[$0]) }.norms
+            }
+            if score == .flap && !s.statistics.isEmpty {
+                let merged = try FluctuationStatistics.merged(count: s.statistics.count, layer: name) { try inputs.artifact(s.statistics[$0]) }
+                guard merged.columns == shape[1] else { throw PruningError("units task: \(name): statistics of \(merged.columns) columns, weights \(shape[1])") }
+                fluctuation[name] = merged
             }
             if score.usesGradients {
                 guard !s.gradients.isEmpty else { throw PruningError("units task: \(name) has no gradient shards") }
@@ -198,7 +220,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
                 gradientSums[name] = sum
             }
         }
-        let scores = try block.scores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums)
+        let scores = try block.scores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums,
+                                      fluctuation: fluctuation.mapValues(\.fluctuation))
         let kept = try block.kept(scores: scores, sparsity: u.sparsity)
         let masks = slices.map { slice in
             let w = weights[slice.tensor]!
@@ -215,8 +238,17 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             refits.append((UnitPrunePhase.weights(slice.tensor).rawValue, FloatPayload.encode(fit.weights)))
             refits.append((UnitPrunePhase.reconstructed(slice.tensor).rawValue, [fit.errorBefore, fit.errorAfter, fit.residual].flatMap(FloatPayload.encode)))
         }
+        // FLAP: the removed units' mean output, per row of each slice reading them.
+        var biases: [(name: String, bytes: [UInt8])] = []
+        for slice in slices where score == .flap && slice.axis == .cols {
+            guard let statistics = fluctuation[slice.tensor] else { throw PruningError("units task: \(slice.tensor): no fluctuation statistics") }
+            let w = weights[slice.tensor]!
+            let bias = try block.compensation(slice, weights: w.values, rows: w.rows, cols: w.cols, mean: statistics.mean, kept: kept)
+            guard bias.allSatisfy(\.isFinite) else { throw PruningError("units task: \(slice.tensor): the compensation bias is not finite") }
+            biases.append((UnitPrunePhase.compensation(slice.tensor).rawValue, FloatPayload.encode(bias)))
+        }
         let keptBytes = kept.flatMap { i in withUnsafeBytes(of: UInt32(i).littleEndian) { [UInt8]($0) } }
-        return TaskOutputs(payloads: [(UnitPrunePhase.kept.rawValue, keptBytes), (UnitPrunePhase.scores.rawValue, scores.flatMap(FloatPayload.encode))] + masks + refits,
+        return TaskOutputs(payloads: [(UnitPrunePhase.kept.rawValue, keptBytes), (UnitPrunePhase.scores.rawValue, scores.flatMap(FloatPayload.encode))] + masks + refits + biases,
                            kept: UInt64(kept.count))
     }
 
@@ -258,6 +290,12 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? {
         guard updatesValues(of: tensor), let b = onlyBlock(of: tensor) else { return nil }
         return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit weights of \(tensor)")
+    }
+
+    /// FLAP's compensation bias of a column slice (nil for other slices and methods).
+    public func compensation(of tensor: String, outputs: OutputStore) throws -> [Float]? {
+        guard units.score == .flap, let b = onlyBlock(of: tensor), compensatedSlices(units.blocks[b]).contains(where: { $0.tensor == tensor }) else { return nil }
+        return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.compensation(tensor), of: UnitPrunePhase.id(block: b)), what: "compensation bias of \(tensor)")
     }
 
     /// The re-fit's error before and after (and residual) of a column slice.
