@@ -107,6 +107,9 @@ public struct JobSpec: Sendable {
     public var verify: Double?
     /// Measure how much of each pruned tensor's weight norm survives (`WeightNormPhase`).
     public var weightNorms = false
+    /// `speed:`: the report measures generation speed and memory of the dense and the
+    /// pruned model (`GenerationSpeed`, as `prune bench`); nil when off.
+    public var speed: GenerationSpeed.Options?
     /// How sparse each layer is (`allocation:`); uniform by default.
     public var allocation = Allocation()
     /// Mask refinement (`refine:`); nil when off.
@@ -160,7 +163,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule", "speed"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -494,7 +497,31 @@ public struct JobSpec: Sendable {
             }
             spec.evaluation = e
         }
+        if let node = values["speed"] {
+            spec.speed = try parseSpeed(node, model: model, file: file)
+        }
         return spec
+    }
+
+    /// `speed: true`, `false`, or a mapping of `prompt`, `decode` and `repeats`.
+    private static func parseSpeed(_ node: Node, model: String, file: String) throws -> GenerationSpeed.Options? {
+        var options = GenerationSpeed.Options()
+        if let scalar = node.scalar {
+            guard let on = Bool.construct(from: scalar) else {
+                throw SpecError("\(where_(file, node)): speed: must be true, false or a mapping (prompt, decode, repeats)")
+            }
+            if !on { return nil }
+        } else {
+            let m = try mapping(node, key: "speed", known: ["prompt", "decode", "repeats"], file: file)
+            let tokens = GenerationSpeed.Options.tokens, repeats = GenerationSpeed.Options.repeatRange
+            if let v = try positiveInt(m["prompt"], "speed.prompt", file: file, minimum: tokens.lowerBound, maximum: tokens.upperBound) { options.prompt = v }
+            if let v = try positiveInt(m["decode"], "speed.decode", file: file, minimum: tokens.lowerBound, maximum: tokens.upperBound) { options.decode = v }
+            if let v = try positiveInt(m["repeats"], "speed.repeats", file: file, minimum: repeats.lowerBound, maximum: repeats.upperBound) { options.repeats = v }
+        }
+        guard !MLPConfig.exists(in: model) else {
+            throw SpecError("\(where_(file, node)): speed: measures a Llama-family model's generation (prefill and decode tokens/s); an MLP classifier has none")
+        }
+        return options
     }
 
     static func mapping(_ node: Node, key: String, known: [String], file: String) throws -> [String: Node] {

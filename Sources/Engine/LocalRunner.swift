@@ -75,7 +75,8 @@ public struct LocalRunner {
         }
     }
 
-    /// Evaluates dense and pruned models when the spec asks, and writes report.md,
+    /// Evaluates dense and pruned models and measures their generation speed when the spec
+    /// asks, and writes report.md,
     /// report.json and report.svg into the job directory.
     public static func report(spec: JobSpec, modelDirectory: String, manifest: Manifest, job: JobDirectory,
                               phases: inout [JobReport.Phase], warnings: [String] = [], quiet: Bool) throws {
@@ -89,7 +90,17 @@ public struct LocalRunner {
             pruned = comparison.pruned
             phases.append(.init(name: "evaluate", seconds: Date().timeIntervalSince(started)))
         }
+        var speed: JobReport.Speed?
+        if let options = spec.speed {
+            // Each model in a process of its own (`GenerationSpeed.childExecutable`), one after the other.
+            let started = Date()
+            speed = JobReport.Speed(prompt: options.prompt, decode: options.decode, repeats: options.repeats,
+                                    dense: try GenerationSpeed.measure(modelDirectory, options: options),
+                                    pruned: try GenerationSpeed.measure((job.outPath as NSString).appendingPathComponent("dense"), options: options))
+            phases.append(.init(name: "speed", seconds: Date().timeIntervalSince(started)))
+        }
         var report = JobReport(manifest: manifest, spec: spec, modelDirectory: modelDirectory, phases: phases, dense: dense, pruned: pruned)
+        report.speed = speed
         report.warnings = warnings
         try report.write(to: job.path)
     }

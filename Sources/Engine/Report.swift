@@ -104,10 +104,21 @@ public struct JobReport: Codable, Sendable {
     public var training: Manifest.Training?
     /// A structured pattern's units (the smaller model).
     public var structure: Manifest.Structure?
+    /// `speed:`: generation speed and memory of the dense and the pruned model.
+    public var speed: Speed?
+
+    /// Prefill and decode speed of both models on the project's forward pass (`GenerationSpeed`).
+    public struct Speed: Codable, Sendable {
+        public var prompt: Int
+        public var decode: Int
+        public var repeats: Int
+        public var dense: GenerationSpeed
+        public var pruned: GenerationSpeed
+    }
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion, specSHA256 = "specSha256", model, method, pattern, sparsity, calibration, sizes, evaluation, phases, layers, warnings
-        case search, training, structure
+        case search, training, structure, speed
     }
 
     /// `dense` and `pruned` are the evaluation's figures, when the job evaluated.
@@ -180,6 +191,23 @@ public struct JobReport: Codable, Sendable {
                                    to: (directory as NSString).appendingPathComponent("report.svg"))
     }
 
+    /// Both models' generation speed and memory, and the ratios, as markdown.
+    private func speedSection(_ speed: Speed) -> String {
+        var s = "Speed on the project's forward pass (a prompt of \(speed.prompt) tokens prefilled, \(speed.decode) decoded greedily, best of \(speed.repeats); "
+        s += "weights at least half zero held in CSR):\n\n"
+        s += "| model | parameters | weights MB | sparse weights | prefill tok/s | decode tok/s | resident MB | peak MB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        for (name, r) in [("dense", speed.dense), ("pruned", speed.pruned)] {
+            s += String(format: "| %@ | %d | %.1f | %d of %d | %.1f | %.2f | %.1f | %.1f |\n", name, r.parameters, Double(r.weightBytes) / 1e6,
+                        r.sparseWeights, r.linearWeights, r.prefillTokensPerSecond, r.decodeTokensPerSecond,
+                        Double(r.residentBytes) / 1e6, Double(r.peakBytes) / 1e6)
+        }
+        let d = speed.dense, p = speed.pruned
+        s += String(format: "\nPruned against dense: prefill %.2f× as fast, decode %.2f× as fast, weights %.3f× the bytes.\n\n",
+                    p.prefillTokensPerSecond / d.prefillTokensPerSecond, p.decodeTokensPerSecond / d.decodeTokensPerSecond,
+                    Double(p.weightBytes) / Double(max(d.weightBytes, 1)))
+        return s
+    }
+
     /// dense/ and sparse/ sizes and the zeros, as markdown.
     private func sizesTable() -> String {
         var s = ""
@@ -220,6 +248,7 @@ public struct JobReport: Codable, Sendable {
             s += "| evaluation (\(e.count) \(unit)) | \(title) |\n|---|---:|\n"
             s += "| dense | \(String(format: f, e.dense)) |\n| pruned | \(String(format: f, e.pruned)) |\n\n"
         }
+        if let speed { s += speedSection(speed) }
         s += "| phase | seconds |\n|---|---:|\n" + phases.map { "| \($0.name) | \(String(format: "%.2f", $0.seconds)) |" }.joined(separator: "\n") + "\n\n"
         if let search, let first = search.generations.first, let last = search.generations.last {
             let evaluations = search.generations.reduce(0) { $0 + $1.candidates }

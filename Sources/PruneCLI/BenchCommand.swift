@@ -1,23 +1,8 @@
 import ArgumentParser
 import Cluster
+import Engine
 import Foundation
 import Models
-
-/// What one model measured in `prune bench`, from its own process.
-struct GenerationBench: Codable {
-    var model: String
-    var parameters: Int
-    var weightBytes: Int
-    var sparseWeights: Int
-    var linearWeights: Int
-    var loadSeconds: Double
-    /// Best of the repeats.
-    var prefillTokensPerSecond: Double
-    var decodeTokensPerSecond: Double
-    /// Resident set once loaded (the weights as held), and the process's peak.
-    var residentBytes: Int
-    var peakBytes: Int
-}
 
 /// `prune bench DENSE [PRUNED]`: prefill and decode speed and memory of the project's own
 /// forward pass (`LlamaDecoder`: weights in memory, a key/value cache, one BLAS thread),
@@ -56,24 +41,12 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        var results: [GenerationBench] = []
+        var results: [GenerationSpeed] = []
+        let options = GenerationSpeed.Options(prompt: prompt, decode: decode, repeats: repeats, sparseAbove: sparseAbove > 0 ? sparseAbove : nil)
         for model in [dense] + (pruned.map { [$0] } ?? []) {
             // Checked here first, so a bad model is one error line, not a child's failure.
             _ = try LlamaConfig.load(model)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: EmbeddedCluster.currentExecutable)
-            process.arguments = ["bench-one", model, "--prompt", String(prompt), "--decode", String(decode),
-                                 "--repeats", String(repeats), "--sparse-above", String(sparseAbove)]
-            var environment = ProcessInfo.processInfo.environment
-            environment["OPENBLAS_NUM_THREADS"] = environment["OPENBLAS_NUM_THREADS"] ?? "1"
-            process.environment = environment
-            let out = Pipe()
-            process.standardOutput = out
-            try process.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else { throw ExitCode(process.terminationStatus) }
-            results.append(try JSONDecoder().decode(GenerationBench.self, from: data))
+            results.append(try GenerationSpeed.measure(model, options: options))
         }
         if json {
             let encoder = JSONEncoder()
@@ -110,43 +83,10 @@ struct BenchOne: ParsableCommand {
     @Option var sparseAbove = 0.5
 
     func run() throws {
-        let started = Date()
-        let decoder = try LlamaDecoder(directory: model, maxTokens: prompt + decode, sparseAbove: sparseAbove > 0 ? sparseAbove : nil)
-        let loadSeconds = Date().timeIntervalSince(started)
-        let resident = BenchOne.residentBytes()
-        let vocab = decoder.config.vocabSize
-        // Fixed token ids spread over the vocabulary: speed does not depend on the text.
-        let ids = (0..<prompt).map { Int32(($0 * 7919 + 13) % vocab) }
-        var bestPrefill = 0.0, bestDecode = 0.0
-        for _ in 0..<repeats {
-            decoder.reset()
-            var t0 = Date()
-            var logits = try decoder.prefill(ids)
-            bestPrefill = max(bestPrefill, Double(prompt) / Date().timeIntervalSince(t0))
-            t0 = Date()
-            for _ in 0..<decode {
-                // Greedy: the most likely next token.
-                var best = 0
-                for v in 1..<vocab where logits[v] > logits[best] { best = v }
-                logits = try decoder.step(Int32(best))
-            }
-            bestDecode = max(bestDecode, Double(decode) / Date().timeIntervalSince(t0))
-        }
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        let result = GenerationBench(model: model, parameters: decoder.parameters, weightBytes: decoder.weightBytes,
-                                     sparseWeights: decoder.sparseWeights, linearWeights: decoder.linearWeights, loadSeconds: loadSeconds,
-                                     prefillTokensPerSecond: bestPrefill, decodeTokensPerSecond: bestDecode,
-                                     residentBytes: resident, peakBytes: Int(usage.ru_maxrss) * 1024)
+        let result = try GenerationSpeed.measureHere(model, options: .init(prompt: prompt, decode: decode, repeats: repeats,
+                                                                           sparseAbove: sparseAbove > 0 ? sparseAbove : nil))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         print(String(decoding: try encoder.encode(result), as: UTF8.self))
-    }
-
-    /// The resident set now (/proc/self/statm), in bytes.
-    static func residentBytes() -> Int {
-        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
-        let fields = text.split(separator: " ")
-        return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
     }
 }

@@ -48,6 +48,7 @@ struct Run: ParsableCommand {
 /// need not decode for it: a training or structured job's report once hid its evaluation).
 private struct EvaluationOnly: Decodable {
     let evaluation: JobReport.Evaluation?
+    let speed: JobReport.Speed?
 }
 
 /// One summary line after a job, ending with the evaluation when the job evaluated.
@@ -62,13 +63,17 @@ func report(_ manifest: Manifest, out: String, seconds: Double) {
                      100 * Double(s.parametersBefore - s.parametersAfter) / Double(max(s.parametersBefore, 1)), t.denseBytes, seconds)
     }
     let reportPath = ((out as NSString).deletingLastPathComponent as NSString).appendingPathComponent("report.json")
-    if let data = FileManager.default.contents(atPath: reportPath),
-       let evaluation = (try? JobReport.decoder().decode(EvaluationOnly.self, from: data))?.evaluation {
+    let read = FileManager.default.contents(atPath: reportPath).flatMap { try? JobReport.decoder().decode(EvaluationOnly.self, from: $0) }
+    if let evaluation = read?.evaluation {
         if evaluation.metric == "perplexity" {
             line += String(format: "; perplexity %.3f → %.3f (%.2f× dense)", evaluation.dense, evaluation.pruned, evaluation.pruned / evaluation.dense)
         } else {
             line += String(format: "; accuracy %.4f → %.4f (%+.2f points)", evaluation.dense, evaluation.pruned, 100 * (evaluation.pruned - evaluation.dense))
         }
+    }
+    if let speed = read?.speed {
+        line += String(format: "; decode %.2f → %.2f tokens/s (%.2f× as fast)", speed.dense.decodeTokensPerSecond, speed.pruned.decodeTokensPerSecond,
+                       speed.pruned.decodeTokensPerSecond / speed.dense.decodeTokensPerSecond)
     }
     print(line)
 }

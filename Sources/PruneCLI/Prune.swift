@@ -67,6 +67,8 @@ struct Prune: ParsableCommand {
     static func main() {
         BLASThreads.pinKernels()
         BLASThreads.useDefault()
+        // A job's `speed:` measures each model in a `prune bench-one` of its own.
+        GenerationSpeed.childExecutable = EmbeddedCluster.currentExecutable
         var command: ParsableCommand
         do {
             command = try parseAsRoot()

@@ -403,6 +403,40 @@ final class StructuredTests: XCTestCase {
         }
     }
 
+    /// `speed:` in a spec: the report measures both models as `prune bench` does (each in a
+    /// process of its own), on one process and on workers alike, and the summary line
+    /// ends with the decode speed-up; what cannot be measured is refused.
+    func testSpeedInTheReportMeasuresBothModels() throws {
+        for workers in [0, 2] {
+            let job = "speed-w\(workers)"
+            let r = try run(job, model: "llama", "method: magnitude\nsparsity: 0.5\npattern: channels\nspeed: {prompt: 8, decode: 4, repeats: 1}", workers: workers)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("tokens/s ("), r.stdout)
+            let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/report.json")))) as? [String: Any])
+            let speed = try XCTUnwrap(report["speed"] as? [String: Any], job)
+            XCTAssertEqual(speed["prompt"] as? Int, 8)
+            let dense = try XCTUnwrap(speed["dense"] as? [String: Any]), pruned = try XCTUnwrap(speed["pruned"] as? [String: Any])
+            XCTAssertEqual(dense["parameters"] as? Int, try Checkpoint(path: dir.file("llama")).parameterCount)
+            XCTAssertEqual(pruned["parameters"] as? Int, try Checkpoint(path: dir.file("\(job)/out/dense")).parameterCount)
+            XCTAssertLessThan(try XCTUnwrap(pruned["weight_bytes"] as? Int), try XCTUnwrap(dense["weight_bytes"] as? Int))
+            for m in [dense, pruned] {
+                XCTAssertGreaterThan(try XCTUnwrap(m["decode_tokens_per_second"] as? Double), 0)
+                XCTAssertGreaterThan(try XCTUnwrap(m["peak_bytes"] as? Int), try XCTUnwrap(m["weight_bytes"] as? Int))
+            }
+            let markdown = try String(contentsOfFile: dir.file("\(job)/report.md"), encoding: .utf8)
+            XCTAssertTrue(markdown.contains("Speed on the project's forward pass") && markdown.contains("| pruned |"), markdown)
+        }
+        try FileManager.default.createDirectory(atPath: dir.file("mlp"), withIntermediateDirectories: true)
+        try "{}".write(toFile: dir.file("mlp/mlp.json"), atomically: false, encoding: .utf8)
+        for (i, (model, speed, message)) in [("llama", "{prompt: 0}", "speed.prompt"), ("llama", "maybe", "speed: must be true, false or a mapping"),
+                                             ("llama", "{prompt: 8, tokens: 4}", "tokens"), ("mlp", "true", "an MLP classifier has none")].enumerated() {
+            let r = try run("bad-speed\(i)", model: model, "method: magnitude\nsparsity: 0.5\nspeed: \(speed)")
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains(message) && r.stderr.split(separator: "\n").count == 1, r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("bad-speed\(i)")))
+        }
+    }
+
     /// `prune bench`: each model measured in its own process; the smaller model has fewer
     /// parameters and weight bytes, a 90%-sparse one holds its Linear weights in CSR.
     func testBenchMeasuresEachModelAndHoldsSparseWeightsInCSR() throws {
