@@ -71,10 +71,7 @@ public struct Reconstruct: Sendable, Equatable {
                 throw SpecError("\(where_(file, n)): reconstruct.tasks_per_step: for calibration mode sequential (in dense mode each half is one task)")
             }
         }
-        if method == .flap {
-            throw SpecError("\(where_(file, node)): reconstruct: method flap compensates removed units with a bias; to re-fit the layer instead, use method wanda with reconstruct")
-        }
-        guard method == .wanda || method == .sparsegpt else {
+        guard method == .wanda || method == .sparsegpt || method == .flap else {
             throw SpecError("\(where_(file, node)): reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (\(method.rawValue) has no calibration)")
         }
         if case .rows = pattern {

@@ -109,6 +109,41 @@ public enum LayerReconstruction {
         return Result(weights: refit, errorBefore: errorBefore, errorAfter: errorAfter, residual: relative)
     }
 
+    /// The affine re-fit of a layer that gains a bias (FLAP's compensation, `method: flap` with
+    /// `reconstruct: layer`): the kept weights and a bias b jointly minimise
+    /// ‖WX − (ŴX + b1ᵀ)‖² (+ the dampening), the linear re-fit on the input with a constant
+    /// 1 appended (`SparseGPT.withConstantInput`). `start` is the method's layer (weights
+    /// and bias) and the error before; the bias-only compensation is the special case that
+    /// keeps the weights. Returns the weights (rows × cols) and the bias apart.
+    public static func refitAffine(dense: [Float], start: (weights: [Float], bias: [Float]), mask: Mask, hessian: SparseGPT,
+                                   mean: [Double], tokens: Int, damp: Double, layer: String) throws -> (result: Result, bias: [Float]) {
+        let rows = mask.rows, cols = mask.cols
+        guard mean.count == cols, hessian.columns == cols, dense.count == rows * cols, start.weights.count == dense.count, start.bias.count == rows else {
+            throw PruningError("\(layer): affine re-fit of \(rows)×\(cols) weights with \(mean.count) means and a Hessian of \(hessian.columns) columns")
+        }
+        let n = cols + 1
+        func augmented(_ w: [Float], bias: [Float]?) -> [Float] {
+            var out = [Float](repeating: 0, count: rows * n)
+            for r in 0..<rows {
+                for c in 0..<cols { out[r * n + c] = w[r * cols + c] }
+                out[r * n + cols] = bias?[r] ?? 0
+            }
+            return out
+        }
+        let keepBias = Mask(rows: rows, cols: n) { r, row in
+            for c in 0..<cols where mask[r, c] { row[c >> 3] |= 1 << UInt8(c & 7) }
+            row[cols >> 3] |= 1 << UInt8(cols & 7)
+        }
+        let fit = try refit(dense: augmented(dense, bias: nil), start: augmented(start.weights, bias: start.bias), mask: keepBias,
+                            hessian: hessian.withConstantInput(mean: mean, tokens: tokens), damp: damp, layer: layer)
+        var weights = [Float](repeating: 0, count: rows * cols), bias = [Float](repeating: 0, count: rows)
+        for r in 0..<rows {
+            for c in 0..<cols { weights[r * cols + c] = fit.weights[r * n + c] }
+            bias[r] = fit.weights[r * n + cols]
+        }
+        return (Result(weights: weights, errorBefore: fit.errorBefore, errorAfter: fit.errorAfter, residual: fit.residual), bias)
+    }
+
     /// Solves M[S, S]·x = rhs by Cholesky (M symmetric positive definite, cols × cols).
     /// The Cholesky factor of m restricted to `set`, kept while consecutive rows share the
     /// set (a structured pattern's rows all do): the same factor the row would compute.

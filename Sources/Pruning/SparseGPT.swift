@@ -91,6 +91,21 @@ public struct SparseGPT: Equatable, Sendable {
         SparseGPT(rows: rows, columns: columns, samples: samples, hessian: hessian)
     }
 
+    /// The Hessian of the input with a constant 1 appended (columns + 1): the last row and
+    /// column are 2/n·Σx and 2/n·tokens, from the input's column means over `tokens`
+    /// tokens. An affine layer (weights and a bias) is a linear one on that input.
+    public func withConstantInput(mean: [Double], tokens: Int) -> SparseGPT {
+        precondition(mean.count == columns, "\(mean.count) means for \(columns) columns")
+        let n = columns + 1, scale = 2 / Double(max(samples, 1))
+        var h = [Double](repeating: 0, count: n * n)
+        for i in 0..<columns {
+            for j in i..<columns { h[i * n + j] = hessian[i * columns + j] }
+            h[i * n + columns] = scale * mean[i] * Double(tokens)
+        }
+        h[columns * n + columns] = scale * Double(tokens)
+        return SparseGPT(rows: rows, columns: n, samples: samples, hessian: h)
+    }
+
     private init(rows: Int, columns: Int, samples: Int, hessian: [Double]) {
         self.rows = rows
         self.columns = columns

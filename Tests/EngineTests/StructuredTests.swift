@@ -196,7 +196,6 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.5\npattern: channels\nreconstruct: layer", "llama", "reconstruct:"),
             ("method: flap\nsparsity: 0.5\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "method: flap removes whole units"),
             ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: sequential}", "llama", "calibration.mode: method flap"),
-            ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: layer", "llama", "compensates removed units with a bias"),
             ("method: flap\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "qwen2", "only LlamaForCausalLM"),
         ]
         for (i, c) in cases.enumerated() {
@@ -289,6 +288,28 @@ final class StructuredTests: XCTestCase {
                 for zero in zeroBiases { XCTAssertTrue(try floats(p + zero + ".bias", in: small).allSatisfy { $0 == 0 }, "\(job): \(zero).bias is zero") }
             }
             XCTAssertEqual(structure.parametersAfter, small.parameterCount)
+        }
+        // With `reconstruct: layer` the layer's kept columns and its bias are re-fit together:
+        // the error falls from FLAP's own, nothing else changes, on any number of workers.
+        var digests: Set<String> = []
+        for workers in [0, 2] {
+            let job = "flap-refit-w\(workers)"
+            let r = try run(job, model: "llama", "method: flap\nsparsity: 0.25\npattern: channels\nreconstruct: layer\ncalibration: {data: ids.npy, samples: 16, tokens: 24, samples_per_task: 4}", workers: workers)
+            XCTAssertEqual(r.status, 0, "\(job): \(r.stderr)")
+            digests.insert(try Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/model.safetensors"))).withUnsafeBytes { SHA256Stream.hex($0) })
+        }
+        XCTAssertEqual(digests.count, 1, "flap + reconstruct: bytes differ across worker counts")
+        XCTAssertEqual(try Subprocess.prune(["check", dir.file("llama"), dir.file("flap-refit-w0")]).status, 0)
+        let refit = try manifest("flap-refit-w0"), plain = try manifest("flap-channels-w0")
+        XCTAssertEqual(try XCTUnwrap(refit.structure).kept, try XCTUnwrap(plain.structure).kept, "the re-fit keeps FLAP's units")
+        let refitSmall = try Checkpoint(path: dir.file("flap-refit-w0/out/dense")), plainSmall = try Checkpoint(path: dir.file("flap-channels-w0/out/dense"))
+        for b in 0..<c.layers {
+            let down = try XCTUnwrap(refit.tensors["model.layers.\(b).mlp.down_proj.weight"])
+            XCTAssertTrue(down.valuesUpdated)
+            let before = try XCTUnwrap(down.measures?["reconstruction_error_before"]), after = try XCTUnwrap(down.reconstructionError)
+            XCTAssertLessThan(after, before, "block \(b)")
+            XCTAssertNotEqual(try floats("model.layers.\(b).mlp.down_proj.bias", in: refitSmall), try floats("model.layers.\(b).mlp.down_proj.bias", in: plainSmall))
+            XCTAssertEqual(try floats("model.layers.\(b).mlp.gate_proj.weight", in: refitSmall), try floats("model.layers.\(b).mlp.gate_proj.weight", in: plainSmall))
         }
         let modules = "torch, transformers"
         if Subprocess.pythonHas(modules) {

@@ -112,6 +112,48 @@ final class LayerReconstructionTests: XCTestCase {
         }
     }
 
+    /// The affine re-fit (FLAP's layer with `reconstruct: layer`): weights and bias satisfy
+    /// the least-squares optimality conditions on inputs with nonzero means (every row's
+    /// residual sums to zero over the tokens and is orthogonal to each kept input column),
+    /// the errors match a direct computation, and it beats both the bias alone and the
+    /// re-fit without a bias.
+    func testTheAffineRefitIsTheLeastSquaresWeightsAndBias() throws {
+        var (weights, inputs, _) = layer(seed: 5)
+        for t in 0..<tokens { for c in 0..<cols where c != 7 { inputs[t * cols + c] += Float(c % 5) * 0.3 - 0.4 } }
+        var hessian = SparseGPT(rows: rows, columns: cols)
+        inputs.withUnsafeBufferPointer { hessian.addBatch($0, tokens: tokens) }
+        let mean = (0..<cols).map { c in (0..<tokens).reduce(0.0) { $0 + Double(inputs[$1 * cols + c]) } / Double(tokens) }
+        let keptColumns = Set((0..<cols).filter { $0 % 5 != 1 && $0 % 7 != 3 })
+        let mask = Mask(rows: rows, cols: cols, fillRows: { _, bits in for c in keptColumns { bits[c >> 3] |= 1 << UInt8(c & 7) } })
+        let masked = (0..<weights.count).map { keptColumns.contains($0 % cols) ? weights[$0] : 0 }
+        // FLAP's compensation: the removed columns times their means.
+        let compensation = (0..<rows).map { r in Float((0..<cols).filter { !keptColumns.contains($0) }.reduce(0.0) { $0 + Double(weights[r * cols + $1]) * mean[$1] }) }
+        let (fit, bias) = try LayerReconstruction.refitAffine(dense: weights, start: (masked, compensation), mask: mask, hessian: hessian,
+                                                              mean: mean, tokens: tokens, damp: 1e-9, layer: "w")
+        func residuals(_ w: [Float], _ b: [Float]) -> [[Double]] {
+            (0..<tokens).map { t in (0..<rows).map { r in
+                (0..<cols).reduce(0.0) { $0 + (Double(weights[r * cols + $1]) - Double(w[r * cols + $1])) * Double(inputs[t * cols + $1]) } - Double(b[r])
+            } }
+        }
+        func squared(_ e: [[Double]]) -> Double { e.reduce(0.0) { $0 + $1.reduce(0.0) { $0 + $1 * $1 } } }
+        let e = residuals(fit.weights, bias)
+        let scale = (0..<tokens).reduce(0.0) { acc, t in acc + (0..<rows).reduce(0.0) { $0 + abs(e[t][$1]) } } / Double(tokens * rows)
+        for r in 0..<rows {
+            XCTAssertEqual((0..<tokens).reduce(0.0) { $0 + e[$1][r] }, 0, accuracy: 1e-3 * scale * Double(tokens), "row \(r): residuals sum to zero")
+            for c in keptColumns where c != 7 {
+                let dot = (0..<tokens).reduce(0.0) { $0 + e[$1][r] * Double(inputs[$1 * cols + c]) }
+                XCTAssertEqual(dot, 0, accuracy: 1e-3 * scale * Double(tokens), "row \(r) column \(c)")
+            }
+            for c in 0..<cols where !keptColumns.contains(c) { XCTAssertEqual(fit.weights[r * cols + c], 0) }
+        }
+        XCTAssertEqual(fit.errorAfter, squared(e), accuracy: 1e-5 * squared(e), "the Hessian's Gram is F32")
+        XCTAssertEqual(fit.errorBefore, squared(residuals(masked, compensation)), accuracy: 1e-6 * fit.errorBefore)
+        XCTAssertLessThan(fit.errorBefore, squared(residuals(masked, [Float](repeating: 0, count: rows))), "the compensation alone helps")
+        let linear = try LayerReconstruction.refit(dense: weights, mask: mask, hessian: hessian, damp: 1e-9, layer: "w")
+        XCTAssertLessThan(fit.errorAfter, linear.errorAfter, "a bias adds what the kept columns cannot")
+        XCTAssertLessThan(fit.errorAfter, fit.errorBefore)
+    }
+
     /// From SparseGPT's result: the error before is SparseGPT's, the re-fit is no worse and
     /// is the same minimiser as from the dense weights (only the mask matters).
     func testTheRefitImprovesOnSparseGPTsUpdate() throws {

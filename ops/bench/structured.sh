@@ -7,6 +7,8 @@
 #   ops/bench/structured.sh [WORKDIR]
 #   PRUNINGS="magnitude channels 0.267;wanda channels 0.4 layer" WORKERS="1 2"
 #   (a fourth word `layer` adds reconstruct: layer, the re-fit of down_proj / o_proj)
+#   SPEED=1: the spec also asks `speed: true` (the report measures both models' generation
+#   speed, as prune bench); the decode speed-up is printed after the digest
 # SmolLM2's decoder is 30 blocks of 3.54 M weights, 2.65 M of them in the MLP: channels at
 # 0.267 remove 20.0% of the decoder's weights, at 0.4 30.0%; heads at 0.34 remove 3 of 9
 # query heads a block (6.2%).
@@ -33,6 +35,7 @@ for pruning in "${prunings[@]}"; do
       [ -z "$refit" ] || echo "reconstruct: $refit"
       [ "$method" = magnitude ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}"
       echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
+      [ -z "${SPEED:-}" ] || echo "speed: true"
     } > "$work/$name.yaml"
     start=$EPOCHREALTIME
     "$prune" run -q --workers "$w" "$work/$name.yaml" > "$work/$name.log"
@@ -45,11 +48,12 @@ job, method, pattern, level, w, start, end, digest = sys.argv[1:]
 r = json.load(open(os.path.join(job, "report.json")))
 m = json.load(open(os.path.join(job, "out", "manifest.json")))
 s = m["structure"]
-dec_before = sum(math.prod(t.get("source_shape", t["shape"])) for n, t in m["tensors"].items() if n.startswith("model.layers."))
+dec_before = sum(math.prod(t.get("source_shape", t["shape"])) for n, t in m["tensors"].items() if n.startswith("model.layers.") and not t.get("added"))
 dec_after = sum(t["elements"] for n, t in m["tensors"].items() if n.startswith("model.layers."))
 print(f"{method:<10} {pattern:<15} {level:<6} {w:<8} {r['evaluation']['pruned']:10.3f} {s['parameters_after']:12d} "
       f"{100 * (dec_before - dec_after) / dec_before:11.1f}% {m['totals']['dense_bytes'] / 1e6:9.1f} "
-      f"{float(end) - float(start):9.1f} {digest}")
+      f"{float(end) - float(start):9.1f} {digest}"
+      + (f"  decode {r['speed']['dense']['decode_tokens_per_second']:.2f} → {r['speed']['pruned']['decode_tokens_per_second']:.2f} tok/s" if "speed" in r else ""))
 PY
     same_bytes "$digest"
   done

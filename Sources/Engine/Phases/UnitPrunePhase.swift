@@ -227,23 +227,37 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             let w = weights[slice.tensor]!
             return (mask(slice.tensor).rawValue, block.mask(slice, rows: w.rows, cols: w.cols, kept: kept).bits)
         }
+        // FLAP: the removed units' mean output, per row of each slice reading them.
+        var compensations: [String: [Float]] = [:]
+        for slice in slices where score == .flap && slice.axis == .cols {
+            guard let statistics = fluctuation[slice.tensor] else { throw PruningError("units task: \(slice.tensor): no fluctuation statistics") }
+            let w = weights[slice.tensor]!
+            compensations[slice.tensor] = try block.compensation(slice, weights: w.values, rows: w.rows, cols: w.cols, mean: statistics.mean, kept: kept)
+        }
         // In `outputNames` order: each re-fit slice's weights, then its errors.
         var refits: [(name: String, bytes: [UInt8])] = []
         for (s, slice) in zip(u.slices, slices) where u.reconstructDamp > 0 && slice.axis == .cols {
             guard !s.grams.isEmpty else { throw PruningError("units task: \(slice.tensor): no Hessians to re-fit with") }
             let w = weights[slice.tensor]!
             let hessian = try SparseGPT.merged(count: s.grams.count, layer: slice.tensor) { try inputs.artifact(s.grams[$0]) }
-            let fit = try LayerReconstruction.refit(dense: w.values, mask: block.mask(slice, rows: w.rows, cols: w.cols, kept: kept),
-                                                    hessian: hessian, damp: u.reconstructDamp, layer: slice.tensor)
+            let mask = block.mask(slice, rows: w.rows, cols: w.cols, kept: kept)
+            let fit: LayerReconstruction.Result
+            if let bias = compensations[slice.tensor], let statistics = fluctuation[slice.tensor] {
+                // FLAP's layer gains a bias: weights and bias re-fit together, from FLAP's result.
+                let masked = (0..<w.values.count).map { mask[$0 / w.cols, $0 % w.cols] ? w.values[$0] : 0 }
+                let affine = try LayerReconstruction.refitAffine(dense: w.values, start: (masked, bias), mask: mask, hessian: hessian,
+                                                                 mean: statistics.mean, tokens: statistics.tokens, damp: u.reconstructDamp, layer: slice.tensor)
+                fit = affine.result
+                compensations[slice.tensor] = affine.bias
+            } else {
+                fit = try LayerReconstruction.refit(dense: w.values, mask: mask, hessian: hessian, damp: u.reconstructDamp, layer: slice.tensor)
+            }
             refits.append((UnitPrunePhase.weights(slice.tensor).rawValue, FloatPayload.encode(fit.weights)))
             refits.append((UnitPrunePhase.reconstructed(slice.tensor).rawValue, [fit.errorBefore, fit.errorAfter, fit.residual].flatMap(FloatPayload.encode)))
         }
-        // FLAP: the removed units' mean output, per row of each slice reading them.
         var biases: [(name: String, bytes: [UInt8])] = []
-        for slice in slices where score == .flap && slice.axis == .cols {
-            guard let statistics = fluctuation[slice.tensor] else { throw PruningError("units task: \(slice.tensor): no fluctuation statistics") }
-            let w = weights[slice.tensor]!
-            let bias = try block.compensation(slice, weights: w.values, rows: w.rows, cols: w.cols, mean: statistics.mean, kept: kept)
+        for slice in slices {
+            guard let bias = compensations[slice.tensor] else { continue }
             guard bias.allSatisfy(\.isFinite) else { throw PruningError("units task: \(slice.tensor): the compensation bias is not finite") }
             biases.append((UnitPrunePhase.compensation(slice.tensor).rawValue, FloatPayload.encode(bias)))
         }
