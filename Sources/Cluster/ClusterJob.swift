@@ -86,7 +86,7 @@ public final class ClusterJob {
         try LocalRunner(spec: spec).refuseNonFinite(checkpoint)
         // Calibration inputs (config.json, tokenizer, data) and evaluation data are
         // checked before anything is written.
-        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
+        let calibration = spec.runsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
         let calibrationData = try spec.calibration.map { try SHA256Stream.hex(file: $0.data) }
         try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let directory = JobDirectory(path: spec.output)
@@ -154,7 +154,7 @@ public final class ClusterJob {
         }
         let checkpoint = try Checkpoint(path: spec.model)
         let plan = try Plan(spec: spec, checkpoint: checkpoint)
-        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
+        let calibration = spec.runsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
         let lock = try JobLock(directory: path)
         // A crash during assembly leaves a staging directory: gone before anything else,
         // so a resume on a tight disk has room.
@@ -262,7 +262,7 @@ public final class ClusterJob {
             let manifest = try assembler
                 .write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try directory.publish(staging: staging)
-            var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune (workers)" : "prune (workers)",
+            var phases = [JobReport.Phase(name: spec.runsCalibration ? "calibrate + prune (workers)" : "prune (workers)",
                                           seconds: assembleStart.timeIntervalSince(openedAt)),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(assembleStart))]
             try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: directory,

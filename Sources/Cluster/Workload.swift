@@ -114,7 +114,7 @@ extension ClusterJob: ClusterWorkload {
         TaskID(task).flatMap { dag.task($0)?.affinity }
     }
 
-    public var verifiesBLASResults: Bool { verifyFraction > 0 && spec.method.needsCalibration }
+    public var verifiesBLASResults: Bool { verifyFraction > 0 && spec.runsCalibration }
 
     /// A seeded fraction (`verifyFraction`) of the tasks, the same on every run and resume,
     /// and, when any are verified, every task its phase says decides too much to trust

@@ -58,7 +58,9 @@ public struct CalibrationPlan: Sendable {
         windows = try CalibrationData.windows(streams, samples: calibration.samples, tokens: calibration.tokens,
                                               seed: calibration.seed, source: calibration.data)
         try CalibrationData.check(windows, vocabularySize: config.vocabSize, source: calibration.data)
-        method = spec.method
+        // A structured re-fit after a score without statistics (magnitude, taylor, fisher)
+        // gathers the Hessians in a pass of Wanda's (cheap) statistics.
+        method = spec.method.statistic == nil && spec.reconstruct != nil ? .wanda : spec.method
         mode = calibration.mode
         tokens = calibration.tokens
         samplesPerTask = calibration.samplesPerTask

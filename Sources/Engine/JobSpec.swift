@@ -107,6 +107,11 @@ public struct JobSpec: Sendable {
     public var verify: Double?
     /// Measure how much of each pruned tensor's weight norm survives (`WeightNormPhase`).
     public var weightNorms = false
+    /// Whether the job runs calibration forward passes: for its method's statistics, or for
+    /// the Hessians a structured re-fit needs when the unit score has none (magnitude,
+    /// taylor, fisher with `reconstruct: layer`).
+    public var runsCalibration: Bool { method.needsCalibration || (reconstruct != nil && calibration != nil) }
+
     /// `speed:`: the report measures generation speed and memory of the dense and the
     /// pruned model (`GenerationSpeed`, as `prune bench`); nil when off.
     public var speed: GenerationSpeed.Options?
@@ -388,7 +393,9 @@ public struct JobSpec: Sendable {
         if method.needsCalibration && calibration == nil {
             throw SpecError("\(where_(file, values["method"])): method \(method.rawValue) needs a 'calibration' section (data, samples, tokens)")
         }
-        if !method.needsCalibration, let node = values["calibration"] {
+        // A unit score from weights (magnitude) re-fits its layers on calibration inputs.
+        let unitsRefit: Bool = { if case .units = pattern { return values["reconstruct"] != nil } else { return false } }()
+        if !method.needsCalibration && !unitsRefit, let node = values["calibration"] {
             throw SpecError("\(where_(file, node)): calibration: method \(method.rawValue) does not use calibration data")
         }
         var sparseGPT = SparseGPTOptions()

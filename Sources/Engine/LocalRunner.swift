@@ -33,7 +33,7 @@ public struct LocalRunner {
         try refuseNonFinite(checkpoint)
         // Calibration inputs (config.json, tokenizer, data) and evaluation data are
         // checked before the job directory is created.
-        let calibration = spec.method.needsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
+        let calibration = spec.runsCalibration ? try CalibrationPlan(spec: spec, plan: plan, checkpoint: checkpoint) : nil
         try Evaluator.checkInputs(spec: spec, modelDirectory: checkpoint.directory)
         let job = JobDirectory(path: spec.output)
         try job.validate(for: spec)
@@ -62,7 +62,7 @@ public struct LocalRunner {
             assembler.blockBytes = assemblyBlockBytes
             let manifest = try assembler.write(to: staging, progress: ProgressReporter(label: "assemble", total: checkpoint.shards.count, quiet: quiet))
             try job.publish(staging: staging)
-            var phases = [JobReport.Phase(name: spec.method.needsCalibration ? "calibrate + prune" : "prune", seconds: pruneSeconds),
+            var phases = [JobReport.Phase(name: spec.runsCalibration ? "calibrate + prune" : "prune", seconds: pruneSeconds),
                           JobReport.Phase(name: "assemble", seconds: Date().timeIntervalSince(start) - pruneSeconds)]
             try LocalRunner.report(spec: spec, modelDirectory: checkpoint.directory, manifest: manifest, job: job, phases: &phases,
                                    warnings: plan.warnings, quiet: quiet)

@@ -71,7 +71,12 @@ public struct Reconstruct: Sendable, Equatable {
                 throw SpecError("\(where_(file, n)): reconstruct.tasks_per_step: for calibration mode sequential (in dense mode each half is one task)")
             }
         }
-        guard method == .wanda || method == .sparsegpt || method == .flap else {
+        if case .units = pattern, [.magnitude, .taylor, .fisher].contains(method) {
+            // The units come from weights or gradients; the re-fit needs the layer's inputs.
+            guard calibration != nil else {
+                throw SpecError("\(where_(file, node)): reconstruct: re-fitting the layer that reads the removed units needs its calibration inputs; add a 'calibration' section (data, samples, tokens)")
+            }
+        } else if !(method == .wanda || method == .sparsegpt || method == .flap) {
             throw SpecError("\(where_(file, node)): reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (\(method.rawValue) has no calibration)")
         }
         if case .rows = pattern {

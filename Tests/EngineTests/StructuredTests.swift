@@ -189,11 +189,11 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.2\npattern: heads", "llama", "removes no head"),
             ("method: sparsegpt\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "pattern: channels is not available with method sparsegpt"),
             ("method: random\nsparsity: 0.5\npattern: channels", "llama", "pattern channels scores whole units with magnitude"),
-            ("method: taylor\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: layer", "llama", "reconstruct:"),
             ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nrefine: swap", "llama", "refine: not available with pattern channels"),
             ("method: magnitude\nsparsity: 0.5\npattern: heads\ntargets: ['re:.*mlp.*']", "llama", "is not targeted"),
             ("method: wanda\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}\nreconstruct: block", "llama", "(scope layer)"),
-            ("method: magnitude\nsparsity: 0.5\npattern: channels\nreconstruct: layer", "llama", "reconstruct:"),
+            ("method: magnitude\nsparsity: 0.5\npattern: channels\nreconstruct: layer", "llama", "add a 'calibration' section"),
+            ("method: magnitude\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "does not use calibration data"),
             ("method: flap\nsparsity: 0.5\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "method: flap removes whole units"),
             ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: sequential}", "llama", "calibration.mode: method flap"),
             ("method: flap\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "qwen2", "only LlamaForCausalLM"),
@@ -323,11 +323,14 @@ final class StructuredTests: XCTestCase {
     /// channels, o_proj for heads) on its input's Hessian: its error falls, nothing else
     /// changes, `prune check` passes, and the bytes do not depend on the workers.
     func testReconstructRefitsTheLayerThatReadsTheRemovedUnits() throws {
-        for (pattern, refit) in [("channels", "mlp.down_proj"), ("heads", "self_attn.o_proj")] {
+        // Wanda's units, and units scored without statistics (weights, gradients): their
+        // re-fit gathers the Hessians in a calibration pass of its own.
+        for (method, pattern, refit) in [("wanda", "channels", "mlp.down_proj"), ("wanda", "heads", "self_attn.o_proj"),
+                                         ("magnitude", "channels", "mlp.down_proj"), ("fisher", "heads", "self_attn.o_proj")] {
             var digests: [String] = []
             for workers in [0, 2] {
-                let job = "refit-\(pattern)-\(workers)"
-                let r = try run(job, model: "llama", "method: wanda\nsparsity: 0.5\npattern: \(pattern)\nreconstruct: layer\ncalibration: {data: ids.npy, samples: 16, tokens: 24}\nevaluation: {data: ids.npy, samples: 4, tokens: 24}", workers: workers)
+                let job = "refit-\(method)-\(pattern)-\(workers)"
+                let r = try run(job, model: "llama", "method: \(method)\nsparsity: 0.5\npattern: \(pattern)\nreconstruct: layer\ncalibration: {data: ids.npy, samples: 16, tokens: 24}\nevaluation: {data: ids.npy, samples: 4, tokens: 24}", workers: workers)
                 XCTAssertEqual(r.status, 0, r.stderr)
                 XCTAssertTrue(r.stdout.contains("made smaller") && r.stdout.contains("; perplexity "), "the summary line ends with the evaluation: \(r.stdout)")
                 let m = try manifest(job)
@@ -346,8 +349,11 @@ final class StructuredTests: XCTestCase {
                 let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/dense/model.safetensors")))
                 digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
             }
-            XCTAssertEqual(digests[0], digests[1], pattern)
+            XCTAssertEqual(digests[0], digests[1], "\(method) \(pattern)")
         }
+        // The units stay the score's: the re-fit changes only the layer reading them.
+        XCTAssertEqual(try run("plain-magnitude", model: "llama", "method: magnitude\nsparsity: 0.5\npattern: channels").status, 0)
+        XCTAssertEqual(try XCTUnwrap(try manifest("refit-magnitude-channels-0").structure).kept, try XCTUnwrap(try manifest("plain-magnitude").structure).kept)
     }
 
     /// An MLP classifier's hidden neurons: a neuron is its row (and bias) in one layer and

@@ -61,11 +61,13 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         return b
     }
 
-    /// After the block's calibration (every shard) when the score needs it.
+    /// After the gradient tasks when the score reads gradients, and after the block's
+    /// calibration (every shard) when the score or the re-fit reads its inputs.
     public var tasks: [PhaseTask] {
         units.blocks.indices.map { b in
-            PhaseTask(UnitPrunePhase.id(block: b), after: gradients?.gradientTasks
-                      ?? job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? [])
+            let calibrate = job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? []
+            guard let gradients else { return PhaseTask(UnitPrunePhase.id(block: b), after: calibrate) }
+            return PhaseTask(UnitPrunePhase.id(block: b), after: gradients.gradientTasks + (refits ? calibrate : []))
         }
     }
 
@@ -89,12 +91,15 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             if let gradients {
                 s.gradients = try gradients.gradientRefs(of: slice.tensor, outputs: outputs)
             }
-            // Wanda reads every slice's input norms; FLAP the inputs of the slices reading the units.
-            if units.score == .wanda || (units.score == .flap && slice.axis == .cols), let calibration = job.calibration {
+            if let calibration = job.calibration {
                 let group = calibration.statisticsKey(for: slice.tensor, block: b)
-                s.statistics = try (0..<calibration.shardCount).map {
-                    try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
+                // Wanda reads every slice's input norms; FLAP the inputs of the slices reading the units.
+                if units.score == .wanda || (units.score == .flap && slice.axis == .cols) {
+                    s.statistics = try (0..<calibration.shardCount).map {
+                        try outputs.ref(CalibratePhase.statistics(group), of: CalibratePhase.id(block: b, shard: $0))
+                    }
                 }
+                // Any score's re-fit reads the Hessian of the input of the slice reading the units.
                 if refits, slice.axis == .cols {
                     s.grams = try (0..<calibration.shardCount).map {
                         try outputs.ref(CalibratePhase.gram(group), of: CalibratePhase.id(block: b, shard: $0))
