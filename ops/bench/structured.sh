@@ -33,7 +33,7 @@ for pruning in "${prunings[@]}"; do
       echo "sparsity: $level"
       echo "pattern: $pattern"
       [ -z "$refit" ] || echo "reconstruct: $refit"
-      [ "$method" = magnitude ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}"
+      [ "$method" = magnitude ] && [ -z "$refit" ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}"
       echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
       [ -z "${SPEED:-}" ] || echo "speed: true"
     } > "$work/$name.yaml"
