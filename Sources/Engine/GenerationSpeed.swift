@@ -56,13 +56,21 @@ public struct GenerationSpeed: Codable, Sendable, Equatable {
         var environment = ProcessInfo.processInfo.environment
         environment["OPENBLAS_NUM_THREADS"] = environment["OPENBLAS_NUM_THREADS"] ?? "1"
         process.environment = environment
-        let out = Pipe(), err = Pipe()
+        // stdout is one JSON line; stderr goes to a file, so neither pipe can fill while
+        // the other is read.
+        let errorFile = (NSTemporaryDirectory() as NSString).appendingPathComponent("prune-bench-one-\(UUID().uuidString).err")
+        guard FileManager.default.createFile(atPath: errorFile, contents: nil), let err = FileHandle(forWritingAtPath: errorFile) else {
+            throw ModelError("speed of \(model): cannot create \(errorFile)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: errorFile) }
+        let out = Pipe()
         process.standardOutput = out
         process.standardError = err
         try process.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
+        try? err.close()
+        let message = (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? ""
         guard process.terminationStatus == 0 else {
             let line = message.split(separator: "\n").last.map(String.init) ?? "exit status \(process.terminationStatus)"
             throw ModelError("speed of \(model): \(line.replacingOccurrences(of: "prune: error: ", with: ""))")

@@ -528,6 +528,12 @@ public struct JobSpec: Sendable {
         guard !MLPConfig.exists(in: model) else {
             throw SpecError("\(where_(file, node)): speed: measures a Llama-family model's generation (prefill and decode tokens/s); an MLP classifier has none")
         }
+        // Checked now, not after out/ is written: the cache holds prompt + decode positions.
+        if let config = try? LlamaConfig.load(model) {
+            do { try config.checkSequenceLength(options.prompt + options.decode, what: "speed: prompt + decode") } catch let e as ModelError {
+                throw SpecError("\(where_(file, node)): \(e.description)")
+            }
+        }
         return options
     }
 

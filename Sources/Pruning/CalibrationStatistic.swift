@@ -17,6 +17,10 @@ public protocol CalibrationStatistic: Sendable {
     /// The columns of a serialized statistic, or nil when the bytes are not one: what a
     /// coordinator checks of a result it only stores (as cheaply as the format allows).
     static func columns(ofSerialized bytes: [UInt8]) -> Int?
+    /// Why serialized bytes cannot be a shard's statistic over `samples` sequences of
+    /// `tokens` tokens (nil when they can): what the coordinator checks beyond the width of a
+    /// result it only stores, for a statistic whose counts later steps rely on.
+    static func problem(inSerialized bytes: [UInt8], samples: Int, tokens: Int) -> String?
     /// The rule the method's zeros follow for a spec's pattern (Wanda compares
     /// `unstructured` weights within each output row, as the paper does).
     static func comparisonPattern(for pattern: SparsityPattern) -> SparsityPattern
@@ -26,6 +30,8 @@ public protocol CalibrationStatistic: Sendable {
 
 extension CalibrationStatistic {
     public static func comparisonPattern(for pattern: SparsityPattern) -> SparsityPattern { pattern }
+
+    public static func problem(inSerialized bytes: [UInt8], samples: Int, tokens: Int) -> String? { nil }
 
     /// By reading the whole statistic (formats without a self-checking header).
     public static func columns(ofSerialized bytes: [UInt8]) -> Int? {

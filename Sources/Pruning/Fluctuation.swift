@@ -54,7 +54,17 @@ public struct FluctuationStatistics: CalibrationStatistic, Equatable {
 
     public mutating func merge(with other: FluctuationStatistics) throws {
         guard other.columns == columns else { throw PruningError("fluctuation statistics: merging \(other.columns) columns into \(columns)") }
+        guard !tokens.addingReportingOverflow(other.tokens).overflow else { throw PruningError("fluctuation statistics: token counts overflow") }
         combine(other)
+    }
+
+    /// A shard's statistic covers exactly its samples' tokens, with finite means: the
+    /// token count weighs the affine re-fit's constant input, so a wrong one would skew it.
+    public static func problem(inSerialized bytes: [UInt8], samples: Int, tokens: Int) -> String? {
+        guard let statistic = try? FluctuationStatistics(serialized: bytes) else { return "not a fluctuation statistic" }
+        guard statistic.tokens == samples * tokens else { return "covers \(statistic.tokens) tokens, not \(samples) × \(tokens)" }
+        guard statistic.mean.allSatisfy(\.isFinite) else { return "has a mean that is not finite" }
+        return nil
     }
 
     /// Chan, Golub and LeVeque's pairwise update: exact in real arithmetic, stable in Double.

@@ -110,5 +110,13 @@ final class StructuredUnitsTests: XCTestCase {
         XCTAssertThrowsError(try FluctuationStatistics(serialized: negative))
         var wider = FluctuationStatistics(columns: 4)
         XCTAssertThrowsError(try wider.merge(with: merged))
+        // What the coordinator checks of a worker's statistic: its token count and means.
+        XCTAssertNil(FluctuationStatistics.problem(inSerialized: bytes, samples: 2, tokens: 25))
+        XCTAssertNotNil(FluctuationStatistics.problem(inSerialized: bytes, samples: 2, tokens: 24))
+        var huge = bytes
+        for i in 0..<8 { huge[16 + i] = i == 7 ? 0x7F : 0xFF }   // tokens = Int.max
+        XCTAssertNotNil(FluctuationStatistics.problem(inSerialized: huge, samples: 2, tokens: 25))
+        var overflowing = try FluctuationStatistics(serialized: huge)
+        XCTAssertThrowsError(try overflowing.merge(with: merged), "token counts that overflow are refused, not a trap")
     }
 }

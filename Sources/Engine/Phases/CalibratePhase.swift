@@ -156,6 +156,10 @@ public class CalibratePhase: Phase, RoundedPhase {
                 guard let statistic = isGram ? SparseGPT.self : statistic, statistic.columns(ofSerialized: bytes) == columns else {
                     return "\(name) of \(task) is not a valid statistic of \(columns) columns"
                 }
+                let step = calibration.step(block: b, shard: s)
+                if let problem = statistic.problem(inSerialized: bytes, samples: step.samples, tokens: step.tokens) {
+                    return "\(name) of \(task): \(problem)"
+                }
             }
         }
         return nil
