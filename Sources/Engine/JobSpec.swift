@@ -445,12 +445,6 @@ public struct JobSpec: Sendable {
                 guard method == .magnitude || method == .random else {
                     throw SpecError("\(where_(file, node)): train: an MLP classifier's masks are chosen without calibration; use method magnitude or random (sparsity 0 trains the dense model)")
                 }
-            } else {
-                // Fine-tuning starts from the checkpoint's weights under the masks: a method
-                // that also changes the kept weights would have its changes dropped.
-                guard method != .sparsegpt, spec.reconstruct == nil else {
-                    throw SpecError("\(where_(file, node)): train: fine-tunes the checkpoint's kept weights; \(spec.reconstruct == nil ? "method sparsegpt" : "reconstruct") also changes them (use magnitude, wanda, taylor or fisher masks)")
-                }
             }
             spec.train = train
         }

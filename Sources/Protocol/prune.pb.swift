@@ -1749,9 +1749,22 @@ public nonisolated struct Prune_V1_TrainMask: Sendable {
 
   public var parts: [Prune_V1_ArtifactRef] = []
 
+  /// The layer's start values where the pruning changed its kept weights (SparseGPT, a
+  /// reconstruction): F32, rows × cols, row-major; absent: the checkpoint's `parameters`.
+  public var updated: Prune_V1_ArtifactRef {
+    get {_updated ?? Prune_V1_ArtifactRef()}
+    set {_updated = newValue}
+  }
+  /// Returns true if `updated` has been explicitly set.
+  public var hasUpdated: Bool {self._updated != nil}
+  /// Clears the value of `updated`. Subsequent reads from it will return its default value.
+  public mutating func clearUpdated() {self._updated = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _updated: Prune_V1_ArtifactRef? = nil
 }
 
 public nonisolated struct Prune_V1_TrainStep: Sendable {
@@ -4894,7 +4907,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_TrainMask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainMask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}parts\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}parts\0\u{1}updated\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4903,20 +4916,29 @@ nonisolated extension Prune_V1_TrainMask: SwiftProtobuf.Message, SwiftProtobuf._
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.parts) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._updated) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.parts.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.parts, fieldNumber: 1)
     }
+    try { if let v = self._updated {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Prune_V1_TrainMask, rhs: Prune_V1_TrainMask) -> Bool {
     if lhs.parts != rhs.parts {return false}
+    if lhs._updated != rhs._updated {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -232,7 +232,10 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             var tm = Prune_V1_TrainMask()
             if let m {
                 if rounds == nil {
-                    tm.parts = try m.source.maskParts(of: m.name, outputs: outputs).masks
+                    let parts = try m.source.maskParts(of: m.name, outputs: outputs)
+                    tm.parts = parts.masks
+                    // Values the pruning re-fit (SparseGPT, a reconstruction) are the start.
+                    if let updated = parts.updated { tm.updated = updated }
                 } else if r >= 0 {
                     tm.parts = [try outputs.ref(TrainPhase.mask(m.name), of: TrainPhase.pruneID(round: r))]
                 }
@@ -520,13 +523,15 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return history
     }
 
-    /// The start's trained tensors (flat order) with the job's masks applied.
+    /// The start's trained tensors (flat order) with the job's masks applied: the values
+    /// the pruning gave them where it changed them, else the checkpoint's.
     private func maskedStart(outputs: OutputStore) throws -> [Float] {
         var flat: [Float] = []
         flat.reserveCapacity(parameterCount)
         let reader = WeightStore(checkpoint: job.checkpoint)
         for (l, layer) in trainee.layers.enumerated() {
-            var w = try reader.load(layer.weight, shape: [layer.rows, layer.cols])
+            var w = try masks[l].flatMap { try $0.source.updatedValues(of: $0.name, outputs: outputs) }
+                ?? reader.load(layer.weight, shape: [layer.rows, layer.cols])
             if let m = masks[l] {
                 let mask = try m.source.mask(of: m.name, outputs: outputs)
                 for r in 0..<layer.rows { for c in 0..<layer.cols where !mask[r, c] { w[r * layer.cols + c] = 0 } }

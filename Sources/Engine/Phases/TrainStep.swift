@@ -32,7 +32,10 @@ enum TrainStep {
             for p in r.forward { h.update([UInt8]("\nfixed \(p.name) \(p.dtype) \(p.shape) \(p.fileSha256) \(p.offset) \(p.byteCount)".utf8)) }
         }
         for p in r.parameters { h.update([UInt8]("\n\(p.name) \(p.dtype) \(p.shape) \(p.fileSha256) \(p.offset) \(p.byteCount)".utf8)) }
-        for m in r.masks { h.update([UInt8]("\nmask \(m.parts.map(\.sha256).joined(separator: ","))".utf8)) }
+        for m in r.masks {
+            h.update([UInt8]("\nmask \(m.parts.map(\.sha256).joined(separator: ","))".utf8))
+            if m.hasUpdated { h.update([UInt8](" start \(m.updated.sha256)".utf8)) }
+        }
         let o = r.optimizer
         h.update([UInt8]("\n\(o.name) \(o.learningRate.bitPattern) \(o.momentum.bitPattern) \(o.weightDecay.bitPattern) \(o.l1.bitPattern)".utf8))
         return h.finalizeHex()
@@ -268,6 +271,7 @@ enum TrainStep {
             model = .mlp(try MLPModel(config: config, store: WeightStore(reader: TaskTensorReader(r.parameters, inputs: inputs))))
         }
         guard r.masks.count == model.layers.count else { throw PruningError("\(where_): \(r.masks.count) masks for \(model.layers.count) layers") }
+        if case .mlp = model, r.masks.contains(where: \.hasUpdated) { throw PruningError("\(where_): updated start values are for a language model's layers") }
         kept.model = model
         kept.modelLineage = lineage
         kept.training = nil
@@ -339,7 +343,18 @@ final class LlamaTrainTask {
         let perBlock = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
         let shapes = (0..<config.layers).flatMap { _ in perBlock }
         self.shapes = shapes
-        start = try zip(expected, shapes).map { try store.load($0, shape: [$1.0, $1.1]) }
+        guard r.masks.count == expected.count else { throw PruningError("\(where_): \(r.masks.count) masks for \(expected.count) layers") }
+        // A layer whose kept weights the pruning re-fit (SparseGPT, a reconstruction)
+        // starts from those values, not the checkpoint's.
+        start = try zip(zip(expected, shapes), r.masks).map { named, m in
+            let (name, shape) = named
+            guard m.hasUpdated else { return try store.load(name, shape: [shape.0, shape.1]) }
+            let values = try FloatPayload.floats(try inputs.artifact(m.updated), what: "\(where_): start values of \(name)")
+            guard values.count == shape.0 * shape.1, values.allSatisfy(\.isFinite) else {
+                throw PruningError("\(where_): start values of \(name): \(values.count) values (expected \(shape.0 * shape.1)), or not all finite")
+            }
+            return values
+        }
     }
 
     /// The summed next-token cross-entropy of the task's windows and its gradient with
