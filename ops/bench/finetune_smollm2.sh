@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Masked fine-tuning of pruned SmolLM2-135M-Instruct on KJV text (`train:` with `tokens:`):
-# Wanda masks (SPARSITY, default 0.5, PATTERN default per_row; calibration 64 × 256
-# Genesis–Malachi tokens), then AdamW (LR, default 1e-4) on EXAMPLES (default 600)
+# METHOD's masks (default wanda; sparsegpt fine-tunes from its updated weights; EXTRA adds
+# spec lines, e.g. "reconstruct: layer") at SPARSITY (default 0.5, PATTERN default per_row;
+# calibration 64 × 256 Genesis–Malachi tokens), then AdamW (LR, default 1e-4) on EXAMPLES (default 600)
 # consecutive 128-token windows of Genesis–Malachi in batches of BATCH (default 8; 2 gradient tasks a
 # step), one epoch; perplexity on 32 × 256 held-out Matthew–Revelation
 # tokens at the masked start (before) and after, wall time per worker count (WORKERS,
@@ -18,13 +19,14 @@ examples=${EXAMPLES:-600}
 printf "%-8s %8s %6s %12s %12s %12s %9s %9s %9s\n" workers examples steps dense before after "s/step" "train s" "job s"
 first=""
 for w in ${WORKERS:-2}; do
-  name="ft-$(echo "${PATTERN:-per_row}" | tr -d ':')-${SPARSITY:-0.5}-$examples-w$w"
+  name="ft-${METHOD:-wanda}-$(echo "${PATTERN:-per_row}" | tr -d ':')-${SPARSITY:-0.5}-$examples-w$w"
   rm -rf "${work:?}/$name"
   cat > "$work/$name.yaml" <<YAML
 model: $work/model
 output: $work/$name
-method: wanda
+method: ${METHOD:-wanda}
 sparsity: ${SPARSITY:-0.5}
+${EXTRA:-}
 pattern: '${PATTERN:-per_row}'
 calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}
 evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}
