@@ -31,10 +31,20 @@ struct ArtifactOutputs: OutputStore {
     let job: ClusterJob
 
     private func digest(_ name: OutputName, of task: TaskID) throws -> String {
-        guard let recorded = job.done[task.description] else {
-            throw MissingOutput(task: task.description, "\(job.ledgerPath): task \(task) is not done")
+        let key = task.description
+        guard let recorded = job.done[key] else {
+            throw MissingOutput(task: key, "\(job.ledgerPath): task \(task) is not done")
         }
-        guard let digest = ResultDigests.parse(recorded).first(where: { $0.name == name.rawValue })?.digest else {
+        // A task's outputs are parsed once per result (a training step's tasks name every
+        // gradient since the last checkpoint: dozens of lookups per assignment).
+        let outputs: [(name: String, digest: String)]
+        if let parsed = job.parsedResults[key], parsed.record == recorded {
+            outputs = parsed.outputs
+        } else {
+            outputs = ResultDigests.parse(recorded)
+            job.parsedResults[key] = (recorded, outputs)
+        }
+        guard let digest = outputs.first(where: { $0.name == name.rawValue })?.digest else {
             throw LedgerError("\(job.ledgerPath): task \(task) has no recorded output '\(name)'")
         }
         return digest
@@ -42,8 +52,17 @@ struct ArtifactOutputs: OutputStore {
 
     func ref(_ name: OutputName, of task: TaskID) throws -> Prune_V1_ArtifactRef {
         let digest = try digest(name, of: task)
-        guard let size = (try? FileManager.default.attributesOfItem(atPath: job.artifacts.path(for: digest)))?[.size] as? Int else {
-            throw MissingOutput(task: task.description, "\(job.artifacts.path(for: digest)): artifact '\(name)' of task \(task) is missing")
+        // An artifact's size never changes (it is named by its digest): one stat per file
+        // while it is there (`collectFinished` forgets what it deletes).
+        let size: Int
+        if let known = job.artifactSizes[digest] {
+            size = known
+        } else {
+            guard let measured = (try? FileManager.default.attributesOfItem(atPath: job.artifacts.path(for: digest)))?[.size] as? Int else {
+                throw MissingOutput(task: task.description, "\(job.artifacts.path(for: digest)): artifact '\(name)' of task \(task) is missing")
+            }
+            size = measured
+            job.artifactSizes[digest] = measured
         }
         var ref = Prune_V1_ArtifactRef()
         ref.sha256 = digest
@@ -83,6 +102,7 @@ extension ClusterJob {
                 // Only a well-formed digest names a file: never the store's directory itself.
                 if holders[output.digest]! <= 0, SHA256Stream.isHexDigest(output.digest) {
                     holders[output.digest] = nil
+                    artifactSizes[output.digest] = nil
                     try? FileManager.default.removeItem(atPath: artifacts.path(for: output.digest))
                 }
             }

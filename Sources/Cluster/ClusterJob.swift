@@ -22,6 +22,11 @@ public final class ClusterJob {
     public var modelFiles: [Prune_V1_ModelFile] { dag.job.modelFiles }
     /// Tasks done (with their result digests), as `ResultDigests` text.
     public private(set) var done: [String: String] = [:]
+    /// Each done task's outputs as parsed from its recorded result (the record they came
+    /// from: a re-run's new record parses again).
+    var parsedResults: [String: (record: String, outputs: [(name: String, digest: String)])] = [:]
+    /// Sizes of artifacts known to be in the store, by digest (`ArtifactOutputs.ref`).
+    var artifactSizes: [String: Int] = [:]
     /// Done tasks whose transient outputs (activations, statistics) were deleted once
     /// every task reading them was done.
     var collected: Set<String> = []

@@ -17,17 +17,7 @@ smollm2_work "$dir"
 python3 -c 'import torch, transformers' 2>/dev/null || pip install -q torch "transformers==4.53.3"
 m="${M:-5}" lambda="${LAMBDA:-0.08}"
 
-python3 - "$work" <<'PY'
-import sys, numpy as np
-from tokenizers import Tokenizer
-work = sys.argv[1]
-tok = Tokenizer.from_file(f"{work}/model/tokenizer.json")
-calib = np.array(tok.encode(open(f"{work}/calib.txt").read()).ids, dtype=np.int32)
-starts = np.random.default_rng(0).integers(0, len(calib) - 256, 64)
-np.save(f"{work}/calib.npy", np.stack([calib[s:s + 256] for s in starts]))
-held = np.array(tok.encode(open(f"{work}/eval.txt").read()).ids[:32 * 256], dtype=np.int32)
-np.save(f"{work}/eval.npy", held.reshape(32, 256))
-PY
+kjv_ids
 
 lib="$work/owl-lib"
 if [ -n "${OWL_REPO:-}" ]; then

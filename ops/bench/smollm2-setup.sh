@@ -33,6 +33,23 @@ smollm2_work() {
   kjv_text "$work/eval.txt" 'mat1:1-rev22:21'
 }
 
+# kjv_ids: writes $work/calib.npy (64 windows of 256 token ids at random starts in
+# calib.txt, numpy seed 0) and $work/eval.npy (the first 32 × 256 token ids of eval.txt):
+# the same token ids for our side and a reference implementation's (owl.sh, flap.sh).
+kjv_ids() {
+  python3 - "$work" <<'PY'
+import sys, numpy as np
+from tokenizers import Tokenizer
+work = sys.argv[1]
+tok = Tokenizer.from_file(f"{work}/model/tokenizer.json")
+calib = np.array(tok.encode(open(f"{work}/calib.txt").read()).ids, dtype=np.int32)
+starts = np.random.default_rng(0).integers(0, len(calib) - 256, 64)
+np.save(f"{work}/calib.npy", np.stack([calib[s:s + 256] for s in starts]))
+held = np.array(tok.encode(open(f"{work}/eval.txt").read()).ids[:32 * 256], dtype=np.int32)
+np.save(f"{work}/eval.npy", held.reshape(32, 256))
+PY
+}
+
 # out_digest JOBDIR: the first 16 hex digits of a digest over every file of JOBDIR/out's
 # dense/ and sparse/ (the bytes every worker count must reproduce; a structured job has no
 # sparse/).

@@ -14,8 +14,10 @@ import Tensors
 @main
 struct PruneBench {
     static func main() throws {
-        // The OpenBLAS kernels a prune process pins, so the figures are prune's.
+        // The OpenBLAS kernels and the one thread a prune process uses, so the figures
+        // are prune's (and the train step's twin in torch runs one thread too).
         BLASThreads.pinKernels()
+        BLASThreads.useDefault()
 
         if CommandLine.arguments.dropFirst().first == "mask-coding" {
             maskCodingBench()
