@@ -22,6 +22,7 @@ every next token) over the given windows.
     python3 flap_reference.py FLAP_LIB_PARENT MODEL_DIR CALIB.npy EVAL.npy RATIO OUT.json
 """
 import json
+import os
 import sys
 import time
 import types
@@ -35,9 +36,10 @@ sys.modules["datasets"] = types.ModuleType("datasets")
 sys.modules["datasets"].load_dataset = None
 lib_parent, model_dir, calib_path, eval_path, ratio, out_path = sys.argv[1:]
 sys.path.insert(0, lib_parent)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib.prune as flap  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-from transformers.models.llama import modeling_llama  # noqa: E402
+from reference_common import give_position_embeddings, perplexity  # noqa: E402
 
 torch.Tensor.cuda = lambda self, *a, **k: self
 torch.cuda.empty_cache = lambda *a, **k: None
@@ -64,19 +66,7 @@ def get_loaders(name, nsamples=128, seed=0, seqlen=2048, tokenizer=None):
 
 
 flap.get_loaders = get_loaders
-original_forward = modeling_llama.LlamaDecoderLayer.forward
-
-
-def forward(self, hidden_states, *args, **kwargs):
-    if kwargs.get("position_embeddings") is None:
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(hidden_states.shape[1]).unsqueeze(0)
-        kwargs["position_embeddings"] = model.model.rotary_emb(hidden_states, positions)
-    return original_forward(self, hidden_states, *args, **kwargs)
-
-
-modeling_llama.LlamaDecoderLayer.forward = forward
+give_position_embeddings(model)
 
 # o_proj's stand-in: 128-wide "heads", never called (so nothing is measured and all are kept).
 original_find_layers = flap.find_layers
@@ -108,21 +98,10 @@ def compress(layer, attn_mask, mlp_mask, attn_mean_inp, mlp_mean_inp, device, bi
 flap.compress = compress
 
 
-@torch.no_grad()
-def perplexity():
-    nll, count = 0.0, 0
-    for row in evaluation:
-        ids = torch.tensor(row, dtype=torch.long).unsqueeze(0)
-        logits = model(ids).logits[0, :-1].double()
-        nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-        count += ids.shape[1] - 1
-    return float(np.exp(nll / count))
-
-
-dense = perplexity()
+dense = perplexity(model, evaluation)
 args = types.SimpleNamespace(nsamples=calib.shape[0], seed=0, pruning_ratio=float(ratio), metrics="WIFV", structure="UL-UM",
                              remove_heads=0, unstr=False)
 start = time.time()
 flap.prune_flap(args, model, None, device=torch.device("cpu"))
 seconds = time.time() - start
-json.dump({"dense": dense, "pruned": perplexity(), "seconds": seconds, "kept": kept}, open(out_path, "w"))
+json.dump({"dense": dense, "pruned": perplexity(model, evaluation), "seconds": seconds, "kept": kept}, open(out_path, "w"))

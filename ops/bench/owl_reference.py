@@ -11,6 +11,7 @@ the way prune's evaluation does: exp(mean NLL of every next token) over the give
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -25,10 +26,11 @@ sys.modules["datasets"] = types.ModuleType("datasets")
 sys.modules["datasets"].load_dataset = None  # their data.py imports it; get_loaders is replaced below
 lib_parent, model_dir, calib_path, eval_path, sparsity, m, lam, out_path = sys.argv[1:]
 sys.path.insert(0, lib_parent)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib.data  # noqa: E402
 import lib.prune_all as owl  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
-from transformers.models.llama import modeling_llama  # noqa: E402
+from reference_common import give_position_embeddings, perplexity  # noqa: E402
 
 model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
 model.eval()
@@ -51,33 +53,10 @@ def get_loaders(name, nsamples=128, seed=0, seqlen=2048, tokenizer=None):
 
 lib.data.get_loaders = get_loaders
 owl.get_loaders = get_loaders
-original_forward = modeling_llama.LlamaDecoderLayer.forward
+give_position_embeddings(model)
 
 
-def forward(self, hidden_states, *args, **kwargs):
-    if kwargs.get("position_embeddings") is None:
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(hidden_states.shape[1]).unsqueeze(0)
-        kwargs["position_embeddings"] = model.model.rotary_emb(hidden_states, positions)
-    return original_forward(self, hidden_states, *args, **kwargs)
-
-
-modeling_llama.LlamaDecoderLayer.forward = forward
-
-
-@torch.no_grad()
-def perplexity():
-    nll, count = 0.0, 0
-    for row in evaluation:
-        ids = torch.tensor(row, dtype=torch.long).unsqueeze(0)
-        logits = model(ids).logits[0, :-1].double()
-        nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-        count += ids.shape[1] - 1
-    return float(np.exp(nll / count))
-
-
-dense = perplexity()
+dense = perplexity(model, evaluation)
 args = types.SimpleNamespace(nsamples=calib.shape[0], seed=0, sparsity_ratio=float(sparsity), Hyper_m=float(m), Lamda=float(lam),
                              use_variant=False, model="smollm2")
 log = io.StringIO()
@@ -87,4 +66,4 @@ with contextlib.redirect_stdout(log):
 seconds = time.time() - start
 after = log.getvalue().split("after adjustment", 1)[1]
 densities = [float(x) for x in re.findall(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?|\d+", after.split("]", 1)[0])]
-json.dump({"dense": dense, "pruned": perplexity(), "seconds": seconds, "levels": [1 - d for d in densities]}, open(out_path, "w"))
+json.dump({"dense": dense, "pruned": perplexity(model, evaluation), "seconds": seconds, "levels": [1 - d for d in densities]}, open(out_path, "w"))
