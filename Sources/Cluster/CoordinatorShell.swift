@@ -56,6 +56,20 @@ public final class CoordinatorShell {
     /// The coordinator's own computations of disputed tasks: one at a time, off the loop.
     private let recomputeQueue = DispatchQueue(label: "prune.recompute")
     private let recomputed = Inbox<(task: String, result: Result<[ResultPayload], Error>)>()
+    /// Results whose stored payloads hold at least `offLoopBytes` are read back and hashed
+    /// on this queue, one at a time, so a large model's gradients and training state (up
+    /// to gigabytes) do not hold up heartbeats; the loop then validates and commits them.
+    private let verifyQueue = DispatchQueue(label: "prune.verify")
+    private let verified = Inbox<ReadResult>()
+    static let offLoopBytes = UInt64(ProcessInfo.processInfo.environment["PRUNE_TEST_OFF_LOOP_BYTES"].flatMap(Int.init).flatMap { $0 >= 0 ? $0 : nil } ?? 16 << 20)
+
+    /// A result whose payloads were read (and the stored ones verified) off the loop.
+    private struct ReadResult: Sendable {
+        let task: String, worker: String, attempt: Int, seconds: Double
+        /// The payloads in order, or why the result is unusable.
+        let payloads: Result<[ResultPayload], ResultUnusable>
+    }
+    private struct ResultUnusable: Error { let cause: String }
 
     public init(workload: ClusterWorkload, context: ZMQContext, endpoints: [String], curve: CurveServerConfig?,
                 quiet: Bool, logger: Logger) throws {
@@ -131,6 +145,7 @@ public final class CoordinatorShell {
                 }
             }
             if core.outcome == nil { try collectRecomputations() }
+            if core.outcome == nil { try collectVerified() }
             if core.outcome == nil { try execute(core.tick(now: now())) }
             onTurn?()
         }
@@ -222,26 +237,54 @@ public final class CoordinatorShell {
             return try execute(directives)
         }
         // Payloads the worker stored in the artifact directory itself are read back and
-        // verified here; a missing or corrupt one makes the result unusable.
-        var payloads: [ResultPayload] = []
-        var frames = message.payloads.makeIterator()
-        for info in message.envelope.payloads {
-            if info.stored {
-                guard let bytes = workload.storedArtifact(sha256: info.sha256, size: info.size) else {
-                    let cause = "stored payload '\(info.name)' (\(info.sha256.prefix(12))…) is missing or corrupt in the artifact directory"
-                    return try execute(core.resultInvalid(task: r.taskID, by: worker, attempt: attempt, cause: cause, now: t))
+        // verified; a missing or corrupt one makes the result unusable. Large ones off the
+        // loop (`collectVerified` takes it from there).
+        let infos = message.envelope.payloads, frames = message.payloads, read = workload.storedArtifacts
+        let readAll: @Sendable () -> Result<[ResultPayload], ResultUnusable> = {
+            var payloads: [ResultPayload] = []
+            var inline = frames.makeIterator()
+            for info in infos {
+                if info.stored {
+                    guard let bytes = read(info.sha256, info.size) else {
+                        return .failure(ResultUnusable(cause: "stored payload '\(info.name)' (\(info.sha256.prefix(12))…) is missing or corrupt in the artifact directory"))
+                    }
+                    payloads.append(ResultPayload(bytes: bytes, sha256: info.sha256))
+                } else {
+                    payloads.append(ResultPayload(bytes: inline.next()!, sha256: info.sha256))
                 }
-                payloads.append(ResultPayload(bytes: bytes, sha256: info.sha256))
-            } else {
-                payloads.append(ResultPayload(bytes: frames.next()!, sha256: info.sha256))
+            }
+            return .success(payloads)
+        }
+        let storedBytes = infos.reduce(UInt64(0)) { $0 + ($1.stored ? $1.size : 0) }
+        if storedBytes > 0, storedBytes >= CoordinatorShell.offLoopBytes {
+            let task = r.taskID, seconds = r.seconds
+            verifyQueue.async { [verified] in
+                verified.post(ReadResult(task: task, worker: worker, attempt: attempt, seconds: seconds, payloads: readAll()))
+            }
+            return
+        }
+        try accept(ReadResult(task: r.taskID, worker: worker, attempt: attempt, seconds: r.seconds, payloads: readAll()), now: t)
+    }
+
+    /// Validates and stores a read result, then tells the core (which checks that the
+    /// attempt still holds its lease: a worker may have been dropped meanwhile).
+    private func accept(_ result: ReadResult, now t: Int64) throws {
+        switch result.payloads {
+        case .failure(let unusable):
+            try execute(core.resultInvalid(task: result.task, by: result.worker, attempt: result.attempt, cause: unusable.cause, now: t))
+        case .success(let payloads):
+            switch try workload.store(task: result.task, payloads: payloads) {
+            case .invalid(let cause):
+                try execute(core.resultInvalid(task: result.task, by: result.worker, attempt: result.attempt, cause: cause, now: t))
+            case .stored(let digest):
+                try execute(core.resultStored(task: result.task, by: result.worker, attempt: result.attempt, digest: digest, seconds: result.seconds, now: t))
             }
         }
-        switch try workload.store(task: r.taskID, payloads: payloads) {
-        case .invalid(let cause):
-            try execute(core.resultInvalid(task: r.taskID, by: worker, attempt: attempt, cause: cause, now: t))
-        case .stored(let digest):
-            try execute(core.resultStored(task: r.taskID, by: worker, attempt: attempt, digest: digest, seconds: r.seconds, now: t))
-        }
+    }
+
+    /// Hands the results read off the loop to the core, in the order they were read.
+    private func collectVerified() throws {
+        for result in verified.drain() where core.outcome == nil { try accept(result, now: now()) }
     }
 
     /// Starts the coordinator's own computation of a task, off the loop.

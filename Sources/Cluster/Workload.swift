@@ -37,9 +37,10 @@ public protocol ClusterWorkload: AnyObject {
     /// The token a worker must find in `artifactRoot/.coordinator-token` before it stores
     /// results there itself ("" when workers may not).
     var artifactToken: String { get }
-    /// A payload a worker stored in the artifact directory: its bytes when present with
-    /// this size and sha256, else nil.
-    func storedArtifact(sha256: String, size: UInt64) -> [UInt8]?
+    /// Reads a payload a worker stored in the artifact directory: its bytes when present
+    /// with this size and sha256, else nil. Safe to call on another thread (a large result
+    /// is read and hashed off the coordinator's loop).
+    var storedArtifacts: @Sendable (_ sha256: String, _ size: UInt64) -> [UInt8]? { get }
     /// Validates a result's payloads and stores them as artifacts (nothing is recorded
     /// as done yet). Returns the digest that names the whole result, or why the result is
     /// unusable.
@@ -85,7 +86,7 @@ extension ClusterWorkload {
     }
     public var artifactRoot: String { "" }
     public var artifactToken: String { "" }
-    public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? { nil }
+    public var storedArtifacts: @Sendable (_ sha256: String, _ size: UInt64) -> [UInt8]? { { _, _ in nil } }
     public func servableFile(_ sha256: String) -> (path: String, size: UInt64)? {
         modelFiles.first { $0.sha256 == sha256 }.map { ($0.path, $0.size) }
     }
@@ -100,9 +101,8 @@ extension ClusterJob: ClusterWorkload {
     public var artifactRoot: String { artifacts.root }
     public var artifactToken: String { artifacts.token }
 
-    public func storedArtifact(sha256: String, size: UInt64) -> [UInt8]? {
-        guard SHA256Stream.isHexDigest(sha256), let bytes = artifacts.get(sha256, size: size) else { return nil }
-        return bytes
+    public var storedArtifacts: @Sendable (_ sha256: String, _ size: UInt64) -> [UInt8]? {
+        { [artifacts] sha256, size in SHA256Stream.isHexDigest(sha256) ? artifacts.get(sha256, size: size) : nil }
     }
 
     public func dependencies(of task: String) -> [String] {

@@ -230,11 +230,13 @@ final class ClusterProcessTests: JobProcessTestCase {
 
     /// A magnitude job on `wide` with one `prune worker` given `workerFlags`: the bytes the
     /// coordinator received, the output bytes, and the worker's log.
-    private func wideJob(_ name: String, pattern: String, sparsity: Double = 0.5, workerFlags: [String]) throws -> (received: Int, data: [String: Data], log: String) {
+    private func wideJob(_ name: String, pattern: String, sparsity: Double = 0.5, workerFlags: [String],
+                         coordinatorEnvironment: [String: String] = [:]) throws -> (received: Int, data: [String: Data], log: String) {
         let path = dir.file("\(name).yaml")
         try "model: wide\nmethod: magnitude\nsparsity: \(sparsity)\npattern: '\(pattern)'\noutput: \(name)\n".write(toFile: path, atomically: false, encoding: .utf8)
         let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
-        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path)
+        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", path, "--bind", endpoint, "--insecure"], cwd: dir.path,
+                               environment: coordinatorEnvironment)
         let w = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"] + workerFlags)
         XCTAssertEqual(c.wait(seconds: 90), 0, c.stderr)
         XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr)
@@ -253,6 +255,10 @@ final class ClusterProcessTests: JobProcessTestCase {
         XCTAssertEqual(local.data, remote.data, "the same bytes either way")
         XCTAssertGreaterThanOrEqual(remote.received, maskBytes, "a 50% mask is at its entropy: a remote worker sends its bits")
         XCTAssertLessThan(local.received, maskBytes / 8, "a local worker sends digests, not masks")
+        // Every stored result read back and verified off the coordinator's loop (as a large
+        // model's are): the same bytes.
+        let offLoop = try wideJob("off-loop", pattern: "unstructured", workerFlags: [], coordinatorEnvironment: ["PRUNE_TEST_OFF_LOOP_BYTES": "1"])
+        XCTAssertEqual(offLoop.data, local.data)
     }
 
     func testRemoteWorkersSendCodedMasksAndTheSameBytes() throws {
@@ -275,8 +281,15 @@ final class ClusterProcessTests: JobProcessTestCase {
         XCTAssertLessThan(sparse.received, maskBytes * 55 / 100, "90% masks range coded: \(sparse.received) bytes for \(maskBytes)")
     }
 
+    /// Also with every stored result verified off the coordinator's loop (as a large one is).
     func testResultNamingAStoredPayloadThatIsNotThereFailsTheAttempt() throws {
-        let (coord, endpoint) = try coordinator("liar", extra: ["--insecure", "--max-attempts", "5"])
+        for (name, environment) in [("liar", [String: String]()), ("liar-off-loop", ["PRUNE_TEST_OFF_LOOP_BYTES": "1"])] {
+            try storedPayloadLie(name, environment: environment)
+        }
+    }
+
+    private func storedPayloadLie(_ name: String, environment: [String: String]) throws {
+        let (coord, endpoint) = try coordinator(name, options: ["--insecure", "--max-attempts", "5"], environment: environment)
         let liar = try protocolPeer(endpoint, name: "liar")
         // Answer the first Assign with a Result whose mask is "stored" under a digest that
         // names no artifact.
@@ -296,7 +309,7 @@ final class ClusterProcessTests: JobProcessTestCase {
         let worker = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure"])
         XCTAssertEqual(coord.wait(seconds: 60), 0, coord.stderr)
         XCTAssertEqual(worker.wait(seconds: 10), 0)
-        XCTAssertEqual(try Subprocess.prune(["check", "model", "liar"], cwd: dir.path).status, 0)
+        XCTAssertEqual(try Subprocess.prune(["check", "model", name], cwd: dir.path).status, 0)
     }
 
     /// A stand-in coordinator (a raw ROUTER) drives a real worker process: Cancel stops the

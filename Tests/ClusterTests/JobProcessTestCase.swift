@@ -98,10 +98,10 @@ class JobProcessTestCase: XCTestCase {
 
     /// Starts `prune coordinator` on a fresh loopback port for the spec NAME (written with
     /// `specExtra` lines), once it listens.
-    func coordinator(_ name: String, specExtra: String = "", options: [String]) throws -> (Background, String) {
+    func coordinator(_ name: String, specExtra: String = "", options: [String], environment: [String: String] = [:]) throws -> (Background, String) {
         let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
         let job = try writeSpec(name, extra: specExtra)
-        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint] + options, cwd: dir.path)
+        let c = try Background(Subprocess.pruneBinary, ["coordinator", "--job", job, "--bind", endpoint] + options, cwd: dir.path, environment: environment)
         XCTAssertTrue(Background.waitUntil(seconds: 20) { c.stderr.contains("listening on") }, c.stderr)
         return (c, endpoint)
     }

@@ -37,8 +37,10 @@ final class LlamaTrainClusterTests: XCTestCase {
         return "\(name).yaml"
     }
 
-    private func run(_ name: String, train: String?, workers: Int, pruning: String = "method: wanda") throws -> [String: Data] {
-        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try spec(name, train: train, pruning: pruning)], cwd: dir.path)
+    private func run(_ name: String, train: String?, workers: Int, pruning: String = "method: wanda",
+                     environment: [String: String] = [:]) throws -> [String: Data] {
+        let r = try Subprocess.run(Subprocess.pruneBinary, ["run", "-q", "--workers", "\(workers)", try spec(name, train: train, pruning: pruning)],
+                                   cwd: dir.path, environment: environment)
         XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
         return jobOutputs(dir.file(name))
     }
@@ -55,6 +57,9 @@ final class LlamaTrainClusterTests: XCTestCase {
         let train = "data: ids.npy, tokens: 8, batch: 8, shards: 2, epochs: 3, learning_rate: 0.003, checkpoint_every: 3"
         let expected = try run("ft-w0", train: train, workers: 0)
         XCTAssertEqual(try run("ft-w2", train: train, workers: 2), expected)
+        // Gradients and states read back and verified off the coordinator's loop (as
+        // SmolLM2's hundreds of MB are): the same bytes.
+        XCTAssertEqual(try run("ft-off-loop", train: train, workers: 2, environment: ["PRUNE_TEST_OFF_LOOP_BYTES": "1"]), expected)
         let m = try manifest("ft-w2")
         let training = try XCTUnwrap(m.training)
         XCTAssertEqual(training.epochs.count, 3)
