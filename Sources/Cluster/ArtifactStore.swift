@@ -60,7 +60,7 @@ public struct ArtifactStore: Sendable {
 
     /// The bytes stored under `digest`, verified; nil when missing or corrupt.
     /// Mapped and hashed in place, then copied once: a large model's gradients and
-    /// training state are hundreds of MB, read on the coordinator's loop.
+    /// training state are hundreds of MB (the coordinator reads those off its loop).
     public func get(_ digest: String, size: UInt64? = nil) -> [UInt8]? {
         guard let file = try? MappedFile(path: path(for: digest)) else { return nil }
         if let size, UInt64(file.size) != size { return nil }

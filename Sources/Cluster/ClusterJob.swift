@@ -66,9 +66,10 @@ public final class ClusterJob {
         self.directory = directory
         self.ledger = ledger
         var settings = settings
-        // A Llama fine-tune's coordinator reads and verifies every training state (12 bytes a
-        // trained weight: 1.27 GB for SmolLM2) and shard gradient on its event loop; at the
-        // default 1 s heartbeat (three missed: lost) that stall drops its workers now and then.
+        // A Llama fine-tune's coordinator checks every training state (12 bytes a trained
+        // weight: 1.27 GB for SmolLM2) and shard gradient on its event loop (reading and
+        // hashing them happens off it); when it did all of it on the loop, the default 1 s
+        // heartbeat (three missed: lost) dropped its workers now and then. 3 s is the margin.
         if spec.train?.tokens != nil, settings.heartbeatMs == Settings().heartbeatMs { settings.heartbeatMs = ClusterJob.fineTuneHeartbeatMs }
         self.settings = settings
         createdDirectory = created

@@ -260,7 +260,8 @@ public struct CoordinatorCore: Sendable {
         w.lastHeard = now
         workers[worker] = w
         for id in running {
-            if case .leased(let holder, let attempt, _)? = tasks[id]?.state, holder == worker {
+            // A lease held while its result is read (`holdLease`) stays held.
+            if case .leased(let holder, let attempt, let deadline)? = tasks[id]?.state, holder == worker, deadline != CoordinatorCore.heldWhileRead {
                 setState(id, .leased(worker: worker, attempt: attempt, deadline: now + Int64(settings.leaseMs)))
             }
         }
@@ -284,6 +285,32 @@ public struct CoordinatorCore: Sendable {
             return .refuse(refuse(worker, task: id, attempt: attempt, reason: "its lease was revoked", counted: false, now: now))
         }
         return .refuse(refuse(worker, task: id, attempt: attempt, reason: "attempt \(attempt) of \(id) was not leased to this worker", counted: true, now: now))
+    }
+
+    /// The lease deadline of an attempt whose result is being read back off the loop.
+    static let heldWhileRead = Int64.max
+
+    /// A result admitted by `resultArrived` is read back and verified off the loop (a
+    /// large one): its lease holds until `resultStored`, `resultInvalid` or `resultStale`
+    /// (the worker stopped naming the task in its heartbeats when it sent the result), so
+    /// a slow read neither expires it nor counts against the worker.
+    public mutating func holdLease(task id: String, by worker: String, attempt: Int) {
+        guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt else { return }
+        setState(id, .leased(worker: worker, attempt: attempt, deadline: CoordinatorCore.heldWhileRead))
+    }
+
+    /// Whether this attempt still holds its task's lease (and its worker is connected):
+    /// a result read off the loop is checked and stored only then.
+    public func holdsLease(task id: String, by worker: String, attempt: Int) -> Bool {
+        guard workers[worker] != nil, case .leased(let holder, let current, _)? = tasks[id]?.state else { return false }
+        return holder == worker && current == attempt
+    }
+
+    /// A result read off the loop whose lease ended meanwhile (its worker was lost): stale,
+    /// refused without counting against the worker.
+    public mutating func resultStale(task id: String, by worker: String, attempt: Int, now: Int64) -> [Directive] {
+        guard workers[worker] != nil else { return [] }
+        return refuse(worker, task: id, attempt: attempt, reason: "its lease ended while its result was read", counted: false, now: now)
     }
 
     /// The leased attempt's result was valid and is stored under `digest`: accept it, or
@@ -587,10 +614,11 @@ public struct CoordinatorCore: Sendable {
         var out: [Directive] = []
         let quarantined = conduct[w.principal]?.quarantined != nil
         for id in order where w.running.contains(id) {
-            guard case .leased(let holder, _, _)? = tasks[id]?.state, holder == worker else { continue }
+            guard case .leased(let holder, _, let deadline)? = tasks[id]?.state, holder == worker else { continue }
             requeued.append(id)
             setState(id, .pending)
-            if !quarantined {
+            // A task whose result arrived and was being read is not the worker's failure.
+            if !quarantined, deadline != CoordinatorCore.heldWhileRead {
                 tasks[id]!.failures.append(w.principal)
                 out += chargeOrFail(id, cause: "worker \(w.name) \(reason)")
             }

@@ -258,6 +258,7 @@ public final class CoordinatorShell {
         let storedBytes = infos.reduce(UInt64(0)) { $0 + ($1.stored ? $1.size : 0) }
         if storedBytes > 0, storedBytes >= CoordinatorShell.offLoopBytes {
             let task = r.taskID, seconds = r.seconds
+            core.holdLease(task: task, by: worker, attempt: attempt)
             verifyQueue.async { [verified] in
                 verified.post(ReadResult(task: task, worker: worker, attempt: attempt, seconds: seconds, payloads: readAll()))
             }
@@ -269,6 +270,11 @@ public final class CoordinatorShell {
     /// Validates and stores a read result, then tells the core (which checks that the
     /// attempt still holds its lease: a worker may have been dropped meanwhile).
     private func accept(_ result: ReadResult, now t: Int64) throws {
+        // Its worker may have been lost while it was read: then it is neither checked nor
+        // stored (its artifacts may be gone, or go), and not held against the worker.
+        guard core.holdsLease(task: result.task, by: result.worker, attempt: result.attempt) else {
+            return try execute(core.resultStale(task: result.task, by: result.worker, attempt: result.attempt, now: t))
+        }
         switch result.payloads {
         case .failure(let unusable):
             try execute(core.resultInvalid(task: result.task, by: result.worker, attempt: result.attempt, cause: unusable.cause, now: t))

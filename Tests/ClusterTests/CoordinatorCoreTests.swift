@@ -166,6 +166,47 @@ final class CoordinatorCoreTests: XCTestCase {
                               .ack(worker: "w1", task: "a", attempt: 2, accepted: true), .jobCompleted])
     }
 
+    /// A large result is read back off the loop: its lease holds however long that takes
+    /// (the worker no longer names the task), and when the worker is lost meanwhile the
+    /// task is requeued without counting against it and the late result is stale.
+    func testALeaseHeldWhileItsResultIsReadNeitherExpiresNorCounts() {
+        var c = core(["a"])
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(c.resultArrived(task: "a", by: "w1", attempt: 1, now: 1), .store)
+        c.holdLease(task: "a", by: "w1", attempt: 1)
+        for t in stride(from: Int64(500), through: 60_000, by: 500) {
+            _ = c.heartbeat(worker: "w1", running: [], now: t)
+            XCTAssertFalse(c.tick(now: t).contains { if case .cancel = $0 { return true } else { return false } }, "held at \(t) ms")
+        }
+        XCTAssertTrue(c.holdsLease(task: "a", by: "w1", attempt: 1))
+        XCTAssertEqual(c.resultStored(task: "a", by: "w1", attempt: 1, digest: "d", seconds: 0, now: 60_001),
+                       [.commit(task: "a", worker: "w1", attempt: 1, digest: "d", seconds: 0), .ack(worker: "w1", task: "a", attempt: 1, accepted: true), .jobCompleted])
+
+        var once = settings
+        once.maxAttempts = 1  // a charged failure would fail the job
+        var lost = core(["a"], settings: once)
+        _ = lost.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(lost.resultArrived(task: "a", by: "w1", attempt: 1, now: 1), .store)
+        lost.holdLease(task: "a", by: "w1", attempt: 1)
+        let gone = lost.tick(now: 5_000)  // silent for 3 heartbeats: dead
+        XCTAssertTrue(gone.contains { if case .workerLost(_, let requeued, _) = $0 { return requeued == ["a"] } else { return false } }, "\(gone)")
+        XCTAssertEqual(lost.state(of: "a"), .pending)
+        XCTAssertFalse(lost.holdsLease(task: "a", by: "w1", attempt: 1))
+        XCTAssertEqual(lost.resultStale(task: "a", by: "w1", attempt: 1, now: 5_001), [], "nobody to tell")
+        XCTAssertNil(lost.outcome, "the read result's task is not charged: \(gone)")
+
+        var moved = core(["a"])
+        _ = moved.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        _ = moved.resultArrived(task: "a", by: "w1", attempt: 1, now: 1)
+        moved.holdLease(task: "a", by: "w1", attempt: 1)
+        _ = moved.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 2)  // reconnects: its lease goes
+        XCTAssertFalse(moved.holdsLease(task: "a", by: "w1", attempt: 1))
+        XCTAssertEqual(moved.resultStale(task: "a", by: "w1", attempt: 1, now: 3),
+                       [.refused(worker: "w1", task: "a", attempt: 1, reason: "its lease ended while its result was read", counted: false),
+                        .ack(worker: "w1", task: "a", attempt: 1, accepted: false)])
+        XCTAssertEqual(moved.conduct(of: "name:1").refused, 0)
+    }
+
     func testResumedJobNeverReassignsDoneTasks() {
         var c = core(["a", "b", "c"], done: ["a", "c"])
         XCTAssertEqual(c.remainingTasks, 1)

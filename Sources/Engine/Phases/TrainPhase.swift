@@ -509,7 +509,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         var history = Manifest.Training(optimizer: spec.optimizer.rawValue, learningRate: spec.learningRate, batch: spec.batch, shards: spec.shards,
                                         examples: trainCount, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
         if language, rounds == nil {
-            // Where fine-tuning started: the checkpoint's weights under the masks.
+            // Where fine-tuning started: the pruned weights (re-fit where the pruning re-fit them).
             history.startPerplexity = try trainee.evaluate(try maskedStart(outputs: outputs), job: job).perplexity
         }
         if let adaptive, let levels {
