@@ -15,16 +15,9 @@ dir="$(realpath -m "${1:-/tmp/prune-flap-bench}")"
 cd "$(dirname "$0")/../.."
 . ops/bench/smollm2-setup.sh
 smollm2_work "$dir"
-python3 -c 'import torch, transformers' 2>/dev/null || pip install -q torch "transformers==4.53.3"
 kjv_ids
-
 lib="$work/flap-lib"
-if [ -n "${FLAP_REPO:-}" ]; then
-  mkdir -p "$lib/lib"
-  for f in __init__.py data.py layerwrapper.py prune.py eval.py; do
-    git -C "$FLAP_REPO" show "HEAD:lib/$f" > "$lib/lib/$f" 2>/dev/null || : > "$lib/lib/$f"
-  done
-fi
+reference_lib "${FLAP_REPO:-}" "$lib" __init__.py data.py layerwrapper.py prune.py eval.py
 
 printf "%-6s %-24s %10s %9s %s\n" ratio run perplexity seconds kept
 for r in ${RATIOS:-0.267}; do

@@ -14,18 +14,10 @@ dir="$(realpath -m "${1:-/tmp/prune-owl-bench}")"
 cd "$(dirname "$0")/../.."
 . ops/bench/smollm2-setup.sh
 smollm2_work "$dir"
-python3 -c 'import torch, transformers' 2>/dev/null || pip install -q torch "transformers==4.53.3"
 m="${M:-5}" lambda="${LAMBDA:-0.08}"
-
 kjv_ids
-
 lib="$work/owl-lib"
-if [ -n "${OWL_REPO:-}" ]; then
-  mkdir -p "$lib/lib"
-  for f in __init__.py data.py layerwrapper.py prune_all.py sparsegpt.py; do
-    git -C "$OWL_REPO" show "HEAD:lib/$f" > "$lib/lib/$f" 2>/dev/null || : > "$lib/lib/$f"
-  done
-fi
+reference_lib "${OWL_REPO:-}" "$lib" __init__.py data.py layerwrapper.py prune_all.py sparsegpt.py
 
 printf "%-8s %-22s %10s %9s %s\n" sparsity run perplexity seconds levels
 for s in ${SPARSITIES:-0.7}; do

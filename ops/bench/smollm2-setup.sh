@@ -50,6 +50,20 @@ np.save(f"{work}/eval.npy", held.reshape(32, 256))
 PY
 }
 
+# reference_lib REPO DIR FILE…: CPU torch and transformers (installed when missing), and
+# lib/FILE of a checkout of the authors' repository (REPO, a git directory) copied into
+# DIR/lib, an empty file for one the repository lacks; no copy when REPO is empty.
+reference_lib() {
+  python3 -c 'import torch, transformers' 2>/dev/null || pip install -q torch "transformers==4.53.3"
+  local repo=$1 dest=$2 f
+  shift 2
+  [ -n "$repo" ] || return 0
+  mkdir -p "$dest/lib"
+  for f in "$@"; do
+    git -C "$repo" show "HEAD:lib/$f" > "$dest/lib/$f" 2>/dev/null || : > "$dest/lib/$f"
+  done
+}
+
 # out_digest JOBDIR: the first 16 hex digits of a digest over every file of JOBDIR/out's
 # dense/ and sparse/ (the bytes every worker count must reproduce; a structured job has no
 # sparse/).
