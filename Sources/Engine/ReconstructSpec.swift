@@ -4,7 +4,7 @@ import Yams
 
 /// Recovery with the masks fixed (`reconstruct:` in the spec): `reconstruct: layer`,
 /// `reconstruct: block` or a mapping `{scope: block, damp: 0.01, epochs: 2, learning_rate: 3e-3,
-/// tasks_per_step: 2}`.
+/// lr_schedule: constant, tasks_per_step: 2}`.
 /// Layer scope re-fits each pruned layer's kept weights to the dense layer's outputs on its
 /// calibration inputs (`LayerReconstruction`), inside the layer's prune task, after the mask
 /// (and any `refine:` swaps); in sequential mode the next block calibrates on the re-fit
@@ -23,6 +23,10 @@ public struct Reconstruct: Sendable, Equatable {
     public static let maxEpochs = 1000
     /// Block scope: Adam's step size.
     public var learningRate = 3e-3
+    /// Block scope, `lr_schedule: cosine`: each half's step size falls from `learningRate`
+    /// towards 0 over its epochs × shards steps (`CosineSchedule`); `constant` (the
+    /// default) keeps it.
+    public var cosine = false
     /// Block scope in sequential mode: each Adam step's gradient (one calibration shard)
     /// is the sum of this many tasks' (slices of the shard's windows), which the workers
     /// compute in parallel. Part of the job's identity (it fixes the summation order), not
@@ -42,7 +46,7 @@ public struct Reconstruct: Sendable, Equatable {
                 r.scope = s
             }
         } else {
-            let fields = try JobSpec.mapping(node, key: "reconstruct", known: ["scope", "damp", "epochs", "learning_rate", "tasks_per_step"], file: file)
+            let fields = try JobSpec.mapping(node, key: "reconstruct", known: ["scope", "damp", "epochs", "learning_rate", "lr_schedule", "tasks_per_step"], file: file)
             if let n = fields["scope"] {
                 guard let s = n.scalar.flatMap({ Scope(rawValue: $0.string) }) else {
                     throw SpecError("\(where_(file, n)): reconstruct.scope: '\(n.scalar?.string ?? "?")' is not one of \(Scope.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -62,10 +66,16 @@ public struct Reconstruct: Sendable, Equatable {
                 }
                 r.learningRate = v
             }
+            if let n = fields["lr_schedule"] {
+                guard let v = n.scalar?.string, v == "cosine" || v == "constant" else {
+                    throw SpecError("\(where_(file, n)): reconstruct.lr_schedule: must be constant or cosine")
+                }
+                r.cosine = v == "cosine"
+            }
             if let v = try JobSpec.positiveInt(fields["tasks_per_step"], "reconstruct.tasks_per_step", file: file, minimum: 1,
                                                maximum: calibration?.samplesPerTask ?? 1) { r.tasksPerStep = v }
-            if r.scope == .layer, let n = fields["epochs"] ?? fields["learning_rate"] ?? fields["tasks_per_step"] {
-                throw SpecError("\(where_(file, n)): reconstruct: epochs, learning_rate and tasks_per_step are for scope block (layer scope solves exactly)")
+            if r.scope == .layer, let n = fields["epochs"] ?? fields["learning_rate"] ?? fields["lr_schedule"] ?? fields["tasks_per_step"] {
+                throw SpecError("\(where_(file, n)): reconstruct: epochs, learning_rate, lr_schedule and tasks_per_step are for scope block (layer scope solves exactly)")
             }
             if let n = fields["tasks_per_step"], calibration?.mode != .sequential {
                 throw SpecError("\(where_(file, n)): reconstruct.tasks_per_step: for calibration mode sequential (in dense mode each half is one task)")

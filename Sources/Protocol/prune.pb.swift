@@ -1068,6 +1068,10 @@ public nonisolated struct Prune_V1_BlockRefitTask: Sendable {
 
   public var learningRate: Double = 0
 
+  /// Step k of the epochs × shards steps takes learning_rate · ½(1 + cos(πk/steps))
+  /// (`lr_schedule: cosine`, rounded once to F32); false: learning_rate every step.
+  public var cosine: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3686,7 +3690,7 @@ nonisolated extension Prune_V1_CalibrateTask: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Prune_V1_BlockRefitTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".BlockRefitTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}part\0\u{3}config_json\0\u{1}tokens\0\u{3}shard_samples\0\u{3}token_ids\0\u{1}hidden\0\u{1}weights\0\u{1}pruned\0\u{1}epochs\0\u{3}learning_rate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}block\0\u{1}part\0\u{3}config_json\0\u{1}tokens\0\u{3}shard_samples\0\u{3}token_ids\0\u{1}hidden\0\u{1}weights\0\u{1}pruned\0\u{1}epochs\0\u{3}learning_rate\0\u{1}cosine\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3705,6 +3709,7 @@ nonisolated extension Prune_V1_BlockRefitTask: SwiftProtobuf.Message, SwiftProto
       case 9: try { try decoder.decodeRepeatedMessageField(value: &self.pruned) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.epochs) }()
       case 11: try { try decoder.decodeSingularDoubleField(value: &self.learningRate) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.cosine) }()
       default: break
       }
     }
@@ -3744,6 +3749,9 @@ nonisolated extension Prune_V1_BlockRefitTask: SwiftProtobuf.Message, SwiftProto
     if self.learningRate.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.learningRate, fieldNumber: 11)
     }
+    if self.cosine != false {
+      try visitor.visitSingularBoolField(value: self.cosine, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3759,6 +3767,7 @@ nonisolated extension Prune_V1_BlockRefitTask: SwiftProtobuf.Message, SwiftProto
     if lhs.pruned != rhs.pruned {return false}
     if lhs.epochs != rhs.epochs {return false}
     if lhs.learningRate != rhs.learningRate {return false}
+    if lhs.cosine != rhs.cosine {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

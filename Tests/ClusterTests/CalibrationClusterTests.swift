@@ -423,6 +423,43 @@ final class CalibrationClusterTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
 
+    /// `lr_schedule: cosine`: each half's step size falls from `learning_rate` over its
+    /// epochs × shards steps, inside the half's task in dense mode and as the coordinator's
+    /// per-step sizes in sequential mode. Block 0's attention half sees the same inputs,
+    /// start and teacher in both modes, and with one gradient task per step the same
+    /// gradients, so the two modes must give its weights the same bytes: a check that
+    /// both apply one schedule. Each mode gives the same bytes for 0 and 2 workers, the
+    /// halves' losses fall, and the weights differ from the constant schedule's.
+    func testACosineBlockReFitTakesTheSameStepsInBothModes() throws {
+        let cosine = "reconstruct: {scope: block, epochs: 2, learning_rate: 0.001, lr_schedule: cosine}\n"
+        let dense = try run("cos-dense-w0", method: "wanda", mode: "dense", extra: cosine, workers: 0)
+        XCTAssertEqual(try run("cos-dense-w2", method: "wanda", mode: "dense", extra: cosine, workers: 2), dense)
+        let oneSlice = cosine.replacingOccurrences(of: "lr_schedule", with: "tasks_per_step: 1, lr_schedule")
+        let sequential = try run("cos-seq-w0", method: "wanda", mode: "sequential", extra: oneSlice, workers: 0)
+        XCTAssertEqual(try run("cos-seq-w2", method: "wanda", mode: "sequential", extra: oneSlice, workers: 2), sequential)
+        let constant = try run("cos-seq-constant", method: "wanda", mode: "sequential",
+                               extra: oneSlice.replacingOccurrences(of: "lr_schedule: cosine", with: "lr_schedule: constant"), workers: 0)
+
+        let attention0 = ["q_proj", "k_proj", "v_proj", "o_proj"].map { "model.layers.0.self_attn.\($0).weight" }
+        let read = { (job: String) -> [String: [Float]] in
+            let out = try Checkpoint(path: self.dir.file("\(job)/out/dense"))
+            return try Dictionary(uniqueKeysWithValues: attention0.map { ($0, try out.shard(of: $0)!.floats(out.info($0)!)) })
+        }
+        let (d, q, c) = (try read("cos-dense-w0"), try read("cos-seq-w0"), try read("cos-seq-constant"))
+        for name in attention0 {
+            // (Booleans: a failure would otherwise print every weight.)
+            XCTAssertTrue(d[name] == q[name], "\(name): the same steps in dense and sequential mode")
+            XCTAssertTrue(q[name] != c[name], "\(name): the schedule changed the steps")
+        }
+        XCTAssertNotEqual(sequential, constant)
+        for job in ["cos-dense-w2", "cos-seq-w2"] {
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: dir.file("\(job)/out/manifest.json"))))
+            for (name, t) in manifest.tensors where t.pruned {
+                XCTAssertLessThan(try XCTUnwrap(t.measures?["block_loss"], name), try XCTUnwrap(t.measures?["block_loss_before"], name), "\(job) \(name)")
+            }
+        }
+    }
+
     /// A step size far too large (1, the spec's limit): the halves' losses rise, so each
     /// half keeps its start (the layer-wise re-fit); nothing non-finite reaches out/.
     func testAnOvershootingBlockReconstructionKeepsEachHalfsStart() throws {

@@ -234,6 +234,8 @@ final class AllocationTests: XCTestCase {
         let block = try XCTUnwrap(try reconstructSpec("{scope: block, epochs: 2, learning_rate: 0.001}", mode: "dense").reconstruct)
         XCTAssertEqual([block.scope.rawValue, "\(block.epochs)", "\(block.learningRate)"], ["block", "2", "0.001"])
         XCTAssertEqual(try reconstructSpec("block", mode: "dense").reconstruct?.epochs, Reconstruct().epochs)
+        XCTAssertEqual(try reconstructSpec("block", mode: "dense").reconstruct?.cosine, false)
+        XCTAssertEqual(try reconstructSpec("{scope: block, lr_schedule: cosine}").reconstruct?.cosine, true)
         XCTAssertEqual(try reconstructSpec("{scope: block, tasks_per_step: 4}").reconstruct?.tasksPerStep, 4)
         XCTAssertThrowsError(try reconstructSpec("{scope: block, tasks_per_step: 2}", mode: "dense")) { error in
             XCTAssertTrue("\(error)".contains("reconstruct.tasks_per_step: for calibration mode sequential"), "\(error)")
@@ -243,8 +245,10 @@ final class AllocationTests: XCTestCase {
             ("{scope: model}", "wanda", "", "reconstruct.scope: 'model' is not one of layer, block"),
             ("{scope: block, tasks_per_step: 0}", "wanda", "", "reconstruct.tasks_per_step: must be an integer ≥ 1"),
             ("{scope: block, tasks_per_step: 9}", "wanda", "", "reconstruct.tasks_per_step"),
-            ("{scope: layer, epochs: 2}", "wanda", "", "reconstruct: epochs, learning_rate and tasks_per_step are for scope block"),
-            ("{scope: layer, tasks_per_step: 2}", "wanda", "", "reconstruct: epochs, learning_rate and tasks_per_step are for scope block"),
+            ("{scope: layer, epochs: 2}", "wanda", "", "reconstruct: epochs, learning_rate, lr_schedule and tasks_per_step are for scope block"),
+            ("{scope: layer, tasks_per_step: 2}", "wanda", "", "reconstruct: epochs, learning_rate, lr_schedule and tasks_per_step are for scope block"),
+            ("{scope: layer, lr_schedule: cosine}", "wanda", "", "reconstruct: epochs, learning_rate, lr_schedule and tasks_per_step are for scope block"),
+            ("{scope: block, lr_schedule: linear}", "wanda", "", "reconstruct.lr_schedule: must be constant or cosine"),
             ("{scope: block, epochs: 0}", "wanda", "", "reconstruct.epochs: must be an integer ≥ 1"),
             ("{scope: block, epochs: 1001}", "wanda", "", "reconstruct.epochs"),
             ("{scope: block, learning_rate: 0}", "wanda", "", "reconstruct.learning_rate: must be a finite number in (0, 1]"),

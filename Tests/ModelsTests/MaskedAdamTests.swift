@@ -67,4 +67,16 @@ final class MaskedAdamTests: XCTestCase {
         XCTAssertThrowsError(try fresh.restore(prunedMoment), "entry 1 is pruned: its moment must be zero")
         XCTAssertEqual(fresh.step, 0, "a refused state changes nothing")
     }
+
+    /// Half a cosine: the first step takes the base, each later one less, the last a small
+    /// positive size (never 0, which the optimizers refuse), the middle half the base.
+    func testTheCosineScheduleFallsFromTheBaseTowardsZero() {
+        let sizes = (0..<8).map { CosineSchedule.stepSize(base: 0.004, step: $0, of: 8) }
+        XCTAssertEqual(sizes[0], 0.004)
+        XCTAssertEqual(sizes[4], 0.002, accuracy: 1e-9)
+        XCTAssertTrue(zip(sizes, sizes.dropFirst()).allSatisfy { $0 > $1 }, "\(sizes)")
+        XCTAssertGreaterThan(sizes[7], 0)
+        XCTAssertLessThan(sizes[7], 0.0002)
+        XCTAssertEqual(CosineSchedule.stepSize(base: 0.5, step: 0, of: 1), 0.5)
+    }
 }

@@ -9,7 +9,8 @@ import Tensors
 /// reproduces the dense half's output, by Adam steps on the kept weights
 /// (`SubBlockGradient`, `MaskedAdam`): masks fixed, pruned weights exactly zero. The fit
 /// starts from the layer-wise re-fit of the prune tasks and runs `epochs` passes over the
-/// calibration shards, one step per shard in shard order.
+/// calibration shards, one step per shard in shard order, at `learning_rate` or, with
+/// `lr_schedule: cosine`, at `CosineSchedule`'s falling sizes (the same in both modes).
 /// - Dense calibration mode: on the dense model's activations, every half independent:
 ///   one task `refit:B:PART` per half.
 /// - Sequential mode: on the inputs the pruned and re-fit blocks before it give (block B's
@@ -206,6 +207,7 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
         r.pruned = try startLinears(names, outputs: outputs)
         r.epochs = UInt32(reconstruct.epochs)
         r.learningRate = reconstruct.learningRate
+        r.cosine = reconstruct.cosine
         return .blockRefit(r)
     }
 
@@ -264,6 +266,10 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
             try onSlice(s, first, count)
         case .step(let e, let s):
             r.action = BlockRefitStep.step
+            // The schedule's step size for this step, computed here once (the worker takes it as given).
+            if reconstruct.cosine {
+                r.learningRate = Double(CosineSchedule.stepSize(base: reconstruct.learningRate, step: e * calibration.shardCount + s, of: steps.count))
+            }
             if let p = previous(e, s) { r.state = try stateOf(p) }
             r.gradients = try (0..<slices(shard: s)).map { try outputs.ref(BlockRefitPhase.gradient, of: id(b, part, .gradient(epoch: e, shard: s, slice: $0))) }
         }
@@ -385,6 +391,7 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
             }
         }
         let before = totalLoss(weights)
+        let stepCount = Int(r.epochs) * shards.count
         for epoch in 0..<Int(r.epochs) {
             for (s, shard) in shards.enumerated() {
                 try Cancellation.checkpoint()
@@ -393,7 +400,9 @@ public final class BlockRefitPhase: Phase, RoundedPhase, PrunedTensorSource, Man
                 guard step.loss.isFinite else {
                     throw PruningError("\(where_): the loss became \(step.loss) at epoch \(epoch + 1), shard \(s); lower reconstruct.learning_rate")
                 }
-                for i in optimizers.keys.sorted() { optimizers[i]!.update(&weights[i], gradient: step.gradients[i]) }
+                // The same step sizes as sequential mode's step tasks (`CosineSchedule`).
+                let size = r.cosine ? CosineSchedule.stepSize(base: r.learningRate, step: epoch * shards.count + s, of: stepCount) : nil
+                for i in optimizers.keys.sorted() { optimizers[i]!.update(&weights[i], gradient: step.gradients[i], learningRate: size) }
             }
         }
         var after = totalLoss(weights)

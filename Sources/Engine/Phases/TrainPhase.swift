@@ -202,7 +202,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             first = roundStarts[r]
             count = roundEnd(r) - first
         }
-        return Float(spec.learningRate * 0.5 * (1 + cos(Double.pi * Double(s - first) / Double(count))))
+        return CosineSchedule.stepSize(base: spec.learningRate, step: s - first, of: count)
     }
 
     /// The examples of epoch e in the order it visits them (a seeded Fisher–Yates shuffle).
