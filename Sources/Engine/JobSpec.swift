@@ -91,6 +91,9 @@ public struct JobSpec: Sendable {
     public var method: Method
     public var sparsity: Double
     public var pattern: SparsityPattern
+    /// `pattern: heads+channels`: the fraction of each block's heads removed
+    /// (`head_sparsity`); nil: `sparsity`, as for the channels.
+    public var headSparsity: Double?
     public var seed: UInt64
     public var targets: [NamePattern]
     /// Everything ignored: the safe defaults (unless `ignore_defaults: false`), then the
@@ -168,7 +171,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule", "speed"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule", "speed", "head_sparsity"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -372,7 +375,7 @@ public struct JobSpec: Sendable {
         var calibration = try values["calibration"].map { try parseCalibration($0, file: file, resolve: resolve) }
         if method == .flap {
             guard case .units = pattern else {
-                throw SpecError("\(where_(file, values["method"])): method: flap removes whole units (pattern channels or heads), not \(pattern)")
+                throw SpecError("\(where_(file, values["method"])): method: flap removes whole units (pattern channels, heads or heads+channels), not \(pattern)")
             }
             // FLAP's statistics and biases are the dense model's (each block's compensation
             // is its removed units' mean output on dense inputs): dense calibration.
@@ -453,18 +456,28 @@ public struct JobSpec: Sendable {
             if spec.train?.tokens != nil { throw SpecError("\(where_(file, node)): schedule: prune-and-train rounds are built for the MLP classifier; a Llama model fine-tunes the job's masks (drop schedule:)") }
             if case .nm = pattern { throw SpecError("\(where_(file, node)): schedule: rounds prune by magnitude within rows; pattern \(pattern) is not supported with a schedule") }
         }
-        if case .units(let kind) = pattern {
+        if case .units = pattern {
+            let kind = pattern.description
             // Units are scored by L2 norm or Wanda and removed from the shapes; the
             // per-weight steps have no meaning on a model whose weights are gone.
             guard [.magnitude, .wanda, .taylor, .fisher, .flap].contains(method) else {
-                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind.rawValue) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap (input fluctuation, with bias compensation), not \(method.rawValue)")
+                throw SpecError("\(where_(file, values["method"])): method: pattern \(kind) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap (input fluctuation, with bias compensation), not \(method.rawValue)")
             }
             for key in ["allocation", "refine", "train", "schedule", "weight_norms"] {
-                if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind.rawValue) (every block keeps the same units count; the smaller model is written as it is)") }
+                if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind) (every block keeps the same units count; the smaller model is written as it is)") }
             }
             if let node = values["reconstruct"], spec.reconstruct?.scope != .layer {
-                throw SpecError("\(where_(file, node)): reconstruct: pattern \(kind.rawValue) re-fits the layer that reads the removed units (scope layer), not whole blocks")
+                throw SpecError("\(where_(file, node)): reconstruct: pattern \(kind) re-fits the layer that reads the removed units (scope layer), not whole blocks")
             }
+        }
+        if let node = values["head_sparsity"] {
+            guard case .units(let kinds) = pattern, kinds.count > 1 else {
+                throw SpecError("\(where_(file, node)): head_sparsity: for pattern heads+channels (with one kind of unit, sparsity is its fraction)")
+            }
+            guard let h = node.scalar.flatMap({ Double($0.string) }), h.isFinite, h > 0, h < 1 else {
+                throw SpecError("\(where_(file, node)): head_sparsity: must be a number in (0, 1) (the fraction of each block's query heads removed)")
+            }
+            spec.headSparsity = h
         }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {

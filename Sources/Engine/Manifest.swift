@@ -240,23 +240,64 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// What a structured pattern removed: the units every block kept.
     public var structure: Structure?
 
-    /// A structured job's units (`pattern: channels` or `heads`).
+    /// A structured job's units (`pattern: channels`, `heads` or `heads+channels`).
     public struct Structure: Codable, Sendable, Equatable {
-        /// channels | heads
+        /// channels | heads | heads+channels
         public var kind: String
-        /// How units were scored: l2 | wanda.
+        /// How units were scored: l2 | wanda | taylor | fisher | flap.
         public var score: String
-        public var unitsPerBlock: Int
-        public var keptPerBlock: Int
-        /// Rows (or columns) per unit in each tensor: 1 for a channel, head_dim for a head.
-        public var width: Int
-        /// The kept unit indices of each block, ascending, in block order.
+        /// One kind of unit: the units of each block, how many it keeps, and rows (or
+        /// columns) per unit in each tensor (1 for a channel, head_dim for a head); the same
+        /// as `parts`' one entry. Absent when the job removed two kinds.
+        public var unitsPerBlock: Int?
+        public var keptPerBlock: Int?
+        public var width: Int?
+        /// Per kind, in the order of its groups within a block (heads, then channels).
+        /// Absent in manifests written before two kinds were possible (then: `kind`, the
+        /// fields above and the manifest's sparsity).
+        public var parts: [Part]?
+        /// The kept unit indices of each group, ascending: per block in block order, one
+        /// group per kind in `parts` order.
         public var kept: [[Int]]
         public var parametersBefore: Int
         public var parametersAfter: Int
 
+        /// One kind of unit of a structured job.
+        public struct Part: Codable, Sendable, Equatable {
+            public var kind: String
+            /// The fraction of each block's units of this kind removed.
+            public var sparsity: Double
+            public var unitsPerBlock: Int
+            public var keptPerBlock: Int
+            public var width: Int
+
+            public init(kind: String, sparsity: Double, unitsPerBlock: Int, keptPerBlock: Int, width: Int) {
+                self.kind = kind
+                self.sparsity = sparsity
+                self.unitsPerBlock = unitsPerBlock
+                self.keptPerBlock = keptPerBlock
+                self.width = width
+            }
+
+            enum CodingKeys: String, CodingKey {
+                case kind, sparsity, width
+                case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block"
+            }
+        }
+
+        /// Each kind's part: `parts`, or for an older manifest the one kind it describes.
+        public func allParts(sparsity: Double) -> [Part] {
+            if let parts { return parts }
+            return [Part(kind: kind, sparsity: sparsity, unitsPerBlock: unitsPerBlock ?? 0, keptPerBlock: keptPerBlock ?? 0, width: width ?? 0)]
+        }
+
+        /// "16 of 24 heads and 1075 of 1536 channels".
+        public func keptText(sparsity: Double) -> String {
+            allParts(sparsity: sparsity).map { "\($0.keptPerBlock) of \($0.unitsPerBlock) \($0.kind)" }.joined(separator: " and ")
+        }
+
         enum CodingKeys: String, CodingKey {
-            case kind, score, width, kept
+            case kind, score, width, kept, parts
             case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block"
             case parametersBefore = "parameters_before", parametersAfter = "parameters_after"
         }

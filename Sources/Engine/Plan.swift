@@ -79,14 +79,14 @@ public struct Plan: Sendable {
         guard !chosen.isEmpty else {
             throw SpecError("targets: no prunable tensor matched (targets \(Plan.summary(spec.targets)), ignore \(Plan.summary(spec.ignore)))")
         }
-        if case .units(let kind) = spec.pattern {
+        if case .units(let kinds) = spec.pattern {
             // A unit spans tensors and every block keeps the same width: all of them go
             // together, whatever else the targets match.
-            let units = try StructuredPlan(spec: spec, checkpoint: checkpoint, kind: kind)
-            let sliced = units.blocks.flatMap(\.slices).map(\.tensor)
+            let units = try StructuredPlan(spec: spec, checkpoint: checkpoint, kinds: kinds)
+            let sliced = units.groups.flatMap(\.slices).map(\.tensor)
             let picked = Set(chosen.map(\.name))
             if let missing = sliced.first(where: { !picked.contains($0) }) {
-                throw SpecError("targets: pattern \(kind.rawValue) removes units from every block, but '\(missing)' is not targeted (check targets and ignore)")
+                throw SpecError("targets: pattern \(spec.pattern) removes units from every block, but '\(missing)' is not targeted (check targets and ignore)")
             }
             let byName = Dictionary(uniqueKeysWithValues: chosen.map { ($0.name, $0) })
             chosen = sliced.map { byName[$0]! }

@@ -235,7 +235,7 @@ public struct JobReport: Codable, Sendable {
         }
         if let u = structure {
             let fewer = 100 * Double(u.parametersBefore - u.parametersAfter) / Double(max(u.parametersBefore, 1))
-            s += "Structured: every block keeps \(u.keptPerBlock) of its \(u.unitsPerBlock) \(u.kind) (scored by \(u.score)); "
+            s += "Structured: every block keeps \(u.keptText(sparsity: sparsity)) (scored by \(u.score)); "
             s += "dense/ is the smaller model, \(u.parametersAfter) of \(u.parametersBefore) parameters (\(String(format: "%.1f", fewer))% fewer), "
             s += "\(sizes.denseBytes) bytes; there is no sparse/.\n\n"
         } else {

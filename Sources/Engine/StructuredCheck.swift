@@ -18,32 +18,42 @@ enum StructuredCheck {
             fail("sparse/: present, but a structured job writes only the smaller dense/")
         }
         for problem in try Checker.modelFileProblems(manifest: manifest, source: source, original: original) { fail(problem) }
-        guard let kind = UnitKind(rawValue: structure.kind), let score = UnitScore(rawValue: structure.score) else {
-            fail("manifest: structure kind '\(structure.kind)' or score '\(structure.score)' is unknown")
+        let parts = structure.allParts(sparsity: manifest.sparsity)
+        let kinds = parts.compactMap { UnitKind(rawValue: $0.kind) }
+        guard let score = UnitScore(rawValue: structure.score), kinds.count == parts.count, !kinds.isEmpty,
+              kinds == UnitKind.allCases.filter(kinds.contains), structure.kind == kinds.map(\.rawValue).joined(separator: "+") else {
+            fail("manifest: structure kind '\(structure.kind)' (parts \(parts.map(\.kind))) or score '\(structure.score)' is unknown")
             return report
         }
         let plan: StructuredPlan
         let isMLP = MLPConfig.exists(in: source.directory)
         do {
+            let heads = parts.first { $0.kind == UnitKind.heads.rawValue }?.sparsity
             plan = isMLP ? try StructuredPlan(mlp: source, sparsity: manifest.sparsity)
-                : try StructuredPlan(config: try LlamaConfig.load(source.directory), kind: kind, score: score, sparsity: manifest.sparsity)
+                : try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: kinds, score: score, sparsity: manifest.sparsity, headSparsity: heads)
         } catch {
             fail("the input's config does not give the job's units: \(error)")
             return report
         }
-        guard structure.kept.count == plan.blocks.count else {
-            fail("manifest: kept units of \(structure.kept.count) blocks, the model has \(plan.blocks.count)")
+        guard structure.kept.count == plan.groups.count, plan.kinds == kinds else {
+            fail("manifest: kept units of \(structure.kept.count) groups of \(structure.kind), the model has \(plan.groups.count) of \(plan.kindName)")
             return report
         }
-        for (b, kept) in structure.kept.enumerated() {
-            if let problem = UnitPrunePhase.problem(kept: kept, block: plan.blocks[b], sparsity: manifest.sparsity) { fail("manifest: block \(b): \(problem)") }
+        for (g, kept) in structure.kept.enumerated() {
+            if let problem = UnitPrunePhase.problem(kept: kept, block: plan.groups[g], sparsity: plan.sparsity(ofGroup: g)) {
+                fail("manifest: block \(plan.blockOf[g]) \(plan.groups[g].kind.rawValue): \(problem)")
+            }
+        }
+        for part in parts {
+            let kind = UnitKind(rawValue: part.kind)!
+            if part.keptPerBlock != plan.keptPerBlock(kind) { fail("manifest: \(part.kind): \(part.keptPerBlock) kept a block, the units give \(plan.keptPerBlock(kind))") }
         }
         guard report.passed else { return report }
         // The config the smaller model carries describes its tensors, as the forward pass reads them.
         if isMLP {
             do { _ = try MLPModel(directory: denseDir) } catch { fail("dense/: \(error)") }
         } else if let sourceConfig = plan.config {
-            checkLlamaConfig(denseDir: denseDir, dense: dense, plan: plan, source: sourceConfig, structure: structure, kind: kind, fail: fail)
+            checkLlamaConfig(denseDir: denseDir, dense: dense, plan: plan, source: sourceConfig, fail: fail)
         }
         if dense.parameterCount != structure.parametersAfter { fail("dense/: \(dense.parameterCount) parameters, manifest says \(structure.parametersAfter)") }
         if source.parameterCount != structure.parametersBefore { fail("input: \(source.parameterCount) parameters, manifest says \(structure.parametersBefore)") }
@@ -99,14 +109,16 @@ enum StructuredCheck {
     }
 
     /// dense/config.json against the smaller shapes and the units' widths.
-    private static func checkLlamaConfig(denseDir: String, dense: Checkpoint, plan: StructuredPlan, source: LlamaConfig,
-                                         structure: Manifest.Structure, kind: UnitKind, fail: (String) -> Void) {
+    private static func checkLlamaConfig(denseDir: String, dense: Checkpoint, plan: StructuredPlan, source: LlamaConfig, fail: (String) -> Void) {
         do {
             let config = try LlamaConfig.load(denseDir)
             try config.validate(against: dense, file: (denseDir as NSString).appendingPathComponent("config.json"))
-            let width = kind == .channels ? config.intermediateSize : config.heads
-            if width != plan.keptPerBlock || structure.keptPerBlock != plan.keptPerBlock {
-                fail("dense/config.json: \(kind == .channels ? "intermediate_size" : "num_attention_heads") \(width), the kept units are \(plan.keptPerBlock) a block")
+            for kind in UnitKind.allCases {
+                let width = kind == .channels ? config.intermediateSize : config.heads
+                let expected = plan.kinds.contains(kind) ? plan.keptPerBlock(kind) : (kind == .channels ? source.intermediateSize : source.heads)
+                if width != expected {
+                    fail("dense/config.json: \(kind == .channels ? "intermediate_size" : "num_attention_heads") \(width), the kept units are \(expected) a block")
+                }
             }
             if config.headDim != source.headDim || config.kvHeads != source.kvHeads || config.hiddenSize != source.hiddenSize {
                 fail("dense/config.json: head_dim, num_key_value_heads or hidden_size changed")

@@ -3,23 +3,31 @@ import Models
 import Pruning
 import Tensors
 
-/// Structured pruning of a Llama-family model (`pattern: channels` or `pattern: heads`):
-/// which units every decoder block has, in which tensors, how many each keeps, and the
-/// config the smaller model gets. Every block keeps the same number of units, which is
-/// what one `intermediate_size` / `num_attention_heads` in a stock config can express.
+/// Structured pruning of a Llama-family model (`pattern: channels`, `heads` or
+/// `heads+channels`): which units every decoder block has, in which tensors, how many each
+/// keeps, and the config the smaller model gets. The units fall in groups, one per decoder
+/// block and kind (heads before channels within a block); every block keeps the same
+/// number of each kind, which is what one `intermediate_size` / `num_attention_heads` in a
+/// stock config can express.
 public struct StructuredPlan: Sendable {
-    public let kind: UnitKind
+    /// The kinds removed, in `UnitKind.allCases` order.
+    public let kinds: [UnitKind]
     public let score: UnitScore
     /// The Llama-family config; nil for an MLP classifier (whose widths are its tensors').
     public let config: LlamaConfig?
-    /// The units of each decoder block (an MLP's hidden layers), in order.
-    public let blocks: [BlockUnits]
-    /// Every tensor whose shape the units change, with each cut: the block whose units it
+    /// The unit groups in order: per decoder block (an MLP's hidden layer), one per kind.
+    public let groups: [BlockUnits]
+    /// The decoder block (hidden layer) of each group.
+    public let blockOf: [Int]
+    /// Every tensor whose shape the units change, with each cut: the group whose units it
     /// loses and along which axis (an MLP's middle weight loses rows to one hidden layer and
     /// columns to the one before; a bias loses its weight's rows).
-    public let slicedTensors: [String: [(block: Int, slice: UnitSlice)]]
-    /// The fraction of each block's units removed (the spec's sparsity).
+    public let slicedTensors: [String: [(group: Int, slice: UnitSlice)]]
+    /// The fraction of each block's channels (or heads, alone) removed: the spec's sparsity.
     public let sparsity: Double
+    /// The fraction of each block's heads removed (`head_sparsity`; the spec's sparsity
+    /// unless `heads+channels` gives its own).
+    public let headSparsity: Double
     /// Tensors the smaller model gains (`method: flap`): the bias of the layer that reads
     /// the units, carrying the removed units' mean output, and the zero biases its config
     /// flag brings along (Llama's `mlp_bias` gives gate, up and down biases; its
@@ -37,6 +45,23 @@ public struct StructuredPlan: Sendable {
         public let compensates: Bool
     }
 
+    /// The fraction of a kind's units each block removes.
+    public func sparsity(of kind: UnitKind) -> Double { kind == .heads ? headSparsity : sparsity }
+
+    /// The fraction of group g's units removed.
+    public func sparsity(ofGroup g: Int) -> Double { sparsity(of: groups[g].kind) }
+
+    /// Units each block keeps of a kind (0 when the plan does not remove that kind).
+    public func keptPerBlock(_ kind: UnitKind) -> Int {
+        groups.first { $0.kind == kind }.map { $0.keptCount(at: sparsity(of: kind)) } ?? 0
+    }
+
+    /// The groups of decoder block b, in `kinds` order.
+    public func groups(ofBlock b: Int) -> [Int] { blockOf.indices.filter { blockOf[$0] == b } }
+
+    /// `heads`, `channels` or `heads+channels`.
+    public var kindName: String { kinds.map(\.rawValue).joined(separator: "+") }
+
     /// The tensors a unit kind removes rows or columns from, in block `b`.
     public static func slices(_ kind: UnitKind, block b: Int) -> [UnitSlice] {
         let p = "model.layers.\(b)."
@@ -52,9 +77,10 @@ public struct StructuredPlan: Sendable {
     /// The plan for a spec's structured pattern; refuses what the smaller model could not
     /// express, naming the key: a model that is not Llama-family, a method without a unit
     /// score, a sparsity that removes no unit or every unit of a group.
-    public init(spec: JobSpec, checkpoint: Checkpoint, kind: UnitKind) throws {
+    public init(spec: JobSpec, checkpoint: Checkpoint, kinds: [UnitKind]) throws {
+        let name = kinds.map(\.rawValue).joined(separator: "+")
         if MLPConfig.exists(in: checkpoint.directory) {
-            guard kind == .channels else { throw SpecError("pattern: heads: an MLP classifier has no attention heads (pattern channels removes hidden neurons)") }
+            guard kinds == [.channels] else { throw SpecError("pattern: \(name): an MLP classifier has no attention heads (pattern channels removes hidden neurons)") }
             guard spec.method == .magnitude else {
                 throw SpecError("pattern: channels on an MLP classifier scores neurons by the L2 norm of their weights (method magnitude), not \(spec.method.rawValue)")
             }
@@ -67,7 +93,7 @@ public struct StructuredPlan: Sendable {
             config = try LlamaConfig.load(checkpoint.directory)
             try config.validate(against: checkpoint, file: file)
         } catch let e as ModelError {
-            throw SpecError("pattern: \(kind.rawValue) removes units of a Llama-family model (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM); \(e.description)")
+            throw SpecError("pattern: \(name) removes units of a Llama-family model (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM); \(e.description)")
         }
         let score: UnitScore
         switch spec.method {
@@ -77,39 +103,53 @@ public struct StructuredPlan: Sendable {
         case .fisher: score = .fisher
         case .flap: score = .flap
         default:
-            throw SpecError("pattern: \(kind.rawValue) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap, not \(spec.method.rawValue)")
+            throw SpecError("pattern: \(name) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap, not \(spec.method.rawValue)")
         }
-        try self.init(config: config, kind: kind, score: score, sparsity: spec.sparsity)
+        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity ?? spec.sparsity)
     }
 
     /// The plan for a config (what `prune check` rebuilds from a manifest).
-    public init(config: LlamaConfig, kind: UnitKind, score: UnitScore, sparsity: Double) throws {
+    public init(config: LlamaConfig, kinds: [UnitKind], score: UnitScore, sparsity: Double, headSparsity: Double? = nil) throws {
+        precondition(!kinds.isEmpty && kinds == UnitKind.allCases.filter(kinds.contains), "kinds in UnitKind.allCases order")
         self.config = config
-        self.kind = kind
+        self.kinds = kinds
         self.score = score
         self.sparsity = sparsity
-        blocks = (0..<config.layers).map { b in
-            switch kind {
-            case .channels:
-                return BlockUnits(kind: kind, count: config.intermediateSize, width: 1, groups: 1, slices: StructuredPlan.slices(kind, block: b))
-            case .heads:
-                return BlockUnits(kind: kind, count: config.heads, width: config.headDim, groups: config.kvHeads, slices: StructuredPlan.slices(kind, block: b))
+        self.headSparsity = headSparsity ?? sparsity
+        var groups: [BlockUnits] = [], blockOf: [Int] = []
+        for b in 0..<config.layers {
+            for kind in kinds {
+                switch kind {
+                case .channels:
+                    groups.append(BlockUnits(kind: kind, count: config.intermediateSize, width: 1, groups: 1, slices: StructuredPlan.slices(kind, block: b)))
+                case .heads:
+                    groups.append(BlockUnits(kind: kind, count: config.heads, width: config.headDim, groups: config.kvHeads, slices: StructuredPlan.slices(kind, block: b)))
+                }
+                blockOf.append(b)
             }
         }
+        self.groups = groups
+        self.blockOf = blockOf
         // Qwen2's query bias loses the rows its weight loses.
-        slicedTensors = StructuredPlan.cuts(blocks, biases: kind == .heads && config.attentionBias
-                                            ? blocks.indices.map { ("model.layers.\($0).self_attn.q_proj.bias", $0) } : [])
-        guard let first = blocks.first else { throw SpecError("pattern: \(kind.rawValue): the model has no decoder block") }
-        let removed = first.removedPerGroup(at: sparsity)
-        let perGroup = first.count / first.groups
-        guard removed > 0 else {
-            let what = kind == .heads ? "\(first.groups) key/value groups of \(perGroup) query heads each lose the same number, at least one each (\(first.groups) of \(first.count) heads, sparsity ≥ \(String(format: "%.4f", Double(first.groups) / Double(first.count))))" : "at least one of \(first.count) channels"
-            throw SpecError("sparsity: \(sparsity) removes no \(kind == .heads ? "head" : "channel"): \(what)")
+        slicedTensors = StructuredPlan.cuts(groups, biases: kinds.contains(.heads) && config.attentionBias
+                                            ? groups.indices.filter { groups[$0].kind == .heads }.map { ("model.layers.\(blockOf[$0]).self_attn.q_proj.bias", $0) } : [])
+        guard !groups.isEmpty else { throw SpecError("pattern: \(kinds.map(\.rawValue).joined(separator: "+")): the model has no decoder block") }
+        for kind in kinds {
+            let first = groups.first { $0.kind == kind }!, s = kind == .heads ? self.headSparsity : sparsity
+            let key = kind == .heads && kinds.count > 1 ? "head_sparsity" : "sparsity"
+            let removed = first.removedPerGroup(at: s)
+            let perGroup = first.count / first.groups
+            guard removed > 0 else {
+                let what = kind == .heads ? "\(first.groups) key/value groups of \(perGroup) query heads each lose the same number, at least one each (\(first.groups) of \(first.count) heads, \(key) ≥ \(String(format: "%.4f", Double(first.groups) / Double(first.count))))" : "at least one of \(first.count) channels"
+                throw SpecError("\(key): \(s) removes no \(kind == .heads ? "head" : "channel"): \(what)")
+            }
+            guard removed < perGroup else {
+                throw SpecError("\(key): \(s) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")
+            }
         }
-        guard removed < perGroup else {
-            throw SpecError("sparsity: \(sparsity) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")
+        if score == .flap {
+            addedBiases = try kinds.flatMap { try StructuredPlan.compensationBiases(config: config, kind: $0, kept: keptPerBlock($0)) }
         }
-        if score == .flap { addedBiases = try StructuredPlan.compensationBiases(config: config, kind: kind, kept: first.keptCount(at: sparsity)) }
     }
 
     /// FLAP's biases for every block: only Llama's config switches them on (Mistral's and
@@ -150,11 +190,12 @@ public struct StructuredPlan: Sendable {
         }
         guard mlp.layers.count >= 2 else { throw SpecError("pattern: channels: \(file) has no hidden layer to remove neurons from") }
         config = nil
-        kind = .channels
+        kinds = [.channels]
         score = .l2
         self.sparsity = sparsity
+        headSparsity = sparsity
         var blocks: [BlockUnits] = []
-        var biases: [(tensor: String, block: Int)] = []
+        var biases: [(tensor: String, group: Int)] = []
         for i in 0..<(mlp.layers.count - 1) {
             let width = checkpoint.info(mlp.layers[i].weight)!.rows
             blocks.append(BlockUnits(kind: .channels, count: width, width: 1, groups: 1,
@@ -165,27 +206,25 @@ public struct StructuredPlan: Sendable {
                 throw SpecError("sparsity: \(sparsity) removes \(removed) of the \(width) neurons of '\(mlp.layers[i].weight)': at least one, and not all")
             }
         }
-        self.blocks = blocks
+        groups = blocks
+        blockOf = Array(blocks.indices)
         slicedTensors = StructuredPlan.cuts(blocks, biases: biases)
     }
 
-    /// Units each block keeps.
-    public var keptPerBlock: Int { blocks[0].keptCount(at: sparsity) }
-
-    /// The cuts of every block's slices, and of `biases` (1-D tensors that lose the rows of
-    /// block b's removed units).
-    private static func cuts(_ blocks: [BlockUnits], biases: [(tensor: String, block: Int)]) -> [String: [(block: Int, slice: UnitSlice)]] {
-        var out: [String: [(block: Int, slice: UnitSlice)]] = [:]
-        for (b, units) in blocks.enumerated() { for s in units.slices { out[s.tensor, default: []].append((b, s)) } }
-        for (bias, b) in biases { out[bias, default: []].append((b, UnitSlice(tensor: bias, axis: .rows))) }
+    /// The cuts of every group's slices, and of `biases` (1-D tensors that lose the rows of
+    /// group g's removed units).
+    private static func cuts(_ groups: [BlockUnits], biases: [(tensor: String, group: Int)]) -> [String: [(group: Int, slice: UnitSlice)]] {
+        var out: [String: [(group: Int, slice: UnitSlice)]] = [:]
+        for (g, units) in groups.enumerated() { for s in units.slices { out[s.tensor, default: []].append((g, s)) } }
+        for (bias, g) in biases { out[bias, default: []].append((g, UnitSlice(tensor: bias, axis: .rows))) }
         return out
     }
 
-    /// The rows and the columns a sliced tensor keeps (nil: all of them), from every block's kept units.
-    public func keptLines(_ cuts: [(block: Int, slice: UnitSlice)], kept: [[Int]]) -> (rows: [Int]?, cols: [Int]?) {
+    /// The rows and the columns a sliced tensor keeps (nil: all of them), from every group's kept units.
+    public func keptLines(_ cuts: [(group: Int, slice: UnitSlice)], kept: [[Int]]) -> (rows: [Int]?, cols: [Int]?) {
         var rows: [Int]?, cols: [Int]?
         for cut in cuts {
-            let lines = blocks[cut.block].keptLines(kept[cut.block])
+            let lines = groups[cut.group].keptLines(kept[cut.group])
             if cut.slice.axis == .rows { rows = lines } else { cols = lines }
         }
         return (rows, cols)
@@ -198,13 +237,15 @@ public struct StructuredPlan: Sendable {
         guard var json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw CheckpointError(file: file, "cannot read a JSON config")
         }
-        switch kind {
-        case .channels: json["intermediate_size"] = keptPerBlock
-        case .heads:
-            json["num_attention_heads"] = keptPerBlock
-            json["head_dim"] = config.headDim
+        for kind in kinds {
+            switch kind {
+            case .channels: json["intermediate_size"] = keptPerBlock(kind)
+            case .heads:
+                json["num_attention_heads"] = keptPerBlock(kind)
+                json["head_dim"] = config.headDim
+            }
+            if !addedBiases.isEmpty { json[kind == .channels ? "mlp_bias" : "attention_bias"] = true }
         }
-        if !addedBiases.isEmpty { json[kind == .channels ? "mlp_bias" : "attention_bias"] = true }
         return [UInt8](try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])) + [0x0A]
     }
 }

@@ -11,7 +11,8 @@ public protocol OutputWriter {
 
 extension Assembler: OutputWriter {}
 
-/// Writes the smaller model of a structured job (`pattern: channels` / `heads`): `dense/`
+/// Writes the smaller model of a structured job (`pattern: channels`, `heads`,
+/// `heads+channels`): `dense/`
 /// holds every tensor of the checkpoint with the removed units' rows and columns dropped
 /// (same names, dtypes, shard files and metadata) and a config.json whose widths say so,
 /// so stock `AutoModelForCausalLM` loads it. There is no `sparse/`: nothing in the smaller
@@ -22,7 +23,7 @@ public struct StructuredWriter: OutputWriter {
     public let plan: Plan
     public let units: StructuredPlan
     public let spec: JobSpec
-    /// The kept units of each block, in block order.
+    /// The kept units of each group of the plan, in group order.
     public let kept: [[Int]]
     public var blockBytes = 8 << 20
     /// New values of a tensor a re-fit changed (`reconstruct: layer`: down, o), full size.
@@ -125,7 +126,7 @@ public struct StructuredWriter: OutputWriter {
                 var entry = Manifest.Tensor(
                     shape: shapes[i], dtype: t.dtype.rawValue, pruned: isPruned,
                     pattern: isPruned ? plan.pattern.description : nil, method: isPruned ? spec.method.rawValue : nil,
-                    targetSparsity: isPruned ? units.sparsity : nil,
+                    targetSparsity: sliced[t.name].map { units.sparsity(ofGroup: $0[0].group) },
                     achievedSparsity: t.elementCount == 0 ? 0 : Double(removed) / Double(t.elementCount),
                     masked: removed, zeros: zeros, elements: elements, sha256Dense: hex, sha256Sparse: hex, reconstructionError: nil)
                 if isPruned { entry.sourceShape = t.shape }
@@ -178,10 +179,15 @@ public struct StructuredWriter: OutputWriter {
                           prunedDenseBytes: prunedBytesAfter, prunedSparseBytes: 0,
                           prunedSparseToDenseRatio: Double(prunedBytesAfter) / Double(max(prunedBytesBefore, 1)),
                           parameters: checkpoint.parameterCount, prunedParameters: prunedParameters, zeros: zerosTotal))
-        let first = units.blocks[0]
+        let parts = units.kinds.map { kind in
+            let first = units.groups.first { $0.kind == kind }!
+            return Manifest.Structure.Part(kind: kind.rawValue, sparsity: units.sparsity(of: kind), unitsPerBlock: first.count,
+                                           keptPerBlock: units.keptPerBlock(kind), width: first.width)
+        }
+        let one = parts.count == 1 ? parts[0] : nil
         manifest.structure = Manifest.Structure(
-            kind: units.kind.rawValue, score: units.score.rawValue, unitsPerBlock: first.count, keptPerBlock: units.keptPerBlock,
-            width: first.width, kept: kept, parametersBefore: checkpoint.parameterCount, parametersAfter: parametersAfter)
+            kind: units.kindName, score: units.score.rawValue, unitsPerBlock: one?.unitsPerBlock, keptPerBlock: one?.keptPerBlock,
+            width: one?.width, parts: parts, kept: kept, parametersBefore: checkpoint.parameterCount, parametersAfter: parametersAfter)
         try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
         return manifest
     }

@@ -58,7 +58,7 @@ func report(_ manifest: Manifest, out: String, seconds: Double) {
         + String(format: "%.2f%% of their weights zero; sparse/ is %.3f× the size of dense/ (pruned tensors alone %.3f×); %.2fs",
                  100 * Double(t.zeros) / Double(max(t.prunedParameters, 1)), t.sparseToDenseRatio, t.prunedSparseToDenseRatio, seconds)
     if let s = manifest.structure {
-        line = "wrote \(out): \(manifest.tensors.values.filter(\.pruned).count) tensors made smaller, \(s.keptPerBlock) of \(s.unitsPerBlock) \(s.kind) kept a block; "
+        line = "wrote \(out): \(manifest.tensors.values.filter(\.pruned).count) tensors made smaller, \(s.keptText(sparsity: manifest.sparsity)) kept a block; "
             + String(format: "%d → %d parameters (%.1f%% fewer), dense/ %d bytes; %.2fs", s.parametersBefore, s.parametersAfter,
                      100 * Double(s.parametersBefore - s.parametersAfter) / Double(max(s.parametersBefore, 1)), t.denseBytes, seconds)
     }

@@ -15,8 +15,9 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
     /// Whole output rows with the smallest L1 or L2 norm of their scores.
     case rows(RowNorm)
     /// Whole units of a decoder block, removed from the model's shapes (`StructuredUnits`):
-    /// MLP channels (a gate row, an up row and a down column) or query heads.
-    case units(UnitKind)
+    /// MLP channels (a gate row, an up row and a down column), query heads, or both
+    /// (`heads+channels`; in `UnitKind.allCases` order, attention before the MLP).
+    case units([UnitKind])
 
     /// Parses `unstructured`, `per_row`, `N:M`, `rows_l1`, `rows_l2`.
     public init(parsing text: String) throws {
@@ -25,12 +26,13 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
         case "per_row": self = .perRow
         case "rows_l1": self = .rows(.l1)
         case "rows_l2": self = .rows(.l2)
-        case "channels": self = .units(.channels)
-        case "heads": self = .units(.heads)
+        case "channels": self = .units([.channels])
+        case "heads": self = .units([.heads])
+        case "heads+channels", "channels+heads": self = .units([.heads, .channels])
         default:
             let parts = text.split(separator: ":", omittingEmptySubsequences: false)
             guard parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]) else {
-                throw PruningError("unknown pattern '\(text)' (expected unstructured, per_row, N:M such as 2:4, rows_l1, rows_l2, channels or heads)")
+                throw PruningError("unknown pattern '\(text)' (expected unstructured, per_row, N:M such as 2:4, rows_l1, rows_l2, channels, heads or heads+channels)")
             }
             guard n >= 0, m >= 1, n < m else {
                 throw PruningError("pattern \(text): N:M needs 0 ≤ N < M")
@@ -45,7 +47,7 @@ public enum SparsityPattern: Equatable, Sendable, CustomStringConvertible {
         case .perRow: return "per_row"
         case .nm(let n, let m): return "\(n):\(m)"
         case .rows(let norm): return "rows_\(norm.rawValue)"
-        case .units(let kind): return kind.rawValue
+        case .units(let kinds): return kinds.map(\.rawValue).joined(separator: "+")
         }
     }
 

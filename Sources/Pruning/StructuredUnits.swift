@@ -2,13 +2,13 @@ import Foundation
 
 /// What structured pruning removes whole from a decoder block.
 public enum UnitKind: String, Sendable, Codable, CaseIterable {
-    /// MLP channels: channel j is gate row j, up row j and down column j, removed together
-    /// (the SwiGLU product of that channel then never reaches the output).
-    case channels
     /// Query heads: head h is q rows h·d ..< (h+1)·d and the same o columns; every
     /// key/value group loses the same number of its query heads, so the grouped-query
     /// ratio stays a whole number and the key/value heads stay as they are.
     case heads
+    /// MLP channels: channel j is gate row j, up row j and down column j, removed together
+    /// (the SwiGLU product of that channel then never reaches the output).
+    case channels
 }
 
 /// Where a block's units lie in one tensor: `width` consecutive rows (or columns) per unit.

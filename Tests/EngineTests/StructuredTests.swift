@@ -60,8 +60,9 @@ final class StructuredTests: XCTestCase {
         let m = try manifest(job)
         let s = try XCTUnwrap(m.structure)
         let source = try Checkpoint(path: dir.file(model))
-        let plan = try StructuredPlan(config: try LlamaConfig.load(source.directory), kind: try XCTUnwrap(UnitKind(rawValue: s.kind)),
-                                      score: .l2, sparsity: m.sparsity)
+        let parts = s.allParts(sparsity: m.sparsity)
+        let plan = try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: try parts.map { try XCTUnwrap(UnitKind(rawValue: $0.kind)) },
+                                      score: .l2, sparsity: m.sparsity, headSparsity: parts.first { $0.kind == "heads" }?.sparsity)
         let sliced = plan.slicedTensors
         var tensors: [(TensorSpec, [UInt8])] = []
         for t in source.tensors {
@@ -69,7 +70,7 @@ final class StructuredTests: XCTestCase {
             let bytes = source.bytes(t)
             values.withUnsafeMutableBytes { $0.copyMemory(from: bytes) }
             for cut in sliced[t.name] ?? [] {
-                let keep = Set(plan.blocks[cut.block].keptLines(s.kept[cut.block]))
+                let keep = Set(plan.groups[cut.group].keptLines(s.kept[cut.group]))
                 let cols = t.shape.count == 1 ? 1 : t.cols
                 for i in values.indices where !keep.contains(cut.slice.axis == .rows ? i / cols : i % cols) { values[i] = 0 }
             }
@@ -113,6 +114,9 @@ final class StructuredTests: XCTestCase {
             ("heads-qwen2", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads", ("num_attention_heads", 2), 2 * 2 * 8 * (32 * 2 + 1)),
             ("channels-fisher", "llama", "method: fisher\nsparsity: 0.25\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("intermediate_size", 36), 2 * 12 * 3 * 32),
             ("heads-taylor", "llama", "method: taylor\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("num_attention_heads", 2), 2 * 2 * 8 * 32 * 2),
+            // Both kinds in one job (sequential calibration: block 1 runs on block 0 with both removed).
+            ("both-wanda", "llama", "method: wanda\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}",
+             ("intermediate_size", 36), 2 * 12 * 3 * 32 + 2 * 2 * 8 * 32 * 2),
         ]
         for c in cases {
             let r = try run(c.job, model: c.model, c.spec)
@@ -127,6 +131,14 @@ final class StructuredTests: XCTestCase {
             let source = try Checkpoint(path: dir.file(c.model))
             XCTAssertEqual(source.parameterCount - small.parameterCount, c.removed, c.job)
             XCTAssertEqual(s.parametersAfter, small.parameterCount)
+            if c.job.hasPrefix("both") {
+                XCTAssertEqual(config["num_attention_heads"] as? Int, 2, c.job)
+                XCTAssertEqual(s.kind, "heads+channels")
+                XCTAssertEqual(s.parts?.map(\.kind), ["heads", "channels"])
+                XCTAssertEqual(s.parts?.map(\.keptPerBlock), [2, 36])
+                XCTAssertEqual(s.kept.map(\.count), [2, 36, 2, 36], "per block: its heads, then its channels")
+                XCTAssertNil(s.keptPerBlock, "two kinds: the per-kind figures are in parts")
+            }
             let check = try Subprocess.prune(["check", dir.file(c.model), dir.file(c.job)])
             XCTAssertEqual(check.status, 0, "\(c.job): \(check.stdout)")
             XCTAssertTrue(check.stdout.contains("rebuilt from the input and the kept units"), check.stdout)
@@ -160,15 +172,22 @@ final class StructuredTests: XCTestCase {
     }
 
     func testTheSmallerModelHasTheSameBytesOnAnyNumberOfWorkers() throws {
-        let spec = "method: wanda\nsparsity: 0.25\npattern: channels\ncalibration: {data: ids.npy, samples: 16, tokens: 24, samples_per_task: 4}"
-        var digests: [String] = []
-        for workers in [0, 1, 2] {
-            let r = try run("w\(workers)", model: "llama", spec, workers: workers)
-            XCTAssertEqual(r.status, 0, r.stderr)
-            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("w\(workers)/out/dense/model.safetensors")))
-            digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+        let calibration = "calibration: {data: ids.npy, samples: 16, tokens: 24, samples_per_task: 4}"
+        for (tag, spec) in [("c", "method: wanda\nsparsity: 0.25\npattern: channels\n" + calibration),
+                            ("hc", "method: wanda\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\n" + calibration)] {
+            var digests: [String] = []
+            for workers in [0, 1, 2] {
+                let r = try run("\(tag)-w\(workers)", model: "llama", spec, workers: workers)
+                XCTAssertEqual(r.status, 0, r.stderr)
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("\(tag)-w\(workers)/out/dense/model.safetensors")))
+                digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+            }
+            XCTAssertEqual(Set(digests).count, 1, "\(tag): \(digests)")
         }
-        XCTAssertEqual(Set(digests).count, 1, "\(digests)")
+        // The two kinds' tasks of a block are separate: units:B:heads and units:B:channels.
+        let query = "import sqlite3, sys; print(*sorted(r[0] for r in sqlite3.connect(sys.argv[1]).execute(\"select id from tasks where id like 'units:%'\")))"
+        let ids = try Subprocess.run("/usr/bin/env", ["python3", "-c", query, dir.file("hc-w2/ledger.sqlite")])
+        XCTAssertEqual(ids.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "units:0:channels units:0:heads units:1:channels units:1:heads", ids.stderr)
     }
 
     func testTransformersLoadsTheSmallerModelWithOurLogits() throws {
@@ -178,10 +197,20 @@ final class StructuredTests: XCTestCase {
             throw XCTSkip("python3 with \(modules) not installed")
         }
         for (job, model, spec) in [("t-channels", "llama", "method: magnitude\nsparsity: 0.5\npattern: channels"),
-                                   ("t-heads", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads")] {
-            XCTAssertEqual(try run(job, model: model, spec).status, 0)
+                                   ("t-heads", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads"),
+                                   ("t-both", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads+channels"),
+                                   // FLAP on both kinds: both bias flags, both compensations.
+                                   ("t-both-flap", "llama", "method: flap\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}")] {
+            let r = try run(job, model: model, spec)
+            XCTAssertEqual(r.status, 0, "\(job): \(r.stderr)")
             try assertTransformersAgree(source: model, job: job, tokens: tokens)
         }
+        // FLAP's smaller model: 2 of 4 heads and 36 of 48 channels a block, plus its biases
+        // (gate, up 36; down 32; q 2·8, k and v 2·8; o 32).
+        let small = try Checkpoint(path: dir.file("t-both-flap/out/dense")), source = try Checkpoint(path: dir.file("llama"))
+        XCTAssertEqual(source.parameterCount - small.parameterCount, 2 * 12 * 3 * 32 + 2 * 2 * 8 * 32 * 2 - 2 * (36 + 36 + 32 + 16 + 16 + 16 + 32))
+        let check = try Subprocess.prune(["check", dir.file("llama"), dir.file("t-both-flap")])
+        XCTAssertEqual(check.status, 0, check.stdout)
     }
 
     func testWhatTheSmallerModelCannotExpressIsRefused() throws {
@@ -197,6 +226,10 @@ final class StructuredTests: XCTestCase {
             ("method: flap\nsparsity: 0.5\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "method: flap removes whole units"),
             ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: sequential}", "llama", "calibration.mode: method flap"),
             ("method: flap\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "qwen2", "only LlamaForCausalLM"),
+            ("method: magnitude\nsparsity: 0.25\npattern: heads+channels", "llama", "head_sparsity: 0.25 removes no head"),
+            ("method: magnitude\nsparsity: 0.5\nhead_sparsity: 0.5\npattern: channels", "llama", "head_sparsity: for pattern heads+channels"),
+            ("method: magnitude\nsparsity: 0.5\nhead_sparsity: 1\npattern: heads+channels", "llama", "head_sparsity: must be a number in (0, 1)"),
+            ("method: magnitude\nsparsity: 0.5\npattern: heads+mlp", "llama", "unknown pattern 'heads+mlp'"),
         ]
         for (i, c) in cases.enumerated() {
             let r = try run("bad\(i)", model: c.model, c.spec)

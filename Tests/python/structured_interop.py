@@ -34,10 +34,13 @@ def main():
     s = manifest["structure"]
     full = transformers.AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
     full.eval()
-    width = s["width"]
+    # One part per kind (heads, then channels); kept lists one group per block and part.
+    parts = s.get("parts") or [{"kind": s["kind"], "units_per_block": s["units_per_block"], "width": s["width"]}]
     with torch.no_grad():
-        for b, kept in enumerate(s["kept"]):
-            keep = torch.zeros(s["units_per_block"] * width, dtype=torch.bool)
+        for g, kept in enumerate(s["kept"]):
+            b, part = divmod(g, len(parts))
+            width = parts[part]["width"]
+            keep = torch.zeros(parts[part]["units_per_block"] * width, dtype=torch.bool)
             for u in kept:
                 keep[u * width:(u + 1) * width] = True
             layer = full.model.layers[b]
@@ -46,7 +49,7 @@ def main():
                                               (small.model.layers[b].self_attn.o_proj, layer.self_attn.o_proj)]:
                 if small_linear.bias is not None and full_linear.bias is None:
                     full_linear.bias = torch.nn.Parameter(small_linear.bias.detach().clone())
-            if s["kind"] == "channels":
+            if parts[part]["kind"] == "channels":
                 layer.mlp.gate_proj.weight[~keep] = 0
                 layer.mlp.up_proj.weight[~keep] = 0
                 layer.mlp.down_proj.weight[:, ~keep] = 0

@@ -6,12 +6,13 @@
 # (default 2) local workers, and the out/ digest, the same for every worker count.
 #   ops/bench/structured.sh [WORKDIR]
 #   PRUNINGS="magnitude channels 0.267;wanda channels 0.4 layer" WORKERS="1 2"
-#   (a fourth word `layer` adds reconstruct: layer, the re-fit of down_proj / o_proj)
+#   (a fourth word `layer` adds reconstruct: layer, the re-fit of down_proj / o_proj;
+#   pattern heads+channels takes a level CHANNELS/HEADS, e.g. 0.317/0.34: sparsity and head_sparsity)
 #   SPEED=1: the spec also asks `speed: true` (the report measures both models' generation
 #   speed, as prune bench); the decode speed-up is printed after the digest
 # SmolLM2's decoder is 30 blocks of 3.54 M weights, 2.65 M of them in the MLP: channels at
 # 0.267 remove 20.0% of the decoder's weights, at 0.4 30.0%; heads at 0.34 remove 3 of 9
-# query heads a block (6.2%).
+# query heads a block (6.2%); heads+channels at 0.184/0.34 remove 20.0%, at 0.317/0.34 30.0%.
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-structured-bench}")"
 cd "$(dirname "$0")/../.."
@@ -24,13 +25,14 @@ for pruning in "${prunings[@]}"; do
   read -r method pattern level refit <<< "$pruning"
   first=""
   for w in ${WORKERS:-2}; do
-    name="structured-$method-$pattern-$level${refit:+-$refit}-w$w"
+    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}-w$w"
     rm -rf "${work:?}/$name"
     {
       echo "model: $work/model"
       echo "output: $work/$name"
       echo "method: $method"
-      echo "sparsity: $level"
+      echo "sparsity: ${level%%/*}"
+      [ "${level#*/}" = "$level" ] || echo "head_sparsity: ${level#*/}"
       echo "pattern: $pattern"
       [ -z "$refit" ] || echo "reconstruct: $refit"
       [ "$method" = magnitude ] && [ -z "$refit" ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}"

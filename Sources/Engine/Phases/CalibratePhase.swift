@@ -76,7 +76,7 @@ public class CalibratePhase: Phase, RoundedPhase {
         let refit = runsOnRefitBlocks ? SubBlock.allCases.filter { part in
             calibration.targets(block: b - 1).contains { BlockRefitPhase.part(of: $0) == part }
         }.map { BlockRefitPhase.id(block: b - 1, part: $0) } : []
-        guard job.plan.units == nil else { return [previous, UnitPrunePhase.id(block: b - 1)] }
+        if let units = job.plan.units { return [previous] + UnitPrunePhase.ids(block: b - 1, of: units) }
         return [previous] + calibration.targets(block: b - 1).map(LayerPrunePhase.id(tensor:)) + refit
     }
 
@@ -111,12 +111,12 @@ public class CalibratePhase: Phase, RoundedPhase {
                 c.pruned = try calibration.targets(block: b - 1).map { name in
                     var p = Prune_V1_PrunedLinear()
                     p.name = name
-                    p.mask = job.plan.units == nil ? try outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
-                        : try outputs.ref(UnitPrunePhase.mask(name), of: UnitPrunePhase.id(block: b - 1))
+                    p.mask = try job.plan.units.map { try outputs.ref(UnitPrunePhase.mask(name), of: try UnitPrunePhase.id(cutting: name, of: $0)) }
+                        ?? outputs.ref(.mask, of: LayerPrunePhase.id(tensor: name))
                     if let units = job.plan.units {
                         // A re-fit reads the removed units' columns (down, o): those change.
                         if job.spec.reconstruct != nil, units.slicedTensors[name]?.contains(where: { $0.slice.axis == .cols }) == true {
-                            p.weights = try UnitPrunePhase.refitWeights(of: name, block: b - 1, outputs: outputs)
+                            p.weights = try UnitPrunePhase.refitWeights(of: name, units: units, outputs: outputs)
                         }
                     } else if runsOnRefitBlocks {
                         p.weights = try BlockRefitPhase.refitWeights(of: name, block: b - 1, outputs: outputs)

@@ -141,7 +141,7 @@ public final class JobDAG {
     /// What writes out/: the smaller model of a structured job, the assembler otherwise.
     public func writer(outputs: OutputStore) throws -> any OutputWriter {
         if let units = job.plan.units, let phase = phases.compactMap({ $0 as? UnitPrunePhase }).first {
-            let kept = try units.blocks.indices.map { try phase.keptUnits(block: $0, outputs: outputs) }
+            let kept = try units.groups.indices.map { try phase.keptUnits(group: $0, outputs: outputs) }
             var writer = StructuredWriter(checkpoint: job.checkpoint, plan: job.plan, units: units, spec: job.spec, kept: kept)
             writer.updated = { try phase.updatedValues(of: $0, outputs: outputs) }
             writer.refitErrors = { try phase.refitErrors(of: $0, outputs: outputs) }

@@ -3,8 +3,9 @@ import Protocol
 import Pruning
 import Tensors
 
-/// Structured pruning (`pattern: channels` or `heads`): task `units:B` scores decoder
-/// block B's units (MLP channels or query heads, `BlockUnits`) from the block's weights,
+/// Structured pruning (`pattern: channels`, `heads` or `heads+channels`): task `units:B`
+/// (`units:B:KIND` when the job removes both kinds) scores decoder block B's units of one
+/// kind (MLP channels or query heads, `BlockUnits`: one group of `StructuredPlan`) from the block's weights,
 /// with Wanda's input statistics of every calibration shard merged in shard order for
 /// `method: wanda`, and keeps the best of every group. Its outputs are the kept units, the
 /// scores and one mask per tensor that zeroes the removed units: the masks let sequential
@@ -14,8 +15,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public static let name = "units"
     private let job: JobContext
     private let units: StructuredPlan
-    /// The blocks whose units each tensor loses rows or columns to (two for an MLP's middle weight).
-    private let blocksOf: [String: [Int]]
+    /// The groups whose units each tensor loses rows or columns to (two for an MLP's middle weight).
+    private let groupsOf: [String: [Int]]
     /// Taylor and Fisher scores: the gradient phase that accumulates them.
     private let gradients: GradientPhase?
 
@@ -24,12 +25,24 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         self.job = job
         self.units = units
         gradients = earlier.compactMap { $0 as? GradientPhase }.first
-        var blocksOf: [String: [Int]] = [:]
-        for (b, block) in units.blocks.enumerated() { for s in block.slices { blocksOf[s.tensor, default: []].append(b) } }
-        self.blocksOf = blocksOf
+        var groupsOf: [String: [Int]] = [:]
+        for (g, group) in units.groups.enumerated() { for s in group.slices { groupsOf[s.tensor, default: []].append(g) } }
+        self.groupsOf = groupsOf
     }
 
-    public static func id(block: Int) -> TaskID { TaskID(name, "\(block)") }
+    /// The task of group g: `units:B`, or `units:B:KIND` when the job removes two kinds.
+    public static func id(group g: Int, of units: StructuredPlan) -> TaskID {
+        units.kinds.count == 1 ? TaskID(name, "\(units.blockOf[g])") : TaskID(name, "\(units.blockOf[g]):\(units.groups[g].kind.rawValue)")
+    }
+
+    /// The tasks of decoder block b's groups.
+    public static func ids(block b: Int, of units: StructuredPlan) -> [TaskID] { units.groups(ofBlock: b).map { id(group: $0, of: units) } }
+
+    /// The task whose group cuts `tensor` (a Llama tensor belongs to one group).
+    public static func id(cutting tensor: String, of units: StructuredPlan) throws -> TaskID {
+        guard let cuts = units.slicedTensors[tensor], cuts.count == 1 else { throw PruningError("\(tensor) is not cut by one group of units") }
+        return id(group: cuts[0].group, of: units)
+    }
     /// The kept unit indices (uint32, ascending).
     public static let kept = OutputName("units")
     /// One F64 score per unit.
@@ -56,33 +69,36 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         units.score == .flap ? block.slices.filter { $0.axis == .cols } : []
     }
 
-    private func block(of task: TaskID) -> Int? {
-        guard task.phase == UnitPrunePhase.name, let b = Int(task.key), units.blocks.indices.contains(b) else { return nil }
-        return b
+    private func group(of task: TaskID) -> Int? {
+        guard task.phase == UnitPrunePhase.name else { return nil }
+        let parts = task.key.split(separator: ":", omittingEmptySubsequences: false)
+        guard let b = Int(parts[0]), parts.count == (units.kinds.count == 1 ? 1 : 2) else { return nil }
+        return units.groups(ofBlock: b).first { parts.count == 1 || units.groups[$0].kind.rawValue == parts[1] }
     }
 
     /// After the gradient tasks when the score reads gradients, and after the block's
     /// calibration (every shard) when the score or the re-fit reads its inputs.
     public var tasks: [PhaseTask] {
-        units.blocks.indices.map { b in
+        units.groups.indices.map { g in
+            let b = units.blockOf[g]
             let calibrate = job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? []
-            guard let gradients else { return PhaseTask(UnitPrunePhase.id(block: b), after: calibrate) }
-            return PhaseTask(UnitPrunePhase.id(block: b), after: gradients.gradientTasks + (refits ? calibrate : []))
+            guard let gradients else { return PhaseTask(UnitPrunePhase.id(group: g, of: units), after: calibrate) }
+            return PhaseTask(UnitPrunePhase.id(group: g, of: units), after: gradients.gradientTasks + (refits ? calibrate : []))
         }
     }
 
-    public func round(of task: TaskID) -> Int { block(of: task) ?? 0 }
+    public func round(of task: TaskID) -> Int { group(of: task).map { units.blockOf[$0] } ?? 0 }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
-        guard let b = block(of: task) else { throw PruningError("no units task \(task)") }
-        let block = units.blocks[b]
+        guard let g = group(of: task) else { throw PruningError("no units task \(task)") }
+        let block = units.groups[g], b = units.blockOf[g]
         var u = Prune_V1_UnitTask()
         u.kind = block.kind.rawValue
         u.score = units.score.rawValue
         u.count = UInt32(block.count)
         u.width = UInt32(block.width)
         u.groups = UInt32(block.groups)
-        u.sparsity = units.sparsity
+        u.sparsity = units.sparsity(ofGroup: g)
         u.slices = try block.slices.map { slice in
             guard let info = job.checkpoint.info(slice.tensor) else { throw PruningError("units task \(task): no tensor \(slice.tensor)") }
             var s = Prune_V1_UnitSliceRef()
@@ -113,8 +129,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     }
 
     public func outputNames(of task: TaskID) -> [OutputName] {
-        guard let b = block(of: task) else { return [] }
-        let block = units.blocks[b]
+        guard let g = group(of: task) else { return [] }
+        let block = units.groups[g]
         return [UnitPrunePhase.kept, UnitPrunePhase.scores] + block.slices.map { UnitPrunePhase.mask($0.tensor) }
             + refitSlices(block).flatMap { [UnitPrunePhase.weights($0.tensor), UnitPrunePhase.reconstructed($0.tensor)] }
             + compensatedSlices(block).map { UnitPrunePhase.compensation($0.tensor) }
@@ -124,12 +140,12 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// scores finite, and every mask the one those units imply: a worker cannot hand in
     /// masks that disagree with the units the smaller model is written from.
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
-        guard let b = block(of: task) else { return "no units task \(task)" }
-        let block = units.blocks[b]
+        guard let g = group(of: task) else { return "no units task \(task)" }
+        let block = units.groups[g]
         let names = outputNames(of: task)
         guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
         guard let kept = try? UnitPrunePhase.indices(outputs[0]) else { return "units of \(task) are not uint32 values" }
-        if let problem = UnitPrunePhase.problem(kept: kept, block: block, sparsity: units.sparsity) { return "units of \(task): \(problem)" }
+        if let problem = UnitPrunePhase.problem(kept: kept, block: block, sparsity: units.sparsity(ofGroup: g)) { return "units of \(task): \(problem)" }
         guard let scores = try? FloatPayload.doubles(outputs[1], what: "scores"), scores.count == block.count, scores.allSatisfy(\.isFinite) else {
             return "scores of \(task) are not \(block.count) finite F64"
         }
@@ -271,73 +287,75 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
                            kept: UInt64(kept.count))
     }
 
-    /// The units block `b` keeps, from its task's output.
-    public func keptUnits(block b: Int, outputs: OutputStore) throws -> [Int] {
-        let kept = try UnitPrunePhase.indices(try outputs.bytes(UnitPrunePhase.kept, of: UnitPrunePhase.id(block: b)))
-        if let problem = UnitPrunePhase.problem(kept: kept, block: units.blocks[b], sparsity: units.sparsity) {
-            throw PruningError("units of block \(b): \(problem)")
+    /// The units group g keeps, from its task's output.
+    public func keptUnits(group g: Int, outputs: OutputStore) throws -> [Int] {
+        let kept = try UnitPrunePhase.indices(try outputs.bytes(UnitPrunePhase.kept, of: id(g)))
+        if let problem = UnitPrunePhase.problem(kept: kept, block: units.groups[g], sparsity: units.sparsity(ofGroup: g)) {
+            throw PruningError("units of \(id(g)): \(problem)")
         }
         return kept
     }
 
-    /// Every unit's score in block `b`.
-    public func scores(block b: Int, outputs: OutputStore) throws -> [Double] {
-        try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: UnitPrunePhase.id(block: b)), what: "scores of block \(b)")
+    /// Every unit's score in group g.
+    public func scores(group g: Int, outputs: OutputStore) throws -> [Double] {
+        try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: id(g)), what: "scores of \(id(g))")
     }
+
+    private func id(_ g: Int) -> TaskID { UnitPrunePhase.id(group: g, of: units) }
 
     // MARK: PrunedTensorSource
 
-    public var prunedTensors: Set<String> { Set(blocksOf.keys) }
+    public var prunedTensors: Set<String> { Set(groupsOf.keys) }
 
-    public func producers(of tensor: String) -> [TaskID] { (blocksOf[tensor] ?? []).map { UnitPrunePhase.id(block: $0) } }
+    public func producers(of tensor: String) -> [TaskID] { (groupsOf[tensor] ?? []).map(id) }
 
-    /// The one block a tensor's units belong to (every Llama tensor; not an MLP's middle weight).
-    private func onlyBlock(of tensor: String) -> Int? {
-        guard let blocks = blocksOf[tensor], blocks.count == 1 else { return nil }
-        return blocks[0]
+    /// The one group a tensor's units belong to (every Llama tensor; not an MLP's middle weight).
+    private func onlyGroup(of tensor: String) -> Int? {
+        guard let groups = groupsOf[tensor], groups.count == 1 else { return nil }
+        return groups[0]
     }
 
     public func maskParts(of tensor: String, outputs: OutputStore) throws -> (masks: [Prune_V1_ArtifactRef], updated: Prune_V1_ArtifactRef?) {
-        guard let b = onlyBlock(of: tensor) else { throw PruningError("\(tensor) has no single mask in this job") }
-        return ([try outputs.ref(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b))], nil)
+        guard let g = onlyGroup(of: tensor) else { throw PruningError("\(tensor) has no single mask in this job") }
+        return ([try outputs.ref(UnitPrunePhase.mask(tensor), of: id(g))], nil)
     }
 
     public func updatesValues(of tensor: String) -> Bool {
-        refits && onlyBlock(of: tensor).map { b in refitSlices(units.blocks[b]).contains { $0.tensor == tensor } } == true
+        refits && onlyGroup(of: tensor).map { g in refitSlices(units.groups[g]).contains { $0.tensor == tensor } } == true
     }
 
     public func updatedValues(of tensor: String, outputs: OutputStore) throws -> [Float]? {
-        guard updatesValues(of: tensor), let b = onlyBlock(of: tensor) else { return nil }
-        return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit weights of \(tensor)")
+        guard updatesValues(of: tensor), let g = onlyGroup(of: tensor) else { return nil }
+        return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.weights(tensor), of: id(g)), what: "re-fit weights of \(tensor)")
     }
 
     /// FLAP's compensation bias of a column slice (nil for other slices and methods).
     public func compensation(of tensor: String, outputs: OutputStore) throws -> [Float]? {
-        guard units.score == .flap, let b = onlyBlock(of: tensor), compensatedSlices(units.blocks[b]).contains(where: { $0.tensor == tensor }) else { return nil }
-        return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.compensation(tensor), of: UnitPrunePhase.id(block: b)), what: "compensation bias of \(tensor)")
+        guard units.score == .flap, let g = onlyGroup(of: tensor), compensatedSlices(units.groups[g]).contains(where: { $0.tensor == tensor }) else { return nil }
+        return try FloatPayload.floats(try outputs.bytes(UnitPrunePhase.compensation(tensor), of: id(g)), what: "compensation bias of \(tensor)")
     }
 
     /// The re-fit's error before and after (and residual) of a column slice.
     public func refitErrors(of tensor: String, outputs: OutputStore) throws -> [Double]? {
-        guard updatesValues(of: tensor), let b = onlyBlock(of: tensor) else { return nil }
-        let errors = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.reconstructed(tensor), of: UnitPrunePhase.id(block: b)), what: "re-fit errors of \(tensor)")
+        guard updatesValues(of: tensor), let g = onlyGroup(of: tensor) else { return nil }
+        let errors = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.reconstructed(tensor), of: id(g)), what: "re-fit errors of \(tensor)")
         guard errors.count == 3 else { throw PruningError("re-fit errors of \(tensor) are not 3 values") }
         return errors
     }
 
     /// A re-fit tensor's weights as an artifact reference (sequential calibration runs the
     /// next block on them).
-    public static func refitWeights(of tensor: String, block: Int, outputs: OutputStore) throws -> Prune_V1_ArtifactRef {
-        try outputs.ref(UnitPrunePhase.weights(tensor), of: UnitPrunePhase.id(block: block))
+    public static func refitWeights(of tensor: String, units: StructuredPlan, outputs: OutputStore) throws -> Prune_V1_ArtifactRef {
+        try outputs.ref(UnitPrunePhase.weights(tensor), of: try id(cutting: tensor, of: units))
     }
 
-    /// The tensor's mask: every block's cut of it, joined (an MLP's middle weight loses
+    /// The tensor's mask: every group's cut of it, joined (an MLP's middle weight loses
     /// rows to one hidden layer and columns to the one before).
     public func mask(of tensor: String, outputs: OutputStore) throws -> Mask {
-        guard let blocks = blocksOf[tensor], let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
+        guard let groups = groupsOf[tensor], let info = job.checkpoint.info(tensor) else { throw PruningError("\(tensor) is not pruned by this job") }
         var joined: Mask?
-        for b in blocks {
-            let m = try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(UnitPrunePhase.mask(tensor), of: UnitPrunePhase.id(block: b)))
+        for g in groups {
+            let m = try Mask(rows: info.rows, cols: info.cols, bits: try outputs.bytes(UnitPrunePhase.mask(tensor), of: id(g)))
             joined = joined.map { j in Mask(rows: info.rows, cols: info.cols) { r, row in
                 for i in row.indices { row[i] = j.bits[r * j.bytesPerRow + i] & m.bits[r * m.bytesPerRow + i] }
             } } ?? m
