@@ -19,7 +19,7 @@ public struct JobSpec: Sendable {
         /// the diagonal Fisher saliency w² · Σ (∂L/∂w)², the next-token cross-entropy's
         /// gradients over the calibration windows on the dense model.
         case taylor, fisher
-        /// FLAP (An et al. 2024) for `pattern: channels` / `heads`: units scored by the
+        /// FLAP (An et al. 2024) for `pattern: channels` / `heads` / `heads+channels`: units scored by the
         /// fluctuation of the input the down/o projection reads from them, and replaced by
         /// their mean output as a bias (written with `mlp_bias` / `attention_bias`).
         case flap

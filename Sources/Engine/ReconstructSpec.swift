@@ -87,7 +87,7 @@ public struct Reconstruct: Sendable, Equatable {
                 throw SpecError("\(where_(file, node)): reconstruct: re-fitting the layer that reads the removed units needs its calibration inputs; add a 'calibration' section (data, samples, tokens)")
             }
         } else if !(method == .wanda || method == .sparsegpt || method == .flap) {
-            throw SpecError("\(where_(file, node)): reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (\(method.rawValue) has no calibration; with pattern channels or heads every unit score can be re-fit)")
+            throw SpecError("\(where_(file, node)): reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (\(method.rawValue) has no calibration; with pattern channels, heads or heads+channels every unit score can be re-fit)")
         }
         if case .rows = pattern {
             throw SpecError("\(where_(file, node)): reconstruct: pattern \(pattern) keeps whole rows unchanged; there is nothing to re-fit")

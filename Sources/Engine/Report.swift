@@ -227,7 +227,11 @@ public struct JobReport: Codable, Sendable {
         let identity = [model.architecture, model.modelType].compactMap { $0 }.joined(separator: ", ")
         s += "Model `\(model.path)`" + (identity.isEmpty ? "" : " (\(identity))")
         s += ": \(model.parameters) parameters in \(model.files.count) file(s). Spec sha256 `\(specSHA256.prefix(16))…`.\n\n"
-        s += "Method \(method), pattern \(pattern), target sparsity \(String(format: "%.2f", sparsity)).\n\n"
+        // heads+channels: each kind has its own fraction.
+        let parts = structure?.allParts(sparsity: sparsity) ?? []
+        let target = parts.count > 1 ? parts.map { "\($0.kind) \(String(format: "%.2f", $0.sparsity))" }.joined(separator: ", ")
+            : String(format: "%.2f", sparsity)
+        s += "Method \(method), pattern \(pattern), target sparsity \(target).\n\n"
         for w in warnings { s += "**Warning:** \(w).\n\n" }
         if let c = calibration {
             s += "Calibration: `\(c.data)`, \(c.samples) samples × \(c.tokens) tokens, \(c.mode) mode, seed \(c.seed), "

@@ -105,7 +105,7 @@ public struct StructuredPlan: Sendable {
         default:
             throw SpecError("pattern: \(name) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap, not \(spec.method.rawValue)")
         }
-        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity ?? spec.sparsity)
+        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity)
     }
 
     /// The plan for a config (what `prune check` rebuilds from a manifest).
@@ -141,7 +141,8 @@ public struct StructuredPlan: Sendable {
             let perGroup = first.count / first.groups
             guard removed > 0 else {
                 let what = kind == .heads ? "\(first.groups) key/value groups of \(perGroup) query heads each lose the same number, at least one each (\(first.groups) of \(first.count) heads, \(key) ≥ \(String(format: "%.4f", Double(first.groups) / Double(first.count))))" : "at least one of \(first.count) channels"
-                throw SpecError("\(key): \(s) removes no \(kind == .heads ? "head" : "channel"): \(what)")
+                let defaulted = key == "head_sparsity" && headSparsity == nil ? " (head_sparsity defaults to sparsity; set it)" : ""
+                throw SpecError("\(key): \(s) removes no \(kind == .heads ? "head" : "channel"): \(what)\(defaulted)")
             }
             guard removed < perGroup else {
                 throw SpecError("\(key): \(s) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")

@@ -1260,8 +1260,8 @@ public nonisolated struct Prune_V1_LayerPruneTask: Sendable {
   fileprivate var _tensor: Prune_V1_TensorRef? = nil
 }
 
-/// Structured pruning of one decoder block (`pattern: channels` or `heads`): scores every
-/// unit of the block from its slices' weights (and, for `wanda`, each slice's input
+/// Structured pruning of one decoder block's units of one kind (`pattern: channels`, `heads`
+/// or `heads+channels`, which has a task per kind): scores every unit of the block from its slices' weights (and, for `wanda`, each slice's input
 /// statistics, merged in shard order) and keeps the best of every group. Result payloads:
 /// "units" (the kept unit indices, uint32 little-endian, ascending), "scores" (one F64 per
 /// unit), then one mask per slice ("mask:" + the tensor's name), in slice order.

@@ -138,6 +138,8 @@ final class StructuredTests: XCTestCase {
                 XCTAssertEqual(s.parts?.map(\.keptPerBlock), [2, 36])
                 XCTAssertEqual(s.kept.map(\.count), [2, 36, 2, 36], "per block: its heads, then its channels")
                 XCTAssertNil(s.keptPerBlock, "two kinds: the per-kind figures are in parts")
+                let report = try String(contentsOfFile: dir.file("\(c.job)/report.md"), encoding: .utf8)
+                XCTAssertTrue(report.contains("target sparsity heads 0.50, channels 0.25") && report.contains("2 of 4 heads and 36 of 48 channels"), report)
             }
             let check = try Subprocess.prune(["check", dir.file(c.model), dir.file(c.job)])
             XCTAssertEqual(check.status, 0, "\(c.job): \(check.stdout)")
@@ -226,7 +228,7 @@ final class StructuredTests: XCTestCase {
             ("method: flap\nsparsity: 0.5\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "method: flap removes whole units"),
             ("method: flap\nsparsity: 0.5\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: sequential}", "llama", "calibration.mode: method flap"),
             ("method: flap\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "qwen2", "only LlamaForCausalLM"),
-            ("method: magnitude\nsparsity: 0.25\npattern: heads+channels", "llama", "head_sparsity: 0.25 removes no head"),
+            ("method: magnitude\nsparsity: 0.25\npattern: heads+channels", "llama", "head_sparsity: 0.25 removes no head: 2 key/value groups of 2 query heads each lose the same number, at least one each (2 of 4 heads, head_sparsity ≥ 0.5000) (head_sparsity defaults to sparsity; set it)"),
             ("method: magnitude\nsparsity: 0.5\nhead_sparsity: 0.5\npattern: channels", "llama", "head_sparsity: for pattern heads+channels"),
             ("method: magnitude\nsparsity: 0.5\nhead_sparsity: 1\npattern: heads+channels", "llama", "head_sparsity: must be a number in (0, 1)"),
             ("method: magnitude\nsparsity: 0.5\npattern: heads+mlp", "llama", "unknown pattern 'heads+mlp'"),
