@@ -172,9 +172,17 @@ public final class Ledger {
     }
 
     /// Records a finished task durably (the caller fsync'd its artifact first), with the
-    /// events logged since the last commit.
-    public func markDone(task: String, worker: String, attempt: Int, resultSHA256: String, seconds: Double, at time: Double) throws {
+    /// events logged since the last commit. `durable: false` (a task whose outputs are all
+    /// volatile, stored without fsync) commits without waiting for the disk (synchronous
+    /// NORMAL for this one transaction): a process crash still keeps it (the WAL is in the
+    /// OS's hands), the next durable commit syncs it, and a power loss before that can only
+    /// lose the row, whose task then reruns, never keep a row whose outputs are gone
+    /// unnoticed (a resume verifies every done task's artifacts).
+    public func markDone(task: String, worker: String, attempt: Int, resultSHA256: String, seconds: Double, at time: Double,
+                         durable: Bool = true) throws {
         try wrap {
+            if !durable { try db.execute("PRAGMA synchronous=NORMAL") }
+            defer { if !durable { try? db.execute("PRAGMA synchronous=FULL") } }
             try db.transaction {
                 try db.query("UPDATE tasks SET state = 'done', attempts = ?, worker = ?, result_sha256 = ?, seconds = ?, finished_at = ? WHERE id = ?",
                              [.int(Int64(attempt)), .text(worker), .text(resultSHA256), .double(seconds), .double(time), .text(task)])

@@ -152,12 +152,16 @@ extension ClusterJob: ClusterWorkload {
         guard payloads.count == names.count else { return .invalid("result of \(task) has \(payloads.count) payloads, expected \(names.count)") }
         if let problem = phase.problem(in: payloads.map(\.bytes), of: id) { return .invalid(problem) }
         var stored: [(name: String, digest: String)] = []
-        for (name, payload) in zip(names, payloads) { stored.append((name.rawValue, try artifacts.put(payload.bytes, sha256: payload.sha256))) }
+        for (name, payload) in zip(names, payloads) {
+            stored.append((name.rawValue, try artifacts.put(payload.bytes, sha256: payload.sha256, durable: !phase.isVolatile(name))))
+        }
         return .stored(digest: ResultDigests.format(stored))
     }
 
     public func commit(task: String, worker: String, attempt: Int, digest: String, seconds: Double) throws {
-        try ledger.markDone(task: task, worker: worker, attempt: attempt, resultSHA256: digest, seconds: seconds, at: Date().timeIntervalSince1970)
+        let volatile = owned(task).map { id, phase in phase.outputNames(of: id).allSatisfy(phase.isVolatile) } ?? false
+        try ledger.markDone(task: task, worker: worker, attempt: attempt, resultSHA256: digest, seconds: seconds, at: Date().timeIntervalSince1970,
+                            durable: !volatile)
         recordDone(task, digest: digest)
         if let id = TaskID(task) { try collectFinished(after: id) }
     }

@@ -52,6 +52,8 @@ public final class GradientPhase: Phase {
     }
 
     public func isTransient(_ name: OutputName) -> Bool { name.rawValue.hasPrefix("grad:") }
+    /// The shard gradients (`run` marks the same ones volatile).
+    public func isVolatile(_ name: OutputName) -> Bool { name.rawValue.hasPrefix("grad:") }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
         guard let s = shard(of: task) else { throw PruningError("no gradient task \(task)") }

@@ -154,12 +154,18 @@ public protocol Phase: AnyObject {
     /// Outputs read only by the tasks that depend on this one (activations, statistics):
     /// deleted once all of those are done. The others stay until assembly.
     func isTransient(_ name: OutputName) -> Bool
+    /// Outputs that need not survive a crash of the machine: the worker stores them without
+    /// fsync (`TaskOutputs.volatile`, the same names), the coordinator likewise, and a task
+    /// whose outputs are all volatile is committed to the ledger without waiting for the
+    /// disk (a resume after a power loss verifies them and reruns the task if they are gone).
+    func isVolatile(_ name: OutputName) -> Bool
     /// Runs a task's work: nil when the work is not this phase's kind.
     static func run(_ work: Prune_V1_Assign.OneOf_Work, inputs: TaskInputs) throws -> TaskOutputs?
 }
 
 extension Phase {
     public func isTransient(_ name: OutputName) -> Bool { false }
+    public func isVolatile(_ name: OutputName) -> Bool { false }
 }
 
 /// A phase whose tasks decide pruned tensors: what assembly, and later phases, read from it.

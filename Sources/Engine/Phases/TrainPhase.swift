@@ -108,6 +108,10 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         name == TrainPhase.gradient || name == TrainPhase.shardLoss || name.rawValue.hasPrefix("state")
     }
 
+    /// A gradient task's outputs (`TrainStep` marks the same two volatile).
+    public func isVolatile(_ name: OutputName) -> Bool { TrainPhase.volatileOutputs.contains(name) }
+    static let volatileOutputs: Set<OutputName> = [TrainPhase.gradient, TrainPhase.shardLoss]
+
     /// sha256 of the training examples as loaded (inputs, then labels as UInt32): a job
     /// records it, and a resume refuses data that changed since.
     public var dataDigest: String { trainee.dataDigest }

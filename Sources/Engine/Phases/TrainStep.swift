@@ -176,7 +176,7 @@ enum TrainStep {
             }
             var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, result.gradient),
                                                  (TrainPhase.shardLoss.rawValue, [result.loss, 0, Double(result.count)].flatMap(FloatPayload.encode))])
-            outputs.volatile = [TrainPhase.gradient.rawValue, TrainPhase.shardLoss.rawValue]
+            outputs.volatile = Set(TrainPhase.volatileOutputs.map(\.rawValue))
             return outputs
         }
 
@@ -195,7 +195,7 @@ enum TrainStep {
                                                  (TrainPhase.shardLoss.rawValue, [result.loss, Double(result.correct), Double(rows)].flatMap(FloatPayload.encode))])
             // Read only until the next checkpoint, and recomputed from it if a crash of the
             // machine loses them: not worth two fsyncs a step.
-            outputs.volatile = [TrainPhase.gradient.rawValue, TrainPhase.shardLoss.rawValue]
+            outputs.volatile = Set(TrainPhase.volatileOutputs.map(\.rawValue))
             return outputs
         }
 
