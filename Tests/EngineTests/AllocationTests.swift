@@ -256,7 +256,7 @@ final class AllocationTests: XCTestCase {
             ("{damp: 0}", "wanda", "", "reconstruct.damp: must be a number in (0, 1]"),
             ("{damp: .nan}", "wanda", "", "reconstruct.damp: must be a number in (0, 1]"),
             ("{scope: layer, rounds: 2}", "wanda", "", "unknown key 'reconstruct.rounds'"),
-            ("layer", "magnitude", "", "reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (magnitude has no calibration; with pattern channels or heads every unit score can be re-fit)"),
+            ("layer", "magnitude", "", "reconstruct: re-fitting a layer needs its calibration inputs; use method wanda or sparsegpt (magnitude has no calibration; with pattern channels, heads or heads+channels every unit score can be re-fit)"),
             ("layer", "wanda", "pattern: rows_l2\n", "reconstruct: pattern rows_l2 keeps whole rows unchanged"),
         ] {
             XCTAssertThrowsError(try reconstructSpec(reconstruct, method: method, pattern: pattern)) { error in
