@@ -557,6 +557,16 @@ public struct JobSpec: Sendable {
         return out
     }
 
+    /// `lr_schedule: constant | cosine` (training's and the block re-fit's): whether it is
+    /// cosine; nil when absent.
+    static func cosineSchedule(_ node: Node?, _ name: String, file: String) throws -> Bool? {
+        guard let node else { return nil }
+        guard let v = node.scalar?.string, v == "cosine" || v == "constant" else {
+            throw SpecError("\(where_(file, node)): \(name): must be constant or cosine")
+        }
+        return v == "cosine"
+    }
+
     static func positiveInt(_ node: Node?, _ name: String, file: String, minimum: Int, maximum: Int = Int.max) throws -> Int? {
         guard let node else { return nil }
         guard let v = node.scalar.flatMap({ Int($0.string) }), v >= minimum else {

@@ -66,12 +66,7 @@ public struct Reconstruct: Sendable, Equatable {
                 }
                 r.learningRate = v
             }
-            if let n = fields["lr_schedule"] {
-                guard let v = n.scalar?.string, v == "cosine" || v == "constant" else {
-                    throw SpecError("\(where_(file, n)): reconstruct.lr_schedule: must be constant or cosine")
-                }
-                r.cosine = v == "cosine"
-            }
+            if let v = try JobSpec.cosineSchedule(fields["lr_schedule"], "reconstruct.lr_schedule", file: file) { r.cosine = v }
             if let v = try JobSpec.positiveInt(fields["tasks_per_step"], "reconstruct.tasks_per_step", file: file, minimum: 1,
                                                maximum: calibration?.samplesPerTask ?? 1) { r.tasksPerStep = v }
             if r.scope == .layer, let n = fields["epochs"] ?? fields["learning_rate"] ?? fields["lr_schedule"] ?? fields["tasks_per_step"] {

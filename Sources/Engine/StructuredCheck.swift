@@ -21,7 +21,7 @@ enum StructuredCheck {
         let parts = structure.allParts(sparsity: manifest.sparsity)
         let kinds = parts.compactMap { UnitKind(rawValue: $0.kind) }
         guard let score = UnitScore(rawValue: structure.score), kinds.count == parts.count, !kinds.isEmpty,
-              kinds == UnitKind.allCases.filter(kinds.contains), structure.kind == kinds.map(\.rawValue).joined(separator: "+") else {
+              kinds == UnitKind.allCases.filter(kinds.contains), structure.kind == SparsityPattern.units(kinds).description else {
             fail("manifest: structure kind '\(structure.kind)' (parts \(parts.map(\.kind))) or score '\(structure.score)' is unknown")
             return report
         }

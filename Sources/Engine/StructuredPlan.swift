@@ -59,8 +59,8 @@ public struct StructuredPlan: Sendable {
     /// The groups of decoder block b, in `kinds` order.
     public func groups(ofBlock b: Int) -> [Int] { blockOf.indices.filter { blockOf[$0] == b } }
 
-    /// `heads`, `channels` or `heads+channels`.
-    public var kindName: String { kinds.map(\.rawValue).joined(separator: "+") }
+    /// `heads`, `channels` or `heads+channels`: the pattern's name.
+    public var kindName: String { SparsityPattern.units(kinds).description }
 
     /// The tensors a unit kind removes rows or columns from, in block `b`.
     public static func slices(_ kind: UnitKind, block b: Int) -> [UnitSlice] {
@@ -78,7 +78,7 @@ public struct StructuredPlan: Sendable {
     /// express, naming the key: a model that is not Llama-family, a method without a unit
     /// score, a sparsity that removes no unit or every unit of a group.
     public init(spec: JobSpec, checkpoint: Checkpoint, kinds: [UnitKind]) throws {
-        let name = kinds.map(\.rawValue).joined(separator: "+")
+        let name = SparsityPattern.units(kinds).description
         if MLPConfig.exists(in: checkpoint.directory) {
             guard kinds == [.channels] else { throw SpecError("pattern: \(name): an MLP classifier has no attention heads (pattern channels removes hidden neurons)") }
             guard spec.method == .magnitude else {
@@ -133,7 +133,7 @@ public struct StructuredPlan: Sendable {
         // Qwen2's query bias loses the rows its weight loses.
         slicedTensors = StructuredPlan.cuts(groups, biases: kinds.contains(.heads) && config.attentionBias
                                             ? groups.indices.filter { groups[$0].kind == .heads }.map { ("model.layers.\(blockOf[$0]).self_attn.q_proj.bias", $0) } : [])
-        guard !groups.isEmpty else { throw SpecError("pattern: \(kinds.map(\.rawValue).joined(separator: "+")): the model has no decoder block") }
+        guard !groups.isEmpty else { throw SpecError("pattern: \(kindName): the model has no decoder block") }
         for kind in kinds {
             let first = groups.first { $0.kind == kind }!, s = kind == .heads ? self.headSparsity : sparsity
             let key = kind == .heads && kinds.count > 1 ? "head_sparsity" : "sparsity"

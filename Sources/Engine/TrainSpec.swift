@@ -118,12 +118,7 @@ public struct TrainSpec: Sendable, Equatable {
         }
         if let v = try number(f["weight_decay"], "train.weight_decay", file: file, rule: "a number in [0, 1)", { $0 >= 0 && $0 < 1 }) { spec.weightDecay = v }
         if let v = try JobSpec.positiveInt(f["checkpoint_every"], "train.checkpoint_every", file: file, minimum: 1, maximum: 100_000) { spec.checkpointEvery = v }
-        if let n = f["lr_schedule"] {
-            guard let v = n.scalar?.string, v == "cosine" || v == "constant" else {
-                throw SpecError("\(where_(file, n)): train.lr_schedule: must be constant or cosine")
-            }
-            spec.cosine = v == "cosine"
-        }
+        if let v = try JobSpec.cosineSchedule(f["lr_schedule"], "train.lr_schedule", file: file) { spec.cosine = v }
         if let n = f["seed"] {
             guard let v = n.scalar.flatMap({ UInt64($0.string) }) else { throw SpecError("\(where_(file, n)): train.seed: must be a non-negative integer") }
             spec.seed = v

@@ -82,8 +82,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         units.groups.indices.map { g in
             let b = units.blockOf[g]
             let calibrate = job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? []
-            guard let gradients else { return PhaseTask(UnitPrunePhase.id(group: g, of: units), after: calibrate) }
-            return PhaseTask(UnitPrunePhase.id(group: g, of: units), after: gradients.gradientTasks + (refits ? calibrate : []))
+            guard let gradients else { return PhaseTask(id(g), after: calibrate) }
+            return PhaseTask(id(g), after: gradients.gradientTasks + (refits ? calibrate : []))
         }
     }
 
@@ -294,11 +294,6 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             throw PruningError("units of \(id(g)): \(problem)")
         }
         return kept
-    }
-
-    /// Every unit's score in group g.
-    public func scores(group g: Int, outputs: OutputStore) throws -> [Double] {
-        try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: id(g)), what: "scores of \(id(g))")
     }
 
     private func id(_ g: Int) -> TaskID { UnitPrunePhase.id(group: g, of: units) }
