@@ -463,8 +463,23 @@ public struct JobSpec: Sendable {
             guard [.magnitude, .wanda, .taylor, .fisher, .flap].contains(method) else {
                 throw SpecError("\(where_(file, values["method"])): method: pattern \(kind) scores whole units with magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap (input fluctuation, with bias compensation), not \(method.rawValue)")
             }
-            for key in ["allocation", "refine", "train", "schedule", "weight_norms"] {
-                if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind) (every block keeps the same units count; the smaller model is written as it is)") }
+            for key in ["refine", "train", "schedule", "weight_norms"] {
+                if let node = values[key] { throw SpecError("\(where_(file, node)): \(key): not available with pattern \(kind) (the smaller model is written as its units leave it)") }
+            }
+            if let node = values["allocation"], spec.allocation.method != .uniform {
+                // One ranking of every block's units (FLAP's adaptive structure): per-layer widths.
+                guard spec.allocation.method == .global else {
+                    throw SpecError("\(where_(file, node)): allocation: pattern \(kind) ranks units across blocks with allocation global (per-layer widths), not \(spec.allocation.method.rawValue)")
+                }
+                guard !MLPConfig.exists(in: model) else {
+                    throw SpecError("\(where_(file, node)): allocation: global with pattern \(kind) writes per-layer widths into a Llama-family config.json; an MLP classifier's neurons are removed uniformly")
+                }
+                if let c = calibration, c.mode == .sequential {
+                    throw SpecError("\(where_(file, node)): allocation: global ranks every block's units before any is cut, so each block is scored on the dense model's activations: set calibration.mode: dense")
+                }
+                if let h = values["head_sparsity"] {
+                    throw SpecError("\(where_(file, h)): head_sparsity: allocation global decides how many heads and channels each block keeps; sparsity is the fraction of their parameters removed")
+                }
             }
             if let node = values["reconstruct"], spec.reconstruct?.scope != .layer {
                 throw SpecError("\(where_(file, node)): reconstruct: pattern \(kind) re-fits the layer that reads the removed units (scope layer), not whole blocks")

@@ -261,27 +261,35 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var kept: [[Int]]
         public var parametersBefore: Int
         public var parametersAfter: Int
+        /// `global` when every block's units were ranked together (per-layer widths);
+        /// absent when every block keeps the same number.
+        public var allocation: String?
 
         /// One kind of unit of a structured job.
         public struct Part: Codable, Sendable, Equatable {
             public var kind: String
-            /// The fraction of each block's units of this kind removed.
+            /// The fraction of each block's units of this kind removed (with a global
+            /// allocation: of all the blocks' units of this kind together).
             public var sparsity: Double
             public var unitsPerBlock: Int
-            public var keptPerBlock: Int
+            /// Units every block keeps; nil when blocks differ (then `keptPerLayer`).
+            public var keptPerBlock: Int?
             public var width: Int
+            /// A global allocation's kept units per block, in block order.
+            public var keptPerLayer: [Int]?
 
-            public init(kind: String, sparsity: Double, unitsPerBlock: Int, keptPerBlock: Int, width: Int) {
+            public init(kind: String, sparsity: Double, unitsPerBlock: Int, keptPerBlock: Int?, width: Int, keptPerLayer: [Int]? = nil) {
                 self.kind = kind
                 self.sparsity = sparsity
                 self.unitsPerBlock = unitsPerBlock
                 self.keptPerBlock = keptPerBlock
                 self.width = width
+                self.keptPerLayer = keptPerLayer
             }
 
             enum CodingKeys: String, CodingKey {
                 case kind, sparsity, width
-                case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block"
+                case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block", keptPerLayer = "kept_per_layer"
             }
         }
 
@@ -293,11 +301,14 @@ public struct Manifest: Codable, Sendable, Equatable {
 
         /// "16 of 24 heads and 1075 of 1536 channels".
         public func keptText(sparsity: Double) -> String {
-            allParts(sparsity: sparsity).map { "\($0.keptPerBlock) of \($0.unitsPerBlock) \($0.kind)" }.joined(separator: " and ")
+            allParts(sparsity: sparsity).map { part in
+                let kept = part.keptPerBlock.map(String.init) ?? part.keptPerLayer.map { "\($0.min() ?? 0)–\($0.max() ?? 0)" } ?? "?"
+                return "\(kept) of \(part.unitsPerBlock) \(part.kind)"
+            }.joined(separator: " and ")
         }
 
         enum CodingKeys: String, CodingKey {
-            case kind, score, width, kept, parts
+            case kind, score, width, kept, parts, allocation
             case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block"
             case parametersBefore = "parameters_before", parametersAfter = "parameters_after"
         }

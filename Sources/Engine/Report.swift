@@ -229,7 +229,8 @@ public struct JobReport: Codable, Sendable {
         s += ": \(model.parameters) parameters in \(model.files.count) file(s). Spec sha256 `\(specSHA256.prefix(16))…`.\n\n"
         // heads+channels: each kind has its own fraction.
         let parts = structure?.allParts(sparsity: sparsity) ?? []
-        let target = parts.count > 1 ? parts.map { "\($0.kind) \(String(format: "%.2f", $0.sparsity))" }.joined(separator: ", ")
+        let target = structure?.allocation != nil ? String(format: "%.2f of the units' parameters (allocation global)", sparsity)
+            : parts.count > 1 ? parts.map { "\($0.kind) \(String(format: "%.2f", $0.sparsity))" }.joined(separator: ", ")
             : String(format: "%.2f", sparsity)
         s += "Method \(method), pattern \(pattern), target sparsity \(target).\n\n"
         for w in warnings { s += "**Warning:** \(w).\n\n" }
@@ -239,9 +240,16 @@ public struct JobReport: Codable, Sendable {
         }
         if let u = structure {
             let fewer = 100 * Double(u.parametersBefore - u.parametersAfter) / Double(max(u.parametersBefore, 1))
-            s += "Structured: every block keeps \(u.keptText(sparsity: sparsity)) (scored by \(u.score)); "
+            s += "Structured: \(u.allocation == nil ? "every block keeps" : "blocks keep") \(u.keptText(sparsity: sparsity)) (scored by \(u.score)); "
             s += "dense/ is the smaller model, \(u.parametersAfter) of \(u.parametersBefore) parameters (\(String(format: "%.1f", fewer))% fewer), "
             s += "\(sizes.denseBytes) bytes; there is no sparse/.\n\n"
+            // A global allocation's widths, block by block (config.json's *_per_layer lists).
+            let perLayer = parts.compactMap { p in p.keptPerLayer.map { (p.kind, p.unitsPerBlock, $0) } }
+            if let blocks = perLayer.first?.2.count, u.allocation != nil {
+                s += "| block | " + perLayer.map { "\($0.0) kept (of \($0.1))" }.joined(separator: " | ") + " |\n|---|" + perLayer.map { _ in "---:|" }.joined() + "\n"
+                for b in 0..<blocks { s += "| \(b) | " + perLayer.map { String($0.2[b]) }.joined(separator: " | ") + " |\n" }
+                s += "\n"
+            }
         } else {
             s += sizesTable()
         }

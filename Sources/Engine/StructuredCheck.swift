@@ -30,7 +30,8 @@ enum StructuredCheck {
         do {
             let heads = parts.first { $0.kind == UnitKind.heads.rawValue }?.sparsity
             plan = isMLP ? try StructuredPlan(mlp: source, sparsity: manifest.sparsity)
-                : try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: kinds, score: score, sparsity: manifest.sparsity, headSparsity: heads)
+                : try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: kinds, score: score, sparsity: manifest.sparsity, headSparsity: heads,
+                                     global: structure.allocation == "global" ? 0...1 : nil)
         } catch {
             fail("the input's config does not give the job's units: \(error)")
             return report
@@ -39,21 +40,30 @@ enum StructuredCheck {
             fail("manifest: kept units of \(structure.kept.count) groups of \(structure.kind), the model has \(plan.groups.count) of \(plan.kindName)")
             return report
         }
+        if let allocation = structure.allocation, allocation != "global" { fail("manifest: structure allocation '\(allocation)' is unknown") }
         for (g, kept) in structure.kept.enumerated() {
-            if let problem = UnitPrunePhase.problem(kept: kept, block: plan.groups[g], sparsity: plan.sparsity(ofGroup: g)) {
+            // A global allocation's counts came from the scores: each must still keep the
+            // same number in every key/value group.
+            let count = plan.global == nil ? plan.keptCount(ofGroup: g) : nil
+            if let problem = UnitPrunePhase.problem(kept: kept, block: plan.groups[g], count: count) {
                 fail("manifest: block \(plan.blockOf[g]) \(plan.groups[g].kind.rawValue): \(problem)")
             }
         }
         for part in parts {
             let kind = UnitKind(rawValue: part.kind)!
-            if part.keptPerBlock != plan.keptPerBlock(kind) { fail("manifest: \(part.kind): \(part.keptPerBlock) kept a block, the units give \(plan.keptPerBlock(kind))") }
+            if part.keptPerBlock != plan.keptPerBlock(kind) {
+                fail("manifest: \(part.kind): \(part.keptPerBlock.map(String.init) ?? "none") kept a block, the units give \(plan.keptPerBlock(kind).map(String.init) ?? "none (a global allocation)")")
+            }
+            if plan.global != nil, part.keptPerLayer != plan.keptPerLayer(kind, kept: structure.kept) {
+                fail("manifest: \(part.kind): kept_per_layer is not the kept units' count of each block")
+            }
         }
         guard report.passed else { return report }
         // The config the smaller model carries describes its tensors, as the forward pass reads them.
         if isMLP {
             do { _ = try MLPModel(directory: denseDir) } catch { fail("dense/: \(error)") }
         } else if let sourceConfig = plan.config {
-            checkLlamaConfig(denseDir: denseDir, dense: dense, plan: plan, source: sourceConfig, fail: fail)
+            checkLlamaConfig(denseDir: denseDir, dense: dense, plan: plan, kept: structure.kept, source: sourceConfig, fail: fail)
         }
         if dense.parameterCount != structure.parametersAfter { fail("dense/: \(dense.parameterCount) parameters, manifest says \(structure.parametersAfter)") }
         if source.parameterCount != structure.parametersBefore { fail("input: \(source.parameterCount) parameters, manifest says \(structure.parametersBefore)") }
@@ -61,7 +71,7 @@ enum StructuredCheck {
         for missing in sourceNames.subtracting(denseNames).sorted() { fail("dense/: tensor '\(missing)' is missing") }
         // FLAP's biases are new: each has its weight's dtype, its length, zeros unless it
         // carries the compensation (new values by design: its digest is checked).
-        let added = Dictionary(uniqueKeysWithValues: plan.addedBiases.map { ($0.name, $0) })
+        let added = Dictionary(uniqueKeysWithValues: plan.addedBiases(kept: structure.kept).map { ($0.name, $0) })
         for extra in denseNames.subtracting(sourceNames).sorted() {
             guard let bias = added[extra], let d = dense.info(extra), let weight = source.info(bias.weight) else { fail("dense/: tensor '\(extra)' is not in the input"); continue }
             report.tensorsChecked += 1
@@ -109,17 +119,20 @@ enum StructuredCheck {
     }
 
     /// dense/config.json against the smaller shapes and the units' widths.
-    private static func checkLlamaConfig(denseDir: String, dense: Checkpoint, plan: StructuredPlan, source: LlamaConfig, fail: (String) -> Void) {
+    private static func checkLlamaConfig(denseDir: String, dense: Checkpoint, plan: StructuredPlan, kept: [[Int]], source: LlamaConfig, fail: (String) -> Void) {
         do {
             let config = try LlamaConfig.load(denseDir)
             try config.validate(against: dense, file: (denseDir as NSString).appendingPathComponent("config.json"))
             for kind in UnitKind.allCases {
-                let width = kind == .channels ? config.intermediateSize : config.heads
-                let expected = plan.kinds.contains(kind) ? plan.keptPerBlock(kind) : (kind == .channels ? source.intermediateSize : source.heads)
-                if width != expected {
-                    fail("dense/config.json: \(kind == .channels ? "intermediate_size" : "num_attention_heads") \(width), the kept units are \(expected) a block")
+                let widths = (0..<config.layers).map { kind == .channels ? config.block($0).intermediateSize : config.block($0).heads }
+                let expected = plan.kinds.contains(kind) ? plan.keptPerLayer(kind, kept: kept) : Array(repeating: kind == .channels ? source.intermediateSize : source.heads, count: source.layers)
+                if widths != expected {
+                    let key = kind == .channels ? "intermediate_size" : "num_attention_heads"
+                    fail("dense/config.json: \(key) per block \(Set(widths).count == 1 ? "\(widths[0])" : "\(widths)"), the kept units give \(Set(expected).count == 1 ? "\(expected[0])" : "\(expected)")")
                 }
             }
+            // A stock config says one width: per-layer keys only where the blocks differ.
+            if plan.global == nil && !config.hasUniformBlocks { fail("dense/config.json: per-layer widths, but every block keeps the same units") }
             if config.headDim != source.headDim || config.kvHeads != source.kvHeads || config.hiddenSize != source.hiddenSize {
                 fail("dense/config.json: head_dim, num_key_value_heads or hidden_size changed")
             }

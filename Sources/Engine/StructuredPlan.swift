@@ -6,9 +6,10 @@ import Tensors
 /// Structured pruning of a Llama-family model (`pattern: channels`, `heads` or
 /// `heads+channels`): which units every decoder block has, in which tensors, how many each
 /// keeps, and the config the smaller model gets. The units fall in groups, one per decoder
-/// block and kind (heads before channels within a block); every block keeps the same
-/// number of each kind, which is what one `intermediate_size` / `num_attention_heads` in a
-/// stock config can express.
+/// block and kind (heads before channels within a block). By default every block keeps
+/// the same number of each kind, which is what one `intermediate_size` /
+/// `num_attention_heads` in a stock config can express; `allocation: global` ranks every
+/// block's units together (`UnitAllocation`) and writes per-layer widths instead.
 public struct StructuredPlan: Sendable {
     /// The kinds removed, in `UnitKind.allCases` order.
     public let kinds: [UnitKind]
@@ -24,15 +25,15 @@ public struct StructuredPlan: Sendable {
     /// columns to the one before; a bias loses its weight's rows).
     public let slicedTensors: [String: [(group: Int, slice: UnitSlice)]]
     /// The fraction of each block's channels (or heads, alone) removed: the spec's sparsity.
+    /// With a global allocation: the fraction of all the units' parameters removed.
     public let sparsity: Double
+    /// `allocation: global`: every block's units ranked together, the fraction each block
+    /// removes within these bounds (`allocation.min`...`max`; nil: every block removes
+    /// `sparsity` of its units).
+    public let global: ClosedRange<Double>?
     /// The fraction of each block's heads removed (`head_sparsity`; the spec's sparsity
     /// unless `heads+channels` gives its own).
     public let headSparsity: Double
-    /// Tensors the smaller model gains (`method: flap`): the bias of the layer that reads
-    /// the units, carrying the removed units' mean output, and the zero biases its config
-    /// flag brings along (Llama's `mlp_bias` gives gate, up and down biases; its
-    /// `attention_bias` gives q, k, v and o biases).
-    public private(set) var addedBiases: [AddedBias] = []
 
     /// A bias tensor the smaller model gains.
     public struct AddedBias: Sendable, Equatable {
@@ -51,9 +52,43 @@ public struct StructuredPlan: Sendable {
     /// The fraction of group g's units removed.
     public func sparsity(ofGroup g: Int) -> Double { sparsity(of: groups[g].kind) }
 
-    /// Units each block keeps of a kind (0 when the plan does not remove that kind).
-    public func keptPerBlock(_ kind: UnitKind) -> Int {
-        groups.first { $0.kind == kind }.map { $0.keptCount(at: sparsity(of: kind)) } ?? 0
+    /// Units each block keeps of a kind (0 when the plan does not remove that kind); nil
+    /// when a global allocation decides it per block (then: `keptCounts`).
+    public func keptPerBlock(_ kind: UnitKind) -> Int? {
+        guard global == nil else { return nil }
+        return groups.first { $0.kind == kind }.map { $0.keptCount(at: sparsity(of: kind)) } ?? 0
+    }
+
+    /// The units each block keeps of a kind, in block order, from every group's kept units.
+    public func keptPerLayer(_ kind: UnitKind, kept: [[Int]]) -> [Int] {
+        groups.indices.filter { groups[$0].kind == kind }.map { kept[$0].count }
+    }
+
+    /// The units group g keeps: at the uniform fraction, or (global) as the allocation
+    /// decided, `allocated[g]`.
+    public func keptCount(ofGroup g: Int, allocated: [Int]? = nil) -> Int {
+        if let allocated { return allocated[g] }
+        return groups[g].keptCount(at: sparsity(ofGroup: g))
+    }
+
+    /// The parameters one unit of a kind carries in the weights it is cut from: a
+    /// channel its gate and up rows and down column, a query head its q rows and o columns
+    /// (key/value heads stay), with the biases those rows have.
+    public func unitParameters(_ kind: UnitKind) -> Int {
+        guard let config else { return 1 }
+        switch kind {
+        case .channels: return 3 * config.hiddenSize + (config.mlpBias ? 2 : 0)
+        case .heads: return config.headDim * (2 * config.hiddenSize + (config.attentionBias ? 1 : 0))
+        }
+    }
+
+    /// Tensors the smaller model gains (`method: flap`), for the units `kept`: the bias of
+    /// the layer that reads the units, carrying the removed units' mean output, and the
+    /// zero biases its config flag brings along (Llama's `mlp_bias` gives gate, up and down
+    /// biases; its `attention_bias` gives q, k, v and o biases).
+    public func addedBiases(kept: [[Int]]) -> [AddedBias] {
+        guard score == .flap, let config else { return [] }
+        return kinds.flatMap { StructuredPlan.compensationBiases(config: config, kind: $0, kept: keptPerLayer($0, kept: kept)) }
     }
 
     /// The groups of decoder block b, in `kinds` order.
@@ -105,17 +140,23 @@ public struct StructuredPlan: Sendable {
         default:
             throw SpecError("pattern: \(name) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap, not \(spec.method.rawValue)")
         }
-        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity)
+        let global = spec.allocation.method == .global ? spec.allocation.min...spec.allocation.max : nil
+        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity, global: global)
     }
 
     /// The plan for a config (what `prune check` rebuilds from a manifest).
-    public init(config: LlamaConfig, kinds: [UnitKind], score: UnitScore, sparsity: Double, headSparsity: Double? = nil) throws {
+    public init(config: LlamaConfig, kinds: [UnitKind], score: UnitScore, sparsity: Double, headSparsity: Double? = nil,
+                global: ClosedRange<Double>? = nil) throws {
         precondition(!kinds.isEmpty && kinds == UnitKind.allCases.filter(kinds.contains), "kinds in UnitKind.allCases order")
+        guard config.hasUniformBlocks else {
+            throw SpecError("pattern: \(SparsityPattern.units(kinds).description): the model's blocks already differ in width (a per-layer config); prune the model it came from")
+        }
         self.config = config
         self.kinds = kinds
         self.score = score
         self.sparsity = sparsity
         self.headSparsity = headSparsity ?? sparsity
+        self.global = global
         var groups: [BlockUnits] = [], blockOf: [Int] = []
         for b in 0..<config.layers {
             for kind in kinds {
@@ -134,6 +175,12 @@ public struct StructuredPlan: Sendable {
         slicedTensors = StructuredPlan.cuts(groups, biases: kinds.contains(.heads) && config.attentionBias
                                             ? groups.indices.filter { groups[$0].kind == .heads }.map { ("model.layers.\(blockOf[$0]).self_attn.q_proj.bias", $0) } : [])
         guard !groups.isEmpty else { throw SpecError("pattern: \(kindName): the model has no decoder block") }
+        if score == .flap {
+            for kind in kinds { try StructuredPlan.checkCompensation(config: config, kind: kind) }
+        }
+        // A global allocation decides each block's count from the scores; the target is
+        // checked against what the units can give when the spec is read.
+        guard global == nil else { return }
         for kind in kinds {
             let first = groups.first { $0.kind == kind }!, s = kind == .heads ? self.headSparsity : sparsity
             let key = kind == .heads && kinds.count > 1 ? "head_sparsity" : "sparsity"
@@ -148,15 +195,12 @@ public struct StructuredPlan: Sendable {
                 throw SpecError("\(key): \(s) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")
             }
         }
-        if score == .flap {
-            addedBiases = try kinds.flatMap { try StructuredPlan.compensationBiases(config: config, kind: $0, kept: keptPerBlock($0)) }
-        }
     }
 
-    /// FLAP's biases for every block: only Llama's config switches them on (Mistral's and
-    /// Qwen2's modelling code has no o_proj or MLP biases), and only where the model has
-    /// none yet (the compensation is the whole bias).
-    private static func compensationBiases(config: LlamaConfig, kind: UnitKind, kept: Int) throws -> [AddedBias] {
+    /// FLAP's biases: only Llama's config switches them on (Mistral's and Qwen2's
+    /// modelling code has no o_proj or MLP biases), and only where the model has none yet
+    /// (the compensation is the whole bias).
+    private static func checkCompensation(config: LlamaConfig, kind: UnitKind) throws {
         guard config.architecture == "LlamaForCausalLM" else {
             throw SpecError("method: flap writes its compensation as biases, which only LlamaForCausalLM's config can switch on (mlp_bias, attention_bias), not \(config.architecture)")
         }
@@ -166,12 +210,16 @@ public struct StructuredPlan: Sendable {
         case .heads:
             guard !config.attentionBias else { throw SpecError("method: flap adds attention biases, but the model already has them (attention_bias true)") }
         }
+    }
+
+    /// FLAP's biases for every block, whose kept units of `kind` are `kept[b]`.
+    private static func compensationBiases(config: LlamaConfig, kind: UnitKind, kept: [Int]) -> [AddedBias] {
         let h = config.hiddenSize, d = config.headDim
         return (0..<config.layers).flatMap { b -> [AddedBias] in
             let p = "model.layers.\(b)."
             let parts: [(String, Int, Bool)] = kind == .channels
-                ? [("mlp.gate_proj", kept, false), ("mlp.up_proj", kept, false), ("mlp.down_proj", h, true)]
-                : [("self_attn.q_proj", kept * d, false), ("self_attn.k_proj", config.kvHeads * d, false),
+                ? [("mlp.gate_proj", kept[b], false), ("mlp.up_proj", kept[b], false), ("mlp.down_proj", h, true)]
+                : [("self_attn.q_proj", kept[b] * d, false), ("self_attn.k_proj", config.kvHeads * d, false),
                    ("self_attn.v_proj", config.kvHeads * d, false), ("self_attn.o_proj", h, true)]
             return parts.map { AddedBias(name: p + $0.0 + ".bias", weight: p + $0.0 + ".weight", length: $0.1, compensates: $0.2) }
         }
@@ -193,6 +241,7 @@ public struct StructuredPlan: Sendable {
         config = nil
         kinds = [.channels]
         score = .l2
+        global = nil
         self.sparsity = sparsity
         headSparsity = sparsity
         var blocks: [BlockUnits] = []
@@ -231,21 +280,23 @@ public struct StructuredPlan: Sendable {
         return (rows, cols)
     }
 
-    /// config.json of the smaller model: the source config with the new width, and
-    /// `head_dim` written out (hidden_size / num_attention_heads no longer gives it).
-    public func rewrittenConfig(_ bytes: [UInt8], file: String) throws -> [UInt8] {
+    /// config.json of the smaller model whose groups keep `kept`: the source config with
+    /// the new widths, and `head_dim` written out (hidden_size / num_attention_heads no
+    /// longer gives it). Blocks of different widths (a global allocation) get
+    /// `intermediate_size_per_layer` / `num_attention_heads_per_layer`, the scalar the
+    /// largest: stock transformers does not read those keys and refuses the shapes.
+    public func rewrittenConfig(_ bytes: [UInt8], file: String, kept: [[Int]]) throws -> [UInt8] {
         guard let config else { return bytes }
         guard var json = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw CheckpointError(file: file, "cannot read a JSON config")
         }
         for kind in kinds {
-            switch kind {
-            case .channels: json["intermediate_size"] = keptPerBlock(kind)
-            case .heads:
-                json["num_attention_heads"] = keptPerBlock(kind)
-                json["head_dim"] = config.headDim
-            }
-            if !addedBiases.isEmpty { json[kind == .channels ? "mlp_bias" : "attention_bias"] = true }
+            let widths = keptPerLayer(kind, kept: kept)
+            let key = kind == .channels ? "intermediate_size" : "num_attention_heads"
+            json[key] = widths.max() ?? 0
+            if Set(widths).count > 1 { json[key + "_per_layer"] = widths }
+            if kind == .heads { json["head_dim"] = config.headDim }
+            if score == .flap { json[kind == .channels ? "mlp_bias" : "attention_bias"] = true }
         }
         return [UInt8](try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])) + [0x0A]
     }

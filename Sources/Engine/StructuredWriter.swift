@@ -41,6 +41,11 @@ public struct StructuredWriter: OutputWriter {
         self.kept = kept
     }
 
+    /// The fraction of group g's units removed (a global allocation decides it per group).
+    func removedFraction(group g: Int) -> Double {
+        units.global == nil ? units.sparsity(ofGroup: g) : 1 - Double(kept[g].count) / Double(units.groups[g].count)
+    }
+
     /// The shape a tensor has in the smaller model.
     static func outputShape(_ t: TensorInfo, rows: [Int]?, cols: [Int]?) -> [Int] {
         var shape = t.shape
@@ -73,6 +78,7 @@ public struct StructuredWriter: OutputWriter {
         let denseDir = (directory as NSString).appendingPathComponent("dense")
         try fm.createDirectory(atPath: denseDir, withIntermediateDirectories: true)
         let sliced = units.slicedTensors
+        let addedBiases = units.addedBiases(kept: kept)
         var tensors: [String: Manifest.Tensor] = [:]
         var weightMap: [String: String] = [:]
         var modelFiles: [String: String] = [:]
@@ -84,7 +90,7 @@ public struct StructuredWriter: OutputWriter {
             let path = (denseDir as NSString).appendingPathComponent(shardName)
             // Added biases go in their weight's shard, after the shard's own tensors.
             let inShard = Set(shard.tensors.map(\.name))
-            let added = units.addedBiases.filter { inShard.contains($0.weight) }
+            let added = addedBiases.filter { inShard.contains($0.weight) }
             let addedSpecs = added.map { TensorSpec(name: $0.name, dtype: checkpoint.info($0.weight)!.dtype, shape: [$0.length]) }
             let writer = try SafeTensorsWriter(path: path, tensors: zip(shard.tensors, shapes).map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $1) } + addedSpecs,
                                                metadata: shard.metadata)
@@ -126,7 +132,7 @@ public struct StructuredWriter: OutputWriter {
                 var entry = Manifest.Tensor(
                     shape: shapes[i], dtype: t.dtype.rawValue, pruned: isPruned,
                     pattern: isPruned ? plan.pattern.description : nil, method: isPruned ? spec.method.rawValue : nil,
-                    targetSparsity: sliced[t.name].map { units.sparsity(ofGroup: $0[0].group) },
+                    targetSparsity: sliced[t.name].map { removedFraction(group: $0[0].group) },
                     achievedSparsity: t.elementCount == 0 ? 0 : Double(removed) / Double(t.elementCount),
                     masked: removed, zeros: zeros, elements: elements, sha256Dense: hex, sha256Sparse: hex, reconstructionError: nil)
                 if isPruned { entry.sourceShape = t.shape }
@@ -169,7 +175,7 @@ public struct StructuredWriter: OutputWriter {
         for side in checkpoint.sideFiles() {
             let source = (checkpoint.directory as NSString).appendingPathComponent(side)
             guard let data = fm.contents(atPath: source) else { throw CheckpointError(file: source, "cannot read") }
-            let bytes = side == "config.json" ? try units.rewrittenConfig([UInt8](data), file: source) : [UInt8](data)
+            let bytes = side == "config.json" ? try units.rewrittenConfig([UInt8](data), file: source, kept: kept) : [UInt8](data)
             try AtomicFileWriter.write(bytes, to: (denseDir as NSString).appendingPathComponent(side))
         }
         var manifest = Manifest(
@@ -181,13 +187,16 @@ public struct StructuredWriter: OutputWriter {
                           parameters: checkpoint.parameterCount, prunedParameters: prunedParameters, zeros: zerosTotal))
         let parts = units.kinds.map { kind in
             let first = units.groups.first { $0.kind == kind }!
-            return Manifest.Structure.Part(kind: kind.rawValue, sparsity: units.sparsity(of: kind), unitsPerBlock: first.count,
-                                           keptPerBlock: units.keptPerBlock(kind), width: first.width)
+            let perLayer = units.keptPerLayer(kind, kept: kept)
+            let sparsity = units.global == nil ? units.sparsity(of: kind) : 1 - Double(perLayer.reduce(0, +)) / Double(first.count * perLayer.count)
+            return Manifest.Structure.Part(kind: kind.rawValue, sparsity: sparsity, unitsPerBlock: first.count,
+                                           keptPerBlock: units.keptPerBlock(kind), width: first.width, keptPerLayer: units.global == nil ? nil : perLayer)
         }
         let one = parts.count == 1 ? parts[0] : nil
         manifest.structure = Manifest.Structure(
             kind: units.kindName, score: units.score.rawValue, unitsPerBlock: one?.unitsPerBlock, keptPerBlock: one?.keptPerBlock,
-            width: one?.width, parts: parts, kept: kept, parametersBefore: checkpoint.parameterCount, parametersAfter: parametersAfter)
+            width: one?.width, parts: parts, kept: kept, parametersBefore: checkpoint.parameterCount, parametersAfter: parametersAfter,
+            allocation: units.global == nil ? nil : "global")
         try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
         return manifest
     }

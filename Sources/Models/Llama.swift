@@ -252,7 +252,7 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     public func block(_ index: Int) throws -> LlamaBlock {
-        try LlamaBlock(index: index, config: config, store: store)
+        try LlamaBlock(index: index, config: config.block(index), store: store)
     }
 
     /// The final norm's weight and the LM head (vocab × hidden; the embeddings when tied).

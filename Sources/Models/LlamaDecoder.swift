@@ -155,9 +155,9 @@ public final class LlamaDecoder {
             bytes += made.bytes
             return made
         }
-        let h = config.hiddenSize, q = config.heads * config.headDim, kv = config.kvHeads * config.headDim, ff = config.intermediateSize
+        let h = config.hiddenSize, kv = config.kvHeads * config.headDim
         layers = try (0..<config.layers).map { b in
-            let p = "model.layers.\(b)."
+            let p = "model.layers.\(b).", own = config.block(b), q = own.heads * config.headDim, ff = own.intermediateSize
             var layer = Layer(inputNorm: try store.load(p + "input_layernorm.weight", shape: [h]),
                          postNorm: try store.load(p + "post_attention_layernorm.weight", shape: [h]),
                          q: try weight(p + "self_attn.q_proj.weight", rows: q, cols: h), k: try weight(p + "self_attn.k_proj.weight", rows: kv, cols: h),
@@ -210,7 +210,7 @@ public final class LlamaDecoder {
 
     private func run(_ tokens: [Int32]) throws -> [Float] {
         let c = config, h = c.hiddenSize, t = tokens.count, hd = c.headDim
-        let qOut = c.heads * hd, kvOut = c.kvHeads * hd, ff = c.intermediateSize
+        let widestQ = c.heads * hd, kvOut = c.kvHeads * hd, widestFF = c.intermediateSize
         guard t > 0, position + t <= maxTokens else { throw ModelError("\(position + t) tokens, more than the decoder's \(maxTokens)") }
         var x = [Float](repeating: 0, count: t * h)
         for (i, id) in tokens.enumerated() {
@@ -218,13 +218,15 @@ public final class LlamaDecoder {
             for j in 0..<h { x[i * h + j] = embedding[Int(id) * h + j] }
         }
         var normed = [Float](repeating: 0, count: t * h), projected = normed
-        var qs = [Float](repeating: 0, count: t * qOut), attn = qs
+        var qs = [Float](repeating: 0, count: t * widestQ), attn = qs
         var ks = [Float](repeating: 0, count: t * kvOut), vs = ks
-        var g = [Float](repeating: 0, count: t * ff), u = g
+        var g = [Float](repeating: 0, count: t * widestFF), u = g
         var scores = [Float](repeating: 0, count: position + t)
-        let group = c.heads / c.kvHeads, scale = 1 / Float(hd).squareRoot()
+        let scale = 1 / Float(hd).squareRoot()
         let start = position
         for (b, layer) in layers.enumerated() {
+            // The buffers fit the widest block; a block's own widths lay out its rows.
+            let own = c.block(b), heads = own.heads, qOut = heads * hd, ff = own.intermediateSize, group = heads / c.kvHeads
             x.withUnsafeBufferPointer { xb in normed.withUnsafeMutableBufferPointer { rmsNorm(xb.baseAddress!, rows: t, width: h, weight: layer.inputNorm, eps: c.rmsNormEps, into: $0.baseAddress!) } }
             normed.withUnsafeBufferPointer { n in
                 qs.withUnsafeMutableBufferPointer { layer.q.apply(n.baseAddress!, tokens: t, into: $0.baseAddress!) }
@@ -235,7 +237,7 @@ public final class LlamaDecoder {
             LlamaDecoder.add(layer.kBias, to: &ks, rows: t)
             LlamaDecoder.add(layer.vBias, to: &vs, rows: t)
             // RoPE at the absolute positions, then the new keys and values into the cache.
-            qs.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: t, heads: c.heads, headDim: hd, from: start) }
+            qs.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: t, heads: heads, headDim: hd, from: start) }
             ks.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, tokens: t, heads: c.kvHeads, headDim: hd, from: start) }
             keys[b].withUnsafeMutableBufferPointer { (($0.baseAddress! + start * kvOut)).update(from: ks, count: t * kvOut) }
             values[b].withUnsafeMutableBufferPointer { (($0.baseAddress! + start * kvOut)).update(from: vs, count: t * kvOut) }
@@ -244,7 +246,7 @@ public final class LlamaDecoder {
                 qs.withUnsafeBufferPointer { qb in attn.withUnsafeMutableBufferPointer { ab in scores.withUnsafeMutableBufferPointer { sb in
                     for i in 0..<t {
                         let seen = start + i + 1
-                        for head in 0..<c.heads {
+                        for head in 0..<heads {
                             let kvHead = head / group
                             let query = qb.baseAddress! + i * qOut + head * hd
                             cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(seen), Int32(hd), scale, kc.baseAddress! + kvHead * hd, Int32(kvOut),

@@ -38,6 +38,27 @@ public struct LlamaConfig: Sendable, Equatable {
     /// sequence. The forward pass attends to every earlier position, which equals the
     /// window only for sequences no longer than it: callers refuse longer ones.
     public var slidingWindow: Int? = nil
+    /// Per-block widths of a structurally pruned model whose blocks keep different numbers
+    /// of MLP channels or query heads (`intermediate_size_per_layer`,
+    /// `num_attention_heads_per_layer`; nil: every block has `intermediateSize` and
+    /// `heads`, which are then the largest). Stock transformers has no such keys: only
+    /// this tool's forward pass reads such a model (`block(_:)`).
+    public var layerIntermediateSizes: [Int]? = nil
+    public var layerHeads: [Int]? = nil
+
+    /// Block b's config: its own widths where the blocks differ.
+    public func block(_ b: Int) -> LlamaConfig {
+        guard layerIntermediateSizes != nil || layerHeads != nil else { return self }
+        var c = self
+        c.layerIntermediateSizes = nil
+        c.layerHeads = nil
+        if let sizes = layerIntermediateSizes { c.intermediateSize = sizes[b] }
+        if let heads = layerHeads { c.heads = heads[b] }
+        return c
+    }
+
+    /// Whether every block has the same widths (what a stock config expresses).
+    public var hasUniformBlocks: Bool { layerIntermediateSizes == nil && layerHeads == nil }
 
     public static let supported = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
 
@@ -143,6 +164,17 @@ public struct LlamaConfig: Sendable, Equatable {
                                  attentionBias: try fields.optionalBool("attention_bias") ?? (architecture == "Qwen2ForCausalLM"),
                                  architecture: architecture)
         config.slidingWindow = window
+        config.layerIntermediateSizes = try fields.optionalIntList("intermediate_size_per_layer", count: config.layers, in: 1...Limits.intermediateSize)
+        config.layerHeads = try fields.optionalIntList("num_attention_heads_per_layer", count: config.layers, in: 1...Limits.heads)
+        // The scalars stay the largest block's, so buffers sized by them hold any block.
+        if let sizes = config.layerIntermediateSizes, sizes.max() != config.intermediateSize {
+            throw ModelError("\(file): intermediate_size \(config.intermediateSize) is not the largest of intermediate_size_per_layer (\(sizes.max()!))")
+        }
+        if let perLayer = config.layerHeads {
+            guard perLayer.max() == heads, explicitHeadDim != nil, perLayer.allSatisfy({ $0 % kv == 0 }) else {
+                throw ModelError("\(file): num_attention_heads_per_layer must hold multiples of num_key_value_heads (\(kv)) whose largest is num_attention_heads (\(heads)), with head_dim given")
+            }
+        }
         config.mlpBias = mlpBias
         config.outputBias = config.attentionBias && architecture == "LlamaForCausalLM"
         return config
@@ -199,7 +231,8 @@ public struct LlamaConfig: Sendable, Equatable {
 
     /// Every tensor of block `b` the forward pass reads, with its shape.
     func blockTensorShapes(block b: Int) -> [(String, [Int])] {
-        let p = "model.layers.\(b).", h = hiddenSize, q = heads * headDim, kv = kvHeads * headDim, ff = intermediateSize
+        let c = block(b)
+        let p = "model.layers.\(b).", h = hiddenSize, q = c.heads * headDim, kv = kvHeads * headDim, ff = c.intermediateSize
         var shapes: [(String, [Int])] = [
             (p + "input_layernorm.weight", [h]), (p + "post_attention_layernorm.weight", [h]),
             (p + "self_attn.q_proj.weight", [q, h]), (p + "self_attn.k_proj.weight", [kv, h]),
@@ -277,6 +310,20 @@ struct ConfigFields {
             throw ModelError("\(file): \(key) \(i) is out of range (must be \(bounds))")
         }
         return i
+    }
+
+    /// A JSON list of exactly `count` integers in `range`, or nil when absent.
+    func optionalIntList(_ key: String, count: Int, in range: ClosedRange<Int>) throws -> [Int]? {
+        guard let v = present(key) else { return nil }
+        guard let items = v as? [Any], items.count == count else {
+            throw ModelError("\(file): \(key) must be a list of \(count) integers (one per layer), found \(shown(v))")
+        }
+        return try items.enumerated().map { i, item in
+            guard let n = try ConfigFields(json: ["\(key)[\(i)]": item], file: file).optionalInt("\(key)[\(i)]", in: range) else {
+                throw ModelError("\(file): \(key)[\(i)] must be an integer")
+            }
+            return n
+        }
     }
 
     func int(_ key: String, in range: ClosedRange<Int>) throws -> Int {

@@ -1292,6 +1292,14 @@ public nonisolated struct Prune_V1_UnitTask: Sendable {
   /// F64: the error before and after, the relative residual) per such slice.
   public var reconstructDamp: Double = 0
 
+  /// allocation: global. scores_only: score the units and stop; the Result is "scores"
+  /// only, each F64 standardized within the group (BlockUnits.standardizedScores), for the
+  /// coordinator's one ranking of every block's units. keep (> 0): the units the group
+  /// keeps, as that ranking decided (instead of `sparsity`).
+  public var scoresOnly: Bool = false
+
+  public var keep: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4066,7 +4074,7 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnitTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0\u{3}reconstruct_damp\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0\u{3}reconstruct_damp\0\u{3}scores_only\0\u{1}keep\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4082,6 +4090,8 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.sparsity) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.slices) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.reconstructDamp) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.scoresOnly) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.keep) }()
       default: break
       }
     }
@@ -4112,6 +4122,12 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.reconstructDamp.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.reconstructDamp, fieldNumber: 8)
     }
+    if self.scoresOnly != false {
+      try visitor.visitSingularBoolField(value: self.scoresOnly, fieldNumber: 9)
+    }
+    if self.keep != 0 {
+      try visitor.visitSingularUInt32Field(value: self.keep, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4124,6 +4140,8 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.sparsity != rhs.sparsity {return false}
     if lhs.slices != rhs.slices {return false}
     if lhs.reconstructDamp != rhs.reconstructDamp {return false}
+    if lhs.scoresOnly != rhs.scoresOnly {return false}
+    if lhs.keep != rhs.keep {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

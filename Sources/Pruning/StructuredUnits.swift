@@ -110,11 +110,7 @@ public struct BlockUnits: Sendable, Equatable {
                 guard let variance = fluctuation[slice.tensor], variance.count == w.cols else {
                     throw PruningError("units: no fluctuation statistic of \(w.cols) columns for '\(slice.tensor)'")
                 }
-                // Per column Σ_r W[r, c]², in row order, then weighted by the variance.
-                var columnEnergy = [Double](repeating: 0, count: w.cols)
-                for r in 0..<w.rows { for c in 0..<w.cols { let x = Double(w.values[r * w.cols + c]); columnEnergy[c] += x * x } }
-                for c in 0..<w.cols {
-                    let metric = variance[c] * columnEnergy[c]
+                for (c, metric) in BlockUnits.fluctuationMetric(w, variance: variance).enumerated() {
                     out[c / width] += kind == .heads ? metric * metric : metric
                 }
                 continue
@@ -154,6 +150,44 @@ public struct BlockUnits: Sendable, Equatable {
         }
     }
 
+    /// FLAP's WIFV per column of a slice that reads the units: Var(x_c)·Σ_r W[r, c]² (the
+    /// column energy summed in row order).
+    static func fluctuationMetric(_ w: (values: [Float], rows: Int, cols: Int), variance: [Double]) -> [Double] {
+        var columnEnergy = [Double](repeating: 0, count: w.cols)
+        for r in 0..<w.rows { for c in 0..<w.cols { let x = Double(w.values[r * w.cols + c]); columnEnergy[c] += x * x } }
+        return (0..<w.cols).map { variance[$0] * columnEnergy[$0] }
+    }
+
+    /// Scores comparable across blocks and kinds, for ranking every unit of the model
+    /// together (`allocation: global`, FLAP's adaptive structure AL-AM): each score as a
+    /// z-score within its block and kind (mean and unbiased standard deviation over the
+    /// group's units). FLAP's heads follow the reference: the squared metric of each
+    /// o_proj column is standardized over the columns, and a head scores the mean of its
+    /// columns'. Order within the group is that of `scores`, so the units a block keeps
+    /// for a given count are the same either way.
+    public func standardizedScores(_ score: UnitScore, weights: [String: (values: [Float], rows: Int, cols: Int)],
+                                   inputNorms: [String: [Double]] = [:], gradients: [String: [Float]] = [:],
+                                   fluctuation: [String: [Double]] = [:]) throws -> [Double] {
+        let raw = try scores(score, weights: weights, inputNorms: inputNorms, gradients: gradients, fluctuation: fluctuation)
+        guard score == .flap, kind == .heads, width > 1 else { return BlockUnits.zScores(raw) }
+        guard let slice = slices.first(where: { $0.axis == .cols }), let w = weights[slice.tensor], let variance = fluctuation[slice.tensor] else {
+            throw PruningError("units: no column slice with its fluctuation statistic to standardize heads by")
+        }
+        let columns = BlockUnits.zScores(BlockUnits.fluctuationMetric(w, variance: variance).map { $0 * $0 })
+        return (0..<count).map { u in columns[(u * width)..<((u + 1) * width)].reduce(0, +) / Double(width) }
+    }
+
+    /// (x − mean) / unbiased standard deviation, in F64 and index order (all zeros when
+    /// the values do not vary).
+    public static func zScores(_ x: [Double]) -> [Double] {
+        guard x.count > 1 else { return x.map { _ in 0 } }
+        let mean = x.reduce(0, +) / Double(x.count)
+        let variance = x.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(x.count - 1)
+        let deviation = variance.squareRoot()
+        guard deviation > 0, deviation.isFinite else { return x.map { _ in 0 } }
+        return x.map { ($0 - mean) / deviation }
+    }
+
     /// FLAP's bias compensation for a slice that reads the units (rows × cols, `.cols`):
     /// per output row, Σ over the removed units' columns c of W[r, c]·mean[c] (in F64,
     /// columns in order), the output those columns gave on average, which a bias adds back.
@@ -174,9 +208,17 @@ public struct BlockUnits: Sendable, Equatable {
     /// The units kept at `sparsity`, ascending: in every group the highest scores, a tie
     /// going to the lower index (so the choice depends on the scores only).
     public func kept(scores: [Double], sparsity: Double) throws -> [Int] {
+        try kept(scores: scores, count: keptCount(at: sparsity))
+    }
+
+    /// The `total` units kept (a multiple of `groups`), chosen as `kept(scores:sparsity:)` does.
+    public func kept(scores: [Double], count total: Int) throws -> [Int] {
         guard scores.count == count else { throw PruningError("units: \(scores.count) scores for \(count) \(kind.rawValue)") }
         guard scores.allSatisfy(\.isFinite) else { throw PruningError("units: a \(kind.rawValue) score is not finite") }
-        let perGroup = count / groups, keep = perGroup - removedPerGroup(at: sparsity)
+        guard total > 0, total <= count, total % groups == 0 else {
+            throw PruningError("units: \(total) kept \(kind.rawValue) is not a positive multiple of \(groups) groups at most \(count)")
+        }
+        let perGroup = count / groups, keep = total / groups
         var kept: [Int] = []
         for g in 0..<groups {
             let members = Array(g * perGroup ..< (g + 1) * perGroup)

@@ -62,7 +62,8 @@ final class StructuredTests: XCTestCase {
         let source = try Checkpoint(path: dir.file(model))
         let parts = s.allParts(sparsity: m.sparsity)
         let plan = try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: try parts.map { try XCTUnwrap(UnitKind(rawValue: $0.kind)) },
-                                      score: .l2, sparsity: m.sparsity, headSparsity: parts.first { $0.kind == "heads" }?.sparsity)
+                                      score: .l2, sparsity: m.sparsity, headSparsity: parts.first { $0.kind == "heads" }?.sparsity,
+                                      global: s.allocation == nil ? nil : 0...1)
         let sliced = plan.slicedTensors
         var tensors: [(TensorSpec, [UInt8])] = []
         for t in source.tensors {
@@ -192,6 +193,103 @@ final class StructuredTests: XCTestCase {
         XCTAssertEqual(ids.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "units:0:channels units:0:heads units:1:channels units:1:heads", ids.stderr)
     }
 
+    /// `allocation: global` (FLAP's adaptive structure): every block's heads and channels
+    /// ranked together on scores standardized within each block and kind, cut where the
+    /// removed parameters come closest to the target. The model is the test Llama with
+    /// four MLP channels of block 1 made 30× larger: they stretch that block's standard
+    /// deviation, so its other channels all standardize to just below its mean, while
+    /// block 0's weakest sit far below theirs: block 0 loses more channels. The
+    /// config gets per-layer widths, our forward pass reads them and computes what the
+    /// zeroed model does, `prune check` passes (and fails on a wrong width), and the
+    /// bytes do not depend on the workers.
+    func testAGlobalAllocationGivesEachBlockItsOwnWidths() throws {
+        let source = try Checkpoint(path: dir.file("llama"))
+        var tensors: [(TensorSpec, [UInt8])] = []
+        for t in source.tensors {
+            var values = [Float](repeating: 0, count: t.elementCount)
+            values.withUnsafeMutableBytes { $0.copyMemory(from: source.bytes(t)) }
+            if t.name.hasPrefix("model.layers.1.mlp.") {
+                for i in values.indices where (t.name.contains("down") ? i % t.cols : i / t.cols) < 4 { values[i] *= 30 }
+            }
+            tensors.append((TensorSpec(name: t.name, dtype: t.dtype, shape: t.shape), values.withUnsafeBytes { [UInt8]($0) }))
+        }
+        _ = try writeModel(tensors, config: dir.file("llama/config.json"), to: dir.file("skewed"))
+        let spec = "method: magnitude\nsparsity: 0.3\npattern: heads+channels\nallocation: global"
+        var digests: [String] = []
+        for workers in [0, 2] {
+            let r = try run("global-w\(workers)", model: "skewed", spec, workers: workers)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("global-w\(workers)/out/dense/model.safetensors")))
+            digests.append(bytes.withUnsafeBytes { SHA256Stream.hex($0) })
+        }
+        XCTAssertEqual(Set(digests).count, 1, "\(digests)")
+        let m = try manifest("global-w2")
+        let s = try XCTUnwrap(m.structure)
+        XCTAssertEqual(s.allocation, "global")
+        let channels = try XCTUnwrap(s.parts?.first { $0.kind == "channels" }?.keptPerLayer)
+        let heads = try XCTUnwrap(s.parts?.first { $0.kind == "heads" }?.keptPerLayer)
+        XCTAssertGreaterThan(channels[1], channels[0], "the outliers' block: its other channels bunch just below its mean, above block 0's weakest")
+        // The allocation the scores imply: L2 norms, standardized per block and kind, ranked.
+        let config = try LlamaConfig.load(dir.file("skewed"))
+        let plan = try StructuredPlan(config: config, kinds: [.heads, .channels], score: .l2, sparsity: 0.3, global: 0...0.99)
+        var groups: [UnitAllocation.Group] = []
+        for block in plan.groups {
+            var w: [String: (values: [Float], rows: Int, cols: Int)] = [:]
+            for slice in block.slices {
+                let t = try XCTUnwrap(source.info(slice.tensor))
+                var values = [Float](repeating: 0, count: t.elementCount)
+                let bytes = try XCTUnwrap(tensors.first { $0.0.name == t.name }).1
+                bytes.withUnsafeBytes { raw in values.withUnsafeMutableBytes { $0.copyMemory(from: raw) } }
+                w[slice.tensor] = (values, t.rows, t.cols)
+            }
+            groups.append(.init(count: block.count, groups: block.groups, unitParameters: plan.unitParameters(block.kind),
+                                scores: try block.standardizedScores(.l2, weights: w)))
+        }
+        let removed = try UnitAllocation.removed(groups, target: 0.3, max: 0.99)
+        XCTAssertEqual(s.kept.map(\.count), zip(plan.groups, removed).map { $0.count - $1 })
+        // Closest to the target: within half the largest step (two heads of 2·32·8).
+        let total = plan.groups.reduce(0) { $0 + $1.count * plan.unitParameters($1.kind) }
+        let gone = zip(plan.groups, removed).reduce(0) { $0 + $1.1 * plan.unitParameters($1.0.kind) }
+        XCTAssertLessThanOrEqual(abs(Double(gone) - 0.3 * Double(total)), Double(2 * plan.unitParameters(.heads)) / 2)
+        // Per-layer widths in the config, the scalars the largest.
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("global-w2/out/dense/config.json")))) as? [String: Any])
+        XCTAssertEqual(json["intermediate_size_per_layer"] as? [Int], channels)
+        XCTAssertEqual(json["intermediate_size"] as? Int, channels.max())
+        XCTAssertEqual(json["num_attention_heads"] as? Int, heads.max())
+        XCTAssertEqual(json["num_attention_heads_per_layer"] as? [Int], Set(heads).count > 1 ? heads : nil)
+        let report = try String(contentsOfFile: dir.file("global-w2/report.md"), encoding: .utf8)
+        XCTAssertTrue(report.contains("target sparsity 0.30 of the units' parameters (allocation global)")
+                      && report.contains("| block | heads kept (of 4) | channels kept (of 48) |")
+                      && report.contains("| 1 | \(heads[1]) | \(channels[1]) |"), report)
+        // The ledger holds one scoring task per group before the cuts.
+        let query = "import sqlite3, sys; print(*sorted(r[0] for r in sqlite3.connect(sys.argv[1]).execute(\"select id from tasks where id like 'units:score:%'\")))"
+        let ids = try Subprocess.run("/usr/bin/env", ["python3", "-c", query, dir.file("global-w2/ledger.sqlite")])
+        XCTAssertEqual(ids.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                       "units:score:0:channels units:score:0:heads units:score:1:channels units:score:1:heads", ids.stderr)
+        let check = try Subprocess.prune(["check", dir.file("skewed"), dir.file("global-w2")])
+        XCTAssertEqual(check.status, 0, check.stdout)
+        let got = try LlamaModel(directory: dir.file("global-w2/out/dense")).forward(tokens)
+        let want = try LlamaModel(directory: try zeroedCopy(of: "skewed", job: "global-w2")).forward(tokens)
+        XCTAssertLessThan(StructuredTests.maxRelative(got, want), 1e-5)
+        // A config whose widths are swapped between the blocks no longer describes the tensors.
+        let configPath = dir.file("global-w2/out/dense/config.json")
+        var bad = json
+        bad["intermediate_size_per_layer"] = Array(channels.reversed())
+        try JSONSerialization.data(withJSONObject: bad).write(to: URL(fileURLWithPath: configPath))
+        let tampered = try Subprocess.prune(["check", dir.file("skewed"), dir.file("global-w2")])
+        XCTAssertNotEqual(tampered.status, 0)
+        XCTAssertTrue(tampered.stdout.contains("dense/config.json"), tampered.stdout)
+        // FLAP's biases follow each block's own width (gate and up biases as long as its channels).
+        let flap = try run("global-flap", model: "skewed", "method: flap\nsparsity: 0.3\npattern: heads+channels\nallocation: global\ncalibration: {data: ids.npy, samples: 8, tokens: 24}")
+        XCTAssertEqual(flap.status, 0, flap.stderr)
+        let flapStructure = try XCTUnwrap(try manifest("global-flap").structure)
+        let small = try Checkpoint(path: dir.file("global-flap/out/dense"))
+        let flapChannels = try XCTUnwrap(flapStructure.parts?.first { $0.kind == "channels" }?.keptPerLayer)
+        for b in 0..<2 { XCTAssertEqual(small.info("model.layers.\(b).mlp.gate_proj.bias")?.shape, [flapChannels[b]]) }
+        XCTAssertEqual(try Subprocess.prune(["check", dir.file("skewed"), dir.file("global-flap")]).status, 0)
+        XCTAssertEqual(try LlamaModel(directory: dir.file("global-flap/out/dense")).forward(tokens).count, got.count)
+    }
+
     func testTransformersLoadsTheSmallerModelWithOurLogits() throws {
         let modules = "torch, transformers"
         guard Subprocess.pythonHas(modules) else {
@@ -232,6 +330,10 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.5\nhead_sparsity: 0.5\npattern: channels", "llama", "head_sparsity: for pattern heads+channels"),
             ("method: magnitude\nsparsity: 0.5\nhead_sparsity: 1\npattern: heads+channels", "llama", "head_sparsity: must be a number in (0, 1)"),
             ("method: magnitude\nsparsity: 0.5\npattern: heads+mlp", "llama", "unknown pattern 'heads+mlp'"),
+            ("method: wanda\nsparsity: 0.3\npattern: channels\nallocation: owl\ncalibration: {data: ids.npy, samples: 8, tokens: 24, mode: dense}", "llama", "allocation: pattern channels ranks units across blocks with allocation global (per-layer widths), not owl"),
+            ("method: wanda\nsparsity: 0.3\npattern: channels\nallocation: global\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "set calibration.mode: dense"),
+            ("method: magnitude\nsparsity: 0.3\nhead_sparsity: 0.5\npattern: heads+channels\nallocation: global", "llama", "head_sparsity: allocation global decides how many heads and channels"),
+            ("method: magnitude\nsparsity: 0.3\npattern: channels\nallocation: {method: global, max: 0.2}", "llama", "allocation.max: 0.2 is below the target sparsity 0.3"),
         ]
         for (i, c) in cases.enumerated() {
             let r = try run("bad\(i)", model: c.model, c.spec)

@@ -54,6 +54,24 @@ final class ConfigValidationTests: XCTestCase {
         XCTAssertThrowsError(try parse(["sliding_window": 16]).checkSequenceLength(24, what: "calibration.tokens"))
     }
 
+    /// Per-layer widths (a global unit allocation's smaller model): one per layer, each in
+    /// range, heads whole key/value groups, the scalars the largest, head_dim given.
+    func testPerLayerWidthsAreCheckedAndGiveEachBlockItsOwn() throws {
+        let c = try parse(["intermediate_size_per_layer": [64, 40], "num_attention_heads_per_layer": [2, 4], "head_dim": 8])
+        XCTAssertFalse(c.hasUniformBlocks)
+        XCTAssertEqual([c.block(0).intermediateSize, c.block(1).intermediateSize], [64, 40])
+        XCTAssertEqual([c.block(0).heads, c.block(1).heads], [2, 4])
+        XCTAssertTrue(c.block(1).hasUniformBlocks, "a block's own config has no lists")
+        XCTAssertTrue(try parse([:]).hasUniformBlocks)
+        assertRefused(["intermediate_size_per_layer": [64]], "intermediate_size_per_layer must be a list of 2 integers (one per layer)")
+        assertRefused(["intermediate_size_per_layer": 64], "intermediate_size_per_layer must be a list of 2 integers")
+        assertRefused(["intermediate_size_per_layer": [64, "40"]], "intermediate_size_per_layer[1] must be an integer")
+        assertRefused(["intermediate_size_per_layer": [64, 0]], "intermediate_size_per_layer[1] 0 is out of range")
+        assertRefused(["intermediate_size_per_layer": [32, 40]], "intermediate_size 64 is not the largest of intermediate_size_per_layer (40)")
+        assertRefused(["num_attention_heads_per_layer": [2, 4]], "with head_dim given")
+        assertRefused(["num_attention_heads_per_layer": [3, 4], "head_dim": 8], "multiples of num_key_value_heads (2)")
+    }
+
     func testConfigIsCheckedAgainstTheCheckpoint() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         try SyntheticModel.write(to: dir.file("m"), layers: 2, hidden: 32, intermediate: 64)

@@ -8,6 +8,9 @@
 #   PRUNINGS="magnitude channels 0.267;wanda channels 0.4 layer" WORKERS="1 2"
 #   (a fourth word `layer` adds reconstruct: layer, the re-fit of down_proj / o_proj;
 #   pattern heads+channels takes a level CHANNELS/HEADS, e.g. 0.317/0.34: sparsity and head_sparsity)
+#   ALLOCATION=global: every block's units ranked together (FLAP's adaptive structure, per-layer
+#   widths; calibration in dense mode); the level is then the fraction of the units' parameters
+#   (q/o/gate/up/down weights) removed: 0.2134 removes 20.0% of the decoder, 0.32 30.0%
 #   SPEED=1: the spec also asks `speed: true` (the report measures both models' generation
 #   speed, as prune bench); the decode speed-up is printed after the digest
 # SmolLM2's decoder is 30 blocks of 3.54 M weights, 2.65 M of them in the MLP: channels at
@@ -25,7 +28,7 @@ for pruning in "${prunings[@]}"; do
   read -r method pattern level refit <<< "$pruning"
   first=""
   for w in ${WORKERS:-2}; do
-    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}-w$w"
+    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}${ALLOCATION:+-$ALLOCATION}-w$w"
     rm -rf "${work:?}/$name"
     {
       echo "model: $work/model"
@@ -35,7 +38,8 @@ for pruning in "${prunings[@]}"; do
       [ "${level#*/}" = "$level" ] || echo "head_sparsity: ${level#*/}"
       echo "pattern: $pattern"
       [ -z "$refit" ] || echo "reconstruct: $refit"
-      [ "$method" = magnitude ] && [ -z "$refit" ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0}"
+      [ -z "${ALLOCATION:-}" ] || echo "allocation: $ALLOCATION"
+      [ "$method" = magnitude ] && [ -z "$refit" ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0${ALLOCATION:+, mode: dense}}"
       echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
       [ -z "${SPEED:-}" ] || echo "speed: true"
     } > "$work/$name.yaml"
@@ -55,7 +59,8 @@ dec_after = sum(t["elements"] for n, t in m["tensors"].items() if n.startswith("
 print(f"{method:<10} {pattern:<15} {level:<6} {w:<8} {r['evaluation']['pruned']:10.3f} {s['parameters_after']:12d} "
       f"{100 * (dec_before - dec_after) / dec_before:11.1f}% {m['totals']['dense_bytes'] / 1e6:9.1f} "
       f"{float(end) - float(start):9.1f} {digest}"
-      + (f"  decode {r['speed']['dense']['decode_tokens_per_second']:.2f} → {r['speed']['pruned']['decode_tokens_per_second']:.2f} tok/s" if "speed" in r else ""))
+      + (f"  decode {r['speed']['dense']['decode_tokens_per_second']:.2f} → {r['speed']['pruned']['decode_tokens_per_second']:.2f} tok/s" if "speed" in r else "")
+      + "".join(f"  {p['kind']} {min(p['kept_per_layer'])}–{max(p['kept_per_layer'])} a block" for p in s.get("parts") or [] if p.get("kept_per_layer")))
 PY
     same_bytes "$digest"
   done

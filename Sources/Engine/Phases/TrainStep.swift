@@ -339,9 +339,11 @@ final class LlamaTrainTask {
         self.config = config
         let store = WeightStore(reader: TaskTensorReader(r.parameters + r.forward, inputs: inputs))
         names = expected
-        let h = config.hiddenSize, q = config.heads * config.headDim, kv = config.kvHeads * config.headDim, i = config.intermediateSize
-        let perBlock = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
-        let shapes = (0..<config.layers).flatMap { _ in perBlock }
+        let h = config.hiddenSize, kv = config.kvHeads * config.headDim
+        let shapes = (0..<config.layers).flatMap { b in
+            let own = config.block(b), q = own.heads * config.headDim, i = own.intermediateSize
+            return [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
+        }
         self.shapes = shapes
         guard r.masks.count == expected.count else { throw PruningError("\(where_): \(r.masks.count) masks for \(expected.count) layers") }
         // A layer whose kept weights the pruning re-fit (SparseGPT, a reconstruction)

@@ -19,6 +19,10 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     private let groupsOf: [String: [Int]]
     /// Taylor and Fisher scores: the gradient phase that accumulates them.
     private let gradients: GradientPhase?
+    /// A global allocation's kept count per group, once every score task is done (the
+    /// coordinator decides it from their outputs; kept here to check the cut tasks' results).
+    private var allocated: [Int]?
+    private let allocatedLock = NSLock()
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
         guard let units = job.plan.units else { return nil }
@@ -33,6 +37,11 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// The task of group g: `units:B`, or `units:B:KIND` when the job removes two kinds.
     public static func id(group g: Int, of units: StructuredPlan) -> TaskID {
         units.kinds.count == 1 ? TaskID(name, "\(units.blockOf[g])") : TaskID(name, "\(units.blockOf[g]):\(units.groups[g].kind.rawValue)")
+    }
+
+    /// A global allocation's scoring task of group g: `units:score:B` (`units:score:B:KIND`).
+    public static func scoreID(group g: Int, of units: StructuredPlan) -> TaskID {
+        TaskID(name, "score:" + id(group: g, of: units).key)
     }
 
     /// The tasks of decoder block b's groups.
@@ -69,6 +78,13 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         units.score == .flap ? block.slices.filter { $0.axis == .cols } : []
     }
 
+    /// The group of a task and whether it is a global allocation's scoring task.
+    private func task(_ task: TaskID) -> (group: Int, scoring: Bool)? {
+        guard task.key.hasPrefix("score:") else { return group(of: task).map { ($0, false) } }
+        guard units.global != nil else { return nil }
+        return group(of: TaskID(task.phase, String(task.key.dropFirst("score:".count)))).map { ($0, true) }
+    }
+
     private func group(of task: TaskID) -> Int? {
         guard task.phase == UnitPrunePhase.name else { return nil }
         let parts = task.key.split(separator: ":", omittingEmptySubsequences: false)
@@ -78,19 +94,50 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
 
     /// After the gradient tasks when the score reads gradients, and after the block's
     /// calibration (every shard) when the score or the re-fit reads its inputs.
+    /// With a global allocation, every group is first scored (`units:score:…`, after the
+    /// same inputs) and each cut waits for all the scores (calibration is then dense).
     public var tasks: [PhaseTask] {
-        units.groups.indices.map { g in
+        let inputs = units.groups.indices.map { g -> [TaskID] in
             let b = units.blockOf[g]
             let calibrate = job.calibration.map { c in (0..<c.shardCount).map { CalibratePhase.id(block: b, shard: $0) } } ?? []
-            guard let gradients else { return PhaseTask(id(g), after: calibrate) }
-            return PhaseTask(id(g), after: gradients.gradientTasks + (refits ? calibrate : []))
+            guard let gradients else { return calibrate }
+            return gradients.gradientTasks + (refits ? calibrate : [])
         }
+        guard units.global != nil else { return units.groups.indices.map { PhaseTask(id($0), after: inputs[$0]) } }
+        let scoring = units.groups.indices.map { UnitPrunePhase.scoreID(group: $0, of: units) }
+        return zip(scoring, inputs).map { PhaseTask($0, after: $1) }
+            + units.groups.indices.map { g in PhaseTask(id(g), after: scoring + (job.calibration == nil ? [] : inputs[g])) }
     }
 
-    public func round(of task: TaskID) -> Int { group(of: task).map { units.blockOf[$0] } ?? 0 }
+    public func round(of task: TaskID) -> Int { self.task(task).map { units.blockOf[$0.group] } ?? 0 }
+
+    /// A global allocation's kept count per group, from every scoring task's standardized
+    /// scores (`UnitAllocation`); nil for a uniform plan.
+    public func allocation(outputs: OutputStore) throws -> [Int]? {
+        guard let global = units.global else { return nil }
+        allocatedLock.lock()
+        defer { allocatedLock.unlock() }
+        if let allocated { return allocated }
+        let groups = try units.groups.indices.map { g -> UnitAllocation.Group in
+            let block = units.groups[g], task = UnitPrunePhase.scoreID(group: g, of: units)
+            let scores = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: task), what: "scores of \(task)")
+            return UnitAllocation.Group(count: block.count, groups: block.groups, unitParameters: units.unitParameters(block.kind), scores: scores)
+        }
+        let removed = try UnitAllocation.removed(groups, target: units.sparsity, min: global.lowerBound, max: global.upperBound)
+        let kept = zip(units.groups, removed).map { $0.count - $1 }
+        allocated = kept
+        return kept
+    }
+
+    /// The allocation if it is known yet (a cut task's result is checked against it).
+    private var knownAllocation: [Int]? {
+        allocatedLock.lock()
+        defer { allocatedLock.unlock() }
+        return allocated
+    }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
-        guard let g = group(of: task) else { throw PruningError("no units task \(task)") }
+        guard let (g, scoring) = self.task(task) else { throw PruningError("no units task \(task)") }
         let block = units.groups[g], b = units.blockOf[g]
         var u = Prune_V1_UnitTask()
         u.kind = block.kind.rawValue
@@ -124,12 +171,18 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             }
             return s
         }
-        if let reconstruct = job.spec.reconstruct { u.reconstructDamp = reconstruct.damp }
+        if scoring {
+            u.scoresOnly = true
+        } else {
+            if let reconstruct = job.spec.reconstruct { u.reconstructDamp = reconstruct.damp }
+            if let allocated = try allocation(outputs: outputs) { u.keep = UInt32(allocated[g]) }
+        }
         return .units(u)
     }
 
     public func outputNames(of task: TaskID) -> [OutputName] {
-        guard let g = group(of: task) else { return [] }
+        guard let (g, scoring) = self.task(task) else { return [] }
+        if scoring { return [UnitPrunePhase.scores] }
         let block = units.groups[g]
         return [UnitPrunePhase.kept, UnitPrunePhase.scores] + block.slices.map { UnitPrunePhase.mask($0.tensor) }
             + refitSlices(block).flatMap { [UnitPrunePhase.weights($0.tensor), UnitPrunePhase.reconstructed($0.tensor)] }
@@ -140,12 +193,21 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// scores finite, and every mask the one those units imply: a worker cannot hand in
     /// masks that disagree with the units the smaller model is written from.
     public func problem(in outputs: [[UInt8]], of task: TaskID) -> String? {
-        guard let g = group(of: task) else { return "no units task \(task)" }
+        guard let (g, scoring) = self.task(task) else { return "no units task \(task)" }
         let block = units.groups[g]
         let names = outputNames(of: task)
         guard outputs.count == names.count else { return "result of \(task) has \(outputs.count) payloads, expected \(names.count)" }
+        if scoring {
+            guard let scores = try? FloatPayload.doubles(outputs[0], what: "scores"), scores.count == block.count, scores.allSatisfy(\.isFinite) else {
+                return "scores of \(task) are not \(block.count) finite F64"
+            }
+            return nil
+        }
         guard let kept = try? UnitPrunePhase.indices(outputs[0]) else { return "units of \(task) are not uint32 values" }
-        if let problem = UnitPrunePhase.problem(kept: kept, block: block, sparsity: units.sparsity(ofGroup: g)) { return "units of \(task): \(problem)" }
+        // A global allocation's count is known once the scores are in (it was in the task);
+        // `keptUnits` checks it again from the outputs before anything is written.
+        let count = units.global == nil ? units.keptCount(ofGroup: g) : knownAllocation?[g]
+        if let problem = UnitPrunePhase.problem(kept: kept, block: block, count: count) { return "units of \(task): \(problem)" }
         guard let scores = try? FloatPayload.doubles(outputs[1], what: "scores"), scores.count == block.count, scores.allSatisfy(\.isFinite) else {
             return "scores of \(task) are not \(block.count) finite F64"
         }
@@ -180,13 +242,15 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         return nil
     }
 
-    /// Why `kept` cannot be a block's kept units at `sparsity`; nil when it can.
-    static func problem(kept: [Int], block: BlockUnits, sparsity: Double) -> String? {
-        guard kept.count == block.keptCount(at: sparsity) else { return "\(kept.count) kept, expected \(block.keptCount(at: sparsity))" }
+    /// Why `kept` cannot be a block's kept units, `count` of them (nil: any number that
+    /// keeps the same in each key/value group, at least one); nil when it can.
+    static func problem(kept: [Int], block: BlockUnits, count: Int?) -> String? {
+        if let count, kept.count != count { return "\(kept.count) kept, expected \(count)" }
+        guard !kept.isEmpty, kept.count % block.groups == 0 else { return "\(kept.count) kept is not a positive multiple of \(block.groups) groups" }
         guard zip(kept, kept.dropFirst()).allSatisfy({ $0 < $1 }), kept.allSatisfy({ (0..<block.count).contains($0) }) else {
             return "not ascending indices below \(block.count)"
         }
-        let perGroup = block.count / block.groups, keep = block.keptCount(at: sparsity) / block.groups
+        let perGroup = block.count / block.groups, keep = kept.count / block.groups
         for g in 0..<block.groups where kept.filter({ $0 / perGroup == g }).count != keep {
             return "group \(g) does not keep \(keep) units"
         }
@@ -212,6 +276,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
             return UnitSlice(tensor: s.tensor.name, axis: axis)
         }
         let block = BlockUnits(kind: kind, count: count, width: width, groups: groups, slices: slices)
+        guard u.keep <= count else { throw PruningError("units task: keep \(u.keep) of \(count) units") }
         let reader = TaskTensorReader(u.slices.map(\.tensor), inputs: inputs)
         var weights: [String: (values: [Float], rows: Int, cols: Int)] = [:]
         var inputNorms: [String: [Double]] = [:]
@@ -241,9 +306,14 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
                 gradientSums[name] = sum
             }
         }
+        if u.scoresOnly {
+            let standardized = try block.standardizedScores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums,
+                                                            fluctuation: fluctuation.mapValues(\.fluctuation))
+            return TaskOutputs(payloads: [(UnitPrunePhase.scores.rawValue, standardized.flatMap(FloatPayload.encode))], kept: 0)
+        }
         let scores = try block.scores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums,
                                       fluctuation: fluctuation.mapValues(\.fluctuation))
-        let kept = try block.kept(scores: scores, sparsity: u.sparsity)
+        let kept = u.keep > 0 ? try block.kept(scores: scores, count: Int(u.keep)) : try block.kept(scores: scores, sparsity: u.sparsity)
         let masks = slices.map { slice in
             let w = weights[slice.tensor]!
             return (mask(slice.tensor).rawValue, block.mask(slice, rows: w.rows, cols: w.cols, kept: kept).bits)
@@ -290,7 +360,8 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     /// The units group g keeps, from its task's output.
     public func keptUnits(group g: Int, outputs: OutputStore) throws -> [Int] {
         let kept = try UnitPrunePhase.indices(try outputs.bytes(UnitPrunePhase.kept, of: id(g)))
-        if let problem = UnitPrunePhase.problem(kept: kept, block: units.groups[g], sparsity: units.sparsity(ofGroup: g)) {
+        let count = try allocation(outputs: outputs)?[g] ?? units.keptCount(ofGroup: g)
+        if let problem = UnitPrunePhase.problem(kept: kept, block: units.groups[g], count: count) {
             throw PruningError("units of \(id(g)): \(problem)")
         }
         return kept
