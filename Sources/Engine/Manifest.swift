@@ -272,7 +272,7 @@ public struct Manifest: Codable, Sendable, Equatable {
             /// allocation: of all the blocks' units of this kind together).
             public var sparsity: Double
             public var unitsPerBlock: Int
-            /// Units every block keeps; nil when blocks differ (then `keptPerLayer`).
+            /// Units every block keeps; nil with a global allocation (then `keptPerLayer`).
             public var keptPerBlock: Int?
             public var width: Int
             /// A global allocation's kept units per block, in block order.

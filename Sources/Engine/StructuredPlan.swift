@@ -178,9 +178,22 @@ public struct StructuredPlan: Sendable {
         if score == .flap {
             for kind in kinds { try StructuredPlan.checkCompensation(config: config, kind: kind) }
         }
-        // A global allocation decides each block's count from the scores; the target is
-        // checked against what the units can give when the spec is read.
-        guard global == nil else { return }
+        // A global allocation decides each block's count from the scores; the target must
+        // be within what the units can give.
+        if let global {
+            for kind in kinds {
+                let first = groups.first { $0.kind == kind }!
+                guard UnitAllocation.mostSteps(count: first.count, groups: first.groups, max: global.upperBound) > 0 else {
+                    throw SpecError("pattern: \(kindName): allocation global keeps one \(kind == .heads ? "query head of each of the \(first.groups) key/value groups" : "channel") and at most allocation.max \(global.upperBound) of a block's \(first.count) goes: no \(kind == .heads ? "head" : "channel") can be removed")
+                }
+            }
+            let total = groups.reduce(0.0) { $0 + Double($1.count * unitParameters($1.kind)) }
+            let most = groups.reduce(0.0) { $0 + Double(UnitAllocation.mostSteps(count: $1.count, groups: $1.groups, max: global.upperBound) * $1.groups * unitParameters($1.kind)) }
+            guard sparsity * total <= most * (1 + 1e-9) else {
+                throw SpecError("sparsity: \(sparsity) of the units' parameters is more than allocation global can remove (\(String(format: "%.4f", most / total)): one query head of each key/value group and one channel stay in every block, at most allocation.max \(global.upperBound) of each)")
+            }
+            return
+        }
         for kind in kinds {
             let first = groups.first { $0.kind == kind }!, s = kind == .heads ? self.headSparsity : sparsity
             let key = kind == .heads && kinds.count > 1 ? "head_sparsity" : "sparsity"

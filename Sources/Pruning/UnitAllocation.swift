@@ -9,8 +9,8 @@ import Foundation
 /// 2·hidden·head_dim: its q rows and o columns, key/value heads stay; a channel
 /// 3·hidden), key/value groups lose query heads together (one from each, the k-th weakest
 /// of every group, scored by their mean) so the grouped-query ratio stays whole, every
-/// group keeps one unit of each key/value group, and `min`/`max` bound each block's
-/// fraction. Pure and deterministic: ties go to the earlier group, then the earlier step.
+/// group keeps one unit of each key/value group, and `min`/`max` bound the fraction of
+/// each group (one block's units of one kind). Pure and deterministic: ties go to the earlier group, then the earlier step.
 public enum UnitAllocation {
     /// One block's units of one kind.
     public struct Group: Sendable, Equatable {
@@ -28,6 +28,13 @@ public enum UnitAllocation {
             self.unitParameters = unitParameters
             self.scores = scores
         }
+    }
+
+    /// The most removal steps (one unit of each of `groups` key/value groups) a group of
+    /// `count` units can take: one unit of each key/value group stays, and at most `max`
+    /// of the group goes.
+    public static func mostSteps(count: Int, groups: Int, max: Double) -> Int {
+        Swift.min(count / groups - 1, Int((max * Double(count) + 1e-9).rounded(.down)) / groups)
     }
 
     /// Units removed from each group: a multiple of its `groups`, with
@@ -49,7 +56,7 @@ public enum UnitAllocation {
             let order = (0..<group.groups).map { j in
                 Array(j * perGroup ..< (j + 1) * perGroup).sorted { group.scores[$0] != group.scores[$1] ? group.scores[$0] < group.scores[$1] : $0 > $1 }
             }
-            let most = Swift.min(perGroup - 1, Int((max * Double(group.count) + 1e-9).rounded(.down)) / group.groups)
+            let most = mostSteps(count: group.count, groups: group.groups, max: max)
             let least = Swift.min(most, (Int((min * Double(group.count) - 1e-9).rounded(.up)) + group.groups - 1) / group.groups)
             forced[g] = least
             removedParameters += Double(least * group.groups * group.unitParameters)

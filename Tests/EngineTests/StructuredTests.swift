@@ -266,6 +266,10 @@ final class StructuredTests: XCTestCase {
         let ids = try Subprocess.run("/usr/bin/env", ["python3", "-c", query, dir.file("global-w2/ledger.sqlite")])
         XCTAssertEqual(ids.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
                        "units:score:0:channels units:score:0:heads units:score:1:channels units:score:1:heads", ids.stderr)
+        // Only the units' phase: none of an unstructured global allocation's histogram tasks.
+        let phases = "import sqlite3, sys; print(*sorted({r[0].split(':')[0] for r in sqlite3.connect(sys.argv[1]).execute('select id from tasks')}))"
+        let names = try Subprocess.run("/usr/bin/env", ["python3", "-c", phases, dir.file("global-w2/ledger.sqlite")])
+        XCTAssertEqual(names.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "units", names.stderr)
         let check = try Subprocess.prune(["check", dir.file("skewed"), dir.file("global-w2")])
         XCTAssertEqual(check.status, 0, check.stdout)
         let got = try LlamaModel(directory: dir.file("global-w2/out/dense")).forward(tokens)
@@ -334,6 +338,8 @@ final class StructuredTests: XCTestCase {
             ("method: wanda\nsparsity: 0.3\npattern: channels\nallocation: global\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "set calibration.mode: dense"),
             ("method: magnitude\nsparsity: 0.3\nhead_sparsity: 0.5\npattern: heads+channels\nallocation: global", "llama", "head_sparsity: allocation global decides how many heads and channels"),
             ("method: magnitude\nsparsity: 0.3\npattern: channels\nallocation: {method: global, max: 0.2}", "llama", "allocation.max: 0.2 is below the target sparsity 0.3"),
+            ("method: magnitude\nsparsity: 0.1\npattern: heads\nallocation: {method: global, max: 0.2}", "llama", "no head can be removed"),
+            ("method: magnitude\nsparsity: 0.9\npattern: heads+channels\nallocation: global", "llama", "sparsity: 0.9 of the units' parameters is more than allocation global can remove (0.8317"),
         ]
         for (i, c) in cases.enumerated() {
             let r = try run("bad\(i)", model: c.model, c.spec)

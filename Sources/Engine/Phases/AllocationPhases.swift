@@ -32,7 +32,7 @@ public final class ProfilePhase: CalibratePhase {
     }
 
     public required init?(job: JobContext, earlier: [any Phase]) throws {
-        guard let needed = ProfilePhase.statistic(for: job.spec.allocation.method), let calibration = job.calibration,
+        guard job.plan.units == nil, let needed = ProfilePhase.statistic(for: job.spec.allocation.method), let calibration = job.calibration,
               calibration.mode == .sequential || calibration.method != needed else { return nil }
         super.init(job: job, calibration: calibration.profiling(needed))
     }
@@ -161,7 +161,7 @@ public final class AllocationPhase: Phase, LevelSource {
     private let unitOf: [String: Int]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard [.owl, .global, .errorBudget].contains(job.spec.allocation.method),
+        guard [.owl, .global, .errorBudget].contains(job.spec.allocation.method), job.plan.units == nil,
               let scores = earlier.compactMap({ $0 as? AllocationScores }).first else {
             return nil
         }

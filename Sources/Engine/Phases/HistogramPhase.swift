@@ -27,7 +27,8 @@ public final class HistogramPhase: Phase, RoundedPhase, AllocationScores {
     private let blockOf: [String: Int]
 
     public init?(job: JobContext, earlier: [any Phase]) throws {
-        guard job.spec.allocation.method == .global else { return nil }
+        // A structured job's global allocation ranks whole units (`UnitPrunePhase`).
+        guard job.spec.allocation.method == .global, job.plan.units == nil else { return nil }
         self.job = job
         gradients = earlier.compactMap { $0 as? GradientPhase }.first
         if gradients != nil, let calibration = job.calibration {

@@ -11,7 +11,7 @@ import Tensors
 /// scores and one mask per tensor that zeroes the removed units: the masks let sequential
 /// calibration run block B+1 on block B as pruned (a zeroed unit computes what a removed
 /// one does), and assembly (`StructuredWriter`) drops the removed rows and columns.
-public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
+public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource, AlwaysVerified {
     public static let name = "units"
     private let job: JobContext
     private let units: StructuredPlan
@@ -110,6 +110,10 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     }
 
     public func round(of task: TaskID) -> Int { self.task(task).map { units.blockOf[$0.group] } ?? 0 }
+
+    /// A global allocation's scores decide every block's width: with `verify:`, each
+    /// scoring task is recomputed.
+    public func alwaysVerified(_ task: TaskID) -> Bool { self.task(task)?.scoring == true }
 
     /// A global allocation's kept count per group, from every scoring task's standardized
     /// scores (`UnitAllocation`); nil for a uniform plan.
@@ -211,6 +215,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
         guard let scores = try? FloatPayload.doubles(outputs[1], what: "scores"), scores.count == block.count, scores.allSatisfy(\.isFinite) else {
             return "scores of \(task) are not \(block.count) finite F64"
         }
+        guard (try? block.kept(scores: scores, count: kept.count)) == kept else { return "units of \(task) are not the best of its scores" }
         for (slice, bytes) in zip(block.slices, outputs[2...]) {
             guard let info = job.checkpoint.info(slice.tensor) else { return "no tensor \(slice.tensor)" }
             guard bytes == block.mask(slice, rows: info.rows, cols: info.cols, kept: kept).bits else {
@@ -361,7 +366,17 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource {
     public func keptUnits(group g: Int, outputs: OutputStore) throws -> [Int] {
         let kept = try UnitPrunePhase.indices(try outputs.bytes(UnitPrunePhase.kept, of: id(g)))
         let count = try allocation(outputs: outputs)?[g] ?? units.keptCount(ofGroup: g)
-        if let problem = UnitPrunePhase.problem(kept: kept, block: units.groups[g], count: count) {
+        let block = units.groups[g]
+        // The cut's own scores standardize to the ones its group was ranked by (the same
+        // computation on the same inputs; FLAP's heads standardize columns, not heads).
+        if units.global != nil, !(units.score == .flap && block.kind == .heads) {
+            let scores = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: id(g)), what: "scores of \(id(g))")
+            let ranked = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: UnitPrunePhase.scoreID(group: g, of: units)), what: "standardized scores")
+            guard BlockUnits.zScores(scores) == ranked else {
+                throw PruningError("scores of \(id(g)) do not standardize to those of \(UnitPrunePhase.scoreID(group: g, of: units).key) (a worker's result is wrong)")
+            }
+        }
+        if let problem = UnitPrunePhase.problem(kept: kept, block: block, count: count) {
             throw PruningError("units of \(id(g)): \(problem)")
         }
         return kept
