@@ -18,7 +18,7 @@ public struct Allocation: Sendable, Equatable {
         var keys: [String] {
             switch self {
             case .uniform: return []
-            case .global: return ["min", "max"]
+            case .global: return ["min", "max", "standardize"]
             case .owl: return ["m", "lambda", "min", "max"]
             case .errorBudget: return ["step", "error", "min", "max"]
             case .evolutionary: return ["generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed", "m", "lambda", "min", "max"]
@@ -52,6 +52,9 @@ public struct Allocation: Sendable, Equatable {
     /// Bounds on any layer's level.
     public var min: Double = 0
     public var max: Double = 0.99
+    /// global with a structured pattern: how each block's unit scores are made comparable
+    /// before the one ranking (FLAP's z-score by default).
+    public var standardize: Standardization = .zscore
     /// evolutionary: the budget. Generations after the start (generation 0 scores the
     /// start points), offspring per generation, and per selection stage the survivors and
     /// the calibration tokens each candidate is scored on (the last stage keeps one, the
@@ -102,7 +105,7 @@ public struct Allocation: Sendable, Equatable {
         if node.scalar != nil {
             fields = ["method": node]
         } else {
-            fields = try JobSpec.mapping(node, key: "allocation", known: ["method", "m", "lambda", "step", "error", "min", "max", "generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed"], file: file)
+            fields = try JobSpec.mapping(node, key: "allocation", known: ["method", "m", "lambda", "step", "error", "min", "max", "standardize", "generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed"], file: file)
         }
         guard let methodNode = fields["method"], let name = methodNode.scalar?.string else {
             throw SpecError("\(where_(file, node)): allocation: needs a method (\(Method.allCases.map(\.rawValue).joined(separator: ", ")))")
@@ -127,6 +130,15 @@ public struct Allocation: Sendable, Equatable {
                 throw SpecError("\(where_(file, n)): allocation.error: '\(n.scalar?.string ?? "?")' must be one of \(ErrorScale.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             a.error = scale
+        }
+        if let n = fields["standardize"] {
+            guard let v = n.scalar.flatMap({ Standardization(rawValue: $0.string) }) else {
+                throw SpecError("\(where_(file, n)): allocation.standardize: '\(n.scalar?.string ?? "?")' must be one of \(Standardization.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard case .units = pattern else {
+                throw SpecError("\(where_(file, n)): allocation.standardize: ranks units of a structured pattern (channels, heads, heads+channels); one threshold on weight scores needs none")
+            }
+            a.standardize = v
         }
         if let v = try number("min", { $0 >= 0 && $0 < 1 }, "a fraction in [0, 1)") { a.min = v }
         if let v = try number("max", { $0 >= 0 && $0 < 1 }, "a fraction in [0, 1)") { a.max = v }
@@ -159,7 +171,7 @@ public struct Allocation: Sendable, Equatable {
             }
             a.seed = v
         }
-        for key in ["m", "lambda", "step", "error", "min", "max", "generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed"] where fields[key] != nil && !chosen.keys.contains(key) {
+        for key in ["m", "lambda", "step", "error", "min", "max", "standardize", "generations", "offspring", "survivors", "tokens", "tokens_per_task", "levels", "seed"] where fields[key] != nil && !chosen.keys.contains(key) {
             throw SpecError("\(where_(file, fields[key])): allocation.\(key): not used by allocation \(chosen.rawValue)")
         }
         if chosen == .uniform { return a }

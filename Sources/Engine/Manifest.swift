@@ -264,6 +264,8 @@ public struct Manifest: Codable, Sendable, Equatable {
         /// `global` when every block's units were ranked together (per-layer widths);
         /// absent when every block keeps the same number.
         public var allocation: String?
+        /// A global allocation's standardization of the scores: zscore | robust.
+        public var standardization: String?
 
         /// One kind of unit of a structured job.
         public struct Part: Codable, Sendable, Equatable {
@@ -308,7 +310,7 @@ public struct Manifest: Codable, Sendable, Equatable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case kind, score, width, kept, parts, allocation
+            case kind, score, width, kept, parts, allocation, standardization
             case unitsPerBlock = "units_per_block", keptPerBlock = "kept_per_block"
             case parametersBefore = "parameters_before", parametersAfter = "parameters_after"
         }

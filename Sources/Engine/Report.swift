@@ -229,7 +229,8 @@ public struct JobReport: Codable, Sendable {
         s += ": \(model.parameters) parameters in \(model.files.count) file(s). Spec sha256 `\(specSHA256.prefix(16))…`.\n\n"
         // heads+channels: each kind has its own fraction.
         let parts = structure?.allParts(sparsity: sparsity) ?? []
-        let target = structure?.allocation != nil ? String(format: "%.2f of the units' parameters (allocation global)", sparsity)
+        let target = structure?.allocation != nil
+            ? String(format: "%.2f of the units' parameters (allocation global%@)", sparsity, structure?.standardization == "robust" ? ", robust standardization" : "")
             : parts.count > 1 ? parts.map { "\($0.kind) \(String(format: "%.2f", $0.sparsity))" }.joined(separator: ", ")
             : String(format: "%.2f", sparsity)
         s += "Method \(method), pattern \(pattern), target sparsity \(target).\n\n"

@@ -31,6 +31,8 @@ public struct StructuredPlan: Sendable {
     /// removes within these bounds (`allocation.min`...`max`; nil: every block removes
     /// `sparsity` of its units).
     public let global: ClosedRange<Double>?
+    /// How a global allocation standardizes each group's scores (`allocation.standardize`).
+    public let standardization: Standardization
     /// The fraction of each block's heads removed (`head_sparsity`; the spec's sparsity
     /// unless `heads+channels` gives its own).
     public let headSparsity: Double
@@ -141,12 +143,13 @@ public struct StructuredPlan: Sendable {
             throw SpecError("pattern: \(name) scores units with method magnitude (L2 norm), wanda (|W|·‖X‖), taylor, fisher or flap, not \(spec.method.rawValue)")
         }
         let global = spec.allocation.method == .global ? spec.allocation.min...spec.allocation.max : nil
-        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity, global: global)
+        try self.init(config: config, kinds: kinds, score: score, sparsity: spec.sparsity, headSparsity: spec.headSparsity, global: global,
+                      standardization: spec.allocation.standardize)
     }
 
     /// The plan for a config (what `prune check` rebuilds from a manifest).
     public init(config: LlamaConfig, kinds: [UnitKind], score: UnitScore, sparsity: Double, headSparsity: Double? = nil,
-                global: ClosedRange<Double>? = nil) throws {
+                global: ClosedRange<Double>? = nil, standardization: Standardization = .zscore) throws {
         precondition(!kinds.isEmpty && kinds == UnitKind.allCases.filter(kinds.contains), "kinds in UnitKind.allCases order")
         guard config.hasUniformBlocks else {
             throw SpecError("pattern: \(SparsityPattern.units(kinds).description): the model's blocks already differ in width (a per-layer config); prune the model it came from")
@@ -157,6 +160,7 @@ public struct StructuredPlan: Sendable {
         self.sparsity = sparsity
         self.headSparsity = headSparsity ?? sparsity
         self.global = global
+        self.standardization = standardization
         var groups: [BlockUnits] = [], blockOf: [Int] = []
         for b in 0..<config.layers {
             for kind in kinds {
@@ -255,6 +259,7 @@ public struct StructuredPlan: Sendable {
         kinds = [.channels]
         score = .l2
         global = nil
+        standardization = .zscore
         self.sparsity = sparsity
         headSparsity = sparsity
         var blocks: [BlockUnits] = []

@@ -196,7 +196,7 @@ public struct StructuredWriter: OutputWriter {
         manifest.structure = Manifest.Structure(
             kind: units.kindName, score: units.score.rawValue, unitsPerBlock: one?.unitsPerBlock, keptPerBlock: one?.keptPerBlock,
             width: one?.width, parts: parts, kept: kept, parametersBefore: checkpoint.parameterCount, parametersAfter: parametersAfter,
-            allocation: units.global == nil ? nil : "global")
+            allocation: units.global == nil ? nil : "global", standardization: units.global == nil ? nil : units.standardization.rawValue)
         try AtomicFileWriter.write(try manifest.jsonBytes(), to: (directory as NSString).appendingPathComponent("manifest.json"))
         return manifest
     }

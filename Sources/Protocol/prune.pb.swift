@@ -1300,6 +1300,9 @@ public nonisolated struct Prune_V1_UnitTask: Sendable {
 
   public var keep: UInt32 = 0
 
+  /// scores_only: zscore (FLAP's, also when empty) | robust (median and interquartile range).
+  public var standardize: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4074,7 +4077,7 @@ nonisolated extension Prune_V1_LayerPruneTask: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UnitTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0\u{3}reconstruct_damp\0\u{3}scores_only\0\u{1}keep\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}score\0\u{1}count\0\u{1}width\0\u{1}groups\0\u{1}sparsity\0\u{1}slices\0\u{3}reconstruct_damp\0\u{3}scores_only\0\u{1}keep\0\u{1}standardize\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4092,6 +4095,7 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.reconstructDamp) }()
       case 9: try { try decoder.decodeSingularBoolField(value: &self.scoresOnly) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.keep) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.standardize) }()
       default: break
       }
     }
@@ -4128,6 +4132,9 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.keep != 0 {
       try visitor.visitSingularUInt32Field(value: self.keep, fieldNumber: 10)
     }
+    if !self.standardize.isEmpty {
+      try visitor.visitSingularStringField(value: self.standardize, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4142,6 +4149,7 @@ nonisolated extension Prune_V1_UnitTask: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.reconstructDamp != rhs.reconstructDamp {return false}
     if lhs.scoresOnly != rhs.scoresOnly {return false}
     if lhs.keep != rhs.keep {return false}
+    if lhs.standardize != rhs.standardize {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

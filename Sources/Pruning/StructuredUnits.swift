@@ -47,6 +47,15 @@ public enum UnitScore: String, Sendable {
     public var usesGradients: Bool { self == .taylor || self == .fisher }
 }
 
+/// How a global allocation makes one block's unit scores comparable with another's.
+public enum Standardization: String, Sendable, CaseIterable {
+    /// (x − mean) / standard deviation: FLAP's. A few huge scores (a block whose inputs
+    /// carry massive activations) inflate the deviation and bunch the rest near the mean.
+    case zscore
+    /// (x − median) / interquartile range: the bulk of the scores sets the scale.
+    case robust
+}
+
 /// The units of one decoder block, how they lie in its tensors, and how many go.
 public struct BlockUnits: Sendable, Equatable {
     public let kind: UnitKind
@@ -167,14 +176,33 @@ public struct BlockUnits: Sendable, Equatable {
     /// for a given count are the same either way.
     public func standardizedScores(_ score: UnitScore, weights: [String: (values: [Float], rows: Int, cols: Int)],
                                    inputNorms: [String: [Double]] = [:], gradients: [String: [Float]] = [:],
-                                   fluctuation: [String: [Double]] = [:]) throws -> [Double] {
+                                   fluctuation: [String: [Double]] = [:], standardization: Standardization = .zscore) throws -> [Double] {
         let raw = try scores(score, weights: weights, inputNorms: inputNorms, gradients: gradients, fluctuation: fluctuation)
-        guard score == .flap, kind == .heads, width > 1 else { return BlockUnits.zScores(raw) }
+        guard score == .flap, kind == .heads, width > 1 else { return BlockUnits.standardized(raw, standardization) }
         guard let slice = slices.first(where: { $0.axis == .cols }), let w = weights[slice.tensor], let variance = fluctuation[slice.tensor] else {
             throw PruningError("units: no column slice with its fluctuation statistic to standardize heads by")
         }
-        let columns = BlockUnits.zScores(BlockUnits.fluctuationMetric(w, variance: variance).map { $0 * $0 })
+        let columns = BlockUnits.standardized(BlockUnits.fluctuationMetric(w, variance: variance).map { $0 * $0 }, standardization)
         return (0..<count).map { u in columns[(u * width)..<((u + 1) * width)].reduce(0, +) / Double(width) }
+    }
+
+    /// Scores standardized as `method` says.
+    public static func standardized(_ x: [Double], _ method: Standardization) -> [Double] {
+        method == .zscore ? zScores(x) : robustScores(x)
+    }
+
+    /// (x − median) / interquartile range, quartiles interpolated linearly between order
+    /// statistics (numpy's default); the z-score when the quartiles coincide.
+    public static func robustScores(_ x: [Double]) -> [Double] {
+        guard x.count > 1 else { return x.map { _ in 0 } }
+        let sorted = x.sorted()
+        func quantile(_ p: Double) -> Double {
+            let at = p * Double(sorted.count - 1), below = Int(at.rounded(.down)), f = at - Double(below)
+            return below + 1 < sorted.count ? sorted[below] + (sorted[below + 1] - sorted[below]) * f : sorted[below]
+        }
+        let median = quantile(0.5), spread = quantile(0.75) - quantile(0.25)
+        guard spread > 0, spread.isFinite else { return zScores(x) }
+        return x.map { ($0 - median) / spread }
     }
 
     /// (x − mean) / unbiased standard deviation, in F64 and index order (all zeros when

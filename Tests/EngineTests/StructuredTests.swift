@@ -232,21 +232,32 @@ final class StructuredTests: XCTestCase {
         // The allocation the scores imply: L2 norms, standardized per block and kind, ranked.
         let config = try LlamaConfig.load(dir.file("skewed"))
         let plan = try StructuredPlan(config: config, kinds: [.heads, .channels], score: .l2, sparsity: 0.3, global: 0...0.99)
-        var groups: [UnitAllocation.Group] = []
-        for block in plan.groups {
-            var w: [String: (values: [Float], rows: Int, cols: Int)] = [:]
-            for slice in block.slices {
-                let t = try XCTUnwrap(source.info(slice.tensor))
-                var values = [Float](repeating: 0, count: t.elementCount)
-                let bytes = try XCTUnwrap(tensors.first { $0.0.name == t.name }).1
-                bytes.withUnsafeBytes { raw in values.withUnsafeMutableBytes { $0.copyMemory(from: raw) } }
-                w[slice.tensor] = (values, t.rows, t.cols)
+        func allocation(_ standardization: Standardization) throws -> [Int] {
+            let groups = try plan.groups.map { block -> UnitAllocation.Group in
+                var w: [String: (values: [Float], rows: Int, cols: Int)] = [:]
+                for slice in block.slices {
+                    let t = try XCTUnwrap(source.info(slice.tensor))
+                    var values = [Float](repeating: 0, count: t.elementCount)
+                    let bytes = try XCTUnwrap(tensors.first { $0.0.name == t.name }).1
+                    bytes.withUnsafeBytes { raw in values.withUnsafeMutableBytes { $0.copyMemory(from: raw) } }
+                    w[slice.tensor] = (values, t.rows, t.cols)
+                }
+                return .init(count: block.count, groups: block.groups, unitParameters: plan.unitParameters(block.kind),
+                             scores: try block.standardizedScores(.l2, weights: w, standardization: standardization))
             }
-            groups.append(.init(count: block.count, groups: block.groups, unitParameters: plan.unitParameters(block.kind),
-                                scores: try block.standardizedScores(.l2, weights: w)))
+            return try UnitAllocation.removed(groups, target: 0.3, max: 0.99)
         }
-        let removed = try UnitAllocation.removed(groups, target: 0.3, max: 0.99)
+        let removed = try allocation(.zscore)
         XCTAssertEqual(s.kept.map(\.count), zip(plan.groups, removed).map { $0.count - $1 })
+        // Robust standardization (median, interquartile range): the outliers no longer
+        // squeeze block 1's other channels, and the widths come closer together.
+        let robust = try run("global-robust", model: "skewed", "method: magnitude\nsparsity: 0.3\npattern: heads+channels\nallocation: {method: global, standardize: robust}")
+        XCTAssertEqual(robust.status, 0, robust.stderr)
+        let robustStructure = try XCTUnwrap(try manifest("global-robust").structure)
+        XCTAssertEqual(robustStructure.standardization, "robust")
+        let robustChannels = try XCTUnwrap(robustStructure.parts?.first { $0.kind == "channels" }?.keptPerLayer)
+        XCTAssertLessThan(abs(robustChannels[1] - robustChannels[0]), channels[1] - channels[0], "\(robustChannels) against \(channels)")
+        XCTAssertEqual(robustStructure.kept.map(\.count), zip(plan.groups, try allocation(.robust)).map { $0.count - $1 })
         // Closest to the target: within half the largest step (two heads of 2·32·8).
         let total = plan.groups.reduce(0) { $0 + $1.count * plan.unitParameters($1.kind) }
         let gone = zip(plan.groups, removed).reduce(0) { $0 + $1.1 * plan.unitParameters($1.0.kind) }
@@ -339,6 +350,8 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.3\nhead_sparsity: 0.5\npattern: heads+channels\nallocation: global", "llama", "head_sparsity: allocation global decides how many heads and channels"),
             ("method: magnitude\nsparsity: 0.3\npattern: channels\nallocation: {method: global, max: 0.2}", "llama", "allocation.max: 0.2 is below the target sparsity 0.3"),
             ("method: magnitude\nsparsity: 0.1\npattern: heads\nallocation: {method: global, max: 0.2}", "llama", "no head can be removed"),
+            ("method: magnitude\nsparsity: 0.3\npattern: channels\nallocation: {method: global, standardize: median}", "llama", "allocation.standardize: 'median' must be one of zscore, robust"),
+            ("method: magnitude\nsparsity: 0.3\nallocation: {method: global, standardize: robust}", "llama", "allocation.standardize: ranks units of a structured pattern"),
             ("method: magnitude\nsparsity: 0.9\npattern: heads+channels\nallocation: global", "llama", "sparsity: 0.9 of the units' parameters is more than allocation global can remove (0.8317"),
         ]
         for (i, c) in cases.enumerated() {

@@ -33,6 +33,10 @@ final class UnitAllocationTests: XCTestCase {
         XCTAssertEqual(BlockUnits.zScores([1, 2, 3]), [-1, 0, 1])
         XCTAssertEqual(BlockUnits.zScores([100, 200, 300]), [-1, 0, 1])
         XCTAssertEqual(BlockUnits.zScores([5, 5, 5]), [0, 0, 0], "no spread: all equal")
+        // Robust: median 3, quartiles 2 and 4; one huge score does not squeeze the rest.
+        XCTAssertEqual(BlockUnits.robustScores([4, 2, 100, 1, 3]), [0.5, -0.5, 48.5, -1, 0])
+        XCTAssertEqual(BlockUnits.robustScores([5, 5, 5, 5, 9]), BlockUnits.zScores([5, 5, 5, 5, 9]), "no interquartile spread: the z-score")
+        XCTAssertEqual(BlockUnits.standardized([1, 2, 3], .robust), [-1, 0, 1])
         XCTAssertThrowsError(try UnitAllocation.removed([UnitAllocation.Group(count: 3, groups: 2, unitParameters: 1, scores: [0, 1, 2])], target: 0.5),
                              "3 heads do not split into 2 key/value groups")
         XCTAssertThrowsError(try UnitAllocation.removed([UnitAllocation.Group(count: 2, groups: 1, unitParameters: 1, scores: [0, .nan])], target: 0.5))

@@ -11,6 +11,8 @@
 #   ALLOCATION=global: every block's units ranked together (FLAP's adaptive structure, per-layer
 #   widths; calibration in dense mode); the level is then the fraction of the units' parameters
 #   (q/o/gate/up/down weights) removed: 0.2134 removes 20.0% of the decoder, 0.32 30.0%
+#   STANDARDIZE=robust (with ALLOCATION=global): each block's scores standardized by median and
+#   interquartile range instead of FLAP's mean and standard deviation
 #   SPEED=1: the spec also asks `speed: true` (the report measures both models' generation
 #   speed, as prune bench); the decode speed-up is printed after the digest
 # SmolLM2's decoder is 30 blocks of 3.54 M weights, 2.65 M of them in the MLP: channels at
@@ -28,7 +30,7 @@ for pruning in "${prunings[@]}"; do
   read -r method pattern level refit <<< "$pruning"
   first=""
   for w in ${WORKERS:-2}; do
-    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}${ALLOCATION:+-$ALLOCATION}-w$w"
+    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}${ALLOCATION:+-$ALLOCATION}${STANDARDIZE:+-$STANDARDIZE}-w$w"
     rm -rf "${work:?}/$name"
     {
       echo "model: $work/model"
@@ -38,7 +40,7 @@ for pruning in "${prunings[@]}"; do
       [ "${level#*/}" = "$level" ] || echo "head_sparsity: ${level#*/}"
       echo "pattern: $pattern"
       [ -z "$refit" ] || echo "reconstruct: $refit"
-      [ -z "${ALLOCATION:-}" ] || echo "allocation: $ALLOCATION"
+      [ -z "${ALLOCATION:-}" ] || echo "allocation: {method: $ALLOCATION${STANDARDIZE:+, standardize: $STANDARDIZE}}"
       [ "$method" = magnitude ] && [ -z "$refit" ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0${ALLOCATION:+, mode: dense}}"
       echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
       [ -z "${SPEED:-}" ] || echo "speed: true"

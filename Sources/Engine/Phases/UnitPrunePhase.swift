@@ -177,6 +177,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Alwa
         }
         if scoring {
             u.scoresOnly = true
+            u.standardize = units.standardization.rawValue
         } else {
             if let reconstruct = job.spec.reconstruct { u.reconstructDamp = reconstruct.damp }
             if let allocated = try allocation(outputs: outputs) { u.keep = UInt32(allocated[g]) }
@@ -312,8 +313,11 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Alwa
             }
         }
         if u.scoresOnly {
+            guard let standardization = u.standardize.isEmpty ? .zscore : Standardization(rawValue: u.standardize) else {
+                throw PruningError("units task: unknown standardization '\(u.standardize)'")
+            }
             let standardized = try block.standardizedScores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums,
-                                                            fluctuation: fluctuation.mapValues(\.fluctuation))
+                                                            fluctuation: fluctuation.mapValues(\.fluctuation), standardization: standardization)
             return TaskOutputs(payloads: [(UnitPrunePhase.scores.rawValue, standardized.flatMap(FloatPayload.encode))], kept: 0)
         }
         let scores = try block.scores(score, weights: weights, inputNorms: inputNorms, gradients: gradientSums,
@@ -372,7 +376,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Alwa
         if units.global != nil, !(units.score == .flap && block.kind == .heads) {
             let scores = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: id(g)), what: "scores of \(id(g))")
             let ranked = try FloatPayload.doubles(try outputs.bytes(UnitPrunePhase.scores, of: UnitPrunePhase.scoreID(group: g, of: units)), what: "standardized scores")
-            guard BlockUnits.zScores(scores) == ranked else {
+            guard BlockUnits.standardized(scores, units.standardization) == ranked else {
                 throw PruningError("scores of \(id(g)) do not standardize to those of \(UnitPrunePhase.scoreID(group: g, of: units).key) (a worker's result is wrong)")
             }
         }
