@@ -286,6 +286,14 @@ final class StructuredTests: XCTestCase {
         let got = try LlamaModel(directory: dir.file("global-w2/out/dense")).forward(tokens)
         let want = try LlamaModel(directory: try zeroedCopy(of: "skewed", job: "global-w2")).forward(tokens)
         XCTAssertLessThan(StructuredTests.maxRelative(got, want), 1e-5)
+        // `prune bench`'s decoder lays out each block at its own width: a prefill and
+        // then token-by-token steps give the whole sequence's logits.
+        let decoder = try LlamaDecoder(directory: dir.file("global-w2/out/dense"), maxTokens: 32)
+        let vocab = got.count / tokens.count
+        XCTAssertLessThan(StructuredTests.maxRelative(Array(got[(4 * vocab)..<(5 * vocab)]), try decoder.prefill(Array(tokens[..<5]))), 1e-4)
+        var logits: [Float] = []
+        for p in 5..<tokens.count { logits = try decoder.step(tokens[p]) }
+        XCTAssertLessThan(StructuredTests.maxRelative(Array(got[((tokens.count - 1) * vocab)...]), logits), 1e-4)
         // A config whose widths are swapped between the blocks no longer describes the tensors.
         let configPath = dir.file("global-w2/out/dense/config.json")
         var bad = json
