@@ -106,7 +106,7 @@ public final class UnitPrunePhase: Phase, RoundedPhase, PrunedTensorSource, Alwa
         guard units.global != nil else { return units.groups.indices.map { PhaseTask(id($0), after: inputs[$0]) } }
         let scoring = units.groups.indices.map { UnitPrunePhase.scoreID(group: $0, of: units) }
         return zip(scoring, inputs).map { PhaseTask($0, after: $1) }
-            + units.groups.indices.map { g in PhaseTask(id(g), after: scoring + (job.calibration == nil ? [] : inputs[g])) }
+            + units.groups.indices.map { g in PhaseTask(id(g), after: scoring + inputs[g]) }
     }
 
     public func round(of task: TaskID) -> Int { self.task(task).map { units.blockOf[$0.group] } ?? 0 }
