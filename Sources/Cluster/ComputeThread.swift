@@ -108,7 +108,7 @@ final class ComputeThread: @unchecked Sendable {
                 guard let frames = try? pair.receiveMultipart() else { return }
                 bytes = frames.map(\.bytes)
             }
-            guard let message = try? WireMessage.decode(bytes) else { continue }
+            guard let message = try? WireMessage.decode(bytes, settings: options.settings.fromCoordinator) else { continue }
             switch message.envelope.body {
             case .welcome(let w):
                 source.announce(w.modelFiles)
@@ -238,7 +238,7 @@ final class ComputeThread: @unchecked Sendable {
             guard let frames = try pair.receiveMultipart() else {
                 throw ZMQError(code: EAGAIN, call: "chunk fetch timed out")
             }
-            guard let message = try? WireMessage.decode(frames.map(\.bytes)) else { continue }
+            guard let message = try? WireMessage.decode(frames.map(\.bytes), settings: options.settings.fromCoordinator) else { continue }
             switch message.envelope.body {
             case .chunk(let c):
                 guard let slot = outstanding.removeValue(forKey: c.requestID) else { continue }

@@ -196,7 +196,7 @@ public final class Worker {
 
     private func decode(_ frames: [ZMQFrame]) -> WireMessage? {
         do {
-            return try WireMessage.decode(frames.map(\.bytes), settings: options.settings)
+            return try WireMessage.decode(frames.map(\.bytes), settings: options.settings.fromCoordinator)
         } catch {
             logger.notice("dropped a malformed message from the coordinator: \(error)")
             return nil

@@ -24,6 +24,20 @@ public struct TrainSpec: Sendable, Equatable {
         case adamw
     }
 
+    /// How a step's shard gradients meet (`train.exchange`).
+    public enum Exchange: String, Sendable, CaseIterable {
+        /// Every shard of every step is a task of its own, run on the workers in parallel;
+        /// each task reads the others' gradients of the step before (through the
+        /// coordinator's artifact store).
+        case star
+        /// No exchange: one task takes every step from a checkpoint to the next alone,
+        /// computing each step's shards one after another and summing them in the same
+        /// order, so the bytes equal `star`'s. For models whose step computes in less time
+        /// than an exchange and a round trip through the coordinator take (a small
+        /// classifier); spans run one after another, so more workers do not speed it up.
+        case none
+    }
+
     /// Labelled examples: an IDX images file, a directory holding the MNIST-style
     /// training split (`train-images-idx3-ubyte[.gz]`), or `.safetensors` with inputs/labels.
     /// For a Llama model: a text (or token ids) that calibration data could be.
@@ -52,12 +66,16 @@ public struct TrainSpec: Sendable, Equatable {
     public var checkpointEvery = 50
     /// Seeds the order of the examples in every epoch.
     public var seed: UInt64
+    /// `exchange: none` runs each span between checkpoints as one task (see `Exchange`).
+    public var exchange = Exchange.star
 
     public static let maxEpochs = 1000
     public static let maxBatch = 65_536
     /// One gradient task's examples travel in its Assign (at most 1 MiB): slice × width
     /// values, 4 bytes each (1 for IDX images).
     public static let maxTaskBytes = 768 * 1024
+    /// With `exchange: none` a task carries the examples of every step of its span.
+    public static let maxSpanBytes = 64 << 20
 
     /// A finite number at `node` that `valid` accepts, or nil when the key is absent;
     /// refused with `rule` (what the key takes) otherwise.
@@ -68,7 +86,7 @@ public struct TrainSpec: Sendable, Equatable {
     }
 
     static let keys = ["data", "examples", "epochs", "batch", "shards", "optimizer", "learning_rate", "momentum", "weight_decay",
-                       "checkpoint_every", "seed", "lr_schedule", "tokens"]
+                       "checkpoint_every", "seed", "lr_schedule", "tokens", "exchange"]
 
     static func parse(_ node: Node, seed: UInt64, model: String, resolve: (String) -> String, file: String) throws -> TrainSpec {
         let f = try JobSpec.mapping(node, key: "train", known: keys, file: file)
@@ -119,6 +137,12 @@ public struct TrainSpec: Sendable, Equatable {
         if let v = try number(f["weight_decay"], "train.weight_decay", file: file, rule: "a number in [0, 1)", { $0 >= 0 && $0 < 1 }) { spec.weightDecay = v }
         if let v = try JobSpec.positiveInt(f["checkpoint_every"], "train.checkpoint_every", file: file, minimum: 1, maximum: 100_000) { spec.checkpointEvery = v }
         if let v = try JobSpec.cosineSchedule(f["lr_schedule"], "train.lr_schedule", file: file) { spec.cosine = v }
+        if let n = f["exchange"] {
+            guard let e = n.scalar.flatMap({ Exchange(rawValue: $0.string) }) else {
+                throw SpecError("\(where_(file, n)): train.exchange: '\(n.scalar?.string ?? "?")' is not one of \(Exchange.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            spec.exchange = e
+        }
         if let n = f["seed"] {
             guard let v = n.scalar.flatMap({ UInt64($0.string) }) else { throw SpecError("\(where_(file, n)): train.seed: must be a non-negative integer") }
             spec.seed = v

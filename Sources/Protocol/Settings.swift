@@ -1,7 +1,7 @@
 /// The protocol's constants in one place (ZeroMQ guide ch.4: contract first).
 public struct Settings: Sendable, Equatable {
     /// Bumped on any incompatible change to prune.proto or the frame layout.
-    public static let protocolVersion: UInt32 = 5
+    public static let protocolVersion: UInt32 = 6
 
     /// Heartbeats both ways every this many milliseconds.
     public var heartbeatMs: Int = 1000
@@ -26,6 +26,17 @@ public struct Settings: Sendable, Equatable {
     public var maxFrameBytes: Int64 = 1 << 30
     /// Largest envelope (protobuf header frame) accepted.
     public var maxEnvelopeBytes: Int = 1 << 20
+    /// Largest envelope a worker accepts from its coordinator: an Assign carries its
+    /// task's inputs (a training span's examples, up to 64 MiB). What the coordinator
+    /// accepts from workers stays `maxEnvelopeBytes`.
+    public var maxCoordinatorEnvelopeBytes: Int = 80 << 20
+
+    /// These settings as a worker decodes its coordinator's messages with.
+    public var fromCoordinator: Settings {
+        var s = self
+        s.maxEnvelopeBytes = max(maxEnvelopeBytes, maxCoordinatorEnvelopeBytes)
+        return s
+    }
     /// Rows per mask task for patterns that decide row by row (per_row, N:M): tasks of
     /// at most this many weights.
     public var maxWeightsPerTask: Int = 16 << 20

@@ -1750,6 +1750,26 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._stateChunks = newValue}
   }
 
+  /// Action "span" (`train.exchange: none`): the task takes these steps itself, after the
+  /// base, each on `examples_per_step` of the examples in `inputs`/`input_bytes`/`labels`
+  /// or `token_ids` (step after step), its gradient the sum, in order, of `shards` slices'
+  /// (the same sums the gradient tasks of a star exchange give); `shards` of a span step are
+  /// empty. Its payloads are a checkpoint's.
+  public var span: [Prune_V1_TrainStep] {
+    get {_storage._span}
+    set {_uniqueStorage()._span = newValue}
+  }
+
+  public var shards: UInt32 {
+    get {_storage._shards}
+    set {_uniqueStorage()._shards = newValue}
+  }
+
+  public var examplesPerStep: UInt32 {
+    get {_storage._examplesPerStep}
+    set {_uniqueStorage()._examplesPerStep = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4690,7 +4710,7 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0\u{3}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0\u{3}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0\u{1}span\0\u{1}shards\0\u{3}examples_per_step\0")
 
   fileprivate class _StorageClass {
     var _action: String = String()
@@ -4720,6 +4740,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _tokens: UInt32 = 0
     var _baseMore: [Prune_V1_ArtifactRef] = []
     var _stateChunks: UInt32 = 0
+    var _span: [Prune_V1_TrainStep] = []
+    var _shards: UInt32 = 0
+    var _examplesPerStep: UInt32 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4757,6 +4780,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _tokens = source._tokens
       _baseMore = source._baseMore
       _stateChunks = source._stateChunks
+      _span = source._span
+      _shards = source._shards
+      _examplesPerStep = source._examplesPerStep
     }
   }
 
@@ -4802,6 +4828,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 25: try { try decoder.decodeSingularUInt32Field(value: &_storage._tokens) }()
         case 26: try { try decoder.decodeRepeatedMessageField(value: &_storage._baseMore) }()
         case 27: try { try decoder.decodeSingularUInt32Field(value: &_storage._stateChunks) }()
+        case 28: try { try decoder.decodeRepeatedMessageField(value: &_storage._span) }()
+        case 29: try { try decoder.decodeSingularUInt32Field(value: &_storage._shards) }()
+        case 30: try { try decoder.decodeSingularUInt32Field(value: &_storage._examplesPerStep) }()
         default: break
         }
       }
@@ -4895,6 +4924,15 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._stateChunks != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._stateChunks, fieldNumber: 27)
       }
+      if !_storage._span.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._span, fieldNumber: 28)
+      }
+      if _storage._shards != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._shards, fieldNumber: 29)
+      }
+      if _storage._examplesPerStep != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._examplesPerStep, fieldNumber: 30)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4931,6 +4969,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._tokens != rhs_storage._tokens {return false}
         if _storage._baseMore != rhs_storage._baseMore {return false}
         if _storage._stateChunks != rhs_storage._stateChunks {return false}
+        if _storage._span != rhs_storage._span {return false}
+        if _storage._shards != rhs_storage._shards {return false}
+        if _storage._examplesPerStep != rhs_storage._examplesPerStep {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -60,6 +60,9 @@ final class LlamaTrainClusterTests: XCTestCase {
         // Gradients and states read back and verified off the coordinator's loop (as
         // SmolLM2's hundreds of MB are): the same bytes.
         XCTAssertEqual(try run("ft-off-loop", train: train, workers: 2, environment: ["PRUNE_TEST_OFF_LOOP_BYTES": "1"]), expected)
+        // Without an exchange (each span of 3 steps one task, its shards in order): the same bytes.
+        XCTAssertEqual(try run("ft-none", train: train + ", exchange: none", workers: 2), expected)
+        XCTAssertFalse(Ledger.doneRows(at: dir.file("ft-none/ledger.sqlite")).contains { $0.id.hasPrefix("train:grad:") })
         let m = try manifest("ft-w2")
         let training = try XCTUnwrap(m.training)
         XCTAssertEqual(training.epochs.count, 3)

@@ -83,6 +83,45 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
 
+    /// `exchange: none`: each span between checkpoints is one task that takes its steps'
+    /// shards itself, in order: the ledger holds checkpoint tasks only, and out/ and the
+    /// report's learning curve are the star exchange's bytes, on 0, 1 and 2 workers; with a
+    /// cosine step size and with a gradual schedule's prune rounds too.
+    func testWithoutAnExchangeEachSpanIsOneTaskAndGivesTheStarExchangesBytes() throws {
+        let star = try run("star-w0", train: small, workers: 0)
+        for w in [0, 1, 2] { XCTAssertEqual(try run("none-w\(w)", train: small + ", exchange: none", workers: w), star, "\(w) workers") }
+        let tasks = doneTasks("none-w2").filter { $0.phase == "train" }.map(\.id)
+        XCTAssertEqual(Set(tasks), Set([5, 10, 12, 15, 20, 24, 25, 30, 35, 36].map { "train:ckpt:\($0)" }))
+        let curve = { (job: String) throws -> [[String: Any]] in
+            try XCTUnwrap((try self.report(job)["training"] as? [String: Any])?["epochs"] as? [[String: Any]])
+        }
+        let starCurve = try curve("star-w0"), noneCurve = try curve("none-w2")
+        XCTAssertEqual(starCurve.count, 3)
+        for (a, b) in zip(starCurve, noneCurve) {
+            XCTAssertEqual(a["train_loss"] as? Double, b["train_loss"] as? Double)
+            XCTAssertEqual(a["train_accuracy"] as? Double, b["train_accuracy"] as? Double)
+        }
+        let cosine = small + ", lr_schedule: cosine"
+        XCTAssertEqual(try run("none-cosine", train: cosine + ", exchange: none", workers: 2), try run("star-cosine", train: cosine, workers: 0))
+        // Spans of 50 steps carry 3.9 MB of examples in their Assign (more than the 1 MiB a
+        // coordinator accepts from a worker).
+        let long = "examples: 6000, epochs: 1, batch: 100, learning_rate: 0.1, checkpoint_every: 50"
+        XCTAssertEqual(try run("none-long", train: long + ", exchange: none", workers: 2), try run("star-long", train: long, workers: 0))
+
+        let schedule = "schedule: {method: gradual, initial: 0.3, rounds: 3, epochs_per_round: 1}\n"
+        let train = "examples: 1200, epochs: 1, batch: 100, learning_rate: 0.1, checkpoint_every: 5"
+        var outs: [[String: Data]] = []
+        for (name, t) in [("gradual-star", train), ("gradual-none", train + ", exchange: none")] {
+            let path = try writeSpec(name, sparsity: 0.8, train: t)
+            try (try String(contentsOfFile: path, encoding: .utf8) + "\n" + schedule).write(toFile: path, atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "2", path], cwd: dir.path)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outs.append(outputs(name))
+        }
+        XCTAssertEqual(outs[0], outs[1])
+        XCTAssertFalse(doneTasks("gradual-none").contains { $0.id.hasPrefix("train:grad:") })
+    }
+
     /// `lr_schedule: cosine`: every step's size comes from the coordinator, so 0 and 2
     /// workers give the same bytes; and the steps are not the constant schedule's.
     func testACosineLearningRateGivesTheSameBytesForAnyWorkerCount() throws {
@@ -243,6 +282,17 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertEqual(outputs("crash"), expected)
     }
 
+    /// The same without an exchange: killed after a span, resumed from its checkpoint.
+    func testAKilledTrainingWithoutAnExchangeResumesToTheSameBytes() throws {
+        let expected = try run("reference", train: small, workers: 0)
+        let none = small + ", exchange: none"
+        try crashAndResume(in: dir, job: "crash", spec: try writeSpec("crash", train: none), after: "train:ckpt:15",
+                           environment: ["PRUNE_TEST_TASK_DELAY_MS": "400"]) { before in
+            XCTAssertFalse(before.contains { $0.id == "train:ckpt:36" }, "the crash came before the end")
+        }
+        XCTAssertEqual(outputs("crash"), expected)
+    }
+
     /// Training data edited while a job is stopped: `prune resume` refuses in one line.
     func testAResumeRefusesChangedTrainingData() throws {
         try idx(dir.file("mine/train-images-idx3-ubyte"), shape: [200, 28, 28], fill: 40)
@@ -284,6 +334,7 @@ final class TrainClusterTests: XCTestCase {
             ("data: \(Self.fashionMNIST), epochs: 0", "train.epochs"),
             ("data: \(Self.fashionMNIST), optimizer: lbfgs", "train.optimizer"),
             ("data: \(Self.fashionMNIST), lr_schedule: linear", "train.lr_schedule"),
+            ("data: \(Self.fashionMNIST), exchange: ring", "train.exchange"),
             ("data: nowhere", "no such file"),
         ]
         let schedules: [(spec: String, expect: String)] = [
@@ -329,13 +380,16 @@ final class TrainClusterTests: XCTestCase {
         try x.withUnsafeBytes { try writer.write($0) }
         try (0..<n).map { Int64($0 % 10) }.withUnsafeBytes { try writer.write($0) }
         try writer.finish()
-        let spec = "model: model\noutput: wild\nmethod: magnitude\nsparsity: 0\ntrain: {data: loud.safetensors, epochs: 3, batch: 50, learning_rate: 10, checkpoint_every: 1}\n"
-        try spec.write(toFile: dir.file("wild.yaml"), atomically: false, encoding: .utf8)
-        let r = try Subprocess.prune(["run", "-q", "--workers", "2", "wild.yaml"], cwd: dir.path)
-        XCTAssertEqual(r.status, 2, r.stderr)
-        XCTAssertTrue(r.stderr.contains("train step") && r.stderr.contains("non-finite") && r.stderr.contains("train.learning_rate"), r.stderr)
-        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("wild/out")))
-        XCTAssertTrue(doneTasks("wild").contains { $0.id == "train:ckpt:1" }, "the checkpoints before the failure are kept")
+        // The same with each step a span task of its own (`exchange: none`).
+        for (job, exchange) in [("wild", "star"), ("wild-span", "none")] {
+            let spec = "model: model\noutput: \(job)\nmethod: magnitude\nsparsity: 0\ntrain: {data: loud.safetensors, epochs: 3, batch: 50, learning_rate: 10, checkpoint_every: 1, exchange: \(exchange)}\n"
+            try spec.write(toFile: dir.file("\(job).yaml"), atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "2", "\(job).yaml"], cwd: dir.path)
+            XCTAssertEqual(r.status, 2, r.stderr)
+            XCTAssertTrue(r.stderr.contains("train step") && r.stderr.contains("non-finite") && r.stderr.contains("train.learning_rate"), r.stderr)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("\(job)/out")))
+            XCTAssertTrue(doneTasks(job).contains { $0.id == "train:ckpt:1" }, "the checkpoints before the failure are kept")
+        }
     }
 
     /// An unsigned-byte IDX file of `shape`: `values`, or `fill` everywhere; `drop` bytes cut off the end.

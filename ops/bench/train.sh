@@ -4,10 +4,11 @@
 # worker count in WORKERS (0: in process): examples per second over the training tasks
 # (first train task handed out to last one done, from the ledger), the bytes compared
 # across worker counts, and per step the median worker time of a gradient task and the
-# bytes each worker exchanges. Then one step of the same MLP and batch, ours against torch
+# bytes each worker exchanges. EXCHANGES="star none" also runs `exchange: none` (each span
+# between checkpoints one task; the bytes must equal the star exchange's). Then one step of the same MLP and batch, ours against torch
 # (CPU, one thread) in the same run: `PruneBench train-step` and train_step_torch.py.
 #   ops/bench/train.sh [WORKDIR]
-#   CONFIGS="128:2 1024:4" WORKERS="0 1 2" EXAMPLES=20480 STEP_BATCHES="128 512"
+#   CONFIGS="128:2 1024:4" WORKERS="0 1 2" EXAMPLES=20480 STEP_BATCHES="128 512" EXCHANGES="star none"
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-train-throughput}")"
 cd "$(dirname "$0")/../.."
@@ -18,35 +19,38 @@ mkdir -p "$dir"
 examples=${EXAMPLES:-20480}
 for config in ${CONFIGS:-128:2 1024:4}; do
   batch=${config%%:*}; shards=${config##*:}; first=""
+  for exchange in ${EXCHANGES:-star}; do
   for w in ${WORKERS:-0 1 2}; do
-    job="$dir/b$batch-s$shards-w$w"
+    job="$dir/b$batch-s$shards-$exchange-w$w"
     rm -rf "$job"
-    printf 'model: %s\noutput: %s\nmethod: magnitude\nsparsity: 0\ntrain: {data: /usr/share/datasets/fashion-mnist, examples: %s, epochs: 1, batch: %s, shards: %s, learning_rate: 0.05}\n' \
-      "$dir/init" "$job" "$examples" "$batch" "$shards" > "$job.yaml"
+    printf 'model: %s\noutput: %s\nmethod: magnitude\nsparsity: 0\ntrain: {data: /usr/share/datasets/fashion-mnist, examples: %s, epochs: 1, batch: %s, shards: %s, learning_rate: 0.05, exchange: %s}\n' \
+      "$dir/init" "$job" "$examples" "$batch" "$shards" "$exchange" > "$job.yaml"
     start=$EPOCHREALTIME
     "$prune" run -q --workers "$w" "$job.yaml" > "$job.log"
     end=$EPOCHREALTIME
-    python3 - "$job" "$batch" "$shards" "$w" "$start" "$end" "$examples" <<'PY'
+    python3 - "$job" "$batch" "$shards" "$w" "$start" "$end" "$examples" "$exchange" <<'PY'
 import os, sqlite3, statistics, sys
-job, batch, shards, w, start, end, examples = sys.argv[1:]
+job, batch, shards, w, start, end, examples, exchange = sys.argv[1:]
 batch, shards, examples = int(batch), int(shards), int(examples)
 steps = examples // batch
 wall = float(end) - float(start)
-line = f"batch {batch:5} shards {shards}  workers {w}: job {wall:6.2f} s"
+line = f"batch {batch:5} shards {shards} exchange {exchange:4} workers {w}: job {wall:6.2f} s"
 ledger = f"{job}/ledger.sqlite"
 if os.path.exists(ledger):
     c = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
     first, last = c.execute("select min(time), max(time) from events where task like 'train:%'").fetchone()
     span = last - first
-    task = statistics.median(r[0] for r in c.execute("select seconds from tasks where id like 'train:grad:%'"))
-    line += f", training {span:6.2f} s = {steps * batch / span:7.0f} examples/s, {1000 * span / steps:6.2f} ms/step, gradient task {1000 * task:5.2f} ms (worker)"
+    line += f", training {span:6.2f} s = {steps * batch / span:7.0f} examples/s, {1000 * span / steps:6.2f} ms/step"
+    grads = [r[0] for r in c.execute("select seconds from tasks where id like 'train:grad:%'")]
+    if grads: line += f", gradient task {1000 * statistics.median(grads):5.2f} ms (worker)"
 else:
     line += f" = {steps * batch / wall:7.0f} examples/s over the whole job (in process)"
 print(line)
 PY
     digest=$(cd "$job/out" && find dense sparse -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
     echo "  out/ $digest"
-    if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts"; exit 1; fi
+    if [ -z "$first" ]; then first=$digest; elif [ "$digest" != "$first" ]; then echo "  bytes differ across worker counts or exchanges"; exit 1; fi
+  done
   done
 done
 params=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['totals']['parameters'])" "$(ls -d "$dir"/b*-w*/ | head -1)out/manifest.json")

@@ -13,6 +13,10 @@ import Tensors
 /// after step K as an artifact every `checkpoint_every` steps and at every epoch's end,
 /// so the gradients before it can go and a killed job resumes from it; at an epoch's end
 /// it also keeps the weights (the report's accuracy curve, and assembly's values).
+/// With `train.exchange: none` there are no gradient tasks: each checkpoint task takes
+/// the steps since the last checkpoint itself, every step's shards one after another and
+/// summed in the same order (`TrainStep`'s action `span`), so the bytes equal the star
+/// exchange's; the spans run one after another.
 /// The bytes depend on the spec and the data only, never on the worker count.
 public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     public static let name = "train"
@@ -83,7 +87,19 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         guard total > 0 else { throw SpecError("train: no steps to take (an epoch of \(perEpoch) batches, \(total / max(perEpoch, 1)) epochs)") }
         // Every epoch's end (so every round's start) is a checkpoint.
         checkpoints = (1...total).filter { $0 % every == 0 || $0 % perEpoch == 0 }
+        if spec.exchange == .none {
+            // A span task carries the examples of all its steps: bounded before any is built.
+            let longest = zip([0] + checkpoints, checkpoints).map { $1 - $0 }.max() ?? 0
+            let bytes = longest * spec.batch * trainee.bytesPerExample
+            guard bytes <= TrainSpec.maxSpanBytes else {
+                throw SpecError("train.exchange: none: a task's \(longest) steps of \(spec.batch) examples carry \(bytes) bytes, more than \(TrainSpec.maxSpanBytes); lower train.checkpoint_every")
+            }
+        }
     }
+
+    /// Whether a step's shards are tasks of their own (`exchange: star`), or a checkpoint
+    /// task takes its span's steps alone (`none`).
+    var exchanges: Bool { spec.exchange == .star }
 
     static func gradID(step: Int, shard: Int) -> TaskID { TaskID(name, "grad:\(step):\(shard)") }
     static func checkpointID(step: Int) -> TaskID { TaskID(name, "ckpt:\(step)") }
@@ -152,11 +168,11 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     }
 
     /// What a task at step `t` rebuilds its state from: its round's masks, the base and
-    /// every shard gradient since.
+    /// every shard gradient since (none without an exchange: the task takes those steps).
     private func stateInputs(step t: Int, round r: Int) -> [TaskID] {
         let b = base(before: t, round: r)
         return maskTasks(round: r) + (b.task.map { [$0] } ?? [])
-            + (b.step..<t).flatMap { s in (0..<spec.shards).map { TrainPhase.gradID(step: s, shard: $0) } }
+            + (exchanges ? (b.step..<t).flatMap { s in (0..<spec.shards).map { TrainPhase.gradID(step: s, shard: $0) } } : [])
     }
 
     public var tasks: [PhaseTask] {
@@ -170,8 +186,10 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
                 out.append(PhaseTask(TrainPhase.pruneID(round: r), after: earlier.flatMap { [TrainPhase.checkpointID(step: roundEnd($0)), TrainPhase.pruneID(round: $0)] }))
             }
             let r = round(ofStep: t)
-            let inputs = stateInputs(step: t, round: r)
-            out += (0..<spec.shards).map { PhaseTask(TrainPhase.gradID(step: t, shard: $0), after: inputs) }
+            if exchanges {
+                let inputs = stateInputs(step: t, round: r)
+                out += (0..<spec.shards).map { PhaseTask(TrainPhase.gradID(step: t, shard: $0), after: inputs) }
+            }
             if next < checkpoints.count, checkpoints[next] == t + 1 {
                 // A checkpoint at a round's end belongs to that round (the next one prunes it).
                 out.append(PhaseTask(TrainPhase.checkpointID(step: t + 1), after: stateInputs(step: t + 1, round: r)))
@@ -186,7 +204,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     private func piece(_ task: TaskID) -> Piece? {
         let parts = task.key.split(separator: ":")
         guard task.phase == Self.name else { return nil }
-        if parts.count == 3, parts[0] == "grad", let t = Int(parts[1]), let j = Int(parts[2]), t >= 0, t < totalSteps, j >= 0, j < spec.shards {
+        if exchanges, parts.count == 3, parts[0] == "grad", let t = Int(parts[1]), let j = Int(parts[2]), t >= 0, t < totalSteps, j >= 0, j < spec.shards {
             return .gradient(step: t, shard: j)
         }
         if parts.count == 2, parts[0] == "ckpt", let k = Int(parts[1]), checkpoints.contains(k) { return .checkpoint(step: k) }
@@ -267,13 +285,26 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         } else {
             w.baseLineage = w.startLineage
         }
+        guard exchanges else { return }
         w.steps = try (b.step..<t).map { s in
-            var step = Prune_V1_TrainStep()
+            var step = trainStep(s)
             step.shards = try (0..<spec.shards).map { try outputs.ref(TrainPhase.gradient, of: TrainPhase.gradID(step: s, shard: $0)) }
-            step.batch = UInt32(trainee.scored(examples: spec.batch))
-            if spec.cosine { step.learningRate = learningRate(step: s) }
             return step
         }
+    }
+
+    /// Step s's divisor and step size (its gradients apart).
+    private func trainStep(_ s: Int) -> Prune_V1_TrainStep {
+        var step = Prune_V1_TrainStep()
+        step.batch = UInt32(trainee.scored(examples: spec.batch))
+        if spec.cosine { step.learningRate = learningRate(step: s) }
+        return step
+    }
+
+    /// The examples of step t's batch in order (shard j's slice is `slice(step: t, shard: j)` of them).
+    private func batch(step t: Int) -> [Int] {
+        let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
+        return (0..<spec.batch).map { order[first + $0] }
     }
 
     public func work(for task: TaskID, outputs: OutputStore) throws -> Prune_V1_Assign.OneOf_Work {
@@ -287,15 +318,23 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             w = try setup(round: r, outputs: outputs)
             w.action = TrainStep.gradient
             try fillState(&w, step: t, round: r, outputs: outputs)
-            let order = order(epoch: t / stepsPerEpoch), first = (t % stepsPerEpoch) * spec.batch
-            trainee.fill(&w, examples: slice(step: t, shard: j).map { order[first + $0] })
+            let examples = batch(step: t)
+            trainee.fill(&w, examples: slice(step: t, shard: j).map { examples[$0] })
         case .checkpoint(let k):
             let r = round(ofStep: k - 1)
             w = try setup(round: r, outputs: outputs)
-            w.action = TrainStep.checkpoint
+            w.action = exchanges ? TrainStep.checkpoint : TrainStep.span
             try fillState(&w, step: k, round: r, outputs: outputs)
             let b = Int(w.baseStep)
-            w.losses = try (b..<k).flatMap { s in try (0..<spec.shards).map { try outputs.ref(TrainPhase.shardLoss, of: TrainPhase.gradID(step: s, shard: $0)) } }
+            if exchanges {
+                w.losses = try (b..<k).flatMap { s in try (0..<spec.shards).map { try outputs.ref(TrainPhase.shardLoss, of: TrainPhase.gradID(step: s, shard: $0)) } }
+            } else {
+                // The span's steps, each with its whole batch (the worker cuts the shards).
+                w.span = (b..<k).map(trainStep)
+                w.shards = UInt32(spec.shards)
+                w.examplesPerStep = UInt32(spec.batch)
+                trainee.fill(&w, examples: (b..<k).flatMap(batch))
+            }
             w.resetSums = b % stepsPerEpoch == 0
             if !w.resetSums { w.baseSums = try outputs.ref(TrainPhase.sums, of: TrainPhase.checkpointID(step: b)) }
             w.epochEnd = k % stepsPerEpoch == 0

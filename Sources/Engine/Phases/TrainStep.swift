@@ -18,6 +18,7 @@ enum TrainStep {
     static let gradient = "gradient"
     static let checkpoint = "checkpoint"
     static let prune = "prune"
+    static let span = "span"
 
     /// The lineage of the start state: what the coordinator sends must equal what the
     /// worker computes from the same setup.
@@ -63,6 +64,8 @@ enum TrainStep {
         var summed: [Float] = []
         /// A language model's weight masks (kept flags), for its kept-only gradients.
         var keeps: [[Bool]] = []
+        /// How many values a shard gradient holds (the kept weights', or every parameter's).
+        var gradientValues = 0
 
         /// Whether the kept state continues into a task from `base` with `steps`: the same
         /// base with a prefix of the steps applied (how many), or a state whose lineage is
@@ -83,7 +86,8 @@ enum TrainStep {
 
     static func run(_ r: Prune_V1_TrainTask, inputs: TaskInputs) throws -> TaskOutputs {
         let where_ = "train task (\(r.action), step \(Int(r.baseStep) + r.steps.count))"
-        guard [gradient, checkpoint, prune].contains(r.action) else { throw PruningError("\(where_): unknown action") }
+        guard [gradient, checkpoint, prune, span].contains(r.action) else { throw PruningError("\(where_): unknown action") }
+        guard r.action != span || r.steps.isEmpty else { throw PruningError("\(where_): a span starts at its base, with no steps of others") }
         let o = r.optimizer
         guard o.learningRate.isFinite, o.learningRate > 0, o.momentum >= 0, o.momentum < 1, o.weightDecay.isFinite, o.weightDecay >= 0,
               o.l1.isFinite, o.l1 >= 0 else {
@@ -126,36 +130,24 @@ enum TrainStep {
             }
             from = 0
         }
-        let count = training.parameterCount
         for k in from..<r.steps.count {
             let s = r.steps[k]
             guard !s.shards.isEmpty, s.batch > 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has no gradients") }
-            if kept.summed.count == count { kept.summed.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { kept.summed = [Float](repeating: 0, count: count) }
-            // A language model's gradients hold only the kept weights' entries (what the
-            // masked optimizer reads); the pruned entries of the sum stay 0.
-            let compact = model.isLanguageModel
-            if compact, kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
-            let expected = compact ? kept.keeps.reduce(0) { $0 + $1.count { $0 } } : count
+            zeroSum(count: training.parameterCount, model: model, training: training)
             for ref in s.shards {
                 try inputs.withArtifact(ref) { raw in
-                    guard raw.count == 4 * expected else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(expected)") }
-                    raw.withMemoryRebound(to: Float.self) { g in kept.summed.withUnsafeMutableBufferPointer { out in
-                        guard compact else { for i in 0..<count { out[i] += g[i] }; return }
-                        var at = 0, j = 0
-                        for keep in kept.keeps {
-                            keep.withUnsafeBufferPointer { k in for i in 0..<k.count where k[i] { out[at + i] += g[j]; j += 1 } }
-                            at += keep.count
-                        }
-                    } }
+                    try addToSum(raw, model: model, training: training, where: where_)
                 }
             }
-            guard s.learningRate.isFinite, s.learningRate >= 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has a bad learning rate") }
-            training.apply(summedGradient: kept.summed, batch: Int(s.batch), learningRate: s.learningRate > 0 ? s.learningRate : nil)
-            guard training.parameters.weights.allSatisfy({ $0.allSatisfy(\.isFinite) }),
-                  training.parameters.biases.allSatisfy({ $0?.allSatisfy(\.isFinite) ?? true }) else {
-                kept.training = nil
-                throw PruningError("train step \(Int(r.baseStep) + k): the weights became non-finite; lower train.learning_rate (the last checkpoint is kept)")
-            }
+            try apply(&training, s, index: Int(r.baseStep) + k)
+        }
+        if r.action == span {
+            let losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+            let lineage = spanLineage(baseLineage, r)
+            kept.training = training
+            kept.baseLineage = lineage
+            kept.applied = []
+            return try checkpointOutputs(training, r, lineage: lineage, losses: losses, inputs: inputs, where: where_)
         }
         kept.training = training
         kept.baseLineage = baseLineage
@@ -182,13 +174,12 @@ enum TrainStep {
 
         if r.action == gradient, case .mlp(let model) = model {
             let width = model.config.input, rows = r.labels.count
-            let x = r.inputBytes.isEmpty ? try FloatPayload.floats([UInt8](r.inputs), what: "\(where_): inputs")
-                : r.inputBytes.withUnsafeBytes { b in b.map(LabelledData.pixel) }
+            let x = try examples(r, where: where_)
             guard rows > 0, x.count == rows * width else { throw PruningError("\(where_): \(x.count) input values for \(rows) examples of \(width)") }
             guard r.labels.allSatisfy({ Int($0) < model.classes }) else { throw PruningError("\(where_): a label is outside the model's \(model.classes) classes") }
             let result = MLPGradient.evaluate(model, parameters: training.parameters, x: x, labels: r.labels.map { Int32($0) }, rows: rows)
             let g = MLPTraining.flatten(result.gradients)
-            guard result.loss.isFinite, g.allSatisfy(\.isFinite) else {
+            guard result.loss.isFinite, FloatVectors.allFinite(g) else {
                 throw PruningError("train step \(Int(r.baseStep) + r.steps.count): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
             }
             var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, FloatPayload.encode(g)),
@@ -199,22 +190,154 @@ enum TrainStep {
             return outputs
         }
 
-        // Checkpoint: the state, its lineage, and the epoch's running loss and accuracy.
+        var losses: [[Double]] = []
+        for ref in r.losses {
+            let l = try FloatPayload.doubles(try inputs.artifact(ref), what: "\(where_): shard loss")
+            guard l.count == 3 else { throw PruningError("\(where_): a shard loss of \(l.count) values") }
+            losses.append(l)
+        }
+        return try checkpointOutputs(training, r, lineage: lineage, losses: losses, inputs: inputs, where: where_)
+    }
+
+    /// A checkpoint's payloads: the state, its lineage, and the epoch's running loss and
+    /// accuracy (the base's sums, unless the epoch starts here, plus each shard's loss triple in order).
+    private static func checkpointOutputs(_ training: MLPTraining, _ r: Prune_V1_TrainTask, lineage: String, losses: [[Double]],
+                                          inputs: TaskInputs, where where_: String) throws -> TaskOutputs {
         var sums = [0.0, 0.0, 0.0]
         if !r.resetSums {
             sums = try FloatPayload.doubles(try inputs.artifact(r.baseSums), what: "\(where_): sums")
             guard sums.count == 3 else { throw PruningError("\(where_): sums of \(sums.count) values") }
         }
-        for ref in r.losses {
-            let l = try FloatPayload.doubles(try inputs.artifact(ref), what: "\(where_): shard loss")
-            guard l.count == 3 else { throw PruningError("\(where_): a shard loss of \(l.count) values") }
-            for i in 0..<3 { sums[i] += l[i] }
-        }
+        for l in losses { for i in 0..<3 { sums[i] += l[i] } }
         var payloads = chunks(training.serialized(), r)
         payloads.append((TrainPhase.lineage.rawValue, Array(lineage.utf8)))
         payloads.append((TrainPhase.sums.rawValue, sums.flatMap(FloatPayload.encode)))
         if r.epochEnd { payloads.append((TrainPhase.weights.rawValue, FloatPayload.encode(MLPTraining.flatten(training.parameters)))) }
         return TaskOutputs(payloads: payloads)
+    }
+
+    /// The summed gradient of a step, zeroed (its buffer reused), and a language model's
+    /// kept flags read once.
+    private static func zeroSum(count: Int, model: TrainTaskModel, training: MLPTraining) {
+        if kept.summed.count == count { kept.summed.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { kept.summed = [Float](repeating: 0, count: count) }
+        if model.isLanguageModel, kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
+        kept.gradientValues = model.isLanguageModel ? kept.keeps.reduce(0) { $0 + $1.count { $0 } } : count
+    }
+
+    /// Adds one shard's gradient (F32 bytes) to the step's sum. A language model's
+    /// gradients hold only the kept weights' entries (what the masked optimizer reads);
+    /// the pruned entries of the sum stay 0.
+    private static func addToSum(_ raw: UnsafeRawBufferPointer, model: TrainTaskModel, training: MLPTraining, where where_: String) throws {
+        let count = training.parameterCount, compact = model.isLanguageModel, expected = kept.gradientValues
+        guard raw.count == 4 * expected else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(expected)") }
+        raw.withMemoryRebound(to: Float.self) { g in kept.summed.withUnsafeMutableBufferPointer { out in
+            guard compact else { FloatVectors.add(UnsafeBufferPointer(rebasing: g[0..<count]), to: out.baseAddress!); return }
+            var at = 0, j = 0
+            for keep in kept.keeps {
+                keep.withUnsafeBufferPointer { k in for i in 0..<k.count where k[i] { out[at + i] += g[j]; j += 1 } }
+                at += keep.count
+            }
+        } }
+    }
+
+    /// One optimizer step on the summed gradient; the weights must stay finite.
+    private static func apply(_ training: inout MLPTraining, _ s: Prune_V1_TrainStep, index: Int) throws {
+        guard s.learningRate.isFinite, s.learningRate >= 0, s.batch > 0 else { throw PruningError("train step \(index): a bad learning rate or batch") }
+        training.apply(summedGradient: kept.summed, batch: Int(s.batch), learningRate: s.learningRate > 0 ? s.learningRate : nil)
+        guard training.parameters.weights.allSatisfy(FloatVectors.allFinite),
+              training.parameters.biases.allSatisfy({ $0.map(FloatVectors.allFinite) ?? true }) else {
+            kept.training = nil
+            throw PruningError("train step \(index): the weights became non-finite; lower train.learning_rate (the last checkpoint is kept)")
+        }
+    }
+
+    /// A classifier task's examples as F32 values (IDX bytes scaled as the data loader does).
+    private static func examples(_ r: Prune_V1_TrainTask, where where_: String) throws -> [Float] {
+        r.inputBytes.isEmpty ? try FloatPayload.floats([UInt8](r.inputs), what: "\(where_): inputs")
+            : r.inputBytes.withUnsafeBytes { b in b.map(LabelledData.pixel) }
+    }
+
+    /// Action span: the task's steps after its base, each step's gradient the sum, in shard
+    /// order, of its slices' (the slices a star exchange's gradient tasks take, summed as
+    /// the tasks after them sum them). Returns each slice's loss triple, step after step.
+    private static func runSpan(_ r: Prune_V1_TrainTask, training: inout MLPTraining, model: TrainTaskModel, inputs: TaskInputs,
+                                where where_: String) throws -> [[Double]] {
+        let steps = r.span.count, per = Int(r.examplesPerStep), shards = Int(r.shards), first = Int(r.baseStep)
+        guard steps > 0, steps <= 1_000_000, shards >= 1, shards <= 64, per >= shards, per <= TrainSpec.maxBatch else {
+            throw PruningError("\(where_): a span of \(steps) steps of \(per) examples in \(shards) shards")
+        }
+        /// Examples [a, b) of the task's that step k's shard j takes.
+        func slice(_ k: Int, _ j: Int) -> Range<Int> { (k * per + j * per / shards)..<(k * per + (j + 1) * per / shards) }
+        var losses: [[Double]] = []
+        losses.reserveCapacity(steps * shards)
+        switch model {
+        case .mlp(let m):
+            let width = m.config.input, bytes = !r.inputBytes.isEmpty
+            guard r.labels.count == steps * per, (bytes ? r.inputBytes.count : r.inputs.count / 4) == r.labels.count * width,
+                  bytes || r.inputs.count % 4 == 0 else {
+                throw PruningError("\(where_): \(r.labels.count) labels and inputs of \(bytes ? r.inputBytes.count : r.inputs.count) bytes for \(steps) steps of \(per) examples of \(width)")
+            }
+            guard r.labels.allSatisfy({ Int($0) < m.classes }) else { throw PruningError("\(where_): a label is outside the model's \(m.classes) classes") }
+            for k in 0..<steps {
+                zeroSum(count: training.parameterCount, model: model, training: training)
+                for j in 0..<shards {
+                    let rows = slice(k, j), values = (rows.lowerBound * width)..<(rows.upperBound * width)
+                    // Only the shard's examples as F32 (the span's all would be 4 bytes per pixel at once).
+                    let x = bytes ? r.inputBytes.withUnsafeBytes { $0[values].map(LabelledData.pixel) }
+                        : r.inputs.withUnsafeBytes { raw in values.map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+                    let result = MLPGradient.evaluate(m, parameters: training.parameters, x: x, labels: r.labels[rows].map { Int32($0) }, rows: rows.count)
+                    // Added tensor by tensor in the flat order: the sums a flattened
+                    // gradient's payload gives the star exchange.
+                    let g = zip(result.gradients.weights, result.gradients.biases).flatMap { [$0] + ($1.map { [$0] } ?? []) }
+                    guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite), g.reduce(0, { $0 + $1.count }) == kept.summed.count else {
+                        throw PruningError("train step \(first + k): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+                    }
+                    kept.summed.withUnsafeMutableBufferPointer { out in
+                        var at = 0
+                        for tensor in g {
+                            tensor.withUnsafeBufferPointer { FloatVectors.add($0, to: out.baseAddress! + at) }
+                            at += tensor.count
+                        }
+                    }
+                    losses.append([result.loss, Double(result.correct), Double(rows.count)])
+                }
+                try apply(&training, r.span[k], index: first + k)
+            }
+        case .llama(let llama):
+            let t = Int(r.tokens)
+            guard t >= 2, r.tokenIds.count == steps * per * t else {
+                throw PruningError("\(where_): \(r.tokenIds.count) token ids for \(steps) steps of \(per) windows of \(t)")
+            }
+            for k in 0..<steps {
+                zeroSum(count: training.parameterCount, model: model, training: training)
+                for j in 0..<shards {
+                    let rows = slice(k, j)
+                    var shard = r
+                    shard.tokenIds = Array(r.tokenIds[(rows.lowerBound * t)..<(rows.upperBound * t)])
+                    let result = try llama.gradient(training.parameters.weights, keeps: kept.keeps, shard, inputs: inputs, where: where_)
+                    guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { $0.allSatisfy(\.isFinite) } }) else {
+                        throw PruningError("train step \(first + k): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+                    }
+                    try result.gradient.withUnsafeBytes { try addToSum($0, model: model, training: training, where: where_) }
+                    losses.append([result.loss, 0, Double(result.count)])
+                }
+                try apply(&training, r.span[k], index: first + k)
+            }
+        }
+        return losses
+    }
+
+    /// The lineage of a span's end state: its base's, chained with the steps' divisors,
+    /// step sizes, the shard count and the examples (which, from the same state, fix the
+    /// gradients and so the state reached).
+    static func spanLineage(_ base: String, _ r: Prune_V1_TrainTask) -> String {
+        var h = SHA256Stream()
+        h.update(Array("\(base)\nspan \(r.shards) \(r.examplesPerStep) \(r.tokens):\(r.span.map { "\($0.batch) \($0.learningRate.bitPattern)" }.joined(separator: ","))\n".utf8))
+        r.inputBytes.withUnsafeBytes { h.update($0) }
+        r.inputs.withUnsafeBytes { h.update($0) }
+        r.labels.withUnsafeBytes { h.update($0) }
+        r.tokenIds.withUnsafeBytes { h.update($0) }
+        return h.finalizeHex()
     }
 
     /// A schedule's round: magnitude masks at the round's level (within the job's pattern)

@@ -20,6 +20,8 @@ protocol TrainedModel: AnyObject {
     var layers: [TrainedLayer] { get }
     /// Examples the data holds (labelled examples, or token windows).
     var exampleCount: Int { get }
+    /// What one example adds to a task's Assign (its values and label, or token ids).
+    var bytesPerExample: Int { get }
     /// Where the examples come from, for messages.
     var source: String { get }
     /// sha256 of the examples as loaded: a job records it, and a resume refuses data that changed.
@@ -72,6 +74,7 @@ final class MLPTrainee: TrainedModel {
     }
 
     var exampleCount: Int { data.count }
+    var bytesPerExample: Int { data.width * (data.bytes == nil ? 4 : 1) + 4 }
     var source: String { data.source }
 
     lazy var dataDigest: String = {
@@ -167,6 +170,7 @@ final class LlamaTrainee: TrainedModel {
     }
 
     var exampleCount: Int { windows.count }
+    var bytesPerExample: Int { 4 * tokens }
 
     lazy var dataDigest: String = {
         var h = SHA256Stream()
