@@ -107,6 +107,13 @@ final class TrainClusterTests: XCTestCase {
         // coordinator accepts from a worker).
         let long = "examples: 6000, epochs: 1, batch: 100, learning_rate: 0.1, checkpoint_every: 50"
         XCTAssertEqual(try run("none-long", train: long + ", exchange: none", workers: 2), try run("star-long", train: long, workers: 0))
+        // A slice of 2048 examples is more than a star gradient task may carry (768 KiB),
+        // not more than a span may: refused for the star, trained without an exchange.
+        let wide = "examples: 4096, epochs: 1, batch: 2048, shards: 1, learning_rate: 0.1"
+        let refused = try Subprocess.prune(["run", "-q", "--workers", "1", try writeSpec("star-wide", train: wide)], cwd: dir.path)
+        XCTAssertEqual(refused.status, 2, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("raise train.shards"), refused.stderr)
+        XCTAssertEqual(try run("none-wide-w1", train: wide + ", exchange: none", workers: 1), try run("none-wide-w0", train: wide + ", exchange: none", workers: 0))
 
         let schedule = "schedule: {method: gradual, initial: 0.3, rounds: 3, epochs_per_round: 1}\n"
         let train = "examples: 1200, epochs: 1, batch: 100, learning_rate: 0.1, checkpoint_every: 5"

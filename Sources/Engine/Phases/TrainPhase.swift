@@ -90,7 +90,10 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         if spec.exchange == .none {
             // A span task carries the examples of all its steps: bounded before any is built.
             let longest = zip([0] + checkpoints, checkpoints).map { $1 - $0 }.max() ?? 0
-            let bytes = longest * spec.batch * trainee.bytesPerExample
+            let step = spec.batch * trainee.bytesPerExample, bytes = longest * step
+            guard step <= TrainSpec.maxSpanBytes else {
+                throw SpecError("train.exchange: none: one step's \(spec.batch) examples carry \(step) bytes, more than the \(TrainSpec.maxSpanBytes) a task may; lower train.batch\(trainee is LlamaTrainee ? " or train.tokens" : "")")
+            }
             guard bytes <= TrainSpec.maxSpanBytes else {
                 throw SpecError("train.exchange: none: a task's \(longest) steps of \(spec.batch) examples carry \(bytes) bytes, more than \(TrainSpec.maxSpanBytes); lower train.checkpoint_every")
             }
@@ -414,6 +417,11 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         case .checkpoint(let k)?:
             let c = stateChunks
             guard outputs.count == outputNames(of: task).count, outputs[c].count == 64, outputs[c + 1].count == 24 else { return "result of \(task) has the wrong sizes" }
+            // The epoch's running sums so far: every step since the epoch's start scored its
+            // whole batch (a span's shard losses never reach the coordinator one by one).
+            let scored = Double(((k - 1) % stepsPerEpoch + 1) * trainee.scored(examples: spec.batch))
+            guard let sums = try? FloatPayload.doubles(outputs[c + 1], what: "sums"), sums[0].isFinite, sums[0] >= 0, sums[1] >= 0,
+                  sums[1] <= sums[2], sums[2] == scored else { return "result of \(task): bad running loss, count or accuracy" }
             if k % stepsPerEpoch == 0 {
                 let weights = outputs[c + 2]
                 guard weights.count == 4 * parameterCount, weights.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) }) else {

@@ -269,7 +269,6 @@ enum TrainStep {
         /// Examples [a, b) of the task's that step k's shard j takes.
         func slice(_ k: Int, _ j: Int) -> Range<Int> { (k * per + j * per / shards)..<(k * per + (j + 1) * per / shards) }
         var losses: [[Double]] = []
-        losses.reserveCapacity(steps * shards)
         switch model {
         case .mlp(let m):
             let width = m.config.input, bytes = !r.inputBytes.isEmpty
@@ -278,6 +277,8 @@ enum TrainStep {
                 throw PruningError("\(where_): \(r.labels.count) labels and inputs of \(bytes ? r.inputBytes.count : r.inputs.count) bytes for \(steps) steps of \(per) examples of \(width)")
             }
             guard r.labels.allSatisfy({ Int($0) < m.classes }) else { throw PruningError("\(where_): a label is outside the model's \(m.classes) classes") }
+            // Reserved once the examples show the steps are real.
+            losses.reserveCapacity(steps * shards)
             for k in 0..<steps {
                 zeroSum(count: training.parameterCount, model: model, training: training)
                 for j in 0..<shards {
@@ -289,7 +290,10 @@ enum TrainStep {
                     // Added tensor by tensor in the flat order: the sums a flattened
                     // gradient's payload gives the star exchange.
                     let g = zip(result.gradients.weights, result.gradients.biases).flatMap { [$0] + ($1.map { [$0] } ?? []) }
-                    guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite), g.reduce(0, { $0 + $1.count }) == kept.summed.count else {
+                    guard g.reduce(0, { $0 + $1.count }) == kept.summed.count else {
+                        throw PruningError("\(where_): a gradient of \(g.reduce(0) { $0 + $1.count }) values for \(kept.summed.count) parameters")
+                    }
+                    guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite) else {
                         throw PruningError("train step \(first + k): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
                     }
                     kept.summed.withUnsafeMutableBufferPointer { out in
@@ -304,10 +308,12 @@ enum TrainStep {
                 try apply(&training, r.span[k], index: first + k)
             }
         case .llama(let llama):
+            // The window length bounded before any product of it (steps ≤ 1e6, per ≤ 65536).
             let t = Int(r.tokens)
-            guard t >= 2, r.tokenIds.count == steps * per * t else {
+            guard t >= 2, t <= 8192, r.tokenIds.count % t == 0, r.tokenIds.count / t == steps * per else {
                 throw PruningError("\(where_): \(r.tokenIds.count) token ids for \(steps) steps of \(per) windows of \(t)")
             }
+            losses.reserveCapacity(steps * shards)
             for k in 0..<steps {
                 zeroSum(count: training.parameterCount, model: model, training: training)
                 for j in 0..<shards {

@@ -67,7 +67,9 @@ final class MLPTrainee: TrainedModel {
         }
         let slice = (spec.batch + spec.shards - 1) / spec.shards
         let bytesPerValue = data.bytes == nil ? 4 : 1
-        guard slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
+        // A gradient task's slice travels in its Assign (the star exchange; a span's
+        // examples are bounded by TrainPhase).
+        guard spec.exchange == .none || slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
             throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskBytes / bytesPerValue) values; raise train.shards")
         }
         layers = zip(config.layers, model.layers).map { TrainedLayer(weight: $0.weight, rows: $1.outFeatures, cols: $1.inFeatures, bias: $0.bias) }
