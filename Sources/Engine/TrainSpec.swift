@@ -85,6 +85,16 @@ public struct TrainSpec: Sendable, Equatable {
         return v
     }
 
+    /// One of `E`'s values at `node`, or nil when the key is absent; refused with the list
+    /// of values otherwise.
+    static func choice<E: RawRepresentable & CaseIterable>(_ node: Node?, _ key: String, _: E.Type, file: String) throws -> E? where E.RawValue == String {
+        guard let node else { return nil }
+        guard let value = node.scalar.flatMap({ E(rawValue: $0.string) }) else {
+            throw SpecError("\(where_(file, node)): \(key): '\(node.scalar?.string ?? "?")' is not one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
+    }
+
     static let keys = ["data", "examples", "epochs", "batch", "shards", "optimizer", "learning_rate", "momentum", "weight_decay",
                        "checkpoint_every", "seed", "lr_schedule", "tokens", "exchange"]
 
@@ -120,10 +130,7 @@ public struct TrainSpec: Sendable, Equatable {
         if let n = f["shards"], spec.shards > spec.batch {
             throw SpecError("\(where_(file, n)): train.shards: \(spec.shards) slices of a batch of \(spec.batch) leaves some empty")
         }
-        if let n = f["optimizer"] {
-            guard let o = n.scalar.flatMap({ Optimizer(rawValue: $0.string) }) else {
-                throw SpecError("\(where_(file, n)): train.optimizer: '\(n.scalar?.string ?? "?")' is not one of \(Optimizer.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
+        if let o = try choice(f["optimizer"], "train.optimizer", Optimizer.self, file: file) {
             spec.optimizer = o
             if !llama { spec.learningRate = o == .adamw ? 1e-3 : 0.05 }
         }
@@ -137,12 +144,7 @@ public struct TrainSpec: Sendable, Equatable {
         if let v = try number(f["weight_decay"], "train.weight_decay", file: file, rule: "a number in [0, 1)", { $0 >= 0 && $0 < 1 }) { spec.weightDecay = v }
         if let v = try JobSpec.positiveInt(f["checkpoint_every"], "train.checkpoint_every", file: file, minimum: 1, maximum: 100_000) { spec.checkpointEvery = v }
         if let v = try JobSpec.cosineSchedule(f["lr_schedule"], "train.lr_schedule", file: file) { spec.cosine = v }
-        if let n = f["exchange"] {
-            guard let e = n.scalar.flatMap({ Exchange(rawValue: $0.string) }) else {
-                throw SpecError("\(where_(file, n)): train.exchange: '\(n.scalar?.string ?? "?")' is not one of \(Exchange.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            spec.exchange = e
-        }
+        if let e = try choice(f["exchange"], "train.exchange", Exchange.self, file: file) { spec.exchange = e }
         if let n = f["seed"] {
             guard let v = n.scalar.flatMap({ UInt64($0.string) }) else { throw SpecError("\(where_(file, n)): train.seed: must be a non-negative integer") }
             spec.seed = v

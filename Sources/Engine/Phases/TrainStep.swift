@@ -63,9 +63,9 @@ enum TrainStep {
         /// allocation (zeroed pages) every step otherwise.
         var summed: [Float] = []
         /// A language model's weight masks (kept flags), for its kept-only gradients.
-        var keeps: [[Bool]] = []
-        /// How many values a shard gradient holds (the kept weights', or every parameter's).
-        var gradientValues = 0
+        var keeps: [[Bool]] = [] { didSet { keptCount = keeps.reduce(0) { $0 + $1.count { $0 } } } }
+        /// How many weights `keeps` keeps: the values a language model's shard gradient holds.
+        private(set) var keptCount = 0
 
         /// Whether the kept state continues into a task from `base` with `steps`: the same
         /// base with a prefix of the steps applied (how many), or a state whose lineage is
@@ -133,7 +133,7 @@ enum TrainStep {
         for k in from..<r.steps.count {
             let s = r.steps[k]
             guard !s.shards.isEmpty, s.batch > 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has no gradients") }
-            zeroSum(count: training.parameterCount, model: model, training: training)
+            zeroSum(model: model, training: training)
             for ref in s.shards {
                 try inputs.withArtifact(ref) { raw in
                     try addToSum(raw, model: model, training: training, where: where_)
@@ -164,7 +164,7 @@ enum TrainStep {
             if kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
             let result = try llama.gradient(training.parameters.weights, keeps: kept.keeps, r, inputs: inputs, where: where_)
             guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { $0.allSatisfy(\.isFinite) } }) else {
-                throw PruningError("train step \(step): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+                throw diverged(step: step, loss: result.loss)
             }
             var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, result.gradient),
                                                  (TrainPhase.shardLoss.rawValue, [result.loss, 0, Double(result.count)].flatMap(FloatPayload.encode))])
@@ -180,7 +180,7 @@ enum TrainStep {
             let result = MLPGradient.evaluate(model, parameters: training.parameters, x: x, labels: r.labels.map { Int32($0) }, rows: rows)
             let g = MLPTraining.flatten(result.gradients)
             guard result.loss.isFinite, FloatVectors.allFinite(g) else {
-                throw PruningError("train step \(Int(r.baseStep) + r.steps.count): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+                throw diverged(step: Int(r.baseStep) + r.steps.count, loss: result.loss)
             }
             var outputs = TaskOutputs(payloads: [(TrainPhase.gradient.rawValue, FloatPayload.encode(g)),
                                                  (TrainPhase.shardLoss.rawValue, [result.loss, Double(result.correct), Double(rows)].flatMap(FloatPayload.encode))])
@@ -218,17 +218,17 @@ enum TrainStep {
 
     /// The summed gradient of a step, zeroed (its buffer reused), and a language model's
     /// kept flags read once.
-    private static func zeroSum(count: Int, model: TrainTaskModel, training: MLPTraining) {
+    private static func zeroSum(model: TrainTaskModel, training: MLPTraining) {
+        let count = training.parameterCount
         if kept.summed.count == count { kept.summed.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { kept.summed = [Float](repeating: 0, count: count) }
         if model.isLanguageModel, kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
-        kept.gradientValues = model.isLanguageModel ? kept.keeps.reduce(0) { $0 + $1.count { $0 } } : count
     }
 
     /// Adds one shard's gradient (F32 bytes) to the step's sum. A language model's
     /// gradients hold only the kept weights' entries (what the masked optimizer reads);
     /// the pruned entries of the sum stay 0.
     private static func addToSum(_ raw: UnsafeRawBufferPointer, model: TrainTaskModel, training: MLPTraining, where where_: String) throws {
-        let count = training.parameterCount, compact = model.isLanguageModel, expected = kept.gradientValues
+        let count = training.parameterCount, compact = model.isLanguageModel, expected = compact ? kept.keptCount : count
         guard raw.count == 4 * expected else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(expected)") }
         raw.withMemoryRebound(to: Float.self) { g in kept.summed.withUnsafeMutableBufferPointer { out in
             guard compact else { FloatVectors.add(UnsafeBufferPointer(rebasing: g[0..<count]), to: out.baseAddress!); return }
@@ -238,6 +238,11 @@ enum TrainStep {
                 at += keep.count
             }
         } }
+    }
+
+    /// What a shard whose loss or gradient is not finite fails with.
+    private static func diverged(step: Int, loss: Double) -> PruningError {
+        PruningError("train step \(step): the loss became \(loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
     }
 
     /// One optimizer step on the summed gradient; the weights must stay finite.
@@ -280,7 +285,7 @@ enum TrainStep {
             // Reserved once the examples show the steps are real.
             losses.reserveCapacity(steps * shards)
             for k in 0..<steps {
-                zeroSum(count: training.parameterCount, model: model, training: training)
+                zeroSum(model: model, training: training)
                 for j in 0..<shards {
                     let rows = slice(k, j), values = (rows.lowerBound * width)..<(rows.upperBound * width)
                     // Only the shard's examples as F32 (the span's all would be 4 bytes per pixel at once).
@@ -294,7 +299,7 @@ enum TrainStep {
                         throw PruningError("\(where_): a gradient of \(g.reduce(0) { $0 + $1.count }) values for \(kept.summed.count) parameters")
                     }
                     guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite) else {
-                        throw PruningError("train step \(first + k): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+                        throw diverged(step: first + k, loss: result.loss)
                     }
                     kept.summed.withUnsafeMutableBufferPointer { out in
                         var at = 0
@@ -315,14 +320,14 @@ enum TrainStep {
             }
             losses.reserveCapacity(steps * shards)
             for k in 0..<steps {
-                zeroSum(count: training.parameterCount, model: model, training: training)
+                zeroSum(model: model, training: training)
                 for j in 0..<shards {
                     let rows = slice(k, j)
                     var shard = r
                     shard.tokenIds = Array(r.tokenIds[(rows.lowerBound * t)..<(rows.upperBound * t)])
                     let result = try llama.gradient(training.parameters.weights, keeps: kept.keeps, shard, inputs: inputs, where: where_)
                     guard result.loss.isFinite, result.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { $0.allSatisfy(\.isFinite) } }) else {
-                        throw PruningError("train step \(first + k): the loss became \(result.loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
+                        throw diverged(step: first + k, loss: result.loss)
                     }
                     try result.gradient.withUnsafeBytes { try addToSum($0, model: model, training: training, where: where_) }
                     losses.append([result.loss, 0, Double(result.count)])
