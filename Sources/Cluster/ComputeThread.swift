@@ -57,8 +57,9 @@ final class ComputeThread: @unchecked Sendable {
     private let context: ZMQContext
     private let endpoint: String
     private var options: WorkerOptions
-    /// Messages that arrived while a task was fetching chunks, handled after it.
-    private var deferred: [[[UInt8]]] = []
+    /// Messages that arrived while a task was fetching chunks (or waiting for its span
+    /// group), handled after it.
+    fileprivate var deferred: [[[UInt8]]] = []
     private let logger: Logger
     private let finished = DispatchSemaphore(value: 0)
     let source: TensorSource
@@ -74,6 +75,11 @@ final class ComputeThread: @unchecked Sendable {
     let cancellations = TaskCancellations()
 
     struct Stop: Error {}
+
+    /// The protocol settings this worker runs with (the coordinator's, once welcomed).
+    var settings: Settings { options.settings }
+    /// How this worker lies (tests only).
+    var lies: WorkerOptions.TestLie { options.testLie }
 
     init(context: ZMQContext, endpoint: String, options: WorkerOptions, logger: Logger) {
         self.context = context
@@ -123,8 +129,24 @@ final class ComputeThread: @unchecked Sendable {
                 let wanted = options.compressMasks ? [NMMaskCoding.name, MaskCoding.name] : []
                 maskCodings = wanted.filter(w.payloadCodings.contains)
                 if w.chunkSize > 0 { options.settings.chunkBytes = Int(w.chunkSize) }
+                // A span group's patience follows the coordinator's liveness.
+                if w.heartbeatMs > 0 { options.settings.heartbeatMs = Int(w.heartbeatMs) }
+                if w.liveness > 0 { options.settings.liveness = Int(w.liveness) }
                 if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
-            case .assign(let a):
+            case .assign(var a):
+                if case .train(let t) = a.work, !message.payloads.isEmpty {
+                    // A span's examples came as a payload frame (`examplesApart`).
+                    do {
+                        a.work = .train(try TrainTaskExamples.restored(t, payloads: zip(message.envelope.payloads, message.payloads).map { ($0.name, $1) }))
+                    } catch {
+                        var fail = Prune_V1_Fail()
+                        fail.taskID = a.taskID
+                        fail.attempt = a.attempt
+                        fail.cause = String(describing: error)
+                        try? pair.send(WireMessage.frames(.with(.fail(fail))))
+                        continue
+                    }
+                }
                 let token = cancellations.token(a.taskID, attempt: a.attempt)
                 defer { cancellations.finish(a.taskID, attempt: a.attempt) }
                 do {
@@ -135,6 +157,14 @@ final class ComputeThread: @unchecked Sendable {
                     // Stop (Shutdown while fetching) or a dead PAIR socket: this thread is done.
                     return
                 }
+            case .help(var h):
+                guard let whole = try? TrainTaskExamples.restored(h.train, payloads: zip(message.envelope.payloads, message.payloads).map { ($0.name, $1) }) else { continue }
+                h.train = whole
+                do {
+                    try help(h, pair: pair)
+                } catch {
+                    return
+                }
             case .shutdown:
                 return
             default:
@@ -143,12 +173,28 @@ final class ComputeThread: @unchecked Sendable {
         }
     }
 
+    /// Helps another worker's training span (a Help): the span's steps in the group,
+    /// until its end or until the group ends for this worker. Nothing is answered.
+    private func help(_ h: Prune_V1_Help, pair: ZMQSocket) throws {
+        let group = PeerGroup(thread: self, pair: pair, task: h.taskID, attempt: h.attempt, slot: Int(h.slot), slots: Int(h.slots))
+        guard h.slot > 0, h.slot < h.slots else { return }
+        do {
+            _ = try PhaseRegistry.run(.train(h.train), task: h.taskID, inputs: WorkerInputs(thread: self, pair: pair, group: group))
+            logger.info("helped \(h.taskID) attempt \(h.attempt) as slot \(h.slot) of \(h.slots)")
+        } catch is Stop {
+            throw Stop()
+        } catch {
+            logger.info("stopped helping \(h.taskID) attempt \(h.attempt): \(error)")
+        }
+    }
+
     /// Runs a task and returns the frames to send: Result (+ payloads) or Fail; nil when
     /// the coordinator cancelled the attempt (before it started or at a checkpoint).
     private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]]? {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
-            var outputs = try PhaseRegistry.run(a.work, task: a.taskID, inputs: WorkerInputs(thread: self, pair: pair))
+            let group = a.slots > 1 ? PeerGroup(thread: self, pair: pair, task: a.taskID, attempt: a.attempt, slot: 0, slots: Int(a.slots)) : nil
+            var outputs = try PhaseRegistry.run(a.work, task: a.taskID, inputs: WorkerInputs(thread: self, pair: pair, group: group))
             try NoopPhase.sleep(ms: options.taskDelayMs)
             if options.testLie == .swapMaskBits { Self.swapFirstKeptAndPruned(&outputs) }
             if options.testLie == .flatterFitness { Self.halveFitness(&outputs) }
@@ -267,6 +313,9 @@ final class ComputeThread: @unchecked Sendable {
 struct WorkerInputs: TaskInputs {
     let thread: ComputeThread
     let pair: ZMQSocket
+    var group: PeerGroup?
+
+    var spanGroup: SpanGroup? { group }
 
     func withTensorBytes<R>(_ ref: Prune_V1_TensorRef, _ range: Range<Int>, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         guard range.lowerBound >= 0, range.upperBound <= Int(clamping: ref.byteCount) else {
@@ -313,5 +362,93 @@ struct WorkerInputs: TaskInputs {
             throw PruningError("artifact \(ref.sha256.prefix(12))…: pulled bytes do not match their digest")
         }
         return bytes
+    }
+}
+
+/// A worker's side of a training span's group (`SpanGroup`): Peer messages to the
+/// coordinator, which relays them to the other members, and from it, read off the compute
+/// thread's PAIR socket. Anything else that comes meanwhile is kept for after the task; an
+/// Assign or a Help ends a helper's part (the coordinator gives work only to a worker it
+/// counts idle, so its group is over).
+final class PeerGroup: SpanGroup {
+    private unowned let thread: ComputeThread
+    private let pair: ZMQSocket
+    private let task: String
+    private let attempt: UInt32
+    let slot: Int
+    let slots: Int
+    /// Missing this many heartbeats' time, a member counts as gone.
+    let patienceMs: Int
+
+    init(thread: ComputeThread, pair: ZMQSocket, task: String, attempt: UInt32, slot: Int, slots: Int) {
+        self.thread = thread
+        self.pair = pair
+        self.task = task
+        self.attempt = attempt
+        self.slot = slot
+        self.slots = slots
+        patienceMs = thread.settings.deadAfterMs
+    }
+
+    private func send(_ kind: String, _ fill: (inout Prune_V1_Peer) -> Void = { _ in }, gradient: [UInt8]? = nil) throws {
+        var p = Prune_V1_Peer()
+        p.taskID = task
+        p.attempt = attempt
+        p.kind = kind
+        fill(&p)
+        let outgoing = gradient.map { [WireMessage.Outgoing(transient: "gradient", bytes: $0)] } ?? []
+        try pair.send(try WireMessage.frames(.with(.peer(p)), outgoing: outgoing))
+    }
+
+    func join() throws { try send("join") }
+
+    func share(_ share: SpanShare) throws {
+        var share = share
+        if slot > 0, thread.lies == .skewShares, !share.gradient.isEmpty { share.gradient[0] ^= 1 }
+        try send("share", {
+            $0.step = UInt32(clamping: share.step)
+            $0.first = UInt32(clamping: share.first)
+            $0.count = UInt32(clamping: share.count)
+            $0.prefix = share.prefix
+            $0.losses = share.losses
+        }, gradient: share.gradient)
+    }
+
+    func distrust(slot: Int) throws { try send("distrust") { $0.slot = UInt32(clamping: slot) } }
+
+    func next(timeoutMs: Int) throws -> SpanEvent {
+        let until = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
+        defer { try? pair.setReceiveTimeout(ms: -1) }
+        while true {
+            try Cancellation.checkpoint()
+            let now = DispatchTime.now().uptimeNanoseconds
+            guard now < until else { return .timeout }
+            try pair.setReceiveTimeout(ms: Int32(clamping: max(1, (until - now) / 1_000_000)))
+            guard let frames = try pair.receiveMultipart() else { return .timeout }
+            if case .peer(let p)? = Worker.peer(frames, maxEnvelopeBytes: thread.settings.maxEnvelopeBytes) {
+                // Another group's (one this worker left) is stale.
+                guard p.taskID == task, p.attempt == attempt else { continue }
+                switch p.kind {
+                case "join": return .joined(slot: Int(p.slot))
+                case "left": return .left(slot: Int(p.slot))
+                case "share" where frames.count == 2:
+                    // The one copy of a share on this side (its size is checked by its user).
+                    return .share(slot: Int(p.slot), SpanShare(step: Int(p.step), first: Int(p.first), count: Int(p.count), prefix: p.prefix,
+                                                               losses: p.losses, gradient: frames[1].bytes))
+                default: continue
+                }
+            }
+            let bytes = frames.map(\.bytes)
+            guard let message = try? WireMessage.decode(bytes, settings: thread.settings.fromCoordinator) else { continue }
+            switch message.envelope.body {
+            case .shutdown:
+                throw ComputeThread.Stop()
+            case .assign, .help, .welcome:
+                thread.deferred.append(bytes)
+                if slot > 0 { return .interrupted }
+            default:
+                continue
+            }
+        }
     }
 }

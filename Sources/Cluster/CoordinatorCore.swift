@@ -25,11 +25,14 @@ public struct CoordinatorCore: Sendable {
         /// Tasks with the same key are best run by one worker (it keeps state they share);
         /// the scheduler prefers that worker but never leaves a worker idle for it.
         public let affinity: String?
-        public init(id: String, dependencies: [String] = [], verify: Bool = false, affinity: String? = nil) {
+        /// How many workers idle when it is leased may help it (a training span's group).
+        public let helpers: Int
+        public init(id: String, dependencies: [String] = [], verify: Bool = false, affinity: String? = nil, helpers: Int = 0) {
             self.id = id
             self.dependencies = dependencies
             self.verify = verify
             self.affinity = affinity
+            self.helpers = helpers
         }
     }
 
@@ -109,6 +112,15 @@ public struct CoordinatorCore: Sendable {
         var history: Set<String> = []
         /// The affinity keys of the tasks leased to this connection.
         var affinities: Set<String> = []
+        /// The group this connection helps, while its leader's attempt holds the lease.
+        var helping: HelpRole?
+    }
+
+    /// A helper's place in a leased task's group (slot 0 is the leader).
+    struct HelpRole: Sendable, Equatable {
+        let task: String
+        let attempt: Int
+        let slot: Int
     }
 
     /// What the shell must do.
@@ -117,6 +129,13 @@ public struct CoordinatorCore: Sendable {
         case reject(worker: String, reason: String)
         case assign(worker: String, task: String, attempt: Int)
         case heartbeat(worker: String)
+        /// A worker idle when `task` was leased helps that attempt (a Help) as slot
+        /// `slot` of `slots`; the leader's Assign carries `slots` (`slots(of:attempt:)`).
+        case help(worker: String, task: String, attempt: Int, slot: Int, slots: Int)
+        /// Tell a member of the group of `task`'s attempt that slot `slot`'s worker is gone.
+        case peerLeft(worker: String, task: String, attempt: Int, slot: Int)
+        /// A leader found a helper's share wrong: that identity helps no more in this job.
+        case helpDistrusted(principal: String, task: String)
         case ack(worker: String, task: String, attempt: Int, accepted: Bool)
         case cancel(worker: String, task: String, attempt: Int)
         case shutdown(worker: String, reason: String)
@@ -177,6 +196,10 @@ public struct CoordinatorCore: Sendable {
     /// Verified tasks waiting for a second run (the scheduler looks for them even when
     /// no worker is idle, to hand them to the coordinator when no other identity is left).
     private var waitingForSecondRun = 0
+    /// Group sizes (leader + helpers) of the attempts that got helpers, by `key`.
+    private var groupSlots: [String: Int] = [:]
+    /// Identities whose shares a leader found wrong: they get no more help roles.
+    private var distrusted: Set<String> = []
     public private(set) var outcome: Outcome?
 
     /// `done` lists tasks already finished (a resumed job) with their accepted results;
@@ -228,6 +251,13 @@ public struct CoordinatorCore: Sendable {
     public func conduct(of principal: String) -> Conduct { conduct[principal] ?? Conduct() }
     /// The identity whose result a done task holds.
     public func producer(of task: String) -> String? { tasks[task]?.accepted?.principal }
+    /// The size of an attempt's group: 1 + the helpers it got (1: alone).
+    public func slots(of task: String, attempt: Int) -> Int { groupSlots[Self.key(task, attempt)] ?? 1 }
+    /// The workers helping a task now, by slot.
+    public func helpers(of task: String) -> [String] {
+        workers.keys.sorted().filter { workers[$0]!.helping.map { $0.task == task && isLive($0) } ?? false }
+            .sorted { workers[$0]!.helping!.slot < workers[$1]!.helping!.slot }
+    }
 
     // MARK: Events
 
@@ -266,6 +296,32 @@ public struct CoordinatorCore: Sendable {
             }
         }
         return []
+    }
+
+    /// A Peer from a worker in the group of `task`'s attempt `attempt`: the sender's slot
+    /// and the other members to relay it to, or nil when the sender is no member (its
+    /// group is over, or it never was one): the message is dropped.
+    public mutating func peerRoute(from worker: String, task: String, attempt: Int, now: Int64) -> (slot: Int, to: [String])? {
+        heard(from: worker, now: now)
+        let group = members(task, attempt)
+        guard let me = group.first(where: { $0.worker == worker }) else { return nil }
+        return (me.slot, group.filter { $0.worker != worker }.map(\.worker))
+    }
+
+    /// The leader of `task`'s attempt found slot `slot`'s share wrong: it starts its span
+    /// over alone, so every helper stops, and the helper's identity helps no more.
+    public mutating func distrust(from worker: String, task: String, attempt: Int, slot: Int, now: Int64) -> [Directive] {
+        heard(from: worker, now: now)
+        let group = members(task, attempt)
+        guard group.first?.worker == worker, let accused = group.first(where: { $0.slot == slot && $0.slot > 0 }),
+              let principal = workers[accused.worker]?.principal else { return [] }
+        distrusted.insert(principal)
+        var out: [Directive] = [.helpDistrusted(principal: principal, task: task)]
+        for member in group.dropFirst() {
+            workers[member.worker]!.helping = nil
+            out.append(.peerLeft(worker: member.worker, task: task, attempt: attempt, slot: 0))
+        }
+        return out + schedule(now: now)
     }
 
     /// Any message from a worker shows it is alive.
@@ -609,7 +665,19 @@ public struct CoordinatorCore: Sendable {
     }
 
     private mutating func lose(worker: String, reason: String, now: Int64) -> [Directive] {
-        guard let w = workers.removeValue(forKey: worker) else { return [] }
+        guard let w = workers[worker] else { return [] }
+        // Its groups hear of it first: a leader's helpers stop, a helper's leader computes
+        // its shards itself.
+        var told: [Directive] = []
+        if let role = w.helping, isLive(role) {
+            told += members(role.task, role.attempt).filter { $0.worker != worker }
+                .map { .peerLeft(worker: $0.worker, task: role.task, attempt: role.attempt, slot: role.slot) }
+        }
+        for id in w.running.sorted() {
+            guard case .leased(_, let attempt, _)? = tasks[id]?.state else { continue }
+            told += members(id, attempt).dropFirst().map { .peerLeft(worker: $0.worker, task: id, attempt: attempt, slot: 0) }
+        }
+        workers[worker] = nil
         var requeued: [String] = []
         var out: [Directive] = []
         let quarantined = conduct[w.principal]?.quarantined != nil
@@ -623,7 +691,48 @@ public struct CoordinatorCore: Sendable {
                 out += chargeOrFail(id, cause: "worker \(w.name) \(reason)")
             }
         }
-        return [.workerLost(worker: worker, requeued: requeued, reason: reason)] + out
+        return told + [.workerLost(worker: worker, requeued: requeued, reason: reason)] + out
+    }
+
+    /// Whether a help role's leader still holds that attempt's lease.
+    private func isLive(_ role: HelpRole) -> Bool {
+        if case .leased(_, let attempt, _)? = tasks[role.task]?.state { return attempt == role.attempt }
+        return false
+    }
+
+    /// A worker is idle when it runs nothing and helps no live group.
+    private func isIdle(_ w: Worker) -> Bool {
+        w.running.isEmpty && !(w.helping.map(isLive) ?? false)
+    }
+
+    /// The members of the group of `task`'s attempt while its lease holds: the leader
+    /// (slot 0), then its helpers by slot.
+    private func members(_ task: String, _ attempt: Int) -> [(worker: String, slot: Int)] {
+        guard case .leased(let leader, let current, _)? = tasks[task]?.state, current == attempt else { return [] }
+        let helping = workers.keys.sorted().compactMap { id -> (worker: String, slot: Int)? in
+            guard let role = workers[id]!.helping, role.task == task, role.attempt == attempt else { return nil }
+            return (id, role.slot)
+        }
+        return [(leader, 0)] + helping.sorted { $0.slot < $1.slot }
+    }
+
+    /// Workers still idle after a pass of `schedule` help the attempts it leased that take
+    /// helpers (in queue order), as many as each takes; distrusted identities help no one.
+    private mutating func recruitHelpers(for leased: [(task: String, attempt: Int)], idle: inout [String]) -> [Directive] {
+        var out: [Directive] = []
+        for (task, attempt) in leased {
+            let wanted = tasks[task]!.definition.helpers
+            let chosen = Array(idle.filter { !distrusted.contains(workers[$0]!.principal) }.prefix(wanted))
+            guard !chosen.isEmpty else { continue }
+            idle.removeAll { chosen.contains($0) }
+            let slots = chosen.count + 1
+            groupSlots[Self.key(task, attempt)] = slots
+            for (i, w) in chosen.enumerated() {
+                workers[w]!.helping = HelpRole(task: task, attempt: attempt, slot: i + 1)
+                out.append(.help(worker: w, task: task, attempt: attempt, slot: i + 1, slots: slots))
+            }
+        }
+        return out
     }
 
     private mutating func setState(_ id: String, _ state: TaskState) {
@@ -652,7 +761,7 @@ public struct CoordinatorCore: Sendable {
     private mutating func schedule(now: Int64) -> [Directive] {
         guard outcome == nil else { return [] }
         var out: [Directive] = []
-        var idle = workers.keys.filter { workers[$0]!.running.isEmpty }.sorted()
+        var idle = workers.keys.filter { isIdle(workers[$0]!) }.sorted()
         guard !idle.isEmpty || waitingForSecondRun > 0 else { return [] }
         let connected = Set(workers.values.map(\.principal))
         var deferred: [Int] = []
@@ -672,7 +781,11 @@ public struct CoordinatorCore: Sendable {
         for p in deferred where !idle.isEmpty && status[p] == .pending {
             out += assign(order[p], idle: &idle, connected: connected, now: now)
         }
-        return out
+        let helpable = out.compactMap { d -> (task: String, attempt: Int)? in
+            guard case .assign(_, let task, let attempt) = d, tasks[task]!.definition.helpers > 0 else { return nil }
+            return (task, attempt)
+        }
+        return helpable.isEmpty || idle.isEmpty ? out : out + recruitHelpers(for: helpable, idle: &idle)
     }
 
     /// Leases a ready task to one of the `idle` workers allowed to run it (one that ran

@@ -42,6 +42,9 @@ public final class CoordinatorShell {
     private var blasCores: [String: String] = [:]
     private let progress: ProgressReporter
     private var files: [String: FileHandle] = [:]
+    /// The work of the last attempt leased with helpers, for their Help messages, and its
+    /// examples' frame (sent to every member by reference).
+    private var groupWork: (task: String, attempt: Int, work: Prune_V1_Assign.OneOf_Work, examples: [(name: String, frame: ZMQFrame)])?
     /// The failure reason when a signal stopped the coordinator.
     public static let stoppedBySignal = "stopped by signal"
     /// The signal that stopped the coordinator (SIGTERM or SIGINT), 0 when none did.
@@ -79,7 +82,7 @@ public final class CoordinatorShell {
         self.logger = logger
         core = CoordinatorCore(tasks: workload.taskIDs.map {
                                    CoordinatorCore.TaskDefinition(id: $0, dependencies: workload.dependencies(of: $0), verify: workload.verifies(task: $0),
-                                                                   affinity: workload.affinity(of: $0))
+                                                                   affinity: workload.affinity(of: $0), helpers: workload.helpers(of: $0))
                                },
                                done: workload.doneTasks,
                                attempts: Dictionary(try workload.ledger.tasks().map { ($0.id, $0.attempts) }, uniquingKeysWith: max),
@@ -177,6 +180,7 @@ public final class CoordinatorShell {
         guard frames.count >= 2 else { dropped += 1; return }
         let identity = frames[0].bytes
         let worker = identity.map { String(format: "%02x", $0) }.joined()
+        if try relayPeer(frames, from: worker) { return }
         let body = frames.dropFirst().map(\.bytes)
         wireBytesIn += body.reduce(0) { $0 + $1.count }
         let message: WireMessage
@@ -228,6 +232,48 @@ public final class CoordinatorShell {
             dropped += 1
             logger.notice("dropped unexpected \(message.kind) from \(worker)")
         }
+    }
+
+    /// A Peer between the members of a training span's group goes on as it came, with
+    /// the sender's slot stamped on (its payload is the receivers' to check: they verify
+    /// sizes, and the leader recomputes a share to check its content). Returns false when
+    /// `frames` (after the routing id) are no Peer. The payload frames are forwarded as
+    /// they came, by reference (libzmq counts them), not copied.
+    private func relayPeer(_ frames: [ZMQFrame], from worker: String) throws -> Bool {
+        guard frames[1].count <= settings.maxEnvelopeBytes,
+              let envelope = try? frames[1].withUnsafeBytes({ try Prune_V1_Envelope(serializedBytes: Array($0)) }),
+              case .peer(var peer) = envelope.body else { return false }
+        wireBytesIn += frames.dropFirst().reduce(0) { $0 + $1.count }
+        let payloads = peer.kind == "share" ? 1 : 0
+        guard core.isKnown(worker: worker), envelope.protocolVersion == Settings.protocolVersion, frames.count == 2 + payloads,
+              envelope.payloads.count == payloads, !envelope.payloads.contains(where: \.stored) else {
+            dropped += 1
+            return true
+        }
+        let t = now()
+        switch peer.kind {
+        case "join", "share":
+            guard let route = core.peerRoute(from: worker, task: peer.taskID, attempt: Int(peer.attempt), now: t) else {
+                dropped += 1
+                return true
+            }
+            peer.slot = UInt32(route.slot)
+            var stamped = envelope
+            stamped.body = .peer(peer)
+            let relayed = [try ZMQFrame(bytes: try stamped.serializedBytes())] + frames.dropFirst(2)
+            for member in route.to {
+                guard let identity = identities[member] else { continue }
+                if (try? router.send([try ZMQFrame(bytes: identity)] + relayed, dontWait: true)) == true {
+                    wireBytesOut += relayed.reduce(0) { $0 + $1.count }
+                    core.sent(to: member, now: t)
+                }
+            }
+        case "distrust":
+            try execute(core.distrust(from: worker, task: peer.taskID, attempt: Int(peer.attempt), slot: Int(peer.slot), now: t))
+        default:
+            dropped += 1
+        }
+        return true
     }
 
     private func handleResult(_ r: Prune_V1_Result, message: WireMessage, from worker: String) throws {
@@ -405,11 +451,39 @@ public final class CoordinatorShell {
                 var a = Prune_V1_Assign()
                 a.taskID = taskID
                 a.attempt = UInt32(attempt)
-                a.work = work
+                let (light, examples) = try Self.examplesApart(work)
+                a.work = light
+                let slots = core.slots(of: taskID, attempt: attempt)
+                if slots > 1 {
+                    a.slots = UInt32(slots)
+                    groupWork = (taskID, attempt, light, examples)
+                }
                 workload.ledger.log(.init(time: wall, kind: "assign", task: taskID, worker: w, detail: "attempt \(attempt)"))
-                send(w, .with(.assign(a)))
+                send(w, .with(.assign(a)), frames: examples)
             case .heartbeat(let w):
                 send(w, .with(.heartbeat(Prune_V1_Heartbeat())))
+            case .help(let w, let task, let attempt, let slot, let slots):
+                // The leader's very work (its Assign just went out, in the same pass).
+                guard let group = groupWork, group.task == task, group.attempt == attempt, case .train(let train) = group.work else { continue }
+                defer { if slot == slots - 1 { groupWork = nil } }
+                var h = Prune_V1_Help()
+                h.taskID = task
+                h.attempt = UInt32(attempt)
+                h.slot = UInt32(slot)
+                h.slots = UInt32(slots)
+                h.train = train
+                workload.ledger.log(.init(time: wall, kind: "help", task: task, worker: w, detail: "attempt \(attempt) slot \(slot) of \(slots)"))
+                send(w, .with(.help(h)), frames: group.examples)
+            case .peerLeft(let w, let task, let attempt, let slot):
+                var p = Prune_V1_Peer()
+                p.taskID = task
+                p.attempt = UInt32(attempt)
+                p.kind = "left"
+                p.slot = UInt32(slot)
+                send(w, .with(.peer(p)))
+            case .helpDistrusted(let principal, let task):
+                logger.warning("\(principal)'s share in the span \(task) disagreed with the leader's own computation; it helps no more")
+                workload.ledger.log(.init(time: wall, kind: "distrust", task: task, worker: nil, detail: principal))
             case .ack(let w, let task, let attempt, let accepted):
                 var a = Prune_V1_Ack()
                 a.taskID = task
@@ -461,6 +535,42 @@ public final class CoordinatorShell {
                 try workload.ledger.setJobValue("state", "failed")
                 try workload.ledger.setJobValue("error", reason)
             }
+        }
+    }
+
+    /// A training span's examples travel as a payload frame of its Assign (and of its
+    /// helpers' Help), not inside the protobuf: the frame is made once and sent to every
+    /// member by reference, and a worker's I/O thread passes it on without parsing or
+    /// copying it. Other work travels whole.
+    static func examplesApart(_ work: Prune_V1_Assign.OneOf_Work) throws -> (Prune_V1_Assign.OneOf_Work, [(name: String, frame: ZMQFrame)]) {
+        guard case .train(var t) = work, t.action == "span", !t.inputBytes.isEmpty || !t.inputs.isEmpty else { return (work, []) }
+        let name = t.inputBytes.isEmpty ? TrainTaskExamples.inputs : TrainTaskExamples.inputBytes
+        let bytes = t.inputBytes.isEmpty ? t.inputs : t.inputBytes
+        t.inputBytes = Data()
+        t.inputs = Data()
+        return (.train(t), [(name, try bytes.withUnsafeBytes { try ZMQFrame($0) })])
+    }
+
+    /// Sends an envelope whose payloads are frames already made (`examplesApart`), by
+    /// reference; they travel without a digest (`WireMessage.Outgoing(transient:)`).
+    private func send(_ worker: String, _ envelope: Prune_V1_Envelope, frames payloads: [(name: String, frame: ZMQFrame)]) {
+        guard !payloads.isEmpty else { return send(worker, envelope) }
+        guard let identity = identities[worker] else { return }
+        do {
+            var e = envelope
+            e.protocolVersion = Settings.protocolVersion
+            e.payloads = payloads.map { p in
+                var info = Prune_V1_PayloadInfo()
+                info.name = p.name
+                info.size = UInt64(p.frame.count)
+                return info
+            }
+            let head = try ZMQFrame(bytes: try e.serializedBytes())
+            try router.send([try ZMQFrame(bytes: identity), head] + payloads.map(\.frame), dontWait: true)
+            wireBytesOut += head.count + payloads.reduce(0) { $0 + $1.frame.count }
+            core.sent(to: worker, now: now())
+        } catch {
+            logger.notice("could not send to \(names[worker] ?? worker): \(error)")
         }
     }
 

@@ -47,6 +47,9 @@ public struct WorkerOptions: Sendable {
         case swapMaskBits = "swap-mask-bits"
         /// A plausible fitness, too good: halves a candidate's KL divergence.
         case flatterFitness = "flatter-fitness"
+        /// A helper of a training span whose shares are off by one bit: the last bit of
+        /// each share's first value flipped.
+        case skewShares = "skew-shares"
     }
 
     public init(endpoint: String, name: String) {
@@ -101,7 +104,9 @@ public final class Worker {
         try send(dealer, hello())
 
         /// Carries out directives; returns the exit status when one says to leave.
-        func execute(_ directives: [WorkerCore.Directive], frames: [[UInt8]]) throws -> Int32? {
+        /// `frames` are forwarded as they came, by reference (libzmq counts them): a span's
+        /// Assign carries tens of megabytes of examples.
+        func execute(_ directives: [WorkerCore.Directive], frames: [ZMQFrame]) throws -> Int32? {
             for d in directives {
                 switch d {
                 case .forwardToCompute: try pair.send(frames)
@@ -136,21 +141,43 @@ public final class Worker {
             let ready = try poller.poll(timeoutMs: core.wait(now: now()))
             if ready[0] {
                 while let frames = try dealer.receiveMultipart(dontWait: true) {
-                    guard let message = decode(frames) else { continue }
-                    if case .assign = message.envelope.body, options.testExitOnTask { exit(3) }
-                    if case .assign(let a) = message.envelope.body { compute.cancellations.register(a.taskID, attempt: a.attempt) }
-                    if let code = try execute(core.fromCoordinator(message.envelope.body, now: now()), frames: frames.map(\.bytes)) { return code }
+                    // A span group's share goes to the compute thread as it came (by
+                    // reference, not copied); the compute thread checks it.
+                    if let peer = Self.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) {
+                        _ = core.fromCoordinator(peer, now: now())
+                        try pair.send(frames)
+                        continue
+                    }
+                    // The envelope says what it is; the compute thread decodes and checks
+                    // the whole message (a span's examples are passed on, not copied here).
+                    guard let body = envelope(frames)?.body else { continue }
+                    if case .assign = body, options.testExitOnTask { exit(3) }
+                    if case .assign(let a) = body { compute.cancellations.register(a.taskID, attempt: a.attempt) }
+                    if let code = try execute(core.fromCoordinator(body, now: now()), frames: frames) { return code }
                 }
             }
             if ready[1] {
                 while let frames = try pair.receiveMultipart(dontWait: true) {
-                    let bytes = frames.map(\.bytes)
-                    let body = (try? WireMessage.decode(bytes))?.envelope.body
-                    _ = try execute(core.fromCompute(body), frames: bytes)
+                    if Self.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) != nil {
+                        if !(try dealer.send(frames, dontWait: true)) { logger.info("could not queue a share for the coordinator") }
+                        continue
+                    }
+                    // Its own compute thread's: the envelope says what it is (the payloads
+                    // are the coordinator's to check).
+                    let body = frames.first.flatMap { head in try? head.withUnsafeBytes { try Prune_V1_Envelope(serializedBytes: Array($0)) } }?.body
+                    _ = try execute(core.fromCompute(body), frames: frames)
                 }
             }
             if let code = try execute(core.tick(now: now()), frames: []) { return code }
         }
+    }
+
+    /// The body of a Peer message (read from its envelope frame alone), or nil for any other.
+    static func peer(_ frames: [ZMQFrame], maxEnvelopeBytes: Int) -> Prune_V1_Envelope.OneOf_Body? {
+        guard let head = frames.first, head.count <= maxEnvelopeBytes,
+              let envelope = try? head.withUnsafeBytes({ try Prune_V1_Envelope(serializedBytes: Array($0)) }),
+              case .peer = envelope.body else { return nil }
+        return envelope.body
     }
 
     private func connect() throws -> ZMQSocket {
@@ -194,13 +221,15 @@ public final class Worker {
         try socket.send(frames, dontWait: true)
     }
 
-    private func decode(_ frames: [ZMQFrame]) -> WireMessage? {
-        do {
-            return try WireMessage.decode(frames.map(\.bytes), settings: options.settings.fromCoordinator)
-        } catch {
-            logger.notice("dropped a malformed message from the coordinator: \(error)")
+    /// A coordinator message's envelope (its first frame), or nil (logged) when it is not one.
+    private func envelope(_ frames: [ZMQFrame]) -> Prune_V1_Envelope? {
+        let limit = options.settings.fromCoordinator.maxEnvelopeBytes
+        guard let head = frames.first, head.count <= limit,
+              let envelope = try? head.withUnsafeBytes({ try Prune_V1_Envelope(serializedBytes: Array($0)) }), envelope.body != nil else {
+            logger.notice("dropped a malformed message from the coordinator")
             return nil
         }
+        return envelope
     }
 }
 

@@ -74,7 +74,9 @@ public struct WorkerCore: Sendable {
             running.removeAll { revoked.contains($0) }
             return revoked.isEmpty ? [] : [.cancelAttempt(task: c.taskID, attempt: c.attempt),
                                            .log("coordinator cancelled task \(c.taskID) attempt \(c.attempt)")]
-        case .chunk:
+        case .chunk, .help, .peer:
+            // Chunks, and a training span's group (Help, the members' shares): the compute
+            // thread's; a Help is no lease (nothing is answered for it).
             return [.forwardToCompute]
         case .shutdown(let s):
             return [.log("coordinator says shut down: \(s.reason)"), .exit(code: 0)]

@@ -24,6 +24,8 @@ public protocol ClusterWorkload: AnyObject {
     func verifies(task: String) -> Bool
     /// Tasks with the same key are best run by the same worker (nil: any worker).
     func affinity(of task: String) -> String?
+    /// How many idle workers may help a task when it starts (a training span's all-gather).
+    func helpers(of task: String) -> Int
     /// Whether verified results come from BLAS, whose last bits depend on the CPU kernel.
     var verifiesBLASResults: Bool { get }
     /// Where workers that see the coordinator's disk find artifacts ("" when none).
@@ -79,6 +81,7 @@ extension ClusterWorkload {
     public func dependencies(of task: String) -> [String] { [] }
     public func verifies(task: String) -> Bool { false }
     public func affinity(of task: String) -> String? { nil }
+    public func helpers(of task: String) -> Int { 0 }
     public var verifiesBLASResults: Bool { false }
     public func reopen(task: String, reason: String) throws {}
     public func recomputation(of task: String) throws -> @Sendable () throws -> [ResultPayload] {
@@ -112,6 +115,10 @@ extension ClusterJob: ClusterWorkload {
 
     public func affinity(of task: String) -> String? {
         TaskID(task).flatMap { dag.task($0)?.affinity }
+    }
+
+    public func helpers(of task: String) -> Int {
+        TaskID(task).flatMap { dag.task($0)?.helpers } ?? 0
     }
 
     public var verifiesBLASResults: Bool { verifyFraction > 0 && spec.runsCalibration }

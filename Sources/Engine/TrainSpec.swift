@@ -36,6 +36,15 @@ public struct TrainSpec: Sendable, Equatable {
         /// than an exchange and a round trip through the coordinator take (a small
         /// classifier); spans run one after another, so more workers do not speed it up.
         case none
+        /// Spans as `none`, each helped by the workers idle when it starts: every member
+        /// of the span's group computes its slice of each step's shards and shares the
+        /// gradients with the others through the coordinator (an all-gather), and every
+        /// member sums all shards in shard order and takes the step itself, so the bytes
+        /// equal `star`'s and `none`'s whoever computed which shard. The leader recomputes
+        /// one helper share per span to check it and can compute any shard itself: a
+        /// helper that is slow, dies or lies costs time, never the result. For the MLP
+        /// classifier (a language model's shares would be its whole gradient).
+        case allgather
     }
 
     /// Labelled examples: an IDX images file, a directory holding the MNIST-style
@@ -66,7 +75,8 @@ public struct TrainSpec: Sendable, Equatable {
     public var checkpointEvery = 50
     /// Seeds the order of the examples in every epoch.
     public var seed: UInt64
-    /// `exchange: none` runs each span between checkpoints as one task (see `Exchange`).
+    /// `exchange: none` (or `allgather`) runs each span between checkpoints as one task
+    /// (see `Exchange`).
     public var exchange = Exchange.star
 
     public static let maxEpochs = 1000

@@ -150,6 +150,22 @@ public nonisolated struct Prune_V1_Envelope: Sendable {
     set {body = .goodbye(newValue)}
   }
 
+  public var help: Prune_V1_Help {
+    get {
+      if case .help(let v)? = body {return v}
+      return Prune_V1_Help()
+    }
+    set {body = .help(newValue)}
+  }
+
+  public var peer: Prune_V1_Peer {
+    get {
+      if case .peer(let v)? = body {return v}
+      return Prune_V1_Peer()
+    }
+    set {body = .peer(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -166,6 +182,8 @@ public nonisolated struct Prune_V1_Envelope: Sendable {
     case chunk(Prune_V1_Chunk)
     case ack(Prune_V1_Ack)
     case goodbye(Prune_V1_Goodbye)
+    case help(Prune_V1_Help)
+    case peer(Prune_V1_Peer)
 
   }
 
@@ -507,6 +525,13 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._work = .units(newValue)}
   }
 
+  /// A training span's group: 1 + the helpers the coordinator gave this task (Help), who
+  /// compute slices of each step's gradient and share them (Peer). 0 or 1: alone.
+  public var slots: UInt32 {
+    get {_storage._slots}
+    set {_uniqueStorage()._slots = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -536,6 +561,75 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Coordinator → worker: help the worker leasing `task_id` (attempt `attempt`) with its
+/// training span (action "span" of `train`, the leader's very work): take slot `slot` of
+/// `slots`, compute that slot's shards of every step and share them, and take the step
+/// with the others' shares. Not a lease: nothing is answered; the help ends with the span,
+/// when the leader leaves (a Peer "left" from slot 0), or when an Assign arrives.
+public nonisolated struct Prune_V1_Help: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var taskID: String = String()
+
+  public var attempt: UInt32 = 0
+
+  public var slot: UInt32 = 0
+
+  public var slots: UInt32 = 0
+
+  public var train: Prune_V1_TrainTask {
+    get {_train ?? Prune_V1_TrainTask()}
+    set {_train = newValue}
+  }
+  /// Returns true if `train` has been explicitly set.
+  public var hasTrain: Bool {self._train != nil}
+  /// Clears the value of `train`. Subsequent reads from it will return its default value.
+  public mutating func clearTrain() {self._train = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _train: Prune_V1_TrainTask? = nil
+}
+
+/// Between the members of a span's group, relayed by the coordinator (which sets `slot`
+/// to the sender's own). Kinds: "join" (a helper holds the base state, ready for step 0),
+/// "share" (gradient of shards [first, first + count) of step `step`, one F32 payload
+/// "gradient" — a running sum of shards 0 … first + count − 1 when `prefix` — and the
+/// shards' loss triples in `losses`), "left" (from the coordinator: slot `slot`'s worker is
+/// gone), "distrust" (leader → coordinator: slot `slot`'s share disagreed with the
+/// leader's own computation; the span starts over without it).
+public nonisolated struct Prune_V1_Peer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var taskID: String = String()
+
+  public var attempt: UInt32 = 0
+
+  public var kind: String = String()
+
+  public var slot: UInt32 = 0
+
+  public var step: UInt32 = 0
+
+  public var first: UInt32 = 0
+
+  public var count: UInt32 = 0
+
+  public var prefix: Bool = false
+
+  public var losses: [Double] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Measures a pruned tensor (the `weight_norms: true` phase): the squared L2 norms of its
@@ -1908,7 +2002,7 @@ fileprivate nonisolated let _protobuf_package = "prune.v1"
 
 nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}payloads\0\u{2}\u{8}hello\0\u{1}welcome\0\u{1}reject\0\u{1}heartbeat\0\u{1}assign\0\u{1}result\0\u{1}fail\0\u{1}cancel\0\u{1}shutdown\0\u{3}chunk_request\0\u{1}chunk\0\u{1}ack\0\u{1}goodbye\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}payloads\0\u{2}\u{8}hello\0\u{1}welcome\0\u{1}reject\0\u{1}heartbeat\0\u{1}assign\0\u{1}result\0\u{1}fail\0\u{1}cancel\0\u{1}shutdown\0\u{3}chunk_request\0\u{1}chunk\0\u{1}ack\0\u{1}goodbye\0\u{1}help\0\u{1}peer\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2087,6 +2181,32 @@ nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
           self.body = .goodbye(v)
         }
       }()
+      case 23: try {
+        var v: Prune_V1_Help?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .help(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .help(v)
+        }
+      }()
+      case 24: try {
+        var v: Prune_V1_Peer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .peer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .peer(v)
+        }
+      }()
       default: break
       }
     }
@@ -2155,6 +2275,14 @@ nonisolated extension Prune_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
     case .goodbye?: try {
       guard case .goodbye(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+    }()
+    case .help?: try {
+      guard case .help(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+    }()
+    case .peer?: try {
+      guard case .peer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
     }()
     case nil: break
     }
@@ -2472,12 +2600,13 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{2}\u{8}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0\u{1}units\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}slots\0\u{2}\u{7}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0\u{1}units\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
     var _attempt: UInt32 = 0
     var _work: Prune_V1_Assign.OneOf_Work?
+    var _slots: UInt32 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2491,6 +2620,7 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       _taskID = source._taskID
       _attempt = source._attempt
       _work = source._work
+      _slots = source._slots
     }
   }
 
@@ -2511,6 +2641,7 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
         switch fieldNumber {
         case 1: try { try decoder.decodeSingularStringField(value: &_storage._taskID) }()
         case 2: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempt) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._slots) }()
         case 10: try {
           var v: Prune_V1_MaskTask?
           var hadOneofValue = false
@@ -2789,6 +2920,9 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       if _storage._attempt != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._attempt, fieldNumber: 2)
       }
+      if _storage._slots != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._slots, fieldNumber: 3)
+      }
       switch _storage._work {
       case .mask?: try {
         guard case .mask(let v)? = _storage._work else { preconditionFailure() }
@@ -2884,10 +3018,135 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
         if _storage._taskID != rhs_storage._taskID {return false}
         if _storage._attempt != rhs_storage._attempt {return false}
         if _storage._work != rhs_storage._work {return false}
+        if _storage._slots != rhs_storage._slots {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_Help: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Help"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}slot\0\u{1}slots\0\u{1}train\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.taskID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._train) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.taskID.isEmpty {
+      try visitor.visitSingularStringField(value: self.taskID, fieldNumber: 1)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 2)
+    }
+    if self.slot != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slot, fieldNumber: 3)
+    }
+    if self.slots != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 4)
+    }
+    try { if let v = self._train {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_Help, rhs: Prune_V1_Help) -> Bool {
+    if lhs.taskID != rhs.taskID {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.slot != rhs.slot {return false}
+    if lhs.slots != rhs.slots {return false}
+    if lhs._train != rhs._train {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Peer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}kind\0\u{1}slot\0\u{1}step\0\u{1}first\0\u{1}count\0\u{1}prefix\0\u{1}losses\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.taskID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.step) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.first) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.count) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.prefix) }()
+      case 9: try { try decoder.decodeRepeatedDoubleField(value: &self.losses) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.taskID.isEmpty {
+      try visitor.visitSingularStringField(value: self.taskID, fieldNumber: 1)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 2)
+    }
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 3)
+    }
+    if self.slot != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slot, fieldNumber: 4)
+    }
+    if self.step != 0 {
+      try visitor.visitSingularUInt32Field(value: self.step, fieldNumber: 5)
+    }
+    if self.first != 0 {
+      try visitor.visitSingularUInt32Field(value: self.first, fieldNumber: 6)
+    }
+    if self.count != 0 {
+      try visitor.visitSingularUInt32Field(value: self.count, fieldNumber: 7)
+    }
+    if self.prefix != false {
+      try visitor.visitSingularBoolField(value: self.prefix, fieldNumber: 8)
+    }
+    if !self.losses.isEmpty {
+      try visitor.visitPackedDoubleField(value: self.losses, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_Peer, rhs: Prune_V1_Peer) -> Bool {
+    if lhs.taskID != rhs.taskID {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.slot != rhs.slot {return false}
+    if lhs.step != rhs.step {return false}
+    if lhs.first != rhs.first {return false}
+    if lhs.count != rhs.count {return false}
+    if lhs.prefix != rhs.prefix {return false}
+    if lhs.losses != rhs.losses {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -39,6 +39,46 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(c.outcome, .completed)
     }
 
+    /// A task that takes helpers (a training span) gets the workers still idle after the
+    /// ready tasks are handed out; they are busy while its lease holds and idle the moment
+    /// it ends; a lost helper or leader is told to the rest of the group; a distrusted
+    /// identity helps no more.
+    func testIdleWorkersHelpATaskThatTakesHelpersWhileItsLeaseHolds() {
+        var c = Core(tasks: [Core.TaskDefinition(id: "s1", helpers: 2), Core.TaskDefinition(id: "s2", dependencies: ["s1"], helpers: 2),
+                             Core.TaskDefinition(id: "s3", dependencies: ["s2"], helpers: 1)], settings: settings)
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, now: 0)
+        XCTAssertEqual(c.slots(of: "s1", attempt: 1), 1, "alone when it was leased")
+        // A worker arriving later does not join a running group.
+        XCTAssertTrue(c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, now: 1).allSatisfy { if case .help = $0 { return false }; return true })
+        _ = c.hello(worker: "w3", name: "3", protocolVersion: Settings.protocolVersion, now: 1)
+        let d = c.completed(task: "s1", by: "w1", attempt: 1, now: 2)
+        XCTAssertEqual(Array(d.suffix(3)), [.assign(worker: "w1", task: "s2", attempt: 1),
+                                            .help(worker: "w2", task: "s2", attempt: 1, slot: 1, slots: 3),
+                                            .help(worker: "w3", task: "s2", attempt: 1, slot: 2, slots: 3)])
+        XCTAssertEqual(c.slots(of: "s2", attempt: 1), 3)
+        XCTAssertEqual(c.helpers(of: "s2"), ["w2", "w3"])
+        // Members' messages go to the others; a stranger's go nowhere.
+        XCTAssertEqual(c.peerRoute(from: "w2", task: "s2", attempt: 1, now: 3)?.slot, 1)
+        XCTAssertEqual(c.peerRoute(from: "w2", task: "s2", attempt: 1, now: 3)?.to, ["w1", "w3"])
+        XCTAssertNil(c.peerRoute(from: "w2", task: "s2", attempt: 2, now: 3))
+        XCTAssertNil(c.peerRoute(from: "w2", task: "s1", attempt: 1, now: 3))
+        // A helper lost: the leader and the other helper hear of it.
+        let lost = c.goodbye(worker: "w3", reason: "gone", now: 4)
+        XCTAssertEqual(Array(lost.prefix(2)), [.peerLeft(worker: "w1", task: "s2", attempt: 1, slot: 2),
+                                               .peerLeft(worker: "w2", task: "s2", attempt: 1, slot: 2)])
+        // The leader says helper 1 lied: it stops, helps no more, and is idle for the next task.
+        XCTAssertEqual(c.distrust(from: "w2", task: "s2", attempt: 1, slot: 1, now: 5), [], "only the leader may")
+        let distrust = c.distrust(from: "w1", task: "s2", attempt: 1, slot: 1, now: 5)
+        XCTAssertEqual(distrust, [.helpDistrusted(principal: "name:2", task: "s2"), .peerLeft(worker: "w2", task: "s2", attempt: 1, slot: 0)])
+        XCTAssertEqual(c.helpers(of: "s2"), [])
+        // The lease ends; the next span's leader gets no help from the distrusted identity.
+        let next = c.completed(task: "s2", by: "w1", attempt: 1, now: 6)
+        XCTAssertFalse(next.contains { if case .help = $0 { return true }; return false })
+        XCTAssertEqual(assigns(next), ["s3"])
+        // Idle as soon as the lease ends, without a word from the helper.
+        XCTAssertEqual(c.runningTasks(of: "w2"), [])
+    }
+
     /// The evolutionary search's queue (candidate-major, two shards): a worker keeps the
     /// shard it started, even when it finishes out of turn, and an idle worker is never
     /// kept waiting for a busy one's shard.

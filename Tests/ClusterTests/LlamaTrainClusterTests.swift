@@ -141,6 +141,7 @@ final class LlamaTrainClusterTests: XCTestCase {
             ("method: wanda\n\(calibration)\ntrain: {data: ids.npy, tokens: 8, learning_rate: -1}", "train.learning_rate"),
             ("method: wanda\n\(calibration)\ntrain: {data: oov.npy, tokens: 8}", "outside the model's vocabulary"),
             ("method: magnitude\ntrain: {data: ids.npy, tokens: 8}\nschedule: {method: gradual}", "a Llama model fine-tunes the job's masks"),
+            ("method: wanda\n\(calibration)\ntrain: {data: ids.npy, tokens: 8, exchange: allgather}", "train.exchange: allgather"),
         ]
         for (i, c) in cases.enumerated() {
             let name = "bad\(i)"

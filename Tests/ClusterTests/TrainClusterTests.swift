@@ -129,6 +129,52 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertFalse(doneTasks("gradual-none").contains { $0.id.hasPrefix("train:grad:") })
     }
 
+    /// `exchange: allgather`: a span is helped by the workers idle when it starts, who
+    /// share each step's shard gradients through the coordinator: out/ is the star
+    /// exchange's bytes on 0, 1, 2 and (4 shards, groups of 3) 3 workers, and the ledger
+    /// shows the help roles.
+    func testAnAllGatherSpanIsHelpedByIdleWorkersAndGivesTheStarExchangesBytes() throws {
+        let star = try run("star-w0", train: small, workers: 0)
+        for w in [0, 1, 2] { XCTAssertEqual(try run("gather-w\(w)", train: small + ", exchange: allgather", workers: w), star, "\(w) workers") }
+        let ledger = { (job: String) throws in try Ledger(path: self.dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true) }
+        XCTAssertEqual(Set(doneTasks("gather-w2").filter { $0.phase == "train" }.map(\.id)), Set([5, 10, 12, 15, 20, 24, 25, 30, 35, 36].map { "train:ckpt:\($0)" }))
+        let helps = try ledger("gather-w2").events().filter { $0.kind == "help" }
+        XCTAssertFalse(helps.isEmpty, "a second worker helped")
+        XCTAssertTrue(helps.allSatisfy { $0.detail.hasSuffix("slot 1 of 2") }, helps.map(\.detail).joined(separator: "; "))
+        XCTAssertTrue(try ledger("gather-w1").events().filter { $0.kind == "help" }.isEmpty, "one worker has no one to help it")
+        XCTAssertTrue(try ledger("gather-w2").events().filter { $0.kind == "distrust" }.isEmpty)
+
+        let four = "examples: 1200, epochs: 1, batch: 100, shards: 4, learning_rate: 0.1, checkpoint_every: 4, lr_schedule: cosine"
+        XCTAssertEqual(try run("gather4-w3", train: four + ", exchange: allgather", workers: 3), try run("star4-w0", train: four, workers: 0))
+        XCTAssertTrue(try ledger("gather4-w3").events().contains { $0.kind == "help" && $0.detail.hasSuffix("slot 2 of 3") })
+    }
+
+    /// A helper whose shares are off by one bit (`PRUNE_TEST_LIE=skew-shares`): the
+    /// leader's seeded recomputation catches it in the first span it helps, the leader takes
+    /// that span again alone, the liar helps no more, and out/ is the honest bytes.
+    func testALyingHelperIsCaughtAndTheSpanTakenAgainAlone() throws {
+        let train = "examples: 1200, epochs: 3, batch: 100, shards: 2, learning_rate: 0.1, checkpoint_every: 2"
+        let expected = try run("reference", train: train, workers: 0)
+        let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", try writeSpec("lied", train: train + ", exchange: allgather"),
+                                                            "--bind", endpoint, "--insecure"], cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("listening on") }, coord.stderr)
+        let liar = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "liar"],
+                                  environment: ["PRUNE_TEST_LIE": "skew-shares"])
+        let honest = try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--insecure", "--name", "honest"])
+        XCTAssertEqual(coord.wait(seconds: 300), 0, coord.stderr)
+        _ = liar.wait(seconds: 10)
+        _ = honest.wait(seconds: 10)
+        XCTAssertEqual(outputs("lied"), expected)
+        let ledger = try Ledger(path: dir.file("lied/ledger.sqlite"), create: false, readOnly: true)
+        let liars = Set(try ledger.workers().filter { $0.name == "liar" }.map(\.id))
+        let events = try ledger.events()
+        // 18 spans: the liar helps one of them unless it led every span it could help.
+        XCTAssertEqual(events.filter { $0.kind == "help" && liars.contains($0.worker ?? "") }.count, 1, "the liar helped once, then no more")
+        let distrust = events.filter { $0.kind == "distrust" }
+        XCTAssertEqual(distrust.map(\.detail), ["name:liar"])
+    }
+
     /// `lr_schedule: cosine`: every step's size comes from the coordinator, so 0 and 2
     /// workers give the same bytes; and the steps are not the constant schedule's.
     func testACosineLearningRateGivesTheSameBytesForAnyWorkerCount() throws {

@@ -5,10 +5,11 @@
 # (first train task handed out to last one done, from the ledger), the bytes compared
 # across worker counts, and per step the median worker time of a gradient task and the
 # bytes each worker exchanges. EXCHANGES="star none" also runs `exchange: none` (each span
-# between checkpoints one task; the bytes must equal the star exchange's). Then one step of the same MLP and batch, ours against torch
+# between checkpoints one task; the bytes must equal the star exchange's), "allgather" its
+# spans helped by the idle workers; EPOCHS (default 1) epochs. Then one step of the same MLP and batch, ours against torch
 # (CPU, one thread) in the same run: `PruneBench train-step` and train_step_torch.py.
 #   ops/bench/train.sh [WORKDIR]
-#   CONFIGS="128:2 1024:4" WORKERS="0 1 2" EXAMPLES=20480 STEP_BATCHES="128 512" EXCHANGES="star none"
+#   CONFIGS="128:2 1024:4" WORKERS="0 1 2" EXAMPLES=20480 STEP_BATCHES="128 512" EXCHANGES="star none allgather" EPOCHS=1
 set -euo pipefail
 dir="$(realpath -m "${1:-/tmp/prune-train-throughput}")"
 cd "$(dirname "$0")/../.."
@@ -23,18 +24,18 @@ for config in ${CONFIGS:-128:2 1024:4}; do
   for w in ${WORKERS:-0 1 2}; do
     job="$dir/b$batch-s$shards-$exchange-w$w"
     rm -rf "$job"
-    printf 'model: %s\noutput: %s\nmethod: magnitude\nsparsity: 0\ntrain: {data: /usr/share/datasets/fashion-mnist, examples: %s, epochs: 1, batch: %s, shards: %s, learning_rate: 0.05, exchange: %s}\n' \
-      "$dir/init" "$job" "$examples" "$batch" "$shards" "$exchange" > "$job.yaml"
+    printf 'model: %s\noutput: %s\nmethod: magnitude\nsparsity: 0\ntrain: {data: /usr/share/datasets/fashion-mnist, examples: %s, epochs: %s, batch: %s, shards: %s, learning_rate: 0.05, exchange: %s}\n' \
+      "$dir/init" "$job" "$examples" "${EPOCHS:-1}" "$batch" "$shards" "$exchange" > "$job.yaml"
     start=$EPOCHREALTIME
     "$prune" run -q --workers "$w" "$job.yaml" > "$job.log"
     end=$EPOCHREALTIME
-    python3 - "$job" "$batch" "$shards" "$w" "$start" "$end" "$examples" "$exchange" <<'PY'
+    python3 - "$job" "$batch" "$shards" "$w" "$start" "$end" "$examples" "$exchange" "${EPOCHS:-1}" <<'PY'
 import os, sqlite3, statistics, sys
-job, batch, shards, w, start, end, examples, exchange = sys.argv[1:]
+job, batch, shards, w, start, end, examples, exchange, epochs = sys.argv[1:]
 batch, shards, examples = int(batch), int(shards), int(examples)
-steps = examples // batch
+steps = examples // batch * int(epochs)
 wall = float(end) - float(start)
-line = f"batch {batch:5} shards {shards} exchange {exchange:4} workers {w}: job {wall:6.2f} s"
+line = f"batch {batch:5} shards {shards} exchange {exchange:9} workers {w}: job {wall:6.2f} s"
 ledger = f"{job}/ledger.sqlite"
 if os.path.exists(ledger):
     c = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)

@@ -39,10 +39,14 @@ public struct PhaseTask: Sendable, Equatable {
     /// model's outputs on one token sample): the scheduler prefers to give them to the
     /// worker that ran one before. Scheduling only: results never depend on it.
     public let affinity: String?
-    public init(_ id: TaskID, after dependencies: [TaskID] = [], affinity: String? = nil) {
+    /// How many workers idle when it starts may help it (a training span's all-gather):
+    /// scheduling only, its result never depends on them.
+    public let helpers: Int
+    public init(_ id: TaskID, after dependencies: [TaskID] = [], affinity: String? = nil, helpers: Int = 0) {
         self.id = id
         self.dependencies = dependencies
         self.affinity = affinity
+        self.helpers = helpers
     }
 }
 
@@ -79,6 +83,8 @@ public protocol TaskInputs {
     /// where the store allows (a worker maps a local artifact file): what a task that
     /// only reads a large artifact once (a training step's gradients) uses.
     func withArtifact<R>(_ ref: Prune_V1_ArtifactRef, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R
+    /// The span group a training span task runs in (`train.exchange: allgather`), if any.
+    var spanGroup: SpanGroup? { get }
 }
 
 extension TaskInputs {

@@ -87,15 +87,18 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         guard total > 0 else { throw SpecError("train: no steps to take (an epoch of \(perEpoch) batches, \(total / max(perEpoch, 1)) epochs)") }
         // Every epoch's end (so every round's start) is a checkpoint.
         checkpoints = (1...total).filter { $0 % every == 0 || $0 % perEpoch == 0 }
-        if spec.exchange == .none {
+        if spec.exchange == .allgather, trainee is LlamaTrainee {
+            throw SpecError("train.exchange: allgather shares each shard's whole gradient through the coordinator every step: for the MLP classifier; a language model trains with star or none")
+        }
+        if spec.exchange != .star {
             // A span task carries the examples of all its steps: bounded before any is built.
             let longest = zip([0] + checkpoints, checkpoints).map { $1 - $0 }.max() ?? 0
             let step = spec.batch * trainee.bytesPerExample, bytes = longest * step
             guard step <= TrainSpec.maxSpanBytes else {
-                throw SpecError("train.exchange: none: one step's \(spec.batch) examples carry \(step) bytes, more than the \(TrainSpec.maxSpanBytes) a task may; lower train.batch\(trainee is LlamaTrainee ? " or train.tokens" : "")")
+                throw SpecError("train.exchange: \(spec.exchange.rawValue): one step's \(spec.batch) examples carry \(step) bytes, more than the \(TrainSpec.maxSpanBytes) a task may; lower train.batch\(trainee is LlamaTrainee ? " or train.tokens" : "")")
             }
             guard bytes <= TrainSpec.maxSpanBytes else {
-                throw SpecError("train.exchange: none: a task's \(longest) steps of \(spec.batch) examples carry \(bytes) bytes, more than \(TrainSpec.maxSpanBytes); lower train.checkpoint_every")
+                throw SpecError("train.exchange: \(spec.exchange.rawValue): a task's \(longest) steps of \(spec.batch) examples carry \(bytes) bytes, more than \(TrainSpec.maxSpanBytes); lower train.checkpoint_every")
             }
         }
     }
@@ -195,7 +198,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             }
             if next < checkpoints.count, checkpoints[next] == t + 1 {
                 // A checkpoint at a round's end belongs to that round (the next one prunes it).
-                out.append(PhaseTask(TrainPhase.checkpointID(step: t + 1), after: stateInputs(step: t + 1, round: r)))
+                // A span (all-gather) may be helped by a worker per further shard.
+                out.append(PhaseTask(TrainPhase.checkpointID(step: t + 1), after: stateInputs(step: t + 1, round: r),
+                                     helpers: spec.exchange == .allgather ? spec.shards - 1 : 0))
                 next += 1
             }
         }

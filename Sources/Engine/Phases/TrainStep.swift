@@ -52,7 +52,7 @@ enum TrainStep {
     /// A worker's last state (one training at a time: a worker runs one task at a time):
     /// the base it started from and the steps it applied since (their gradients' digests),
     /// which a task's base and steps must begin with for it to continue from here.
-    private final class Kept: @unchecked Sendable {
+    final class Kept: @unchecked Sendable {
         let lock = NSLock()
         var baseLineage = ""
         var applied: [Prune_V1_TrainStep] = []
@@ -82,7 +82,7 @@ enum TrainStep {
             return nil
         }
     }
-    private static let kept = Kept()
+    static let kept = Kept()
 
     static func run(_ r: Prune_V1_TrainTask, inputs: TaskInputs) throws -> TaskOutputs {
         let where_ = "train task (\(r.action), step \(Int(r.baseStep) + r.steps.count))"
@@ -111,6 +111,17 @@ enum TrainStep {
         kept.lock.lock()
         defer { kept.lock.unlock() }
         let model = try self.model(r, lineage: start, inputs: inputs, where: where_)
+        /// The task's base state, read from its artifacts.
+        func restored() throws -> MLPTraining {
+            var training = MLPTraining(parameters: model.parameters, masks: try masks(r, model: model, inputs: inputs, where: where_), optimizer: optimizer, l1: o.l1)
+            if r.hasBase {
+                var state = try inputs.artifact(r.base)
+                for more in r.baseMore { state += try inputs.artifact(more) }
+                try training.restore(state)
+                guard training.step == Int(r.baseStep) else { throw PruningError("\(where_): the base state is at step \(training.step), not \(r.baseStep)") }
+            }
+            return training
+        }
         var training: MLPTraining
         var from: Int
         if let applied = kept.continues(base: baseLineage, step: Int(r.baseStep), steps: r.steps) {
@@ -121,13 +132,7 @@ enum TrainStep {
         } else {
             kept.training = nil
             kept.keeps = []
-            training = MLPTraining(parameters: model.parameters, masks: try masks(r, model: model, inputs: inputs, where: where_), optimizer: optimizer, l1: o.l1)
-            if r.hasBase {
-                var state = try inputs.artifact(r.base)
-                for more in r.baseMore { state += try inputs.artifact(more) }
-                try training.restore(state)
-                guard training.step == Int(r.baseStep) else { throw PruningError("\(where_): the base state is at step \(training.step), not \(r.baseStep)") }
-            }
+            training = try restored()
             from = 0
         }
         for k in from..<r.steps.count {
@@ -142,7 +147,23 @@ enum TrainStep {
             try apply(&training, s, index: Int(r.baseStep) + k)
         }
         if r.action == span {
-            let losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+            var losses: [[Double]]
+            if let group = inputs.spanGroup, group.slots > 1, case .mlp(let m) = model {
+                do {
+                    losses = try SpanAllGather(group: group, task: r, model: m, where: where_).run(&training)
+                } catch let wrong as SpanAllGather.ShareDisagrees {
+                    // A helper's share was wrong, and with it the steps since: start over
+                    // alone from the base (the coordinator stops the group).
+                    try group.distrust(slot: wrong.slot)
+                    training = try restored()
+                    losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+                }
+                // A helper answers nothing, and keeps no state: the leader's shares it
+                // took are not checked, so its state must not seed a span it leads.
+                if group.slot > 0 { return TaskOutputs() }
+            } else {
+                losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+            }
             let lineage = spanLineage(baseLineage, r)
             kept.training = training
             kept.baseLineage = lineage
@@ -218,7 +239,7 @@ enum TrainStep {
 
     /// The summed gradient of a step, zeroed (its buffer reused), and a language model's
     /// kept flags read once.
-    private static func zeroSum(model: TrainTaskModel, training: MLPTraining) {
+    static func zeroSum(model: TrainTaskModel, training: MLPTraining) {
         let count = training.parameterCount
         if kept.summed.count == count { kept.summed.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } } else { kept.summed = [Float](repeating: 0, count: count) }
         if model.isLanguageModel, kept.keeps.count != training.parameters.weights.count { kept.keeps = training.weightKeeps }
@@ -241,12 +262,12 @@ enum TrainStep {
     }
 
     /// What a shard whose loss or gradient is not finite fails with.
-    private static func diverged(step: Int, loss: Double) -> PruningError {
+    static func diverged(step: Int, loss: Double) -> PruningError {
         PruningError("train step \(step): the loss became \(loss) (non-finite gradient); lower train.learning_rate (the last checkpoint is kept)")
     }
 
     /// One optimizer step on the summed gradient; the weights must stay finite.
-    private static func apply(_ training: inout MLPTraining, _ s: Prune_V1_TrainStep, index: Int) throws {
+    static func apply(_ training: inout MLPTraining, _ s: Prune_V1_TrainStep, index: Int) throws {
         guard s.learningRate.isFinite, s.learningRate >= 0, s.batch > 0 else { throw PruningError("train step \(index): a bad learning rate or batch") }
         training.apply(summedGradient: kept.summed, batch: Int(s.batch), learningRate: s.learningRate > 0 ? s.learningRate : nil)
         guard training.parameters.weights.allSatisfy(FloatVectors.allFinite),
@@ -267,48 +288,21 @@ enum TrainStep {
     /// the tasks after them sum them). Returns each slice's loss triple, step after step.
     private static func runSpan(_ r: Prune_V1_TrainTask, training: inout MLPTraining, model: TrainTaskModel, inputs: TaskInputs,
                                 where where_: String) throws -> [[Double]] {
-        let steps = r.span.count, per = Int(r.examplesPerStep), shards = Int(r.shards), first = Int(r.baseStep)
-        guard steps > 0, steps <= 1_000_000, shards >= 1, shards <= 64, per >= shards, per <= TrainSpec.maxBatch else {
-            throw PruningError("\(where_): a span of \(steps) steps of \(per) examples in \(shards) shards")
-        }
-        /// Examples [a, b) of the task's that step k's shard j takes.
-        func slice(_ k: Int, _ j: Int) -> Range<Int> { (k * per + j * per / shards)..<(k * per + (j + 1) * per / shards) }
+        let layout = try SpanLayout(r, where: where_)
+        let steps = layout.steps, per = layout.per, shards = layout.shards, first = layout.first
+        let slice = layout.slice
         var losses: [[Double]] = []
         switch model {
         case .mlp(let m):
-            let width = m.config.input, bytes = !r.inputBytes.isEmpty
-            guard r.labels.count == steps * per, (bytes ? r.inputBytes.count : r.inputs.count / 4) == r.labels.count * width,
-                  bytes || r.inputs.count % 4 == 0 else {
-                throw PruningError("\(where_): \(r.labels.count) labels and inputs of \(bytes ? r.inputBytes.count : r.inputs.count) bytes for \(steps) steps of \(per) examples of \(width)")
-            }
-            guard r.labels.allSatisfy({ Int($0) < m.classes }) else { throw PruningError("\(where_): a label is outside the model's \(m.classes) classes") }
+            try layout.checkExamples(r, model: m, where: where_)
             // Reserved once the examples show the steps are real.
             losses.reserveCapacity(steps * shards)
             for k in 0..<steps {
                 zeroSum(model: model, training: training)
                 for j in 0..<shards {
-                    let rows = slice(k, j), values = (rows.lowerBound * width)..<(rows.upperBound * width)
-                    // Only the shard's examples as F32 (the span's all would be 4 bytes per pixel at once).
-                    let x = bytes ? r.inputBytes.withUnsafeBytes { $0[values].map(LabelledData.pixel) }
-                        : r.inputs.withUnsafeBytes { raw in values.map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
-                    let result = MLPGradient.evaluate(m, parameters: training.parameters, x: x, labels: r.labels[rows].map { Int32($0) }, rows: rows.count)
-                    // Added tensor by tensor in the flat order: the sums a flattened
-                    // gradient's payload gives the star exchange.
-                    let g = zip(result.gradients.weights, result.gradients.biases).flatMap { [$0] + ($1.map { [$0] } ?? []) }
-                    guard g.reduce(0, { $0 + $1.count }) == kept.summed.count else {
-                        throw PruningError("\(where_): a gradient of \(g.reduce(0) { $0 + $1.count }) values for \(kept.summed.count) parameters")
-                    }
-                    guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite) else {
-                        throw diverged(step: first + k, loss: result.loss)
-                    }
-                    kept.summed.withUnsafeMutableBufferPointer { out in
-                        var at = 0
-                        for tensor in g {
-                            tensor.withUnsafeBufferPointer { FloatVectors.add($0, to: out.baseAddress! + at) }
-                            at += tensor.count
-                        }
-                    }
-                    losses.append([result.loss, Double(result.correct), Double(rows.count)])
+                    let shard = try classifierShard(m, r, training: training, rows: slice(k, j), step: first + k, where: where_)
+                    addToSum(shard.tensors)
+                    losses.append(shard.loss)
                 }
                 try apply(&training, r.span[k], index: first + k)
             }
@@ -336,6 +330,66 @@ enum TrainStep {
             }
         }
         return losses
+    }
+
+    /// A span's steps and shards, bounded, and which examples each shard takes.
+    struct SpanLayout {
+        let steps: Int, per: Int, shards: Int
+        /// The step the span starts at (its base's).
+        let first: Int
+
+        init(_ r: Prune_V1_TrainTask, where where_: String) throws {
+            steps = r.span.count
+            per = Int(r.examplesPerStep)
+            shards = Int(r.shards)
+            first = Int(r.baseStep)
+            guard steps > 0, steps <= 1_000_000, shards >= 1, shards <= 64, per >= shards, per <= TrainSpec.maxBatch else {
+                throw PruningError("\(where_): a span of \(steps) steps of \(per) examples in \(shards) shards")
+            }
+        }
+
+        /// Examples [a, b) of the task's that step k's shard j takes.
+        func slice(_ k: Int, _ j: Int) -> Range<Int> { (k * per + j * per / shards)..<(k * per + (j + 1) * per / shards) }
+
+        /// A classifier span's examples and labels are those of its steps, labels in range.
+        func checkExamples(_ r: Prune_V1_TrainTask, model m: MLPModel, where where_: String) throws {
+            let width = m.config.input, bytes = !r.inputBytes.isEmpty
+            guard r.labels.count == steps * per, (bytes ? r.inputBytes.count : r.inputs.count / 4) == r.labels.count * width,
+                  bytes || r.inputs.count % 4 == 0 else {
+                throw PruningError("\(where_): \(r.labels.count) labels and inputs of \(bytes ? r.inputBytes.count : r.inputs.count) bytes for \(steps) steps of \(per) examples of \(width)")
+            }
+            guard r.labels.allSatisfy({ Int($0) < m.classes }) else { throw PruningError("\(where_): a label is outside the model's \(m.classes) classes") }
+        }
+    }
+
+    /// A classifier span's shard: the gradient (tensor by tensor, in the flat order) and
+    /// loss triple of examples `rows` of the task's, at the training's weights. The span's
+    /// examples are checked by `runSpan` first.
+    static func classifierShard(_ m: MLPModel, _ r: Prune_V1_TrainTask, training: MLPTraining, rows: Range<Int>, step: Int,
+                                where where_: String) throws -> (tensors: [[Float]], loss: [Double]) {
+        let width = m.config.input, values = (rows.lowerBound * width)..<(rows.upperBound * width)
+        // Only the shard's examples as F32 (the span's all would be 4 bytes per pixel at once).
+        let x = !r.inputBytes.isEmpty ? r.inputBytes.withUnsafeBytes { $0[values].map(LabelledData.pixel) }
+            : r.inputs.withUnsafeBytes { raw in values.map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+        let result = MLPGradient.evaluate(m, parameters: training.parameters, x: x, labels: r.labels[rows].map { Int32($0) }, rows: rows.count)
+        let g = zip(result.gradients.weights, result.gradients.biases).flatMap { [$0] + ($1.map { [$0] } ?? []) }
+        guard g.reduce(0, { $0 + $1.count }) == kept.summed.count else {
+            throw PruningError("\(where_): a gradient of \(g.reduce(0) { $0 + $1.count }) values for \(kept.summed.count) parameters")
+        }
+        guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite) else { throw diverged(step: step, loss: result.loss) }
+        return (g, [result.loss, Double(result.correct), Double(rows.count)])
+    }
+
+    /// Adds a gradient, tensor by tensor in the flat order, to the step's sum: the sums a
+    /// flattened gradient's payload gives the star exchange.
+    static func addToSum(_ tensors: [[Float]]) {
+        kept.summed.withUnsafeMutableBufferPointer { out in
+            var at = 0
+            for tensor in tensors {
+                tensor.withUnsafeBufferPointer { FloatVectors.add($0, to: out.baseAddress! + at) }
+                at += tensor.count
+            }
+        }
     }
 
     /// The lineage of a span's end state: its base's, chained with the steps' divisors,

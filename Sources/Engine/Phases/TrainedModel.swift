@@ -69,7 +69,7 @@ final class MLPTrainee: TrainedModel {
         let bytesPerValue = data.bytes == nil ? 4 : 1
         // A gradient task's slice travels in its Assign (the star exchange; a span's
         // examples are bounded by TrainPhase).
-        guard spec.exchange == .none || slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
+        guard spec.exchange != .star || slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
             throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskBytes / bytesPerValue) values; raise train.shards")
         }
         layers = zip(config.layers, model.layers).map { TrainedLayer(weight: $0.weight, rows: $1.outFeatures, cols: $1.inFeatures, bias: $0.bias) }
@@ -93,9 +93,17 @@ final class MLPTrainee: TrainedModel {
 
     func fill(_ task: inout Prune_V1_TrainTask, examples rows: [Int]) {
         if let bytes = data.bytes {
-            var x = [UInt8](); x.reserveCapacity(rows.count * data.width)
-            for i in rows { x += bytes[(i * data.width)..<((i + 1) * data.width)] }
-            task.inputBytes = Data(x)
+            // Row by row with memcpy: a span's examples are tens of megabytes.
+            let width = data.width
+            var x = Data(count: rows.count * width)
+            x.withUnsafeMutableBytes { out in
+                bytes.withUnsafeBytes { all in
+                    for (k, i) in rows.enumerated() {
+                        (out.baseAddress! + k * width).copyMemory(from: all.baseAddress! + i * width, byteCount: width)
+                    }
+                }
+            }
+            task.inputBytes = x
         } else {
             var x = [Float](); x.reserveCapacity(rows.count * data.width)
             for i in rows { x += data.inputs[(i * data.width)..<((i + 1) * data.width)] }

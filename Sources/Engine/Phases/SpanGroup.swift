@@ -1,0 +1,91 @@
+import Foundation
+import Protocol
+import Pruning
+
+/// One member's share of a training step's gradient (`train.exchange: allgather`): the
+/// F32 gradient of shards [first, first + count) of step `step`, or, when `prefix`, the
+/// running sum of shards 0 ..< first + count (what the leader's first shards add up to),
+/// and each shard's loss triple (loss, correct, examples).
+public struct SpanShare: Sendable {
+    public var step: Int
+    public var first: Int
+    public var count: Int
+    public var prefix: Bool
+    public var losses: [Double]
+    public var gradient: [UInt8]
+
+    public init(step: Int, first: Int, count: Int, prefix: Bool, losses: [Double], gradient: [UInt8]) {
+        self.step = step
+        self.first = first
+        self.count = count
+        self.prefix = prefix
+        self.losses = losses
+        self.gradient = gradient
+    }
+}
+
+/// What a member of a span's group hears next.
+public enum SpanEvent: Sendable {
+    /// Slot `slot` holds the span's base state and is ready for its first step.
+    case joined(slot: Int)
+    case share(slot: Int, SpanShare)
+    /// Slot `slot`'s worker is gone (slot 0: the leader; a helper then stops).
+    case left(slot: Int)
+    /// Nothing within the wait.
+    case timeout
+    /// This worker has other work now (an Assign came): a helper stops.
+    case interrupted
+}
+
+/// A training span's group as one member sees it (`train.exchange: allgather`). Slot 0
+/// is the leader, the worker leasing the span task; slots 1 ..< `slots` are workers that
+/// were idle when it was leased. Messages go through the coordinator, which stamps each
+/// with its sender's slot. Only a worker has one (`TaskInputs.spanGroup`).
+public protocol SpanGroup: AnyObject {
+    var slot: Int { get }
+    var slots: Int { get }
+    /// How long a member waits for another before it counts it gone (milliseconds).
+    var patienceMs: Int { get }
+    /// A helper holds the base state: tells the leader.
+    func join() throws
+    func share(_ share: SpanShare) throws
+    /// The leader found slot `slot`'s share wrong (the coordinator stops the group).
+    func distrust(slot: Int) throws
+    func next(timeoutMs: Int) throws -> SpanEvent
+}
+
+extension TaskInputs {
+    /// No group: the task runs alone (the coordinator's recomputation, in-process runs).
+    public var spanGroup: SpanGroup? { nil }
+}
+
+/// Which shards of each step a slot of a span's group computes: contiguous runs in slot
+/// order, so the leader's run starts at shard 0 and its running sum is a prefix of the
+/// step's sum in shard order.
+public enum SpanSlots {
+    public static func shards(slot: Int, of slots: Int, shards: Int) -> Range<Int> {
+        (slot * shards / slots)..<((slot + 1) * shards / slots)
+    }
+}
+
+/// A training span's examples travel as a payload frame of its Assign or Help (named
+/// here) instead of inside the TrainTask; a worker puts them back before it runs the task.
+public enum TrainTaskExamples {
+    /// IDX bytes (`TrainTask.input_bytes`).
+    public static let inputBytes = "input_bytes"
+    /// F32 values (`TrainTask.inputs`).
+    public static let inputs = "inputs"
+
+    /// The task with its examples back from the message's payloads (by name), if any.
+    public static func restored(_ task: Prune_V1_TrainTask, payloads: [(name: String, bytes: [UInt8])]) throws -> Prune_V1_TrainTask {
+        var t = task
+        for p in payloads {
+            switch p.name {
+            case inputBytes where t.inputBytes.isEmpty: t.inputBytes = Data(p.bytes)
+            case inputs where t.inputs.isEmpty: t.inputs = Data(p.bytes)
+            default: throw PruningError("train task: an unexpected payload '\(p.name)'")
+            }
+        }
+        return t
+    }
+}
