@@ -60,6 +60,11 @@ final class ComputeThread: @unchecked Sendable {
     /// Messages that arrived while a task was fetching chunks (or waiting for its span
     /// group), handled after it.
     fileprivate var deferred: [[[UInt8]]] = []
+    /// Peer messages that arrived while a task was fetching chunks, for its span group (as
+    /// they came, not copied); at most `maxHeldPeers`, the rest dropped (a member that
+    /// misses a share computes it or stops), and all gone once the task ends.
+    fileprivate var heldPeers: [[ZMQFrame]] = []
+    static let maxHeldPeers = 64
     private let logger: Logger
     private let finished = DispatchSemaphore(value: 0)
     let source: TensorSource
@@ -107,14 +112,21 @@ final class ComputeThread: @unchecked Sendable {
 
     private func loop(_ pair: ZMQSocket) {
         while true {
+            // A group's messages live no longer than its task.
+            heldPeers.removeAll()
             let bytes: [[UInt8]]
             if !deferred.isEmpty {
                 bytes = deferred.removeFirst()
             } else {
                 guard let frames = try? pair.receiveMultipart() else { return }
+                // A Peer for a group this worker is no longer in: dropped unread.
+                if Worker.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) != nil { continue }
                 bytes = frames.map(\.bytes)
             }
-            guard let message = try? WireMessage.decode(bytes, settings: options.settings.fromCoordinator) else { continue }
+            guard let message = try? WireMessage.decode(bytes, settings: options.settings.fromCoordinator) else {
+                refuseUndecodable(bytes, pair: pair)
+                continue
+            }
             switch message.envelope.body {
             case .welcome(let w):
                 source.announce(w.modelFiles)
@@ -143,7 +155,10 @@ final class ComputeThread: @unchecked Sendable {
                         fail.taskID = a.taskID
                         fail.attempt = a.attempt
                         fail.cause = String(describing: error)
+                        // The coordinator's message was bad, not the task: another try may do.
+                        fail.retryable = true
                         try? pair.send(WireMessage.frames(.with(.fail(fail))))
+                        cancellations.finish(a.taskID, attempt: a.attempt)
                         continue
                     }
                 }
@@ -171,6 +186,22 @@ final class ComputeThread: @unchecked Sendable {
                 break
             }
         }
+    }
+
+    /// An Assign whose payloads do not decode (a digest or size that does not match) is
+    /// answered with a retryable Fail, so its lease ends now rather than never; anything
+    /// else undecodable is dropped.
+    private func refuseUndecodable(_ bytes: [[UInt8]], pair: ZMQSocket) {
+        guard let head = bytes.first, head.count <= options.settings.maxEnvelopeBytes,
+              let envelope = try? Prune_V1_Envelope(serializedBytes: head), case .assign(let a) = envelope.body else { return }
+        var fail = Prune_V1_Fail()
+        fail.taskID = a.taskID
+        fail.attempt = a.attempt
+        fail.cause = "the assignment did not decode on worker \(options.name)"
+        fail.retryable = true
+        logger.notice("task \(a.taskID) attempt \(a.attempt): \(fail.cause)")
+        try? pair.send(WireMessage.frames(.with(.fail(fail))))
+        cancellations.finish(a.taskID, attempt: a.attempt)
     }
 
     /// Helps another worker's training span (a Help): the span's steps in the group,
@@ -284,6 +315,12 @@ final class ComputeThread: @unchecked Sendable {
             guard let frames = try pair.receiveMultipart() else {
                 throw ZMQError(code: EAGAIN, call: "chunk fetch timed out")
             }
+            if Worker.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) != nil {
+                // A span group's, before the group listens (the leader restoring its base):
+                // kept as it came, not decoded or copied, for the group.
+                if heldPeers.count < Self.maxHeldPeers { heldPeers.append(frames) }
+                continue
+            }
             guard let message = try? WireMessage.decode(frames.map(\.bytes), settings: options.settings.fromCoordinator) else { continue }
             switch message.envelope.body {
             case .chunk(let c):
@@ -379,6 +416,7 @@ final class PeerGroup: SpanGroup {
     let slots: Int
     /// Missing this many heartbeats' time, a member counts as gone.
     let patienceMs: Int
+    var shareBytes = 0
 
     init(thread: ComputeThread, pair: ZMQSocket, task: String, attempt: UInt32, slot: Int, slots: Int) {
         self.thread = thread
@@ -405,6 +443,7 @@ final class PeerGroup: SpanGroup {
     func share(_ share: SpanShare) throws {
         var share = share
         if slot > 0, thread.lies == .skewShares, !share.gradient.isEmpty { share.gradient[0] ^= 1 }
+        if slot > 0, thread.lies == .nanShares, share.gradient.count >= 4 { share.gradient.replaceSubrange(0..<4, with: FloatPayload.encode([Float.nan])) }
         try send("share", {
             $0.step = UInt32(clamping: share.step)
             $0.first = UInt32(clamping: share.first)
@@ -423,16 +462,22 @@ final class PeerGroup: SpanGroup {
             try Cancellation.checkpoint()
             let now = DispatchTime.now().uptimeNanoseconds
             guard now < until else { return .timeout }
-            try pair.setReceiveTimeout(ms: Int32(clamping: max(1, (until - now) / 1_000_000)))
-            guard let frames = try pair.receiveMultipart() else { return .timeout }
+            let frames: [ZMQFrame]
+            if !thread.heldPeers.isEmpty {
+                frames = thread.heldPeers.removeFirst()
+            } else {
+                try pair.setReceiveTimeout(ms: Int32(clamping: max(1, (until - now) / 1_000_000)))
+                guard let received = try pair.receiveMultipart() else { return .timeout }
+                frames = received
+            }
             if case .peer(let p)? = Worker.peer(frames, maxEnvelopeBytes: thread.settings.maxEnvelopeBytes) {
                 // Another group's (one this worker left) is stale.
                 guard p.taskID == task, p.attempt == attempt else { continue }
                 switch p.kind {
                 case "join": return .joined(slot: Int(p.slot))
                 case "left": return .left(slot: Int(p.slot))
-                case "share" where frames.count == 2:
-                    // The one copy of a share on this side (its size is checked by its user).
+                case "share" where frames.count == 2 && frames[1].count == shareBytes:
+                    // The one copy of a share on this side, made once its size is right.
                     return .share(slot: Int(p.slot), SpanShare(step: Int(p.step), first: Int(p.first), count: Int(p.count), prefix: p.prefix,
                                                                losses: p.losses, gradient: frames[1].bytes))
                 default: continue

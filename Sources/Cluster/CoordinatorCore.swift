@@ -114,6 +114,10 @@ public struct CoordinatorCore: Sendable {
         var affinities: Set<String> = []
         /// The group this connection helps, while its leader's attempt holds the lease.
         var helping: HelpRole?
+        /// The OpenBLAS kernel it computes with (its Hello; "" when it did not say): only
+        /// workers with the leader's kernel help it, since a share must equal the leader's
+        /// own computation to the bit.
+        var kernel = ""
     }
 
     /// A helper's place in a leased task's group (slot 0 is the leader).
@@ -134,8 +138,8 @@ public struct CoordinatorCore: Sendable {
         case help(worker: String, task: String, attempt: Int, slot: Int, slots: Int)
         /// Tell a member of the group of `task`'s attempt that slot `slot`'s worker is gone.
         case peerLeft(worker: String, task: String, attempt: Int, slot: Int)
-        /// A leader found a helper's share wrong: that identity helps no more in this job.
-        case helpDistrusted(principal: String, task: String)
+        /// A leader found a helper's share wrong: that identity helps the leader's no more.
+        case helpDistrusted(principal: String, by: String, task: String)
         case ack(worker: String, task: String, attempt: Int, accepted: Bool)
         case cancel(worker: String, task: String, attempt: Int)
         case shutdown(worker: String, reason: String)
@@ -198,8 +202,15 @@ public struct CoordinatorCore: Sendable {
     private var waitingForSecondRun = 0
     /// Group sizes (leader + helpers) of the attempts that got helpers, by `key`.
     private var groupSlots: [String: Int] = [:]
-    /// Identities whose shares a leader found wrong: they get no more help roles.
-    private var distrusted: Set<String> = []
+    /// A leader's identity and a helper's whose share that leader found wrong: the helper
+    /// helps that identity no more. Only the pair: one leader's word bars no one from
+    /// helping others (a lying leader could otherwise bar every honest helper), and a
+    /// lying helper is caught by each leader in turn.
+    private struct Distrust: Hashable {
+        let leader: String
+        let helper: String
+    }
+    private var distrusted: Set<Distrust> = []
     public private(set) var outcome: Outcome?
 
     /// `done` lists tasks already finished (a resumed job) with their accepted results;
@@ -263,7 +274,7 @@ public struct CoordinatorCore: Sendable {
 
     /// A worker said Hello. `principal` is its authenticated identity (the CURVE key);
     /// nil on connections without CURVE, where the name stands for it.
-    public mutating func hello(worker: String, name: String, principal: String? = nil, protocolVersion: UInt32, now: Int64) -> [Directive] {
+    public mutating func hello(worker: String, name: String, principal: String? = nil, protocolVersion: UInt32, kernel: String = "", now: Int64) -> [Directive] {
         guard protocolVersion == Settings.protocolVersion else {
             return [.reject(worker: worker, reason: "protocol version \(protocolVersion) is not supported; this coordinator speaks version \(Settings.protocolVersion)")]
         }
@@ -279,7 +290,7 @@ public struct CoordinatorCore: Sendable {
             // A second Hello on the same connection: forget what it was running.
             out += lose(worker: worker, reason: "said Hello again", now: now)
         }
-        workers[worker] = Worker(name: name, principal: principal, lastHeard: now, lastSent: now)
+        workers[worker] = Worker(name: name, principal: principal, lastHeard: now, lastSent: now, kernel: kernel)
         out.append(.welcome(worker: worker))
         return out + schedule(now: now)
     }
@@ -309,14 +320,16 @@ public struct CoordinatorCore: Sendable {
     }
 
     /// The leader of `task`'s attempt found slot `slot`'s share wrong: it starts its span
-    /// over alone, so every helper stops, and the helper's identity helps no more.
+    /// over alone, so every helper stops, and the helper's identity helps the leader's no
+    /// more.
     public mutating func distrust(from worker: String, task: String, attempt: Int, slot: Int, now: Int64) -> [Directive] {
         heard(from: worker, now: now)
         let group = members(task, attempt)
-        guard group.first?.worker == worker, let accused = group.first(where: { $0.slot == slot && $0.slot > 0 }),
+        guard group.first?.worker == worker, let leader = workers[worker]?.principal,
+              let accused = group.first(where: { $0.slot == slot && $0.slot > 0 }),
               let principal = workers[accused.worker]?.principal else { return [] }
-        distrusted.insert(principal)
-        var out: [Directive] = [.helpDistrusted(principal: principal, task: task)]
+        distrusted.insert(Distrust(leader: leader, helper: principal))
+        var out: [Directive] = [.helpDistrusted(principal: principal, by: leader, task: task)]
         for member in group.dropFirst() {
             workers[member.worker]!.helping = nil
             out.append(.peerLeft(worker: member.worker, task: task, attempt: attempt, slot: 0))
@@ -454,8 +467,13 @@ public struct CoordinatorCore: Sendable {
         heard(from: worker, now: now)
         guard case .leased(let holder, let current, _)? = tasks[id]?.state, holder == worker, current == attempt,
               let principal = workers[worker]?.principal else { return [] }
+        let told = groupEnds(id, attempt)
         workers[worker]!.running.remove(id)
         setState(id, .pending)
+        return told + failedNow(id, principal: principal, cause: cause, retryable: retryable, now: now)
+    }
+
+    private mutating func failedNow(_ id: String, principal: String, cause: String, retryable: Bool, now: Int64) -> [Directive] {
         if !retryable {
             tasks[id]!.refusedAsBadInput.insert(principal)
             let others = Set(workers.values.map(\.principal)).subtracting(tasks[id]!.refusedAsBadInput)
@@ -512,6 +530,7 @@ public struct CoordinatorCore: Sendable {
         for id in order {
             guard case .leased(let holder, let attempt, let deadline)? = tasks[id]?.state, now > deadline else { continue }
             let principal = workers[holder]?.principal
+            out += groupEnds(id, attempt)
             workers[holder]?.running.remove(id)
             setState(id, .pending)
             let cause = "lease expired on worker \(workers[holder]?.name ?? holder)"
@@ -543,7 +562,8 @@ public struct CoordinatorCore: Sendable {
 
     // MARK: Internals
 
-    private static func key(_ task: String, _ attempt: Int) -> String { "\(task)#\(attempt)" }
+    /// An attempt's key in per-attempt tables.
+    static func key(_ task: String, _ attempt: Int) -> String { "\(task)#\(attempt)" }
 
     private mutating func fail(_ reason: String) -> [Directive] {
         guard outcome == nil else { return [] }
@@ -675,7 +695,7 @@ public struct CoordinatorCore: Sendable {
         }
         for id in w.running.sorted() {
             guard case .leased(_, let attempt, _)? = tasks[id]?.state else { continue }
-            told += members(id, attempt).dropFirst().map { .peerLeft(worker: $0.worker, task: id, attempt: attempt, slot: 0) }
+            told += groupEnds(id, attempt)
         }
         workers[worker] = nil
         var requeued: [String] = []
@@ -692,6 +712,11 @@ public struct CoordinatorCore: Sendable {
             }
         }
         return told + [.workerLost(worker: worker, requeued: requeued, reason: reason)] + out
+    }
+
+    /// The helpers of `task`'s attempt hear that its leader left (its lease is ending).
+    private func groupEnds(_ task: String, _ attempt: Int) -> [Directive] {
+        members(task, attempt).dropFirst().map { .peerLeft(worker: $0.worker, task: task, attempt: attempt, slot: 0) }
     }
 
     /// Whether a help role's leader still holds that attempt's lease.
@@ -717,12 +742,18 @@ public struct CoordinatorCore: Sendable {
     }
 
     /// Workers still idle after a pass of `schedule` help the attempts it leased that take
-    /// helpers (in queue order), as many as each takes; distrusted identities help no one.
+    /// helpers (in queue order), as many as each takes: those with the leader's OpenBLAS
+    /// kernel whose identity that leader's did not distrust. A verified task gets none:
+    /// its two runs must each be one identity's work, or a helper could make them agree.
     private mutating func recruitHelpers(for leased: [(task: String, attempt: Int)], idle: inout [String]) -> [Directive] {
         var out: [Directive] = []
         for (task, attempt) in leased {
+            guard !tasks[task]!.definition.verify, case .leased(let leaderID, _, _) = tasks[task]!.state, let leader = workers[leaderID] else { continue }
             let wanted = tasks[task]!.definition.helpers
-            let chosen = Array(idle.filter { !distrusted.contains(workers[$0]!.principal) }.prefix(wanted))
+            let chosen = Array(idle.filter { id in
+                let w = workers[id]!
+                return w.kernel == leader.kernel && !distrusted.contains(Distrust(leader: leader.principal, helper: w.principal))
+            }.prefix(wanted))
             guard !chosen.isEmpty else { continue }
             idle.removeAll { chosen.contains($0) }
             let slots = chosen.count + 1

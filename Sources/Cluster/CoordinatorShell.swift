@@ -42,9 +42,12 @@ public final class CoordinatorShell {
     private var blasCores: [String: String] = [:]
     private let progress: ProgressReporter
     private var files: [String: FileHandle] = [:]
-    /// The work of the last attempt leased with helpers, for their Help messages, and its
-    /// examples' frame (sent to every member by reference).
-    private var groupWork: (task: String, attempt: Int, work: Prune_V1_Assign.OneOf_Work, examples: [(name: String, frame: ZMQFrame)])?
+    /// The work of attempts leased with helpers, for their Help messages (which go out in
+    /// the same pass as the Assign), and their examples' frames (sent to every member by
+    /// reference), by `CoordinatorCore.key`.
+    private var groupWork: [String: (work: Prune_V1_Assign.OneOf_Work, examples: [(name: String, frame: ZMQFrame)])] = [:]
+    /// What the members of each live span group may still send through this coordinator.
+    private var groupBudgets: [String: GroupBudget] = [:]
     /// The failure reason when a signal stopped the coordinator.
     public static let stoppedBySignal = "stopped by signal"
     /// The signal that stopped the coordinator (SIGTERM or SIGINT), 0 when none did.
@@ -200,7 +203,7 @@ public final class CoordinatorShell {
             // The CURVE key the ZAP handler authenticated stands for the worker; without
             // CURVE (ipc://, --insecure loopback) its name does.
             let key = frames[1].metadata("User-Id").flatMap { $0.isEmpty ? nil : $0 }
-            try execute(core.hello(worker: worker, name: h.workerName, principal: key, protocolVersion: h.protocolVersion, now: t))
+            try execute(core.hello(worker: worker, name: h.workerName, principal: key, protocolVersion: h.protocolVersion, kernel: h.blasCore, now: t))
             return
         }
         guard core.isKnown(worker: worker) else {
@@ -251,9 +254,19 @@ public final class CoordinatorShell {
             return true
         }
         let t = now()
+        let key = CoordinatorCore.key(peer.taskID, Int(peer.attempt))
         switch peer.kind {
         case "join", "share":
             guard let route = core.peerRoute(from: worker, task: peer.taskID, attempt: Int(peer.attempt), now: t) else {
+                groupBudgets[key] = nil
+                dropped += 1
+                return true
+            }
+            // Within the group's budget: one join per member, shares of one size and no
+            // more than a span's steps can use, so no member can flood the others.
+            let size = payloads == 1 ? frames[2].count : 0
+            guard payloads == 0 || Int(clamping: envelope.payloads[0].size) == size,
+                  groupBudgets[key]?.admit(peer.kind, slot: route.slot, bytes: size) ?? false else {
                 dropped += 1
                 return true
             }
@@ -454,9 +467,13 @@ public final class CoordinatorShell {
                 let (light, examples) = try Self.examplesApart(work)
                 a.work = light
                 let slots = core.slots(of: taskID, attempt: attempt)
-                if slots > 1 {
+                if slots > 1, case .train(let train) = light {
                     a.slots = UInt32(slots)
-                    groupWork = (taskID, attempt, light, examples)
+                    let key = CoordinatorCore.key(taskID, attempt)
+                    groupWork[key] = (light, examples)
+                    // Groups whose lease ended are over: their budgets go.
+                    groupBudgets = groupBudgets.filter { !core.helpers(of: $0.value.task).isEmpty }
+                    groupBudgets[key] = GroupBudget(task: taskID, steps: train.span.count, shards: Int(train.shards))
                 }
                 workload.ledger.log(.init(time: wall, kind: "assign", task: taskID, worker: w, detail: "attempt \(attempt)"))
                 send(w, .with(.assign(a)), frames: examples)
@@ -464,8 +481,9 @@ public final class CoordinatorShell {
                 send(w, .with(.heartbeat(Prune_V1_Heartbeat())))
             case .help(let w, let task, let attempt, let slot, let slots):
                 // The leader's very work (its Assign just went out, in the same pass).
-                guard let group = groupWork, group.task == task, group.attempt == attempt, case .train(let train) = group.work else { continue }
-                defer { if slot == slots - 1 { groupWork = nil } }
+                let key = CoordinatorCore.key(task, attempt)
+                guard let group = groupWork[key], case .train(let train) = group.work else { continue }
+                defer { if slot == slots - 1 { groupWork[key] = nil } }
                 var h = Prune_V1_Help()
                 h.taskID = task
                 h.attempt = UInt32(attempt)
@@ -481,8 +499,8 @@ public final class CoordinatorShell {
                 p.kind = "left"
                 p.slot = UInt32(slot)
                 send(w, .with(.peer(p)))
-            case .helpDistrusted(let principal, let task):
-                logger.warning("\(principal)'s share in the span \(task) disagreed with the leader's own computation; it helps no more")
+            case .helpDistrusted(let principal, let leader, let task):
+                logger.warning("\(principal)'s share in the span \(task) disagreed with the leader's own computation; it helps \(leader) no more")
                 workload.ledger.log(.init(time: wall, kind: "distrust", task: task, worker: nil, detail: principal))
             case .ack(let w, let task, let attempt, let accepted):
                 var a = Prune_V1_Ack()
@@ -595,4 +613,37 @@ final class Inbox<Item: Sendable>: Sendable {
 
     /// Everything posted so far, in order; the inbox is empty afterwards.
     func drain() -> [Item] { items.withLock { all in defer { all = [] }; return all } }
+}
+
+/// What the members of a span group may send through the coordinator (`relayPeer`): one
+/// join each; shares all the size of the leader's (a whole gradient), at most what the span
+/// can use per member (each step: the leader's prefix, and every shard once).
+struct GroupBudget {
+    let task: String
+    private let sharesPerMember: Int
+    private var shareBytes: Int?
+    private var joined: Set<Int> = []
+    private var shares: [Int: Int] = [:]
+
+    init(task: String, steps: Int, shards: Int) {
+        self.task = task
+        sharesPerMember = max(1, steps) * (max(1, shards) + 1)
+    }
+
+    /// Whether slot `slot` may send this (and it is counted).
+    mutating func admit(_ kind: String, slot: Int, bytes: Int) -> Bool {
+        switch kind {
+        case "join":
+            return joined.insert(slot).inserted
+        case "share":
+            guard bytes > 0, bytes == (shareBytes ?? bytes), shares[slot, default: 0] < sharesPerMember else { return false }
+            // The leader's size stands (a helper's first share could be any size; members
+            // drop a share of the wrong size unread).
+            if slot == 0 { shareBytes = bytes }
+            shares[slot, default: 0] += 1
+            return true
+        default:
+            return false
+        }
+    }
 }

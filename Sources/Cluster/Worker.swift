@@ -50,6 +50,8 @@ public struct WorkerOptions: Sendable {
         /// A helper of a training span whose shares are off by one bit: the last bit of
         /// each share's first value flipped.
         case skewShares = "skew-shares"
+        /// A helper of a training span whose shares hold a NaN (each share's first value).
+        case nanShares = "nan-shares"
     }
 
     public init(endpoint: String, name: String) {
@@ -142,10 +144,13 @@ public final class Worker {
             if ready[0] {
                 while let frames = try dealer.receiveMultipart(dontWait: true) {
                     // A span group's share goes to the compute thread as it came (by
-                    // reference, not copied); the compute thread checks it.
+                    // reference, not copied); the compute thread checks it. Never a
+                    // blocking send: a flood of shares the compute thread does not read
+                    // must not stop this thread's heartbeats (a dropped share is one the
+                    // group computes itself or stops for).
                     if let peer = Self.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) {
                         _ = core.fromCoordinator(peer, now: now())
-                        try pair.send(frames)
+                        if !(try pair.send(frames, dontWait: true)) { logger.info("dropped a share the compute thread could not take") }
                         continue
                     }
                     // The envelope says what it is; the compute thread decodes and checks

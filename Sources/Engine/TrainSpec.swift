@@ -40,10 +40,14 @@ public struct TrainSpec: Sendable, Equatable {
         /// of the span's group computes its slice of each step's shards and shares the
         /// gradients with the others through the coordinator (an all-gather), and every
         /// member sums all shards in shard order and takes the step itself, so the bytes
-        /// equal `star`'s and `none`'s whoever computed which shard. The leader recomputes
-        /// one helper share per span to check it and can compute any shard itself: a
-        /// helper that is slow, dies or lies costs time, never the result. For the MLP
-        /// classifier (a language model's shares would be its whole gradient).
+        /// equal `star`'s and `none`'s whoever computed which shard. The leader can compute
+        /// any shard itself, so a helper that is slow or dies costs time, never the result;
+        /// it recomputes two helper shares per span, picked at random, and checks every
+        /// share's values, so a lying helper is caught with a probability that grows with
+        /// how much it lies (a share off in every step is caught in its first span; a lie
+        /// in one share of a span escapes with odds 1 − 2/steps). Verified tasks get no
+        /// helpers. For the MLP classifier (a language model's shares would be its whole
+        /// gradient).
         case allgather
     }
 

@@ -69,7 +69,7 @@ final class CoordinatorCoreTests: XCTestCase {
         // The leader says helper 1 lied: it stops, helps no more, and is idle for the next task.
         XCTAssertEqual(c.distrust(from: "w2", task: "s2", attempt: 1, slot: 1, now: 5), [], "only the leader may")
         let distrust = c.distrust(from: "w1", task: "s2", attempt: 1, slot: 1, now: 5)
-        XCTAssertEqual(distrust, [.helpDistrusted(principal: "name:2", task: "s2"), .peerLeft(worker: "w2", task: "s2", attempt: 1, slot: 0)])
+        XCTAssertEqual(distrust, [.helpDistrusted(principal: "name:2", by: "name:1", task: "s2"), .peerLeft(worker: "w2", task: "s2", attempt: 1, slot: 0)])
         XCTAssertEqual(c.helpers(of: "s2"), [])
         // The lease ends; the next span's leader gets no help from the distrusted identity.
         let next = c.completed(task: "s2", by: "w1", attempt: 1, now: 6)
@@ -77,6 +77,33 @@ final class CoordinatorCoreTests: XCTestCase {
         XCTAssertEqual(assigns(next), ["s3"])
         // Idle as soon as the lease ends, without a word from the helper.
         XCTAssertEqual(c.runningTasks(of: "w2"), [])
+    }
+
+    /// Only a worker computing with the leader's OpenBLAS kernel helps it; the helpers hear
+    /// when the leader's attempt fails; a verified task gets no helpers (its two runs must
+    /// each be one identity's work).
+    func testHelpersShareTheLeadersKernelHearItFailAndNeverHelpAVerifiedTask() {
+        var c = Core(tasks: [Core.TaskDefinition(id: "s1", helpers: 2), Core.TaskDefinition(id: "s2", dependencies: ["s1"], helpers: 2),
+                             Core.TaskDefinition(id: "v", dependencies: ["s2"], verify: true, helpers: 2)], settings: settings)
+        _ = c.hello(worker: "w1", name: "1", protocolVersion: Settings.protocolVersion, kernel: "Haswell", now: 0)
+        _ = c.hello(worker: "w2", name: "2", protocolVersion: Settings.protocolVersion, kernel: "Haswell", now: 1)
+        _ = c.hello(worker: "w3", name: "3", protocolVersion: Settings.protocolVersion, kernel: "SkylakeX", now: 1)
+        let d = c.completed(task: "s1", by: "w1", attempt: 1, now: 2)
+        XCTAssertEqual(Array(d.suffix(2)), [.assign(worker: "w1", task: "s2", attempt: 1),
+                                            .help(worker: "w2", task: "s2", attempt: 1, slot: 1, slots: 2)], "w3's kernel differs")
+        // w1 fails the attempt: its helper hears the leader leave.
+        let failed = c.failed(task: "s2", by: "w1", attempt: 1, cause: "out of memory", retryable: true, now: 3)
+        XCTAssertEqual(failed.first, .peerLeft(worker: "w2", task: "s2", attempt: 1, slot: 0))
+        // Attempt 2 goes to an idle worker, helped by the other Haswell one, never by w3.
+        guard let again = failed.compactMap({ d -> String? in if case .assign(let w, "s2", 2) = d { return w }; return nil }).first else {
+            return XCTFail("s2 was not leased again: \(failed)")
+        }
+        let helpers = failed.compactMap { d -> String? in if case .help(let w, "s2", 2, _, _) = d { return w }; return nil }
+        XCTAssertFalse(helpers.contains("w3"))
+        XCTAssertFalse(helpers.contains(again))
+        let next = c.completed(task: "s2", by: again, attempt: 2, now: 5)
+        XCTAssertTrue(assigns(next).contains("v"))
+        XCTAssertFalse(next.contains { if case .help = $0 { return true }; return false }, "a verified task gets no helpers")
     }
 
     /// The evolutionary search's queue (candidate-major, two shards): a worker keeps the

@@ -14,10 +14,13 @@ import Tensors
 /// and takes each helper shard from its owner while that helper is in the group; once a
 /// helper is gone (it did not join in time, the coordinator says it left, or it was silent
 /// for the patience) the leader computes its shards itself, and shares them while any other
-/// helper is there. It recomputes one seeded helper share per helper and span and compares
-/// the bytes: a share that differs (or is malformed) ends the group (`ShareDisagrees`), and
-/// the leader takes the span again alone. A helper stops (`HelpEnded`) when the leader
-/// leaves, is silent for the patience, or this worker gets other work.
+/// helper is there. It recomputes shares it picks at random for this attempt (two per
+/// helper and span, so a helper cannot know which) and compares the bytes: a share that
+/// differs, or is malformed (its size, a non-finite value, an impossible loss) ends the
+/// group (`ShareDisagrees`), and the leader takes the span again alone. A lie the checks
+/// miss costs the result its exactness (a wrong share summed in), which is why a verified
+/// task never gets helpers. A helper stops (`HelpEnded`) when the leader leaves, is silent
+/// for the patience, or this worker gets other work.
 final class SpanAllGather {
     /// A helper's share differed from the leader's own computation, or was malformed.
     struct ShareDisagrees: Error, CustomStringConvertible {
@@ -35,6 +38,15 @@ final class SpanAllGather {
         let first: Int
         let prefix: Bool
     }
+
+    /// A helper share the leader recomputes: step index in the span, shard.
+    private struct Check: Hashable {
+        let step: Int
+        let shard: Int
+    }
+
+    /// How many of each helper's shares the leader recomputes per span.
+    static let checksPerHelper = 2
 
     private let group: SpanGroup
     private let task: Prune_V1_TrainTask
@@ -69,7 +81,10 @@ final class SpanAllGather {
     /// Takes the span's steps; the leader returns each shard's loss triple, step after
     /// step (as `runSpan` does), a helper nothing.
     func run(_ training: inout MLPTraining) throws -> [[Double]] {
-        group.slot == 0 ? try lead(&training) : try help(&training)
+        // Every share is one whole gradient: the group drops any other size unread.
+        TrainStep.zeroSum(model: .mlp(model), training: training)
+        group.shareBytes = 4 * TrainStep.kept.summed.count
+        return group.slot == 0 ? try lead(&training) : try help(&training)
     }
 
     // MARK: Leader
@@ -90,7 +105,8 @@ final class SpanAllGather {
             case .joined, .interrupted: continue
             }
         }
-        let checked = checkedShares()
+        var generator = SystemRandomNumberGenerator()
+        let checked = Self.checks(ranges: ranges, steps: layout.steps, using: &generator)
         var losses: [[Double]] = []
         losses.reserveCapacity(layout.steps * layout.shards)
         for k in 0..<layout.steps {
@@ -114,7 +130,7 @@ final class SpanAllGather {
                 for j in ranges[i] {
                     if let share = try awaitShare(shard: j, from: i) {
                         try check(share, slot: i, rows: layout.slice(k, j).count)
-                        if checked[i] == k {
+                        if checked.contains(Check(step: k, shard: j)) {
                             // The seeded check: this share recomputed here, byte for byte.
                             let mine = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
                             guard Self.bytes(mine.tensors) == share.gradient, mine.loss == share.losses else {
@@ -138,25 +154,32 @@ final class SpanAllGather {
         return losses
     }
 
-    /// The step (index in the span) at which the leader recomputes each helper's first
-    /// shard: seeded by the span's base, so a resumed or repeated span checks the same.
-    private func checkedShares() -> [Int: Int] {
-        var seed: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in task.baseLineage { seed = (seed ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return Dictionary(uniqueKeysWithValues: (1..<group.slots).map { i in
-            var h = seed ^ UInt64(i) &* 0x9e37_79b9_7f4a_7c15
-            h ^= h >> 31
-            return (i, Int(h % UInt64(layout.steps)))
-        })
+    /// The helper shares the leader recomputes: for each helper, `checksPerHelper` steps
+    /// of the span (all when it has fewer), one of that helper's shards at each, drawn at
+    /// random for this attempt, so a helper cannot tell which of its shares are checked.
+    /// The draw changes no byte of the result: an honest share equals the recomputation.
+    private static func checks<G: RandomNumberGenerator>(ranges: [Range<Int>], steps: Int, using generator: inout G) -> Set<Check> {
+        var out: Set<Check> = []
+        for range in ranges.dropFirst() where !range.isEmpty {
+            var picked = Array(0..<steps)
+            picked.shuffle(using: &generator)
+            for k in picked.prefix(checksPerHelper) {
+                out.insert(Check(step: k, shard: Int.random(in: range, using: &generator)))
+            }
+        }
+        return out
     }
 
     /// Helper `slot`'s share of `shard` at the current step, or nil once that helper is
-    /// out of the group (then the leader computes the shard).
+    /// out of the group (then the leader computes the shard). One deadline for the
+    /// share: other messages meanwhile do not extend it, so no member can stall the
+    /// leader past the patience by talking.
     private func awaitShare(shard j: Int, from slot: Int) throws -> SpanShare? {
+        let deadline = Deadline(ms: patience)
         while true {
             if let share = pending.removeValue(forKey: Key(step: current, first: j, prefix: false)) { return share }
             guard inGroup.contains(slot) else { return nil }
-            switch try group.next(timeoutMs: patience) {
+            switch try group.next(timeoutMs: deadline.leftMs) {
             case .share(let s, let share): keep(share, from: s)
             case .left(let s): inGroup.remove(s)
             case .timeout: inGroup.remove(slot)
@@ -165,12 +188,13 @@ final class SpanAllGather {
         }
     }
 
-    /// A helper's share must have the shape of one shard's: the gradient's size, a
-    /// finite loss, a count of correct answers within the shard's examples.
+    /// A helper's share must have the shape of one shard's: the gradient's size, finite
+    /// values, a finite loss, a count of correct answers within the shard's examples.
     private func check(_ share: SpanShare, slot: Int, rows: Int) throws {
         let l = share.losses
         guard share.gradient.count == 4 * TrainStep.kept.summed.count, l.count == 3, l[0].isFinite, l[0] >= 0,
-              l[2] == Double(rows), l[1] >= 0, l[1] <= l[2], l[1] == l[1].rounded() else {
+              l[2] == Double(rows), l[1] >= 0, l[1] <= l[2], l[1] == l[1].rounded(),
+              share.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { FloatVectors.allFinite($0) } }) else {
             throw ShareDisagrees(slot: slot, description: "helper \(slot)'s share of step \(current) shard \(share.first) is malformed")
         }
     }
@@ -207,9 +231,10 @@ final class SpanAllGather {
 
     /// The share a helper needs next (the leader's prefix, or another slot's shard).
     private func awaitHelped(_ key: Key) throws -> SpanShare {
+        let deadline = Deadline(ms: patience)
         while true {
             if let share = pending.removeValue(forKey: key) { return share }
-            switch try group.next(timeoutMs: patience) {
+            switch try group.next(timeoutMs: deadline.leftMs) {
             case .share(let s, let share): keep(share, from: s)
             case .left(0): throw HelpEnded(description: "the leader left")
             case .timeout: throw HelpEnded(description: "no share of step \(current) within \(patience) ms")
@@ -240,13 +265,28 @@ final class SpanAllGather {
             allowed = share.count == 1 && share.first >= ranges[1].lowerBound && share.first < layout.shards
                 && (slot == 0 || ranges[slot].contains(share.first))
         }
-        guard allowed else { return }
-        pending[Key(step: share.step, first: share.first, prefix: share.prefix)] = share
+        let key = Key(step: share.step, first: share.first, prefix: share.prefix)
+        // The first share for a place stands: a second cannot replace one already checked.
+        guard allowed, pending[key] == nil else { return }
+        pending[key] = share
     }
 
-    /// How long to wait for another member: the group's patience, or twenty of this
-    /// member's shards on a slow machine.
-    private var patience: Int { max(group.patienceMs, 20 * shardMs) }
+    /// How long to wait for another member: the group's patience, or, on a slow machine,
+    /// the time of three whole steps of this member's shards plus the leader's checks (a
+    /// helper waits for the leader's next prefix while the leader computes the shards of
+    /// helpers that left and recomputes checked ones).
+    private var patience: Int { max(group.patienceMs, 3 * (layout.shards + group.slots) * shardMs) }
+
+    /// A point in time a wait ends at, however many messages come before it.
+    private struct Deadline {
+        let until: UInt64
+        init(ms: Int) { until = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, ms)) * 1_000_000 }
+        /// Milliseconds left (0: over).
+        var leftMs: Int {
+            let now = DispatchTime.now().uptimeNanoseconds
+            return now >= until ? 0 : Int((until - now) / 1_000_000)
+        }
+    }
 
     /// A gradient's tensors as one F32 payload, in the flat order.
     private static func bytes(_ tensors: [[Float]]) -> [UInt8] {

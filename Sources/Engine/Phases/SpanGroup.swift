@@ -46,6 +46,9 @@ public protocol SpanGroup: AnyObject {
     var slots: Int { get }
     /// How long a member waits for another before it counts it gone (milliseconds).
     var patienceMs: Int { get }
+    /// The size of every share (one whole gradient); `next` drops a share of any other
+    /// size before it is copied. Set by the span before its first wait.
+    var shareBytes: Int { get set }
     /// A helper holds the base state: tells the leader.
     func join() throws
     func share(_ share: SpanShare) throws

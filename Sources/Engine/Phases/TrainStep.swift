@@ -157,6 +157,13 @@ enum TrainStep {
                     try group.distrust(slot: wrong.slot)
                     training = try restored()
                     losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+                } catch is PruningError where group.slot == 0 {
+                    // The span failed in the group (a step diverged, say): a helper's share
+                    // the checks missed may be the cause, so no group's failure ends the
+                    // task. The leader takes the span again alone, accusing no one; a real
+                    // failure fails again there, with its own cause.
+                    training = try restored()
+                    losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
                 }
                 // A helper answers nothing, and keeps no state: the leader's shares it
                 // took are not checked, so its state must not seed a span it leads.
