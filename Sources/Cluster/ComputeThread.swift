@@ -151,14 +151,7 @@ final class ComputeThread: @unchecked Sendable {
                     do {
                         a.work = .train(try TrainTaskExamples.restored(t, payloads: zip(message.envelope.payloads, message.payloads).map { ($0.name, $1) }))
                     } catch {
-                        var fail = Prune_V1_Fail()
-                        fail.taskID = a.taskID
-                        fail.attempt = a.attempt
-                        fail.cause = String(describing: error)
-                        // The coordinator's message was bad, not the task: another try may do.
-                        fail.retryable = true
-                        try? pair.send(WireMessage.frames(.with(.fail(fail))))
-                        cancellations.finish(a.taskID, attempt: a.attempt)
+                        failRetryably(a, cause: String(describing: error), pair: pair)
                         continue
                     }
                 }
@@ -194,12 +187,18 @@ final class ComputeThread: @unchecked Sendable {
     private func refuseUndecodable(_ bytes: [[UInt8]], pair: ZMQSocket) {
         guard let head = bytes.first, head.count <= options.settings.maxEnvelopeBytes,
               let envelope = try? Prune_V1_Envelope(serializedBytes: head), case .assign(let a) = envelope.body else { return }
+        failRetryably(a, cause: "the assignment did not decode on worker \(options.name)", pair: pair)
+    }
+
+    /// The coordinator's message for `a` was bad, not the task: a retryable Fail (another
+    /// try may do), and the attempt's token is finished.
+    private func failRetryably(_ a: Prune_V1_Assign, cause: String, pair: ZMQSocket) {
         var fail = Prune_V1_Fail()
         fail.taskID = a.taskID
         fail.attempt = a.attempt
-        fail.cause = "the assignment did not decode on worker \(options.name)"
+        fail.cause = cause
         fail.retryable = true
-        logger.notice("task \(a.taskID) attempt \(a.attempt): \(fail.cause)")
+        logger.notice("task \(a.taskID) attempt \(a.attempt): \(cause)")
         try? pair.send(WireMessage.frames(.with(.fail(fail))))
         cancellations.finish(a.taskID, attempt: a.attempt)
     }

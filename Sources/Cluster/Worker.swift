@@ -148,14 +148,18 @@ public final class Worker {
                     // blocking send: a flood of shares the compute thread does not read
                     // must not stop this thread's heartbeats (a dropped share is one the
                     // group computes itself or stops for).
-                    if let peer = Self.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) {
-                        _ = core.fromCoordinator(peer, now: now())
+                    // The envelope says what it is (parsed once, alone); the compute thread
+                    // decodes and checks the whole message (a span's examples are passed on,
+                    // not copied here).
+                    guard let body = Self.envelope(frames, maxEnvelopeBytes: options.settings.fromCoordinator.maxEnvelopeBytes)?.body else {
+                        logger.notice("dropped a malformed message from the coordinator")
+                        continue
+                    }
+                    if case .peer = body {
+                        _ = core.fromCoordinator(body, now: now())
                         if !(try pair.send(frames, dontWait: true)) { logger.info("dropped a share the compute thread could not take") }
                         continue
                     }
-                    // The envelope says what it is; the compute thread decodes and checks
-                    // the whole message (a span's examples are passed on, not copied here).
-                    guard let body = envelope(frames)?.body else { continue }
                     if case .assign = body, options.testExitOnTask { exit(3) }
                     if case .assign(let a) = body { compute.cancellations.register(a.taskID, attempt: a.attempt) }
                     if let code = try execute(core.fromCoordinator(body, now: now()), frames: frames) { return code }
@@ -163,13 +167,13 @@ public final class Worker {
             }
             if ready[1] {
                 while let frames = try pair.receiveMultipart(dontWait: true) {
-                    if Self.peer(frames, maxEnvelopeBytes: options.settings.maxEnvelopeBytes) != nil {
+                    // Its own compute thread's: the envelope says what it is (the payloads
+                    // are the coordinator's to check).
+                    let body = Self.envelope(frames, maxEnvelopeBytes: .max)?.body
+                    if case .peer? = body {
                         if !(try dealer.send(frames, dontWait: true)) { logger.info("could not queue a share for the coordinator") }
                         continue
                     }
-                    // Its own compute thread's: the envelope says what it is (the payloads
-                    // are the coordinator's to check).
-                    let body = frames.first.flatMap { head in try? head.withUnsafeBytes { try Prune_V1_Envelope(serializedBytes: Array($0)) } }?.body
                     _ = try execute(core.fromCompute(body), frames: frames)
                 }
             }
@@ -177,12 +181,19 @@ public final class Worker {
         }
     }
 
-    /// The body of a Peer message (read from its envelope frame alone), or nil for any other.
-    static func peer(_ frames: [ZMQFrame], maxEnvelopeBytes: Int) -> Prune_V1_Envelope.OneOf_Body? {
+    /// A message's envelope, read from its first frame alone (the payload frames are not
+    /// touched), or nil when that frame is too big or not an envelope with a body.
+    static func envelope(_ frames: [ZMQFrame], maxEnvelopeBytes: Int) -> Prune_V1_Envelope? {
         guard let head = frames.first, head.count <= maxEnvelopeBytes,
               let envelope = try? head.withUnsafeBytes({ try Prune_V1_Envelope(serializedBytes: Array($0)) }),
-              case .peer = envelope.body else { return nil }
-        return envelope.body
+              envelope.body != nil else { return nil }
+        return envelope
+    }
+
+    /// The body of a Peer message (read from its envelope frame alone), or nil for any other.
+    static func peer(_ frames: [ZMQFrame], maxEnvelopeBytes: Int) -> Prune_V1_Envelope.OneOf_Body? {
+        guard let body = envelope(frames, maxEnvelopeBytes: maxEnvelopeBytes)?.body, case .peer = body else { return nil }
+        return body
     }
 
     private func connect() throws -> ZMQSocket {
@@ -224,17 +235,6 @@ public final class Worker {
             frames[0] = try envelope.serializedBytes()
         }
         try socket.send(frames, dontWait: true)
-    }
-
-    /// A coordinator message's envelope (its first frame), or nil (logged) when it is not one.
-    private func envelope(_ frames: [ZMQFrame]) -> Prune_V1_Envelope? {
-        let limit = options.settings.fromCoordinator.maxEnvelopeBytes
-        guard let head = frames.first, head.count <= limit,
-              let envelope = try? head.withUnsafeBytes({ try Prune_V1_Envelope(serializedBytes: Array($0)) }), envelope.body != nil else {
-            logger.notice("dropped a malformed message from the coordinator")
-            return nil
-        }
-        return envelope
     }
 }
 
