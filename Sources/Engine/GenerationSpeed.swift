@@ -78,6 +78,24 @@ public struct GenerationSpeed: Codable, Sendable, Equatable {
         return try JSONDecoder().decode(GenerationSpeed.self, from: data)
     }
 
+    /// Measures every model in `rounds` rounds, each round every model once in turn (in
+    /// its own process when `childExecutable` is set), keeping each model's best prefill
+    /// and decode: a machine whose speed drifts during the run then favours no model, as
+    /// measuring one model's repeats and then the next one's would.
+    public static func measure(_ models: [String], options: Options, rounds: Int) throws -> [GenerationSpeed] {
+        var best: [GenerationSpeed] = []
+        for round in 0..<max(rounds, 1) {
+            for (i, model) in models.enumerated() {
+                let r = try measure(model, options: options)
+                guard round > 0 else { best.append(r); continue }
+                best[i].prefillTokensPerSecond = max(best[i].prefillTokensPerSecond, r.prefillTokensPerSecond)
+                best[i].decodeTokensPerSecond = max(best[i].decodeTokensPerSecond, r.decodeTokensPerSecond)
+                best[i].peakBytes = max(best[i].peakBytes, r.peakBytes)
+            }
+        }
+        return best
+    }
+
     /// Measures `model` in this process.
     public static func measureHere(_ model: String, options: Options) throws -> GenerationSpeed {
         let started = Date()

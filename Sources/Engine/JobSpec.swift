@@ -94,6 +94,9 @@ public struct JobSpec: Sendable {
     /// `pattern: heads+channels`: the fraction of each block's heads removed
     /// (`head_sparsity`); nil: `sparsity`, as for the channels.
     public var headSparsity: Double?
+    /// `method: magnitude` with a structured pattern: the norm a unit's weights are
+    /// scored by (`unit_norm: l1` or `l2`, the default).
+    public var unitNorm: UnitScore = .l2
     public var seed: UInt64
     public var targets: [NamePattern]
     /// Everything ignored: the safe defaults (unless `ignore_defaults: false`), then the
@@ -171,7 +174,7 @@ public struct JobSpec: Sendable {
     /// Embeddings, norms and the output head: pruning them costs far more quality than it saves.
     public static let defaultIgnore = ["re:(?i).*embed", "re:(?i).*norm", "re:.*lm_head"]
     static let keys = ["model", "output", "method", "sparsity", "pattern", "mask_structure", "seed", "targets", "ignore", "ignore_defaults",
-                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule", "speed", "head_sparsity"]
+                       "allow_nonfinite", "calibration", "evaluation", "sparsegpt", "verify", "recipe", "weight_norms", "allocation", "refine", "reconstruct", "train", "schedule", "speed", "head_sparsity", "unit_norm"]
     /// In `targets`, llm-compressor's name for every Linear layer's weight (see `Plan`).
     public static let linearTargets = "Linear"
 
@@ -493,6 +496,15 @@ public struct JobSpec: Sendable {
                 throw SpecError("\(where_(file, node)): head_sparsity: must be a number in (0, 1) (the fraction of each block's query heads removed)")
             }
             spec.headSparsity = h
+        }
+        if let node = values["unit_norm"] {
+            guard case .units = pattern, method == .magnitude else {
+                throw SpecError("\(where_(file, node)): unit_norm: the norm whole units are scored by, with method magnitude and pattern channels, heads or heads+channels")
+            }
+            guard let text = node.scalar?.string, let norm = UnitScore(rawValue: text), norm == .l1 || norm == .l2 else {
+                throw SpecError("\(where_(file, node)): unit_norm: '\(node.scalar?.string ?? "…")' must be l1 (Σ|w|) or l2 (the default) over each unit's weights")
+            }
+            spec.unitNorm = norm
         }
         if let node = values["weight_norms"] {
             guard let b = node.scalar.flatMap({ Bool.construct(from: $0) }) else {

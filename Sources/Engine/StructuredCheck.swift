@@ -29,7 +29,7 @@ enum StructuredCheck {
         let isMLP = MLPConfig.exists(in: source.directory)
         do {
             let heads = parts.first { $0.kind == UnitKind.heads.rawValue }?.sparsity
-            plan = isMLP ? try StructuredPlan(mlp: source, sparsity: manifest.sparsity)
+            plan = isMLP ? try StructuredPlan(mlp: source, sparsity: manifest.sparsity, score: score)
                 : try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: kinds, score: score, sparsity: manifest.sparsity, headSparsity: heads,
                                      global: structure.allocation == "global" ? 0...1 : nil)
         } catch {
@@ -133,8 +133,13 @@ enum StructuredCheck {
             }
             // A stock config says one width: per-layer keys only where the blocks differ.
             if plan.global == nil && !config.hasUniformBlocks { fail("dense/config.json: per-layer widths, but every block keeps the same units") }
-            if config.headDim != source.headDim || config.kvHeads != source.kvHeads || config.hiddenSize != source.hiddenSize {
-                fail("dense/config.json: head_dim, num_key_value_heads or hidden_size changed")
+            // Key/value heads go only with whole heads (a model without grouped-query attention).
+            let keyValueHeads = plan.headsTakeKeyValues ? config.heads : source.kvHeads
+            if config.kvHeads != keyValueHeads {
+                fail("dense/config.json: num_key_value_heads \(config.kvHeads), the kept heads give \(keyValueHeads)")
+            }
+            if config.headDim != source.headDim || config.hiddenSize != source.hiddenSize {
+                fail("dense/config.json: head_dim or hidden_size changed")
             }
         } catch {
             fail("dense/config.json: \(error)")

@@ -75,14 +75,25 @@ public struct StructuredPlan: Sendable {
 
     /// The parameters one unit of a kind carries in the weights it is cut from: a
     /// channel its gate and up rows and down column, a query head its q rows and o columns
-    /// (key/value heads stay), with the biases those rows have.
+    /// (key/value heads stay; without grouped-query attention its own k and v rows too),
+    /// with the biases those rows have.
     public func unitParameters(_ kind: UnitKind) -> Int {
         guard let config else { return 1 }
         switch kind {
         case .channels: return 3 * config.hiddenSize + (config.mlpBias ? 2 : 0)
-        case .heads: return config.headDim * (2 * config.hiddenSize + (config.attentionBias ? 1 : 0))
+        case .heads:
+            let projections = headsTakeKeyValues ? 3 : 1
+            return config.headDim * ((projections + 1) * config.hiddenSize + (config.attentionBias ? projections : 0))
         }
     }
+
+    /// A model without grouped-query attention (as many key/value heads as query heads,
+    /// Llama-2-7B's multi-head attention) has no group whose query heads could go while its
+    /// key/value head stays: a head goes whole, its q, k and v rows and o columns, and the
+    /// config's `num_key_value_heads` shrinks with `num_attention_heads`.
+    public var headsTakeKeyValues: Bool { config.map(StructuredPlan.headsTakeKeyValues) ?? false }
+
+    static func headsTakeKeyValues(_ config: LlamaConfig) -> Bool { config.kvHeads == config.heads && config.heads > 1 }
 
     /// Tensors the smaller model gains (`method: flap`), for the units `kept`: the bias of
     /// the layer that reads the units, carrying the removed units' mean output, and the
@@ -99,15 +110,18 @@ public struct StructuredPlan: Sendable {
     /// `heads`, `channels` or `heads+channels`: the pattern's name.
     public var kindName: String { SparsityPattern.units(kinds).description }
 
-    /// The tensors a unit kind removes rows or columns from, in block `b`.
-    public static func slices(_ kind: UnitKind, block b: Int) -> [UnitSlice] {
+    /// The tensors a unit kind removes rows or columns from, in block `b`; `keyValues`: a
+    /// head takes its key and value rows too (`headsTakeKeyValues`).
+    public static func slices(_ kind: UnitKind, block b: Int, keyValues: Bool = false) -> [UnitSlice] {
         let p = "model.layers.\(b)."
         switch kind {
         case .channels:
             return [UnitSlice(tensor: p + "mlp.gate_proj.weight", axis: .rows), UnitSlice(tensor: p + "mlp.up_proj.weight", axis: .rows),
                     UnitSlice(tensor: p + "mlp.down_proj.weight", axis: .cols)]
         case .heads:
-            return [UnitSlice(tensor: p + "self_attn.q_proj.weight", axis: .rows), UnitSlice(tensor: p + "self_attn.o_proj.weight", axis: .cols)]
+            return [UnitSlice(tensor: p + "self_attn.q_proj.weight", axis: .rows)]
+                + (keyValues ? [UnitSlice(tensor: p + "self_attn.k_proj.weight", axis: .rows), UnitSlice(tensor: p + "self_attn.v_proj.weight", axis: .rows)] : [])
+                + [UnitSlice(tensor: p + "self_attn.o_proj.weight", axis: .cols)]
         }
     }
 
@@ -121,7 +135,7 @@ public struct StructuredPlan: Sendable {
             guard spec.method == .magnitude else {
                 throw SpecError("pattern: channels on an MLP classifier scores neurons by the L2 norm of their weights (method magnitude), not \(spec.method.rawValue)")
             }
-            try self.init(mlp: checkpoint, sparsity: spec.sparsity)
+            try self.init(mlp: checkpoint, sparsity: spec.sparsity, score: spec.unitNorm)
             return
         }
         let file = (checkpoint.directory as NSString).appendingPathComponent("config.json")
@@ -134,7 +148,7 @@ public struct StructuredPlan: Sendable {
         }
         let score: UnitScore
         switch spec.method {
-        case .magnitude: score = .l2
+        case .magnitude: score = spec.unitNorm
         case .wanda: score = .wanda
         case .taylor: score = .taylor
         case .fisher: score = .fisher
@@ -162,22 +176,28 @@ public struct StructuredPlan: Sendable {
         self.global = global
         self.standardization = standardization
         var groups: [BlockUnits] = [], blockOf: [Int] = []
+        let wholeHeads = StructuredPlan.headsTakeKeyValues(config)
+        if wholeHeads, kinds.contains(.heads), global != nil {
+            throw SpecError("allocation: global would give each block its own number of heads; without grouped-query attention (num_key_value_heads = num_attention_heads) that needs per-layer key/value heads, which the config cannot say: use uniform widths")
+        }
         for b in 0..<config.layers {
             for kind in kinds {
                 switch kind {
                 case .channels:
                     groups.append(BlockUnits(kind: kind, count: config.intermediateSize, width: 1, groups: 1, slices: StructuredPlan.slices(kind, block: b)))
                 case .heads:
-                    groups.append(BlockUnits(kind: kind, count: config.heads, width: config.headDim, groups: config.kvHeads, slices: StructuredPlan.slices(kind, block: b)))
+                    groups.append(BlockUnits(kind: kind, count: config.heads, width: config.headDim, groups: wholeHeads ? 1 : config.kvHeads,
+                                             slices: StructuredPlan.slices(kind, block: b, keyValues: wholeHeads)))
                 }
                 blockOf.append(b)
             }
         }
         self.groups = groups
         self.blockOf = blockOf
-        // Qwen2's query bias loses the rows its weight loses.
+        // Qwen2's query bias loses the rows its weight loses (and whole heads their key and value biases' too).
+        let biased = wholeHeads ? ["q_proj", "k_proj", "v_proj"] : ["q_proj"]
         slicedTensors = StructuredPlan.cuts(groups, biases: kinds.contains(.heads) && config.attentionBias
-                                            ? groups.indices.filter { groups[$0].kind == .heads }.map { ("model.layers.\(blockOf[$0]).self_attn.q_proj.bias", $0) } : [])
+                                            ? groups.indices.filter { groups[$0].kind == .heads }.flatMap { g in biased.map { ("model.layers.\(blockOf[g]).self_attn.\($0).bias", g) } } : [])
         guard !groups.isEmpty else { throw SpecError("pattern: \(kindName): the model has no decoder block") }
         if score == .flap {
             for kind in kinds { try StructuredPlan.checkCompensation(config: config, kind: kind) }
@@ -203,10 +223,17 @@ public struct StructuredPlan: Sendable {
             let key = kind == .heads && kinds.count > 1 ? "head_sparsity" : "sparsity"
             let removed = first.removedPerGroup(at: s)
             let perGroup = first.count / first.groups
+            let asked = SparsityPattern.count(of: first.count, at: s)
             guard removed > 0 else {
-                let what = kind == .heads ? "\(first.groups) key/value groups of \(perGroup) query heads each lose the same number, at least one each (\(first.groups) of \(first.count) heads, \(key) ≥ \(String(format: "%.4f", Double(first.groups) / Double(first.count))))" : "at least one of \(first.count) channels"
+                let what = kind == .heads && first.groups > 1 ? "\(first.groups) key/value groups of \(perGroup) query heads each lose the same number, at least one each (\(first.groups) of \(first.count) heads, \(key) ≥ \(String(format: "%.4f", Double(first.groups) / Double(first.count))))" : "at least one of \(first.count) \(kind == .heads ? "heads" : "channels")"
                 let defaulted = key == "head_sparsity" && headSparsity == nil ? " (head_sparsity defaults to sparsity; set it)" : ""
                 throw SpecError("\(key): \(s) removes no \(kind == .heads ? "head" : "channel"): \(what)\(defaulted)")
+            }
+            // Every key/value group loses the same number of query heads, or the grouped-query
+            // ratio breaks: a level between two whole numbers per group is refused, not rounded.
+            guard asked == removed * first.groups else {
+                let below = Double(removed * first.groups) / Double(first.count), above = Double((removed + 1) * first.groups) / Double(first.count)
+                throw SpecError("\(key): \(s) removes \(asked) of \(first.count) query heads, which \(first.groups) key/value groups cannot lose equally (the grouped-query ratio needs a multiple of \(first.groups)): \(key) \(String(format: "%.4f", below)) removes \(removed * first.groups)\(removed + 1 < perGroup ? String(format: ", %.4f removes \((removed + 1) * first.groups)", above) : "")")
             }
             guard removed < perGroup else {
                 throw SpecError("\(key): \(s) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")
@@ -233,11 +260,11 @@ public struct StructuredPlan: Sendable {
     private static func compensationBiases(config: LlamaConfig, kind: UnitKind, kept: [Int]) -> [AddedBias] {
         let h = config.hiddenSize, d = config.headDim
         return (0..<config.layers).flatMap { b -> [AddedBias] in
-            let p = "model.layers.\(b)."
+            let p = "model.layers.\(b).", keyValueHeads = headsTakeKeyValues(config) ? kept[b] : config.kvHeads
             let parts: [(String, Int, Bool)] = kind == .channels
                 ? [("mlp.gate_proj", kept[b], false), ("mlp.up_proj", kept[b], false), ("mlp.down_proj", h, true)]
-                : [("self_attn.q_proj", kept[b] * d, false), ("self_attn.k_proj", config.kvHeads * d, false),
-                   ("self_attn.v_proj", config.kvHeads * d, false), ("self_attn.o_proj", h, true)]
+                : [("self_attn.q_proj", kept[b] * d, false), ("self_attn.k_proj", keyValueHeads * d, false),
+                   ("self_attn.v_proj", keyValueHeads * d, false), ("self_attn.o_proj", h, true)]
             return parts.map { AddedBias(name: p + $0.0 + ".bias", weight: p + $0.0 + ".weight", length: $0.1, compensates: $0.2) }
         }
     }
@@ -245,7 +272,7 @@ public struct StructuredPlan: Sendable {
     /// An MLP classifier's hidden neurons (`mlp.json`): neuron j of hidden layer i is row j
     /// of layer i's weight and bias and column j of layer i+1's weight. Every hidden layer
     /// removes ⌊width·s⌋ of its own; nothing in mlp.json names a width, so it stays as it is.
-    public init(mlp checkpoint: Checkpoint, sparsity: Double) throws {
+    public init(mlp checkpoint: Checkpoint, sparsity: Double, score: UnitScore = .l2) throws {
         let file = (checkpoint.directory as NSString).appendingPathComponent(MLPConfig.fileName)
         let mlp: MLPConfig
         do {
@@ -257,7 +284,7 @@ public struct StructuredPlan: Sendable {
         guard mlp.layers.count >= 2 else { throw SpecError("pattern: channels: \(file) has no hidden layer to remove neurons from") }
         config = nil
         kinds = [.channels]
-        score = .l2
+        self.score = score
         global = nil
         standardization = .zscore
         self.sparsity = sparsity
@@ -313,7 +340,10 @@ public struct StructuredPlan: Sendable {
             let key = kind == .channels ? "intermediate_size" : "num_attention_heads"
             json[key] = widths.max() ?? 0
             if Set(widths).count > 1 { json[key + "_per_layer"] = widths }
-            if kind == .heads { json["head_dim"] = config.headDim }
+            if kind == .heads {
+                json["head_dim"] = config.headDim
+                if headsTakeKeyValues { json["num_key_value_heads"] = widths.max() ?? 0 }
+            }
             if score == .flap { json[kind == .channels ? "mlp_bias" : "attention_bias"] = true }
         }
         return [UInt8](try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])) + [0x0A]

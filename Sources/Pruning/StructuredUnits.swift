@@ -4,7 +4,9 @@ import Foundation
 public enum UnitKind: String, Sendable, Codable, CaseIterable {
     /// Query heads: head h is q rows h·d ..< (h+1)·d and the same o columns; every
     /// key/value group loses the same number of its query heads, so the grouped-query
-    /// ratio stays a whole number and the key/value heads stay as they are.
+    /// ratio stays a whole number and the key/value heads stay as they are. Without
+    /// grouped-query attention (one key/value head per query head) a head goes whole: its
+    /// k and v rows with it.
     case heads
     /// MLP channels: channel j is gate row j, up row j and down column j, removed together
     /// (the SwiGLU product of that channel then never reaches the output).
@@ -24,6 +26,8 @@ public struct UnitSlice: Sendable, Equatable {
 
 /// How a unit's importance is measured.
 public enum UnitScore: String, Sendable {
+    /// The L1 norm of every weight of the unit (all its slices): Σ|w|.
+    case l1
     /// The L2 norm of every weight of the unit (all its slices).
     case l2
     /// Wanda's |W|·‖X‖ summed over the unit's weights, ‖X‖ the norm of each weight's input
@@ -139,6 +143,8 @@ public struct BlockUnits: Sendable, Equatable {
                         var sum = 0.0
                         if score == .l2 {
                             for c in 0..<w.cols { let x = Double(row[c]); sum += x * x }
+                        } else if score == .l1 {
+                            for c in 0..<w.cols { sum += abs(Double(row[c])) }
                         } else {
                             for c in 0..<w.cols { sum += abs(Double(row[c])) * norms[c] }
                         }
@@ -146,7 +152,7 @@ public struct BlockUnits: Sendable, Equatable {
                     case .cols:
                         for c in 0..<w.cols {
                             let x = Double(row[c])
-                            out[c / width] += score == .l2 ? x * x : abs(x) * norms[c]
+                            out[c / width] += score == .l2 ? x * x : score == .l1 ? abs(x) : abs(x) * norms[c]
                         }
                     }
                 }
@@ -155,7 +161,7 @@ public struct BlockUnits: Sendable, Equatable {
         switch score {
         case .l2: return out.map { $0.squareRoot() }
         case .taylor: return out.map(abs)
-        case .wanda, .fisher, .flap: return out
+        case .l1, .wanda, .fisher, .flap: return out
         }
     }
 

@@ -36,6 +36,12 @@ final class StructuredTests: XCTestCase {
 
     override func tearDown() { dir?.cleanup() }
 
+    /// The test Llama without grouped-query attention (4 key/value heads for 4 query heads).
+    private func makeMultiHeadModel(_ name: String = "mha") throws {
+        let made = try XCTUnwrap(try Subprocess.python("llama_ref.py", ["make", dir.file(name), "--seed", "5", "--kv", "4"]))
+        XCTAssertEqual(made.status, 0, made.stderr)
+    }
+
     private func writeIds(_ values: [Int32], rows: Int) throws {
         var header = "{'descr': '<i4', 'fortran_order': False, 'shape': (\(rows), \(values.count / rows)), }"
         while (10 + header.count + 1) % 64 != 0 { header += " " }
@@ -115,10 +121,15 @@ final class StructuredTests: XCTestCase {
             ("heads-qwen2", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads", ("num_attention_heads", 2), 2 * 2 * 8 * (32 * 2 + 1)),
             ("channels-fisher", "llama", "method: fisher\nsparsity: 0.25\npattern: channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("intermediate_size", 36), 2 * 12 * 3 * 32),
             ("heads-taylor", "llama", "method: taylor\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("num_attention_heads", 2), 2 * 2 * 8 * 32 * 2),
+            ("channels-l1", "llama", "method: magnitude\nsparsity: 0.5\npattern: channels\nunit_norm: l1", ("intermediate_size", 24), 2 * 24 * 3 * 32),
+            // Without grouped-query attention a head goes whole: q, k and v rows and o columns.
+            ("heads-mha", "mha", "method: magnitude\nsparsity: 0.25\npattern: heads", ("num_attention_heads", 3), 2 * 1 * 8 * 32 * 4),
+            ("heads-mha-wanda", "mha", "method: wanda\nsparsity: 0.5\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", ("num_attention_heads", 2), 2 * 2 * 8 * 32 * 4),
             // Both kinds in one job (sequential calibration: block 1 runs on block 0 with both removed).
             ("both-wanda", "llama", "method: wanda\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}",
              ("intermediate_size", 36), 2 * 12 * 3 * 32 + 2 * 2 * 8 * 32 * 2),
         ]
+        try makeMultiHeadModel()
         for c in cases {
             let r = try run(c.job, model: c.model, c.spec)
             XCTAssertEqual(r.status, 0, "\(c.job): \(r.stderr)")
@@ -128,6 +139,7 @@ final class StructuredTests: XCTestCase {
             // The config's width, and a parameter count that drops by exactly the removed units.
             let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.file("\(c.job)/out/dense/config.json")))) as? [String: Any])
             XCTAssertEqual(config[c.width.0] as? Int, c.width.1, c.job)
+            XCTAssertEqual(config["num_key_value_heads"] as? Int, c.model == "mha" ? c.width.1 : 2, c.job)
             let small = try Checkpoint(path: dir.file("\(c.job)/out/dense"))
             let source = try Checkpoint(path: dir.file(c.model))
             XCTAssertEqual(source.parameterCount - small.parameterCount, c.removed, c.job)
@@ -157,21 +169,42 @@ final class StructuredTests: XCTestCase {
         // The kept units follow the scores: magnitude keeps the channels of largest L2 norm.
         let m = try manifest("channels-l2")
         let source = try Checkpoint(path: dir.file("llama"))
-        func floats(_ name: String) -> [Float] {
-            let t = source.info(name)!
+        func floats(_ name: String, of checkpoint: Checkpoint) -> [Float] {
+            let t = checkpoint.info(name)!
             var v = [Float](repeating: 0, count: t.elementCount)
-            v.withUnsafeMutableBytes { $0.copyMemory(from: source.bytes(t)) }
+            v.withUnsafeMutableBytes { $0.copyMemory(from: checkpoint.bytes(t)) }
             return v
         }
-        let gate = floats("model.layers.1.mlp.gate_proj.weight"), up = floats("model.layers.1.mlp.up_proj.weight"), down = floats("model.layers.1.mlp.down_proj.weight")
-        let norms = (0..<48).map { j -> Double in
-            var s = 0.0
-            for c in 0..<32 { s += Double(gate[j * 32 + c] * gate[j * 32 + c]) + Double(up[j * 32 + c] * up[j * 32 + c]) }
-            for r in 0..<32 { s += Double(down[r * 48 + j] * down[r * 48 + j]) }
-            return s
+        let gate = floats("model.layers.1.mlp.gate_proj.weight", of: source), up = floats("model.layers.1.mlp.up_proj.weight", of: source)
+        let down = floats("model.layers.1.mlp.down_proj.weight", of: source)
+        // Channel j's weights through `f` (x² for L2, |x| for L1), summed.
+        func channelNorms(_ f: (Float) -> Double) -> [Double] {
+            (0..<48).map { j in
+                var s = 0.0
+                for c in 0..<32 { s += f(gate[j * 32 + c]) + f(up[j * 32 + c]) }
+                for r in 0..<32 { s += f(down[r * 48 + j]) }
+                return s
+            }
         }
+        let norms = channelNorms { Double($0 * $0) }
         let expected = (0..<48).sorted { norms[$0] > norms[$1] }.prefix(24).sorted()
         XCTAssertEqual(try XCTUnwrap(m.structure).kept[1], Array(expected))
+        // unit_norm: l1 keeps the channels of largest Σ|w| instead.
+        let l1 = channelNorms { Double(abs($0)) }
+        let expectedL1 = Array((0..<48).sorted { l1[$0] > l1[$1] }.prefix(24).sorted())
+        XCTAssertEqual(try XCTUnwrap(try manifest("channels-l1").structure).kept[1], expectedL1)
+        XCTAssertNotEqual(expectedL1, Array(expected), "the two norms rank these channels differently")
+        XCTAssertEqual(try manifest("channels-l1").structure?.score, "l1")
+        // A whole head's norm counts its k and v rows: the kept heads of the multi-head model.
+        let mha = try Checkpoint(path: dir.file("mha"))
+        let qkv = ["q_proj", "k_proj", "v_proj"].map { floats("model.layers.0.self_attn.\($0).weight", of: mha) }, o = floats("model.layers.0.self_attn.o_proj.weight", of: mha)
+        let headNorms = (0..<4).map { h -> Double in
+            var s = 0.0
+            for w in qkv { for i in (h * 8 * 32)..<((h + 1) * 8 * 32) { s += Double(w[i] * w[i]) } }
+            for r in 0..<32 { for c in (h * 8)..<((h + 1) * 8) { s += Double(o[r * 32 + c] * o[r * 32 + c]) } }
+            return s
+        }
+        XCTAssertEqual(try XCTUnwrap(try manifest("heads-mha").structure).kept[0], Array((0..<4).sorted { headNorms[$0] > headNorms[$1] }.prefix(3).sorted()))
     }
 
     func testTheSmallerModelHasTheSameBytesOnAnyNumberOfWorkers() throws {
@@ -323,7 +356,11 @@ final class StructuredTests: XCTestCase {
                                    ("t-heads", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads"),
                                    ("t-both", "qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads+channels"),
                                    // FLAP on both kinds: both bias flags, both compensations.
-                                   ("t-both-flap", "llama", "method: flap\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}")] {
+                                   ("t-both-flap", "llama", "method: flap\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}"),
+                                   // Whole heads of a multi-head model: fewer key/value heads in the config.
+                                   ("t-mha", "mha", "method: magnitude\nsparsity: 0.5\npattern: heads"),
+                                   ("t-mha-flap", "mha", "method: flap\nsparsity: 0.25\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}")] {
+            if model == "mha", !FileManager.default.fileExists(atPath: dir.file("mha")) { try makeMultiHeadModel() }
             let r = try run(job, model: model, spec)
             XCTAssertEqual(r.status, 0, "\(job): \(r.stderr)")
             try assertTransformersAgree(source: model, job: job, tokens: tokens)
@@ -361,7 +398,21 @@ final class StructuredTests: XCTestCase {
             ("method: magnitude\nsparsity: 0.3\npattern: channels\nallocation: {method: global, standardize: median}", "llama", "allocation.standardize: 'median' must be one of zscore, robust"),
             ("method: magnitude\nsparsity: 0.3\nallocation: {method: global, standardize: robust}", "llama", "allocation.standardize: ranks units of a structured pattern"),
             ("method: magnitude\nsparsity: 0.9\npattern: heads+channels\nallocation: global", "llama", "sparsity: 0.9 of the units' parameters is more than allocation global can remove (0.8317"),
+            // A level between whole numbers of heads per key/value group is refused, not rounded.
+            ("method: magnitude\nsparsity: 0.75\npattern: heads", "llama", "sparsity: 0.75 removes 3 of 4 query heads, which 2 key/value groups cannot lose equally (the grouped-query ratio needs a multiple of 2): sparsity 0.5000 removes 2"),
+            ("method: magnitude\nsparsity: 0.25\nhead_sparsity: 0.75\npattern: heads+channels", "llama", "head_sparsity: 0.75 removes 3 of 4 query heads"),
+            ("method: magnitude\nsparsity: 0.5\npattern: channels\nunit_norm: l3", "llama", "unit_norm: 'l3' must be l1 (Σ|w|) or l2"),
+            ("method: wanda\nsparsity: 0.5\npattern: channels\nunit_norm: l1\ncalibration: {data: ids.npy, samples: 8, tokens: 24}", "llama", "unit_norm: the norm whole units are scored by, with method magnitude"),
+            ("method: magnitude\nsparsity: 0.5\nunit_norm: l1", "llama", "unit_norm: the norm whole units are scored by"),
+            ("method: magnitude\nsparsity: 0.3\npattern: heads\nallocation: global", "mha", "without grouped-query attention (num_key_value_heads = num_attention_heads) that needs per-layer key/value heads"),
+            ("method: magnitude\nsparsity: 0.2\npattern: heads", "mha", "sparsity: 0.2 removes no head: at least one of 4 heads"),
+            // A config whose query heads do not divide among its key/value heads.
+            ("method: magnitude\nsparsity: 0.5\npattern: heads", "odd", "heads 4, kv heads 3, head_dim 8): heads must be a multiple of kv heads"),
         ]
+        try makeMultiHeadModel()
+        try FileManager.default.copyItem(atPath: dir.file("llama"), toPath: dir.file("odd"))
+        let llamaConfig = try String(contentsOfFile: dir.file("odd/config.json"), encoding: .utf8)
+        try llamaConfig.replacingOccurrences(of: "\"num_key_value_heads\": 2", with: "\"num_key_value_heads\": 3").write(toFile: dir.file("odd/config.json"), atomically: false, encoding: .utf8)
         for (i, c) in cases.enumerated() {
             let r = try run("bad\(i)", model: c.model, c.spec)
             XCTAssertEqual(r.status, 2, "\(c.spec): \(r.stdout)\(r.stderr)")
@@ -376,8 +427,24 @@ final class StructuredTests: XCTestCase {
         try config.replacingOccurrences(of: "LlamaForCausalLM", with: "GPTNeoXForCausalLM").write(toFile: dir.file("gpt/config.json"), atomically: false, encoding: .utf8)
         let r = try run("bad-gpt", model: "gpt", "method: magnitude\nsparsity: 0.5\npattern: channels")
         XCTAssertEqual(r.status, 2, r.stderr)
-        XCTAssertTrue(r.stderr.contains("Llama-family") && r.stderr.split(separator: "\n").count == 1, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains("Llama-family") && r.stderr.split(separator: "\n").count == 1, r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("bad-gpt")))
+        // Removing every unit of a layer cannot be asked for: at the most a global
+        // allocation can remove, every block still keeps a query head in each key/value
+        // group and a channel, and the smaller model runs.
+        let most = try run("most", model: "llama", "method: magnitude\nsparsity: 0.8317\npattern: heads+channels\nallocation: {method: global, max: 0.99}")
+        XCTAssertEqual(most.status, 0, most.stderr)
+        let kept = try XCTUnwrap(try manifest("most").structure).kept
+        for (g, units) in kept.enumerated() {
+            if g % 2 == 0 {
+                XCTAssertEqual(Set(units.map { $0 / 2 }), [0, 1], "block \(g / 2) keeps a head in both key/value groups: \(units)")
+            } else {
+                XCTAssertGreaterThanOrEqual(units.count, 1, "block \(g / 2) keeps a channel")
+            }
+        }
+        XCTAssertLessThan(kept.map(\.count).reduce(0, +), 2 * (4 + 48) / 2, "most units went")
+        XCTAssertEqual(try Subprocess.prune(["check", dir.file("llama"), dir.file("most")]).status, 0)
+        XCTAssertTrue(try LlamaModel(directory: dir.file("most/out/dense")).forward(tokens).allSatisfy(\.isFinite))
     }
 
     /// `method: flap`: every block keeps the units of the largest Var(x)·‖W[:, j]‖² of the
@@ -628,33 +695,41 @@ final class StructuredTests: XCTestCase {
         }
     }
 
-    /// `prune bench`: each model measured in its own process; the smaller model has fewer
+    /// `prune bench`: each model measured in its own process, every pruned one in the same
+    /// run as the dense (one row and one ratio line each); the smaller model has fewer
     /// parameters and weight bytes, a 90%-sparse one holds its Linear weights in CSR.
     func testBenchMeasuresEachModelAndHoldsSparseWeightsInCSR() throws {
         XCTAssertEqual(try run("b-small", model: "llama", "method: magnitude\nsparsity: 0.5\npattern: channels").status, 0)
         XCTAssertEqual(try run("b-sparse", model: "llama", "method: magnitude\nsparsity: 0.9").status, 0)
-        let r = try Subprocess.prune(["bench", dir.file("llama"), dir.file("b-small/out/dense"), "--prompt", "8", "--decode", "4", "--repeats", "1", "--json"])
+        let models = [dir.file("llama"), dir.file("b-small/out/dense"), dir.file("b-sparse/out/dense")]
+        let r = try Subprocess.prune(["bench"] + models + ["--prompt", "8", "--decode", "4", "--repeats", "1", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let objects = try r.stdout.split(separator: "\n").map { try XCTUnwrap(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]) }
-        XCTAssertEqual(objects.count, 2)
-        let dense = objects[0], small = objects[1]
+        XCTAssertEqual(objects.map { $0["model"] as? String }, models)
+        let dense = objects[0], small = objects[1], sparse = objects[2]
         XCTAssertEqual(dense["parameters"] as? Int, try Checkpoint(path: dir.file("llama")).parameterCount)
         XCTAssertLessThan(try XCTUnwrap(small["parameters"] as? Int), try XCTUnwrap(dense["parameters"] as? Int))
         XCTAssertLessThan(try XCTUnwrap(small["weightBytes"] as? Int), try XCTUnwrap(dense["weightBytes"] as? Int))
         for o in objects {
             XCTAssertGreaterThan(try XCTUnwrap(o["decodeTokensPerSecond"] as? Double), 0)
             XCTAssertGreaterThan(try XCTUnwrap(o["peakBytes"] as? Int), 0)
-            XCTAssertEqual(o["sparseWeights"] as? Int, 0)
         }
-        let sparse = try Subprocess.prune(["bench", dir.file("b-sparse/out/dense"), "--prompt", "8", "--decode", "4", "--repeats", "1", "--json"])
-        XCTAssertEqual(sparse.status, 0, sparse.stderr)
-        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(sparse.stdout.utf8)) as? [String: Any])
-        XCTAssertEqual(s["sparseWeights"] as? Int, 14, "every Linear of both blocks is 90% zeros")
-        XCTAssertLessThan(try XCTUnwrap(s["weightBytes"] as? Int), try XCTUnwrap(dense["weightBytes"] as? Int))
-        // Not a Llama-family model: one error line, exit 2.
-        let bad = try Subprocess.prune(["bench", dir.path])
+        XCTAssertEqual(dense["sparseWeights"] as? Int, 0)
+        XCTAssertEqual(small["sparseWeights"] as? Int, 0)
+        XCTAssertEqual(sparse["sparseWeights"] as? Int, 14, "every Linear of both blocks is 90% zeros")
+        XCTAssertLessThan(try XCTUnwrap(sparse["weightBytes"] as? Int), try XCTUnwrap(dense["weightBytes"] as? Int))
+        // The table: a row per model, a ratio line per pruned model against this run's dense.
+        let table = try Subprocess.prune(["bench"] + models + ["--prompt", "8", "--decode", "4", "--repeats", "1", "--rounds", "2"])
+        XCTAssertEqual(table.status, 0, table.stderr)
+        XCTAssertTrue(table.stdout.contains("best of 1 × 2 interleaved rounds"), table.stdout)
+        let lines = table.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.filter { $0.hasPrefix("| /") }.count, 3, table.stdout)
+        XCTAssertEqual(lines.filter { $0.contains(" / dense: parameters ") }.map { String($0.prefix { $0 != " " }) }, Array(models.dropFirst()), table.stdout)
+        // Not a Llama-family model, even after good ones: one error line, exit 2, nothing measured.
+        let bad = try Subprocess.prune(["bench", dir.file("llama"), dir.path])
         XCTAssertEqual(bad.status, 2)
         XCTAssertTrue(bad.stderr.hasPrefix("prune: error:") && bad.stderr.split(separator: "\n").count == 1, bad.stderr)
+        XCTAssertEqual(bad.stdout, "")
     }
 
     /// The values of an int32 .npy (the calibration ids this test writes).

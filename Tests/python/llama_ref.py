@@ -15,9 +15,9 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 
-def make(d, tied, seed, bias):
+def make(d, tied, seed, bias, kv=2):
     rng = np.random.default_rng(seed)
-    h, inter, heads, kv, vocab, layers = 32, 48, 4, 2, 64, 2
+    h, inter, heads, vocab, layers = 32, 48, 4, 64, 2
     hd = h // heads
     t = {"model.embed_tokens.weight": rng.normal(0, 0.5, (vocab, h))}
     for i in range(layers):
@@ -104,13 +104,14 @@ def main():
     m.add_argument("--tied", action="store_true")
     m.add_argument("--bias", action="store_true")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--kv", type=int, default=2, choices=[1, 2, 4], help="key/value heads (4: multi-head attention)")
     f = sub.add_parser("forward")
     f.add_argument("dir")
     f.add_argument("ids")
     f.add_argument("out")
     a = ap.parse_args()
     if a.cmd == "make":
-        make(a.dir, a.tied, a.seed, a.bias)
+        make(a.dir, a.tied, a.seed, a.bias, a.kv)
     else:
         ids = [int(x) for x in a.ids.split(",")]
         np.save(a.out, forward(a.dir, ids).astype(np.float32))

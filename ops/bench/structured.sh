@@ -13,6 +13,7 @@
 #   (q/o/gate/up/down weights) removed: 0.2134 removes 20.0% of the decoder, 0.32 30.0%
 #   STANDARDIZE=robust (with ALLOCATION=global): each block's scores standardized by median and
 #   interquartile range instead of FLAP's mean and standard deviation
+#   UNIT_NORM=l1 (method magnitude): units scored by the L1 norm of their weights instead of L2
 #   SPEED=1: the spec also asks `speed: true` (the report measures both models' generation
 #   speed, as prune bench); the decode speed-up is printed after the digest
 # SmolLM2's decoder is 30 blocks of 3.54 M weights, 2.65 M of them in the MLP: channels at
@@ -30,7 +31,7 @@ for pruning in "${prunings[@]}"; do
   read -r method pattern level refit <<< "$pruning"
   first=""
   for w in ${WORKERS:-2}; do
-    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}${ALLOCATION:+-$ALLOCATION}${STANDARDIZE:+-$STANDARDIZE}-w$w"
+    name="structured-$method-$pattern-${level//\//-}${refit:+-$refit}${ALLOCATION:+-$ALLOCATION}${STANDARDIZE:+-$STANDARDIZE}${UNIT_NORM:+-$UNIT_NORM}-w$w"
     rm -rf "${work:?}/$name"
     {
       echo "model: $work/model"
@@ -40,6 +41,7 @@ for pruning in "${prunings[@]}"; do
       [ "${level#*/}" = "$level" ] || echo "head_sparsity: ${level#*/}"
       echo "pattern: $pattern"
       [ -z "$refit" ] || echo "reconstruct: $refit"
+      [ -z "${UNIT_NORM:-}" ] || echo "unit_norm: $UNIT_NORM"
       [ -z "${ALLOCATION:-}" ] || echo "allocation: {method: $ALLOCATION${STANDARDIZE:+, standardize: $STANDARDIZE}}"
       [ "$method" = magnitude ] && [ -z "$refit" ] || echo "calibration: {data: $work/calib.txt, samples: 64, tokens: 256, seed: 0${ALLOCATION:+, mode: dense}}"
       echo "evaluation: {data: $work/eval.txt, samples: 32, tokens: 256}"
