@@ -48,7 +48,10 @@ public struct CalibrationPlan: Sendable {
         let modelDirectory = checkpoint.directory
         let configPath = (modelDirectory as NSString).appendingPathComponent("config.json")
         guard FileManager.default.fileExists(atPath: configPath) else {
-            throw ModelError("\(configPath): cannot read a JSON config (\(spec.method.rawValue) runs the model's forward pass)")
+            // An MLP classifier (mlp.json) has labelled examples, not token windows to calibrate on.
+            let what = MLPConfigFile.exists(in: modelDirectory) ? "\(modelDirectory) is an MLP classifier (mlp.json), not a Llama-family model with a config.json"
+                : "\(configPath) does not exist"
+            throw ModelError("\(what): method \(spec.method.rawValue) runs a Llama-family model's forward pass on the calibration tokens")
         }
         configJSON = try LlamaConfig.readConfig(configPath)
         config = try LlamaConfig.parse(bytes: configJSON, file: configPath)

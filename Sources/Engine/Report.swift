@@ -63,6 +63,12 @@ public struct JobReport: Codable, Sendable {
         public let targetSparsity: Double
         public let achievedSparsity: Double
         public let reconstructionError: Double?
+        /// The error ‖(W − Ŵ)X‖² before the layer's re-fit or swaps (`measures.reconstruction_error_before`).
+        public var reconstructionErrorBefore: Double?
+        /// `reconstruct: {scope: block}`: the loss of the layer's half (attention or MLP) on
+        /// its calibration inputs, Σ (y − teacher)², before and after the block re-fit.
+        public var blockLossBefore: Double?
+        public var blockLoss: Double?
         /// `allocation: error_budget`: the layer's error ÷ its output energy under Wanda's
         /// mask at each measured sparsity.
         public var errorCurve: [CurvePoint]?
@@ -154,6 +160,8 @@ public struct JobReport: Codable, Sendable {
         layers = manifest.tensors.filter(\.value.pruned).sorted { LayerOrder.less($0.key, $1.key) }.map {
             Layer(name: $0.key, block: LayerName.block($0.key), kind: LayerName.kind($0.key), targetSparsity: $0.value.targetSparsity ?? 0,
                   achievedSparsity: $0.value.achievedSparsity, reconstructionError: $0.value.reconstructionError,
+                  reconstructionErrorBefore: $0.value.measures?["reconstruction_error_before"],
+                  blockLossBefore: $0.value.measures?["block_loss_before"], blockLoss: $0.value.measures?["block_loss"],
                   errorCurve: ErrorCurveMeasures.relativeCurve($0.value.measures))
         }
     }
@@ -297,11 +305,20 @@ public struct JobReport: Codable, Sendable {
             s += "\(layers.compactMap(\.errorCurve).first!.count) sparsities (report.svg draws the curves); the last column reads "
             s += "the curve at the layer's level.\n\n"
         }
-        s += "| layer | block | kind | target | achieved | reconstruction error |" + (curves ? " relative error on curve |" : "")
-        s += "\n|---|---:|---|---:|---:|---:|" + (curves ? "---:|" : "") + "\n"
+        // Error before and after a re-fit or swaps; the block re-fit's half losses.
+        let before = layers.contains { $0.reconstructionErrorBefore != nil }, blocks = layers.contains { $0.blockLoss != nil }
+        if blocks {
+            s += "The block re-fit trains each block's attention and MLP halves: a layer's last two columns are its half's loss "
+            s += "Σ (y − teacher)² on the calibration tokens before and after (the same for every layer of a half).\n\n"
+        }
+        func number(_ x: Double?) -> String { x.map { String(format: "%.4g", $0) } ?? "–" }
+        s += "| layer | block | kind | target | achieved |" + (before ? " error before |" : "") + " reconstruction error |"
+        s += (blocks ? " half's loss before | half's loss after |" : "") + (curves ? " relative error on curve |" : "")
+        s += "\n|---|---:|---|---:|---:|" + (before ? "---:|" : "") + "---:|" + (blocks ? "---:|---:|" : "") + (curves ? "---:|" : "") + "\n"
         for l in layers {
             s += "| \(l.name) | \(l.block.map(String.init) ?? "–") | \(l.kind) | \(String(format: "%.4f", l.targetSparsity)) | "
-            s += "\(String(format: "%.4f", l.achievedSparsity)) | \(l.reconstructionError.map { String(format: "%.4g", $0) } ?? "–") |"
+            s += "\(String(format: "%.4f", l.achievedSparsity)) |" + (before ? " \(number(l.reconstructionErrorBefore)) |" : "") + " \(number(l.reconstructionError)) |"
+            if blocks { s += " \(number(l.blockLossBefore)) | \(number(l.blockLoss)) |" }
             if curves { s += " \(l.errorCurve.map { String(format: "%.4g", JobReport.interpolate($0, at: l.targetSparsity)) } ?? "–") |" }
             s += "\n"
         }

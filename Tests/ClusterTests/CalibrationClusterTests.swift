@@ -52,9 +52,9 @@ final class CalibrationClusterTests: XCTestCase {
     /// Runs `name` on 2 workers, SIGKILLs the coordinator once `crashAfter` is done and
     /// checks the job was not finished (`unfinished` not done), resumes it, and checks it
     /// ends with `expected` bytes without redoing any task done before the crash.
-    private func killAndResume(_ name: String, extra: String, delayMs: Int, crashAfter: String, unfinished: String,
+    private func killAndResume(_ name: String, extra: String, mode: String = "sequential", delayMs: Int, crashAfter: String, unfinished: String,
                                expected: [String: Data]) throws {
-        let job = try writeSpec(name, method: "wanda", extra: extra)
+        let job = try writeSpec(name, method: "wanda", mode: mode, extra: extra)
         let run = try Background(Subprocess.pruneBinary, ["run", "-q", "--workers", "2", job], cwd: dir.path,
                                  environment: ["PRUNE_TEST_TASK_DELAY_MS": "\(delayMs)"])
         XCTAssertTrue(Background.waitUntil(seconds: 180) { self.doneTasks(name).contains { $0.id == crashAfter } })
@@ -321,6 +321,13 @@ final class CalibrationClusterTests: XCTestCase {
                 after += a
             }
             XCTAssertLessThan(after, before, tag)
+            // report.md: each layer's error before and after the swaps, as the manifest has them.
+            let report = try String(contentsOfFile: dir.file("\(tag)-w2/report.md"), encoding: .utf8)
+            XCTAssertTrue(report.contains("| error before | reconstruction error |"), report)
+            for (name, t) in manifest.tensors where t.pruned {
+                let cells = String(format: "| %.4g | %.4g |", t.measures!["reconstruction_error_before"]!, t.reconstructionError!)
+                XCTAssertTrue(report.contains("| \(name) |") && report.split(separator: "\n").contains { $0.hasPrefix("| \(name) |") && $0.contains(cells) }, "\(tag) \(name): \(cells)")
+            }
             let check = try Subprocess.prune(["check", "model", "\(tag)-w2"], cwd: dir.path)
             XCTAssertEqual(check.status, 0, tag + ": " + check.stdout + check.stderr)
         }
@@ -380,6 +387,13 @@ final class CalibrationClusterTests: XCTestCase {
             halves += 1
         }
         XCTAssertGreaterThan(halves, 0)
+        // report.md: the half's loss before and after beside each re-fit layer.
+        let report = try String(contentsOfFile: dir.file("block-w2/report.md"), encoding: .utf8)
+        XCTAssertTrue(report.contains("| half's loss before | half's loss after |"), report)
+        for (name, t) in manifest.tensors where t.pruned {
+            let cells = String(format: "| %.4g | %.4g |", t.measures!["block_loss_before"]!, t.measures!["block_loss"]!)
+            XCTAssertTrue(report.split(separator: "\n").contains { $0.hasPrefix("| \(name) |") && $0.contains(cells) }, "\(name): \(cells)")
+        }
         let blocks = Set(manifest.tensors.keys.compactMap { $0.split(separator: ".").dropFirst(2).first.flatMap { Int($0) } })
         XCTAssertGreaterThan(blocks.count, 1)
         XCTAssertEqual(doneTasks("block-w2").filter { $0.phase == "refit" }.count, 2 * blocks.count, "two halves in each block")
@@ -486,6 +500,43 @@ final class CalibrationClusterTests: XCTestCase {
         let block = "reconstruct: {scope: block, epochs: 2, learning_rate: 0.001}\n"
         let expected = try run("seqblock-reference", method: "wanda", mode: "sequential", extra: block, workers: 0)
         try killAndResume("seqblock-crash", extra: block, delayMs: 50, crashAfter: "refit:1:attention:step:0:2", unfinished: "refit:1:attention",
+                          expected: expected)
+    }
+
+    /// What `reconstruct` cannot serve is refused before anything is written, as one
+    /// `prune: error:` line naming the key or the model (exit 2): a step size ≤ 0, negative
+    /// or not a number, a method without calibration inputs, an MLP classifier, an
+    /// architecture without our forward pass.
+    func testWhatReconstructCannotServeIsOneErrorLineAndWritesNothing() throws {
+        XCTAssertEqual(try Subprocess.prune(["init-mlp", dir.file("mlp"), "--seed", "0"]).status, 0)
+        try FileManager.default.copyItem(atPath: dir.file("model"), toPath: dir.file("bert"))
+        let config = try String(contentsOfFile: dir.file("bert/config.json"), encoding: .utf8)
+        try config.replacingOccurrences(of: "LlamaForCausalLM", with: "BertModel").write(toFile: dir.file("bert/config.json"), atomically: false, encoding: .utf8)
+        let calibration = "calibration: {data: ids.npy, samples: 8, tokens: 16, mode: dense}"
+        for (i, (model, body, message)) in [
+            ("model", "method: wanda\n\(calibration)\nreconstruct: {scope: block, learning_rate: -0.1}", "refused0.yaml:6: reconstruct.learning_rate: must be a finite number in (0, 1]"),
+            ("model", "method: wanda\n\(calibration)\nreconstruct: {scope: block, learning_rate: .nan}", "reconstruct.learning_rate: must be a finite number in (0, 1]"),
+            ("model", "method: wanda\n\(calibration)\nreconstruct: {scope: block, epochs: 0}", "reconstruct.epochs: must be an integer ≥ 1"),
+            ("model", "method: magnitude\nreconstruct: layer", "reconstruct: re-fitting a layer needs its calibration inputs"),
+            ("mlp", "method: wanda\n\(calibration)\nreconstruct: layer", "is an MLP classifier (mlp.json), not a Llama-family model"),
+            ("bert", "method: wanda\n\(calibration)\nreconstruct: layer", "architecture 'BertModel' is not supported"),
+        ].enumerated() {
+            let job = "refused\(i)"
+            try "model: \(model)\noutput: \(job)\nsparsity: 0.5\n\(body)\n".write(toFile: dir.file("\(job).yaml"), atomically: false, encoding: .utf8)
+            let r = try Subprocess.prune(["run", "-q", "--workers", "2", dir.file("\(job).yaml")], cwd: dir.path)
+            XCTAssertEqual(r.status, 2, "\(job): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix("prune: error:") && r.stderr.contains(message) && r.stderr.split(separator: "\n").count == 1, "\(job): \(r.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file(job)), "\(job): nothing created")
+        }
+    }
+
+    /// The same in dense mode, where each half is one task (its epochs inside it): a
+    /// SIGKILL after block 0's attention half, `prune resume` redoes no finished half and
+    /// gives the bytes of an unbroken run.
+    func testAKilledDenseBlockReconstructionResumesToTheSameBytes() throws {
+        let block = "reconstruct: {scope: block, epochs: 2, learning_rate: 0.001}\n"
+        let expected = try run("denseblock-reference", method: "wanda", mode: "dense", extra: block, workers: 0)
+        try killAndResume("denseblock-crash", extra: block, mode: "dense", delayMs: 400, crashAfter: "refit:0:attention", unfinished: "refit:1:mlp",
                           expected: expected)
     }
 
