@@ -5,7 +5,8 @@ import Yams
 
 /// Data-parallel training with the job's masks fixed (`train:` in the spec;
 /// `TrainPhase`): `epochs` passes over the examples in seeded shuffled batches of `batch`,
-/// each batch's gradient the sum, in shard order, of `shards` tasks on slices of it (the
+/// each batch's gradient the sum of `shards` tasks on slices of it (a classifier's in a
+/// fixed binary tree, `ShardTreeSum`; a language model's in shard order) (the
 /// workers compute them in parallel), one optimizer step per batch. With `sparsity: 0` it
 /// trains the dense model; otherwise it fine-tunes the pruned one.
 /// - An MLP classifier (mlp.json): labelled examples, softmax cross-entropy.
@@ -37,15 +38,16 @@ public struct TrainSpec: Sendable, Equatable {
         /// classifier); spans run one after another, so more workers do not speed it up.
         case none
         /// Spans as `none`, each helped by the workers idle when it starts: every member
-        /// of the span's group computes its slice of each step's shards and shares the
-        /// gradients with the others through the coordinator (an all-gather), and every
-        /// member sums all shards in shard order and takes the step itself, so the bytes
-        /// equal `star`'s and `none`'s whoever computed which shard. The leader can compute
-        /// any shard itself, so a helper that is slow or dies costs time, never the result;
-        /// it recomputes two helper shares per span, picked at random, and checks every
-        /// share's values, so a lying helper is caught with a probability that grows with
-        /// how much it lies (a share off in every step is caught in its first span; a lie
-        /// in one share of a span escapes with odds 1 − 2/steps). Verified tasks get no
+        /// of the span's group computes its slice of each step's shards and shares the sum of
+        /// each aligned run of them with the others through the coordinator (an all-gather
+        /// of subtrees of the step's `ShardTreeSum`), and every member adds them up and
+        /// takes the step itself, so the bytes equal `star`'s and `none`'s whoever computed
+        /// which shard. The leader can compute any run itself, so a helper that is slow or
+        /// dies costs time, never the result; it recomputes each helper's runs at one step
+        /// per span, picked at random, and checks every share's values, so a lying helper is
+        /// caught with a probability that grows with how much it lies (a share off in every
+        /// step is caught in its first span; a lie at one step of a span escapes with odds
+        /// 1 − 1/steps). Verified tasks get no
         /// helpers. For the MLP classifier (a language model's shares would be its whole
         /// gradient).
         case allgather

@@ -5,22 +5,25 @@ import Pruning
 import Tensors
 
 /// A classifier span's steps taken by a group of workers (`train.exchange: allgather`).
-/// Each member computes its slot's shards of a step (`SpanSlots`), shares them, and
-/// builds the step's sum in shard order from its own and the others' shares, then takes
-/// the step itself: every member holds the same state after every step, and it is the
-/// state `none` and `star` reach (the same F32 additions in the same order).
+/// Each member computes its slot's shards of a step (`SpanSlots`: contiguous runs in slot
+/// order) and sums each aligned run of them into one block (`ShardTreeSum.blocks`), shares
+/// its blocks, and builds the step's sum from its own and the others' blocks in
+/// `ShardTreeSum`'s tree, then takes the step itself: every member holds the same state
+/// after every step, and it is the state `none` and `star` reach (the same F32 additions
+/// in the same tree). With two members and a power-of-two shard count each sends one
+/// gradient a step, as soon as its shards are done.
 ///
-/// The leader (slot 0) shares the running sum of its shards (a prefix of the step's sum)
-/// and takes each helper shard from its owner while that helper is in the group; once a
-/// helper is gone (it did not join in time, the coordinator says it left, or it was silent
-/// for the patience) the leader computes its shards itself, and shares them while any other
-/// helper is there. It recomputes shares it picks at random for this attempt (two per
-/// helper and span, so a helper cannot know which) and compares the bytes: a share that
-/// differs, or is malformed (its size, a non-finite value, an impossible loss) ends the
-/// group (`ShareDisagrees`), and the leader takes the span again alone. A lie the checks
-/// miss costs the result its exactness (a wrong share summed in), which is why a verified
-/// task never gets helpers. A helper stops (`HelpEnded`) when the leader leaves, is silent
-/// for the patience, or this worker gets other work.
+/// The leader takes each helper block from its owner while that helper is in the group;
+/// once a helper is gone (it did not join in time, the coordinator says it left, or it was
+/// silent for the patience) the leader computes its blocks itself, and shares them while
+/// any other helper is there. It checks every block it receives (its size, finite values,
+/// each shard's loss triple) and, at one step per helper and span that it picks at random
+/// for this attempt (so a helper cannot know which), recomputes all that helper's blocks
+/// and compares the bytes: a block that differs, or is malformed, ends the group
+/// (`ShareDisagrees`), and the leader takes the span again alone. A lie the checks miss
+/// costs the result its exactness (a wrong block summed in), which is why a verified task
+/// never gets helpers. A helper stops (`HelpEnded`) when the leader leaves, is silent for
+/// the patience, or this worker gets other work.
 final class SpanAllGather {
     /// A helper's share differed from the leader's own computation, or was malformed.
     struct ShareDisagrees: Error, CustomStringConvertible {
@@ -33,36 +36,41 @@ final class SpanAllGather {
         let description: String
     }
 
+    /// A block: step (absolute) and its shards.
     private struct Key: Hashable {
         let step: Int
         let first: Int
-        let prefix: Bool
+        let count: Int
     }
 
-    /// A helper share the leader recomputes: step index in the span, shard.
+    /// A helper step the leader recomputes: step index in the span, slot.
     private struct Check: Hashable {
         let step: Int
-        let shard: Int
+        let slot: Int
     }
 
-    /// How many of each helper's shares the leader recomputes per span.
-    static let checksPerHelper = 2
+    /// How many steps of each helper the leader recomputes per span (all its blocks at each).
+    static let checksPerHelper = 1
 
     private let group: SpanGroup
     private let task: Prune_V1_TrainTask
     private let model: MLPModel
     private let layout: TrainStep.SpanLayout
-    /// Each slot's shards of every step.
+    /// Each slot's shards of every step, and the blocks they fall into.
     private let ranges: [Range<Int>]
+    private let blocks: [[Range<Int>]]
     private let where_: String
-    /// Shares that came before they were needed (at most the current and the next step's).
+    /// Blocks that came before they were needed (at most the current and the next step's).
     private var pending: [Key: SpanShare] = [:]
     /// The step (absolute) being taken.
     private var current = 0
-    /// The helpers the leader takes shares from.
+    /// The helpers the leader takes blocks from.
     private var inGroup: Set<Int> = []
     /// How long one of this member's own shards took, to scale the patience with.
     private var shardMs = 0
+    /// The step's sum being built, and a block's.
+    private var tree: ShardTreeSum
+    private var blockTree: ShardTreeSum
 
     init(group: SpanGroup, task: Prune_V1_TrainTask, model: MLPModel, where where_: String) throws {
         layout = try TrainStep.SpanLayout(task, where: where_)
@@ -76,6 +84,9 @@ final class SpanAllGather {
         self.where_ = where_
         let shards = layout.shards
         ranges = (0..<group.slots).map { SpanSlots.shards(slot: $0, of: group.slots, shards: shards) }
+        blocks = ranges.map(ShardTreeSum.blocks)
+        tree = ShardTreeSum(count: 0)
+        blockTree = tree
     }
 
     /// Takes the span's steps; the leader returns each shard's loss triple, step after
@@ -84,7 +95,27 @@ final class SpanAllGather {
         // Every share is one whole gradient: the group drops any other size unread.
         TrainStep.zeroSum(model: .mlp(model), training: training)
         group.shareBytes = 4 * TrainStep.kept.summed.count
+        tree = ShardTreeSum(count: TrainStep.kept.summed.count)
+        blockTree = tree
         return group.slot == 0 ? try lead(&training) : try help(&training)
+    }
+
+    /// Block `block` of step k computed here: its sum and its shards' loss triples.
+    private func compute(_ block: Range<Int>, step k: Int, _ training: MLPTraining) throws -> (gradient: [Float], losses: [[Double]]) {
+        let began = DispatchTime.now().uptimeNanoseconds
+        var losses: [[Double]] = []
+        for j in block {
+            let shard = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
+            try blockTree.push(tensors: shard.tensors)
+            losses.append(shard.loss)
+        }
+        shardMs = Int((DispatchTime.now().uptimeNanoseconds - began) / 1_000_000) / max(1, block.count)
+        return (blockTree.finishValues(), losses)
+    }
+
+    private func share(_ block: Range<Int>, _ computed: (gradient: [Float], losses: [[Double]])) throws {
+        try group.share(SpanShare(step: current, first: block.lowerBound, count: block.count, prefix: false,
+                                  losses: computed.losses.flatMap { $0 }, gradient: computed.gradient.withUnsafeBytes { [UInt8]($0) }))
     }
 
     // MARK: Leader
@@ -106,78 +137,67 @@ final class SpanAllGather {
             }
         }
         var generator = SystemRandomNumberGenerator()
-        let checked = Self.checks(ranges: ranges, steps: layout.steps, using: &generator)
+        let checked = Self.checks(slots: group.slots, steps: layout.steps, using: &generator)
         var losses: [[Double]] = []
         losses.reserveCapacity(layout.steps * layout.shards)
         for k in 0..<layout.steps {
             current = layout.first + k
             pending = pending.filter { $0.key.step >= current }
-            TrainStep.zeroSum(model: .mlp(model), training: training)
-            let began = DispatchTime.now().uptimeNanoseconds
-            var own: [Double] = []
-            for j in ranges[0] {
-                let shard = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
-                TrainStep.addToSum(shard.tensors)
-                losses.append(shard.loss)
-                own += shard.loss
-            }
-            shardMs = Int((DispatchTime.now().uptimeNanoseconds - began) / 1_000_000) / max(1, ranges[0].count)
-            if !inGroup.isEmpty {
-                try group.share(SpanShare(step: current, first: 0, count: ranges[0].count, prefix: true, losses: own,
-                                          gradient: TrainStep.kept.summed.withUnsafeBytes { [UInt8]($0) }))
+            for block in blocks[0] {
+                let own = try compute(block, step: k, training)
+                if !inGroup.isEmpty { try share(block, own) }
+                try tree.push(owned: own.gradient, level: ShardTreeSum.level(of: block))
+                losses += own.losses
             }
             for i in 1..<group.slots {
-                for j in ranges[i] {
-                    if let share = try awaitShare(shard: j, from: i) {
-                        try check(share, slot: i, rows: layout.slice(k, j).count)
-                        if checked.contains(Check(step: k, shard: j)) {
-                            // The seeded check: this share recomputed here, byte for byte.
-                            let mine = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
-                            guard Self.bytes(mine.tensors) == share.gradient, mine.loss == share.losses else {
-                                throw ShareDisagrees(slot: i, description: "helper \(i)'s share of step \(current) shard \(j) differs from the leader's own computation")
+                for block in blocks[i] {
+                    if let share = try awaitShare(block, from: i) {
+                        try check(share, slot: i, block: block, step: k)
+                        if checked.contains(Check(step: k, slot: i)) {
+                            // The seeded check: this block recomputed here, byte for byte.
+                            let mine = try compute(block, step: k, training)
+                            guard mine.gradient.withUnsafeBytes({ $0.elementsEqual(share.gradient) }), mine.losses.flatMap({ $0 }) == share.losses else {
+                                throw ShareDisagrees(slot: i, description: "helper \(i)'s block of step \(current) shards \(block) differs from the leader's own computation")
                             }
                         }
-                        Self.add(share.gradient)
-                        losses.append(share.losses)
+                        try tree.push(bytes: share.gradient, level: ShardTreeSum.level(of: block))
+                        losses += stride(from: 0, to: share.losses.count, by: 3).map { Array(share.losses[$0..<($0 + 3)]) }
                     } else {
-                        let shard = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
-                        TrainStep.addToSum(shard.tensors)
-                        losses.append(shard.loss)
-                        if !inGroup.isEmpty {
-                            try group.share(SpanShare(step: current, first: j, count: 1, prefix: false, losses: shard.loss, gradient: Self.bytes(shard.tensors)))
-                        }
+                        let own = try compute(block, step: k, training)
+                        if !inGroup.isEmpty { try self.share(block, own) }
+                        try tree.push(owned: own.gradient, level: ShardTreeSum.level(of: block))
+                        losses += own.losses
                     }
                 }
             }
+            TrainStep.kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
             try TrainStep.apply(&training, task.span[k], index: current)
         }
         return losses
     }
 
-    /// The helper shares the leader recomputes: for each helper, `checksPerHelper` steps
-    /// of the span (all when it has fewer), one of that helper's shards at each, drawn at
-    /// random for this attempt, so a helper cannot tell which of its shares are checked.
-    /// The draw changes no byte of the result: an honest share equals the recomputation.
-    private static func checks<G: RandomNumberGenerator>(ranges: [Range<Int>], steps: Int, using generator: inout G) -> Set<Check> {
+    /// The helper steps the leader recomputes: for each helper, `checksPerHelper` steps of
+    /// the span (all when it has fewer), drawn at random for this attempt, so a helper
+    /// cannot tell which of its blocks are checked. The draw changes no byte of the result:
+    /// an honest block equals the recomputation.
+    private static func checks<G: RandomNumberGenerator>(slots: Int, steps: Int, using generator: inout G) -> Set<Check> {
         var out: Set<Check> = []
-        for range in ranges.dropFirst() where !range.isEmpty {
+        for slot in 1..<slots {
             var picked = Array(0..<steps)
             picked.shuffle(using: &generator)
-            for k in picked.prefix(checksPerHelper) {
-                out.insert(Check(step: k, shard: Int.random(in: range, using: &generator)))
-            }
+            for k in picked.prefix(checksPerHelper) { out.insert(Check(step: k, slot: slot)) }
         }
         return out
     }
 
-    /// Helper `slot`'s share of `shard` at the current step, or nil once that helper is
-    /// out of the group (then the leader computes the shard). One deadline for the
-    /// share: other messages meanwhile do not extend it, so no member can stall the
-    /// leader past the patience by talking.
-    private func awaitShare(shard j: Int, from slot: Int) throws -> SpanShare? {
+    /// Helper `slot`'s block at the current step, or nil once that helper is out of the
+    /// group (then the leader computes the block). One deadline for the block: other
+    /// messages meanwhile do not extend it, so no member can stall the leader past the
+    /// patience by talking.
+    private func awaitShare(_ block: Range<Int>, from slot: Int) throws -> SpanShare? {
         let deadline = Deadline(ms: patience)
         while true {
-            if let share = pending.removeValue(forKey: Key(step: current, first: j, prefix: false)) { return share }
+            if let share = pending.removeValue(forKey: Key(step: current, first: block.lowerBound, count: block.count)) { return share }
             guard inGroup.contains(slot) else { return nil }
             switch try group.next(timeoutMs: deadline.leftMs) {
             case .share(let s, let share): keep(share, from: s)
@@ -188,14 +208,19 @@ final class SpanAllGather {
         }
     }
 
-    /// A helper's share must have the shape of one shard's: the gradient's size, finite
-    /// values, a finite loss, a count of correct answers within the shard's examples.
-    private func check(_ share: SpanShare, slot: Int, rows: Int) throws {
+    /// A helper's block must have the shape of one: the gradient's size, finite values,
+    /// and for each of its shards a finite loss and a count of correct answers within the
+    /// shard's examples.
+    private func check(_ share: SpanShare, slot: Int, block: Range<Int>, step k: Int) throws {
         let l = share.losses
-        guard share.gradient.count == 4 * TrainStep.kept.summed.count, l.count == 3, l[0].isFinite, l[0] >= 0,
-              l[2] == Double(rows), l[1] >= 0, l[1] <= l[2], l[1] == l[1].rounded(),
-              share.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { FloatVectors.allFinite($0) } }) else {
-            throw ShareDisagrees(slot: slot, description: "helper \(slot)'s share of step \(current) shard \(share.first) is malformed")
+        var fine = share.gradient.count == 4 * TrainStep.kept.summed.count && l.count == 3 * block.count
+            && share.gradient.withUnsafeBytes({ $0.withMemoryRebound(to: Float.self) { FloatVectors.allFinite($0) } })
+        for (n, j) in block.enumerated() where fine {
+            let loss = l[3 * n], correct = l[3 * n + 1], examples = l[3 * n + 2]
+            fine = loss.isFinite && loss >= 0 && examples == Double(layout.slice(k, j).count) && correct >= 0 && correct <= examples && correct == correct.rounded()
+        }
+        guard fine else {
+            throw ShareDisagrees(slot: slot, description: "helper \(slot)'s block of step \(current) shards \(block) is malformed")
         }
     }
 
@@ -203,33 +228,33 @@ final class SpanAllGather {
 
     private func help(_ training: inout MLPTraining) throws -> [[Double]] {
         try group.join()
-        let mine = ranges[group.slot]
         for k in 0..<layout.steps {
             current = layout.first + k
             pending = pending.filter { $0.key.step >= current }
-            var own: [Int: [UInt8]] = [:]
-            TrainStep.zeroSum(model: .mlp(model), training: training)
-            let began = DispatchTime.now().uptimeNanoseconds
-            for j in mine {
-                let shard = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
-                let bytes = Self.bytes(shard.tensors)
-                try group.share(SpanShare(step: current, first: j, count: 1, prefix: false, losses: shard.loss, gradient: bytes))
-                own[j] = bytes
+            // Own blocks first, each shared as soon as it is summed; then every block of the
+            // step in the tree's order.
+            var own: [Int: [Float]] = [:]
+            for block in blocks[group.slot] {
+                let computed = try compute(block, step: k, training)
+                try share(block, computed)
+                own[block.lowerBound] = computed.gradient
             }
-            shardMs = Int((DispatchTime.now().uptimeNanoseconds - began) / 1_000_000) / max(1, mine.count)
-            let prefix = try awaitHelped(Key(step: current, first: 0, prefix: true))
-            try copyPrefix(prefix.gradient)
-            for j in ranges[1].lowerBound..<layout.shards {
-                let gradient = try own[j] ?? awaitHelped(Key(step: current, first: j, prefix: false)).gradient
-                guard gradient.count == 4 * TrainStep.kept.summed.count else { throw HelpEnded(description: "a share of \(gradient.count) bytes") }
-                Self.add(gradient)
+            for block in blocks.joined() {
+                if let mine = own.removeValue(forKey: block.lowerBound) {
+                    try tree.push(owned: mine, level: ShardTreeSum.level(of: block))
+                    continue
+                }
+                let gradient = try awaitHelped(Key(step: current, first: block.lowerBound, count: block.count)).gradient
+                guard gradient.count == 4 * tree.count else { throw HelpEnded(description: "a block of \(gradient.count) bytes") }
+                try tree.push(bytes: gradient, level: ShardTreeSum.level(of: block))
             }
+            TrainStep.kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
             try TrainStep.apply(&training, task.span[k], index: current)
         }
         return []
     }
 
-    /// The share a helper needs next (the leader's prefix, or another slot's shard).
+    /// The block a helper needs next (another slot's).
     private func awaitHelped(_ key: Key) throws -> SpanShare {
         let deadline = Deadline(ms: patience)
         while true {
@@ -237,43 +262,31 @@ final class SpanAllGather {
             switch try group.next(timeoutMs: deadline.leftMs) {
             case .share(let s, let share): keep(share, from: s)
             case .left(0): throw HelpEnded(description: "the leader left")
-            case .timeout: throw HelpEnded(description: "no share of step \(current) within \(patience) ms")
+            case .timeout: throw HelpEnded(description: "no block of step \(current) within \(patience) ms")
             case .interrupted: throw HelpEnded(description: "other work came")
             case .left, .joined: continue
             }
         }
     }
 
-    private func copyPrefix(_ gradient: [UInt8]) throws {
-        guard gradient.count == 4 * TrainStep.kept.summed.count else { throw HelpEnded(description: "a prefix of \(gradient.count) bytes") }
-        TrainStep.kept.summed.withUnsafeMutableBytes { out in
-            gradient.withUnsafeBytes { out.copyMemory(from: $0) }
-        }
-    }
-
     // MARK: Both
 
-    /// Keeps a share for when it is needed: only what its sender may send (the leader: its
-    /// prefix, or any helper shard it computed itself; a helper: its own shards), of the
-    /// current step or the next.
+    /// Keeps a block for when it is needed: only what its sender may send (a block of its
+    /// own slot's; the leader also those of helpers it computed itself), of the current
+    /// step or the next.
     private func keep(_ share: SpanShare, from slot: Int) {
-        guard share.step == current || share.step == current + 1, slot >= 0, slot < group.slots, slot != group.slot else { return }
-        let allowed: Bool
-        if share.prefix {
-            allowed = slot == 0 && share.first == 0 && share.count == ranges[0].count
-        } else {
-            allowed = share.count == 1 && share.first >= ranges[1].lowerBound && share.first < layout.shards
-                && (slot == 0 || ranges[slot].contains(share.first))
-        }
-        let key = Key(step: share.step, first: share.first, prefix: share.prefix)
-        // The first share for a place stands: a second cannot replace one already checked.
-        guard allowed, pending[key] == nil else { return }
+        guard share.step == current || share.step == current + 1, slot >= 0, slot < group.slots, slot != group.slot, !share.prefix,
+              let owner = ranges.firstIndex(where: { $0.contains(share.first) }),
+              blocks[owner].contains(share.first..<(share.first + share.count)), slot == owner || (slot == 0 && owner > 0) else { return }
+        let key = Key(step: share.step, first: share.first, count: share.count)
+        // The first block for a place stands: a second cannot replace one already checked.
+        guard pending[key] == nil else { return }
         pending[key] = share
     }
 
     /// How long to wait for another member: the group's patience, or, on a slow machine,
     /// the time of three whole steps of this member's shards plus the leader's checks (a
-    /// helper waits for the leader's next prefix while the leader computes the shards of
+    /// helper waits for the leader's next block while the leader computes the blocks of
     /// helpers that left and recomputes checked ones).
     private var patience: Int { max(group.patienceMs, 3 * (layout.shards + group.slots) * shardMs) }
 
@@ -285,28 +298,6 @@ final class SpanAllGather {
         var leftMs: Int {
             let now = DispatchTime.now().uptimeNanoseconds
             return now >= until ? 0 : Int((until - now) / 1_000_000)
-        }
-    }
-
-    /// A gradient's tensors as one F32 payload, in the flat order.
-    private static func bytes(_ tensors: [[Float]]) -> [UInt8] {
-        let count = 4 * tensors.reduce(0) { $0 + $1.count }
-        return [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
-            var at = 0
-            for t in tensors {
-                t.withUnsafeBytes { if let from = $0.baseAddress { UnsafeMutableRawPointer(out.baseAddress! + at).copyMemory(from: from, byteCount: $0.count) } }
-                at += t.count * 4
-            }
-            initialized = count
-        }
-    }
-
-    /// Adds a share's F32 gradient (the size checked) to the step's sum.
-    private static func add(_ gradient: [UInt8]) {
-        gradient.withUnsafeBytes { raw in
-            raw.withMemoryRebound(to: Float.self) { g in
-                TrainStep.kept.summed.withUnsafeMutableBufferPointer { FloatVectors.add(g, to: $0.baseAddress!) }
-            }
         }
     }
 }

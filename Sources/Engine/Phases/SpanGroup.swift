@@ -3,9 +3,10 @@ import Protocol
 import Pruning
 
 /// One member's share of a training step's gradient (`train.exchange: allgather`): the
-/// F32 gradient of shards [first, first + count) of step `step`, or, when `prefix`, the
-/// running sum of shards 0 ..< first + count (what the leader's first shards add up to),
-/// and each shard's loss triple (loss, correct, examples).
+/// F32 sum of shards [first, first + count) of step `step`, an aligned run
+/// (`ShardTreeSum.blocks`), and each shard's loss triple (loss, correct, examples).
+/// `prefix` (a running sum from shard 0, the protocol's earlier form) is no longer sent;
+/// a share that sets it is dropped.
 public struct SpanShare: Sendable {
     public var step: Int
     public var first: Int
@@ -63,8 +64,7 @@ extension TaskInputs {
 }
 
 /// Which shards of each step a slot of a span's group computes: contiguous runs in slot
-/// order, so the leader's run starts at shard 0 and its running sum is a prefix of the
-/// step's sum in shard order.
+/// order, each cut into aligned runs that are subtrees of the step's `ShardTreeSum`.
 public enum SpanSlots {
     public static func shards(slot: Int, of slots: Int, shards: Int) -> Range<Int> {
         (slot * shards / slots)..<((slot + 1) * shards / slots)

@@ -5,7 +5,7 @@ import Pruning
 import Tensors
 
 /// Data-parallel masked training (`train:`, `TrainSpec`) of an MLP classifier or a
-/// Llama-family model (`TrainedModel` holds what differs), after the masks: every step's gradient is the sum, in shard order, of `shards` tasks
+/// Llama-family model (`TrainedModel` holds what differs), after the masks: every step's gradient is the sum (`ShardTreeSum`'s tree for a classifier, shard order for a language model) of `shards` tasks
 /// `train:grad:T:J` on slices of step T's batch, which the workers compute in parallel;
 /// no task applies the steps alone: each task rebuilds the state at its step from the
 /// last checkpoint and the gradients since (`TrainStep`; a worker keeps its last state,

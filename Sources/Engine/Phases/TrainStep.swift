@@ -139,10 +139,22 @@ enum TrainStep {
             let s = r.steps[k]
             guard !s.shards.isEmpty, s.batch > 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has no gradients") }
             zeroSum(model: model, training: training)
-            for ref in s.shards {
-                try inputs.withArtifact(ref) { raw in
-                    try addToSum(raw, model: model, training: training, where: where_)
+            if model.isLanguageModel {
+                for ref in s.shards {
+                    try inputs.withArtifact(ref) { raw in
+                        try addToSum(raw, model: model, training: training, where: where_)
+                    }
                 }
+            } else {
+                // A classifier's shards add up in the tree every exchange uses.
+                var tree = ShardTreeSum(count: training.parameterCount)
+                for ref in s.shards {
+                    try inputs.withArtifact(ref) { raw in
+                        guard raw.count == 4 * tree.count else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(tree.count)") }
+                        try raw.withMemoryRebound(to: Float.self) { try tree.push($0) }
+                    }
+                }
+                kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
             }
             try apply(&training, s, index: Int(r.baseStep) + k)
         }
@@ -290,9 +302,10 @@ enum TrainStep {
             : r.inputBytes.withUnsafeBytes { b in b.map(LabelledData.pixel) }
     }
 
-    /// Action span: the task's steps after its base, each step's gradient the sum, in shard
-    /// order, of its slices' (the slices a star exchange's gradient tasks take, summed as
-    /// the tasks after them sum them). Returns each slice's loss triple, step after step.
+    /// Action span: the task's steps after its base, each step's gradient the sum of its
+    /// slices' (the slices a star exchange's gradient tasks take, summed as the tasks after
+    /// them sum them: a classifier's in `ShardTreeSum`'s tree, a language model's in shard
+    /// order). Returns each slice's loss triple, step after step.
     private static func runSpan(_ r: Prune_V1_TrainTask, training: inout MLPTraining, model: TrainTaskModel, inputs: TaskInputs,
                                 where where_: String) throws -> [[Double]] {
         let layout = try SpanLayout(r, where: where_)
@@ -304,13 +317,15 @@ enum TrainStep {
             try layout.checkExamples(r, model: m, where: where_)
             // Reserved once the examples show the steps are real.
             losses.reserveCapacity(steps * shards)
+            var tree = ShardTreeSum(count: training.parameterCount)
             for k in 0..<steps {
                 zeroSum(model: model, training: training)
                 for j in 0..<shards {
                     let shard = try classifierShard(m, r, training: training, rows: slice(k, j), step: first + k, where: where_)
-                    addToSum(shard.tensors)
+                    try tree.push(tensors: shard.tensors)
                     losses.append(shard.loss)
                 }
+                kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
                 try apply(&training, r.span[k], index: first + k)
             }
         case .llama(let llama):
@@ -385,18 +400,6 @@ enum TrainStep {
         }
         guard result.loss.isFinite, g.allSatisfy(FloatVectors.allFinite) else { throw diverged(step: step, loss: result.loss) }
         return (g, [result.loss, Double(result.correct), Double(rows.count)])
-    }
-
-    /// Adds a gradient, tensor by tensor in the flat order, to the step's sum: the sums a
-    /// flattened gradient's payload gives the star exchange.
-    static func addToSum(_ tensors: [[Float]]) {
-        kept.summed.withUnsafeMutableBufferPointer { out in
-            var at = 0
-            for tensor in tensors {
-                tensor.withUnsafeBufferPointer { FloatVectors.add($0, to: out.baseAddress! + at) }
-                at += tensor.count
-            }
-        }
     }
 
     /// The lineage of a span's end state: its base's, chained with the steps' divisors,
