@@ -31,7 +31,7 @@ enum StructuredCheck {
             let heads = parts.first { $0.kind == UnitKind.heads.rawValue }?.sparsity
             plan = isMLP ? try StructuredPlan(mlp: source, sparsity: manifest.sparsity, score: score)
                 : try StructuredPlan(config: try LlamaConfig.load(source.directory), kinds: kinds, score: score, sparsity: manifest.sparsity, headSparsity: heads,
-                                     global: structure.allocation == "global" ? 0...1 : nil)
+                                     global: structure.allocation == "global" ? 0...1 : nil, checking: true)
         } catch {
             fail("the input's config does not give the job's units: \(error)")
             return report

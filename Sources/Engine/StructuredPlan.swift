@@ -162,8 +162,10 @@ public struct StructuredPlan: Sendable {
     }
 
     /// The plan for a config (what `prune check` rebuilds from a manifest).
+    /// `checking`: rebuilding the plan of a job already written (`prune check`), which
+    /// does not refuse a head level that an earlier version rounded down per group.
     public init(config: LlamaConfig, kinds: [UnitKind], score: UnitScore, sparsity: Double, headSparsity: Double? = nil,
-                global: ClosedRange<Double>? = nil, standardization: Standardization = .zscore) throws {
+                global: ClosedRange<Double>? = nil, standardization: Standardization = .zscore, checking: Bool = false) throws {
         precondition(!kinds.isEmpty && kinds == UnitKind.allCases.filter(kinds.contains), "kinds in UnitKind.allCases order")
         guard config.hasUniformBlocks else {
             throw SpecError("pattern: \(SparsityPattern.units(kinds).description): the model's blocks already differ in width (a per-layer config); prune the model it came from")
@@ -231,9 +233,9 @@ public struct StructuredPlan: Sendable {
             }
             // Every key/value group loses the same number of query heads, or the grouped-query
             // ratio breaks: a level between two whole numbers per group is refused, not rounded.
-            guard asked == removed * first.groups else {
+            guard asked == removed * first.groups || checking else {
                 let below = Double(removed * first.groups) / Double(first.count), above = Double((removed + 1) * first.groups) / Double(first.count)
-                throw SpecError("\(key): \(s) removes \(asked) of \(first.count) query heads, which \(first.groups) key/value groups cannot lose equally (the grouped-query ratio needs a multiple of \(first.groups)): \(key) \(String(format: "%.4f", below)) removes \(removed * first.groups)\(removed + 1 < perGroup ? String(format: ", %.4f removes \((removed + 1) * first.groups)", above) : "")")
+                throw SpecError("\(key): \(s) removes \(asked) of \(first.count) query heads, which \(first.groups) key/value groups cannot lose equally (the grouped-query ratio needs a multiple of \(first.groups)): \(key) \(String(format: "%.4f", below)) removes \(removed * first.groups)\(removed + 1 < perGroup ? String(format: ", %.4f removes \((removed + 1) * first.groups)", above) : "")\(key == "head_sparsity" && headSparsity == nil ? " (head_sparsity defaults to sparsity; set it)" : "")")
             }
             guard removed < perGroup else {
                 throw SpecError("\(key): \(s) removes every \(kind == .heads ? "query head of each key/value group" : "channel") of a block")

@@ -2,8 +2,8 @@ import Foundation
 
 /// The state of an MLP classifier's masked training: its parameters, one masked optimizer
 /// per tensor (weights keep their pruning mask, biases are all kept) and the step count.
-/// A step takes the batch's summed gradient (`MLPGradient`, shard sums added in shard
-/// order), divides it by the batch size and updates every tensor: a fixed elementwise
+/// A step takes the batch's summed gradient (`MLPGradient`, shard sums added in a fixed
+/// binary tree, the Engine's `ShardTreeSum`), divides it by the batch size and updates every tensor: a fixed elementwise
 /// sequence in F32, so every host that applies the same gradients gets the same bits.
 public struct MLPTraining: Sendable, Equatable {
     /// The optimizer and its hyper-parameters.

@@ -147,6 +147,10 @@ final class TrainClusterTests: XCTestCase {
         let four = "examples: 1200, epochs: 1, batch: 100, shards: 4, learning_rate: 0.1, checkpoint_every: 4, lr_schedule: cosine"
         XCTAssertEqual(try run("gather4-w3", train: four + ", exchange: allgather", workers: 3), try run("star4-w0", train: four, workers: 0))
         XCTAssertTrue(try ledger("gather4-w3").events().contains { $0.kind == "help" && $0.detail.hasSuffix("slot 2 of 3") })
+        // 5 shards on 2 workers: the helper's shards 2..<5 are two runs of the tree, 2..<4 and 4..<5.
+        let five = "examples: 1000, epochs: 1, batch: 100, shards: 5, learning_rate: 0.1, checkpoint_every: 5"
+        XCTAssertEqual(try run("gather5-w2", train: five + ", exchange: allgather", workers: 2), try run("star5-w0", train: five, workers: 0))
+        XCTAssertTrue(try ledger("gather5-w2").events().contains { $0.kind == "help" })
     }
 
     /// Helpers whose shares are off by one bit (`PRUNE_TEST_LIE=skew-shares`) or hold a

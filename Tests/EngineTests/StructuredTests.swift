@@ -36,9 +36,10 @@ final class StructuredTests: XCTestCase {
 
     override func tearDown() { dir?.cleanup() }
 
-    /// The test Llama without grouped-query attention (4 key/value heads for 4 query heads).
-    private func makeMultiHeadModel(_ name: String = "mha") throws {
-        let made = try XCTUnwrap(try Subprocess.python("llama_ref.py", ["make", dir.file(name), "--seed", "5", "--kv", "4"]))
+    /// The test Llama without grouped-query attention (4 key/value heads for 4 query heads);
+    /// `bias`: the Qwen2 one (q, k and v biases).
+    private func makeMultiHeadModel(_ name: String = "mha", bias: Bool = false) throws {
+        let made = try XCTUnwrap(try Subprocess.python("llama_ref.py", ["make", dir.file(name), "--seed", "5", "--kv", "4"] + (bias ? ["--bias"] : [])))
         XCTAssertEqual(made.status, 0, made.stderr)
     }
 
@@ -359,14 +360,23 @@ final class StructuredTests: XCTestCase {
                                    ("t-both-flap", "llama", "method: flap\nsparsity: 0.25\nhead_sparsity: 0.5\npattern: heads+channels\ncalibration: {data: ids.npy, samples: 8, tokens: 24}"),
                                    // Whole heads of a multi-head model: fewer key/value heads in the config.
                                    ("t-mha", "mha", "method: magnitude\nsparsity: 0.5\npattern: heads"),
-                                   ("t-mha-flap", "mha", "method: flap\nsparsity: 0.25\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}")] {
-            if model == "mha", !FileManager.default.fileExists(atPath: dir.file("mha")) { try makeMultiHeadModel() }
+                                   ("t-mha-flap", "mha", "method: flap\nsparsity: 0.25\npattern: heads\ncalibration: {data: ids.npy, samples: 8, tokens: 24}"),
+                                   // Qwen2 without grouped-query attention: its q, k and v biases lose the head's rows.
+                                   ("t-mha-qwen2", "mha-qwen2", "method: magnitude\nsparsity: 0.5\npattern: heads")] {
+            if model.hasPrefix("mha"), !FileManager.default.fileExists(atPath: dir.file(model)) { try makeMultiHeadModel(model, bias: model == "mha-qwen2") }
             let r = try run(job, model: model, spec)
             XCTAssertEqual(r.status, 0, "\(job): \(r.stderr)")
             try assertTransformersAgree(source: model, job: job, tokens: tokens)
         }
         // FLAP's smaller model: 2 of 4 heads and 36 of 48 channels a block, plus its biases
         // (gate, up 36; down 32; q 2·8, k and v 2·8; o 32).
+        // Qwen2's whole heads: 2 of 4 a block, each its q, k and v rows (8 × 32) with their
+        // biases (8 each) and its o columns (32 × 8); the config keeps 2 key/value heads.
+        let qwen = try Checkpoint(path: dir.file("t-mha-qwen2/out/dense")), qwenSource = try Checkpoint(path: dir.file("mha-qwen2"))
+        XCTAssertEqual(qwenSource.parameterCount - qwen.parameterCount, 2 * 2 * (4 * 8 * 32 + 3 * 8))
+        XCTAssertEqual(qwen.info("model.layers.1.self_attn.k_proj.bias")?.shape, [16])
+        XCTAssertEqual(try LlamaConfig.load(dir.file("t-mha-qwen2/out/dense")).kvHeads, 2)
+        XCTAssertEqual(try Subprocess.prune(["check", dir.file("mha-qwen2"), dir.file("t-mha-qwen2")]).status, 0)
         let small = try Checkpoint(path: dir.file("t-both-flap/out/dense")), source = try Checkpoint(path: dir.file("llama"))
         XCTAssertEqual(source.parameterCount - small.parameterCount, 2 * 12 * 3 * 32 + 2 * 2 * 8 * 32 * 2 - 2 * (36 + 36 + 32 + 16 + 16 + 16 + 32))
         let check = try Subprocess.prune(["check", dir.file("llama"), dir.file("t-both-flap")])
@@ -409,6 +419,10 @@ final class StructuredTests: XCTestCase {
             // A config whose query heads do not divide among its key/value heads.
             ("method: magnitude\nsparsity: 0.5\npattern: heads", "odd", "heads 4, kv heads 3, head_dim 8): heads must be a multiple of kv heads"),
         ]
+        // prune check still rebuilds the plan of a job an earlier version wrote, which
+        // rounded such a level down per group (3 of 4 heads asked: 1 per group, 2 kept).
+        let rounded = try StructuredPlan(config: try LlamaConfig.load(dir.file("llama")), kinds: [.heads], score: .l2, sparsity: 0.75, checking: true)
+        XCTAssertEqual(rounded.keptPerBlock(.heads), 2)
         try makeMultiHeadModel()
         try FileManager.default.copyItem(atPath: dir.file("llama"), toPath: dir.file("odd"))
         let llamaConfig = try String(contentsOfFile: dir.file("odd/config.json"), encoding: .utf8)

@@ -17,8 +17,12 @@ struct ShardTreeSum {
     let count: Int
     /// Complete subtrees so far, left to right, their levels (log2 of their shards) falling.
     private var stack: [(level: Int, values: [Float])] = []
-    /// Buffers to reuse.
-    private var spare: [[Float]] = []
+    /// Buffers to reuse: at most `maxSpare` (a tree handed buffers it did not make, through
+    /// `push(owned:)`, would otherwise keep every one it freed).
+    private var spare: [[Float]] = [] {
+        didSet { if spare.count > ShardTreeSum.maxSpare { spare.removeFirst(spare.count - ShardTreeSum.maxSpare) } }
+    }
+    private static let maxSpare = 8
 
     init(count: Int) { self.count = count }
 

@@ -18,9 +18,11 @@ import Tensors
 /// silent for the patience) the leader computes its blocks itself, and shares them while
 /// any other helper is there. It checks every block it receives (its size, finite values,
 /// each shard's loss triple) and, at one step per helper and span that it picks at random
-/// for this attempt (so a helper cannot know which), recomputes all that helper's blocks
-/// and compares the bytes: a block that differs, or is malformed, ends the group
-/// (`ShareDisagrees`), and the leader takes the span again alone. A lie the checks miss
+/// for this attempt (so a helper cannot know which), keeps that step's state and the
+/// helper's blocks, and after the span's last step recomputes them and compares the bytes
+/// (after, not then: a pause in the leader's blocks would tell the helper its check was
+/// spent): a block that differs, or is malformed, ends the group (`ShareDisagrees`), and
+/// the leader takes the span again alone. A lie the checks miss
 /// costs the result its exactness (a wrong block summed in), which is why a verified task
 /// never gets helpers. A helper stops (`HelpEnded`) when the leader leaves, is silent for
 /// the patience, or this worker gets other work.
@@ -140,6 +142,8 @@ final class SpanAllGather {
         let checked = Self.checks(slots: group.slots, steps: layout.steps, using: &generator)
         var losses: [[Double]] = []
         losses.reserveCapacity(layout.steps * layout.shards)
+        // The checked steps' states and the helpers' blocks there, recomputed after the span.
+        var audits: [(step: Int, slot: Int, state: MLPTraining, block: Range<Int>, share: SpanShare)] = []
         for k in 0..<layout.steps {
             current = layout.first + k
             pending = pending.filter { $0.key.step >= current }
@@ -153,13 +157,7 @@ final class SpanAllGather {
                 for block in blocks[i] {
                     if let share = try awaitShare(block, from: i) {
                         try check(share, slot: i, block: block, step: k)
-                        if checked.contains(Check(step: k, slot: i)) {
-                            // The seeded check: this block recomputed here, byte for byte.
-                            let mine = try compute(block, step: k, training)
-                            guard mine.gradient.withUnsafeBytes({ $0.elementsEqual(share.gradient) }), mine.losses.flatMap({ $0 }) == share.losses else {
-                                throw ShareDisagrees(slot: i, description: "helper \(i)'s block of step \(current) shards \(block) differs from the leader's own computation")
-                            }
-                        }
+                        if checked.contains(Check(step: k, slot: i)) { audits.append((k, i, training, block, share)) }
                         try tree.push(bytes: share.gradient, level: ShardTreeSum.level(of: block))
                         losses += stride(from: 0, to: share.losses.count, by: 3).map { Array(share.losses[$0..<($0 + 3)]) }
                     } else {
@@ -172,6 +170,14 @@ final class SpanAllGather {
             }
             TrainStep.kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
             try TrainStep.apply(&training, task.span[k], index: current)
+        }
+        // The seeded checks: each kept block recomputed from its step's state, byte for byte.
+        for audit in audits {
+            current = layout.first + audit.step
+            let mine = try compute(audit.block, step: audit.step, audit.state)
+            guard mine.gradient.withUnsafeBytes({ $0.elementsEqual(audit.share.gradient) }), mine.losses.flatMap({ $0 }) == audit.share.losses else {
+                throw ShareDisagrees(slot: audit.slot, description: "helper \(audit.slot)'s block of step \(current) shards \(audit.block) differs from the leader's own computation")
+            }
         }
         return losses
     }

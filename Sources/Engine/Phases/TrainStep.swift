@@ -135,6 +135,7 @@ enum TrainStep {
             training = try restored()
             from = 0
         }
+        var tree = ShardTreeSum(count: training.parameterCount)
         for k in from..<r.steps.count {
             let s = r.steps[k]
             guard !s.shards.isEmpty, s.batch > 0 else { throw PruningError("\(where_): step \(Int(r.baseStep) + k) has no gradients") }
@@ -147,7 +148,6 @@ enum TrainStep {
                 }
             } else {
                 // A classifier's shards add up in the tree every exchange uses.
-                var tree = ShardTreeSum(count: training.parameterCount)
                 for ref in s.shards {
                     try inputs.withArtifact(ref) { raw in
                         guard raw.count == 4 * tree.count else { throw PruningError("\(where_): a gradient has \(raw.count / 4) values, expected \(tree.count)") }
