@@ -58,15 +58,15 @@ struct ShardTreeSum {
 
     /// Adds one shard's gradient given tensor by tensor, in the flat order.
     mutating func push(tensors: [[Float]]) throws {
+        let total = tensors.reduce(0) { $0 + $1.count }
+        guard total == count else { throw PruningError("a shard gradient of \(total) values, expected \(count)") }
         var flat = buffer(), at = 0
         flat.withUnsafeMutableBufferPointer { out in
-            for t in tensors {
-                let n = min(t.count, count - at)
-                t.withUnsafeBufferPointer { (out.baseAddress! + at).update(from: $0.baseAddress!, count: n) }
-                at += n
+            for t in tensors where !t.isEmpty {
+                t.withUnsafeBufferPointer { (out.baseAddress! + at).update(from: $0.baseAddress!, count: t.count) }
+                at += t.count
             }
         }
-        guard at == count, tensors.reduce(0, { $0 + $1.count }) == count else { throw PruningError("a shard gradient of \(tensors.reduce(0) { $0 + $1.count }) values, expected \(count)") }
         try push(owned: flat, level: 0)
     }
 
