@@ -145,16 +145,7 @@ final class ComputeThread: @unchecked Sendable {
                 if w.heartbeatMs > 0 { options.settings.heartbeatMs = Int(w.heartbeatMs) }
                 if w.liveness > 0 { options.settings.liveness = Int(w.liveness) }
                 if w.chunkCredit > 0 { options.settings.chunkCredit = Int(w.chunkCredit) }
-            case .assign(var a):
-                if case .train(let t) = a.work, !message.payloads.isEmpty {
-                    // A span's examples came as a payload frame (`examplesApart`).
-                    do {
-                        a.work = .train(try TrainTaskExamples.restored(t, payloads: zip(message.envelope.payloads, message.payloads).map { ($0.name, $1) }))
-                    } catch {
-                        failRetryably(a, cause: String(describing: error), pair: pair)
-                        continue
-                    }
-                }
+            case .assign(let a):
                 let token = cancellations.token(a.taskID, attempt: a.attempt)
                 defer { cancellations.finish(a.taskID, attempt: a.attempt) }
                 do {
@@ -165,9 +156,7 @@ final class ComputeThread: @unchecked Sendable {
                     // Stop (Shutdown while fetching) or a dead PAIR socket: this thread is done.
                     return
                 }
-            case .help(var h):
-                guard let whole = try? TrainTaskExamples.restored(h.train, payloads: zip(message.envelope.payloads, message.payloads).map { ($0.name, $1) }) else { continue }
-                h.train = whole
+            case .help(let h):
                 do {
                     try help(h, pair: pair)
                 } catch {

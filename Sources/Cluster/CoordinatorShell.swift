@@ -43,9 +43,8 @@ public final class CoordinatorShell {
     private let progress: ProgressReporter
     private var files: [String: FileHandle] = [:]
     /// The work of attempts leased with helpers, for their Help messages (which go out in
-    /// the same pass as the Assign), and their examples' frames (sent to every member by
-    /// reference), by `CoordinatorCore.key`.
-    private var groupWork: [String: (work: Prune_V1_Assign.OneOf_Work, examples: [(name: String, frame: ZMQFrame)])] = [:]
+    /// the same pass as the Assign), by `CoordinatorCore.key`.
+    private var groupWork: [String: Prune_V1_TrainTask] = [:]
     /// What the members of each live span group may still send through this coordinator.
     private var groupBudgets: [String: GroupBudget] = [:]
     /// The failure reason when a signal stopped the coordinator.
@@ -464,25 +463,24 @@ public final class CoordinatorShell {
                 var a = Prune_V1_Assign()
                 a.taskID = taskID
                 a.attempt = UInt32(attempt)
-                let (light, examples) = try Self.examplesApart(work)
-                a.work = light
+                a.work = work
                 let slots = core.slots(of: taskID, attempt: attempt)
-                if slots > 1, case .train(let train) = light {
+                if slots > 1, case .train(let train) = work {
                     a.slots = UInt32(slots)
                     let key = CoordinatorCore.key(taskID, attempt)
-                    groupWork[key] = (light, examples)
+                    groupWork[key] = train
                     // Groups whose lease ended are over: their budgets go.
                     groupBudgets = groupBudgets.filter { !core.helpers(of: $0.value.task).isEmpty }
                     groupBudgets[key] = GroupBudget(task: taskID, steps: train.span.count, shards: Int(train.shards))
                 }
                 workload.ledger.log(.init(time: wall, kind: "assign", task: taskID, worker: w, detail: "attempt \(attempt)"))
-                send(w, .with(.assign(a)), frames: examples)
+                send(w, .with(.assign(a)))
             case .heartbeat(let w):
                 send(w, .with(.heartbeat(Prune_V1_Heartbeat())))
             case .help(let w, let task, let attempt, let slot, let slots):
                 // The leader's very work (its Assign just went out, in the same pass).
                 let key = CoordinatorCore.key(task, attempt)
-                guard let group = groupWork[key], case .train(let train) = group.work else { continue }
+                guard let train = groupWork[key] else { continue }
                 defer { if slot == slots - 1 { groupWork[key] = nil } }
                 var h = Prune_V1_Help()
                 h.taskID = task
@@ -491,7 +489,7 @@ public final class CoordinatorShell {
                 h.slots = UInt32(slots)
                 h.train = train
                 workload.ledger.log(.init(time: wall, kind: "help", task: task, worker: w, detail: "attempt \(attempt) slot \(slot) of \(slots)"))
-                send(w, .with(.help(h)), frames: group.examples)
+                send(w, .with(.help(h)))
             case .peerLeft(let w, let task, let attempt, let slot):
                 var p = Prune_V1_Peer()
                 p.taskID = task
@@ -553,42 +551,6 @@ public final class CoordinatorShell {
                 try workload.ledger.setJobValue("state", "failed")
                 try workload.ledger.setJobValue("error", reason)
             }
-        }
-    }
-
-    /// A training span's examples travel as a payload frame of its Assign (and of its
-    /// helpers' Help), not inside the protobuf: the frame is made once and sent to every
-    /// member by reference, and a worker's I/O thread passes it on without parsing or
-    /// copying it. Other work travels whole.
-    static func examplesApart(_ work: Prune_V1_Assign.OneOf_Work) throws -> (Prune_V1_Assign.OneOf_Work, [(name: String, frame: ZMQFrame)]) {
-        guard case .train(var t) = work, t.action == "span", !t.inputBytes.isEmpty || !t.inputs.isEmpty else { return (work, []) }
-        let name = t.inputBytes.isEmpty ? TrainTaskExamples.inputs : TrainTaskExamples.inputBytes
-        let bytes = t.inputBytes.isEmpty ? t.inputs : t.inputBytes
-        t.inputBytes = Data()
-        t.inputs = Data()
-        return (.train(t), [(name, try bytes.withUnsafeBytes { try ZMQFrame($0) })])
-    }
-
-    /// Sends an envelope whose payloads are frames already made (`examplesApart`), by
-    /// reference; they travel without a digest (`WireMessage.Outgoing(transient:)`).
-    private func send(_ worker: String, _ envelope: Prune_V1_Envelope, frames payloads: [(name: String, frame: ZMQFrame)]) {
-        guard !payloads.isEmpty else { return send(worker, envelope) }
-        guard let identity = identities[worker] else { return }
-        do {
-            var e = envelope
-            e.protocolVersion = Settings.protocolVersion
-            e.payloads = payloads.map { p in
-                var info = Prune_V1_PayloadInfo()
-                info.name = p.name
-                info.size = UInt64(p.frame.count)
-                return info
-            }
-            let head = try ZMQFrame(bytes: try e.serializedBytes())
-            try router.send([try ZMQFrame(bytes: identity), head] + payloads.map(\.frame), dontWait: true)
-            wireBytesOut += head.count + payloads.reduce(0) { $0 + $1.frame.count }
-            core.sent(to: worker, now: now())
-        } catch {
-            logger.notice("could not send to \(names[worker] ?? worker): \(error)")
         }
     }
 

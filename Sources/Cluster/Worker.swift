@@ -106,8 +106,7 @@ public final class Worker {
         try send(dealer, hello())
 
         /// Carries out directives; returns the exit status when one says to leave.
-        /// `frames` are forwarded as they came, by reference (libzmq counts them): a span's
-        /// Assign carries tens of megabytes of examples.
+        /// `frames` are forwarded as they came, by reference (libzmq counts them).
         func execute(_ directives: [WorkerCore.Directive], frames: [ZMQFrame]) throws -> Int32? {
             for d in directives {
                 switch d {
@@ -149,8 +148,7 @@ public final class Worker {
                     // must not stop this thread's heartbeats (a dropped share is one the
                     // group computes itself or stops for).
                     // The envelope says what it is (parsed once, alone); the compute thread
-                    // decodes and checks the whole message (a span's examples are passed on,
-                    // not copied here).
+                    // decodes and checks the whole message.
                     guard let body = Self.envelope(frames, maxEnvelopeBytes: options.settings.fromCoordinator.maxEnvelopeBytes)?.body else {
                         logger.notice("dropped a malformed message from the coordinator")
                         continue

@@ -87,10 +87,8 @@ public struct TrainSpec: Sendable, Equatable {
 
     public static let maxEpochs = 1000
     public static let maxBatch = 65_536
-    /// One gradient task's examples travel in its Assign (at most 1 MiB): slice × width
-    /// values, 4 bytes each (1 for IDX images).
-    public static let maxTaskBytes = 768 * 1024
-    /// With `exchange: none` a task carries the examples of every step of its span.
+    /// With `exchange: none` a task carries the examples of every step of its span (a
+    /// classifier's by index, a language model's token ids).
     public static let maxSpanBytes = 64 << 20
 
     /// A finite number at `node` that `valid` accepts, or nil when the key is absent;

@@ -167,8 +167,7 @@ public struct WireMessage {
             default:
                 throw DecodeError(description: "payload '\(info.name)' has unknown coding '\(info.coding)'")
             }
-            // A Peer's share, and a span's examples in an Assign or Help (from the
-            // coordinator), may travel without a digest (`Outgoing(transient:)`).
+            // A Peer's share may travel without a digest (`Outgoing(transient:)`).
             if info.sha256.isEmpty, info.coding.isEmpty, envelope.allowsTransientPayloads {
                 decoded.append(bytes)
                 continue
@@ -204,11 +203,10 @@ public struct WireMessage {
 }
 
 extension Prune_V1_Envelope {
-    /// Whether payloads may travel without a digest: a span group's shares, and a
-    /// training span's examples sent by the coordinator.
+    /// Whether payloads may travel without a digest: a span group's shares.
     public var allowsTransientPayloads: Bool {
         switch body {
-        case .peer, .assign, .help: return true
+        case .peer: return true
         default: return false
         }
     }

@@ -1738,12 +1738,7 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._steps = newValue}
   }
 
-  /// Action gradient: examples × width F32, and one label per example.
-  public var inputs: Data {
-    get {_storage._inputs}
-    set {_uniqueStorage()._inputs = newValue}
-  }
-
+  /// A classifier's examples' labels, one per example the task takes (`rows`).
   public var labels: [UInt32] {
     get {_storage._labels}
     set {_uniqueStorage()._labels = newValue}
@@ -1801,13 +1796,6 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._roundStep = newValue}
   }
 
-  /// Action gradient, for IDX images: examples × width bytes, each value byte / 255 (what
-  /// `inputs` would hold, at a quarter of the size); `inputs` is then empty.
-  public var inputBytes: Data {
-    get {_storage._inputBytes}
-    set {_uniqueStorage()._inputBytes = newValue}
-  }
-
   /// A Llama-family model (its config.json; mlp_json is then empty): `parameters` are the
   /// decoder Linear weights trained, `forward` the fixed tensors the forward pass also
   /// reads (embeddings, norms, head), and action gradient's examples are windows of
@@ -1845,8 +1833,8 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
   }
 
   /// Action "span" (`train.exchange: none`): the task takes these steps itself, after the
-  /// base, each on `examples_per_step` of the examples in `inputs`/`input_bytes`/`labels`
-  /// or `token_ids` (step after step), its gradient the sum, in order, of `shards` slices'
+  /// base, each on `examples_per_step` of the examples in `rows`/`labels` or `token_ids`
+  /// (step after step), its gradient the sum, in order, of `shards` slices'
   /// (the same sums the gradient tasks of a star exchange give); `shards` of a span step are
   /// empty. Its payloads are a checkpoint's.
   public var span: [Prune_V1_TrainStep] {
@@ -1862,6 +1850,29 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
   public var examplesPerStep: UInt32 {
     get {_storage._examplesPerStep}
     set {_uniqueStorage()._examplesPerStep = newValue}
+  }
+
+  /// A classifier's training examples, provided once by the coordinator (one artifact a
+  /// worker fetches once and keeps): every example's `width` inputs in order, one byte
+  /// each when `example_bytes` is 1 (IDX pixels, each value byte / 255), else F32
+  /// (`example_bytes` 4). A task takes examples `rows` of it, in order.
+  public var examples: Prune_V1_ArtifactRef {
+    get {_storage._examples ?? Prune_V1_ArtifactRef()}
+    set {_uniqueStorage()._examples = newValue}
+  }
+  /// Returns true if `examples` has been explicitly set.
+  public var hasExamples: Bool {_storage._examples != nil}
+  /// Clears the value of `examples`. Subsequent reads from it will return its default value.
+  public mutating func clearExamples() {_uniqueStorage()._examples = nil}
+
+  public var exampleBytes: UInt32 {
+    get {_storage._exampleBytes}
+    set {_uniqueStorage()._exampleBytes = newValue}
+  }
+
+  public var rows: [UInt32] {
+    get {_storage._rows}
+    set {_uniqueStorage()._rows = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -4969,7 +4980,7 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{1}inputs\0\u{1}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{3}input_bytes\0\u{3}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0\u{1}span\0\u{1}shards\0\u{3}examples_per_step\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{2}\u{2}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{4}\u{2}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0\u{1}span\0\u{1}shards\0\u{3}examples_per_step\0\u{1}examples\0\u{3}example_bytes\0\u{1}rows\0\u{c}\u{b}\u{1}\u{c}\u{14}\u{1}")
 
   fileprivate class _StorageClass {
     var _action: String = String()
@@ -4982,7 +4993,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _base: Prune_V1_ArtifactRef? = nil
     var _baseLineage: Data = Data()
     var _steps: [Prune_V1_TrainStep] = []
-    var _inputs: Data = Data()
     var _labels: [UInt32] = []
     var _losses: [Prune_V1_ArtifactRef] = []
     var _resetSums: Bool = false
@@ -4992,7 +5002,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _pattern: String = String()
     var _pruneLayers: [Bool] = []
     var _roundStep: UInt32 = 0
-    var _inputBytes: Data = Data()
     var _llamaConfig: Data = Data()
     var _forward: [Prune_V1_TensorRef] = []
     var _tokenIds: [Int32] = []
@@ -5002,6 +5011,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _span: [Prune_V1_TrainStep] = []
     var _shards: UInt32 = 0
     var _examplesPerStep: UInt32 = 0
+    var _examples: Prune_V1_ArtifactRef? = nil
+    var _exampleBytes: UInt32 = 0
+    var _rows: [UInt32] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -5022,7 +5034,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _base = source._base
       _baseLineage = source._baseLineage
       _steps = source._steps
-      _inputs = source._inputs
       _labels = source._labels
       _losses = source._losses
       _resetSums = source._resetSums
@@ -5032,7 +5043,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _pattern = source._pattern
       _pruneLayers = source._pruneLayers
       _roundStep = source._roundStep
-      _inputBytes = source._inputBytes
       _llamaConfig = source._llamaConfig
       _forward = source._forward
       _tokenIds = source._tokenIds
@@ -5042,6 +5052,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _span = source._span
       _shards = source._shards
       _examplesPerStep = source._examplesPerStep
+      _examples = source._examples
+      _exampleBytes = source._exampleBytes
+      _rows = source._rows
     }
   }
 
@@ -5070,7 +5083,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._base) }()
         case 9: try { try decoder.decodeSingularBytesField(value: &_storage._baseLineage) }()
         case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._steps) }()
-        case 11: try { try decoder.decodeSingularBytesField(value: &_storage._inputs) }()
         case 12: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._labels) }()
         case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._losses) }()
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._resetSums) }()
@@ -5079,7 +5091,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._sparsity) }()
         case 18: try { try decoder.decodeSingularStringField(value: &_storage._pattern) }()
         case 19: try { try decoder.decodeRepeatedBoolField(value: &_storage._pruneLayers) }()
-        case 20: try { try decoder.decodeSingularBytesField(value: &_storage._inputBytes) }()
         case 21: try { try decoder.decodeSingularUInt32Field(value: &_storage._roundStep) }()
         case 22: try { try decoder.decodeSingularBytesField(value: &_storage._llamaConfig) }()
         case 23: try { try decoder.decodeRepeatedMessageField(value: &_storage._forward) }()
@@ -5090,6 +5101,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 28: try { try decoder.decodeRepeatedMessageField(value: &_storage._span) }()
         case 29: try { try decoder.decodeSingularUInt32Field(value: &_storage._shards) }()
         case 30: try { try decoder.decodeSingularUInt32Field(value: &_storage._examplesPerStep) }()
+        case 31: try { try decoder.decodeSingularMessageField(value: &_storage._examples) }()
+        case 32: try { try decoder.decodeSingularUInt32Field(value: &_storage._exampleBytes) }()
+        case 33: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._rows) }()
         default: break
         }
       }
@@ -5132,9 +5146,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._steps.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._steps, fieldNumber: 10)
       }
-      if !_storage._inputs.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._inputs, fieldNumber: 11)
-      }
       if !_storage._labels.isEmpty {
         try visitor.visitPackedUInt32Field(value: _storage._labels, fieldNumber: 12)
       }
@@ -5158,9 +5169,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       }
       if !_storage._pruneLayers.isEmpty {
         try visitor.visitPackedBoolField(value: _storage._pruneLayers, fieldNumber: 19)
-      }
-      if !_storage._inputBytes.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._inputBytes, fieldNumber: 20)
       }
       if _storage._roundStep != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._roundStep, fieldNumber: 21)
@@ -5192,6 +5200,15 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._examplesPerStep != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._examplesPerStep, fieldNumber: 30)
       }
+      try { if let v = _storage._examples {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      } }()
+      if _storage._exampleBytes != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._exampleBytes, fieldNumber: 32)
+      }
+      if !_storage._rows.isEmpty {
+        try visitor.visitPackedUInt32Field(value: _storage._rows, fieldNumber: 33)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -5211,7 +5228,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._base != rhs_storage._base {return false}
         if _storage._baseLineage != rhs_storage._baseLineage {return false}
         if _storage._steps != rhs_storage._steps {return false}
-        if _storage._inputs != rhs_storage._inputs {return false}
         if _storage._labels != rhs_storage._labels {return false}
         if _storage._losses != rhs_storage._losses {return false}
         if _storage._resetSums != rhs_storage._resetSums {return false}
@@ -5221,7 +5237,6 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._pattern != rhs_storage._pattern {return false}
         if _storage._pruneLayers != rhs_storage._pruneLayers {return false}
         if _storage._roundStep != rhs_storage._roundStep {return false}
-        if _storage._inputBytes != rhs_storage._inputBytes {return false}
         if _storage._llamaConfig != rhs_storage._llamaConfig {return false}
         if _storage._forward != rhs_storage._forward {return false}
         if _storage._tokenIds != rhs_storage._tokenIds {return false}
@@ -5231,6 +5246,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._span != rhs_storage._span {return false}
         if _storage._shards != rhs_storage._shards {return false}
         if _storage._examplesPerStep != rhs_storage._examplesPerStep {return false}
+        if _storage._examples != rhs_storage._examples {return false}
+        if _storage._exampleBytes != rhs_storage._exampleBytes {return false}
+        if _storage._rows != rhs_storage._rows {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -85,6 +85,17 @@ public final class MemoryOutputs: OutputStore {
         return bytes
     }
 
+    public func provide(_ bytes: [UInt8]) throws -> Prune_V1_ArtifactRef {
+        // Named by content: what a task keeps of it (`TrainStep.exampleData`) outlives
+        // this store, and another job's provided bytes must never pass for these.
+        let key = "provided-" + bytes.withUnsafeBytes { SHA256Stream.hex($0) }
+        blobs[key] = bytes
+        var ref = Prune_V1_ArtifactRef()
+        ref.sha256 = key
+        ref.size = UInt64(bytes.count)
+        return ref
+    }
+
     func blob(_ key: String) -> [UInt8]? { blobs[key] }
 }
 

@@ -57,6 +57,10 @@ public protocol OutputStore {
     func ref(_ name: OutputName, of task: TaskID) throws -> Prune_V1_ArtifactRef
     /// The bytes of an output (the coordinator's reads: assembly, a phase's decisions).
     func bytes(_ name: OutputName, of task: TaskID) throws -> [UInt8]
+    /// Stores bytes the coordinator itself provides for tasks to read (a classifier's
+    /// training examples, which every training task takes rows of) and returns their
+    /// reference: kept for the job, never collected. The same bytes give the same reference.
+    func provide(_ bytes: [UInt8]) throws -> Prune_V1_ArtifactRef
 }
 
 /// An output that a task needs from a done task is gone (deleted, or collected): the

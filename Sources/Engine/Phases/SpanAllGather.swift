@@ -74,9 +74,12 @@ final class SpanAllGather {
     private var tree: ShardTreeSum
     private var blockTree: ShardTreeSum
 
-    init(group: SpanGroup, task: Prune_V1_TrainTask, model: MLPModel, where where_: String) throws {
+    /// The job's example data the task's rows index (`TrainStep.exampleData`).
+    private let data: [UInt8]
+
+    init(group: SpanGroup, task: Prune_V1_TrainTask, model: MLPModel, inputs: TaskInputs, where where_: String) throws {
         layout = try TrainStep.SpanLayout(task, where: where_)
-        try layout.checkExamples(task, model: model, where: where_)
+        data = try layout.checkExamples(task, model: model, inputs: inputs, where: where_)
         guard group.slots >= 2, group.slots <= layout.shards, group.slot >= 0, group.slot < group.slots else {
             throw PruningError("\(where_): slot \(group.slot) of a group of \(group.slots) for \(layout.shards) shards")
         }
@@ -107,7 +110,7 @@ final class SpanAllGather {
         let began = DispatchTime.now().uptimeNanoseconds
         var losses: [[Double]] = []
         for j in block {
-            let shard = try TrainStep.classifierShard(model, task, training: training, rows: layout.slice(k, j), step: current, where: where_)
+            let shard = try TrainStep.classifierShard(model, task, data: data, training: training, rows: layout.slice(k, j), step: current, where: where_)
             try blockTree.push(tensors: shard.tensors)
             losses.append(shard.loss)
         }

@@ -70,25 +70,3 @@ public enum SpanSlots {
         (slot * shards / slots)..<((slot + 1) * shards / slots)
     }
 }
-
-/// A training span's examples travel as a payload frame of its Assign or Help (named
-/// here) instead of inside the TrainTask; a worker puts them back before it runs the task.
-public enum TrainTaskExamples {
-    /// IDX bytes (`TrainTask.input_bytes`).
-    public static let inputBytes = "input_bytes"
-    /// F32 values (`TrainTask.inputs`).
-    public static let inputs = "inputs"
-
-    /// The task with its examples back from the message's payloads (by name), if any.
-    public static func restored(_ task: Prune_V1_TrainTask, payloads: [(name: String, bytes: [UInt8])]) throws -> Prune_V1_TrainTask {
-        var t = task
-        for p in payloads {
-            switch p.name {
-            case inputBytes where t.inputBytes.isEmpty: t.inputBytes = Data(p.bytes)
-            case inputs where t.inputs.isEmpty: t.inputs = Data(p.bytes)
-            default: throw PruningError("train task: an unexpected payload '\(p.name)'")
-            }
-        }
-        return t
-    }
-}

@@ -327,7 +327,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             w.action = TrainStep.gradient
             try fillState(&w, step: t, round: r, outputs: outputs)
             let examples = batch(step: t)
-            trainee.fill(&w, examples: slice(step: t, shard: j).map { examples[$0] })
+            try trainee.fill(&w, examples: slice(step: t, shard: j).map { examples[$0] }, outputs: outputs)
         case .checkpoint(let k):
             let r = round(ofStep: k - 1)
             w = try setup(round: r, outputs: outputs)
@@ -341,7 +341,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
                 w.span = (b..<k).map(trainStep)
                 w.shards = UInt32(spec.shards)
                 w.examplesPerStep = UInt32(spec.batch)
-                trainee.fill(&w, examples: (b..<k).flatMap(batch))
+                try trainee.fill(&w, examples: (b..<k).flatMap(batch), outputs: outputs)
             }
             w.resetSums = b % stepsPerEpoch == 0
             if !w.resetSums { w.baseSums = try outputs.ref(TrainPhase.sums, of: TrainPhase.checkpointID(step: b)) }

@@ -66,6 +66,9 @@ enum TrainStep {
         var keeps: [[Bool]] = [] { didSet { keptCount = keeps.reduce(0) { $0 + $1.count { $0 } } } }
         /// How many weights `keeps` keeps: the values a language model's shard gradient holds.
         private(set) var keptCount = 0
+        /// A classifier job's example data (`exampleData`), fetched once and kept while
+        /// tasks name the same artifact.
+        var examples: (sha256: String, bytes: [UInt8])?
 
         /// Whether the kept state continues into a task from `base` with `steps`: the same
         /// base with a prefix of the steps applied (how many), or a state whose lineage is
@@ -162,7 +165,7 @@ enum TrainStep {
             var losses: [[Double]]
             if let group = inputs.spanGroup, group.slots > 1, case .mlp(let m) = model {
                 do {
-                    losses = try SpanAllGather(group: group, task: r, model: m, where: where_).run(&training)
+                    losses = try SpanAllGather(group: group, task: r, model: m, inputs: inputs, where: where_).run(&training)
                 } catch let wrong as SpanAllGather.ShareDisagrees {
                     // A helper's share was wrong, and with it the steps since: start over
                     // alone from the base (the coordinator stops the group).
@@ -213,10 +216,11 @@ enum TrainStep {
         }
 
         if r.action == gradient, case .mlp(let model) = model {
-            let width = model.config.input, rows = r.labels.count
-            let x = try examples(r, where: where_)
-            guard rows > 0, x.count == rows * width else { throw PruningError("\(where_): \(x.count) input values for \(rows) examples of \(width)") }
+            let rows = r.labels.count
+            let data = try exampleData(r, width: model.config.input, inputs: inputs, where: where_)
+            guard rows > 0 else { throw PruningError("\(where_): a gradient of no examples") }
             guard r.labels.allSatisfy({ Int($0) < model.classes }) else { throw PruningError("\(where_): a label is outside the model's \(model.classes) classes") }
+            let x = inputValues(r, data: data, width: model.config.input, examples: 0..<rows)
             let result = MLPGradient.evaluate(model, parameters: training.parameters, x: x, labels: r.labels.map { Int32($0) }, rows: rows)
             let g = MLPTraining.flatten(result.gradients)
             guard result.loss.isFinite, FloatVectors.allFinite(g) else {
@@ -296,11 +300,55 @@ enum TrainStep {
         }
     }
 
-    /// A classifier task's examples as F32 values (IDX bytes scaled as the data loader does).
-    private static func examples(_ r: Prune_V1_TrainTask, where where_: String) throws -> [Float] {
-        r.inputBytes.isEmpty ? try FloatPayload.floats([UInt8](r.inputs), what: "\(where_): inputs")
-            : r.inputBytes.withUnsafeBytes { b in b.map(LabelledData.pixel) }
+    /// The most example data a task may name (checked before it is fetched).
+    static let maxExampleDataBytes: UInt64 = 4 << 30
+
+    /// The job's example data a classifier task's `rows` index, checked against the model
+    /// and the rows: fetched (and its digest verified) once, then kept while tasks name it.
+    static func exampleData(_ r: Prune_V1_TrainTask, width: Int, inputs: TaskInputs, where where_: String) throws -> [UInt8] {
+        let e = r.examples, per = Int(r.exampleBytes)
+        guard per == 1 || per == 4, width > 0, e.size > 0, e.size <= maxExampleDataBytes, Int(e.size) % (width * per) == 0 else {
+            throw PruningError("\(where_): example data of \(e.size) bytes at \(r.exampleBytes) bytes a value for inputs of \(width)")
+        }
+        let count = Int(e.size) / (width * per)
+        guard r.rows.count == r.labels.count, r.rows.allSatisfy({ Int($0) < count }) else {
+            throw PruningError("\(where_): \(r.rows.count) examples and \(r.labels.count) labels, or an example outside the \(count) of the data")
+        }
+        if let kept = kept.examples, kept.sha256 == e.sha256, kept.bytes.count == Int(e.size) { return kept.bytes }
+        // The last job's go before this one's come.
+        kept.examples = nil
+        let bytes = try inputs.artifact(e)
+        guard bytes.count == Int(e.size) else { throw PruningError("\(where_): example data of \(bytes.count) bytes, not \(e.size)") }
+        kept.examples = (e.sha256, bytes)
+        return bytes
     }
+
+    /// The inputs of the task's examples `examples` (positions in its `rows`) as F32, row
+    /// after row: IDX bytes scaled as the data loader does, F32 copied.
+    static func inputValues(_ r: Prune_V1_TrainTask, data: [UInt8], width: Int, examples: Range<Int>) -> [Float] {
+        var x = [Float](repeating: 0, count: examples.count * width)
+        let bytes = r.exampleBytes == 1
+        data.withUnsafeBytes { all in
+            x.withUnsafeMutableBufferPointer { out in
+                pixels.withUnsafeBufferPointer { pixel in
+                    for (k, i) in examples.enumerated() {
+                        let row = Int(r.rows[i]), to = out.baseAddress! + k * width
+                        if bytes {
+                            let from = all.baseAddress!.assumingMemoryBound(to: UInt8.self) + row * width
+                            for c in 0..<width { to[c] = pixel[Int(from[c])] }
+                        } else {
+                            UnsafeMutableRawPointer(to).copyMemory(from: all.baseAddress! + 4 * row * width, byteCount: 4 * width)
+                        }
+                    }
+                }
+            }
+        }
+        return x
+    }
+
+    /// `LabelledData.pixel` of every byte: a lookup instead of a division per value (the
+    /// same F32 values; a span converts tens of millions).
+    private static let pixels: [Float] = (0...255).map { LabelledData.pixel(UInt8($0)) }
 
     /// Action span: the task's steps after its base, each step's gradient the sum of its
     /// slices' (the slices a star exchange's gradient tasks take, summed as the tasks after
@@ -314,14 +362,14 @@ enum TrainStep {
         var losses: [[Double]] = []
         switch model {
         case .mlp(let m):
-            try layout.checkExamples(r, model: m, where: where_)
+            let data = try layout.checkExamples(r, model: m, inputs: inputs, where: where_)
             // Reserved once the examples show the steps are real.
             losses.reserveCapacity(steps * shards)
             var tree = ShardTreeSum(count: training.parameterCount)
             for k in 0..<steps {
                 zeroSum(model: model, training: training)
                 for j in 0..<shards {
-                    let shard = try classifierShard(m, r, training: training, rows: slice(k, j), step: first + k, where: where_)
+                    let shard = try classifierShard(m, r, data: data, training: training, rows: slice(k, j), step: first + k, where: where_)
                     try tree.push(tensors: shard.tensors)
                     losses.append(shard.loss)
                 }
@@ -373,26 +421,24 @@ enum TrainStep {
         /// Examples [a, b) of the task's that step k's shard j takes.
         func slice(_ k: Int, _ j: Int) -> Range<Int> { (k * per + j * per / shards)..<(k * per + (j + 1) * per / shards) }
 
-        /// A classifier span's examples and labels are those of its steps, labels in range.
-        func checkExamples(_ r: Prune_V1_TrainTask, model m: MLPModel, where where_: String) throws {
-            let width = m.config.input, bytes = !r.inputBytes.isEmpty
-            guard r.labels.count == steps * per, (bytes ? r.inputBytes.count : r.inputs.count / 4) == r.labels.count * width,
-                  bytes || r.inputs.count % 4 == 0 else {
-                throw PruningError("\(where_): \(r.labels.count) labels and inputs of \(bytes ? r.inputBytes.count : r.inputs.count) bytes for \(steps) steps of \(per) examples of \(width)")
+        /// A classifier span's examples and labels are those of its steps, labels in range;
+        /// returns the example data its rows index (`exampleData`).
+        func checkExamples(_ r: Prune_V1_TrainTask, model m: MLPModel, inputs: TaskInputs, where where_: String) throws -> [UInt8] {
+            guard r.labels.count == steps * per else {
+                throw PruningError("\(where_): \(r.labels.count) labels for \(steps) steps of \(per) examples")
             }
             guard r.labels.allSatisfy({ Int($0) < m.classes }) else { throw PruningError("\(where_): a label is outside the model's \(m.classes) classes") }
+            return try TrainStep.exampleData(r, width: m.config.input, inputs: inputs, where: where_)
         }
     }
 
     /// A classifier span's shard: the gradient (tensor by tensor, in the flat order) and
     /// loss triple of examples `rows` of the task's, at the training's weights. The span's
     /// examples are checked by `runSpan` first.
-    static func classifierShard(_ m: MLPModel, _ r: Prune_V1_TrainTask, training: MLPTraining, rows: Range<Int>, step: Int,
+    static func classifierShard(_ m: MLPModel, _ r: Prune_V1_TrainTask, data: [UInt8], training: MLPTraining, rows: Range<Int>, step: Int,
                                 where where_: String) throws -> (tensors: [[Float]], loss: [Double]) {
-        let width = m.config.input, values = (rows.lowerBound * width)..<(rows.upperBound * width)
         // Only the shard's examples as F32 (the span's all would be 4 bytes per pixel at once).
-        let x = !r.inputBytes.isEmpty ? r.inputBytes.withUnsafeBytes { $0[values].map(LabelledData.pixel) }
-            : r.inputs.withUnsafeBytes { raw in values.map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+        let x = inputValues(r, data: data, width: m.config.input, examples: rows)
         let result = MLPGradient.evaluate(m, parameters: training.parameters, x: x, labels: r.labels[rows].map { Int32($0) }, rows: rows.count)
         let g = zip(result.gradients.weights, result.gradients.biases).flatMap { [$0] + ($1.map { [$0] } ?? []) }
         guard g.reduce(0, { $0 + $1.count }) == kept.summed.count else {
@@ -408,8 +454,8 @@ enum TrainStep {
     static func spanLineage(_ base: String, _ r: Prune_V1_TrainTask) -> String {
         var h = SHA256Stream()
         h.update(Array("\(base)\nspan \(r.shards) \(r.examplesPerStep) \(r.tokens):\(r.span.map { "\($0.batch) \($0.learningRate.bitPattern)" }.joined(separator: ","))\n".utf8))
-        r.inputBytes.withUnsafeBytes { h.update($0) }
-        r.inputs.withUnsafeBytes { h.update($0) }
+        h.update(Array("\(r.examples.sha256) \(r.exampleBytes)\n".utf8))
+        r.rows.withUnsafeBytes { h.update($0) }
         r.labels.withUnsafeBytes { h.update($0) }
         r.tokenIds.withUnsafeBytes { h.update($0) }
         return h.finalizeHex()

@@ -28,8 +28,8 @@ protocol TrainedModel: AnyObject {
     var dataDigest: String { get }
     /// What every task carries about the model: its architecture and start tensors.
     func describe(_ task: inout Prune_V1_TrainTask, job: JobContext)
-    /// A gradient task's examples.
-    func fill(_ task: inout Prune_V1_TrainTask, examples: [Int])
+    /// A task's examples (`outputs` stores what every task shares, once).
+    func fill(_ task: inout Prune_V1_TrainTask, examples: [Int], outputs: OutputStore) throws
     /// What a gradient over `examples` examples is summed over (examples, or scored
     /// tokens): a step divides the summed gradient by it, and a task's loss reports it.
     func scored(examples: Int) -> Int
@@ -65,18 +65,12 @@ final class MLPTrainee: TrainedModel {
         if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
             throw SpecError("train.data: \(data.source): label \(data.labels[bad]) of example \(bad) is outside the model's \(model.classes) classes")
         }
-        let slice = (spec.batch + spec.shards - 1) / spec.shards
-        let bytesPerValue = data.bytes == nil ? 4 : 1
-        // A gradient task's slice travels in its Assign (the star exchange; a span's
-        // examples are bounded by TrainPhase).
-        guard spec.exchange != .star || slice * data.width * bytesPerValue <= TrainSpec.maxTaskBytes else {
-            throw SpecError("train: a gradient task's slice of \(slice) examples × \(data.width) features is more than \(TrainSpec.maxTaskBytes / bytesPerValue) values; raise train.shards")
-        }
         layers = zip(config.layers, model.layers).map { TrainedLayer(weight: $0.weight, rows: $1.outFeatures, cols: $1.inFeatures, bias: $0.bias) }
     }
 
     var exampleCount: Int { data.count }
-    var bytesPerExample: Int { data.width * (data.bytes == nil ? 4 : 1) + 4 }
+    /// A task names its examples by index (and label): the values travel once, in `examples`.
+    var bytesPerExample: Int { 8 }
     var source: String { data.source }
 
     lazy var dataDigest: String = {
@@ -91,24 +85,16 @@ final class MLPTrainee: TrainedModel {
         task.parameters = parameterNames.map { job.tensorRef(job.checkpoint.info($0)!) }
     }
 
-    func fill(_ task: inout Prune_V1_TrainTask, examples rows: [Int]) {
-        if let bytes = data.bytes {
-            // Row by row with memcpy: a span's examples are tens of megabytes.
-            let width = data.width
-            var x = Data(count: rows.count * width)
-            x.withUnsafeMutableBytes { out in
-                bytes.withUnsafeBytes { all in
-                    for (k, i) in rows.enumerated() {
-                        (out.baseAddress! + k * width).copyMemory(from: all.baseAddress! + i * width, byteCount: width)
-                    }
-                }
-            }
-            task.inputBytes = x
-        } else {
-            var x = [Float](); x.reserveCapacity(rows.count * data.width)
-            for i in rows { x += data.inputs[(i * data.width)..<((i + 1) * data.width)] }
-            task.inputs = Data(FloatPayload.encode(x))
-        }
+    /// Every example's inputs (IDX bytes, or F32), stored once as an artifact: each
+    /// worker fetches it once and keeps it, and a task carries indices into it, not the
+    /// tens of megabytes a span's examples are.
+    private var examples: Prune_V1_ArtifactRef?
+
+    func fill(_ task: inout Prune_V1_TrainTask, examples rows: [Int], outputs: OutputStore) throws {
+        if examples == nil { examples = try outputs.provide(data.bytes ?? FloatPayload.encode(data.inputs)) }
+        task.examples = examples!
+        task.exampleBytes = data.bytes == nil ? 4 : 1
+        task.rows = rows.map { UInt32($0) }
         task.labels = rows.map { UInt32(data.labels[$0]) }
     }
 
@@ -196,7 +182,7 @@ final class LlamaTrainee: TrainedModel {
         task.tokens = UInt32(tokens)
     }
 
-    func fill(_ task: inout Prune_V1_TrainTask, examples rows: [Int]) {
+    func fill(_ task: inout Prune_V1_TrainTask, examples rows: [Int], outputs: OutputStore) {
         task.tokenIds = rows.flatMap { windows[$0] }
     }
 
