@@ -71,8 +71,13 @@ struct ArtifactOutputs: OutputStore {
     }
 
     func provide(_ bytes: [UInt8]) throws -> Prune_V1_ArtifactRef {
-        // Durable: a resume's tasks name it again (and `put` skips bytes already stored).
-        let digest = try job.artifacts.put(bytes)
+        // Durable: a resume's tasks name it again. `put` keeps a file already there, so
+        // one a crash left damaged is checked and written again (once per coordinator).
+        var digest = try job.artifacts.put(bytes)
+        if !job.artifacts.verify(digest) {
+            try? FileManager.default.removeItem(atPath: job.artifacts.path(for: digest))
+            digest = try job.artifacts.put(bytes)
+        }
         var ref = Prune_V1_ArtifactRef()
         ref.sha256 = digest
         ref.size = UInt64(bytes.count)

@@ -377,9 +377,14 @@ struct WorkerInputs: TaskInputs {
     func artifact(_ ref: Prune_V1_ArtifactRef) throws -> [UInt8] {
         if !thread.artifactRoot.isEmpty {
             let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
-            if let data = FileManager.default.contents(atPath: path), data.count == Int(clamping: ref.size) {
-                let bytes = [UInt8](data)
-                if bytes.withUnsafeBytes({ SHA256Stream.hex($0) }) == ref.sha256 { return bytes }
+            // Mapped, hashed in place and copied once (a classifier's example data is
+            // tens of megabytes; reading it into Data first held it twice).
+            if let file = try? MappedFile(path: path), file.size == Int(clamping: ref.size), file.size > 0 {
+                let bytes: [UInt8]? = withExtendedLifetime(file) {
+                    let mapped = file.bytes(0..<file.size)
+                    return SHA256Stream.hex(mapped) == ref.sha256 ? [UInt8](mapped) : nil
+                }
+                if let bytes { return bytes }
             }
         }
         let bytes = try thread.fetch(file: ref.sha256, offset: 0, count: Int(clamping: ref.size), pair: pair)

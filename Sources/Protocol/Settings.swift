@@ -27,7 +27,7 @@ public struct Settings: Sendable, Equatable {
     /// Largest envelope (protobuf header frame) accepted.
     public var maxEnvelopeBytes: Int = 1 << 20
     /// Largest envelope a worker accepts from its coordinator: an Assign carries its
-    /// task's inputs (a training span's examples, up to 64 MiB). What the coordinator
+    /// task's inputs (a training span's example indices or token ids, up to 64 MiB). What the coordinator
     /// accepts from workers stays `maxEnvelopeBytes`.
     public var maxCoordinatorEnvelopeBytes: Int = 80 << 20
 

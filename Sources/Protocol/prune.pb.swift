@@ -1667,7 +1667,7 @@ public nonisolated struct Prune_V1_Goodbye: Sendable {
 /// summed in shard order; `lineage` names each state (sha256 chained over the gradients'
 /// digests), so a worker that kept the state of an earlier step of the same run continues
 /// from it instead. Action "gradient": the summed softmax cross-entropy gradient of
-/// `inputs`/`labels` at that state; payloads "gradient" (F32, flat parameter order) and
+/// the examples `rows` of `examples` with their `labels` at that state; payloads "gradient" (F32, flat parameter order) and
 /// "shard_loss" (two F64: loss sum, correct count). Action "checkpoint": payloads "state"
 /// (parameters and optimizer state), "lineage" (32 bytes), "sums" (three F64: the epoch's
 /// loss sum, correct count and examples so far) and, at an epoch's end, "weights" (F32,

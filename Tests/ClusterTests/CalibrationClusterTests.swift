@@ -530,6 +530,31 @@ final class CalibrationClusterTests: XCTestCase {
         }
     }
 
+    /// A half whose dense outputs overflow (the last block's down_proj, left unpruned, holds
+    /// weights near F32's largest, so teacher and student give inf and their difference
+    /// NaN) fails its re-fit task with the cause, step and remedy; the job stops with one
+    /// error line and writes no model to out/.
+    func testADivergingBlockReFitFailsWithTheCauseAndWritesNoModel() throws {
+        let checkpoint = try Checkpoint(path: dir.file("model"))
+        let name = "model.layers.2.mlp.down_proj.weight"
+        let info = try XCTUnwrap(checkpoint.info(name)), shard = try XCTUnwrap(checkpoint.shard(of: name))
+        XCTAssertEqual(info.dtype, .bf16)
+        // BF16 0x7F62 is about 3.0e38: finite, so the checkpoint loads; 128 products of it overflow.
+        let huge = [UInt8]((0..<(info.dataOffsets.count / 2)).flatMap { _ in [0x62, 0x7F] as [UInt8] })
+        let file = try XCTUnwrap(FileHandle(forUpdatingAtPath: shard.path))
+        try file.seek(toOffset: UInt64(shard.header.dataStart + info.dataOffsets.lowerBound))
+        try file.write(contentsOf: huge)
+        try file.close()
+        let job = try writeSpec("diverging", method: "wanda", mode: "dense", extra: "ignore: [\"\(name)\"]\nreconstruct: {scope: block, epochs: 1}\n")
+        let r = try Subprocess.prune(["run", "-q", "--workers", "2", job], cwd: dir.path)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        let lines = r.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("prune: error:"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("refit block 2 mlp: the loss became") && r.stderr.contains("nan at epoch 1") && r.stderr.contains("lower reconstruct.learning_rate"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("diverging/out/dense")), "no model written")
+    }
+
     /// The same in dense mode, where each half is one task (its epochs inside it): a
     /// SIGKILL after block 0's attention half, `prune resume` redoes no finished half and
     /// gives the bytes of an unbroken run.

@@ -58,6 +58,32 @@ final class TrainExamplesTests: XCTestCase {
         XCTAssertEqual(inputs.fetches, 2, "other data is fetched")
     }
 
+    func testKeptDataIsUsedOnlyForTheSameDigestAndSize() throws {
+        let inputs = CountingInputs()
+        inputs.artifacts["d"] = [UInt8](repeating: 1, count: 8)
+        _ = try TrainStep.exampleData(task(inputs.artifacts["d"]!, name: "d", bytesPerValue: 1, rows: [1]), width: 4, inputs: inputs, where: "t")
+        // The same name with another size is not what is kept: fetched (and here refused).
+        inputs.artifacts["d"] = [UInt8](repeating: 2, count: 12)
+        let bigger = try TrainStep.exampleData(task(inputs.artifacts["d"]!, name: "d", bytesPerValue: 1, rows: [2]), width: 4, inputs: inputs, where: "t")
+        XCTAssertEqual(bigger, [UInt8](repeating: 2, count: 12))
+        XCTAssertEqual(inputs.fetches, 2)
+    }
+
+    /// A span's end state is named by its examples: other rows, labels or data name another state.
+    func testASpansLineageNamesItsExamples() {
+        let pixels = [UInt8](repeating: 0, count: 12)
+        var base = task(pixels, name: "p", bytesPerValue: 1, rows: [0, 1, 2], labels: [3, 4, 5])
+        base.shards = 1
+        base.examplesPerStep = 3
+        var otherRows = base; otherRows.rows = [0, 2, 1]
+        var otherLabels = base; otherLabels.labels = [3, 5, 4]
+        var otherData = base; otherData.examples.sha256 = "q"
+        var otherWidth = base; otherWidth.exampleBytes = 4
+        let lineages = [base, otherRows, otherLabels, otherData, otherWidth].map { TrainStep.spanLineage("start", $0) }
+        XCTAssertEqual(Set(lineages).count, lineages.count)
+        XCTAssertEqual(TrainStep.spanLineage("start", base), lineages[0])
+    }
+
     func testBadExampleDataOrRowsAreRefusedBeforeAnythingIsFetched() throws {
         let pixels = [UInt8](repeating: 7, count: 12)
         let bad: [(String, Prune_V1_TrainTask, String)] = [

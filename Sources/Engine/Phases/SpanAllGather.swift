@@ -79,10 +79,10 @@ final class SpanAllGather {
 
     init(group: SpanGroup, task: Prune_V1_TrainTask, model: MLPModel, inputs: TaskInputs, where where_: String) throws {
         layout = try TrainStep.SpanLayout(task, where: where_)
-        data = try layout.checkExamples(task, model: model, inputs: inputs, where: where_)
         guard group.slots >= 2, group.slots <= layout.shards, group.slot >= 0, group.slot < group.slots else {
             throw PruningError("\(where_): slot \(group.slot) of a group of \(group.slots) for \(layout.shards) shards")
         }
+        data = try layout.checkExamples(task, model: model, inputs: inputs, where: where_)
         self.group = group
         self.task = task
         self.model = model

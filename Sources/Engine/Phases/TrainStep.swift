@@ -113,6 +113,8 @@ enum TrainStep {
 
         kept.lock.lock()
         defer { kept.lock.unlock() }
+        // A classifier job's example data is held only while its tasks come.
+        if r.examples.sha256.isEmpty { kept.examples = nil }
         let model = try self.model(r, lineage: start, inputs: inputs, where: where_)
         /// The task's base state, read from its artifacts.
         func restored() throws -> MLPTraining {
@@ -217,9 +219,9 @@ enum TrainStep {
 
         if r.action == gradient, case .mlp(let model) = model {
             let rows = r.labels.count
-            let data = try exampleData(r, width: model.config.input, inputs: inputs, where: where_)
             guard rows > 0 else { throw PruningError("\(where_): a gradient of no examples") }
             guard r.labels.allSatisfy({ Int($0) < model.classes }) else { throw PruningError("\(where_): a label is outside the model's \(model.classes) classes") }
+            let data = try exampleData(r, width: model.config.input, inputs: inputs, where: where_)
             let x = inputValues(r, data: data, width: model.config.input, examples: 0..<rows)
             let result = MLPGradient.evaluate(model, parameters: training.parameters, x: x, labels: r.labels.map { Int32($0) }, rows: rows)
             let g = MLPTraining.flatten(result.gradients)
@@ -300,7 +302,8 @@ enum TrainStep {
         }
     }
 
-    /// The most example data a task may name (checked before it is fetched).
+    /// The most example data a task may name (checked before it is fetched; a job with
+    /// more is refused when it is planned, `MLPTrainee`).
     static let maxExampleDataBytes: UInt64 = 4 << 30
 
     /// The job's example data a classifier task's `rows` index, checked against the model

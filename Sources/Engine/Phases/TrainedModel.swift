@@ -65,6 +65,11 @@ final class MLPTrainee: TrainedModel {
         if let bad = data.labels.firstIndex(where: { $0 >= model.classes }) {
             throw SpecError("train.data: \(data.source): label \(data.labels[bad]) of example \(bad) is outside the model's \(model.classes) classes")
         }
+        // Every worker fetches and keeps the whole example data (`TrainStep.exampleData`).
+        let dataBytes = UInt64(data.count) * UInt64(data.width) * (data.bytes == nil ? 4 : 1)
+        guard dataBytes <= TrainStep.maxExampleDataBytes else {
+            throw SpecError("train.data: \(data.source): \(data.count) examples of \(data.width) values are \(dataBytes >> 20) MiB, more than the \(TrainStep.maxExampleDataBytes >> 20) MiB a worker keeps; set train.examples")
+        }
         layers = zip(config.layers, model.layers).map { TrainedLayer(weight: $0.weight, rows: $1.outFeatures, cols: $1.inFeatures, bias: $0.bias) }
     }
 
