@@ -23,6 +23,11 @@ public struct ArtifactStore: Sendable {
     }
 
     public func path(for digest: String) -> String {
+        Self.path(for: digest, root: root)
+    }
+
+    /// Where an artifact lives under a store's `root` (a worker's view of the coordinator's).
+    static func path(for digest: String, root: String) -> String {
         (root as NSString).appendingPathComponent("\(digest.prefix(2))/\(digest)")
     }
 
@@ -62,7 +67,12 @@ public struct ArtifactStore: Sendable {
     /// Mapped and hashed in place, then copied once: a large model's gradients and
     /// training state are hundreds of MB (the coordinator reads those off its loop).
     public func get(_ digest: String, size: UInt64? = nil) -> [UInt8]? {
-        guard let file = try? MappedFile(path: path(for: digest)) else { return nil }
+        Self.get(digest, size: size, root: root)
+    }
+
+    /// `get` under another store's `root` (a worker that sees the coordinator's directory).
+    static func get(_ digest: String, size: UInt64?, root: String) -> [UInt8]? {
+        guard let file = try? MappedFile(path: path(for: digest, root: root)) else { return nil }
         if let size, UInt64(file.size) != size { return nil }
         return withExtendedLifetime(file) {
             let bytes = file.bytes(0..<file.size)

@@ -72,12 +72,11 @@ struct ArtifactOutputs: OutputStore {
 
     func provide(_ bytes: [UInt8]) throws -> Prune_V1_ArtifactRef {
         // Durable: a resume's tasks name it again. `put` keeps a file already there, so
-        // one a crash left damaged is checked and written again (once per coordinator).
-        var digest = try job.artifacts.put(bytes)
-        if !job.artifacts.verify(digest) {
-            try? FileManager.default.removeItem(atPath: job.artifacts.path(for: digest))
-            digest = try job.artifacts.put(bytes)
-        }
+        // one a crash left damaged is removed first (checked once per coordinator).
+        let digest = bytes.withUnsafeBytes { SHA256Stream.hex($0) }
+        let path = job.artifacts.path(for: digest)
+        if FileManager.default.fileExists(atPath: path), !job.artifacts.verify(digest) { try? FileManager.default.removeItem(atPath: path) }
+        try job.artifacts.put(bytes, sha256: digest)
         var ref = Prune_V1_ArtifactRef()
         ref.sha256 = digest
         ref.size = UInt64(bytes.count)

@@ -361,7 +361,7 @@ struct WorkerInputs: TaskInputs {
 
     func withArtifact<R>(_ ref: Prune_V1_ArtifactRef, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         if !thread.artifactRoot.isEmpty {
-            let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
+            let path = ArtifactStore.path(for: ref.sha256, root: thread.artifactRoot)
             if let file = try? MappedFile(path: path), file.size == Int(clamping: ref.size), file.size > 0 {
                 // The mapping lives until body returns.
                 let result: R? = try withExtendedLifetime(file) {
@@ -375,17 +375,11 @@ struct WorkerInputs: TaskInputs {
     }
 
     func artifact(_ ref: Prune_V1_ArtifactRef) throws -> [UInt8] {
-        if !thread.artifactRoot.isEmpty {
-            let path = (thread.artifactRoot as NSString).appendingPathComponent("\(ref.sha256.prefix(2))/\(ref.sha256)")
-            // Mapped, hashed in place and copied once (a classifier's example data is
-            // tens of megabytes; reading it into Data first held it twice).
-            if let file = try? MappedFile(path: path), file.size == Int(clamping: ref.size), file.size > 0 {
-                let bytes: [UInt8]? = withExtendedLifetime(file) {
-                    let mapped = file.bytes(0..<file.size)
-                    return SHA256Stream.hex(mapped) == ref.sha256 ? [UInt8](mapped) : nil
-                }
-                if let bytes { return bytes }
-            }
+        // Mapped, hashed in place and copied once, as the coordinator reads its store (a
+        // classifier's example data is tens of megabytes). Only a well-formed digest names a file.
+        if !thread.artifactRoot.isEmpty, ref.size > 0, SHA256Stream.isHexDigest(ref.sha256),
+           let bytes = ArtifactStore.get(ref.sha256, size: ref.size, root: thread.artifactRoot) {
+            return bytes
         }
         let bytes = try thread.fetch(file: ref.sha256, offset: 0, count: Int(clamping: ref.size), pair: pair)
         guard bytes.withUnsafeBytes({ SHA256Stream.hex($0) }) == ref.sha256 else {
