@@ -76,8 +76,8 @@ public struct TrainSpec: Sendable, Equatable {
     /// `lr_schedule: cosine`: the learning rate falls from `learning_rate` towards 0 over
     /// the job's steps (half a cosine); `constant` (the default) keeps it.
     public var cosine = false
-    /// Weights and optimizer state are kept (an artifact) every this many steps and at
-    /// every epoch's end; a killed job resumes from the last one.
+    /// Weights and optimizer state are kept (an artifact) every this many steps of an
+    /// epoch (counted from its start) and at its end; a killed job resumes from the last one.
     public var checkpointEvery = 50
     /// Seeds the order of the examples in every epoch.
     public var seed: UInt64

@@ -65,9 +65,9 @@ final class TrainClusterTests: XCTestCase {
         let expected = try run("dense-w0", train: small, workers: 0)
         XCTAssertEqual(try run("dense-w2", train: small, workers: 2), expected)
         let tasks = doneTasks("dense-w2").filter { $0.phase == "train" }
-        // 12 steps an epoch × 3 epochs × 2 shards, and checkpoints at 5, 10, 12, 15, 20, 24, 25, 30, 35, 36.
+        // 12 steps an epoch × 3 epochs × 2 shards, and checkpoints every 5 steps of an epoch and at its end.
         XCTAssertEqual(tasks.filter { $0.id.hasPrefix("train:grad:") }.count, 72)
-        XCTAssertEqual(Set(tasks.filter { $0.id.hasPrefix("train:ckpt:") }.map(\.id)), Set([5, 10, 12, 15, 20, 24, 25, 30, 35, 36].map { "train:ckpt:\($0)" }))
+        XCTAssertEqual(Set(tasks.filter { $0.id.hasPrefix("train:ckpt:") }.map(\.id)), Set([5, 10, 12, 17, 22, 24, 29, 34, 36].map { "train:ckpt:\($0)" }))
         let report = try self.report("dense-w2")
         let evaluation = try XCTUnwrap(report["evaluation"] as? [String: Any])
         let before = try XCTUnwrap(evaluation["dense"] as? Double), after = try XCTUnwrap(evaluation["pruned"] as? Double)
@@ -91,7 +91,7 @@ final class TrainClusterTests: XCTestCase {
         let star = try run("star-w0", train: small, workers: 0)
         for w in [0, 1, 2] { XCTAssertEqual(try run("none-w\(w)", train: small + ", exchange: none", workers: w), star, "\(w) workers") }
         let tasks = doneTasks("none-w2").filter { $0.phase == "train" }.map(\.id)
-        XCTAssertEqual(Set(tasks), Set([5, 10, 12, 15, 20, 24, 25, 30, 35, 36].map { "train:ckpt:\($0)" }))
+        XCTAssertEqual(Set(tasks), Set([5, 10, 12, 17, 22, 24, 29, 34, 36].map { "train:ckpt:\($0)" }))
         let curve = { (job: String) throws -> [[String: Any]] in
             try XCTUnwrap((try self.report(job)["training"] as? [String: Any])?["epochs"] as? [[String: Any]])
         }
@@ -163,7 +163,7 @@ final class TrainClusterTests: XCTestCase {
         let star = try run("star-w0", train: small, workers: 0)
         for w in [0, 1, 2] { XCTAssertEqual(try run("gather-w\(w)", train: small + ", exchange: allgather", workers: w), star, "\(w) workers") }
         let ledger = { (job: String) throws in try Ledger(path: self.dir.file("\(job)/ledger.sqlite"), create: false, readOnly: true) }
-        XCTAssertEqual(Set(doneTasks("gather-w2").filter { $0.phase == "train" }.map(\.id)), Set([5, 10, 12, 15, 20, 24, 25, 30, 35, 36].map { "train:ckpt:\($0)" }))
+        XCTAssertEqual(Set(doneTasks("gather-w2").filter { $0.phase == "train" }.map(\.id)), Set([5, 10, 12, 17, 22, 24, 29, 34, 36].map { "train:ckpt:\($0)" }))
         let helps = try ledger("gather-w2").events().filter { $0.kind == "help" }
         XCTAssertFalse(helps.isEmpty, "a second worker helped")
         XCTAssertTrue(helps.allSatisfy { $0.detail.hasSuffix("slot 1 of 2") }, helps.map(\.detail).joined(separator: "; "))
@@ -389,7 +389,7 @@ final class TrainClusterTests: XCTestCase {
     func testAKilledTrainingWithoutAnExchangeResumesToTheSameBytes() throws {
         let expected = try run("reference", train: small, workers: 0)
         let none = small + ", exchange: none"
-        try crashAndResume(in: dir, job: "crash", spec: try writeSpec("crash", train: none), after: "train:ckpt:15",
+        try crashAndResume(in: dir, job: "crash", spec: try writeSpec("crash", train: none), after: "train:ckpt:17",
                            environment: ["PRUNE_TEST_TASK_DELAY_MS": "400"]) { before in
             XCTAssertFalse(before.contains { $0.id == "train:ckpt:36" }, "the crash came before the end")
         }

@@ -85,8 +85,11 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         let total = rounds.map { $0.reduce(0) { $0 + $1.epochs } * perEpoch } ?? perEpoch * spec.epochs
         totalSteps = total
         guard total > 0 else { throw SpecError("train: no steps to take (an epoch of \(perEpoch) batches, \(total / max(perEpoch, 1)) epochs)") }
-        // Every epoch's end (so every round's start) is a checkpoint.
-        checkpoints = (1...total).filter { $0 % every == 0 || $0 % perEpoch == 0 }
+        // Every `every` steps of an epoch, and its end (so every round's start): counted
+        // from the epoch's start, so an epoch shorter than `every` is one span, not cut
+        // where a job-wide count of `every` falls (a span costs a task, and with helpers
+        // a recomputed share), and no two checkpoints are more than `every` steps apart.
+        checkpoints = (1...total).filter { $0 % perEpoch % every == 0 }
         if spec.exchange == .allgather, trainee is LlamaTrainee {
             throw SpecError("train.exchange: allgather shares each shard's whole gradient through the coordinator every step: for the MLP classifier; a language model trains with star or none")
         }
