@@ -1668,7 +1668,7 @@ public nonisolated struct Prune_V1_Goodbye: Sendable {
 /// digests), so a worker that kept the state of an earlier step of the same run continues
 /// from it instead. Action "gradient": the summed softmax cross-entropy gradient of
 /// the examples `rows` of `examples` with their `labels` at that state; payloads "gradient" (F32, flat parameter order) and
-/// "shard_loss" (two F64: loss sum, correct count). Action "checkpoint": payloads "state"
+/// "shard_loss" (three F64: loss sum, correct count, examples). Action "checkpoint": payloads "state"
 /// (parameters and optimizer state), "lineage" (32 bytes), "sums" (three F64: the epoch's
 /// loss sum, correct count and examples so far) and, at an epoch's end, "weights" (F32,
 /// flat parameter order).

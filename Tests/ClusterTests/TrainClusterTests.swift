@@ -158,7 +158,6 @@ final class TrainClusterTests: XCTestCase {
     /// share each step's shard gradients through the coordinator: out/ is the star
     /// exchange's bytes on 0, 1, 2 and (4 shards, groups of 3) 3 workers, and the ledger
     /// shows the help roles.
-
     func testAnAllGatherSpanIsHelpedByIdleWorkersAndGivesTheStarExchangesBytes() throws {
         let star = try run("star-w0", train: small, workers: 0)
         for w in [0, 1, 2] { XCTAssertEqual(try run("gather-w\(w)", train: small + ", exchange: allgather", workers: w), star, "\(w) workers") }
