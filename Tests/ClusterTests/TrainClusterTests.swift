@@ -182,9 +182,11 @@ final class TrainClusterTests: XCTestCase {
     /// NaN (`nan-shares`, which, summed in, would make the step diverge and the leader fail
     /// the task): the leader's recomputation (or its check of the values) catches a liar in
     /// the first span it helps that leader, the leader takes that span again alone, the liar
-    /// helps that leader no more, and out/ is the honest bytes.
+    /// helps that leader no more, and out/ is the honest bytes. 6 shards in groups of 3:
+    /// a span's last step splits them 1, 3, 2 instead of 2, 2, 2 (`SpanSlots`), and the
+    /// leader's checks run there.
     func testALyingHelperIsCaughtAndTheSpanTakenAgainAlone() throws {
-        let train = "examples: 1200, epochs: 3, batch: 100, shards: 3, learning_rate: 0.1, checkpoint_every: 2"
+        let train = "examples: 1200, epochs: 3, batch: 100, shards: 6, learning_rate: 0.1, checkpoint_every: 2"
         let expected = try run("reference", train: train, workers: 0)
         for lie in ["skew-shares", "nan-shares"] {
             let endpoint = "tcp://127.0.0.1:\(Background.freePort())"

@@ -53,18 +53,23 @@ final class ShardTreeSumTests: XCTestCase {
         XCTAssertEqual(ShardTreeSum.level(of: 8..<12), 2)
     }
 
-    /// Every split of 1 … 17 shards into 2 … 4 contiguous slots: each slot's blocks summed
-    /// on their own and pushed in order give the bytes of pushing every shard.
+    /// Every split of 1 … 17 shards into 2 … 4 contiguous slots, on a span's steps and on
+    /// its last (the leader's run halved): each slot's blocks summed on their own and pushed
+    /// in order give the bytes of pushing every shard, and the slots cover every shard once.
     func testBlocksOfAnySlotSplitGiveTheShardByShardBytes() throws {
         for n in 1...17 {
             let g = shards(n, count: 33)
             var whole = ShardTreeSum(count: 33)
             for s in g { try s.withUnsafeBufferPointer { try whole.push($0) } }
             let expected = sum(&whole)
-            for slots in 2...4 where slots <= n {
+            let splits = (2...4).filter { $0 <= n }.flatMap { slots in [false, true].map { (slots, $0) } }
+            for (slots, lastStep) in splits {
+                let runs = (0..<slots).map { SpanSlots.shards(slot: $0, of: slots, shards: n, lastStep: lastStep) }
+                XCTAssertEqual(runs.flatMap { Array($0) }, Array(0..<n), "\(n) shards, \(slots) slots, last step \(lastStep)")
+                XCTAssertFalse(runs.contains(where: \.isEmpty))
                 var tree = ShardTreeSum(count: 33)
                 for slot in 0..<slots {
-                    for block in ShardTreeSum.blocks(of: SpanSlots.shards(slot: slot, of: slots, shards: n)) {
+                    for block in ShardTreeSum.blocks(of: runs[slot]) {
                         var part = ShardTreeSum(count: 33)
                         for j in block { try g[j].withUnsafeBufferPointer { try part.push($0) } }
                         let values = part.finishValues()
@@ -75,7 +80,7 @@ final class ShardTreeSumTests: XCTestCase {
                         }
                     }
                 }
-                XCTAssertEqual(sum(&tree), expected, "\(n) shards, \(slots) slots")
+                XCTAssertEqual(sum(&tree), expected, "\(n) shards, \(slots) slots, last step \(lastStep)")
             }
         }
     }

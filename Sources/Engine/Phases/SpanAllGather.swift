@@ -13,15 +13,21 @@ import Tensors
 /// in the same tree). With two members and a power-of-two shard count each sends one
 /// gradient a step, as soon as its shards are done.
 ///
+/// On the span's last step the leader's run is half its usual one and slot 1 takes the
+/// rest (`SpanSlots`): the leader recomputes its checks there, after it has sent its last
+/// block, while the helpers compute, so the checks cost the group no time of its own.
+///
 /// The leader takes each helper block from its owner while that helper is in the group;
 /// once a helper is gone (it did not join in time, the coordinator says it left, or it was
 /// silent for the patience) the leader computes its blocks itself, and shares them while
 /// any other helper is there. It checks every block it receives (its size, finite values,
 /// each shard's loss triple) and, at one step per helper and span that it picks at random
 /// for this attempt (so a helper cannot know which), keeps that step's state and the
-/// helper's blocks, and after the span's last step recomputes them and compares the bytes
-/// (after, not then: a pause in the leader's blocks would tell the helper its check was
-/// spent): a block that differs, or is malformed, ends the group (`ShareDisagrees`), and
+/// helper's blocks, and on the span's last step, once its own last block is sent,
+/// recomputes them and compares the bytes (then, not at the checked step: a pause in the
+/// leader's blocks would tell the helper its check was spent; a check of the last step
+/// itself is computed before the helper's blocks come and compared when they do): a block
+/// that differs, or is malformed, ends the group (`ShareDisagrees`), and
 /// the leader takes the span again alone. A lie the checks miss
 /// costs the result its exactness (a wrong block summed in), which is why a verified task
 /// never gets helpers. A helper stops (`HelpEnded`) when the leader leaves, is silent for
@@ -58,9 +64,18 @@ final class SpanAllGather {
     private let task: Prune_V1_TrainTask
     private let model: MLPModel
     private let layout: TrainStep.SpanLayout
-    /// Each slot's shards of every step, and the blocks they fall into.
-    private let ranges: [Range<Int>]
-    private let blocks: [[Range<Int>]]
+    /// Each slot's shards of a step, and the blocks they fall into: every step but the
+    /// last, and the last (`SpanSlots`).
+    private struct Split {
+        let ranges: [Range<Int>]
+        let blocks: [[Range<Int>]]
+
+        init(slots: Int, shards: Int, lastStep: Bool) {
+            ranges = (0..<slots).map { SpanSlots.shards(slot: $0, of: slots, shards: shards, lastStep: lastStep) }
+            blocks = ranges.map(ShardTreeSum.blocks)
+        }
+    }
+    private let steady: Split, lastStep: Split
     private let where_: String
     /// Blocks that came before they were needed (at most the current and the next step's).
     private var pending: [Key: SpanShare] = [:]
@@ -88,8 +103,8 @@ final class SpanAllGather {
         self.model = model
         self.where_ = where_
         let shards = layout.shards
-        ranges = (0..<group.slots).map { SpanSlots.shards(slot: $0, of: group.slots, shards: shards) }
-        blocks = ranges.map(ShardTreeSum.blocks)
+        steady = Split(slots: group.slots, shards: shards, lastStep: false)
+        lastStep = Split(slots: group.slots, shards: shards, lastStep: true)
         tree = ShardTreeSum(count: 0)
         blockTree = tree
     }
@@ -105,12 +120,15 @@ final class SpanAllGather {
         return group.slot == 0 ? try lead(&training) : try help(&training)
     }
 
+    /// The split of step k of the span.
+    private func split(_ k: Int) -> Split { k == layout.steps - 1 ? lastStep : steady }
+
     /// Block `block` of step k computed here: its sum and its shards' loss triples.
     private func compute(_ block: Range<Int>, step k: Int, _ training: MLPTraining) throws -> (gradient: [Float], losses: [[Double]]) {
         let began = DispatchTime.now().uptimeNanoseconds
         var losses: [[Double]] = []
         for j in block {
-            let shard = try TrainStep.classifierShard(model, task, data: data, training: training, rows: layout.slice(k, j), step: current, where: where_)
+            let shard = try TrainStep.classifierShard(model, task, data: data, training: training, rows: layout.slice(k, j), step: layout.first + k, where: where_)
             try blockTree.push(tensors: shard.tensors)
             losses.append(shard.loss)
         }
@@ -145,26 +163,42 @@ final class SpanAllGather {
         let checked = Self.checks(slots: group.slots, steps: layout.steps, using: &generator)
         var losses: [[Double]] = []
         losses.reserveCapacity(layout.steps * layout.shards)
-        // The checked steps' states and the helpers' blocks there, recomputed after the span.
+        // The checked earlier steps' states and the helpers' blocks there, recomputed on the
+        // last step; and the last step's checked blocks, computed before they come.
         var audits: [(step: Int, slot: Int, state: MLPTraining, block: Range<Int>, share: SpanShare)] = []
+        var lastChecks: [Int: (gradient: [Float], losses: [[Double]])] = [:]
         for k in 0..<layout.steps {
             current = layout.first + k
             pending = pending.filter { $0.key.step >= current }
+            let blocks = split(k).blocks
             for block in blocks[0] {
                 let own = try compute(block, step: k, training)
                 if !inGroup.isEmpty { try share(block, own) }
                 try tree.push(owned: own.gradient, level: ShardTreeSum.level(of: block))
                 losses += own.losses
             }
+            if k == layout.steps - 1 {
+                // The leader's last block is out: the checks now, while the helpers compute.
+                for audit in audits {
+                    let mine = try compute(audit.block, step: audit.step, audit.state)
+                    try compare(mine, audit.share, slot: audit.slot, block: audit.block, step: audit.step)
+                }
+                audits = []
+                for i in 1..<group.slots where checked.contains(Check(step: k, slot: i)) {
+                    for block in blocks[i] { lastChecks[block.lowerBound] = try compute(block, step: k, training) }
+                }
+            }
             for i in 1..<group.slots {
                 for block in blocks[i] {
+                    let recomputed = lastChecks.removeValue(forKey: block.lowerBound)
                     if let share = try awaitShare(block, from: i) {
                         try check(share, slot: i, block: block, step: k)
-                        if checked.contains(Check(step: k, slot: i)) { audits.append((k, i, training, block, share)) }
+                        if let recomputed { try compare(recomputed, share, slot: i, block: block, step: k) }
+                        if checked.contains(Check(step: k, slot: i)), recomputed == nil { audits.append((k, i, training, block, share)) }
                         try tree.push(bytes: share.gradient, level: ShardTreeSum.level(of: block))
                         losses += stride(from: 0, to: share.losses.count, by: 3).map { Array(share.losses[$0..<($0 + 3)]) }
                     } else {
-                        let own = try compute(block, step: k, training)
+                        let own = try recomputed ?? compute(block, step: k, training)
                         if !inGroup.isEmpty { try self.share(block, own) }
                         try tree.push(owned: own.gradient, level: ShardTreeSum.level(of: block))
                         losses += own.losses
@@ -174,15 +208,14 @@ final class SpanAllGather {
             TrainStep.kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
             try TrainStep.apply(&training, task.span[k], index: current)
         }
-        // The seeded checks: each kept block recomputed from its step's state, byte for byte.
-        for audit in audits {
-            current = layout.first + audit.step
-            let mine = try compute(audit.block, step: audit.step, audit.state)
-            guard mine.gradient.withUnsafeBytes({ $0.elementsEqual(audit.share.gradient) }), mine.losses.flatMap({ $0 }) == audit.share.losses else {
-                throw ShareDisagrees(slot: audit.slot, description: "helper \(audit.slot)'s block of step \(current) shards \(audit.block) differs from the leader's own computation")
-            }
-        }
         return losses
+    }
+
+    /// A checked block, recomputed from its step's state, against the helper's, byte for byte.
+    private func compare(_ mine: (gradient: [Float], losses: [[Double]]), _ share: SpanShare, slot: Int, block: Range<Int>, step k: Int) throws {
+        guard mine.gradient.withUnsafeBytes({ $0.elementsEqual(share.gradient) }), mine.losses.flatMap({ $0 }) == share.losses else {
+            throw ShareDisagrees(slot: slot, description: "helper \(slot)'s block of step \(layout.first + k) shards \(block) differs from the leader's own computation")
+        }
     }
 
     /// The helper steps the leader recomputes: for each helper, `checksPerHelper` steps of
@@ -243,6 +276,7 @@ final class SpanAllGather {
             // Own blocks first, each shared as soon as it is summed; then every block of the
             // step in the tree's order.
             var own: [Int: [Float]] = [:]
+            let blocks = split(k).blocks
             for block in blocks[group.slot] {
                 let computed = try compute(block, step: k, training)
                 try share(block, computed)
@@ -284,9 +318,10 @@ final class SpanAllGather {
     /// own slot's; the leader also those of helpers it computed itself), of the current
     /// step or the next.
     private func keep(_ share: SpanShare, from slot: Int) {
-        guard share.step == current || share.step == current + 1, slot >= 0, slot < group.slots, slot != group.slot, !share.prefix,
-              let owner = ranges.firstIndex(where: { $0.contains(share.first) }),
-              blocks[owner].contains(share.first..<(share.first + share.count)), slot == owner || (slot == 0 && owner > 0) else { return }
+        let k = share.step - layout.first
+        guard share.step == current || share.step == current + 1, k < layout.steps, slot >= 0, slot < group.slots, slot != group.slot, !share.prefix,
+              let owner = split(k).ranges.firstIndex(where: { $0.contains(share.first) }),
+              split(k).blocks[owner].contains(share.first..<(share.first + share.count)), slot == owner || (slot == 0 && owner > 0) else { return }
         let key = Key(step: share.step, first: share.first, count: share.count)
         // The first block for a place stands: a second cannot replace one already checked.
         guard pending[key] == nil else { return }

@@ -66,7 +66,14 @@ extension TaskInputs {
 /// Which shards of each step a slot of a span's group computes: contiguous runs in slot
 /// order, each cut into aligned runs that are subtrees of the step's `ShardTreeSum`.
 public enum SpanSlots {
-    public static func shards(slot: Int, of slots: Int, shards: Int) -> Range<Int> {
-        (slot * shards / slots)..<((slot + 1) * shards / slots)
+    /// Slot `slot`'s run. On a span's last step (`lastStep`) the leader keeps the first
+    /// half of its run (all of a run of one) and slot 1 takes the rest before its own: the
+    /// leader recomputes its checked helper blocks in that time, while the helpers compute
+    /// (`SpanAllGather`), instead of after the step with the helpers idle.
+    public static func shards(slot: Int, of slots: Int, shards: Int, lastStep: Bool = false) -> Range<Int> {
+        func even(_ s: Int) -> Range<Int> { (s * shards / slots)..<((s + 1) * shards / slots) }
+        guard lastStep, slot <= 1 else { return even(slot) }
+        let lead = even(0), kept = lead.lowerBound + max(1, lead.count / 2)
+        return slot == 0 ? lead.lowerBound..<kept : kept..<even(1).upperBound
     }
 }
