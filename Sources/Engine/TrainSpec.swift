@@ -78,6 +78,8 @@ public struct TrainSpec: Sendable, Equatable {
     public var cosine = false
     /// Weights and optimizer state are kept (an artifact) every this many steps of an
     /// epoch (counted from its start) and at its end; a killed job resumes from the last one.
+    /// A classifier's spans (`exchange: none`, `allgather`) count the steps of the job
+    /// instead and run across epochs (their tasks keep each inner epoch's weights).
     public var checkpointEvery = 50
     /// Seeds the order of the examples in every epoch.
     public var seed: UInt64

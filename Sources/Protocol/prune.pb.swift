@@ -1875,6 +1875,15 @@ public nonisolated struct Prune_V1_TrainTask: @unchecked Sendable {
     set {_uniqueStorage()._rows = newValue}
   }
 
+  /// Action "span" of a classifier: the steps strictly inside the span after which an
+  /// epoch ends (absolute, increasing). At each the task keeps the weights and the
+  /// epoch's sums (payloads "weights:<step>" and "sums:<step>") and starts the next
+  /// epoch's sums from zero, so a span may run across epochs.
+  public var epochEnds: [UInt32] {
+    get {_storage._epochEnds}
+    set {_uniqueStorage()._epochEnds = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4980,7 +4989,7 @@ nonisolated extension Prune_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TrainTask"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{2}\u{2}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{4}\u{2}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0\u{1}span\0\u{1}shards\0\u{3}examples_per_step\0\u{1}examples\0\u{3}example_bytes\0\u{1}rows\0\u{c}\u{b}\u{1}\u{c}\u{14}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}action\0\u{3}mlp_json\0\u{1}parameters\0\u{1}masks\0\u{1}optimizer\0\u{3}start_lineage\0\u{3}base_step\0\u{1}base\0\u{3}base_lineage\0\u{1}steps\0\u{2}\u{2}labels\0\u{1}losses\0\u{3}reset_sums\0\u{3}epoch_end\0\u{3}base_sums\0\u{1}sparsity\0\u{1}pattern\0\u{3}prune_layers\0\u{4}\u{2}round_step\0\u{3}llama_config\0\u{1}forward\0\u{3}token_ids\0\u{1}tokens\0\u{3}base_more\0\u{3}state_chunks\0\u{1}span\0\u{1}shards\0\u{3}examples_per_step\0\u{1}examples\0\u{3}example_bytes\0\u{1}rows\0\u{3}epoch_ends\0\u{c}\u{b}\u{1}\u{c}\u{14}\u{1}")
 
   fileprivate class _StorageClass {
     var _action: String = String()
@@ -5014,6 +5023,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
     var _examples: Prune_V1_ArtifactRef? = nil
     var _exampleBytes: UInt32 = 0
     var _rows: [UInt32] = []
+    var _epochEnds: [UInt32] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -5055,6 +5065,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       _examples = source._examples
       _exampleBytes = source._exampleBytes
       _rows = source._rows
+      _epochEnds = source._epochEnds
     }
   }
 
@@ -5104,6 +5115,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         case 31: try { try decoder.decodeSingularMessageField(value: &_storage._examples) }()
         case 32: try { try decoder.decodeSingularUInt32Field(value: &_storage._exampleBytes) }()
         case 33: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._rows) }()
+        case 34: try { try decoder.decodeRepeatedUInt32Field(value: &_storage._epochEnds) }()
         default: break
         }
       }
@@ -5209,6 +5221,9 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._rows.isEmpty {
         try visitor.visitPackedUInt32Field(value: _storage._rows, fieldNumber: 33)
       }
+      if !_storage._epochEnds.isEmpty {
+        try visitor.visitPackedUInt32Field(value: _storage._epochEnds, fieldNumber: 34)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -5249,6 +5264,7 @@ nonisolated extension Prune_V1_TrainTask: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._examples != rhs_storage._examples {return false}
         if _storage._exampleBytes != rhs_storage._exampleBytes {return false}
         if _storage._rows != rhs_storage._rows {return false}
+        if _storage._epochEnds != rhs_storage._epochEnds {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -111,13 +111,14 @@ final class SpanAllGather {
 
     /// Takes the span's steps; the leader returns each shard's loss triple, step after
     /// step (as `runSpan` does), a helper nothing.
-    func run(_ training: inout MLPTraining) throws -> [[Double]] {
+    /// `epochs` keeps the leader's weights at the epoch ends inside the span.
+    func run(_ training: inout MLPTraining, epochs: inout TrainStep.EpochWeights) throws -> [[Double]] {
         // Every share is one whole gradient: the group drops any other size unread.
         TrainStep.zeroSum(model: .mlp(model), training: training)
         group.shareBytes = 4 * TrainStep.kept.summed.count
         tree = ShardTreeSum(count: TrainStep.kept.summed.count)
         blockTree = tree
-        return group.slot == 0 ? try lead(&training) : try help(&training)
+        return group.slot == 0 ? try lead(&training, epochs: &epochs) : try help(&training)
     }
 
     /// The split of step k of the span.
@@ -143,7 +144,7 @@ final class SpanAllGather {
 
     // MARK: Leader
 
-    private func lead(_ training: inout MLPTraining) throws -> [[Double]] {
+    private func lead(_ training: inout MLPTraining, epochs: inout TrainStep.EpochWeights) throws -> [[Double]] {
         // The helpers that hold the base state within the patience take part.
         let start = DispatchTime.now().uptimeNanoseconds
         current = layout.first
@@ -207,6 +208,7 @@ final class SpanAllGather {
             }
             TrainStep.kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
             try TrainStep.apply(&training, task.span[k], index: current)
+            epochs.after(step: current, training)
         }
         return losses
     }

@@ -16,7 +16,8 @@ import Tensors
 /// With `train.exchange: none` there are no gradient tasks: each checkpoint task takes
 /// the steps since the last checkpoint itself, every step's shards one after another and
 /// summed in the same order (`TrainStep`'s action `span`), so the bytes equal the star
-/// exchange's; the spans run one after another.
+/// exchange's; the spans run one after another, a classifier's across epochs (a span
+/// keeps the weights and sums of each epoch that ends inside it).
 /// The bytes depend on the spec and the data only, never on the worker count.
 public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     public static let name = "train"
@@ -32,6 +33,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// Where each layer's weight mask comes from (nil: trained whole).
     private let masks: [(source: any PrunedTensorSource, name: String)?]
     let stepsPerEpoch: Int
+    /// Whether a checkpoint may fall inside an epoch and a span run across its end (a
+    /// classifier's spans): see `init`.
+    let spansCrossEpochs: Bool
     /// Examples 0..<trainCount are trained on; the rest (an adaptive schedule's
     /// validation examples) are held out.
     let trainCount: Int
@@ -89,7 +93,15 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         // from the epoch's start, so an epoch shorter than `every` is one span, not cut
         // where a job-wide count of `every` falls (a span costs a task, and with helpers
         // a recomputed share), and no two checkpoints are more than `every` steps apart.
-        checkpoints = (1...total).filter { $0 % perEpoch % every == 0 }
+        // A classifier's spans (`exchange: none` or `allgather`) run across epochs instead:
+        // every `every` steps of the job, and at each round's end and the job's; a span
+        // keeps the weights and sums of the epochs that end inside it (`epochEnds`), so an
+        // epoch of a few steps no longer costs a task (its result, commit and next lease)
+        // and with helpers a rendezvous.
+        spansCrossEpochs = spec.exchange != .star && !(trainee is LlamaTrainee)
+        checkpoints = spansCrossEpochs
+            ? (1...total).filter { $0 % every == 0 || $0 == total || starts.contains($0) }
+            : (1...total).filter { $0 % perEpoch % every == 0 }
         if spec.exchange == .allgather, trainee is LlamaTrainee {
             throw SpecError("train.exchange: allgather shares each shard's whole gradient through the coordinator every step: for the MLP classifier; a language model trains with star or none")
         }
@@ -122,6 +134,10 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     static let lineage = OutputName("lineage")
     static let sums = OutputName("sums")
     static let weights = OutputName("weights")
+    /// The weights and the sums of the epoch that ends after step `e`, kept by the span
+    /// task whose steps run across that end (`epochEnds`).
+    static func epochWeights(_ e: Int) -> OutputName { OutputName("weights:\(e)") }
+    static func epochSums(_ e: Int) -> OutputName { OutputName("sums:\(e)") }
     /// A state's chunk k ≥ 1 (chunk 0 is `state`).
     static func stateChunk(_ k: Int) -> OutputName { k == 0 ? state : OutputName("state:\(k)") }
     /// What one state payload holds at most: half the frame limit (tests set less with
@@ -349,6 +365,7 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             w.resetSums = b % stepsPerEpoch == 0
             if !w.resetSums { w.baseSums = try outputs.ref(TrainPhase.sums, of: TrainPhase.checkpointID(step: b)) }
             w.epochEnd = k % stepsPerEpoch == 0
+            w.epochEnds = epochEnds(after: b, through: k).map(UInt32.init)
         case .prune(let r):
             // The state the last round reached (the start, for the first), pruned further;
             // an adaptive round's base and level come from the rounds before it.
@@ -377,6 +394,27 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         return .train(w)
     }
 
+    /// The epoch ends strictly between checkpoints `b` and `k`: steps after which an epoch
+    /// ends inside a span (none unless spans cross epochs).
+    func epochEnds(after b: Int, through k: Int) -> [Int] {
+        guard spansCrossEpochs else { return [] }
+        return stride(from: (b / stepsPerEpoch + 1) * stepsPerEpoch, to: k, by: stepsPerEpoch).map { $0 }
+    }
+
+    /// The checkpoint task that keeps the weights and sums of the epoch ending after step
+    /// `e`, and whether it keeps them as its own (`weights`, `sums`: the epoch ends at the
+    /// checkpoint) or as an inner epoch's (`epochWeights(e)`, `epochSums(e)`).
+    func epochKeeper(_ e: Int) -> (task: TaskID, weights: OutputName, sums: OutputName) {
+        var lo = 0, hi = checkpoints.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if checkpoints[mid] < e { lo = mid + 1 } else { hi = mid }
+        }
+        let k = checkpoints[min(lo, checkpoints.count - 1)]
+        return k == e ? (TrainPhase.checkpointID(step: k), TrainPhase.weights, TrainPhase.sums)
+            : (TrainPhase.checkpointID(step: k), TrainPhase.epochWeights(e), TrainPhase.epochSums(e))
+    }
+
     /// A task's base state: its chunks in order.
     private func setBase(_ w: inout Prune_V1_TrainTask, of task: TaskID, outputs: OutputStore) throws {
         w.base = try outputs.ref(TrainPhase.state, of: task)
@@ -386,7 +424,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     public func outputNames(of task: TaskID) -> [OutputName] {
         switch piece(task) {
         case .gradient?: return [TrainPhase.gradient, TrainPhase.shardLoss]
-        case .checkpoint(let k)?: return stateOutputs + [TrainPhase.lineage, TrainPhase.sums] + (k % stepsPerEpoch == 0 ? [TrainPhase.weights] : [])
+        case .checkpoint(let k)?:
+            return stateOutputs + [TrainPhase.lineage, TrainPhase.sums] + (k % stepsPerEpoch == 0 ? [TrainPhase.weights] : [])
+                + epochEnds(after: lastCheckpoint(before: k), through: k).flatMap { [TrainPhase.epochSums($0), TrainPhase.epochWeights($0)] }
         case .prune?: return masks.compactMap { $0.map { TrainPhase.mask($0.name) } } + stateOutputs + [TrainPhase.lineage]
         case nil: return []
         }
@@ -430,11 +470,21 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             let scored = Double(((k - 1) % stepsPerEpoch + 1) * trainee.scored(examples: spec.batch))
             guard let sums = try? FloatPayload.doubles(outputs[c + 1], what: "sums"), sums[0].isFinite, sums[0] >= 0, sums[1] >= 0,
                   sums[1] <= sums[2], sums[2] == scored else { return "result of \(task): bad running loss, count or accuracy" }
+            let finite = { (weights: [UInt8]) in
+                weights.count == 4 * self.parameterCount && weights.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) })
+            }
+            var next = c + 2
             if k % stepsPerEpoch == 0 {
-                let weights = outputs[c + 2]
-                guard weights.count == 4 * parameterCount, weights.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) }) else {
-                    return "result of \(task): weights of the wrong size or not finite"
-                }
+                guard finite(outputs[next]) else { return "result of \(task): weights of the wrong size or not finite" }
+                next += 1
+            }
+            // Each epoch that ended inside the span: its whole sums, then its end weights.
+            let whole = Double(stepsPerEpoch * trainee.scored(examples: spec.batch))
+            for e in epochEnds(after: lastCheckpoint(before: k), through: k) {
+                guard outputs[next].count == 24, let sums = try? FloatPayload.doubles(outputs[next], what: "sums"), sums[0].isFinite, sums[0] >= 0,
+                      sums[1] >= 0, sums[1] <= sums[2], sums[2] == whole else { return "result of \(task): bad loss, count or accuracy of the epoch ending at step \(e)" }
+                guard finite(outputs[next + 1]) else { return "result of \(task): weights at step \(e) of the wrong size or not finite" }
+                next += 2
             }
             return nil
         case .prune?:
@@ -547,9 +597,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// weights moved), and the weights at its end (flat order).
     public func epochs(outputs: OutputStore) throws -> [(loss: Double, accuracy: Double, parameters: [Float])] {
         try (1...(totalSteps / stepsPerEpoch)).map { e in
-            let id = TrainPhase.checkpointID(step: e * stepsPerEpoch)
-            let s = try FloatPayload.doubles(try outputs.bytes(TrainPhase.sums, of: id), what: "epoch sums")
-            let w = try FloatPayload.floats(try outputs.bytes(TrainPhase.weights, of: id), what: "epoch weights")
+            let kept = epochKeeper(e * stepsPerEpoch)
+            let s = try FloatPayload.doubles(try outputs.bytes(kept.sums, of: kept.task), what: "epoch sums")
+            let w = try FloatPayload.floats(try outputs.bytes(kept.weights, of: kept.task), what: "epoch weights")
             return (s[0] / max(s[2], 1), s[1] / max(s[2], 1), w)
         }
     }

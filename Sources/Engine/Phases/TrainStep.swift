@@ -91,6 +91,7 @@ enum TrainStep {
         let where_ = "train task (\(r.action), step \(Int(r.baseStep) + r.steps.count))"
         guard [gradient, checkpoint, prune, span].contains(r.action) else { throw PruningError("\(where_): unknown action") }
         guard r.action != span || r.steps.isEmpty else { throw PruningError("\(where_): a span starts at its base, with no steps of others") }
+        guard r.action == span || r.epochEnds.isEmpty else { throw PruningError("\(where_): only a span runs across an epoch's end") }
         let o = r.optimizer
         guard o.learningRate.isFinite, o.learningRate > 0, o.momentum >= 0, o.momentum < 1, o.weightDecay.isFinite, o.weightDecay >= 0,
               o.l1.isFinite, o.l1 >= 0 else {
@@ -165,34 +166,38 @@ enum TrainStep {
         }
         if r.action == span {
             var losses: [[Double]]
+            let layout = try SpanLayout(r, where: where_)
+            var epochs = try EpochWeights(r, layout: layout, where: where_)
             if let group = inputs.spanGroup, group.slots > 1, case .mlp(let m) = model {
                 do {
-                    losses = try SpanAllGather(group: group, task: r, model: m, inputs: inputs, where: where_).run(&training)
+                    losses = try SpanAllGather(group: group, task: r, model: m, inputs: inputs, where: where_).run(&training, epochs: &epochs)
                 } catch let wrong as SpanAllGather.ShareDisagrees {
                     // A helper's share was wrong, and with it the steps since: start over
                     // alone from the base (the coordinator stops the group).
                     try group.distrust(slot: wrong.slot)
                     training = try restored()
-                    losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+                    epochs = try EpochWeights(r, layout: layout, where: where_)
+                    losses = try runSpan(r, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
                 } catch is PruningError where group.slot == 0 {
                     // The span failed in the group (a step diverged, say): a helper's share
                     // the checks missed may be the cause, so no group's failure ends the
                     // task. The leader takes the span again alone, accusing no one; a real
                     // failure fails again there, with its own cause.
                     training = try restored()
-                    losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+                    epochs = try EpochWeights(r, layout: layout, where: where_)
+                    losses = try runSpan(r, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
                 }
                 // A helper answers nothing, and keeps no state: the leader's shares it
                 // took are not checked, so its state must not seed a span it leads.
                 if group.slot > 0 { return TaskOutputs() }
             } else {
-                losses = try runSpan(r, training: &training, model: model, inputs: inputs, where: where_)
+                losses = try runSpan(r, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
             }
             let lineage = spanLineage(baseLineage, r)
             kept.training = training
             kept.baseLineage = lineage
             kept.applied = []
-            return try checkpointOutputs(training, r, lineage: lineage, losses: losses, inputs: inputs, where: where_)
+            return try checkpointOutputs(training, r, lineage: lineage, losses: losses, epochs: epochs, inputs: inputs, where: where_)
         }
         kept.training = training
         kept.baseLineage = baseLineage
@@ -242,24 +247,59 @@ enum TrainStep {
             guard l.count == 3 else { throw PruningError("\(where_): a shard loss of \(l.count) values") }
             losses.append(l)
         }
-        return try checkpointOutputs(training, r, lineage: lineage, losses: losses, inputs: inputs, where: where_)
+        return try checkpointOutputs(training, r, lineage: lineage, losses: losses, epochs: nil, inputs: inputs, where: where_)
     }
 
     /// A checkpoint's payloads: the state, its lineage, and the epoch's running loss and
-    /// accuracy (the base's sums, unless the epoch starts here, plus each shard's loss triple in order).
+    /// accuracy (the base's sums, unless the epoch starts here, plus each shard's loss triple in order);
+    /// a span's across epochs also each inner epoch's whole sums and end weights.
     private static func checkpointOutputs(_ training: MLPTraining, _ r: Prune_V1_TrainTask, lineage: String, losses: [[Double]],
-                                          inputs: TaskInputs, where where_: String) throws -> TaskOutputs {
+                                          epochs: EpochWeights?, inputs: TaskInputs, where where_: String) throws -> TaskOutputs {
         var sums = [0.0, 0.0, 0.0]
         if !r.resetSums {
             sums = try FloatPayload.doubles(try inputs.artifact(r.baseSums), what: "\(where_): sums")
             guard sums.count == 3 else { throw PruningError("\(where_): sums of \(sums.count) values") }
         }
-        for l in losses { for i in 0..<3 { sums[i] += l[i] } }
+        // The losses come step after step, the same count each (a span's shards).
+        var inner: [(String, [UInt8])] = [], next = 0
+        if let epochs, !epochs.ends.isEmpty {
+            let perStep = losses.count / max(1, r.span.count)
+            for (e, weights) in zip(epochs.ends, epochs.weights) {
+                let upTo = (e - Int(r.baseStep)) * perStep
+                for l in losses[next..<upTo] { for i in 0..<3 { sums[i] += l[i] } }
+                inner.append((TrainPhase.epochSums(e).rawValue, sums.flatMap(FloatPayload.encode)))
+                inner.append((TrainPhase.epochWeights(e).rawValue, FloatPayload.encode(weights)))
+                sums = [0, 0, 0]
+                next = upTo
+            }
+        }
+        for l in losses[next...] { for i in 0..<3 { sums[i] += l[i] } }
         var payloads = chunks(training.serialized(), r)
         payloads.append((TrainPhase.lineage.rawValue, Array(lineage.utf8)))
         payloads.append((TrainPhase.sums.rawValue, sums.flatMap(FloatPayload.encode)))
         if r.epochEnd { payloads.append((TrainPhase.weights.rawValue, FloatPayload.encode(MLPTraining.flatten(training.parameters)))) }
-        return TaskOutputs(payloads: payloads)
+        return TaskOutputs(payloads: payloads + inner)
+    }
+
+    /// The weights a span keeps at the epoch ends strictly inside it (`epoch_ends`),
+    /// taken as its steps go.
+    struct EpochWeights {
+        /// Steps (absolute) after which an epoch ends, increasing.
+        let ends: [Int]
+        /// The flat weights at each end reached so far.
+        private(set) var weights: [[Float]] = []
+
+        init(_ r: Prune_V1_TrainTask, layout: SpanLayout, where where_: String) throws {
+            ends = r.epochEnds.map(Int.init)
+            guard zip(ends, ends.dropFirst()).allSatisfy({ $0 < $1 }), ends.allSatisfy({ $0 > layout.first && $0 < layout.first + layout.steps }) else {
+                throw PruningError("\(where_): epoch ends \(ends) are not increasing steps inside the span \(layout.first)..<\(layout.first + layout.steps)")
+            }
+        }
+
+        /// Called once step `index` (absolute) is applied: keeps the weights if an epoch ends there.
+        mutating func after(step index: Int, _ training: MLPTraining) {
+            if weights.count < ends.count, ends[weights.count] == index + 1 { weights.append(MLPTraining.flatten(training.parameters)) }
+        }
     }
 
     /// The summed gradient of a step, zeroed (its buffer reused), and a language model's
@@ -357,8 +397,8 @@ enum TrainStep {
     /// slices' (the slices a star exchange's gradient tasks take, summed as the tasks after
     /// them sum them: a classifier's in `ShardTreeSum`'s tree, a language model's in shard
     /// order). Returns each slice's loss triple, step after step.
-    private static func runSpan(_ r: Prune_V1_TrainTask, training: inout MLPTraining, model: TrainTaskModel, inputs: TaskInputs,
-                                where where_: String) throws -> [[Double]] {
+    private static func runSpan(_ r: Prune_V1_TrainTask, training: inout MLPTraining, epochs: inout EpochWeights, model: TrainTaskModel,
+                                inputs: TaskInputs, where where_: String) throws -> [[Double]] {
         let layout = try SpanLayout(r, where: where_)
         let steps = layout.steps, per = layout.per, shards = layout.shards, first = layout.first
         let slice = layout.slice
@@ -378,6 +418,7 @@ enum TrainStep {
                 }
                 kept.summed.withUnsafeMutableBufferPointer { tree.finish(into: $0) }
                 try apply(&training, r.span[k], index: first + k)
+                epochs.after(step: first + k, training)
             }
         case .llama(let llama):
             // The window length bounded before any product of it (steps ≤ 1e6, per ≤ 65536).
@@ -400,6 +441,7 @@ enum TrainStep {
                     losses.append([result.loss, 0, Double(result.count)])
                 }
                 try apply(&training, r.span[k], index: first + k)
+                epochs.after(step: first + k, training)
             }
         }
         return losses
