@@ -36,6 +36,9 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// Whether a checkpoint may fall inside an epoch and a span run across its end (a
     /// classifier's spans): see `init`.
     let spansCrossEpochs: Bool
+    /// The most a span's worker holds of the weights of epochs ending inside it (and
+    /// sends in its result): 256 MiB.
+    static let maxInnerWeightBytes = 256 << 20
     /// Examples 0..<trainCount are trained on; the rest (an adaptive schedule's
     /// validation examples) are held out.
     let trainCount: Int
@@ -98,7 +101,11 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
         // keeps the weights and sums of the epochs that end inside it (`epochEnds`), so an
         // epoch of a few steps no longer costs a task (its result, commit and next lease)
         // and with helpers a rendezvous.
+        // A span holds the weights of each epoch ending inside it until it answers: where
+        // they would pass `maxInnerWeightBytes`, spans stop at epochs' ends as a star's do.
+        let innerEnds = (every + perEpoch - 1) / perEpoch
         spansCrossEpochs = spec.exchange != .star && !(trainee is LlamaTrainee)
+            && innerEnds * 4 * parameterSizes.reduce(0, +) <= TrainPhase.maxInnerWeightBytes
         checkpoints = spansCrossEpochs
             ? (1...total).filter { $0 % every == 0 || $0 == total || starts.contains($0) }
             : (1...total).filter { $0 % perEpoch % every == 0 }

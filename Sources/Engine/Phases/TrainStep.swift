@@ -264,6 +264,7 @@ enum TrainStep {
         var inner: [(String, [UInt8])] = [], next = 0
         if let epochs, !epochs.ends.isEmpty {
             let perStep = losses.count / max(1, r.span.count)
+            guard perStep * r.span.count == losses.count else { throw PruningError("\(where_): \(losses.count) shard losses for \(r.span.count) steps") }
             for (e, weights) in zip(epochs.ends, epochs.weights) {
                 let upTo = (e - Int(r.baseStep)) * perStep
                 for l in losses[next..<upTo] { for i in 0..<3 { sums[i] += l[i] } }
