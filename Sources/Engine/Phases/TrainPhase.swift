@@ -173,12 +173,18 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
 
     /// The last checkpoint strictly before step `t` (0: the start).
     func lastCheckpoint(before t: Int) -> Int {
+        let i = firstCheckpointIndex(atOrAfter: t)
+        return i == 0 ? 0 : checkpoints[i - 1]
+    }
+
+    /// The index of the first checkpoint at step `t` or after it (`checkpoints.count`: none).
+    private func firstCheckpointIndex(atOrAfter t: Int) -> Int {
         var lo = 0, hi = checkpoints.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if checkpoints[mid] < t { lo = mid + 1 } else { hi = mid }
         }
-        return lo == 0 ? 0 : checkpoints[lo - 1]
+        return lo
     }
 
     /// Where the state at step `t` is rebuilt from: a checkpoint task, a round's prune
@@ -412,12 +418,8 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
     /// `e`, and whether it keeps them as its own (`weights`, `sums`: the epoch ends at the
     /// checkpoint) or as an inner epoch's (`epochWeights(e)`, `epochSums(e)`).
     func epochKeeper(_ e: Int) -> (task: TaskID, weights: OutputName, sums: OutputName) {
-        var lo = 0, hi = checkpoints.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if checkpoints[mid] < e { lo = mid + 1 } else { hi = mid }
-        }
-        let k = checkpoints[min(lo, checkpoints.count - 1)]
+        // The job's last step is a checkpoint, so one is at or after every epoch's end.
+        let k = checkpoints[min(firstCheckpointIndex(atOrAfter: e), checkpoints.count - 1)]
         return k == e ? (TrainPhase.checkpointID(step: k), TrainPhase.weights, TrainPhase.sums)
             : (TrainPhase.checkpointID(step: k), TrainPhase.epochWeights(e), TrainPhase.epochSums(e))
     }
@@ -474,9 +476,14 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
             guard outputs.count == outputNames(of: task).count, outputs[c].count == 64, outputs[c + 1].count == 24 else { return "result of \(task) has the wrong sizes" }
             // The epoch's running sums so far: every step since the epoch's start scored its
             // whole batch (a span's shard losses never reach the coordinator one by one).
-            let scored = Double(((k - 1) % stepsPerEpoch + 1) * trainee.scored(examples: spec.batch))
-            guard let sums = try? FloatPayload.doubles(outputs[c + 1], what: "sums"), sums[0].isFinite, sums[0] >= 0, sums[1] >= 0,
-                  sums[1] <= sums[2], sums[2] == scored else { return "result of \(task): bad running loss, count or accuracy" }
+            // Sums (loss, correct, scored) of `steps` steps: finite, non-negative, correct
+            // within scored, and scored what those steps' batches score.
+            let sound = { (bytes: [UInt8], steps: Int) -> Bool in
+                guard bytes.count == 24, let sums = try? FloatPayload.doubles(bytes, what: "sums") else { return false }
+                return sums[0].isFinite && sums[0] >= 0 && sums[1] >= 0 && sums[1] <= sums[2]
+                    && sums[2] == Double(steps * self.trainee.scored(examples: self.spec.batch))
+            }
+            guard sound(outputs[c + 1], (k - 1) % stepsPerEpoch + 1) else { return "result of \(task): bad running loss, count or accuracy" }
             let finite = { (weights: [UInt8]) in
                 weights.count == 4 * self.parameterCount && weights.withUnsafeBytes({ $0.bindMemory(to: Float.self).allSatisfy(\.isFinite) })
             }
@@ -486,10 +493,8 @@ public final class TrainPhase: Phase, PrunedTensorSource, UpdatedTensorSource {
                 next += 1
             }
             // Each epoch that ended inside the span: its whole sums, then its end weights.
-            let whole = Double(stepsPerEpoch * trainee.scored(examples: spec.batch))
             for e in epochEnds(after: lastCheckpoint(before: k), through: k) {
-                guard outputs[next].count == 24, let sums = try? FloatPayload.doubles(outputs[next], what: "sums"), sums[0].isFinite, sums[0] >= 0,
-                      sums[1] >= 0, sums[1] <= sums[2], sums[2] == whole else { return "result of \(task): bad loss, count or accuracy of the epoch ending at step \(e)" }
+                guard sound(outputs[next], stepsPerEpoch) else { return "result of \(task): bad loss, count or accuracy of the epoch ending at step \(e)" }
                 guard finite(outputs[next + 1]) else { return "result of \(task): weights at step \(e) of the wrong size or not finite" }
                 next += 2
             }

@@ -177,7 +177,7 @@ enum TrainStep {
                     try group.distrust(slot: wrong.slot)
                     training = try restored()
                     epochs = try EpochWeights(r, layout: layout, where: where_)
-                    losses = try runSpan(r, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
+                    losses = try runSpan(r, layout: layout, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
                 } catch is PruningError where group.slot == 0 {
                     // The span failed in the group (a step diverged, say): a helper's share
                     // the checks missed may be the cause, so no group's failure ends the
@@ -185,13 +185,13 @@ enum TrainStep {
                     // failure fails again there, with its own cause.
                     training = try restored()
                     epochs = try EpochWeights(r, layout: layout, where: where_)
-                    losses = try runSpan(r, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
+                    losses = try runSpan(r, layout: layout, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
                 }
                 // A helper answers nothing, and keeps no state: the leader's shares it
                 // took are not checked, so its state must not seed a span it leads.
                 if group.slot > 0 { return TaskOutputs() }
             } else {
-                losses = try runSpan(r, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
+                losses = try runSpan(r, layout: layout, training: &training, epochs: &epochs, model: model, inputs: inputs, where: where_)
             }
             let lineage = spanLineage(baseLineage, r)
             kept.training = training
@@ -260,6 +260,7 @@ enum TrainStep {
             sums = try FloatPayload.doubles(try inputs.artifact(r.baseSums), what: "\(where_): sums")
             guard sums.count == 3 else { throw PruningError("\(where_): sums of \(sums.count) values") }
         }
+        func add(_ some: ArraySlice<[Double]>) { for l in some { for i in 0..<3 { sums[i] += l[i] } } }
         // The losses come step after step, the same count each (a span's shards).
         var inner: [(String, [UInt8])] = [], next = 0
         if let epochs, !epochs.ends.isEmpty {
@@ -267,14 +268,14 @@ enum TrainStep {
             guard perStep * r.span.count == losses.count else { throw PruningError("\(where_): \(losses.count) shard losses for \(r.span.count) steps") }
             for (e, weights) in zip(epochs.ends, epochs.weights) {
                 let upTo = (e - Int(r.baseStep)) * perStep
-                for l in losses[next..<upTo] { for i in 0..<3 { sums[i] += l[i] } }
+                add(losses[next..<upTo])
                 inner.append((TrainPhase.epochSums(e).rawValue, sums.flatMap(FloatPayload.encode)))
                 inner.append((TrainPhase.epochWeights(e).rawValue, FloatPayload.encode(weights)))
                 sums = [0, 0, 0]
                 next = upTo
             }
         }
-        for l in losses[next...] { for i in 0..<3 { sums[i] += l[i] } }
+        add(losses[next...])
         var payloads = chunks(training.serialized(), r)
         payloads.append((TrainPhase.lineage.rawValue, Array(lineage.utf8)))
         payloads.append((TrainPhase.sums.rawValue, sums.flatMap(FloatPayload.encode)))
@@ -398,9 +399,8 @@ enum TrainStep {
     /// slices' (the slices a star exchange's gradient tasks take, summed as the tasks after
     /// them sum them: a classifier's in `ShardTreeSum`'s tree, a language model's in shard
     /// order). Returns each slice's loss triple, step after step.
-    private static func runSpan(_ r: Prune_V1_TrainTask, training: inout MLPTraining, epochs: inout EpochWeights, model: TrainTaskModel,
-                                inputs: TaskInputs, where where_: String) throws -> [[Double]] {
-        let layout = try SpanLayout(r, where: where_)
+    private static func runSpan(_ r: Prune_V1_TrainTask, layout: SpanLayout, training: inout MLPTraining, epochs: inout EpochWeights,
+                                model: TrainTaskModel, inputs: TaskInputs, where where_: String) throws -> [[Double]] {
         let steps = layout.steps, per = layout.per, shards = layout.shards, first = layout.first
         let slice = layout.slice
         var losses: [[Double]] = []
