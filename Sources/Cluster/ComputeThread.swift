@@ -54,16 +54,16 @@ final class TaskCancellations: Sendable {
 /// The worker's compute side: runs one task at a time on a thread of its own, so the
 /// I/O thread keeps heartbeating however long a task takes.
 final class ComputeThread: @unchecked Sendable {
-    private let context: ZMQContext
+    let context: ZMQContext
     private let endpoint: String
     private var options: WorkerOptions
     /// Messages that arrived while a task was fetching chunks (or waiting for its span
     /// group), handled after it.
-    fileprivate var deferred: [[[UInt8]]] = []
+    var deferred: [[[UInt8]]] = []
     /// Peer messages that arrived while a task was fetching chunks, for its span group (as
     /// they came, not copied); at most `maxHeldPeers`, the rest dropped (a member that
     /// misses a share computes it or stops), and all gone once the task ends.
-    fileprivate var heldPeers: [[ZMQFrame]] = []
+    var heldPeers: [[ZMQFrame]] = []
     static let maxHeldPeers = 64
     private let logger: Logger
     private let finished = DispatchSemaphore(value: 0)
@@ -78,6 +78,13 @@ final class ComputeThread: @unchecked Sendable {
     var maskCodings: [String] = []
     /// Shared with the I/O thread, which cancels what the coordinator revokes.
     let cancellations = TaskCancellations()
+    /// Where the other members of this worker's span groups send it their shares (nil:
+    /// it has no link; theirs come through the coordinator).
+    private(set) var linkListener: PeerLinkListener?
+    /// DEALERs to other workers' links, by endpoint and key (`linkDealer`).
+    var linkDealers: [String: ZMQSocket] = [:]
+    /// The link Hello announces (empty: none).
+    var linkEndpoint: String { linkListener?.endpoint ?? "" }
 
     struct Stop: Error {}
 
@@ -98,9 +105,14 @@ final class ComputeThread: @unchecked Sendable {
         let socket = try ZMQSocket(context, .pair)
         try socket.setLinger(ms: 0)
         try socket.connect(endpoint)
+        // Bound before Hello names it; the compute thread uses it from then on.
+        linkListener = options.peerLink ? PeerLinkListener(context: context, options: options, logger: logger) : nil
         let thread = Thread { [self] in
             self.loop(socket)
             socket.close()
+            self.linkDealers.values.forEach { $0.close() }
+            self.linkDealers = [:]
+            self.linkListener = nil
             self.finished.signal()
         }
         thread.name = "compute"
@@ -195,11 +207,12 @@ final class ComputeThread: @unchecked Sendable {
     /// Helps another worker's training span (a Help): the span's steps in the group,
     /// until its end or until the group ends for this worker. Nothing is answered.
     private func help(_ h: Prune_V1_Help, pair: ZMQSocket) throws {
-        let group = PeerGroup(thread: self, pair: pair, task: h.taskID, attempt: h.attempt, slot: Int(h.slot), slots: Int(h.slots))
         guard h.slot > 0, h.slot < h.slots else { return }
+        let group = PeerGroup(thread: self, pair: pair, task: h.taskID, attempt: h.attempt, slot: Int(h.slot), slots: Int(h.slots), links: h.links)
+        defer { group.close() }
         do {
             _ = try PhaseRegistry.run(.train(h.train), task: h.taskID, inputs: WorkerInputs(thread: self, pair: pair, group: group))
-            logger.info("helped \(h.taskID) attempt \(h.attempt) as slot \(h.slot) of \(h.slots)")
+            logger.info("helped \(h.taskID) attempt \(h.attempt) as slot \(h.slot) of \(h.slots); \(group.sentSummary)")
         } catch is Stop {
             throw Stop()
         } catch {
@@ -212,8 +225,10 @@ final class ComputeThread: @unchecked Sendable {
     private func run(_ a: Prune_V1_Assign, pair: ZMQSocket) throws -> [[UInt8]]? {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
-            let group = a.slots > 1 ? PeerGroup(thread: self, pair: pair, task: a.taskID, attempt: a.attempt, slot: 0, slots: Int(a.slots)) : nil
+            let group = a.slots > 1 ? PeerGroup(thread: self, pair: pair, task: a.taskID, attempt: a.attempt, slot: 0, slots: Int(a.slots), links: a.links) : nil
+            defer { group?.close() }
             var outputs = try PhaseRegistry.run(a.work, task: a.taskID, inputs: WorkerInputs(thread: self, pair: pair, group: group))
+            if let group { logger.info("led \(a.taskID) attempt \(a.attempt) in a group of \(a.slots); \(group.sentSummary)") }
             try NoopPhase.sleep(ms: options.taskDelayMs)
             if options.testLie == .swapMaskBits { Self.swapFirstKeptAndPruned(&outputs) }
             if options.testLie == .flatterFitness { Self.halveFitness(&outputs) }
@@ -386,101 +401,5 @@ struct WorkerInputs: TaskInputs {
             throw PruningError("artifact \(ref.sha256.prefix(12))…: pulled bytes do not match their digest")
         }
         return bytes
-    }
-}
-
-/// A worker's side of a training span's group (`SpanGroup`): Peer messages to the
-/// coordinator, which relays them to the other members, and from it, read off the compute
-/// thread's PAIR socket. Anything else that comes meanwhile is kept for after the task; an
-/// Assign or a Help ends a helper's part (the coordinator gives work only to a worker it
-/// counts idle, so its group is over).
-final class PeerGroup: SpanGroup {
-    private unowned let thread: ComputeThread
-    private let pair: ZMQSocket
-    private let task: String
-    private let attempt: UInt32
-    let slot: Int
-    let slots: Int
-    /// Missing this many heartbeats' time, a member counts as gone.
-    let patienceMs: Int
-    var shareBytes = 0
-
-    init(thread: ComputeThread, pair: ZMQSocket, task: String, attempt: UInt32, slot: Int, slots: Int) {
-        self.thread = thread
-        self.pair = pair
-        self.task = task
-        self.attempt = attempt
-        self.slot = slot
-        self.slots = slots
-        patienceMs = thread.settings.deadAfterMs
-    }
-
-    private func send(_ kind: String, _ fill: (inout Prune_V1_Peer) -> Void = { _ in }, gradient: [UInt8]? = nil) throws {
-        var p = Prune_V1_Peer()
-        p.taskID = task
-        p.attempt = attempt
-        p.kind = kind
-        fill(&p)
-        let outgoing = gradient.map { [WireMessage.Outgoing(transient: "gradient", bytes: $0)] } ?? []
-        try pair.send(try WireMessage.frames(.with(.peer(p)), outgoing: outgoing))
-    }
-
-    func join() throws { try send("join") }
-
-    func share(_ share: SpanShare) throws {
-        var share = share
-        if slot > 0, thread.lies == .skewShares, !share.gradient.isEmpty { share.gradient[0] ^= 1 }
-        if slot > 0, thread.lies == .nanShares, share.gradient.count >= 4 { share.gradient.replaceSubrange(0..<4, with: FloatPayload.encode([Float.nan])) }
-        try send("share", {
-            $0.step = UInt32(clamping: share.step)
-            $0.first = UInt32(clamping: share.first)
-            $0.count = UInt32(clamping: share.count)
-            $0.prefix = share.prefix
-            $0.losses = share.losses
-        }, gradient: share.gradient)
-    }
-
-    func distrust(slot: Int) throws { try send("distrust") { $0.slot = UInt32(clamping: slot) } }
-
-    func next(timeoutMs: Int) throws -> SpanEvent {
-        let until = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, timeoutMs)) * 1_000_000
-        defer { try? pair.setReceiveTimeout(ms: -1) }
-        while true {
-            try Cancellation.checkpoint()
-            let now = DispatchTime.now().uptimeNanoseconds
-            guard now < until else { return .timeout }
-            let frames: [ZMQFrame]
-            if !thread.heldPeers.isEmpty {
-                frames = thread.heldPeers.removeFirst()
-            } else {
-                try pair.setReceiveTimeout(ms: Int32(clamping: max(1, (until - now) / 1_000_000)))
-                guard let received = try pair.receiveMultipart() else { return .timeout }
-                frames = received
-            }
-            if case .peer(let p)? = Worker.peer(frames, maxEnvelopeBytes: thread.settings.maxEnvelopeBytes) {
-                // Another group's (one this worker left) is stale.
-                guard p.taskID == task, p.attempt == attempt else { continue }
-                switch p.kind {
-                case "join": return .joined(slot: Int(p.slot))
-                case "left": return .left(slot: Int(p.slot))
-                case "share" where frames.count == 2 && frames[1].count == shareBytes:
-                    // The one copy of a share on this side, made once its size is right.
-                    return .share(slot: Int(p.slot), SpanShare(step: Int(p.step), first: Int(p.first), count: Int(p.count), prefix: p.prefix,
-                                                               losses: p.losses, gradient: frames[1].bytes))
-                default: continue
-                }
-            }
-            let bytes = frames.map(\.bytes)
-            guard let message = try? WireMessage.decode(bytes, settings: thread.settings.fromCoordinator) else { continue }
-            switch message.envelope.body {
-            case .shutdown:
-                throw ComputeThread.Stop()
-            case .assign, .help, .welcome:
-                thread.deferred.append(bytes)
-                if slot > 0 { return .interrupted }
-            default:
-                continue
-            }
-        }
     }
 }

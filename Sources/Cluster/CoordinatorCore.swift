@@ -319,6 +319,13 @@ public struct CoordinatorCore: Sendable {
         return (me.slot, group.filter { $0.worker != worker }.map(\.worker))
     }
 
+    /// The workers of the group of `task`'s attempt by slot (the leader first) while its
+    /// lease holds; nil for a slot no worker holds (any more).
+    public func groupMembers(_ task: String, attempt: Int) -> [String?] {
+        let group = members(task, attempt)
+        return (0..<slots(of: task, attempt: attempt)).map { s in group.first { $0.slot == s }?.worker }
+    }
+
     /// The leader of `task`'s attempt found slot `slot`'s share wrong: it starts its span
     /// over alone, so every helper stops, and the helper's identity helps the leader's no
     /// more.

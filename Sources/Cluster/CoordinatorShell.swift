@@ -40,6 +40,8 @@ public final class CoordinatorShell {
     private var names: [String: String] = [:]
     private var hosts: [String: String] = [:]
     private var blasCores: [String: String] = [:]
+    /// Each worker's direct link for its span groups, as the others reach it (`peerLink`).
+    private var links: [String: Prune_V1_PeerLink] = [:]
     private let progress: ProgressReporter
     private var files: [String: FileHandle] = [:]
     /// The work of attempts leased with helpers, for their Help messages (which go out in
@@ -202,6 +204,7 @@ public final class CoordinatorShell {
             // The CURVE key the ZAP handler authenticated stands for the worker; without
             // CURVE (ipc://, --insecure loopback) its name does.
             let key = frames[1].metadata("User-Id").flatMap { $0.isEmpty ? nil : $0 }
+            links[worker] = Self.peerLink(h.link, peerAddress: frames[1].metadata("Peer-Address"), key: key)
             try execute(core.hello(worker: worker, name: h.workerName, principal: key, protocolVersion: h.protocolVersion, kernel: h.blasCore, now: t))
             return
         }
@@ -286,6 +289,34 @@ public final class CoordinatorShell {
             dropped += 1
         }
         return true
+    }
+
+    /// A worker's link as the other members reach it: `announced` (Hello.link) with a
+    /// wildcard host replaced by the address its connection came from, and its CURVE key;
+    /// nil when it announced none or something that is no tcp:// or ipc:// endpoint.
+    static func peerLink(_ announced: String, peerAddress: String?, key: String?) -> Prune_V1_PeerLink? {
+        guard !announced.isEmpty, announced.utf8.count <= 256 else { return nil }
+        var link = Prune_V1_PeerLink()
+        link.curveKey = key ?? ""
+        if announced.hasPrefix("ipc://") {
+            link.endpoint = announced
+            return link
+        }
+        guard announced.hasPrefix("tcp://"), let colon = announced.lastIndex(of: ":"), colon > announced.index(announced.startIndex, offsetBy: 5),
+              let port = UInt16(announced[announced.index(after: colon)...]), port > 0 else { return nil }
+        let host = String(announced[announced.index(announced.startIndex, offsetBy: 6)..<colon])
+        guard ["0.0.0.0", "*", "[::]"].contains(host) else {
+            link.endpoint = announced
+            return link
+        }
+        guard let address = peerAddress, !address.isEmpty, address.allSatisfy({ $0.isHexDigit || $0 == "." || $0 == ":" }) else { return nil }
+        link.endpoint = "tcp://\(address.contains(":") ? "[\(address)]" : address):\(port)"
+        return link
+    }
+
+    /// The links of `task`'s attempt's group by slot (an empty one for a member without).
+    private func groupLinks(_ task: String, attempt: Int) -> [Prune_V1_PeerLink] {
+        core.groupMembers(task, attempt: attempt).map { $0.flatMap { links[$0] } ?? Prune_V1_PeerLink() }
     }
 
     private func handleResult(_ r: Prune_V1_Result, message: WireMessage, from worker: String) throws {
@@ -467,6 +498,7 @@ public final class CoordinatorShell {
                 let slots = core.slots(of: taskID, attempt: attempt)
                 if slots > 1, case .train(let train) = work {
                     a.slots = UInt32(slots)
+                    a.links = groupLinks(taskID, attempt: attempt)
                     let key = CoordinatorCore.key(taskID, attempt)
                     groupWork[key] = train
                     // Groups whose lease ended are over: their budgets go.
@@ -488,6 +520,7 @@ public final class CoordinatorShell {
                 h.slot = UInt32(slot)
                 h.slots = UInt32(slots)
                 h.train = train
+                h.links = groupLinks(task, attempt: attempt)
                 workload.ledger.log(.init(time: wall, kind: "help", task: task, worker: w, detail: "attempt \(attempt) slot \(slot) of \(slots)"))
                 send(w, .with(.help(h)))
             case .peerLeft(let w, let task, let attempt, let slot):
@@ -522,6 +555,7 @@ public final class CoordinatorShell {
                     workload.ledger.log(.init(time: wall, kind: "requeue", task: task, worker: w, detail: reason))
                 }
                 identities[w] = nil
+                links[w] = nil
             case .requeued(let task, let reason):
                 try workload.ledger.markAttemptFailed(task: task, attempts: core.attempts(of: task), cause: reason, at: wall)
             case .commit(let task, let w, let attempt, let digest, let seconds):

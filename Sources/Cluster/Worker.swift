@@ -39,6 +39,12 @@ public struct WorkerOptions: Sendable {
     public var testExitOnTask = false
     /// Test hook: a worker that lies (set by PRUNE_TEST_LIE), for the trust tests.
     public var testLie: TestLie = .none
+    /// Listen for the shares of this worker's span groups on a direct link (`PeerLinkListener`);
+    /// off (`--no-peer-link`), every share goes through the coordinator.
+    public var peerLink = true
+    /// Test hook: announce a link no one can reach (PRUNE_TEST_LINK=dead), so the others'
+    /// shares to this worker go through the coordinator.
+    public var testDeadLink = false
 
     /// Ways a test worker lies.
     public enum TestLie: String, Sendable {
@@ -88,6 +94,8 @@ public final class Worker {
         try pair.bind(pairEndpoint)
         let compute = ComputeThread(context: context, endpoint: pairEndpoint, options: options, logger: logger)
         try compute.start()
+        // The compute thread's link, as Hello announces it on every (re)connect.
+        let link = compute.linkEndpoint
         defer {
             try? pair.send(try WireMessage.frames(.with(.shutdown(Prune_V1_Shutdown()))), dontWait: true)
             compute.join()
@@ -103,7 +111,7 @@ public final class Worker {
 
         var core = WorkerCore(settings: options.settings, curve: options.curveServerKey != nil, now: now())
         var dealer = try connect()
-        try send(dealer, hello())
+        try send(dealer, hello(link: link))
 
         /// Carries out directives; returns the exit status when one says to leave.
         /// `frames` are forwarded as they came, by reference (libzmq counts them).
@@ -120,7 +128,7 @@ public final class Worker {
                     let until = now() + Int64(wait)
                     while now() < until && StopSignal.received == 0 { usleep(50_000) }
                     dealer = try connect()
-                    try send(dealer, hello())
+                    try send(dealer, hello(link: link))
                     core.reconnected(now: now())
                 case .exit(let code): return code
                 case .log(let line): logger.info("\(line)")
@@ -208,7 +216,7 @@ public final class Worker {
         return dealer
     }
 
-    private func hello() -> Prune_V1_Envelope {
+    private func hello(link: String) -> Prune_V1_Envelope {
         var h = Prune_V1_Hello()
         h.protocolVersion = options.protocolVersion
         h.build = "prune-cluster"
@@ -218,6 +226,7 @@ public final class Worker {
         h.dataRoots = options.dataRoots
         h.workerName = options.name
         h.blasCore = BLASThreads.coreName
+        h.link = link
         var e = Prune_V1_Envelope.with(.hello(h))
         e.protocolVersion = options.protocolVersion
         return e

@@ -1,7 +1,7 @@
 /// The protocol's constants in one place (ZeroMQ guide ch.4: contract first).
 public struct Settings: Sendable, Equatable {
     /// Bumped on any incompatible change to prune.proto or the frame layout.
-    public static let protocolVersion: UInt32 = 10
+    public static let protocolVersion: UInt32 = 11
 
     /// Heartbeats both ways every this many milliseconds.
     public var heartbeatMs: Int = 1000

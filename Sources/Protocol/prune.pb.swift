@@ -250,6 +250,29 @@ public nonisolated struct Prune_V1_Hello: Sendable {
   /// give the same bytes only on the same kernel (docs/cluster.md).
   public var blasCore: String = String()
 
+  /// Where this worker's compute thread listens for its span groups' shares (protocol 11;
+  /// empty: no link). As bound: a wildcard host (tcp://0.0.0.0:PORT) is the coordinator's
+  /// to fill in with the address this connection came from.
+  public var link: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A span group member's direct link, as the other members reach it: its endpoint and,
+/// under CURVE, its public key (Z85; the key its link serves with and the coordinator
+/// admitted it by). Empty endpoint: the member has none; shares to it go through the
+/// coordinator.
+public nonisolated struct Prune_V1_PeerLink: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var endpoint: String = String()
+
+  public var curveKey: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -532,6 +555,12 @@ public nonisolated struct Prune_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._slots = newValue}
   }
 
+  /// The group's members' direct links, by slot (when slots > 1).
+  public var links: [Prune_V1_PeerLink] {
+    get {_storage._links}
+    set {_uniqueStorage()._links = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Work: Equatable, Sendable {
@@ -590,6 +619,9 @@ public nonisolated struct Prune_V1_Help: Sendable {
   /// Clears the value of `train`. Subsequent reads from it will return its default value.
   public mutating func clearTrain() {self._train = nil}
 
+  /// The group's members' direct links, by slot.
+  public var links: [Prune_V1_PeerLink] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -597,8 +629,10 @@ public nonisolated struct Prune_V1_Help: Sendable {
   fileprivate var _train: Prune_V1_TrainTask? = nil
 }
 
-/// Between the members of a span's group, relayed by the coordinator (which sets `slot`
-/// to the sender's own). Kinds: "join" (a helper holds the base state, ready for step 0),
+/// Between the members of a span's group: "share" goes straight to a member over its
+/// direct link (PeerLink) where it can, else, like the others, through the coordinator,
+/// which relays it (and sets `slot` to the sender's own; on a direct link the sender sets
+/// it, and the receiver checks it against the link's CURVE key). Kinds: "join" (a helper holds the base state, ready for step 0),
 /// "share" (gradient of shards [first, first + count) of step `step`, one F32 payload
 /// "gradient" — a running sum of shards 0 … first + count − 1 when `prefix` — and the
 /// shards' loss triples in `losses`), "left" (from the coordinator: slot `slot`'s worker is
@@ -2370,7 +2404,7 @@ nonisolated extension Prune_V1_PayloadInfo: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}build\0\u{1}host\0\u{1}cores\0\u{3}memory_bytes\0\u{3}data_roots\0\u{3}worker_name\0\u{3}running_tasks\0\u{3}blas_core\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}build\0\u{1}host\0\u{1}cores\0\u{3}memory_bytes\0\u{3}data_roots\0\u{3}worker_name\0\u{3}running_tasks\0\u{3}blas_core\0\u{1}link\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2387,6 +2421,7 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 7: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
       case 8: try { try decoder.decodeRepeatedStringField(value: &self.runningTasks) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.blasCore) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.link) }()
       default: break
       }
     }
@@ -2420,6 +2455,9 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.blasCore.isEmpty {
       try visitor.visitSingularStringField(value: self.blasCore, fieldNumber: 9)
     }
+    if !self.link.isEmpty {
+      try visitor.visitSingularStringField(value: self.link, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2433,6 +2471,42 @@ nonisolated extension Prune_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.workerName != rhs.workerName {return false}
     if lhs.runningTasks != rhs.runningTasks {return false}
     if lhs.blasCore != rhs.blasCore {return false}
+    if lhs.link != rhs.link {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Prune_V1_PeerLink: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PeerLink"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}endpoint\0\u{3}curve_key\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.curveKey) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.endpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 1)
+    }
+    if !self.curveKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.curveKey, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Prune_V1_PeerLink, rhs: Prune_V1_PeerLink) -> Bool {
+    if lhs.endpoint != rhs.endpoint {return false}
+    if lhs.curveKey != rhs.curveKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2620,13 +2694,14 @@ nonisolated extension Prune_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}slots\0\u{2}\u{7}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0\u{1}units\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}slots\0\u{1}links\0\u{2}\u{6}mask\0\u{1}noop\0\u{1}calibrate\0\u{3}layer_prune\0\u{3}weight_norm\0\u{1}outliers\0\u{1}allocate\0\u{1}curve\0\u{1}histogram\0\u{3}histogram_cut\0\u{3}level_database\0\u{1}breed\0\u{1}fitness\0\u{1}select\0\u{3}block_refit\0\u{3}block_step\0\u{1}train\0\u{1}gradient\0\u{3}gradient_score\0\u{1}units\0")
 
   fileprivate class _StorageClass {
     var _taskID: String = String()
     var _attempt: UInt32 = 0
     var _work: Prune_V1_Assign.OneOf_Work?
     var _slots: UInt32 = 0
+    var _links: [Prune_V1_PeerLink] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2641,6 +2716,7 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       _attempt = source._attempt
       _work = source._work
       _slots = source._slots
+      _links = source._links
     }
   }
 
@@ -2662,6 +2738,7 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
         case 1: try { try decoder.decodeSingularStringField(value: &_storage._taskID) }()
         case 2: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempt) }()
         case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._slots) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._links) }()
         case 10: try {
           var v: Prune_V1_MaskTask?
           var hadOneofValue = false
@@ -2943,6 +3020,9 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
       if _storage._slots != 0 {
         try visitor.visitSingularUInt32Field(value: _storage._slots, fieldNumber: 3)
       }
+      if !_storage._links.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._links, fieldNumber: 4)
+      }
       switch _storage._work {
       case .mask?: try {
         guard case .mask(let v)? = _storage._work else { preconditionFailure() }
@@ -3039,6 +3119,7 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
         if _storage._attempt != rhs_storage._attempt {return false}
         if _storage._work != rhs_storage._work {return false}
         if _storage._slots != rhs_storage._slots {return false}
+        if _storage._links != rhs_storage._links {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3050,7 +3131,7 @@ nonisolated extension Prune_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Prune_V1_Help: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Help"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}slot\0\u{1}slots\0\u{1}train\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}task_id\0\u{1}attempt\0\u{1}slot\0\u{1}slots\0\u{1}train\0\u{1}links\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3063,6 +3144,7 @@ nonisolated extension Prune_V1_Help: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.slot) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._train) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.links) }()
       default: break
       }
     }
@@ -3088,6 +3170,9 @@ nonisolated extension Prune_V1_Help: SwiftProtobuf.Message, SwiftProtobuf._Messa
     try { if let v = self._train {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
+    if !self.links.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.links, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3097,6 +3182,7 @@ nonisolated extension Prune_V1_Help: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.slot != rhs.slot {return false}
     if lhs.slots != rhs.slots {return false}
     if lhs._train != rhs._train {return false}
+    if lhs.links != rhs.links {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -90,6 +90,9 @@ struct WorkerCommand: ParsableCommand {
     @Flag(help: "Never read checkpoint files locally; pull all bytes from the coordinator.")
     var pullOnly = false
 
+    @Flag(help: "Listen for no span group's shares directly: the other members send them through the coordinator (for hosts the other workers cannot reach).")
+    var noPeerLink = false
+
     @Flag(help: "Code the masks this worker sends (when it does not share the job directory): N:M by rank (2:4: 0.67 bits per weight), others range coded near their entropy (90% sparse: 0.47). Pays on links slower than ~100 Mbit/s; see docs/cluster.md.")
     var compressMasks = false
 
@@ -100,6 +103,8 @@ struct WorkerCommand: ParsableCommand {
         options.protocolVersion = protocolVersion
         options.pullOnly = pullOnly
         options.compressMasks = compressMasks
+        options.peerLink = !noPeerLink
+        options.testDeadLink = ProcessInfo.processInfo.environment["PRUNE_TEST_LINK"] == "dead"
         options.taskDelayMs = Int(ProcessInfo.processInfo.environment["PRUNE_TEST_TASK_DELAY_MS"] ?? "") ?? 0
         options.testExitOnTask = ProcessInfo.processInfo.environment["PRUNE_TEST_EXIT_ON_TASK"] == "1"
         if let lie = ProcessInfo.processInfo.environment["PRUNE_TEST_LIE"], !lie.isEmpty {

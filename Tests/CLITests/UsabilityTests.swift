@@ -16,7 +16,7 @@ final class UsabilityTests: XCTestCase {
         let version = try Subprocess.prune(["--version"])
         XCTAssertEqual(version.status, 0)
         XCTAssertTrue(version.stdout.hasPrefix("prune-cluster "), version.stdout)
-        XCTAssertTrue(version.stdout.contains("protocol \(10)"), version.stdout)
+        XCTAssertTrue(version.stdout.contains("protocol \(11)"), version.stdout)
         let worker = try Subprocess.prune(["worker", "--help"]).stdout
         XCTAssertTrue(worker.contains("--server-key"), worker)
         for foreign in ["--allow", "--max-attempts", "--max-refused-results"] { XCTAssertFalse(worker.contains(foreign), "worker --help shows \(foreign)") }

@@ -89,6 +89,45 @@ final class NetworkNamespaceTests: XCTestCase {
         XCTAssertEqual(seen, ["w1", "w2"])
     }
 
+    /// A training span's group across two worker hosts under CURVE: each member listens
+    /// on every interface with its own key pair, the coordinator tells the others the
+    /// address its connection came from (the worker announced a wildcard), and the shares
+    /// go straight from host to host, each link admitting the group's other member only.
+    /// out/ is the in-process run's bytes.
+    func testASpansSharesGoStraightBetweenHostsOverCurve() throws {
+        let data = TrainClusterTests.fashionMNIST
+        guard FileManager.default.fileExists(atPath: data + "/train-images-idx3-ubyte.gz") else { throw XCTSkip("Fashion-MNIST not installed") }
+        let (subnet, hosts) = try network()
+        let dir = TempDir("prune-netns-train"); defer { dir.cleanup() }
+        XCTAssertEqual(try Subprocess.prune(["init-mlp", "model", "--hidden", "32", "--seed", "3"], cwd: dir.path).status, 0)
+        let train = "train: {data: \(data), examples: 1200, epochs: 2, batch: 100, shards: 2, learning_rate: 0.1, checkpoint_every: 6"
+        for (name, exchange) in [("job", ", exchange: allgather}"), ("reference", "}")] {
+            try "model: model\noutput: \(name)\nmethod: magnitude\nsparsity: 0\n\(train)\(exchange)\n".write(toFile: dir.file("\(name).yaml"), atomically: false, encoding: .utf8)
+        }
+        XCTAssertEqual(try Subprocess.prune(["run", "-q", "--workers", "0", "reference.yaml"], cwd: dir.path).status, 0)
+        for name in ["coord", "w1", "w2"] {
+            XCTAssertEqual(try Subprocess.prune(["keygen", name, "--dir", dir.path]).status, 0)
+        }
+        let allow = try ["w1", "w2"].map { try String(contentsOfFile: dir.file("\($0).pub"), encoding: .utf8) }.joined()
+        try allow.write(toFile: dir.file("workers.txt"), atomically: false, encoding: .utf8)
+        let endpoint = "tcp://10.79.\(subnet).1:\(Background.freePort())"
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", "job.yaml", "--bind", endpoint,
+                                                            "--curve-secret", "coord.key", "--allow", "workers.txt"], cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("listening on") }, coord.stderr)
+        let workers = try hosts.enumerated().map { i, ns in
+            try Background("/usr/bin/env", ["ip", "netns", "exec", ns, Subprocess.pruneBinary, "worker", "--connect", endpoint, "--name", "w\(i + 1)",
+                                            "--curve-secret", dir.file("w\(i + 1).key"), "--server-key", dir.file("coord.pub")])
+        }
+        XCTAssertEqual(coord.wait(seconds: 120), 0, coord.stderr)
+        for w in workers { XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr) }
+        XCTAssertEqual(jobOutputs(dir.file("job")), jobOutputs(dir.file("reference")))
+        let events = try Ledger(path: dir.file("job/ledger.sqlite"), create: false, readOnly: true).events()
+        XCTAssertTrue(events.contains { $0.kind == "help" }, "a second worker helped")
+        let sent = TrainClusterTests.sharesSent(logs: workers.map(\.stderr).joined(separator: "\n"))
+        XCTAssertGreaterThan(sent.direct, 2 * sent.relayed, "\(sent)")
+        XCTAssertEqual(sent.received, sent.direct, "every share sent direct was taken: \(sent)")
+    }
+
     /// cluster/launch-ssh as a user runs it, with `ssh` and `scp` stand-ins on PATH that
     /// log into a "host": a network namespace with a hostname (UTS namespace) and a home
     /// directory of its own. The script must make each host's directory, copy the server

@@ -45,10 +45,31 @@ final class TrainClusterTests: XCTestCase {
         jobOutputs(dir.file(job))
     }
 
-    private func run(_ name: String, sparsity: Double = 0, train: String, workers: Int) throws -> [String: Data] {
-        let r = try Subprocess.prune(["run", "-q", "--workers", "\(workers)", try writeSpec(name, sparsity: sparsity, train: train)], cwd: dir.path)
+    private func run(_ name: String, sparsity: Double = 0, train: String, workers: Int, environment: [String: String] = [:]) throws -> [String: Data] {
+        let r = try Subprocess.run(Subprocess.pruneBinary, ["run", "-q", "--workers", "\(workers)", try writeSpec(name, sparsity: sparsity, train: train)],
+                                   cwd: dir.path, environment: environment)
         XCTAssertEqual(r.status, 0, "\(name): \(r.stderr)")
         return outputs(name)
+    }
+
+    /// How the span groups' members of a job's workers sent their shares, from the
+    /// workers' logs ("N shares sent direct, M through the coordinator" per group).
+    static func sharesSent(logs: String) -> (direct: Int, relayed: Int, received: Int) {
+        var direct = 0, relayed = 0, received = 0
+        for line in logs.split(separator: "\n") {
+            guard let r = line.range(of: " shares sent direct, "), let t = line.range(of: " through the coordinator, ") else { continue }
+            direct += Int(line[..<r.lowerBound].split(separator: " ").last ?? "") ?? 0
+            relayed += Int(line[r.upperBound...].split(separator: " ").first ?? "") ?? 0
+            received += Int(line[t.upperBound...].split(separator: " ").first ?? "") ?? 0
+        }
+        return (direct, relayed, received)
+    }
+
+    private func sharesSent(_ job: String) -> (direct: Int, relayed: Int, received: Int) {
+        let logs = dir.file("\(job)/logs")
+        let text = ((try? FileManager.default.contentsOfDirectory(atPath: logs)) ?? []).sorted()
+            .compactMap { try? String(contentsOfFile: logs + "/" + $0, encoding: .utf8) }.joined(separator: "\n")
+        return Self.sharesSent(logs: text)
     }
 
     private func report(_ job: String) throws -> [String: Any] {
@@ -181,6 +202,11 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertTrue(helps.allSatisfy { $0.detail.hasSuffix("slot 1 of 2") }, helps.map(\.detail).joined(separator: "; "))
         XCTAssertTrue(try ledger("gather-w1").events().filter { $0.kind == "help" }.isEmpty, "one worker has no one to help it")
         XCTAssertTrue(try ledger("gather-w2").events().filter { $0.kind == "distrust" }.isEmpty)
+        // The members' shares went straight to each other over their links (the first
+        // of a group may go through the coordinator while a link connects).
+        let sent = sharesSent("gather-w2")
+        XCTAssertGreaterThan(sent.direct, 2 * sent.relayed, "\(sent)")
+        XCTAssertEqual(sent.received, sent.direct, "every share sent direct was taken: \(sent)")
 
         let four = "examples: 1200, epochs: 1, batch: 100, shards: 4, learning_rate: 0.1, checkpoint_every: 4, lr_schedule: cosine"
         XCTAssertEqual(try run("gather4-w3", train: four + ", exchange: allgather", workers: 3), try run("star4-w0", train: four, workers: 0))
@@ -189,6 +215,18 @@ final class TrainClusterTests: XCTestCase {
         let five = "examples: 1000, epochs: 1, batch: 100, shards: 5, learning_rate: 0.1, checkpoint_every: 5"
         XCTAssertEqual(try run("gather5-w2", train: five + ", exchange: allgather", workers: 2), try run("star5-w0", train: five, workers: 0))
         XCTAssertTrue(try ledger("gather5-w2").events().contains { $0.kind == "help" })
+    }
+
+    /// Workers whose links no one can reach (`PRUNE_TEST_LINK=dead`: each announces a
+    /// socket nothing listens on): every share goes through the coordinator instead, and
+    /// out/ is the same bytes.
+    func testSharesGoThroughTheCoordinatorWhenTheLinksCannotBeReached() throws {
+        let star = try run("star-w0", train: small, workers: 0)
+        XCTAssertEqual(try run("dead-w2", train: small + ", exchange: allgather", workers: 2, environment: ["PRUNE_TEST_LINK": "dead"]), star)
+        XCTAssertTrue(try Ledger(path: dir.file("dead-w2/ledger.sqlite"), create: false, readOnly: true).events().contains { $0.kind == "help" })
+        let sent = sharesSent("dead-w2")
+        XCTAssertEqual(sent.direct + sent.received, 0, "\(sent)")
+        XCTAssertGreaterThan(sent.relayed, 0, "\(sent)")
     }
 
     /// Helpers whose shares are off by one bit (`PRUNE_TEST_LIE=skew-shares`) or hold a
