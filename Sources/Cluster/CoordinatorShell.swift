@@ -204,8 +204,8 @@ public final class CoordinatorShell {
             // The CURVE key the ZAP handler authenticated stands for the worker; without
             // CURVE (ipc://, --insecure loopback) its name does.
             let key = frames[1].metadata("User-Id").flatMap { $0.isEmpty ? nil : $0 }
-            links[worker] = Self.peerLink(h.link, peerAddress: frames[1].metadata("Peer-Address"), key: key)
             try execute(core.hello(worker: worker, name: h.workerName, principal: key, protocolVersion: h.protocolVersion, kernel: h.blasCore, now: t))
+            links[worker] = core.isKnown(worker: worker) ? Self.peerLink(h.link, peerAddress: frames[1].metadata("Peer-Address"), key: key) : nil
             return
         }
         guard core.isKnown(worker: worker) else {
@@ -291,8 +291,9 @@ public final class CoordinatorShell {
         return true
     }
 
-    /// A worker's link as the other members reach it: `announced` (Hello.link) with a
-    /// wildcard host replaced by the address its connection came from, and its CURVE key;
+    /// A worker's link as the other members reach it: `announced` (Hello.link) at the
+    /// address its connection came from (only the port of a tcp:// link is the worker's
+    /// to say, so a worker cannot point the others at another host), and its CURVE key;
     /// nil when it announced none or something that is no tcp:// or ipc:// endpoint.
     static func peerLink(_ announced: String, peerAddress: String?, key: String?) -> Prune_V1_PeerLink? {
         guard !announced.isEmpty, announced.utf8.count <= 256 else { return nil }
@@ -304,11 +305,6 @@ public final class CoordinatorShell {
         }
         guard announced.hasPrefix("tcp://"), let colon = announced.lastIndex(of: ":"), colon > announced.index(announced.startIndex, offsetBy: 5),
               let port = UInt16(announced[announced.index(after: colon)...]), port > 0 else { return nil }
-        let host = String(announced[announced.index(announced.startIndex, offsetBy: 6)..<colon])
-        guard ["0.0.0.0", "*", "[::]"].contains(host) else {
-            link.endpoint = announced
-            return link
-        }
         guard let address = peerAddress, !address.isEmpty, address.allSatisfy({ $0.isHexDigit || $0 == "." || $0 == ":" }) else { return nil }
         link.endpoint = "tcp://\(address.contains(":") ? "[\(address)]" : address):\(port)"
         return link

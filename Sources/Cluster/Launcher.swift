@@ -115,11 +115,22 @@ public struct EmbeddedCluster {
             for i in 0..<workers { spawn(i) }
             if let spawnFailure { throw JobFailed("cannot start worker processes (\(executable)): \(spawnFailure)") }
             var reported = Set<Int>()
+            // A worker that dies leaves its span link's socket file (libzmq removes it on a
+            // clean close only): the files named by its process go with it.
+            let socketDirectory = (socketPath as NSString).deletingLastPathComponent
+            func removeLinkFiles(of child: Process?) {
+                guard let pid = child?.processIdentifier, pid > 0 else { return }
+                let prefix = PeerLinkListener.linkFilePrefix(pid: pid)
+                for name in (try? FileManager.default.contentsOfDirectory(atPath: socketDirectory)) ?? [] where name.hasPrefix(prefix) {
+                    unlink((socketDirectory as NSString).appendingPathComponent(name))
+                }
+            }
             shell.onTurn = {
                 for i in 0..<children.count where children[i].map({ !$0.isRunning }) ?? true {
                     if !reported.contains(i) {
                         reported.insert(i)
                         shell.workerProcessExited(named: childNames[i])
+                        removeLinkFiles(of: children[i])
                     }
                     guard restarts < maxRestarts else { continue }
                     restarts += 1
@@ -145,6 +156,7 @@ public struct EmbeddedCluster {
             while children.contains(where: { $0?.isRunning ?? false }) && Date() < deadline { usleep(20_000) }
             for c in children where c?.isRunning ?? false { c?.terminate() }
             unlink(String(endpoint.dropFirst("ipc://".count)))
+            for c in children where !(c?.isRunning ?? true) { removeLinkFiles(of: c) }
             if case .failed(let reason) = outcome {
                 if reason == CoordinatorShell.stoppedBySignal { throw JobStopped(signal: shell.stoppedBy) }
                 throw JobFailed(reason)

@@ -29,6 +29,8 @@ final class PeerGroup: SpanGroup {
     private(set) var sentDirect = 0, sentRelayed = 0
     /// Shares of this group that came over this member's link.
     private(set) var receivedDirect = 0
+    /// The slots whose link took at least one share, and those whose link was tried.
+    private var linkTook: Set<Int> = [], linkTried: Set<Int> = []
 
     init(thread: ComputeThread, pair: ZMQSocket, task: String, attempt: UInt32, slot: Int, slots: Int, links: [Prune_V1_PeerLink]) {
         self.thread = thread
@@ -46,9 +48,11 @@ final class PeerGroup: SpanGroup {
         for s in 0..<slots { if let link = self.links.link(s) { _ = try? thread.linkDealer(link) } }
     }
 
-    /// The group is over for this member: its link admits no new connection.
+    /// The group is over for this member: its link admits no new connection, and a link
+    /// that took none of its shares is connected afresh next time.
     func close() {
         thread.linkListener?.admitted.keys.withLock { $0 = [] }
+        for s in linkTried.subtracting(linkTook) { if let link = links.link(s) { thread.dropLinkDealer(link) } }
     }
 
     /// For the worker's log: how this member's shares went.
@@ -81,11 +85,16 @@ final class PeerGroup: SpanGroup {
         // The frames go by reference to every socket (libzmq counts them), not copied.
         var everyone = true
         for s in 0..<slots where s != slot {
-            guard let link = links.link(s), let dealer = try? thread.linkDealer(link),
-                  (try? dealer.send(message, dontWait: true)) == true else {
+            guard let link = links.link(s) else {
                 everyone = false
                 continue
             }
+            linkTried.insert(s)
+            guard let dealer = try? thread.linkDealer(link), (try? dealer.send(message, dontWait: true)) == true else {
+                everyone = false
+                continue
+            }
+            linkTook.insert(s)
         }
         if everyone {
             sentDirect += 1
@@ -119,14 +128,15 @@ final class PeerGroup: SpanGroup {
         }
     }
 
-    /// A share that came over this member's link: from a member of this group (the link
-    /// says which, `GroupLinks.sender`) that names itself, this group's task and attempt,
-    /// one gradient of the span's size. Anything else is dropped unread.
+    /// A share that came over this member's link: from the member of this group it names
+    /// (`GroupLinks.mayHaveSent`), for this group's task and attempt, one gradient of the
+    /// span's size. Anything else is dropped unread.
     private func fromLink(_ frames: [ZMQFrame]) -> SpanEvent? {
-        guard frames.count == 3, let sender = links.sender(of: frames),
-              let envelope = Worker.envelope(Array(frames.dropFirst()), maxEnvelopeBytes: thread.settings.maxEnvelopeBytes),
+        guard frames.count == 3, let envelope = Worker.envelope(Array(frames.dropFirst()), maxEnvelopeBytes: thread.settings.maxEnvelopeBytes),
               envelope.protocolVersion == Settings.protocolVersion, envelope.payloads.count == 1, !envelope.payloads[0].stored,
-              case .peer(let p)? = envelope.body, p.kind == "share", p.taskID == task, p.attempt == attempt, Int(p.slot) == sender, frames[2].count == shareBytes else { return nil }
+              case .peer(let p)? = envelope.body, p.kind == "share", p.taskID == task, p.attempt == attempt, frames[2].count == shareBytes,
+              links.mayHaveSent(frames, claimed: Int(p.slot)) else { return nil }
+        let sender = Int(p.slot)
         receivedDirect += 1
         return .share(slot: sender, Self.share(p, gradient: frames[2]))
     }

@@ -10,13 +10,15 @@ import ZeroMQ
 /// coordinator (docs/protocol.md, "Direct links"; the README measures it).
 ///
 /// Where it listens follows how the worker reaches its coordinator: beside the
-/// coordinator's ipc:// socket (the same owner-only directory) for `prune run`'s
-/// workers; on loopback for a loopback coordinator; on every interface, as a CURVE server
-/// with the worker's own key pair, for a remote one (the coordinator fills in the address
-/// its connection came from). Under CURVE a ZAP handler admits only the keys of the
-/// members of this worker's current group, and a share's sender is the member whose key
-/// the link authenticated; without CURVE (owner-only ipc://, or --insecure loopback)
-/// links serve groups of two only, where the sender can only be the other member.
+/// coordinator's ipc:// socket (the same owner-only directory, so only this user's
+/// processes reach it, as they alone reach the coordinator) for `prune run`'s workers; as
+/// a CURVE server with the worker's own key pair on loopback for a loopback coordinator and
+/// on every interface for a remote one (the coordinator gives the others the address the
+/// worker's connection came from). A plaintext `--insecure` loopback coordinator gets no
+/// links: any local process could reach them. Under CURVE a ZAP handler admits only the
+/// keys of the other members of this worker's current group, and a share's claimed sender
+/// must be a member with the key the link authenticated; over ipc:// links serve groups of
+/// two only, where the sender can only be the other member.
 final class PeerLinkListener {
     /// The CURVE keys the ZAP handler admits: the current group's other members'.
     final class AdmittedKeys: Sendable {
@@ -30,9 +32,12 @@ final class PeerLinkListener {
     let curve: (publicKey: String, secretKey: String)?
     let admitted: AdmittedKeys
     private let zap: ZAPHandler?
+    /// The ipc:// link's socket file, removed with the link (libzmq removes it only if its
+    /// context is shut down before the process exits).
+    private let socketFile: String?
 
     /// The link for a worker connecting to `coordinator`, or nil when it has none (an
-    /// endpoint it cannot tell a link's place from, or a remote coordinator without CURVE).
+    /// endpoint it cannot tell a link's place from, or tcp:// without CURVE).
     init?(context: ZMQContext, options: WorkerOptions, logger: Logger) {
         guard let place = Self.bindEndpoint(coordinator: options.endpoint, curve: options.curveSecretKey != nil) else { return nil }
         let admitted = AdmittedKeys()
@@ -43,8 +48,15 @@ final class PeerLinkListener {
         do {
             if served != nil {
                 let handler = ZAPHandler(context: context) { mechanism, _, _, credentials in
-                    guard let key = ZAP.curvePublicKey(mechanism: mechanism, credentials: credentials),
-                          admitted.keys.withLock({ $0.contains(key) }) else { return nil }
+                    guard let key = ZAP.curvePublicKey(mechanism: mechanism, credentials: credentials) else { return nil }
+                    // The Assign and the Help go out together, so another member may
+                    // connect a moment before this worker's group starts: its key gets a
+                    // short grace (a refused DEALER would not try again).
+                    let until = DispatchTime.now().uptimeNanoseconds + PeerLinkListener.admissionGraceMs * 1_000_000
+                    while !admitted.keys.withLock({ $0.contains(key) }) {
+                        guard DispatchTime.now().uptimeNanoseconds < until else { return nil }
+                        usleep(5_000)
+                    }
                     return key
                 }
                 try handler.start()
@@ -53,7 +65,9 @@ final class PeerLinkListener {
             socket = try ZMQSocket(context, .router)
             try socket.setLinger(ms: 0)
             try socket.setMaxMessageSize(options.settings.maxFrameBytes)
-            try socket.setReceiveHighWaterMark(64)
+            // A member sends one share per step and block: a short queue bounds what a
+            // member that floods can make this worker hold.
+            try socket.setReceiveHighWaterMark(Self.queuedShares)
             if let served {
                 try socket.setZapDomain("prune-link")
                 try socket.setCurveServer(secretKey: served.secretKey)
@@ -68,13 +82,20 @@ final class PeerLinkListener {
         self.curve = served
         self.zap = zap
         self.socket = socket
+        socketFile = place.hasPrefix("ipc://") ? String(place.dropFirst("ipc://".count)) : nil
         endpoint = options.testDeadLink ? Self.deadEndpoint(like: place) : socket.lastEndpoint
     }
 
     deinit {
         socket.close()
         zap?.stop()
+        if let socketFile { unlink(socketFile) }
     }
+
+    /// How long the ZAP handler waits for a connecting key to join this worker's group.
+    static let admissionGraceMs: UInt64 = 2000
+    /// Shares queued per connection, both ways.
+    static let queuedShares: Int32 = 8
 
     /// Where a worker of the coordinator at `coordinator` listens: beside an ipc://
     /// socket; loopback for a loopback coordinator; every interface under CURVE; else nil.
@@ -82,14 +103,17 @@ final class PeerLinkListener {
         if coordinator.hasPrefix("ipc://") {
             let directory = (String(coordinator.dropFirst("ipc://".count)) as NSString).deletingLastPathComponent
             guard !directory.isEmpty else { return nil }
-            return "ipc://\(directory)/link-\(String(UInt64.random(in: 0...UInt64.max), radix: 16)).sock"
+            // Named by the process, so the launcher can remove the file of a worker that died.
+            return "ipc://\(directory)/\(linkFilePrefix(pid: getpid()))\(String(UInt64.random(in: 0...UInt64.max), radix: 16)).sock"
         }
-        guard coordinator.hasPrefix("tcp://") else { return nil }
+        guard coordinator.hasPrefix("tcp://"), curve else { return nil }
         let rest = coordinator.dropFirst("tcp://".count)
         let host = rest.hasPrefix("[") ? String(rest.prefix { $0 != "]" }.dropFirst()) : String(rest.prefix { $0 != ":" })
-        if ["127.0.0.1", "localhost", "::1"].contains(host) { return "tcp://127.0.0.1:*" }
-        return curve ? "tcp://*:*" : nil
+        return ["127.0.0.1", "localhost", "::1"].contains(host) ? "tcp://127.0.0.1:*" : "tcp://*:*"
     }
+
+    /// The start of the name of process `pid`'s ipc:// link file.
+    static func linkFilePrefix(pid: pid_t) -> String { "link-\(pid)-" }
 
     /// Test hook (`PRUNE_TEST_LINK=dead`): a link the others can never reach.
     private static func deadEndpoint(like place: String) -> String {
@@ -126,29 +150,31 @@ struct GroupLinks {
     /// Slot `s`'s link, if the group uses one.
     func link(_ s: Int) -> Prune_V1_PeerLink? { s >= 0 && s < links.count ? links[s] : nil }
 
-    /// The slot that sent `frames` (routing id, envelope, …) over this member's link:
-    /// under CURVE the member whose key the link authenticated; without CURVE, the other
-    /// member of a group of two. nil: no member of this group.
-    func sender(of frames: [ZMQFrame]) -> Int? {
-        guard frames.count >= 2 else { return nil }
-        if curve {
-            guard let key = frames[1].metadata("User-Id"), !key.isEmpty else { return nil }
-            return links.firstIndex { $0?.curveKey == key }
-        }
-        return links.count == 2 && links[1 - ownSlot] != nil ? 1 - ownSlot : nil
+    /// Whether `frames` (routing id, envelope, …), which came over this member's link
+    /// naming slot `claimed` as their sender, may be that member's: under CURVE the link
+    /// authenticated that member's key (workers that share a key pair may stand for each
+    /// other, as they do for the coordinator); over ipc:// `claimed` is the other member
+    /// of a group of two.
+    func mayHaveSent(_ frames: [ZMQFrame], claimed: Int) -> Bool {
+        guard frames.count >= 2, claimed != ownSlot, let link = link(claimed) else { return false }
+        guard curve else { return links.count == 2 }
+        guard let key = frames[1].metadata("User-Id"), !key.isEmpty else { return false }
+        return link.curveKey == key
     }
 }
 
 extension ComputeThread {
     /// The DEALER to `link` (made and connected on first use, then kept).
     func linkDealer(_ link: Prune_V1_PeerLink) throws -> ZMQSocket {
-        let key = link.endpoint + " " + link.curveKey
+        let key = Self.dealerKey(link)
         if let dealer = linkDealers[key] { return dealer }
         // A worker meets few others; a long-lived one that met many keeps the newest.
         if linkDealers.count >= 16 { linkDealers.values.forEach { $0.close() }; linkDealers = [:] }
         let dealer = try ZMQSocket(context, .dealer)
         try dealer.setLinger(ms: 0)
         try dealer.setImmediate(true)
+        // A member that stalls holds up few shares here; the rest go through the coordinator.
+        try dealer.setSendHighWaterMark(PeerLinkListener.queuedShares)
         try dealer.setReconnectInterval(ms: 20, max: 1000)
         if let own = linkListener?.curve, !link.curveKey.isEmpty {
             try dealer.setCurveClient(publicKey: own.publicKey, secretKey: own.secretKey, serverKey: link.curveKey)
@@ -157,4 +183,13 @@ extension ComputeThread {
         linkDealers[key] = dealer
         return dealer
     }
+
+    /// Forgets the DEALER to `link`: one that took no share in a whole group may have been
+    /// refused for good (libzmq does not retry a connection its peer's ZAP refused), so the
+    /// next group connects afresh.
+    func dropLinkDealer(_ link: Prune_V1_PeerLink) {
+        linkDealers.removeValue(forKey: Self.dealerKey(link))?.close()
+    }
+
+    private static func dealerKey(_ link: Prune_V1_PeerLink) -> String { link.endpoint + " " + link.curveKey }
 }

@@ -11,8 +11,11 @@ final class PeerLinkTests: XCTestCase {
         let ipc = try XCTUnwrap(PeerLinkListener.bindEndpoint(coordinator: "ipc:///tmp/prune-0/abc.sock", curve: false))
         XCTAssertTrue(ipc.hasPrefix("ipc:///tmp/prune-0/link-") && ipc.hasSuffix(".sock"), ipc)
         XCTAssertNotEqual(ipc, PeerLinkListener.bindEndpoint(coordinator: "ipc:///tmp/prune-0/abc.sock", curve: false), "each worker its own")
+        XCTAssertTrue(ipc.hasPrefix("ipc:///tmp/prune-0/link-\(getpid())-"), "named by the process: \(ipc)")
         for loopback in ["tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555"] {
-            XCTAssertEqual(PeerLinkListener.bindEndpoint(coordinator: loopback, curve: false), "tcp://127.0.0.1:*", loopback)
+            XCTAssertEqual(PeerLinkListener.bindEndpoint(coordinator: loopback, curve: true), "tcp://127.0.0.1:*", loopback)
+            // Plaintext (--insecure) loopback: any local process could reach a link.
+            XCTAssertNil(PeerLinkListener.bindEndpoint(coordinator: loopback, curve: false), loopback)
         }
         XCTAssertEqual(PeerLinkListener.bindEndpoint(coordinator: "tcp://10.0.0.1:5555", curve: true), "tcp://*:*")
         // A remote coordinator without CURVE (refused anyway) or another transport: no link.
@@ -20,20 +23,22 @@ final class PeerLinkTests: XCTestCase {
         XCTAssertNil(PeerLinkListener.bindEndpoint(coordinator: "inproc://x", curve: false))
     }
 
-    func testTheCoordinatorFillsInAWildcardHostWithTheConnectionsAddress() {
+    func testTheCoordinatorGivesTheAddressTheWorkersConnectionCameFrom() {
         let key = String(repeating: "k", count: 40)
         let wild = CoordinatorShell.peerLink("tcp://0.0.0.0:41234", peerAddress: "10.79.3.2", key: key)
         XCTAssertEqual(wild?.endpoint, "tcp://10.79.3.2:41234")
         XCTAssertEqual(wild?.curveKey, key)
         XCTAssertEqual(CoordinatorShell.peerLink("tcp://0.0.0.0:41234", peerAddress: "fd00::2", key: nil)?.endpoint, "tcp://[fd00::2]:41234")
         XCTAssertEqual(CoordinatorShell.peerLink("tcp://127.0.0.1:41234", peerAddress: "127.0.0.1", key: nil)?.endpoint, "tcp://127.0.0.1:41234")
+        // Only the port is the worker's to say: it cannot point the others at another host.
+        XCTAssertEqual(CoordinatorShell.peerLink("tcp://10.9.9.9:41234", peerAddress: "10.79.3.2", key: key)?.endpoint, "tcp://10.79.3.2:41234")
         XCTAssertEqual(CoordinatorShell.peerLink("ipc:///tmp/prune-0/link-1.sock", peerAddress: nil, key: nil)?.endpoint, "ipc:///tmp/prune-0/link-1.sock")
-        XCTAssertEqual(CoordinatorShell.peerLink("tcp://127.0.0.1:1", peerAddress: nil, key: nil)?.curveKey, "")
+        XCTAssertEqual(CoordinatorShell.peerLink("tcp://127.0.0.1:1", peerAddress: "127.0.0.1", key: nil)?.curveKey, "")
         // None announced, or nothing a member could connect to: no link.
         for bad in ["", "http://x:1", "tcp://0.0.0.0:0", "tcp://0.0.0.0:x", "tcp://0.0.0.0", "inproc://a", "tcp://h:" + String(repeating: "9", count: 300)] {
             XCTAssertNil(CoordinatorShell.peerLink(bad, peerAddress: "10.0.0.2", key: nil), bad)
         }
-        XCTAssertNil(CoordinatorShell.peerLink("tcp://0.0.0.0:41234", peerAddress: nil, key: nil), "a wildcard with no address to fill in")
+        XCTAssertNil(CoordinatorShell.peerLink("tcp://0.0.0.0:41234", peerAddress: nil, key: nil), "no address to give")
         XCTAssertNil(CoordinatorShell.peerLink("tcp://0.0.0.0:41234", peerAddress: "a b", key: nil))
     }
 
@@ -60,6 +65,12 @@ final class PeerLinkTests: XCTestCase {
         let pair = GroupLinks(two, slot: 0, slots: 2, listener: listener)
         XCTAssertEqual(pair.link(1)?.endpoint, "ipc:///tmp/b.sock")
         XCTAssertNil(pair.link(0), "not its own")
+        // Over ipc:// a share can come only from the other member of the two.
+        let frames = try [ZMQFrame(bytes: [1]), ZMQFrame(bytes: [2]), ZMQFrame(bytes: [3])]
+        XCTAssertTrue(pair.mayHaveSent(frames, claimed: 1))
+        XCTAssertFalse(pair.mayHaveSent(frames, claimed: 0), "not from itself")
+        XCTAssertFalse(pair.mayHaveSent(frames, claimed: 2), "no such member")
+        XCTAssertFalse(pair.mayHaveSent(Array(frames.prefix(1)), claimed: 1), "no envelope")
         XCTAssertEqual(GroupLinks(two, slot: 1, slots: 2, listener: listener).link(0)?.endpoint, "ipc:///tmp/a.sock")
         // Without CURVE a group of three could not tell its senders apart: no links.
         let three = GroupLinks(two + [link("ipc:///tmp/c.sock")], slot: 0, slots: 3, listener: listener)

@@ -229,6 +229,39 @@ final class TrainClusterTests: XCTestCase {
         XCTAssertGreaterThan(sent.relayed, 0, "\(sent)")
     }
 
+    /// A group of three over CURVE on loopback, two of its workers sharing one key pair (as
+    /// workers on one host may): each link admits the group's other members' keys, takes a
+    /// share only from the member it names when the link authenticated that member's key,
+    /// and the shares go straight from member to member; out/ is the in-process bytes.
+    func testAGroupOverCurveSendsItsSharesStraightEvenWithASharedKeyPair() throws {
+        let train = "examples: 1200, epochs: 1, batch: 100, shards: 4, learning_rate: 0.1, checkpoint_every: 4"
+        let expected = try run("reference", train: train, workers: 0)
+        for name in ["coord", "solo", "pair"] {
+            XCTAssertEqual(try Subprocess.prune(["keygen", name, "--dir", dir.path]).status, 0)
+        }
+        let allow = try ["solo", "pair"].map { try String(contentsOfFile: dir.file("\($0).pub"), encoding: .utf8) }.joined()
+        try allow.write(toFile: dir.file("workers.txt"), atomically: false, encoding: .utf8)
+        let endpoint = "tcp://127.0.0.1:\(Background.freePort())"
+        let coord = try Background(Subprocess.pruneBinary, ["coordinator", "--job", try writeSpec("curve", train: train + ", exchange: allgather"),
+                                                            "--bind", endpoint, "--curve-secret", "coord.key", "--allow", "workers.txt"], cwd: dir.path)
+        XCTAssertTrue(Background.waitUntil(seconds: 20) { coord.stderr.contains("listening on") }, coord.stderr)
+        let workers = try [("w1", "solo"), ("w2", "pair"), ("w3", "pair")].map { name, key in
+            try Background(Subprocess.pruneBinary, ["worker", "--connect", endpoint, "--name", name,
+                                                    "--curve-secret", dir.file("\(key).key"), "--server-key", dir.file("coord.pub")])
+        }
+        XCTAssertEqual(coord.wait(seconds: 300), 0, coord.stderr)
+        for w in workers { XCTAssertEqual(w.wait(seconds: 10), 0, w.stderr) }
+        XCTAssertEqual(outputs("curve"), expected)
+        let events = try Ledger(path: dir.file("curve/ledger.sqlite"), create: false, readOnly: true).events()
+        XCTAssertTrue(events.contains { $0.kind == "help" && $0.detail.hasSuffix("slot 2 of 3") }, "a group of three")
+        XCTAssertFalse(events.contains { $0.kind == "distrust" })
+        // Each share sent direct reaches both other members (one that went through the
+        // coordinator while a link connected may reach one of them both ways).
+        let sent = Self.sharesSent(logs: workers.map(\.stderr).joined(separator: "\n"))
+        XCTAssertGreaterThan(sent.direct, 2 * sent.relayed, "\(sent)")
+        XCTAssertGreaterThanOrEqual(sent.received, 2 * sent.direct, "\(sent)")
+    }
+
     /// Helpers whose shares are off by one bit (`PRUNE_TEST_LIE=skew-shares`) or hold a
     /// NaN (`nan-shares`, which, summed in, would make the step diverge and the leader fail
     /// the task): the leader's recomputation (or its check of the values) catches a liar in
