@@ -44,6 +44,7 @@ PY
       digest=$(out_digest "$work/$name")
       echo "  out/ $digest"
       same_bytes "$digest"
+      drop_bulk "$work/$name"
     done
   done
 done

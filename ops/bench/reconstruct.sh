@@ -49,6 +49,7 @@ for pruning in "${prunings[@]}"; do
       closed=$(python3 -c "import sys; p, r, d = (float(x) if x else None for x in sys.argv[1:]); print('–' if p is None or p == r else f'{(p - r) / (p - d):.2f}')" "$plain" "$ppl" "$dense")
       printf "%-10s %-5s %-12s %-8s %-8s %10.3f %8s %9.1f %s\n" "$method" "$level" "$pattern" "$r" "$w" "$ppl" "$closed" "$(python3 -c "print(float('$end') - float('$start'))")" "$digest"
       same_bytes "$digest"
+      drop_bulk "$work/$name"
     done
   done
 done

@@ -71,6 +71,16 @@ out_digest() {
   (cd "$1/out" && find dense $( [ -d sparse ] && echo sparse ) -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)
 }
 
+# drop_bulk JOBDIR: once a cell's digest and figures are taken, removes the job's artifacts/
+# (per-block checkpoints, scores) and out/'s tensor files: several hundred MB each for
+# SmolLM2, so a sweep of dozens of cells would otherwise fill the disk. KEEP_OUT=1 keeps them
+# (to load or bench a pruned model afterwards).
+drop_bulk() {
+  [ -n "${KEEP_OUT:-}" ] && return 0
+  rm -rf "$1/artifacts"
+  find "$1/out" -name '*.safetensors' -delete
+}
+
 # same_bytes DIGEST: the first run of a group (the caller sets first="" before it)
 # remembers its out/ digest; every later run (another worker count) must match it, else
 # the benchmark stops.
